@@ -1,0 +1,267 @@
+//! Messages -> typed Arrow rows, or rejects with the reason.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use deltalake::arrow::array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Int32Array, Int64Array, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
+};
+use deltalake::arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use crate::bus::Message;
+use crate::idcard::{ColumnType, Table};
+
+/// Bronze metadata columns, after the idcard's columns.
+pub const META: &[&str] =
+    &["_ingestion_timestamp", "_bronze_ingested_at", "_topic", "_partition", "_offset", "_key", "_source_line", "_ingestion_date"];
+
+fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Schema of the bronze table of `table`.
+pub fn bronze_schema(table: &Table) -> SchemaRef {
+    let mut fields = table.arrow_fields();
+    fields.extend([
+        Field::new("_ingestion_timestamp", utc_micros(), false),
+        Field::new("_bronze_ingested_at", utc_micros(), false),
+        Field::new("_topic", DataType::Utf8, false),
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new("_key", DataType::Utf8, true),
+        Field::new("_source_line", DataType::Int64, true),
+        Field::new("_ingestion_date", DataType::Date32, false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of the reject table.
+pub fn reject_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("_topic", DataType::Utf8, false),
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new("_key", DataType::Utf8, true),
+        Field::new("_source_line", DataType::Int64, true),
+        Field::new("_payload", DataType::Utf8, false),
+        Field::new("_reason", DataType::Utf8, false),
+        Field::new("_rejected_at", utc_micros(), false),
+    ]))
+}
+
+/// One batch of messages, split.
+#[derive(Debug)]
+pub struct Parsed {
+    /// Rows that fit the idcard, in bronze schema.
+    pub rows: RecordBatch,
+    /// Rows that do not, in reject schema, with their offsets.
+    pub rejects: RecordBatch,
+}
+
+/// A message's fields before typing.
+struct Fields {
+    cells: Vec<Option<String>>,
+    timestamp: Option<i64>,
+    source_line: Option<i64>,
+}
+
+/// Reads one JSON message into cells in schema order; `Err` is the reject reason.
+fn read_message(table: &Table, message: &Message) -> Result<Fields, String> {
+    let object: serde_json::Map<String, Value> = match serde_json::from_slice(&message.value) {
+        Ok(Value::Object(object)) => object,
+        Ok(other) => return Err(format!("expected a JSON object, got {}", kind(&other))),
+        Err(err) => return Err(format!("invalid JSON: {err}")),
+    };
+    if let Some(error) = object.get("_error") {
+        return Err(error.as_str().unwrap_or("broken source record").to_owned());
+    }
+    let mut cells = vec![None; table.columns.len()];
+    let mut timestamp = None;
+    let mut source_line = None;
+    for (name, value) in object {
+        match name.as_str() {
+            "_ingestion_timestamp" => {
+                let text = value.as_str().unwrap_or_default();
+                let parsed = DateTime::parse_from_rfc3339(text)
+                    .map_err(|e| format!("_ingestion_timestamp {text:?} is not RFC 3339: {e}"))?;
+                timestamp = Some(parsed.timestamp_micros());
+            }
+            "_source_line" => source_line = scalar(&value).and_then(|s| s.parse().ok()),
+            _ => {
+                let Some(at) = table.columns.iter().position(|c| c.name == name) else {
+                    return Err(format!("unknown field `{name}` (not in the idcard's schema)"));
+                };
+                if matches!(value, Value::Array(_) | Value::Object(_)) {
+                    return Err(format!("column `{name}`: expected a scalar, got {}", kind(&value)));
+                }
+                cells[at] = scalar(&value);
+            }
+        }
+    }
+    Ok(Fields { cells, timestamp, source_line })
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Types the messages of one partition batch.
+pub fn parse_messages(table: &Table, topic: &str, messages: &[Message], now: DateTime<Utc>) -> Result<Parsed, ArrowError> {
+    let n = messages.len();
+    let mut reasons: Vec<Option<String>> = vec![None; n];
+    let mut columns: Vec<StringBuilder> = table.columns.iter().map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
+    let mut timestamps = Vec::with_capacity(n);
+    let mut lines = Vec::with_capacity(n);
+    for (i, message) in messages.iter().enumerate() {
+        match read_message(table, message) {
+            Ok(fields) => {
+                for (builder, cell) in columns.iter_mut().zip(fields.cells) {
+                    builder.append_option(cell);
+                }
+                timestamps.push(fields.timestamp.unwrap_or(message.timestamp_ms * 1000));
+                lines.push(fields.source_line);
+            }
+            Err(reason) => {
+                reasons[i] = Some(reason);
+                for builder in &mut columns {
+                    builder.append_null();
+                }
+                timestamps.push(message.timestamp_ms * 1000);
+                lines.push(source_line_of(&message.value));
+            }
+        }
+    }
+    let mut typed: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + META.len());
+    for (column, mut builder) in table.columns.iter().zip(columns) {
+        let text = builder.finish();
+        let array = type_column(column.data_type, column.format.as_deref(), &text)?;
+        for i in 0..n {
+            if reasons[i].is_some() {
+                continue;
+            }
+            if text.is_valid(i) && array.is_null(i) {
+                reasons[i] = Some(format!(
+                    "column `{}`: {:?} is not a valid {}",
+                    column.name,
+                    text.value(i),
+                    column.data_type.name()
+                ));
+            } else if text.is_null(i) && !column.nullable {
+                reasons[i] = Some(format!("column `{}`: null in a non-nullable column", column.name));
+            }
+        }
+        typed.push(array);
+    }
+    for key in table.key() {
+        let at = table.columns.iter().position(|c| &c.name == key).unwrap_or(0);
+        for (i, reason) in reasons.iter_mut().enumerate() {
+            if reason.is_none() && typed[at].is_null(i) {
+                *reason = Some(format!("key column `{key}` is null"));
+            }
+        }
+    }
+    let now_us = now.timestamp_micros();
+    let keys: StringArray = messages.iter().map(|m| Some(String::from_utf8_lossy(&m.key).into_owned())).collect();
+    let partitions: Int32Array = messages.iter().map(|m| m.partition as i32).collect();
+    let offsets: Int64Array = messages.iter().map(|m| m.offset as i64).collect();
+    let topic_col: StringArray = messages.iter().map(|_| Some(topic)).collect();
+    let lines = Int64Array::from(lines);
+    let ingested_dates =
+        Date32Array::from(timestamps.iter().map(|us| us.div_euclid(86_400_000_000) as i32).collect::<Vec<_>>());
+    let timestamps = TimestampMicrosecondArray::from(timestamps.clone()).with_timezone("UTC");
+    let ingested_at = TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC");
+    typed.extend([
+        Arc::new(timestamps) as ArrayRef,
+        Arc::new(ingested_at.clone()),
+        Arc::new(topic_col.clone()),
+        Arc::new(partitions.clone()),
+        Arc::new(offsets.clone()),
+        Arc::new(keys.clone()),
+        Arc::new(lines.clone()),
+        Arc::new(ingested_dates),
+    ]);
+    let all = RecordBatch::try_new(bronze_schema(table), typed)?;
+    let good: BooleanArray = reasons.iter().map(|r| Some(r.is_none())).collect();
+    let bad: BooleanArray = reasons.iter().map(|r| Some(r.is_some())).collect();
+    let rows = filter_record_batch(&all, &good)?;
+    let payloads: StringArray = messages.iter().map(|m| Some(String::from_utf8_lossy(&m.value).into_owned())).collect();
+    let reason_col: StringArray = reasons.iter().map(|r| Some(r.clone().unwrap_or_default())).collect();
+    let rejects_all = RecordBatch::try_new(
+        reject_schema(),
+        vec![
+            Arc::new(topic_col),
+            Arc::new(partitions),
+            Arc::new(offsets),
+            Arc::new(keys),
+            Arc::new(lines),
+            Arc::new(payloads),
+            Arc::new(reason_col),
+            Arc::new(ingested_at),
+        ],
+    )?;
+    let rejects = filter_record_batch(&rejects_all, &bad)?;
+    Ok(Parsed { rows, rejects })
+}
+
+/// `_source_line` of a payload that did not parse as a message, when it can be found.
+fn source_line_of(value: &[u8]) -> Option<i64> {
+    let object: serde_json::Map<String, Value> = serde_json::from_slice(value).ok()?;
+    scalar(object.get("_source_line")?)?.parse().ok()
+}
+
+/// Casts text to the column type; a value that does not parse becomes null (caught by the caller).
+fn type_column(data_type: ColumnType, format: Option<&str>, text: &StringArray) -> Result<ArrayRef, ArrowError> {
+    match (data_type, format) {
+        (ColumnType::Timestamp, Some(format)) => {
+            let values: TimestampMicrosecondArray = text
+                .iter()
+                .map(|v| v.and_then(|v| NaiveDateTime::parse_from_str(v, format).ok()).map(|t| t.and_utc().timestamp_micros()))
+                .collect();
+            Ok(Arc::new(values.with_timezone("UTC")))
+        }
+        (ColumnType::Date, Some(format)) => {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+            let values: Date32Array = text
+                .iter()
+                .map(|v| v.and_then(|v| NaiveDate::parse_from_str(v, format).ok()).map(|d| (d - epoch).num_days() as i32))
+                .collect();
+            Ok(Arc::new(values))
+        }
+        (ColumnType::String, _) => Ok(Arc::new(text.clone())),
+        (ColumnType::Bool, _) => {
+            let values: BooleanArray = text
+                .iter()
+                .map(|v| v.and_then(|v| match v.to_ascii_lowercase().as_str() {
+                    "true" | "t" | "1" | "yes" => Some(true),
+                    "false" | "f" | "0" | "no" => Some(false),
+                    _ => None,
+                }))
+                .collect();
+            Ok(Arc::new(values))
+        }
+        (other, _) => cast_with_options(text, &other.arrow(), &CastOptions { safe: true, ..Default::default() }),
+    }
+}

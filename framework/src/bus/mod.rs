@@ -1,0 +1,101 @@
+//! The topic bus between producers and bronze. The embedded log is the default; a Kafka bus will
+//! sit behind the same [`Bus`] enum.
+
+mod embedded;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+pub use embedded::EmbeddedLog;
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("topic {topic}: {source}")]
+    Io { topic: String, source: std::io::Error },
+    #[error("topic {topic} does not exist")]
+    UnknownTopic { topic: String },
+    #[error("topic {topic} partition {partition}: corrupt record at offset {offset}: {reason}")]
+    Corrupt { topic: String, partition: u32, offset: u64, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One message as stored on a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub partition: u32,
+    pub offset: u64,
+    /// Message time, milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// A message to send.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub timestamp_ms: i64,
+}
+
+/// Where topics live.
+#[derive(Debug, Clone)]
+pub enum Bus {
+    /// File-backed log under the lake (`<lake>/_bus`).
+    Embedded(EmbeddedLog),
+}
+
+impl Bus {
+    /// The embedded log rooted at `dir`.
+    pub fn embedded(dir: PathBuf) -> Self {
+        Self::Embedded(EmbeddedLog::new(dir))
+    }
+
+    /// Creates the topic with `partitions` partitions unless it exists; returns its partition count.
+    pub fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
+        match self {
+            Self::Embedded(log) => log.ensure_topic(topic, partitions),
+        }
+    }
+
+    /// Partition count of an existing topic.
+    pub fn partitions(&self, topic: &str) -> Result<u32> {
+        match self {
+            Self::Embedded(log) => log.partitions(topic),
+        }
+    }
+
+    /// Appends records; returns how many were written per partition.
+    pub fn send(&self, topic: &str, records: &[Record]) -> Result<Vec<u64>> {
+        match self {
+            Self::Embedded(log) => log.append(topic, records),
+        }
+    }
+
+    /// Offset one past the last message of a partition.
+    pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
+        match self {
+            Self::Embedded(log) => log.end_offset(topic, partition),
+        }
+    }
+
+    /// Up to `max` messages of a partition from `offset` on.
+    pub fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Message>> {
+        match self {
+            Self::Embedded(log) => log.read(topic, partition, offset, max),
+        }
+    }
+}
+
+/// Partition of a key: FNV-1a, stable across runs and platforms.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}

@@ -1,0 +1,520 @@
+//! Stage 2: read idcard files, check them against the JSON Schema and each other, and build the
+//! [`Project`] model. Every problem in every file is collected before failing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use jsonschema::error::ValidationErrorKind;
+
+use super::config::{EnrichColumn, IdcardConfig};
+use super::diagnostic::{Diagnostic, Diagnostics, field_path};
+use super::model::{Column, ColumnType, Project, TYPE_NAMES, Table};
+use super::position::{Pos, PositionIndex, escape};
+
+/// The idcard JSON Schema shipped in the repo; a test keeps it equal to the Rust types.
+pub const SCHEMA_JSON: &str = include_str!("../../../idcards/idcard.schema.json");
+
+/// Metadata columns every message carries, usable as `sequence_by`.
+pub const MESSAGE_COLUMNS: &[&str] = &["_ingestion_timestamp"];
+
+/// Reads and checks every `*.yaml` / `*.yml` idcard in `dir`.
+pub fn load_dir(dir: &Path) -> Result<Project, Diagnostics> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect(),
+        Err(err) => {
+            return Err(Diagnostics(vec![Diagnostic {
+                file: dir.to_path_buf(),
+                pos: Pos { line: 1, column: 1 },
+                field: String::new(),
+                message: format!("cannot read the idcard folder: {err}"),
+                hint: Some("pass the folder holding the *.yaml idcards with --idcards".into()),
+            }]));
+        }
+    };
+    files.sort();
+    let mut sources = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push((file, text)),
+            Err(err) => {
+                return Err(Diagnostics(vec![Diagnostic {
+                    file,
+                    pos: Pos { line: 1, column: 1 },
+                    field: String::new(),
+                    message: format!("cannot read: {err}"),
+                    hint: Some("idcards must be UTF-8 text".into()),
+                }]));
+            }
+        }
+    }
+    compile(&sources)
+}
+
+/// Checks idcards given as `(file, text)` pairs.
+pub fn compile(sources: &[(PathBuf, String)]) -> Result<Project, Diagnostics> {
+    let mut diagnostics = Vec::new();
+    let mut parsed = Vec::new();
+    for (file, text) in sources {
+        if let Some((config, index)) = parse_one(file, text, &mut diagnostics) {
+            parsed.push((file.clone(), config, index));
+        }
+    }
+    let tables = check_project(&parsed, &mut diagnostics);
+    if diagnostics.is_empty() {
+        Ok(Project { tables })
+    } else {
+        Err(Diagnostics(diagnostics))
+    }
+}
+
+fn schema_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let schema: serde_json::Value =
+            serde_json::from_str(SCHEMA_JSON).expect("shipped idcard schema is JSON");
+        jsonschema::validator_for(&schema).expect("shipped idcard schema is a valid JSON Schema")
+    })
+}
+
+/// Stage 1 for one file: YAML syntax, JSON Schema, then serde into the typed config.
+fn parse_one(
+    file: &Path,
+    text: &str,
+    out: &mut Vec<Diagnostic>,
+) -> Option<(IdcardConfig, PositionIndex)> {
+    let diag = |pos: Pos, field: String, message: String, hint: Option<String>| Diagnostic {
+        file: file.to_path_buf(),
+        pos,
+        field,
+        message,
+        hint,
+    };
+    let index = match PositionIndex::parse(text) {
+        Ok(index) => index,
+        Err(err) => {
+            out.push(diag(
+                err.pos,
+                String::new(),
+                format!("YAML syntax error: {}", err.message),
+                Some("check indentation, colons and quotes around this place".into()),
+            ));
+            return None;
+        }
+    };
+    let value: serde_json::Value = match serde_yaml_ng::from_str(text) {
+        Ok(value) => value,
+        Err(err) => {
+            let pos = err
+                .location()
+                .map(|l| Pos { line: l.line(), column: l.column() })
+                .unwrap_or_default();
+            out.push(diag(pos, String::new(), format!("invalid YAML: {err}"), None));
+            return None;
+        }
+    };
+    let before = out.len();
+    for error in schema_validator().iter_errors(&value) {
+        let pointer = error.instance_path().as_str().to_owned();
+        match error.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                for name in unexpected {
+                    let field = format!("{pointer}/{}", escape(name));
+                    out.push(diag(
+                        index.locate(&field),
+                        field_path(&field),
+                        format!("unknown field `{name}`"),
+                        Some(known_fields_hint(&pointer, &value)),
+                    ));
+                }
+            }
+            ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or_default();
+                out.push(diag(
+                    index.locate_value(&pointer),
+                    field_path(&pointer),
+                    format!("missing required field `{name}`"),
+                    Some(format!("add `{name}:` here (see idcards/idcard.schema.json)")),
+                ));
+            }
+            ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::Enum { .. }
+                if !allowed_values(&pointer).is_empty() =>
+            {
+                out.push(diag(
+                    index.locate_value(&pointer),
+                    field_path(&pointer),
+                    format!("{} is not a valid value", error.instance()),
+                    Some(format!("use one of {}", allowed_values(&pointer).join(", "))),
+                ))
+            }
+            ValidationErrorKind::Enum { options } => out.push(diag(
+                index.locate_value(&pointer),
+                field_path(&pointer),
+                format!("{} is not a valid value", error.instance()),
+                Some(format!("use one of {options}")),
+            )),
+            _ => out.push(diag(
+                index.locate_value(&pointer),
+                field_path(&pointer),
+                error.to_string(),
+                None,
+            )),
+        }
+    }
+    if out.len() > before {
+        return None;
+    }
+    match serde_yaml_ng::from_str::<IdcardConfig>(text) {
+        Ok(config) => Some((config, index)),
+        Err(err) => {
+            let pos = err
+                .location()
+                .map(|l| Pos { line: l.line(), column: l.column() })
+                .unwrap_or_default();
+            out.push(diag(pos, String::new(), err.to_string(), None));
+            None
+        }
+    }
+}
+
+fn schema_root() -> &'static serde_json::Value {
+    static ROOT: OnceLock<serde_json::Value> = OnceLock::new();
+    ROOT.get_or_init(|| serde_json::from_str(SCHEMA_JSON).expect("shipped idcard schema is JSON"))
+}
+
+/// The schema node describing the value at `pointer` of an idcard.
+fn schema_node(pointer: &str) -> &'static serde_json::Value {
+    let root = schema_root();
+    let mut node = root;
+    for segment in pointer.split('/').skip(1) {
+        node = resolve(root, node);
+        node = if segment.chars().all(|c| c.is_ascii_digit()) {
+            node.get("items").unwrap_or(node)
+        } else {
+            node.get("properties").and_then(|p| p.get(segment)).unwrap_or(node)
+        };
+    }
+    resolve(root, node)
+}
+
+/// "valid fields here are: a, b, c" for the object at `pointer`.
+fn known_fields_hint(pointer: &str, _value: &serde_json::Value) -> String {
+    let names: Vec<&str> = schema_node(pointer)
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    format!("valid fields here are: {}", names.join(", "))
+}
+
+/// The allowed values of an enumeration at `pointer` (`oneOf` of `const`s, or `enum`).
+fn allowed_values(pointer: &str) -> Vec<String> {
+    let node = schema_node(pointer);
+    let mut values: Vec<String> = node
+        .get("oneOf")
+        .and_then(|o| o.as_array())
+        .map(|alternatives| {
+            alternatives
+                .iter()
+                .filter_map(|a| a.get("const").or_else(|| a.get("enum").and_then(|e| e.get(0))))
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(list) = node.get("enum").and_then(|e| e.as_array()) {
+        values.extend(list.iter().map(ToString::to_string));
+    }
+    values
+}
+
+/// Follows `$ref` (and `anyOf` wrappers of optional fields) to the described object.
+fn resolve<'a>(root: &'a serde_json::Value, node: &'a serde_json::Value) -> &'a serde_json::Value {
+    let mut node = node;
+    for _ in 0..8 {
+        if let Some(reference) = node.get("$ref").and_then(|r| r.as_str()) {
+            let name = reference.rsplit('/').next().unwrap_or_default();
+            match root.get("$defs").and_then(|d| d.get(name)) {
+                Some(target) => node = target,
+                None => break,
+            }
+        } else if let Some(first) = node
+            .get("anyOf")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.iter().find(|s| s.get("$ref").is_some()))
+        {
+            node = first;
+        } else {
+            break;
+        }
+    }
+    node
+}
+
+/// Semantic checks across idcards; returns the tables in dependency order.
+fn check_project(
+    parsed: &[(PathBuf, IdcardConfig, PositionIndex)],
+    out: &mut Vec<Diagnostic>,
+) -> Vec<Table> {
+    let by_name: HashMap<&str, &IdcardConfig> =
+        parsed.iter().map(|(_, c, _)| (c.table.as_str(), c)).collect();
+    let mut seen_tables: HashMap<&str, &Path> = HashMap::new();
+    let mut seen_topics: HashMap<&str, &str> = HashMap::new();
+    let mut tables = Vec::new();
+    for (file, config, index) in parsed {
+        let mut diag = |pointer: &str, message: String, hint: Option<String>| {
+            out.push(Diagnostic {
+                file: file.clone(),
+                pos: index.locate(pointer),
+                field: field_path(pointer),
+                message,
+                hint,
+            })
+        };
+        if let Some(other) = seen_tables.insert(&config.table, file) {
+            diag(
+                "/table",
+                format!("table `{}` is already defined in {}", config.table, other.display()),
+                Some("table names must be unique across idcards".into()),
+            );
+        }
+        if let Some(other) = seen_topics.insert(&config.topic.name, &config.table) {
+            diag(
+                "/topic/name",
+                format!("topic `{}` is already used by table `{other}`", config.topic.name),
+                Some("give each table its own topic, e.g. raw_<table>".into()),
+            );
+        }
+        let mut columns = Vec::new();
+        let mut names = HashSet::new();
+        for (i, column) in config.schema.iter().enumerate() {
+            if !names.insert(column.name.as_str()) {
+                diag(&format!("/schema/{i}/name"), format!("duplicate column `{}`", column.name), None);
+            }
+            let Some(data_type) = ColumnType::parse(&column.data_type) else {
+                diag(
+                    &format!("/schema/{i}/type"),
+                    format!("unknown type `{}`", column.data_type),
+                    Some(format!("use one of {TYPE_NAMES}")),
+                );
+                continue;
+            };
+            let pad_char = column.pad_char.chars().next().unwrap_or('0');
+            if column.pad_left.is_some() && data_type != ColumnType::String {
+                diag(
+                    &format!("/schema/{i}/pad_left"),
+                    format!("pad_left applies to string columns, `{}` is {}", column.name, column.data_type),
+                    Some("declare the column as `type: string`".into()),
+                );
+            }
+            columns.push(Column {
+                name: column.name.clone(),
+                data_type,
+                nullable: column.nullable,
+                format: column.format.clone(),
+                pad_left: column.pad_left.map(|w| (w, pad_char)),
+            });
+        }
+        let column_list = || config.schema.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+        if config.key.is_empty() {
+            diag("/key", "the key names no column".into(), Some("list the primary-key columns".into()));
+        }
+        for (i, key) in config.key.iter().enumerate() {
+            if !names.contains(key.as_str()) {
+                diag(
+                    &format!("/key/{i}"),
+                    format!("key column `{key}` is not in the schema"),
+                    Some(format!("use one of: {}", column_list())),
+                );
+            }
+        }
+        if !names.contains(config.sequence_by.as_str())
+            && !MESSAGE_COLUMNS.contains(&config.sequence_by.as_str())
+        {
+            diag(
+                "/sequence_by",
+                format!("sequence column `{}` is not in the schema", config.sequence_by),
+                Some(format!("use `_ingestion_timestamp` or one of: {}", column_list())),
+            );
+        }
+        for (i, rename) in config.source.rename.values().enumerate() {
+            if !names.contains(rename.as_str()) {
+                diag(
+                    "/source/rename",
+                    format!("rename target `{rename}` (entry {i}) is not in the schema"),
+                    Some(format!("use one of: {}", column_list())),
+                );
+            }
+        }
+        for (field, value) in [("delimiter", &config.source.csv.delimiter), ("quote", &config.source.csv.quote)] {
+            if value.len() != 1 {
+                diag(
+                    &format!("/source/csv/{field}"),
+                    format!("{field} must be one byte, got {value:?}"),
+                    Some("e.g. \",\" or \";\"".into()),
+                );
+            }
+        }
+        let mut depends_on = Vec::new();
+        for (i, enrich) in config.enrich.iter().enumerate() {
+            let Some(other) = by_name.get(enrich.from.as_str()) else {
+                let mut known: Vec<&str> = by_name.keys().copied().collect();
+                known.sort_unstable();
+                diag(
+                    &format!("/enrich/{i}/from"),
+                    format!("enrichment joins unknown table `{}`", enrich.from),
+                    Some(format!("known tables: {}", known.join(", "))),
+                );
+                continue;
+            };
+            if !depends_on.contains(&enrich.from) {
+                depends_on.push(enrich.from.clone());
+            }
+            let other_names: HashSet<&str> = other.schema.iter().map(|c| c.name.as_str()).collect();
+            for (mine, theirs) in &enrich.on {
+                if !names.contains(mine.as_str()) {
+                    diag(
+                        &format!("/enrich/{i}/on/{}", escape(mine)),
+                        format!("join column `{mine}` is not in this table's schema"),
+                        None,
+                    );
+                }
+                if !other_names.contains(theirs.as_str()) {
+                    diag(
+                        &format!("/enrich/{i}/on/{}", escape(mine)),
+                        format!("join column `{theirs}` is not in table `{}`", enrich.from),
+                        None,
+                    );
+                }
+            }
+            for (j, column) in enrich.columns.iter().enumerate() {
+                let (source, target) = enrich_column_names(column);
+                if !other_names.contains(source.as_str()) {
+                    diag(
+                        &format!("/enrich/{i}/columns/{j}"),
+                        format!("column `{source}` is not in table `{}`", enrich.from),
+                        None,
+                    );
+                }
+                if names.contains(target.as_str()) {
+                    diag(
+                        &format!("/enrich/{i}/columns/{j}"),
+                        format!("enriched column `{target}` clashes with a schema column"),
+                        Some(format!("rename it: `{{{source}: {}_{source}}}`", enrich.from)),
+                    );
+                }
+            }
+        }
+        for (i, expectation) in config.expectations.iter().enumerate() {
+            let rules = [
+                expectation.not_null.is_some(),
+                expectation.in_set.is_some(),
+                expectation.between.is_some(),
+                expectation.matches.is_some(),
+            ];
+            if rules.iter().filter(|r| **r).count() != 1 {
+                diag(
+                    &format!("/expectations/{i}"),
+                    "an expectation needs exactly one rule".into(),
+                    Some("use one of not_null, in_set, between, matches".into()),
+                );
+            }
+            match columns.iter().find(|c| c.name == expectation.column) {
+                None => diag(
+                    &format!("/expectations/{i}/column"),
+                    format!("column `{}` is not in the schema", expectation.column),
+                    Some(format!("use one of: {}", column_list())),
+                ),
+                Some(column) if expectation.between.is_some() && !column.data_type.is_numeric() => diag(
+                    &format!("/expectations/{i}/between"),
+                    format!("`between` needs a numeric column, `{}` is not", column.name),
+                    None,
+                ),
+                Some(_) => {}
+            }
+            if let Some(pattern) = &expectation.matches
+                && let Err(err) = regex::Regex::new(pattern)
+            {
+                diag(
+                    &format!("/expectations/{i}/matches"),
+                    format!("invalid regular expression: {err}"),
+                    None,
+                );
+            }
+        }
+        for (i, latest) in config.latest_by.iter().enumerate() {
+            for (j, key) in latest.key.iter().enumerate() {
+                if !names.contains(key.as_str()) {
+                    diag(
+                        &format!("/latest_by/{i}/key/{j}"),
+                        format!("column `{key}` is not in the schema"),
+                        Some(format!("use one of: {}", column_list())),
+                    );
+                }
+            }
+        }
+        tables.push(Table { config: config.clone(), file: file.clone(), columns, depends_on });
+    }
+    order_by_dependencies(tables, parsed, out)
+}
+
+/// The columns an enrichment brings: `(name in the other table, name here)`.
+pub fn enrich_column_names(column: &EnrichColumn) -> (String, String) {
+    match column {
+        EnrichColumn::Same(name) => (name.clone(), name.clone()),
+        EnrichColumn::Renamed(map) => map
+            .iter()
+            .next()
+            .map(|(s, t)| (s.clone(), t.clone()))
+            .unwrap_or_default(),
+    }
+}
+
+/// Topological order (stable: by name among ready tables); a cycle is an error on each member.
+fn order_by_dependencies(
+    tables: Vec<Table>,
+    parsed: &[(PathBuf, IdcardConfig, PositionIndex)],
+    out: &mut Vec<Diagnostic>,
+) -> Vec<Table> {
+    let mut remaining: BTreeMap<String, Table> =
+        tables.into_iter().map(|t| (t.name().to_owned(), t)).collect();
+    let mut ordered: Vec<Table> = Vec::new();
+    while !remaining.is_empty() {
+        let ready: Vec<String> = remaining
+            .values()
+            .filter(|t| t.depends_on.iter().all(|d| !remaining.contains_key(d)))
+            .map(|t| t.name().to_owned())
+            .collect();
+        if ready.is_empty() {
+            let cycle: Vec<&str> = remaining.keys().map(String::as_str).collect();
+            for (file, config, index) in parsed {
+                if remaining.contains_key(&config.table) {
+                    out.push(Diagnostic {
+                        file: file.clone(),
+                        pos: index.locate("/enrich"),
+                        field: "enrich".into(),
+                        message: format!("dependency cycle between tables {}", cycle.join(", ")),
+                        hint: Some("remove one of the enrichment joins that close the cycle".into()),
+                    });
+                }
+            }
+            break;
+        }
+        for name in ready {
+            if let Some(table) = remaining.remove(&name) {
+                ordered.push(table);
+            }
+        }
+    }
+    ordered
+}
+
+/// The JSON Schema of [`IdcardConfig`], as checked into `idcards/idcard.schema.json`.
+pub fn generate_schema() -> String {
+    let schema = schemars::schema_for!(IdcardConfig);
+    let mut text = serde_json::to_string_pretty(&schema).expect("schema serialises");
+    text.push('\n');
+    text
+}

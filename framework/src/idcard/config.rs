@@ -1,0 +1,348 @@
+//! The idcard as written by users: stage 1 of the two-stage config (deserialize), see `compile.rs`.
+//!
+//! Every doc comment here is user documentation: it flows into `idcards/idcard.schema.json`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One ingestion contract: everything the engine needs to move one table from its source to silver.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdcardConfig {
+    /// Table name: lower snake case, unique across idcards. Names the bronze, silver, reject and
+    /// quarantine tables (`<lake>/<layer>/<table>`).
+    pub table: String,
+    /// What the table holds, for people.
+    #[serde(default)]
+    pub description: String,
+    /// Team or person answering for the table.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Free labels (domain, source system, ...).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Where the rows come from.
+    pub source: SourceConfig,
+    /// The topic the producer writes and bronze reads.
+    pub topic: TopicConfig,
+    /// Columns in source order, with their types and normalisation.
+    pub schema: Vec<ColumnConfig>,
+    /// Primary key: one or more schema columns; a composite key lists several.
+    pub key: Vec<String>,
+    /// How silver absorbs new rows: FULL (replace by the latest snapshot), DIFF (merge on the key,
+    /// newest `sequence_by` wins) or APPEND (add rows whose key is not there yet).
+    pub mode: Mode,
+    /// Column that orders versions of a key; `_ingestion_timestamp` (the default) is the message
+    /// time set by the producer.
+    #[serde(default = "default_sequence_by")]
+    pub sequence_by: String,
+    /// Joins to other tables' silver rows that add columns to this table's silver rows.
+    #[serde(default)]
+    pub enrich: Vec<EnrichConfig>,
+    /// Data-quality rules checked on the way into silver, each with its action.
+    #[serde(default)]
+    pub expectations: Vec<ExpectationConfig>,
+    /// Extra silver tables holding the latest row per another key (for example customers per
+    /// `customer_unique_id`).
+    #[serde(default)]
+    pub latest_by: Vec<LatestByConfig>,
+    /// Columns holding personal data.
+    #[serde(default)]
+    pub pii: Vec<PiiConfig>,
+    /// Orchestration hints for generated DAGs.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// How `framework produce` simulates a live stream.
+    #[serde(default)]
+    pub producer: ProducerConfig,
+}
+
+fn default_sequence_by() -> String {
+    "_ingestion_timestamp".to_owned()
+}
+
+/// Source file and dialect.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// File format.
+    pub format: SourceFormat,
+    /// File name, relative to the data folder (`--data`).
+    pub path: String,
+    /// CSV dialect (ignored for JSON).
+    #[serde(default)]
+    pub csv: CsvDialect,
+    /// Source column names to rename to schema column names (fixes misspelt headers such as
+    /// `product_name_lenght`).
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// Source file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// Comma-separated values (RFC 4180, quoted fields may span lines).
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
+
+/// CSV dialect.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsvDialect {
+    /// Field delimiter, one byte.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Quote character, one byte.
+    #[serde(default = "default_quote")]
+    pub quote: String,
+    /// Whether the first record names the columns.
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// Text encoding; a UTF-8 byte-order mark is always skipped.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+impl Default for CsvDialect {
+    fn default() -> Self {
+        Self {
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+            header: true,
+            encoding: Encoding::Utf8,
+        }
+    }
+}
+
+fn default_delimiter() -> String {
+    ",".to_owned()
+}
+fn default_quote() -> String {
+    "\"".to_owned()
+}
+const fn default_true() -> bool {
+    true
+}
+
+/// Text encoding of a source file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Encoding {
+    /// UTF-8, with or without byte-order mark. Invalid bytes make the row a reject.
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+}
+
+/// Topic settings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Topic name (by convention `raw_<table>`).
+    pub name: String,
+    /// Number of partitions; messages are spread by a hash of the key.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+}
+
+const fn default_partitions() -> u32 {
+    1
+}
+
+/// One column.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    /// Column name in bronze and silver.
+    pub name: String,
+    /// Type: `string`, `int`, `double`, `decimal(p,s)`, `timestamp`, `date` or `bool`.
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Whether the column may be empty; a null in a non-nullable column makes the message a reject.
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+    /// chrono format of a `timestamp` or `date` column when it is not ISO 8601 (e.g. `%d/%m/%Y %H:%M`).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Left-pad a string column to this many characters with `pad_char` (zip-code prefixes that
+    /// lost their leading zeros).
+    #[serde(default)]
+    pub pad_left: Option<u32>,
+    /// Character used by `pad_left`.
+    #[serde(default = "default_pad_char")]
+    pub pad_char: String,
+    /// What the column means, for people.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_pad_char() -> String {
+    "0".to_owned()
+}
+
+/// How silver absorbs new rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Mode {
+    /// Each batch is a complete snapshot that replaces the table.
+    #[serde(rename = "FULL")]
+    Full,
+    /// Merge on the key; the newest `sequence_by` wins; late or duplicate messages never
+    /// overwrite newer data.
+    #[serde(rename = "DIFF")]
+    Diff,
+    /// Insert rows whose key is not in the table yet; never update.
+    #[serde(rename = "APPEND")]
+    Append,
+}
+
+/// A left join to another table's silver rows.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Table (idcard name) to join.
+    pub from: String,
+    /// Join columns: this table's column -> the other table's column.
+    pub on: BTreeMap<String, String>,
+    /// Columns of the other table to bring; each may be renamed with `name: new_name`.
+    pub columns: Vec<EnrichColumn>,
+}
+
+/// A column brought by an enrichment join: its name, or a one-entry map `source: target`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnrichColumn {
+    /// Keep the other table's name.
+    Same(String),
+    /// `{other_name: new_name}`.
+    Renamed(BTreeMap<String, String>),
+}
+
+/// A data-quality rule: exactly one of `not_null`, `in_set`, `between`, `matches`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectationConfig {
+    /// Rule name, recorded with quarantined rows (defaults to `<column>_<rule>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Column checked.
+    pub column: String,
+    /// The value must not be null.
+    #[serde(default)]
+    pub not_null: Option<bool>,
+    /// The value, when present, must be one of these.
+    #[serde(default)]
+    pub in_set: Option<Vec<String>>,
+    /// The value, when present, must lie in this closed range.
+    #[serde(default)]
+    pub between: Option<Range>,
+    /// The value, when present, must match this regular expression.
+    #[serde(default)]
+    pub matches: Option<String>,
+    /// What happens to a failing row.
+    pub action: Action,
+}
+
+/// A closed numeric range; either end may be left open.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    /// Smallest allowed value.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Largest allowed value.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// What happens to a row that fails an expectation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Keep the row; count the failure in the run summary.
+    Warn,
+    /// Leave the row out of silver; count it.
+    Drop,
+    /// Move the row to `<lake>/quarantine/<table>` with the rule's name.
+    Quarantine,
+    /// Stop the run with an error naming the rule.
+    Fail,
+}
+
+/// An extra silver table with the latest row per another key.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatestByConfig {
+    /// Name of the extra silver table (`<lake>/silver/<name>`).
+    pub name: String,
+    /// The other key.
+    pub key: Vec<String>,
+}
+
+/// A column with personal data.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PiiConfig {
+    /// Column (or dotted path into a nested column).
+    pub column: String,
+    /// Classification, e.g. `location`, `contact`, `identifier`.
+    #[serde(default)]
+    pub classification: Option<String>,
+}
+
+/// Orchestration hints.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Cron expression of the ingestion DAG.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// Retries of a failed task.
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+/// Live-stream simulation of `framework produce`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// Random pause between messages, in milliseconds: `[min, max]`.
+    #[serde(default = "default_delay_ms")]
+    pub delay_ms: [u64; 2],
+    /// Share of messages sent late (their timestamp moved into the past).
+    #[serde(default = "default_late_fraction")]
+    pub late_fraction: f64,
+    /// How far a late message's timestamp lies in the past, in seconds: `[min, max]`.
+    #[serde(default = "default_late_lag_s")]
+    pub late_lag_s: [u64; 2],
+    /// Share of messages sent twice.
+    #[serde(default = "default_duplicate_fraction")]
+    pub duplicate_fraction: f64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            delay_ms: default_delay_ms(),
+            late_fraction: default_late_fraction(),
+            late_lag_s: default_late_lag_s(),
+            duplicate_fraction: default_duplicate_fraction(),
+        }
+    }
+}
+
+const fn default_delay_ms() -> [u64; 2] {
+    [50, 200]
+}
+const fn default_late_fraction() -> f64 {
+    0.05
+}
+const fn default_late_lag_s() -> [u64; 2] {
+    [60, 300]
+}
+const fn default_duplicate_fraction() -> f64 {
+    0.02
+}

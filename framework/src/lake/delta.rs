@@ -1,0 +1,185 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+
+use super::{Error, Result};
+
+/// A layer of the lake; each is a folder of Delta tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layer {
+    Bronze,
+    Reject,
+    Silver,
+    Quarantine,
+}
+
+impl Layer {
+    pub const fn dir(self) -> &'static str {
+        match self {
+            Self::Bronze => "bronze",
+            Self::Reject => "reject",
+            Self::Silver => "silver",
+            Self::Quarantine => "quarantine",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.dir())
+    }
+}
+
+/// Transaction versions by application id, as read from a table's log.
+pub type TxnVersions = HashMap<String, i64>;
+
+/// The app id under which `stage` records the next offset of `partition` of `topic`.
+pub fn app_id(stage: &str, topic: &str, partition: u32) -> String {
+    format!("framework-{stage}/{topic}/{partition}")
+}
+
+/// A DataFusion session with delta-rs' settings.
+pub fn session() -> SessionContext {
+    deltalake::delta_datafusion::DeltaSessionContext::new().into_inner()
+}
+
+/// The lake rooted at a local folder.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: PathBuf,
+}
+
+impl Lake {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Folder of the embedded topic log.
+    pub fn bus_dir(&self) -> PathBuf {
+        self.root.join("_bus")
+    }
+
+    pub fn table_path(&self, layer: Layer, table: &str) -> PathBuf {
+        self.root.join(layer.dir()).join(table)
+    }
+
+    fn delta_err(layer: Layer, table: &str) -> impl FnOnce(DeltaTableError) -> Error + '_ {
+        move |source| Error::Delta { layer, table: table.to_owned(), source }
+    }
+
+    /// The table, or `None` when nothing was ever written there.
+    pub async fn open(&self, layer: Layer, table: &str) -> Result<Option<DeltaTable>> {
+        let path = self.table_path(layer, table);
+        if !path.join("_delta_log").exists() {
+            return Ok(None);
+        }
+        let err = Self::delta_err(layer, table);
+        let uri = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(Self::delta_err(layer, table))?;
+        let table = DeltaTable::try_from_url(uri).await.map_err(err)?;
+        Ok(table.version().is_some().then_some(table))
+    }
+
+    /// A handle for writing, whether or not the table exists yet.
+    async fn handle(&self, layer: Layer, table: &str) -> Result<DeltaTable> {
+        let path = self.table_path(layer, table);
+        std::fs::create_dir_all(&path).map_err(|e| Error::Delta {
+            layer,
+            table: table.to_owned(),
+            source: DeltaTableError::Generic(format!("cannot create {}: {e}", path.display())),
+        })?;
+        if path.join("_delta_log").exists() {
+            let uri = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(Self::delta_err(layer, table))?;
+            return DeltaTable::try_from_url(uri).await.map_err(Self::delta_err(layer, table));
+        }
+        // A new table: no log to load yet (loading would only log a spurious kernel error).
+        let uri = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(Self::delta_err(layer, table))?;
+        deltalake::DeltaTableBuilder::from_url(uri)
+            .and_then(|builder| builder.build())
+            .map_err(Self::delta_err(layer, table))
+    }
+
+    /// Latest transaction version of each of `app_ids` in the table (absent ids are left out).
+    pub async fn txn_versions(&self, layer: Layer, table: &str, app_ids: &[String]) -> Result<TxnVersions> {
+        let mut out = TxnVersions::new();
+        let Some(delta) = self.open(layer, table).await? else {
+            return Ok(out);
+        };
+        let snapshot = delta.snapshot().map_err(Self::delta_err(layer, table))?;
+        for app in app_ids {
+            if let Some(version) = snapshot
+                .transaction_version(delta.log_store().as_ref(), app)
+                .await
+                .map_err(Self::delta_err(layer, table))?
+            {
+                out.insert(app.clone(), version);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends (or, with `overwrite`, replaces) rows and records `txns` in the same commit.
+    pub async fn write(
+        &self,
+        layer: Layer,
+        table: &str,
+        batches: Vec<RecordBatch>,
+        partition_by: &[&str],
+        txns: Vec<(String, i64)>,
+        overwrite: bool,
+    ) -> Result<()> {
+        let delta = self.handle(layer, table).await?;
+        let commit = CommitProperties::default().with_application_transactions(
+            txns.into_iter().map(|(app, version)| Transaction::new(app, version)).collect(),
+        );
+        let mut write = delta
+            .write(batches)
+            .with_save_mode(if overwrite { SaveMode::Overwrite } else { SaveMode::Append })
+            .with_commit_properties(commit);
+        if !partition_by.is_empty() {
+            write = write.with_partition_columns(partition_by.iter().map(|c| (*c).to_owned()));
+        }
+        write.await.map_err(Self::delta_err(layer, table))?;
+        Ok(())
+    }
+
+    /// Registers the table under `name` in `ctx`; false when the table does not exist.
+    pub async fn register(&self, ctx: &SessionContext, layer: Layer, table: &str, name: &str) -> Result<bool> {
+        let Some(delta) = self.open(layer, table).await? else {
+            return Ok(false);
+        };
+        delta.update_datafusion_session(&ctx.state()).map_err(Self::delta_err(layer, table))?;
+        let provider = delta.table_provider().await.map_err(|source| Error::Query {
+            layer,
+            table: table.to_owned(),
+            source,
+        })?;
+        ctx.register_table(name, provider).map_err(|source| Error::Query {
+            layer,
+            table: table.to_owned(),
+            source,
+        })?;
+        Ok(true)
+    }
+
+    /// Number of rows of a table (0 when it does not exist).
+    pub async fn count(&self, layer: Layer, table: &str) -> Result<u64> {
+        let ctx = session();
+        if !self.register(&ctx, layer, table, "t").await? {
+            return Ok(0);
+        }
+        let query = |source| Error::Query { layer, table: table.to_owned(), source };
+        let df = ctx.table("t").await.map_err(query)?;
+        Ok(df.count().await.map_err(query)? as u64)
+    }
+}

@@ -1,0 +1,17 @@
+//! The lake: where each layer's Delta tables live, and the Delta / DataFusion plumbing that every
+//! stage shares (open, append with offsets in the commit, read transaction versions, query).
+
+mod delta;
+
+pub use delta::{Lake, Layer, TxnVersions, app_id, session};
+
+/// Errors of lake IO.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{layer} table {table}: {source}")]
+    Delta { layer: Layer, table: String, source: deltalake::DeltaTableError },
+    #[error("{layer} table {table}: query failed: {source}")]
+    Query { layer: Layer, table: String, source: deltalake::datafusion::error::DataFusionError },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,22 @@
+//! An idcard-driven lakehouse ingestion framework.
+//!
+//! Each table is described by one YAML idcard; this crate reads the idcards and moves the data:
+//!
+//! ```text
+//! CSV ──produce──▶ topic (embedded log) ──bronze──▶ Delta, append, exactly once ──silver──▶ Delta, one row per key
+//!                                           └──▶ reject table                      └──▶ quarantine table
+//! ```
+//!
+//! Modules follow the data: [`idcard`] (contracts) → [`source`] (CSV, producer) → [`bus`] (topic
+//! log) → [`bronze`] → [`silver`], with [`lake`] for Delta IO, [`pipeline`] running the stages
+//! and [`cli`] the `framework` binary's thin shell.
+
+pub mod bronze;
+pub mod bus;
+pub mod cli;
+pub mod idcard;
+pub mod lake;
+pub mod pipeline;
+pub mod silver;
+pub mod source;
+pub mod synth;

@@ -1,0 +1,24 @@
+//! Runs the stages for a set of tables, in dependency order, and reports per table.
+
+mod report;
+mod run;
+
+pub use report::{TableReport, peak_rss_mib, render_summary};
+pub use run::{RunOptions, Stage, run};
+
+/// Errors of a pipeline run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown table `{name}`\n  hint: known tables: {known}")]
+    UnknownTable { name: String, known: String },
+    #[error(transparent)]
+    Source(#[from] crate::source::Error),
+    #[error(transparent)]
+    Bronze(#[from] crate::bronze::Error),
+    #[error(transparent)]
+    Silver(#[from] crate::silver::Error),
+    #[error(transparent)]
+    Lake(#[from] crate::lake::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,92 @@
+//! SQL text built from an idcard: identifiers, normalisation, expectation predicates.
+
+use crate::idcard::config::ExpectationConfig;
+use crate::idcard::{Action, ColumnType, Table};
+
+/// A double-quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A single-quoted SQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The select expression of a column after normalisation.
+pub fn normalised(table: &Table, column: &str) -> String {
+    let c = table.column(column).expect("column exists");
+    match c.pad_left {
+        Some((width, pad)) if c.data_type == ColumnType::String => format!(
+            "CASE WHEN {id} IS NULL THEN NULL WHEN character_length({id}) >= {width} THEN {id} ELSE lpad({id}, {width}, {p}) END AS {id}",
+            id = ident(column),
+            p = literal(&pad.to_string())
+        ),
+        _ => ident(column),
+    }
+}
+
+/// Name of an expectation as recorded with failing rows.
+pub fn rule_name(expectation: &ExpectationConfig) -> String {
+    if let Some(name) = &expectation.name {
+        return name.clone();
+    }
+    let rule = if expectation.not_null.is_some() {
+        "not_null"
+    } else if expectation.in_set.is_some() {
+        "in_set"
+    } else if expectation.between.is_some() {
+        "between"
+    } else {
+        "matches"
+    };
+    format!("{}_{rule}", expectation.column)
+}
+
+/// SQL that is true when a row passes. A null passes every rule but `not_null`.
+pub fn passes(table: &Table, expectation: &ExpectationConfig) -> String {
+    let id = ident(&expectation.column);
+    if expectation.not_null == Some(true) {
+        return format!("{id} IS NOT NULL");
+    }
+    if let Some(values) = &expectation.in_set {
+        let list: Vec<String> = values.iter().map(|v| literal(v)).collect();
+        return format!("({id} IS NULL OR CAST({id} AS VARCHAR) IN ({}))", list.join(", "));
+    }
+    if let Some(range) = &expectation.between {
+        let mut terms = vec![format!("{id} IS NULL")];
+        let mut bounds = Vec::new();
+        if let Some(min) = range.min {
+            bounds.push(format!("CAST({id} AS DOUBLE) >= {min:?}"));
+        }
+        if let Some(max) = range.max {
+            bounds.push(format!("CAST({id} AS DOUBLE) <= {max:?}"));
+        }
+        if !bounds.is_empty() {
+            terms.push(format!("({})", bounds.join(" AND ")));
+        } else {
+            terms.push("TRUE".into());
+        }
+        return format!("({})", terms.join(" OR "));
+    }
+    if let Some(pattern) = &expectation.matches {
+        return format!("({id} IS NULL OR regexp_like(CAST({id} AS VARCHAR), {}))", literal(pattern));
+    }
+    let _ = table;
+    "TRUE".into()
+}
+
+/// Rules that remove rows (drop, quarantine, fail), in idcard order, with the built-in key check first.
+pub fn row_rules(table: &Table) -> Vec<(String, String, Action)> {
+    let mut rules = vec![(
+        "key_not_null".to_owned(),
+        table.key().iter().map(|k| format!("{} IS NOT NULL", ident(k))).collect::<Vec<_>>().join(" AND "),
+        Action::Quarantine,
+    )];
+    for expectation in &table.config.expectations {
+        if expectation.action != Action::Warn {
+            rules.push((rule_name(expectation), passes(table, expectation), expectation.action));
+        }
+    }
+    rules
+}

@@ -1,0 +1,289 @@
+//! Bronze -> silver for one table.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deltalake::arrow::array::AsArray;
+use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+
+use crate::idcard::compile::enrich_column_names;
+use crate::idcard::{Action, Mode, Project, Table};
+use crate::lake::{Lake, Layer, app_id, session};
+
+use super::sql::{ident, literal, normalised, passes, row_rules, rule_name};
+use super::{Error, Result};
+
+/// What a silver run did.
+#[derive(Debug, Clone, Default)]
+pub struct SilverStats {
+    /// New bronze rows read.
+    pub rows_in: u64,
+    /// Rows moved to the quarantine table.
+    pub quarantined: u64,
+    /// Rows left out by `drop` expectations.
+    pub dropped: u64,
+    /// Failures of `warn` expectations, per rule.
+    pub warnings: BTreeMap<String, u64>,
+    /// Rows the batch held after dedup (applied to silver).
+    pub applied: u64,
+    /// Rows in silver afterwards.
+    pub rows_after: u64,
+    pub seconds: f64,
+}
+
+/// Brings silver up to date with bronze for `table`.
+pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<SilverStats> {
+    let started = Instant::now();
+    let name = table.name();
+    let query = |source| Error::Query { table: name.to_owned(), source };
+    let ctx = session();
+    let mut stats = SilverStats::default();
+    if !lake.register(&ctx, Layer::Bronze, name, "bronze").await? {
+        return Ok(stats);
+    }
+    let partitions = table.config.topic.partitions;
+    let apps: Vec<String> = (0..partitions).map(|p| app_id("silver", table.topic(), p)).collect();
+    let done = lake.txn_versions(Layer::Silver, name, &apps).await?;
+    let filter = (0..partitions)
+        .map(|p| format!("(_partition = {p} AND _offset >= {})", done.get(&apps[p as usize]).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+
+    // Where this batch ends in each partition: recorded with the commit.
+    let ends = collect(&ctx, &format!("SELECT _partition, max(_offset) + 1 AS e FROM bronze WHERE {filter} GROUP BY _partition"))
+        .await
+        .map_err(query)?;
+    let mut txns = Vec::new();
+    for batch in &ends {
+        let parts = batch.column(0).as_primitive::<deltalake::arrow::datatypes::Int32Type>();
+        let end = batch.column(1).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            txns.push((apps[parts.value(i) as usize].clone(), end.value(i)));
+        }
+    }
+    if txns.is_empty() {
+        stats.rows_after = lake.count(Layer::Silver, name).await?;
+        stats.seconds = started.elapsed().as_secs_f64();
+        return Ok(stats);
+    }
+
+    // Normalise and evaluate the row rules once; keep the result in memory.
+    let columns: Vec<String> = table.columns.iter().map(|c| normalised(table, &c.name)).collect();
+    let rules = row_rules(table);
+    let failed_rule = rules
+        .iter()
+        .map(|(rule, pass, _)| format!("WHEN NOT coalesce({pass}, false) THEN {}", literal(rule)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let failed_action = rules
+        .iter()
+        .map(|(_, pass, action)| format!("WHEN NOT coalesce({pass}, false) THEN {}", literal(action_name(*action))))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let checked_sql = format!(
+        "WITH n AS (SELECT {cols}, {seq} AS _sequence, _partition, _offset FROM bronze WHERE {filter}) \
+         SELECT *, CASE {failed_rule} END AS _failed_rule, CASE {failed_action} END AS _failed_action FROM n",
+        cols = columns.join(", "),
+        seq = ident(&table.config.sequence_by),
+    );
+    let checked = collect(&ctx, &checked_sql).await.map_err(query)?;
+    stats.rows_in = checked.iter().map(|b| b.num_rows() as u64).sum();
+    let schema = checked.first().map(RecordBatch::schema).unwrap_or_else(|| Arc::new(Schema::empty()));
+    ctx.register_table("checked", Arc::new(MemTable::try_new(schema, vec![checked]).map_err(query)?))
+        .map_err(query)?;
+
+    // fail: stop before anything is written.
+    let key_sql = table.key().iter().map(|k| format!("CAST({} AS VARCHAR)", ident(k))).collect::<Vec<_>>().join(" || '|' || ");
+    let failures = collect(
+        &ctx,
+        &format!(
+            "SELECT _failed_rule, count(*) AS n, array_to_string(array_slice(array_agg({key_sql}), 1, 5), ', ') AS sample \
+             FROM checked WHERE _failed_action = 'fail' GROUP BY _failed_rule ORDER BY _failed_rule"
+        ),
+    )
+    .await
+    .map_err(query)?;
+    if let Some(batch) = failures.iter().find(|b| b.num_rows() > 0) {
+        return Err(Error::ExpectationFailed {
+            table: name.to_owned(),
+            rule: batch.column(0).as_string::<i32>().value(0).to_owned(),
+            count: batch.column(1).as_primitive::<Int64Type>().value(0) as u64,
+            sample: batch.column(2).as_string::<i32>().value(0).to_owned(),
+        });
+    }
+
+    // warn: count only.
+    for expectation in table.config.expectations.iter().filter(|e| e.action == Action::Warn) {
+        let n = scalar_count(
+            &ctx,
+            &format!("SELECT count(*) FROM checked WHERE _failed_rule IS NULL AND NOT coalesce({}, false)", passes(table, expectation)),
+        )
+        .await
+        .map_err(query)?;
+        stats.warnings.insert(rule_name(expectation), n);
+    }
+    stats.dropped = scalar_count(&ctx, "SELECT count(*) FROM checked WHERE _failed_action = 'drop'").await.map_err(query)?;
+
+    // quarantine: exactly once, like rejects in bronze.
+    let quarantine_done = lake.txn_versions(Layer::Quarantine, name, &apps).await?;
+    let fresh = (0..partitions)
+        .map(|p| format!("(_partition = {p} AND _offset >= {})", quarantine_done.get(&apps[p as usize]).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let quarantined = collect(
+        &ctx,
+        &format!(
+            "SELECT * EXCLUDE (_failed_action), now() AS _quarantined_at FROM checked WHERE _failed_action = 'quarantine' AND ({fresh})"
+        ),
+    )
+    .await
+    .map_err(query)?;
+    stats.quarantined = scalar_count(&ctx, "SELECT count(*) FROM checked WHERE _failed_action = 'quarantine'").await.map_err(query)?;
+    if quarantined.iter().any(|b| b.num_rows() > 0) {
+        lake.write(Layer::Quarantine, name, quarantined, &[], txns.clone(), false).await?;
+    }
+
+    // Dedup, then enrich.
+    let rows = ctx.sql(&current_rows_sql(lake, &ctx, project, table).await?).await.map_err(query)?;
+    let rows = rows.cache().await.map_err(query)?;
+    stats.applied = rows.clone().count().await.map_err(query)? as u64;
+    apply(lake, &ctx, table, rows, txns).await?;
+
+    for latest in &table.config.latest_by {
+        rebuild_latest_by(lake, table, &latest.name, &latest.key).await?;
+    }
+    stats.rows_after = lake.count(Layer::Silver, name).await?;
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Warn => "warn",
+        Action::Drop => "drop",
+        Action::Quarantine => "quarantine",
+        Action::Fail => "fail",
+    }
+}
+
+async fn collect(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
+    ctx.sql(sql).await?.collect().await
+}
+
+async fn scalar_count(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<u64> {
+    let batches = collect(ctx, sql).await?;
+    Ok(batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64))
+}
+
+/// SQL for the batch's current rows: valid rows, latest per key, with enrichment columns.
+async fn current_rows_sql(lake: &Lake, ctx: &SessionContext, project: &Project, table: &Table) -> Result<String> {
+    let query = |source| Error::Query { table: table.name().to_owned(), source };
+    let keys = table.key().iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    let mut select: Vec<String> = table.columns.iter().map(|c| format!("d.{}", ident(&c.name))).collect();
+    let mut joins = String::new();
+    for (i, enrich) in table.config.enrich.iter().enumerate() {
+        let alias = format!("e{i}");
+        let dim = format!("dim_{i}");
+        if !lake.register(ctx, Layer::Silver, &enrich.from, &dim).await? {
+            // Not loaded yet: join an empty table of the right shape so the columns exist.
+            let other = project.table(&enrich.from).expect("checked by validate");
+            let mut fields = other.arrow_fields();
+            fields.push(Field::new("_sequence", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
+            let empty = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).map_err(query)?;
+            ctx.register_table(&dim, Arc::new(empty)).map_err(query)?;
+        }
+        let on_cols = enrich.on.values().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let condition = enrich
+            .on
+            .iter()
+            .map(|(mine, theirs)| format!("d.{} = {alias}.{}", ident(mine), ident(theirs)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        joins.push_str(&format!(
+            " LEFT JOIN (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {on_cols} ORDER BY _sequence DESC) AS _rn FROM {dim}) WHERE _rn = 1) {alias} ON {condition}"
+        ));
+        for column in &enrich.columns {
+            let (source, target) = enrich_column_names(column);
+            select.push(format!("{alias}.{} AS {}", ident(&source), ident(&target)));
+        }
+    }
+    select.extend(["d._sequence".into(), "d._partition".into(), "d._offset".into()]);
+    Ok(format!(
+        "WITH d AS (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _sequence DESC, _offset DESC) AS _rn \
+         FROM checked WHERE _failed_rule IS NULL) WHERE _rn = 1) SELECT {} FROM d{joins}",
+        select.join(", ")
+    ))
+}
+
+/// Applies the batch to silver by mode, recording the consumed offsets in the same commit.
+async fn apply(lake: &Lake, ctx: &SessionContext, table: &Table, rows: DataFrame, txns: Vec<(String, i64)>) -> Result<()> {
+    let name = table.name();
+    let query = |source| Error::Query { table: name.to_owned(), source };
+    let existing = lake.open(Layer::Silver, name).await?;
+    let (Some(target), Mode::Diff | Mode::Append) = (existing, table.mode()) else {
+        let batches = rows.collect().await.map_err(query)?;
+        let overwrite = table.mode() == Mode::Full;
+        lake.write(Layer::Silver, name, batches, &[], txns, overwrite).await?;
+        return Ok(());
+    };
+    let columns: Vec<String> = rows.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let on = table
+        .key()
+        .iter()
+        .map(|k| format!("target.{id} = source.{id}", id = ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let commit = CommitProperties::default()
+        .with_application_transactions(txns.into_iter().map(|(a, v)| Transaction::new(a, v)).collect());
+    let delta_err = |source| Error::Delta { table: name.to_owned(), source };
+    let mut merge = target
+        .merge(rows, on.as_str())
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_session_state(Arc::new(ctx.state()))
+        .with_commit_properties(commit);
+    if table.mode() == Mode::Diff {
+        merge = merge
+            .when_matched_update(|update| {
+                columns.iter().fold(
+                    update.predicate(
+                        "source._sequence > target._sequence OR (source._sequence = target._sequence AND source._offset > target._offset)",
+                    ),
+                    |u, c| u.update(c.as_str(), format!("source.{}", ident(c))),
+                )
+            })
+            .map_err(delta_err)?;
+    }
+    merge = merge
+        .when_not_matched_insert(|insert| columns.iter().fold(insert, |i, c| i.set(c.as_str(), format!("source.{}", ident(c)))))
+        .map_err(delta_err)?;
+    merge.await.map_err(delta_err)?;
+    Ok(())
+}
+
+/// `<lake>/silver/<name>`: the latest silver row of `table` per `key`.
+async fn rebuild_latest_by(lake: &Lake, table: &Table, name: &str, key: &[String]) -> Result<()> {
+    let query = |source| Error::Query { table: table.name().to_owned(), source };
+    let ctx = session();
+    lake.register(&ctx, Layer::Silver, table.name(), "s").await?;
+    let keys = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    let batches = collect(
+        &ctx,
+        &format!(
+            "SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _sequence DESC, _offset DESC) AS _rn FROM s) WHERE _rn = 1"
+        ),
+    )
+    .await
+    .map_err(query)?;
+    lake.write(Layer::Silver, name, batches, &[], vec![], true).await?;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Helpers: run the binary in temp dirs, read tables, compute expectations independently.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use deltalake::arrow::util::pretty::pretty_format_batches;
+use framework::bus::Bus;
+use framework::idcard::{Project, load_dir};
+use framework::lake::{Lake, Layer, session};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn sample() -> PathBuf {
+    repo().join("data/olist_sample")
+}
+
+pub fn idcards() -> PathBuf {
+    repo().join("idcards")
+}
+
+pub fn project() -> Project {
+    load_dir(&idcards()).unwrap_or_else(|d| panic!("{d}"))
+}
+
+/// `framework` with `--idcards` and `--lake` set.
+pub fn framework(lake: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_framework"));
+    cmd.arg("--idcards").arg(idcards()).arg("--lake").arg(lake);
+    cmd
+}
+
+pub fn ok(mut cmd: Command) -> Output {
+    let out = cmd.output().expect("framework runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+pub fn count(lake: &Path, layer: Layer, table: &str) -> u64 {
+    runtime().block_on(Lake::new(lake).count(layer, table)).unwrap()
+}
+
+/// Messages on a topic (sum of partition end offsets).
+pub fn topic_messages(lake: &Path, topic: &str, partitions: u32) -> u64 {
+    let bus = Bus::embedded(Lake::new(lake).bus_dir());
+    (0..partitions).map(|p| bus.end_offset(topic, p).unwrap()).sum()
+}
+
+/// Runs a SQL query over one table registered as `t`; returns the pretty-printed result.
+pub fn query(lake: &Path, layer: Layer, table: &str, sql: &str) -> String {
+    runtime().block_on(async {
+        let ctx = session();
+        assert!(Lake::new(lake).register(&ctx, layer, table, "t").await.unwrap(), "{layer}/{table} missing");
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        pretty_format_batches(&batches).unwrap().to_string()
+    })
+}
+
+/// Distinct keys of a table computed straight from its CSV with the `csv` crate (an
+/// independent reading: BOM stripped, header renames applied, zip prefixes padded).
+pub fn distinct_keys_from_csv(data: &Path, project: &Project, table: &str) -> u64 {
+    let t = project.table(table).unwrap();
+    let bytes = std::fs::read(data.join(&t.config.source.path)).unwrap();
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes).to_vec();
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    let headers: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| t.config.source.rename.get(h).cloned().unwrap_or_else(|| h.to_owned()))
+        .collect();
+    let mut keys = HashSet::new();
+    for record in reader.records() {
+        let record = record.unwrap();
+        let row: BTreeMap<&str, &str> = headers.iter().map(String::as_str).zip(record.iter()).collect();
+        let key: Vec<String> = t
+            .key()
+            .iter()
+            .map(|k| {
+                let v = row[k.as_str()];
+                if k.ends_with("zip_code_prefix") { format!("{v:0>5}") } else { v.to_owned() }
+            })
+            .collect();
+        keys.insert(key);
+    }
+    keys.len() as u64
+}

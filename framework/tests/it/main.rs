@@ -1,0 +1,6 @@
+//! End-to-end tests of the `framework` binary, linked once.
+
+mod common;
+mod crash;
+mod lake;
+mod validate;

@@ -1,0 +1,21 @@
+# Shared settings of the scripts: build output and the Python venv live outside the clone, in the
+# user's cache folder, so every clone on a machine reuses them.
+CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/olist-lake"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/target}"
+VENV="$CACHE_DIR/venv"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# The Python venv with deltalake and pandas (independent Delta reader in tests; benchmark peer).
+ensure_venv() {
+  local stamp="$VENV/.requirements.sha"
+  local want
+  want="$(sha256sum "$REPO/bench/requirements.txt" | cut -d' ' -f1)"
+  if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "== setting up the Python venv at $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet -r "$REPO/bench/requirements.txt"
+    echo "$want" > "$stamp"
+  fi
+  export FRAMEWORK_TEST_PYTHON="$VENV/bin/python"
+}
