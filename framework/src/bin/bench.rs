@@ -41,7 +41,11 @@ struct Figures {
 
 impl Figures {
     fn from_report(json: &Value, wall_s: f64, rows_field: &str) -> Self {
-        let mut f = Figures { wall_s, peak_mib: json["peak_rss_mib"].as_f64().unwrap_or(0.0), ..Default::default() };
+        let mut f = Figures {
+            wall_s,
+            peak_mib: json["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            ..Default::default()
+        };
         let tables: Vec<&Value> = match &json["tables"] {
             Value::Array(a) => a.iter().collect(),
             Value::Object(o) => o.values().collect(),
@@ -72,14 +76,21 @@ fn main() -> Result<()> {
         } else {
             let dir = args.work.join(format!("data-{scale}"));
             if !dir.join("olist_orders_dataset.csv").exists() {
-                run(Command::new(&exe).args(["generate-data", "--scale", &scale.to_string(), "--out"]).arg(&dir))?;
+                run(Command::new(&exe)
+                    .args(["generate-data", "--scale", &scale.to_string(), "--out"])
+                    .arg(&dir))?;
             }
             (format!("scale {scale}"), dir)
         };
         let ours = run_ours(&exe, &repo, &data, &args.work.join(format!("lake-{scale}")))?;
         lines.push(row(&label, "framework", &ours));
         if let Some(python) = &args.python {
-            let peer = run_peer(python, &repo, &data, &args.work.join(format!("peer-{scale}")))?;
+            let peer = run_peer(
+                python,
+                &repo,
+                &data,
+                &args.work.join(format!("peer-{scale}")),
+            )?;
             lines.push(row(&label, "pandas + deltalake", &peer));
             lines.push(format!(
                 "| {label} | | **ratio** | {:.1}x | {:.1}x | {:.1}x | {:.1}x | |",
@@ -156,7 +167,11 @@ fn run_peer(python: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figu
     }
     let wall = started.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("peer printed no JSON")?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("peer printed no JSON")?;
     let json: Value = serde_json::from_str(last)?;
     let mut figures = Figures::from_report(&json, wall, "rows");
     figures.peak_mib = json["peak_rss_mb"].as_f64().unwrap_or(0.0);

@@ -20,7 +20,9 @@ pub struct BronzeOptions {
 
 impl Default for BronzeOptions {
     fn default() -> Self {
-        Self { batch_size: 100_000 }
+        Self {
+            batch_size: 100_000,
+        }
     }
 }
 
@@ -45,17 +47,31 @@ pub async fn ingest(
     let started = Instant::now();
     let name = table.name();
     let topic = table.topic();
-    let bus_err = |source| Error::Bus { table: name.to_owned(), source };
-    let partitions = bus.ensure_topic(topic, table.config.topic.partitions).map_err(bus_err)?;
-    let apps: Vec<String> = (0..partitions).map(|p| app_id("bronze", topic, p)).collect();
+    let bus_err = |source| Error::Bus {
+        table: name.to_owned(),
+        source,
+    };
+    let partitions = bus
+        .ensure_topic(topic, table.config.topic.partitions)
+        .map_err(bus_err)?;
+    let apps: Vec<String> = (0..partitions)
+        .map(|p| app_id("bronze", topic, p))
+        .collect();
     let committed = lake.txn_versions(Layer::Bronze, name, &apps).await?;
     let rejected = lake.txn_versions(Layer::Reject, name, &apps).await?;
-    let mut next: Vec<u64> = apps.iter().map(|a| committed.get(a).copied().unwrap_or(0) as u64).collect();
+    let mut next: Vec<u64> = apps
+        .iter()
+        .map(|a| committed.get(a).copied().unwrap_or(0) as u64)
+        .collect();
     let mut ends = Vec::with_capacity(partitions as usize);
     for partition in 0..partitions {
         ends.push(bus.end_offset(topic, partition).map_err(bus_err)?);
     }
-    let total: u64 = ends.iter().zip(&next).map(|(e, n)| e.saturating_sub(*n)).sum();
+    let total: u64 = ends
+        .iter()
+        .zip(&next)
+        .map(|(e, n)| e.saturating_sub(*n))
+        .sum();
     let mut stats = BronzeStats::default();
     progress(0, total);
     for partition in 0..partitions {
@@ -67,18 +83,32 @@ pub async fn ingest(
                 break;
             }
             let batch_end = messages.last().map_or(next[p], |m| m.offset + 1);
-            let parsed = parse_messages(table, topic, &messages, Utc::now())
-                .map_err(|source| Error::Arrow { table: name.to_owned(), source })?;
+            let parsed = parse_messages(table, topic, &messages, Utc::now()).map_err(|source| {
+                Error::Arrow {
+                    table: name.to_owned(),
+                    source,
+                }
+            })?;
             let txn = vec![(apps[p].clone(), batch_end as i64)];
             // Rejects first, skipping those a previous attempt already committed.
             let already = rejected.get(&apps[p]).copied().unwrap_or(0);
-            let fresh = fresh_rejects(&parsed.rejects, already)
-                .map_err(|source| Error::Arrow { table: name.to_owned(), source })?;
+            let fresh = fresh_rejects(&parsed.rejects, already).map_err(|source| Error::Arrow {
+                table: name.to_owned(),
+                source,
+            })?;
             if fresh.num_rows() > 0 {
-                lake.write(Layer::Reject, name, vec![fresh], &[], txn.clone(), false).await?;
+                lake.write(Layer::Reject, name, vec![fresh], &[], txn.clone(), false)
+                    .await?;
             }
-            lake.write(Layer::Bronze, name, vec![parsed.rows.clone()], &["_ingestion_date"], txn, false)
-                .await?;
+            lake.write(
+                Layer::Bronze,
+                name,
+                vec![parsed.rows.clone()],
+                &["_ingestion_date"],
+                txn,
+                false,
+            )
+            .await?;
             stats.messages += messages.len() as u64;
             stats.rows += parsed.rows.num_rows() as u64;
             stats.rejected += parsed.rejects.num_rows() as u64;
@@ -101,6 +131,8 @@ fn fresh_rejects(
         .column_by_name("_offset")
         .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
         .expect("reject batches carry _offset");
-    let keep: BooleanArray = (0..offsets.len()).map(|i| Some(offsets.value(i) >= from)).collect();
+    let keep: BooleanArray = (0..offsets.len())
+        .map(|i| Some(offsets.value(i) >= from))
+        .collect();
     deltalake::arrow::compute::filter_record_batch(rejects, &keep)
 }

@@ -19,11 +19,17 @@ pub use parse::{Parsed, bronze_schema, parse_messages};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("bronze {table}: {source}")]
-    Bus { table: String, source: crate::bus::Error },
+    Bus {
+        table: String,
+        source: crate::bus::Error,
+    },
     #[error(transparent)]
     Lake(#[from] crate::lake::Error),
     #[error("bronze {table}: building rows: {source}")]
-    Arrow { table: String, source: deltalake::arrow::error::ArrowError },
+    Arrow {
+        table: String,
+        source: deltalake::arrow::error::ArrowError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,8 +17,16 @@ use crate::bus::Message;
 use crate::idcard::{ColumnType, Table};
 
 /// Bronze metadata columns, after the idcard's columns.
-pub const META: &[&str] =
-    &["_ingestion_timestamp", "_bronze_ingested_at", "_topic", "_partition", "_offset", "_key", "_source_line", "_ingestion_date"];
+pub const META: &[&str] = &[
+    "_ingestion_timestamp",
+    "_bronze_ingested_at",
+    "_topic",
+    "_partition",
+    "_offset",
+    "_key",
+    "_source_line",
+    "_ingestion_date",
+];
 
 fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -94,16 +102,25 @@ fn read_message(table: &Table, message: &Message) -> Result<Fields, String> {
             "_source_line" => source_line = scalar(&value).and_then(|s| s.parse().ok()),
             _ => {
                 let Some(at) = table.columns.iter().position(|c| c.name == name) else {
-                    return Err(format!("unknown field `{name}` (not in the idcard's schema)"));
+                    return Err(format!(
+                        "unknown field `{name}` (not in the idcard's schema)"
+                    ));
                 };
                 if matches!(value, Value::Array(_) | Value::Object(_)) {
-                    return Err(format!("column `{name}`: expected a scalar, got {}", kind(&value)));
+                    return Err(format!(
+                        "column `{name}`: expected a scalar, got {}",
+                        kind(&value)
+                    ));
                 }
                 cells[at] = scalar(&value);
             }
         }
     }
-    Ok(Fields { cells, timestamp, source_line })
+    Ok(Fields {
+        cells,
+        timestamp,
+        source_line,
+    })
 }
 
 fn scalar(value: &Value) -> Option<String> {
@@ -129,10 +146,19 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// Types the messages of one partition batch.
-pub fn parse_messages(table: &Table, topic: &str, messages: &[Message], now: DateTime<Utc>) -> Result<Parsed, ArrowError> {
+pub fn parse_messages(
+    table: &Table,
+    topic: &str,
+    messages: &[Message],
+    now: DateTime<Utc>,
+) -> Result<Parsed, ArrowError> {
     let n = messages.len();
     let mut reasons: Vec<Option<String>> = vec![None; n];
-    let mut columns: Vec<StringBuilder> = table.columns.iter().map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
+    let mut columns: Vec<StringBuilder> = table
+        .columns
+        .iter()
+        .map(|_| StringBuilder::with_capacity(n, n * 16))
+        .collect();
     let mut timestamps = Vec::with_capacity(n);
     let mut lines = Vec::with_capacity(n);
     for (i, message) in messages.iter().enumerate() {
@@ -158,25 +184,32 @@ pub fn parse_messages(table: &Table, topic: &str, messages: &[Message], now: Dat
     for (column, mut builder) in table.columns.iter().zip(columns) {
         let text = builder.finish();
         let array = type_column(column.data_type, column.format.as_deref(), &text)?;
-        for i in 0..n {
-            if reasons[i].is_some() {
+        for (i, reason) in reasons.iter_mut().enumerate() {
+            if reason.is_some() {
                 continue;
             }
             if text.is_valid(i) && array.is_null(i) {
-                reasons[i] = Some(format!(
+                *reason = Some(format!(
                     "column `{}`: {:?} is not a valid {}",
                     column.name,
                     text.value(i),
                     column.data_type.name()
                 ));
             } else if text.is_null(i) && !column.nullable {
-                reasons[i] = Some(format!("column `{}`: null in a non-nullable column", column.name));
+                *reason = Some(format!(
+                    "column `{}`: null in a non-nullable column",
+                    column.name
+                ));
             }
         }
         typed.push(array);
     }
     for key in table.key() {
-        let at = table.columns.iter().position(|c| &c.name == key).unwrap_or(0);
+        let at = table
+            .columns
+            .iter()
+            .position(|c| &c.name == key)
+            .unwrap_or(0);
         for (i, reason) in reasons.iter_mut().enumerate() {
             if reason.is_none() && typed[at].is_null(i) {
                 *reason = Some(format!("key column `{key}` is null"));
@@ -184,13 +217,20 @@ pub fn parse_messages(table: &Table, topic: &str, messages: &[Message], now: Dat
         }
     }
     let now_us = now.timestamp_micros();
-    let keys: StringArray = messages.iter().map(|m| Some(String::from_utf8_lossy(&m.key).into_owned())).collect();
+    let keys: StringArray = messages
+        .iter()
+        .map(|m| Some(String::from_utf8_lossy(&m.key).into_owned()))
+        .collect();
     let partitions: Int32Array = messages.iter().map(|m| m.partition as i32).collect();
     let offsets: Int64Array = messages.iter().map(|m| m.offset as i64).collect();
     let topic_col: StringArray = messages.iter().map(|_| Some(topic)).collect();
     let lines = Int64Array::from(lines);
-    let ingested_dates =
-        Date32Array::from(timestamps.iter().map(|us| us.div_euclid(86_400_000_000) as i32).collect::<Vec<_>>());
+    let ingested_dates = Date32Array::from(
+        timestamps
+            .iter()
+            .map(|us| us.div_euclid(86_400_000_000) as i32)
+            .collect::<Vec<_>>(),
+    );
     let timestamps = TimestampMicrosecondArray::from(timestamps.clone()).with_timezone("UTC");
     let ingested_at = TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC");
     typed.extend([
@@ -207,8 +247,14 @@ pub fn parse_messages(table: &Table, topic: &str, messages: &[Message], now: Dat
     let good: BooleanArray = reasons.iter().map(|r| Some(r.is_none())).collect();
     let bad: BooleanArray = reasons.iter().map(|r| Some(r.is_some())).collect();
     let rows = filter_record_batch(&all, &good)?;
-    let payloads: StringArray = messages.iter().map(|m| Some(String::from_utf8_lossy(&m.value).into_owned())).collect();
-    let reason_col: StringArray = reasons.iter().map(|r| Some(r.clone().unwrap_or_default())).collect();
+    let payloads: StringArray = messages
+        .iter()
+        .map(|m| Some(String::from_utf8_lossy(&m.value).into_owned()))
+        .collect();
+    let reason_col: StringArray = reasons
+        .iter()
+        .map(|r| Some(r.clone().unwrap_or_default()))
+        .collect();
     let rejects_all = RecordBatch::try_new(
         reject_schema(),
         vec![
@@ -233,12 +279,19 @@ fn source_line_of(value: &[u8]) -> Option<i64> {
 }
 
 /// Casts text to the column type; a value that does not parse becomes null (caught by the caller).
-fn type_column(data_type: ColumnType, format: Option<&str>, text: &StringArray) -> Result<ArrayRef, ArrowError> {
+fn type_column(
+    data_type: ColumnType,
+    format: Option<&str>,
+    text: &StringArray,
+) -> Result<ArrayRef, ArrowError> {
     match (data_type, format) {
         (ColumnType::Timestamp, Some(format)) => {
             let values: TimestampMicrosecondArray = text
                 .iter()
-                .map(|v| v.and_then(|v| NaiveDateTime::parse_from_str(v, format).ok()).map(|t| t.and_utc().timestamp_micros()))
+                .map(|v| {
+                    v.and_then(|v| NaiveDateTime::parse_from_str(v, format).ok())
+                        .map(|t| t.and_utc().timestamp_micros())
+                })
                 .collect();
             Ok(Arc::new(values.with_timezone("UTC")))
         }
@@ -246,7 +299,10 @@ fn type_column(data_type: ColumnType, format: Option<&str>, text: &StringArray) 
             let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
             let values: Date32Array = text
                 .iter()
-                .map(|v| v.and_then(|v| NaiveDate::parse_from_str(v, format).ok()).map(|d| (d - epoch).num_days() as i32))
+                .map(|v| {
+                    v.and_then(|v| NaiveDate::parse_from_str(v, format).ok())
+                        .map(|d| (d - epoch).num_days() as i32)
+                })
                 .collect();
             Ok(Arc::new(values))
         }
@@ -254,14 +310,23 @@ fn type_column(data_type: ColumnType, format: Option<&str>, text: &StringArray) 
         (ColumnType::Bool, _) => {
             let values: BooleanArray = text
                 .iter()
-                .map(|v| v.and_then(|v| match v.to_ascii_lowercase().as_str() {
-                    "true" | "t" | "1" | "yes" => Some(true),
-                    "false" | "f" | "0" | "no" => Some(false),
-                    _ => None,
-                }))
+                .map(|v| {
+                    v.and_then(|v| match v.to_ascii_lowercase().as_str() {
+                        "true" | "t" | "1" | "yes" => Some(true),
+                        "false" | "f" | "0" | "no" => Some(false),
+                        _ => None,
+                    })
+                })
                 .collect();
             Ok(Arc::new(values))
         }
-        (other, _) => cast_with_options(text, &other.arrow(), &CastOptions { safe: true, ..Default::default() }),
+        (other, _) => cast_with_options(
+            text,
+            &other.arrow(),
+            &CastOptions {
+                safe: true,
+                ..Default::default()
+            },
+        ),
     }
 }

@@ -28,7 +28,10 @@ impl EmbeddedLog {
     }
 
     fn io(topic: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
-        move |source| Error::Io { topic: topic.to_owned(), source }
+        move |source| Error::Io {
+            topic: topic.to_owned(),
+            source,
+        }
     }
 
     pub fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
@@ -54,14 +57,22 @@ impl EmbeddedLog {
     }
 
     pub fn partitions(&self, topic: &str) -> Result<u32> {
-        let text = fs::read_to_string(self.topic_dir(topic).join("partitions"))
-            .map_err(|_| Error::UnknownTopic { topic: topic.to_owned() })?;
-        text.trim().parse().map_err(|_| Error::UnknownTopic { topic: topic.to_owned() })
+        let text = fs::read_to_string(self.topic_dir(topic).join("partitions")).map_err(|_| {
+            Error::UnknownTopic {
+                topic: topic.to_owned(),
+            }
+        })?;
+        text.trim().parse().map_err(|_| Error::UnknownTopic {
+            topic: topic.to_owned(),
+        })
     }
 
     fn paths(&self, topic: &str, partition: u32) -> (PathBuf, PathBuf) {
         let dir = self.topic_dir(topic);
-        (dir.join(format!("p{partition}.log")), dir.join(format!("p{partition}.idx")))
+        (
+            dir.join(format!("p{partition}.log")),
+            dir.join(format!("p{partition}.idx")),
+        )
     }
 
     /// Reads the index, repairing a torn tail: returns the record end positions.
@@ -79,11 +90,18 @@ impl EmbeddedLog {
         }
         let indexed = ends.last().copied().unwrap_or(0);
         if whole != bytes.len() || ends.len() * 8 != whole {
-            let idx = OpenOptions::new().write(true).open(&idx_path).map_err(Self::io(topic))?;
-            idx.set_len(ends.len() as u64 * 8).map_err(Self::io(topic))?;
+            let idx = OpenOptions::new()
+                .write(true)
+                .open(&idx_path)
+                .map_err(Self::io(topic))?;
+            idx.set_len(ends.len() as u64 * 8)
+                .map_err(Self::io(topic))?;
         }
         if log_len > indexed {
-            let log = OpenOptions::new().write(true).open(&log_path).map_err(Self::io(topic))?;
+            let log = OpenOptions::new()
+                .write(true)
+                .open(&log_path)
+                .map_err(Self::io(topic))?;
             log.set_len(indexed).map_err(Self::io(topic))?;
         }
         Ok(ends)
@@ -104,22 +122,33 @@ impl EmbeddedLog {
             let ends = self.recover(topic, partition)?;
             let mut position = ends.last().copied().unwrap_or(0);
             let (log_path, idx_path) = self.paths(topic, partition);
-            let log = OpenOptions::new().append(true).open(&log_path).map_err(Self::io(topic))?;
+            let log = OpenOptions::new()
+                .append(true)
+                .open(&log_path)
+                .map_err(Self::io(topic))?;
             let mut log = BufWriter::with_capacity(1 << 20, log);
             let mut index = Vec::with_capacity(batch.len() * 8);
             for record in batch {
                 let body_len = 8 + 4 + record.key.len() + record.value.len();
-                log.write_all(&(body_len as u32).to_le_bytes()).map_err(Self::io(topic))?;
-                log.write_all(&record.timestamp_ms.to_le_bytes()).map_err(Self::io(topic))?;
-                log.write_all(&(record.key.len() as u32).to_le_bytes()).map_err(Self::io(topic))?;
+                log.write_all(&(body_len as u32).to_le_bytes())
+                    .map_err(Self::io(topic))?;
+                log.write_all(&record.timestamp_ms.to_le_bytes())
+                    .map_err(Self::io(topic))?;
+                log.write_all(&(record.key.len() as u32).to_le_bytes())
+                    .map_err(Self::io(topic))?;
                 log.write_all(&record.key).map_err(Self::io(topic))?;
                 log.write_all(&record.value).map_err(Self::io(topic))?;
                 position += 4 + body_len as u64;
                 index.extend_from_slice(&position.to_le_bytes());
             }
-            let log = log.into_inner().map_err(|e| Self::io(topic)(e.into_error()))?;
+            let log = log
+                .into_inner()
+                .map_err(|e| Self::io(topic)(e.into_error()))?;
             log.sync_data().map_err(Self::io(topic))?;
-            let mut idx = OpenOptions::new().append(true).open(&idx_path).map_err(Self::io(topic))?;
+            let mut idx = OpenOptions::new()
+                .append(true)
+                .open(&idx_path)
+                .map_err(Self::io(topic))?;
             idx.write_all(&index).map_err(Self::io(topic))?;
             idx.sync_data().map_err(Self::io(topic))?;
             counts[partition as usize] = batch.len() as u64;
@@ -134,13 +163,23 @@ impl EmbeddedLog {
         Ok(len / 8)
     }
 
-    pub fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Message>> {
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<Message>> {
         let end = self.end_offset(topic, partition)?;
         if offset >= end || max == 0 {
             return Ok(Vec::new());
         }
         let (log_path, idx_path) = self.paths(topic, partition);
-        let start = if offset == 0 { 0 } else { read_u64_at(&idx_path, (offset - 1) * 8, topic)? };
+        let start = if offset == 0 {
+            0
+        } else {
+            read_u64_at(&idx_path, (offset - 1) * 8, topic)?
+        };
         let mut log = File::open(&log_path).map_err(Self::io(topic))?;
         log.seek(SeekFrom::Start(start)).map_err(Self::io(topic))?;
         let mut log = BufReader::with_capacity(1 << 20, log);
@@ -154,9 +193,11 @@ impl EmbeddedLog {
         };
         for at in offset..offset + count {
             let mut len = [0u8; 4];
-            log.read_exact(&mut len).map_err(|_| corrupt(at, "truncated length"))?;
+            log.read_exact(&mut len)
+                .map_err(|_| corrupt(at, "truncated length"))?;
             let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-            log.read_exact(&mut body).map_err(|_| corrupt(at, "truncated body"))?;
+            log.read_exact(&mut body)
+                .map_err(|_| corrupt(at, "truncated body"))?;
             if body.len() < 12 {
                 return Err(corrupt(at, "record shorter than its header"));
             }
@@ -167,7 +208,13 @@ impl EmbeddedLog {
             }
             let value = body.split_off(12 + key_len);
             let key = body[12..].to_vec();
-            out.push(Message { partition, offset: at, timestamp_ms, key, value });
+            out.push(Message {
+                partition,
+                offset: at,
+                timestamp_ms,
+                key,
+                value,
+            });
         }
         Ok(out)
     }
@@ -175,7 +222,8 @@ impl EmbeddedLog {
 
 fn read_u64_at(path: &Path, position: u64, topic: &str) -> Result<u64> {
     let mut file = File::open(path).map_err(EmbeddedLog::io(topic))?;
-    file.seek(SeekFrom::Start(position)).map_err(EmbeddedLog::io(topic))?;
+    file.seek(SeekFrom::Start(position))
+        .map_err(EmbeddedLog::io(topic))?;
     let mut buf = [0u8; 8];
     file.read_exact(&mut buf).map_err(EmbeddedLog::io(topic))?;
     Ok(u64::from_le_bytes(buf))

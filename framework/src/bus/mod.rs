@@ -13,11 +13,19 @@ pub use embedded::EmbeddedLog;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("topic {topic}: {source}")]
-    Io { topic: String, source: std::io::Error },
+    Io {
+        topic: String,
+        source: std::io::Error,
+    },
     #[error("topic {topic} does not exist")]
     UnknownTopic { topic: String },
     #[error("topic {topic} partition {partition}: corrupt record at offset {offset}: {reason}")]
-    Corrupt { topic: String, partition: u32, offset: u64, reason: String },
+    Corrupt {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -83,7 +91,13 @@ impl Bus {
     }
 
     /// Up to `max` messages of a partition from `offset` on.
-    pub fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Message>> {
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<Message>> {
         match self {
             Self::Embedded(log) => log.read(topic, partition, offset, max),
         }

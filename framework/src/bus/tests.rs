@@ -1,7 +1,11 @@
 use super::*;
 
 fn record(key: &str, value: &str) -> Record {
-    Record { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), timestamp_ms: 7 }
+    Record {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        timestamp_ms: 7,
+    }
 }
 
 #[test]
@@ -9,7 +13,9 @@ fn appends_and_reads_back_by_offset() {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::embedded(dir.path().to_path_buf());
     assert_eq!(bus.ensure_topic("t", 2).unwrap(), 2);
-    let records: Vec<Record> = (0..100).map(|i| record(&format!("k{i}"), &format!("v{i}"))).collect();
+    let records: Vec<Record> = (0..100)
+        .map(|i| record(&format!("k{i}"), &format!("v{i}")))
+        .collect();
     let counts = bus.send("t", &records).unwrap();
     assert_eq!(counts.iter().sum::<u64>(), 100);
     let mut seen = Vec::new();
@@ -36,7 +42,10 @@ fn a_torn_append_is_cut_off_on_the_next_append() {
     log.ensure_topic("t", 1).unwrap();
     log.append("t", &[record("a", "1")]).unwrap();
     // A crash after writing log bytes but before the index: garbage past the indexed end.
-    let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("t/p0.log")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("t/p0.log"))
+        .unwrap();
     std::io::Write::write_all(&mut f, b"\x40\0\0\0partial").unwrap();
     log.append("t", &[record("b", "2")]).unwrap();
     let all = log.read("t", 0, 0, 10).unwrap();
@@ -48,5 +57,8 @@ fn a_torn_append_is_cut_off_on_the_next_append() {
 fn unknown_topic_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::embedded(dir.path().to_path_buf());
-    assert!(matches!(bus.partitions("nope"), Err(Error::UnknownTopic { .. })));
+    assert!(matches!(
+        bus.partitions("nope"),
+        Err(Error::UnknownTopic { .. })
+    ));
 }

@@ -26,7 +26,12 @@ Examples:
 #[command(name = "framework", version, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// Folder with the idcards (*.yaml).
-    #[arg(long, global = true, env = "FRAMEWORK_IDCARDS", default_value = "idcards")]
+    #[arg(
+        long,
+        global = true,
+        env = "FRAMEWORK_IDCARDS",
+        default_value = "idcards"
+    )]
     idcards: PathBuf,
     /// Folder of the lake (Delta tables and the embedded topic log).
     #[arg(long, global = true, env = "FRAMEWORK_LAKE", default_value = "lake")]
@@ -131,25 +136,46 @@ pub fn main() -> ExitCode {
 }
 
 fn load(idcards: &std::path::Path) -> Result<Project> {
-    idcard::load_dir(idcards).map_err(|d| anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), idcards.display()))
+    idcard::load_dir(idcards)
+        .map_err(|d| anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), idcards.display()))
 }
 
 fn execute(cli: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let lake = Lake::new(&cli.lake);
     let bus = Bus::embedded(lake.bus_dir());
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
         Command::Validate => {
             let project = load(&cli.idcards)?;
-            println!("ok: {} idcards valid ({})", project.tables.len(), project.names().join(", "));
+            println!(
+                "ok: {} idcards valid ({})",
+                project.tables.len(),
+                project.names().join(", ")
+            );
         }
-        Command::Produce { table, data, no_delay, seed, limit } => {
+        Command::Produce {
+            table,
+            data,
+            no_delay,
+            seed,
+            limit,
+        } => {
             let project = load(&cli.idcards)?;
             let Some(table) = project.table(&table) else {
-                bail!("unknown table `{table}`\n  hint: known tables: {}", project.names().join(", "));
+                bail!(
+                    "unknown table `{table}`\n  hint: known tables: {}",
+                    project.names().join(", ")
+                );
             };
-            let options = ProduceOptions { delay: !no_delay, seed, limit };
+            let options = ProduceOptions {
+                delay: !no_delay,
+                seed,
+                limit,
+            };
             let bar = indicatif::ProgressBar::new(0);
             if !progress {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -161,21 +187,41 @@ fn execute(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             println!(
                 "produced {} messages for {} rows to {} ({} late, {} duplicated, {} broken) in {:.2}s",
-                stats.messages, stats.rows_read, table.topic(), stats.late, stats.duplicates, stats.broken, stats.seconds
+                stats.messages,
+                stats.rows_read,
+                table.topic(),
+                stats.late,
+                stats.duplicates,
+                stats.broken,
+                stats.seconds
             );
         }
-        Command::Run { table, all, data, no_produce, until, seed, batch_size, report } => {
+        Command::Run {
+            table,
+            all,
+            data,
+            no_produce,
+            until,
+            seed,
+            batch_size,
+            report,
+        } => {
             let project = load(&cli.idcards)?;
             let tables = if all { Vec::new() } else { table };
             let options = RunOptions {
                 data,
                 produce: !no_produce,
-                produce_options: ProduceOptions { delay: false, seed, limit: None },
+                produce_options: ProduceOptions {
+                    delay: false,
+                    seed,
+                    limit: None,
+                },
                 bronze_options: BronzeOptions { batch_size },
                 until,
                 progress,
             };
-            let reports = runtime.block_on(pipeline::run(&project, &tables, &bus, &lake, &options))?;
+            let reports =
+                runtime.block_on(pipeline::run(&project, &tables, &bus, &lake, &options))?;
             println!("{}", render_summary(&reports));
             if let Some(path) = report {
                 let json = serde_json::json!({ "tables": reports, "peak_rss_mib": pipeline::peak_rss_mib() });
@@ -187,19 +233,25 @@ fn execute(cli: Cli) -> Result<()> {
             let path = cli.idcards.join("idcard.schema.json");
             let schema = idcard::generate_schema();
             if check {
-                let current = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let current = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 if current != schema {
-                    bail!("{} is stale\n  hint: run `framework generate-schema`", path.display());
+                    bail!(
+                        "{} is stale\n  hint: run `framework generate-schema`",
+                        path.display()
+                    );
                 }
                 println!("ok: {} is up to date", path.display());
             } else {
-                std::fs::write(&path, schema).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, schema)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 println!("wrote {}", path.display());
             }
         }
         Command::GenerateData { scale, out, seed } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let stats = crate::synth::generate(scale, seed, &out).with_context(|| format!("writing {}", out.display()))?;
+            let stats = crate::synth::generate(scale, seed, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
             for (file, rows) in stats.files {
                 println!("{rows:>10}  {file}");
             }

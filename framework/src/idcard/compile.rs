@@ -110,9 +110,17 @@ fn parse_one(
         Err(err) => {
             let pos = err
                 .location()
-                .map(|l| Pos { line: l.line(), column: l.column() })
+                .map(|l| Pos {
+                    line: l.line(),
+                    column: l.column(),
+                })
                 .unwrap_or_default();
-            out.push(diag(pos, String::new(), format!("invalid YAML: {err}"), None));
+            out.push(diag(
+                pos,
+                String::new(),
+                format!("invalid YAML: {err}"),
+                None,
+            ));
             return None;
         }
     };
@@ -137,7 +145,9 @@ fn parse_one(
                     index.locate_value(&pointer),
                     field_path(&pointer),
                     format!("missing required field `{name}`"),
-                    Some(format!("add `{name}:` here (see idcards/idcard.schema.json)")),
+                    Some(format!(
+                        "add `{name}:` here (see idcards/idcard.schema.json)"
+                    )),
                 ));
             }
             ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::Enum { .. }
@@ -147,7 +157,10 @@ fn parse_one(
                     index.locate_value(&pointer),
                     field_path(&pointer),
                     format!("{} is not a valid value", error.instance()),
-                    Some(format!("use one of {}", allowed_values(&pointer).join(", "))),
+                    Some(format!(
+                        "use one of {}",
+                        allowed_values(&pointer).join(", ")
+                    )),
                 ))
             }
             ValidationErrorKind::Enum { options } => out.push(diag(
@@ -172,7 +185,10 @@ fn parse_one(
         Err(err) => {
             let pos = err
                 .location()
-                .map(|l| Pos { line: l.line(), column: l.column() })
+                .map(|l| Pos {
+                    line: l.line(),
+                    column: l.column(),
+                })
                 .unwrap_or_default();
             out.push(diag(pos, String::new(), err.to_string(), None));
             None
@@ -194,7 +210,9 @@ fn schema_node(pointer: &str) -> &'static serde_json::Value {
         node = if segment.chars().all(|c| c.is_ascii_digit()) {
             node.get("items").unwrap_or(node)
         } else {
-            node.get("properties").and_then(|p| p.get(segment)).unwrap_or(node)
+            node.get("properties")
+                .and_then(|p| p.get(segment))
+                .unwrap_or(node)
         };
     }
     resolve(root, node)
@@ -219,7 +237,10 @@ fn allowed_values(pointer: &str) -> Vec<String> {
         .map(|alternatives| {
             alternatives
                 .iter()
-                .filter_map(|a| a.get("const").or_else(|| a.get("enum").and_then(|e| e.get(0))))
+                .filter_map(|a| {
+                    a.get("const")
+                        .or_else(|| a.get("enum").and_then(|e| e.get(0)))
+                })
                 .map(ToString::to_string)
                 .collect()
         })
@@ -258,8 +279,10 @@ fn check_project(
     parsed: &[(PathBuf, IdcardConfig, PositionIndex)],
     out: &mut Vec<Diagnostic>,
 ) -> Vec<Table> {
-    let by_name: HashMap<&str, &IdcardConfig> =
-        parsed.iter().map(|(_, c, _)| (c.table.as_str(), c)).collect();
+    let by_name: HashMap<&str, &IdcardConfig> = parsed
+        .iter()
+        .map(|(_, c, _)| (c.table.as_str(), c))
+        .collect();
     let mut seen_tables: HashMap<&str, &Path> = HashMap::new();
     let mut seen_topics: HashMap<&str, &str> = HashMap::new();
     let mut tables = Vec::new();
@@ -276,14 +299,21 @@ fn check_project(
         if let Some(other) = seen_tables.insert(&config.table, file) {
             diag(
                 "/table",
-                format!("table `{}` is already defined in {}", config.table, other.display()),
+                format!(
+                    "table `{}` is already defined in {}",
+                    config.table,
+                    other.display()
+                ),
                 Some("table names must be unique across idcards".into()),
             );
         }
         if let Some(other) = seen_topics.insert(&config.topic.name, &config.table) {
             diag(
                 "/topic/name",
-                format!("topic `{}` is already used by table `{other}`", config.topic.name),
+                format!(
+                    "topic `{}` is already used by table `{other}`",
+                    config.topic.name
+                ),
                 Some("give each table its own topic, e.g. raw_<table>".into()),
             );
         }
@@ -291,7 +321,11 @@ fn check_project(
         let mut names = HashSet::new();
         for (i, column) in config.schema.iter().enumerate() {
             if !names.insert(column.name.as_str()) {
-                diag(&format!("/schema/{i}/name"), format!("duplicate column `{}`", column.name), None);
+                diag(
+                    &format!("/schema/{i}/name"),
+                    format!("duplicate column `{}`", column.name),
+                    None,
+                );
             }
             let Some(data_type) = ColumnType::parse(&column.data_type) else {
                 diag(
@@ -305,7 +339,10 @@ fn check_project(
             if column.pad_left.is_some() && data_type != ColumnType::String {
                 diag(
                     &format!("/schema/{i}/pad_left"),
-                    format!("pad_left applies to string columns, `{}` is {}", column.name, column.data_type),
+                    format!(
+                        "pad_left applies to string columns, `{}` is {}",
+                        column.name, column.data_type
+                    ),
                     Some("declare the column as `type: string`".into()),
                 );
             }
@@ -317,9 +354,20 @@ fn check_project(
                 pad_left: column.pad_left.map(|w| (w, pad_char)),
             });
         }
-        let column_list = || config.schema.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+        let column_list = || {
+            config
+                .schema
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if config.key.is_empty() {
-            diag("/key", "the key names no column".into(), Some("list the primary-key columns".into()));
+            diag(
+                "/key",
+                "the key names no column".into(),
+                Some("list the primary-key columns".into()),
+            );
         }
         for (i, key) in config.key.iter().enumerate() {
             if !names.contains(key.as_str()) {
@@ -335,8 +383,14 @@ fn check_project(
         {
             diag(
                 "/sequence_by",
-                format!("sequence column `{}` is not in the schema", config.sequence_by),
-                Some(format!("use `_ingestion_timestamp` or one of: {}", column_list())),
+                format!(
+                    "sequence column `{}` is not in the schema",
+                    config.sequence_by
+                ),
+                Some(format!(
+                    "use `_ingestion_timestamp` or one of: {}",
+                    column_list()
+                )),
             );
         }
         for (i, rename) in config.source.rename.values().enumerate() {
@@ -348,7 +402,10 @@ fn check_project(
                 );
             }
         }
-        for (field, value) in [("delimiter", &config.source.csv.delimiter), ("quote", &config.source.csv.quote)] {
+        for (field, value) in [
+            ("delimiter", &config.source.csv.delimiter),
+            ("quote", &config.source.csv.quote),
+        ] {
             if value.len() != 1 {
                 diag(
                     &format!("/source/csv/{field}"),
@@ -402,7 +459,10 @@ fn check_project(
                     diag(
                         &format!("/enrich/{i}/columns/{j}"),
                         format!("enriched column `{target}` clashes with a schema column"),
-                        Some(format!("rename it: `{{{source}: {}_{source}}}`", enrich.from)),
+                        Some(format!(
+                            "rename it: `{{{source}: {}_{source}}}`",
+                            enrich.from
+                        )),
                     );
                 }
             }
@@ -427,11 +487,13 @@ fn check_project(
                     format!("column `{}` is not in the schema", expectation.column),
                     Some(format!("use one of: {}", column_list())),
                 ),
-                Some(column) if expectation.between.is_some() && !column.data_type.is_numeric() => diag(
-                    &format!("/expectations/{i}/between"),
-                    format!("`between` needs a numeric column, `{}` is not", column.name),
-                    None,
-                ),
+                Some(column) if expectation.between.is_some() && !column.data_type.is_numeric() => {
+                    diag(
+                        &format!("/expectations/{i}/between"),
+                        format!("`between` needs a numeric column, `{}` is not", column.name),
+                        None,
+                    )
+                }
                 Some(_) => {}
             }
             if let Some(pattern) = &expectation.matches
@@ -455,7 +517,12 @@ fn check_project(
                 }
             }
         }
-        tables.push(Table { config: config.clone(), file: file.clone(), columns, depends_on });
+        tables.push(Table {
+            config: config.clone(),
+            file: file.clone(),
+            columns,
+            depends_on,
+        });
     }
     order_by_dependencies(tables, parsed, out)
 }
@@ -478,8 +545,10 @@ fn order_by_dependencies(
     parsed: &[(PathBuf, IdcardConfig, PositionIndex)],
     out: &mut Vec<Diagnostic>,
 ) -> Vec<Table> {
-    let mut remaining: BTreeMap<String, Table> =
-        tables.into_iter().map(|t| (t.name().to_owned(), t)).collect();
+    let mut remaining: BTreeMap<String, Table> = tables
+        .into_iter()
+        .map(|t| (t.name().to_owned(), t))
+        .collect();
     let mut ordered: Vec<Table> = Vec::new();
     while !remaining.is_empty() {
         let ready: Vec<String> = remaining
@@ -496,7 +565,9 @@ fn order_by_dependencies(
                         pos: index.locate("/enrich"),
                         field: "enrich".into(),
                         message: format!("dependency cycle between tables {}", cycle.join(", ")),
-                        hint: Some("remove one of the enrichment joins that close the cycle".into()),
+                        hint: Some(
+                            "remove one of the enrichment joins that close the cycle".into(),
+                        ),
                     });
                 }
             }

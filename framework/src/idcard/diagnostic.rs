@@ -18,7 +18,13 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.pos.line, self.pos.column)?;
+        write!(
+            f,
+            "{}:{}:{}: ",
+            self.file.display(),
+            self.pos.line,
+            self.pos.column
+        )?;
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }

@@ -55,7 +55,10 @@ impl Table {
 
     /// Arrow schema of the idcard's own columns (no metadata columns).
     pub fn arrow_fields(&self) -> Vec<Field> {
-        self.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), true)).collect()
+        self.columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.data_type.arrow(), true))
+            .collect()
     }
 
     pub fn arrow_schema(&self) -> Arc<Schema> {

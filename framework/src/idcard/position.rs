@@ -16,7 +16,10 @@ pub struct Pos {
 impl Pos {
     fn from_marker(mark: Marker) -> Self {
         // yaml-rust2 counts lines from 1 and columns from 0.
-        Self { line: mark.line(), column: mark.col() + 1 }
+        Self {
+            line: mark.line(),
+            column: mark.col() + 1,
+        }
     }
 }
 
@@ -39,10 +42,12 @@ impl PositionIndex {
     pub fn parse(text: &str) -> Result<Self, SyntaxError> {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        parser.load(&mut builder, false).map_err(|err| SyntaxError {
-            pos: Pos::from_marker(*err.marker()),
-            message: err.info().to_owned(),
-        })?;
+        parser
+            .load(&mut builder, false)
+            .map_err(|err| SyntaxError {
+                pos: Pos::from_marker(*err.marker()),
+                message: err.info().to_owned(),
+            })?;
         Ok(builder.index)
     }
 
@@ -63,7 +68,10 @@ impl PositionIndex {
 
     /// Position of the value at `pointer` (falls back like [`Self::locate`]).
     pub fn locate_value(&self, pointer: &str) -> Pos {
-        self.values.get(pointer).copied().unwrap_or_else(|| self.locate(pointer))
+        self.values
+            .get(pointer)
+            .copied()
+            .unwrap_or_else(|| self.locate(pointer))
     }
 }
 
@@ -100,7 +108,9 @@ impl Builder {
                         Event::Scalar(value, ..) => value.clone(),
                         _ => String::from("?"),
                     };
-                    self.index.keys.insert(format!("{path}/{}", escape(&name)), pos);
+                    self.index
+                        .keys
+                        .insert(format!("{path}/{}", escape(&name)), pos);
                     *key = Some(name);
                     None
                 }

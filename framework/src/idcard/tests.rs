@@ -73,7 +73,8 @@ fn key_column_not_in_schema() {
 
 #[test]
 fn enrichment_of_an_unknown_table() {
-    let text = format!("{GOOD}enrich:\n  - from: nowhere\n    on: {{ id: id }}\n    columns: [x]\n");
+    let text =
+        format!("{GOOD}enrich:\n  - from: nowhere\n    on: {{ id: id }}\n    columns: [x]\n");
     insta::assert_snapshot!(check(&text));
 }
 
@@ -89,26 +90,41 @@ fn unknown_type() {
 
 #[test]
 fn all_errors_are_reported_at_once() {
-    let text = GOOD.replace("key: [id]", "key: [nope]").replace("\"decimal(10,2)\"", "money");
+    let text = GOOD
+        .replace("key: [id]", "key: [nope]")
+        .replace("\"decimal(10,2)\"", "money");
     let out = check(&text);
     assert_eq!(out.matches("error: ").count(), 2, "{out}");
 }
 
 #[test]
 fn dependency_cycle() {
-    let a = GOOD.replace("table: things", "table: a").replace("raw_things", "raw_a")
+    let a = GOOD
+        .replace("table: things", "table: a")
+        .replace("raw_things", "raw_a")
         + "enrich:\n  - { from: b, on: { id: id }, columns: [{ amount: b_amount }] }\n";
-    let b = GOOD.replace("table: things", "table: b").replace("raw_things", "raw_b")
+    let b = GOOD
+        .replace("table: things", "table: b")
+        .replace("raw_things", "raw_b")
         + "enrich:\n  - { from: a, on: { id: id }, columns: [{ amount: a_amount }] }\n";
-    let out = compile(&[(PathBuf::from("idcards/a.yaml"), a), (PathBuf::from("idcards/b.yaml"), b)])
-        .map(|_| String::from("ok"))
-        .unwrap_or_else(|d| d.to_string());
+    let out = compile(&[
+        (PathBuf::from("idcards/a.yaml"), a),
+        (PathBuf::from("idcards/b.yaml"), b),
+    ])
+    .map(|_| String::from("ok"))
+    .unwrap_or_else(|d| d.to_string());
     insta::assert_snapshot!(out);
 }
 
 #[test]
 fn composite_key_and_type_parsing() {
-    assert_eq!(ColumnType::parse("decimal(18,2)"), Some(ColumnType::Decimal { precision: 18, scale: 2 }));
+    assert_eq!(
+        ColumnType::parse("decimal(18,2)"),
+        Some(ColumnType::Decimal {
+            precision: 18,
+            scale: 2
+        })
+    );
     assert_eq!(ColumnType::parse("decimal(2,3)"), None);
     assert_eq!(ColumnType::parse("varchar"), None);
 }

@@ -75,7 +75,11 @@ impl Lake {
     }
 
     fn delta_err(layer: Layer, table: &str) -> impl FnOnce(DeltaTableError) -> Error + '_ {
-        move |source| Error::Delta { layer, table: table.to_owned(), source }
+        move |source| Error::Delta {
+            layer,
+            table: table.to_owned(),
+            source,
+        }
     }
 
     /// The table, or `None` when nothing was ever written there.
@@ -85,7 +89,8 @@ impl Lake {
             return Ok(None);
         }
         let err = Self::delta_err(layer, table);
-        let uri = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(Self::delta_err(layer, table))?;
+        let uri = deltalake::ensure_table_uri(path.to_string_lossy())
+            .map_err(Self::delta_err(layer, table))?;
         let table = DeltaTable::try_from_url(uri).await.map_err(err)?;
         Ok(table.version().is_some().then_some(table))
     }
@@ -99,18 +104,27 @@ impl Lake {
             source: DeltaTableError::Generic(format!("cannot create {}: {e}", path.display())),
         })?;
         if path.join("_delta_log").exists() {
-            let uri = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(Self::delta_err(layer, table))?;
-            return DeltaTable::try_from_url(uri).await.map_err(Self::delta_err(layer, table));
+            let uri = deltalake::ensure_table_uri(path.to_string_lossy())
+                .map_err(Self::delta_err(layer, table))?;
+            return DeltaTable::try_from_url(uri)
+                .await
+                .map_err(Self::delta_err(layer, table));
         }
         // A new table: no log to load yet (loading would only log a spurious kernel error).
-        let uri = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(Self::delta_err(layer, table))?;
+        let uri = deltalake::ensure_table_uri(path.to_string_lossy())
+            .map_err(Self::delta_err(layer, table))?;
         deltalake::DeltaTableBuilder::from_url(uri)
             .and_then(|builder| builder.build())
             .map_err(Self::delta_err(layer, table))
     }
 
     /// Latest transaction version of each of `app_ids` in the table (absent ids are left out).
-    pub async fn txn_versions(&self, layer: Layer, table: &str, app_ids: &[String]) -> Result<TxnVersions> {
+    pub async fn txn_versions(
+        &self,
+        layer: Layer,
+        table: &str,
+        app_ids: &[String],
+    ) -> Result<TxnVersions> {
         let mut out = TxnVersions::new();
         let Some(delta) = self.open(layer, table).await? else {
             return Ok(out);
@@ -140,11 +154,17 @@ impl Lake {
     ) -> Result<()> {
         let delta = self.handle(layer, table).await?;
         let commit = CommitProperties::default().with_application_transactions(
-            txns.into_iter().map(|(app, version)| Transaction::new(app, version)).collect(),
+            txns.into_iter()
+                .map(|(app, version)| Transaction::new(app, version))
+                .collect(),
         );
         let mut write = delta
             .write(batches)
-            .with_save_mode(if overwrite { SaveMode::Overwrite } else { SaveMode::Append })
+            .with_save_mode(if overwrite {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            })
             .with_commit_properties(commit);
         if !partition_by.is_empty() {
             write = write.with_partition_columns(partition_by.iter().map(|c| (*c).to_owned()));
@@ -154,21 +174,33 @@ impl Lake {
     }
 
     /// Registers the table under `name` in `ctx`; false when the table does not exist.
-    pub async fn register(&self, ctx: &SessionContext, layer: Layer, table: &str, name: &str) -> Result<bool> {
+    pub async fn register(
+        &self,
+        ctx: &SessionContext,
+        layer: Layer,
+        table: &str,
+        name: &str,
+    ) -> Result<bool> {
         let Some(delta) = self.open(layer, table).await? else {
             return Ok(false);
         };
-        delta.update_datafusion_session(&ctx.state()).map_err(Self::delta_err(layer, table))?;
-        let provider = delta.table_provider().await.map_err(|source| Error::Query {
-            layer,
-            table: table.to_owned(),
-            source,
-        })?;
-        ctx.register_table(name, provider).map_err(|source| Error::Query {
-            layer,
-            table: table.to_owned(),
-            source,
-        })?;
+        delta
+            .update_datafusion_session(&ctx.state())
+            .map_err(Self::delta_err(layer, table))?;
+        let provider = delta
+            .table_provider()
+            .await
+            .map_err(|source| Error::Query {
+                layer,
+                table: table.to_owned(),
+                source,
+            })?;
+        ctx.register_table(name, provider)
+            .map_err(|source| Error::Query {
+                layer,
+                table: table.to_owned(),
+                source,
+            })?;
         Ok(true)
     }
 
@@ -178,7 +210,11 @@ impl Lake {
         if !self.register(&ctx, layer, table, "t").await? {
             return Ok(0);
         }
-        let query = |source| Error::Query { layer, table: table.to_owned(), source };
+        let query = |source| Error::Query {
+            layer,
+            table: table.to_owned(),
+            source,
+        };
         let df = ctx.table("t").await.map_err(query)?;
         Ok(df.count().await.map_err(query)? as u64)
     }

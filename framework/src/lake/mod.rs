@@ -9,9 +9,17 @@ pub use delta::{Lake, Layer, TxnVersions, app_id, session};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{layer} table {table}: {source}")]
-    Delta { layer: Layer, table: String, source: deltalake::DeltaTableError },
+    Delta {
+        layer: Layer,
+        table: String,
+        source: deltalake::DeltaTableError,
+    },
     #[error("{layer} table {table}: query failed: {source}")]
-    Query { layer: Layer, table: String, source: deltalake::datafusion::error::DataFusionError },
+    Query {
+        layer: Layer,
+        table: String,
+        source: deltalake::datafusion::error::DataFusionError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -33,10 +33,23 @@ pub struct TableReport {
 pub fn render_summary(reports: &[TableReport]) -> String {
     let mut grid = Grid::new();
     grid.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "table", "read", "produced", "bronze +", "rejected", "quarantined", "dropped", "warnings", "silver rows",
-        "produce s", "bronze s", "silver s",
+        "table",
+        "read",
+        "produced",
+        "bronze +",
+        "rejected",
+        "quarantined",
+        "dropped",
+        "warnings",
+        "silver rows",
+        "produce s",
+        "bronze s",
+        "silver s",
     ]);
-    let mut total = TableReport { table: "total".into(), ..TableReport::default() };
+    let mut total = TableReport {
+        table: "total".into(),
+        ..TableReport::default()
+    };
     for r in reports {
         grid.add_row(row(r));
         total.rows_read += r.rows_read;

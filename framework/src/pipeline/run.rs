@@ -36,10 +36,19 @@ pub struct RunOptions {
 }
 
 /// Runs `tables` (all when empty) in dependency order.
-pub async fn run(project: &Project, tables: &[String], bus: &Bus, lake: &Lake, options: &RunOptions) -> Result<Vec<TableReport>> {
+pub async fn run(
+    project: &Project,
+    tables: &[String],
+    bus: &Bus,
+    lake: &Lake,
+    options: &RunOptions,
+) -> Result<Vec<TableReport>> {
     for name in tables {
         if project.table(name).is_none() {
-            return Err(Error::UnknownTable { name: name.clone(), known: project.names().join(", ") });
+            return Err(Error::UnknownTable {
+                name: name.clone(),
+                known: project.names().join(", "),
+            });
         }
     }
     let bars = MultiProgress::new();
@@ -47,14 +56,27 @@ pub async fn run(project: &Project, tables: &[String], bus: &Bus, lake: &Lake, o
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut reports = Vec::new();
-    for table in project.tables.iter().filter(|t| tables.is_empty() || tables.iter().any(|n| n == t.name())) {
-        let mut report = TableReport { table: table.name().to_owned(), ..TableReport::default() };
+    for table in project
+        .tables
+        .iter()
+        .filter(|t| tables.is_empty() || tables.iter().any(|n| n == t.name()))
+    {
+        let mut report = TableReport {
+            table: table.name().to_owned(),
+            ..TableReport::default()
+        };
         if options.produce {
             let bar = bars.add(bar(table.name(), "produce"));
-            let stats = source::produce(bus, table, &options.data, &options.produce_options, &|done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
+            let stats = source::produce(
+                bus,
+                table,
+                &options.data,
+                &options.produce_options,
+                &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )?;
             bar.finish_and_clear();
             report.rows_read = stats.rows_read;
             report.produced = stats.messages;
@@ -72,7 +94,8 @@ pub async fn run(project: &Project, tables: &[String], bus: &Bus, lake: &Lake, o
         report.rejected = stats.rejected;
         report.bronze_s = stats.seconds;
         if options.until >= Stage::Silver {
-            let spinner = bars.add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
+            let spinner = bars
+                .add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
             spinner.enable_steady_tick(std::time::Duration::from_millis(120));
             let stats = silver::refine(lake, project, table).await?;
             spinner.finish_and_clear();

@@ -7,9 +7,9 @@
 //! and a crash before the commit re-does the batch.
 
 mod sql;
-mod transform;
 #[cfg(test)]
 mod tests;
+mod transform;
 
 pub use transform::{SilverStats, refine};
 
@@ -19,13 +19,24 @@ pub enum Error {
     #[error(transparent)]
     Lake(#[from] crate::lake::Error),
     #[error("silver {table}: {source}")]
-    Query { table: String, source: deltalake::datafusion::error::DataFusionError },
+    Query {
+        table: String,
+        source: deltalake::datafusion::error::DataFusionError,
+    },
     #[error("silver {table}: {source}")]
-    Delta { table: String, source: deltalake::DeltaTableError },
+    Delta {
+        table: String,
+        source: deltalake::DeltaTableError,
+    },
     #[error(
         "silver {table}: expectation `{rule}` failed on {count} row(s) (action: fail); first keys: {sample}\n  hint: fix the source rows, or change the expectation's action to quarantine"
     )]
-    ExpectationFailed { table: String, rule: String, count: u64, sample: String },
+    ExpectationFailed {
+        table: String,
+        rule: String,
+        count: u64,
+        sample: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -51,7 +51,10 @@ pub fn passes(table: &Table, expectation: &ExpectationConfig) -> String {
     }
     if let Some(values) = &expectation.in_set {
         let list: Vec<String> = values.iter().map(|v| literal(v)).collect();
-        return format!("({id} IS NULL OR CAST({id} AS VARCHAR) IN ({}))", list.join(", "));
+        return format!(
+            "({id} IS NULL OR CAST({id} AS VARCHAR) IN ({}))",
+            list.join(", ")
+        );
     }
     if let Some(range) = &expectation.between {
         let mut terms = vec![format!("{id} IS NULL")];
@@ -70,7 +73,10 @@ pub fn passes(table: &Table, expectation: &ExpectationConfig) -> String {
         return format!("({})", terms.join(" OR "));
     }
     if let Some(pattern) = &expectation.matches {
-        return format!("({id} IS NULL OR regexp_like(CAST({id} AS VARCHAR), {}))", literal(pattern));
+        return format!(
+            "({id} IS NULL OR regexp_like(CAST({id} AS VARCHAR), {}))",
+            literal(pattern)
+        );
     }
     let _ = table;
     "TRUE".into()
@@ -80,12 +86,21 @@ pub fn passes(table: &Table, expectation: &ExpectationConfig) -> String {
 pub fn row_rules(table: &Table) -> Vec<(String, String, Action)> {
     let mut rules = vec![(
         "key_not_null".to_owned(),
-        table.key().iter().map(|k| format!("{} IS NOT NULL", ident(k))).collect::<Vec<_>>().join(" AND "),
+        table
+            .key()
+            .iter()
+            .map(|k| format!("{} IS NOT NULL", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND "),
         Action::Quarantine,
     )];
     for expectation in &table.config.expectations {
         if expectation.action != Action::Warn {
-            rules.push((rule_name(expectation), passes(table, expectation), expectation.action));
+            rules.push((
+                rule_name(expectation),
+                passes(table, expectation),
+                expectation.action,
+            ));
         }
     }
     rules

@@ -20,11 +20,17 @@ expectations:
   - { name: zip_shape, column: zip, matches: '^[0-9]{5}$', action: quarantine }
   - { column: zip, not_null: true, action: warn }
 ";
-    let table = compile(&[(PathBuf::from("t.yaml"), text.to_owned())]).unwrap().tables.remove(0);
+    let table = compile(&[(PathBuf::from("t.yaml"), text.to_owned())])
+        .unwrap()
+        .tables
+        .remove(0);
     let rules = row_rules(&table);
     let names: Vec<&str> = rules.iter().map(|(n, _, _)| n.as_str()).collect();
     assert_eq!(names, ["key_not_null", "amount_between", "zip_shape"]);
-    assert_eq!(rules[1].1, "(\"amount\" IS NULL OR (CAST(\"amount\" AS DOUBLE) >= 0.0 AND CAST(\"amount\" AS DOUBLE) <= 10.0))");
+    assert_eq!(
+        rules[1].1,
+        "(\"amount\" IS NULL OR (CAST(\"amount\" AS DOUBLE) >= 0.0 AND CAST(\"amount\" AS DOUBLE) <= 10.0))"
+    );
     assert!(normalised(&table, "zip").contains("lpad(\"zip\", 5, '0')"));
     assert_eq!(literal("it's"), "'it''s'");
 }

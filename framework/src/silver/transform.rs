@@ -41,17 +41,27 @@ pub struct SilverStats {
 pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<SilverStats> {
     let started = Instant::now();
     let name = table.name();
-    let query = |source| Error::Query { table: name.to_owned(), source };
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
     let ctx = session();
     let mut stats = SilverStats::default();
     if !lake.register(&ctx, Layer::Bronze, name, "bronze").await? {
         return Ok(stats);
     }
     let partitions = table.config.topic.partitions;
-    let apps: Vec<String> = (0..partitions).map(|p| app_id("silver", table.topic(), p)).collect();
+    let apps: Vec<String> = (0..partitions)
+        .map(|p| app_id("silver", table.topic(), p))
+        .collect();
     let done = lake.txn_versions(Layer::Silver, name, &apps).await?;
     let filter = (0..partitions)
-        .map(|p| format!("(_partition = {p} AND _offset >= {})", done.get(&apps[p as usize]).copied().unwrap_or(0)))
+        .map(|p| {
+            format!(
+                "(_partition = {p} AND _offset >= {})",
+                done.get(&apps[p as usize]).copied().unwrap_or(0)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" OR ");
 
@@ -61,7 +71,9 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .map_err(query)?;
     let mut txns = Vec::new();
     for batch in &ends {
-        let parts = batch.column(0).as_primitive::<deltalake::arrow::datatypes::Int32Type>();
+        let parts = batch
+            .column(0)
+            .as_primitive::<deltalake::arrow::datatypes::Int32Type>();
         let end = batch.column(1).as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
             txns.push((apps[parts.value(i) as usize].clone(), end.value(i)));
@@ -74,7 +86,11 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     }
 
     // Normalise and evaluate the row rules once; keep the result in memory.
-    let columns: Vec<String> = table.columns.iter().map(|c| normalised(table, &c.name)).collect();
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| normalised(table, &c.name))
+        .collect();
     let rules = row_rules(table);
     let failed_rule = rules
         .iter()
@@ -83,7 +99,12 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .join(" ");
     let failed_action = rules
         .iter()
-        .map(|(_, pass, action)| format!("WHEN NOT coalesce({pass}, false) THEN {}", literal(action_name(*action))))
+        .map(|(_, pass, action)| {
+            format!(
+                "WHEN NOT coalesce({pass}, false) THEN {}",
+                literal(action_name(*action))
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ");
     let checked_sql = format!(
@@ -94,12 +115,23 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     );
     let checked = collect(&ctx, &checked_sql).await.map_err(query)?;
     stats.rows_in = checked.iter().map(|b| b.num_rows() as u64).sum();
-    let schema = checked.first().map(RecordBatch::schema).unwrap_or_else(|| Arc::new(Schema::empty()));
-    ctx.register_table("checked", Arc::new(MemTable::try_new(schema, vec![checked]).map_err(query)?))
-        .map_err(query)?;
+    let schema = checked
+        .first()
+        .map(RecordBatch::schema)
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    ctx.register_table(
+        "checked",
+        Arc::new(MemTable::try_new(schema, vec![checked]).map_err(query)?),
+    )
+    .map_err(query)?;
 
     // fail: stop before anything is written.
-    let key_sql = table.key().iter().map(|k| format!("CAST({} AS VARCHAR)", ident(k))).collect::<Vec<_>>().join(" || '|' || ");
+    let key_sql = table
+        .key()
+        .iter()
+        .map(|k| format!("CAST({} AS VARCHAR)", ident(k)))
+        .collect::<Vec<_>>()
+        .join(" || '|' || ");
     let failures = collect(
         &ctx,
         &format!(
@@ -119,7 +151,12 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     }
 
     // warn: count only.
-    for expectation in table.config.expectations.iter().filter(|e| e.action == Action::Warn) {
+    for expectation in table
+        .config
+        .expectations
+        .iter()
+        .filter(|e| e.action == Action::Warn)
+    {
         let n = scalar_count(
             &ctx,
             &format!("SELECT count(*) FROM checked WHERE _failed_rule IS NULL AND NOT coalesce({}, false)", passes(table, expectation)),
@@ -128,12 +165,22 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .map_err(query)?;
         stats.warnings.insert(rule_name(expectation), n);
     }
-    stats.dropped = scalar_count(&ctx, "SELECT count(*) FROM checked WHERE _failed_action = 'drop'").await.map_err(query)?;
+    stats.dropped = scalar_count(
+        &ctx,
+        "SELECT count(*) FROM checked WHERE _failed_action = 'drop'",
+    )
+    .await
+    .map_err(query)?;
 
     // quarantine: exactly once, like rejects in bronze.
     let quarantine_done = lake.txn_versions(Layer::Quarantine, name, &apps).await?;
     let fresh = (0..partitions)
-        .map(|p| format!("(_partition = {p} AND _offset >= {})", quarantine_done.get(&apps[p as usize]).copied().unwrap_or(0)))
+        .map(|p| {
+            format!(
+                "(_partition = {p} AND _offset >= {})",
+                quarantine_done.get(&apps[p as usize]).copied().unwrap_or(0)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" OR ");
     let quarantined = collect(
@@ -144,13 +191,29 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     )
     .await
     .map_err(query)?;
-    stats.quarantined = scalar_count(&ctx, "SELECT count(*) FROM checked WHERE _failed_action = 'quarantine'").await.map_err(query)?;
+    stats.quarantined = scalar_count(
+        &ctx,
+        "SELECT count(*) FROM checked WHERE _failed_action = 'quarantine'",
+    )
+    .await
+    .map_err(query)?;
     if quarantined.iter().any(|b| b.num_rows() > 0) {
-        lake.write(Layer::Quarantine, name, quarantined, &[], txns.clone(), false).await?;
+        lake.write(
+            Layer::Quarantine,
+            name,
+            quarantined,
+            &[],
+            txns.clone(),
+            false,
+        )
+        .await?;
     }
 
     // Dedup, then enrich.
-    let rows = ctx.sql(&current_rows_sql(lake, &ctx, project, table).await?).await.map_err(query)?;
+    let rows = ctx
+        .sql(&current_rows_sql(lake, &ctx, project, table).await?)
+        .await
+        .map_err(query)?;
     let rows = rows.cache().await.map_err(query)?;
     stats.applied = rows.clone().count().await.map_err(query)? as u64;
     apply(lake, &ctx, table, rows, txns).await?;
@@ -172,36 +235,71 @@ fn action_name(action: Action) -> &'static str {
     }
 }
 
-async fn collect(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
+async fn collect(
+    ctx: &SessionContext,
+    sql: &str,
+) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
     ctx.sql(sql).await?.collect().await
 }
 
-async fn scalar_count(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<u64> {
+async fn scalar_count(
+    ctx: &SessionContext,
+    sql: &str,
+) -> deltalake::datafusion::error::Result<u64> {
     let batches = collect(ctx, sql).await?;
-    Ok(batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64))
+    Ok(batches.iter().find(|b| b.num_rows() > 0).map_or(0, |b| {
+        b.column(0).as_primitive::<Int64Type>().value(0) as u64
+    }))
 }
 
 /// SQL for the batch's current rows: valid rows, latest per key, with enrichment columns.
-async fn current_rows_sql(lake: &Lake, ctx: &SessionContext, project: &Project, table: &Table) -> Result<String> {
-    let query = |source| Error::Query { table: table.name().to_owned(), source };
-    let keys = table.key().iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
-    let mut select: Vec<String> = table.columns.iter().map(|c| format!("d.{}", ident(&c.name))).collect();
+async fn current_rows_sql(
+    lake: &Lake,
+    ctx: &SessionContext,
+    project: &Project,
+    table: &Table,
+) -> Result<String> {
+    let query = |source| Error::Query {
+        table: table.name().to_owned(),
+        source,
+    };
+    let keys = table
+        .key()
+        .iter()
+        .map(|k| ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut select: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("d.{}", ident(&c.name)))
+        .collect();
     let mut joins = String::new();
     for (i, enrich) in table.config.enrich.iter().enumerate() {
         let alias = format!("e{i}");
         let dim = format!("dim_{i}");
-        if !lake.register(ctx, Layer::Silver, &enrich.from, &dim).await? {
+        if !lake
+            .register(ctx, Layer::Silver, &enrich.from, &dim)
+            .await?
+        {
             // Not loaded yet: join an empty table of the right shape so the columns exist.
             let other = project.table(&enrich.from).expect("checked by validate");
             let mut fields = other.arrow_fields();
-            fields.push(Field::new("_sequence", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
-            let empty = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).map_err(query)?;
+            fields.push(Field::new(
+                "_sequence",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ));
+            let empty =
+                MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).map_err(query)?;
             ctx.register_table(&dim, Arc::new(empty)).map_err(query)?;
         }
-        let on_cols = enrich.on.values().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let on_cols = enrich
+            .on
+            .values()
+            .map(|c| ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let condition = enrich
             .on
             .iter()
@@ -216,7 +314,11 @@ async fn current_rows_sql(lake: &Lake, ctx: &SessionContext, project: &Project, 
             select.push(format!("{alias}.{} AS {}", ident(&source), ident(&target)));
         }
     }
-    select.extend(["d._sequence".into(), "d._partition".into(), "d._offset".into()]);
+    select.extend([
+        "d._sequence".into(),
+        "d._partition".into(),
+        "d._offset".into(),
+    ]);
     Ok(format!(
         "WITH d AS (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _sequence DESC, _offset DESC) AS _rn \
          FROM checked WHERE _failed_rule IS NULL) WHERE _rn = 1) SELECT {} FROM d{joins}",
@@ -225,26 +327,47 @@ async fn current_rows_sql(lake: &Lake, ctx: &SessionContext, project: &Project, 
 }
 
 /// Applies the batch to silver by mode, recording the consumed offsets in the same commit.
-async fn apply(lake: &Lake, ctx: &SessionContext, table: &Table, rows: DataFrame, txns: Vec<(String, i64)>) -> Result<()> {
+async fn apply(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &Table,
+    rows: DataFrame,
+    txns: Vec<(String, i64)>,
+) -> Result<()> {
     let name = table.name();
-    let query = |source| Error::Query { table: name.to_owned(), source };
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
     let existing = lake.open(Layer::Silver, name).await?;
     let (Some(target), Mode::Diff | Mode::Append) = (existing, table.mode()) else {
         let batches = rows.collect().await.map_err(query)?;
         let overwrite = table.mode() == Mode::Full;
-        lake.write(Layer::Silver, name, batches, &[], txns, overwrite).await?;
+        lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
+            .await?;
         return Ok(());
     };
-    let columns: Vec<String> = rows.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let columns: Vec<String> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let on = table
         .key()
         .iter()
         .map(|k| format!("target.{id} = source.{id}", id = ident(k)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    let commit = CommitProperties::default()
-        .with_application_transactions(txns.into_iter().map(|(a, v)| Transaction::new(a, v)).collect());
-    let delta_err = |source| Error::Delta { table: name.to_owned(), source };
+    let commit = CommitProperties::default().with_application_transactions(
+        txns.into_iter()
+            .map(|(a, v)| Transaction::new(a, v))
+            .collect(),
+    );
+    let delta_err = |source| Error::Delta {
+        table: name.to_owned(),
+        source,
+    };
     let mut merge = target
         .merge(rows, on.as_str())
         .with_source_alias("source")
@@ -264,7 +387,11 @@ async fn apply(lake: &Lake, ctx: &SessionContext, table: &Table, rows: DataFrame
             .map_err(delta_err)?;
     }
     merge = merge
-        .when_not_matched_insert(|insert| columns.iter().fold(insert, |i, c| i.set(c.as_str(), format!("source.{}", ident(c)))))
+        .when_not_matched_insert(|insert| {
+            columns.iter().fold(insert, |i, c| {
+                i.set(c.as_str(), format!("source.{}", ident(c)))
+            })
+        })
         .map_err(delta_err)?;
     merge.await.map_err(delta_err)?;
     Ok(())
@@ -272,9 +399,13 @@ async fn apply(lake: &Lake, ctx: &SessionContext, table: &Table, rows: DataFrame
 
 /// `<lake>/silver/<name>`: the latest silver row of `table` per `key`.
 async fn rebuild_latest_by(lake: &Lake, table: &Table, name: &str, key: &[String]) -> Result<()> {
-    let query = |source| Error::Query { table: table.name().to_owned(), source };
+    let query = |source| Error::Query {
+        table: table.name().to_owned(),
+        source,
+    };
     let ctx = session();
-    lake.register(&ctx, Layer::Silver, table.name(), "s").await?;
+    lake.register(&ctx, Layer::Silver, table.name(), "s")
+        .await?;
     let keys = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
     let batches = collect(
         &ctx,
@@ -284,6 +415,7 @@ async fn rebuild_latest_by(lake: &Lake, table: &Table, name: &str, key: &[String
     )
     .await
     .map_err(query)?;
-    lake.write(Layer::Silver, name, batches, &[], vec![], true).await?;
+    lake.write(Layer::Silver, name, batches, &[], vec![], true)
+        .await?;
     Ok(())
 }

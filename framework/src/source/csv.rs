@@ -12,14 +12,24 @@ use super::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceRow {
     /// Cells in schema column order; an empty cell is `None`.
-    Row { line: u64, cells: Vec<Option<String>> },
+    Row {
+        line: u64,
+        cells: Vec<Option<String>>,
+    },
     /// A record that cannot be a row: the raw text and why.
-    Broken { line: u64, raw: String, reason: String },
+    Broken {
+        line: u64,
+        raw: String,
+        reason: String,
+    },
 }
 
 /// Reads a whole CSV file for `table`.
 pub fn read_csv(table: &Table, path: &Path) -> Result<Vec<SourceRow>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
     parse_csv(table, path, &bytes)
 }
 
@@ -38,7 +48,12 @@ pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceR
     let order: Vec<usize> = if dialect.header {
         let header = match records.next() {
             Some(Ok(header)) => header,
-            Some(Err(err)) => return Err(Error::Format { path: path.into(), reason: err.to_string() }),
+            Some(Err(err)) => {
+                return Err(Error::Format {
+                    path: path.into(),
+                    reason: err.to_string(),
+                });
+            }
             None => return Ok(Vec::new()),
         };
         header_order(table, path, &header)?
@@ -49,7 +64,10 @@ pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceR
     let delimiter = dialect.delimiter.clone();
     let mut rows = Vec::new();
     for record in records {
-        let record = record.map_err(|err| Error::Format { path: path.into(), reason: err.to_string() })?;
+        let record = record.map_err(|err| Error::Format {
+            path: path.into(),
+            reason: err.to_string(),
+        })?;
         let line = record.position().map_or(0, ::csv::Position::line);
         let raw = || {
             record
@@ -89,7 +107,11 @@ pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceR
             }
         }
         rows.push(match broken {
-            Some(reason) => SourceRow::Broken { line, raw: raw(), reason },
+            Some(reason) => SourceRow::Broken {
+                line,
+                raw: raw(),
+                reason,
+            },
             None => SourceRow::Row { line, cells },
         });
     }
@@ -97,7 +119,10 @@ pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceR
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Maps header names (after `source.rename`) to schema columns.
@@ -112,18 +137,24 @@ fn header_order(table: &Table, path: &Path, header: &::csv::ByteRecord) -> Resul
         .collect();
     for name in &names {
         if table.column(name).is_none() {
-            return Err(Error::UnknownColumn { path: path.into(), column: name.clone() });
+            return Err(Error::UnknownColumn {
+                path: path.into(),
+                column: name.clone(),
+            });
         }
     }
     table
         .columns
         .iter()
         .map(|column| {
-            names.iter().position(|n| *n == column.name).ok_or_else(|| Error::MissingColumn {
-                path: path.into(),
-                column: column.name.clone(),
-                hint: format!("the header has: {}", names.join(", ")),
-            })
+            names
+                .iter()
+                .position(|n| *n == column.name)
+                .ok_or_else(|| Error::MissingColumn {
+                    path: path.into(),
+                    column: column.name.clone(),
+                    hint: format!("the header has: {}", names.join(", ")),
+                })
         })
         .collect()
 }

@@ -14,10 +14,21 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}:1: the header lacks column `{column}` that the idcard declares\n  hint: {hint}")]
-    MissingColumn { path: PathBuf, column: String, hint: String },
-    #[error("{path}:1: column `{column}` is not in the idcard's schema\n  hint: add it to `schema:` or map it with `source.rename`")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}:1: the header lacks column `{column}` that the idcard declares\n  hint: {hint}"
+    )]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        hint: String,
+    },
+    #[error(
+        "{path}:1: column `{column}` is not in the idcard's schema\n  hint: add it to `schema:` or map it with `source.rename`"
+    )]
     UnknownColumn { path: PathBuf, column: String },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },

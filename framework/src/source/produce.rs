@@ -62,7 +62,10 @@ pub fn produce(
     bus.ensure_topic(table.topic(), table.config.topic.partitions)?;
     let simulation = &table.config.producer;
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ fnv(table.name().as_bytes()));
-    let mut stats = ProduceStats { rows_read: rows.len() as u64, ..ProduceStats::default() };
+    let mut stats = ProduceStats {
+        rows_read: rows.len() as u64,
+        ..ProduceStats::default()
+    };
     let total = rows.len() as u64;
     let mut pending: Vec<Record> = Vec::with_capacity(BATCH);
     for (i, row) in rows.iter().enumerate() {
@@ -133,7 +136,11 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
                 if i > 0 {
                     key.push('|');
                 }
-                let at = table.columns.iter().position(|c| &c.name == name).unwrap_or(0);
+                let at = table
+                    .columns
+                    .iter()
+                    .position(|c| &c.name == name)
+                    .unwrap_or(0);
                 key.push_str(cells[at].as_deref().unwrap_or(""));
             }
             key
@@ -147,9 +154,15 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
     };
     field(&mut value, "_ingestion_timestamp", Some(&timestamp));
     value.push(b'}');
-    Record { key: key.into_bytes(), value, timestamp_ms: at.timestamp_millis() }
+    Record {
+        key: key.into_bytes(),
+        value,
+        timestamp_ms: at.timestamp_millis(),
+    }
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -31,8 +31,18 @@ fn survives_bom_partial_quoting_renamed_headers_and_multiline_cells() {
     assert_eq!(
         got,
         vec![
-            SourceRow::Row { line: 2, cells: vec![Some("a".into()), Some("two\nlines, and a comma".into()), Some("1.5".into())] },
-            SourceRow::Row { line: 4, cells: vec![Some("b".into()), None, Some("2".into())] },
+            SourceRow::Row {
+                line: 2,
+                cells: vec![
+                    Some("a".into()),
+                    Some("two\nlines, and a comma".into()),
+                    Some("1.5".into())
+                ]
+            },
+            SourceRow::Row {
+                line: 4,
+                cells: vec![Some("b".into()), None, Some("2".into())]
+            },
         ]
     );
 }
@@ -40,7 +50,13 @@ fn survives_bom_partial_quoting_renamed_headers_and_multiline_cells() {
 #[test]
 fn columns_are_put_in_schema_order() {
     let got = rows(b"amount_lenght,id,note\n3,x,y\n");
-    assert_eq!(got, vec![SourceRow::Row { line: 2, cells: vec![Some("x".into()), Some("y".into()), Some("3".into())] }]);
+    assert_eq!(
+        got,
+        vec![SourceRow::Row {
+            line: 2,
+            cells: vec![Some("x".into()), Some("y".into()), Some("3".into())]
+        }]
+    );
 }
 
 #[test]
@@ -49,9 +65,15 @@ fn wrong_field_count_and_invalid_utf8_become_broken_rows() {
     csv.extend_from_slice(b"e,caf\xe9,2\nok,fine,3\n");
     let got = rows(&csv);
     assert_eq!(got.len(), 4);
-    assert!(matches!(&got[0], SourceRow::Broken { line: 2, reason, .. } if reason.contains("expected 3 fields, found 2")));
-    assert!(matches!(&got[1], SourceRow::Broken { line: 3, reason, .. } if reason.contains("found 4")));
-    assert!(matches!(&got[2], SourceRow::Broken { line: 4, reason, raw } if reason.contains("invalid UTF-8 in column `note`") && raw.starts_with("e,caf")));
+    assert!(
+        matches!(&got[0], SourceRow::Broken { line: 2, reason, .. } if reason.contains("expected 3 fields, found 2"))
+    );
+    assert!(
+        matches!(&got[1], SourceRow::Broken { line: 3, reason, .. } if reason.contains("found 4"))
+    );
+    assert!(
+        matches!(&got[2], SourceRow::Broken { line: 4, reason, raw } if reason.contains("invalid UTF-8 in column `note`") && raw.starts_with("e,caf"))
+    );
     assert!(matches!(&got[3], SourceRow::Row { line: 5, .. }));
 }
 
@@ -60,15 +82,28 @@ fn a_header_without_a_declared_column_is_an_error_naming_it() {
     let project = project();
     let err = parse_csv(&project.tables[0], Path::new("t.csv"), b"id,note\n").unwrap_err();
     assert!(err.to_string().contains("lacks column `amount`"), "{err}");
-    let err = parse_csv(&project.tables[0], Path::new("t.csv"), b"id,note,amount,zzz\n").unwrap_err();
-    assert!(err.to_string().contains("`zzz` is not in the idcard"), "{err}");
+    let err = parse_csv(
+        &project.tables[0],
+        Path::new("t.csv"),
+        b"id,note,amount,zzz\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("`zzz` is not in the idcard"),
+        "{err}"
+    );
 }
 
 #[test]
 fn produced_messages_are_keyed_json_with_the_ingestion_timestamp() {
     let project = project();
-    let row = SourceRow::Row { line: 2, cells: vec![Some("k\"1".into()), None, Some("1.0".into())] };
-    let at = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().to_utc();
+    let row = SourceRow::Row {
+        line: 2,
+        cells: vec![Some("k\"1".into()), None, Some("1.0".into())],
+    };
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+        .unwrap()
+        .to_utc();
     let record = produce::encode(&project.tables[0], &row, at);
     assert_eq!(record.key, b"k\"1");
     let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();

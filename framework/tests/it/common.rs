@@ -44,24 +44,37 @@ pub fn ok(mut cmd: Command) -> Output {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub fn count(lake: &Path, layer: Layer, table: &str) -> u64 {
-    runtime().block_on(Lake::new(lake).count(layer, table)).unwrap()
+    runtime()
+        .block_on(Lake::new(lake).count(layer, table))
+        .unwrap()
 }
 
 /// Messages on a topic (sum of partition end offsets).
 pub fn topic_messages(lake: &Path, topic: &str, partitions: u32) -> u64 {
     let bus = Bus::embedded(Lake::new(lake).bus_dir());
-    (0..partitions).map(|p| bus.end_offset(topic, p).unwrap()).sum()
+    (0..partitions)
+        .map(|p| bus.end_offset(topic, p).unwrap())
+        .sum()
 }
 
 /// Runs a SQL query over one table registered as `t`; returns the pretty-printed result.
 pub fn query(lake: &Path, layer: Layer, table: &str, sql: &str) -> String {
     runtime().block_on(async {
         let ctx = session();
-        assert!(Lake::new(lake).register(&ctx, layer, table, "t").await.unwrap(), "{layer}/{table} missing");
+        assert!(
+            Lake::new(lake)
+                .register(&ctx, layer, table, "t")
+                .await
+                .unwrap(),
+            "{layer}/{table} missing"
+        );
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         pretty_format_batches(&batches).unwrap().to_string()
     })
@@ -72,24 +85,42 @@ pub fn query(lake: &Path, layer: Layer, table: &str, sql: &str) -> String {
 pub fn distinct_keys_from_csv(data: &Path, project: &Project, table: &str) -> u64 {
     let t = project.table(table).unwrap();
     let bytes = std::fs::read(data.join(&t.config.source.path)).unwrap();
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes).to_vec();
+    let bytes = bytes
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(&bytes)
+        .to_vec();
     let mut reader = csv::Reader::from_reader(bytes.as_slice());
     let headers: Vec<String> = reader
         .headers()
         .unwrap()
         .iter()
-        .map(|h| t.config.source.rename.get(h).cloned().unwrap_or_else(|| h.to_owned()))
+        .map(|h| {
+            t.config
+                .source
+                .rename
+                .get(h)
+                .cloned()
+                .unwrap_or_else(|| h.to_owned())
+        })
         .collect();
     let mut keys = HashSet::new();
     for record in reader.records() {
         let record = record.unwrap();
-        let row: BTreeMap<&str, &str> = headers.iter().map(String::as_str).zip(record.iter()).collect();
+        let row: BTreeMap<&str, &str> = headers
+            .iter()
+            .map(String::as_str)
+            .zip(record.iter())
+            .collect();
         let key: Vec<String> = t
             .key()
             .iter()
             .map(|k| {
                 let v = row[k.as_str()];
-                if k.ends_with("zip_code_prefix") { format!("{v:0>5}") } else { v.to_owned() }
+                if k.ends_with("zip_code_prefix") {
+                    format!("{v:0>5}")
+                } else {
+                    v.to_owned()
+                }
             })
             .collect();
         keys.insert(key);

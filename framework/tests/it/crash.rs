@@ -15,11 +15,15 @@ fn bronze_survives_sigkill_at_random_moments_without_loss_or_duplicates() {
     let lake = dir.path().join("lake");
     let data = dir.path().join("data");
     let mut generate = framework(&lake);
-    generate.args(["generate-data", "--scale", "0.05", "--out"]).arg(&data);
+    generate
+        .args(["generate-data", "--scale", "0.05", "--out"])
+        .arg(&data);
     ok(generate);
     let produce = || {
         let mut produce = framework(&lake);
-        produce.args(["produce", "--table", "geolocation", "--no-delay", "--data"]).arg(&data);
+        produce
+            .args(["produce", "--table", "geolocation", "--no-delay", "--data"])
+            .arg(&data);
         ok(produce);
     };
     produce();
@@ -30,7 +34,16 @@ fn bronze_survives_sigkill_at_random_moments_without_loss_or_duplicates() {
     let started = Instant::now();
     while kills < 12 && started.elapsed() < Duration::from_secs(600) {
         let mut consume = framework(&lake);
-        consume.args(["run", "--table", "geolocation", "--no-produce", "--until", "bronze", "--batch-size", "400"]);
+        consume.args([
+            "run",
+            "--table",
+            "geolocation",
+            "--no-produce",
+            "--until",
+            "bronze",
+            "--batch-size",
+            "400",
+        ]);
         let mut child = consume.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(rng.random_range(150..700)));
         match child.try_wait().unwrap() {
@@ -42,23 +55,49 @@ fn bronze_survives_sigkill_at_random_moments_without_loss_or_duplicates() {
                 child.kill().unwrap(); // SIGKILL on Unix
                 child.wait().unwrap();
                 kills += 1;
-                let (rows, messages) = (count(&lake, Layer::Bronze, "geolocation"), topic_messages(&lake, "raw_geolocation", 3));
+                let (rows, messages) = (
+                    count(&lake, Layer::Bronze, "geolocation"),
+                    topic_messages(&lake, "raw_geolocation", 3),
+                );
                 if rows > 0 && rows < messages {
                     partial.insert(rows);
                 }
             }
         }
         // After every crash: no message twice.
-        let dupes = query(&lake, Layer::Bronze, "geolocation", "SELECT count(*) - count(DISTINCT (_partition, _offset)) AS dupes FROM t");
-        assert!(dupes.contains("| 0 "), "duplicates after kill {kills}:\n{dupes}");
+        let dupes = query(
+            &lake,
+            Layer::Bronze,
+            "geolocation",
+            "SELECT count(*) - count(DISTINCT (_partition, _offset)) AS dupes FROM t",
+        );
+        assert!(
+            dupes.contains("| 0 "),
+            "duplicates after kill {kills}:\n{dupes}"
+        );
     }
-    assert!(partial.len() >= 5, "too few kills caught bronze half-way: {partial:?}");
+    assert!(
+        partial.len() >= 5,
+        "too few kills caught bronze half-way: {partial:?}"
+    );
     let messages = topic_messages(&lake, "raw_geolocation", 3);
     assert!(kills >= 10, "only {kills} kills landed mid-run");
     let mut finish = framework(&lake);
-    finish.args(["run", "--table", "geolocation", "--no-produce", "--until", "bronze"]);
+    finish.args([
+        "run",
+        "--table",
+        "geolocation",
+        "--no-produce",
+        "--until",
+        "bronze",
+    ]);
     ok(finish);
     assert_eq!(count(&lake, Layer::Bronze, "geolocation"), messages);
-    let distinct = query(&lake, Layer::Bronze, "geolocation", "SELECT count(DISTINCT (_partition, _offset)) AS n FROM t");
+    let distinct = query(
+        &lake,
+        Layer::Bronze,
+        "geolocation",
+        "SELECT count(DISTINCT (_partition, _offset)) AS n FROM t",
+    );
     assert!(distinct.contains(&format!("| {messages} ")), "{distinct}");
 }

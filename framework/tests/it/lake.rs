@@ -11,8 +11,18 @@ use crate::common::*;
 fn silver_content(lake: &std::path::Path, table: &str) -> String {
     let project = project();
     let t = project.table(table).unwrap();
-    let order = t.key().iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
-    query(lake, Layer::Silver, table, &format!("SELECT * EXCLUDE (_sequence, _partition, _offset) FROM t ORDER BY {order}"))
+    let order = t
+        .key()
+        .iter()
+        .map(|k| format!("\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    query(
+        lake,
+        Layer::Silver,
+        table,
+        &format!("SELECT * EXCLUDE (_sequence, _partition, _offset) FROM t ORDER BY {order}"),
+    )
 }
 
 #[test]
@@ -29,16 +39,33 @@ fn run_all_builds_every_table_with_the_distinct_keys_of_the_csvs_and_is_idempote
     let mut first = Vec::new();
     for table in project.names() {
         let expected = distinct_keys_from_csv(&sample(), &project, table);
-        assert_eq!(count(&lake, Layer::Silver, table), expected, "silver {table} vs distinct CSV keys");
-        assert_eq!(count(&lake, Layer::Quarantine, table), 0, "quarantine {table}");
+        assert_eq!(
+            count(&lake, Layer::Silver, table),
+            expected,
+            "silver {table} vs distinct CSV keys"
+        );
+        assert_eq!(
+            count(&lake, Layer::Quarantine, table),
+            0,
+            "quarantine {table}"
+        );
         assert_eq!(count(&lake, Layer::Reject, table), 0, "reject {table}");
         let t = project.table(table).unwrap();
         let messages = topic_messages(&lake, t.topic(), t.config.topic.partitions);
-        assert_eq!(count(&lake, Layer::Bronze, table), messages, "bronze {table} holds every message");
+        assert_eq!(
+            count(&lake, Layer::Bronze, table),
+            messages,
+            "bronze {table} holds every message"
+        );
         first.push((table, messages, silver_content(&lake, table)));
     }
     // A zip prefix that lost its leading zero in the CSV is padded back in silver.
-    let padded = query(&lake, Layer::Silver, "customers", "SELECT count(*) AS short FROM t WHERE length(customer_zip_code_prefix) <> 5");
+    let padded = query(
+        &lake,
+        Layer::Silver,
+        "customers",
+        "SELECT count(*) AS short FROM t WHERE length(customer_zip_code_prefix) <> 5",
+    );
     assert!(padded.contains("| 0 "), "{padded}");
     // Enrichment: every product with a translated category has its English name.
     let english = query(
@@ -61,14 +88,32 @@ fn run_all_builds_every_table_with_the_distinct_keys_of_the_csvs_and_is_idempote
         let t = project.table(table).unwrap();
         let messages_after = topic_messages(&lake, t.topic(), t.config.topic.partitions);
         assert!(messages_after > messages_before);
-        assert_eq!(count(&lake, Layer::Bronze, table), messages_after, "bronze {table} grew by the second run's messages");
-        assert_eq!(silver_content(&lake, table), content_before, "silver {table} changed on a re-run");
+        assert_eq!(
+            count(&lake, Layer::Bronze, table),
+            messages_after,
+            "bronze {table} grew by the second run's messages"
+        );
+        assert_eq!(
+            silver_content(&lake, table),
+            content_before,
+            "silver {table} changed on a re-run"
+        );
     }
 }
 
 fn query_count_distinct(lake: &std::path::Path, table: &str, column: &str) -> u64 {
-    let out = query(lake, Layer::Silver, table, &format!("SELECT count(DISTINCT {column}) AS n FROM t"));
-    out.lines().nth(3).unwrap().trim_matches(|c| c == '|' || c == ' ').parse().unwrap()
+    let out = query(
+        lake,
+        Layer::Silver,
+        table,
+        &format!("SELECT count(DISTINCT {column}) AS n FROM t"),
+    );
+    out.lines()
+        .nth(3)
+        .unwrap()
+        .trim_matches(|c| c == '|' || c == ' ')
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -80,38 +125,57 @@ fn broken_csv_rows_land_in_the_reject_table_with_a_reason() {
     let mut csv = header.as_bytes().to_vec();
     csv.extend_from_slice(b"a0000000000000000000000000000001,c1,delivered,2017-02-27 11:33:35,,,,2017-03-20 00:00:00\n");
     csv.extend_from_slice(b"a0000000000000000000000000000002,c2,delivered,2017-02-27 11:33:35\n"); // too few fields
-    csv.extend_from_slice(b"a0000000000000000000000000000003,c3,delivered,not a time,,,,2017-03-20 00:00:00\n");
+    csv.extend_from_slice(
+        b"a0000000000000000000000000000003,c3,delivered,not a time,,,,2017-03-20 00:00:00\n",
+    );
     csv.extend_from_slice(b"a0000000000000000000000000000004,c\xff4,delivered,2017-02-27 11:33:35,,,,2017-03-20 00:00:00\n");
     csv.extend_from_slice(b"a0000000000000000000000000000005,c5,delivered,2017-02-27 11:33:35,,,,2017-03-20 00:00:00,extra\n");
-    csv.extend_from_slice(b"a0000000000000000000000000000006,c6,shipped,2017-02-28 10:00:00,,,,2017-03-21 00:00:00\n");
+    csv.extend_from_slice(
+        b"a0000000000000000000000000000006,c6,shipped,2017-02-28 10:00:00,,,,2017-03-21 00:00:00\n",
+    );
     std::fs::write(data.join("olist_orders_dataset.csv"), csv).unwrap();
     let lake = dir.path().join("lake");
     let mut run = framework(&lake);
-    run.args(["run", "--table", "orders", "--seed", "7", "--data"]).arg(&data);
+    run.args(["run", "--table", "orders", "--seed", "7", "--data"])
+        .arg(&data);
     ok(run);
     let messages = topic_messages(&lake, "raw_orders", 3);
     let bronze = count(&lake, Layer::Bronze, "orders");
     let rejects = count(&lake, Layer::Reject, "orders");
     assert_eq!(bronze + rejects, messages, "rows in = bronze + rejects");
     assert_eq!(count(&lake, Layer::Silver, "orders"), 2);
-    let reasons = query(&lake, Layer::Reject, "orders", "SELECT DISTINCT _source_line, _reason FROM t ORDER BY _source_line");
+    let reasons = query(
+        &lake,
+        Layer::Reject,
+        "orders",
+        "SELECT DISTINCT _source_line, _reason FROM t ORDER BY _source_line",
+    );
     for expected in [
         "expected 8 fields, found 4",
         "column `order_purchase_timestamp`: \"not a time\" is not a valid timestamp",
         "invalid UTF-8 in column `customer_id`",
         "expected 8 fields, found 9",
     ] {
-        assert!(reasons.contains(expected), "missing {expected:?} in\n{reasons}");
+        assert!(
+            reasons.contains(expected),
+            "missing {expected:?} in\n{reasons}"
+        );
     }
     for line in [3, 4, 5, 6] {
-        assert!(reasons.contains(&format!("| {line} ")), "line {line} not rejected:\n{reasons}");
+        assert!(
+            reasons.contains(&format!("| {line} ")),
+            "line {line} not rejected:\n{reasons}"
+        );
     }
 }
 
 #[test]
 fn tables_read_back_identically_with_the_python_deltalake_package() {
     let Ok(python) = std::env::var("FRAMEWORK_TEST_PYTHON") else {
-        assert!(std::env::var("CI").is_err(), "CI must set FRAMEWORK_TEST_PYTHON (a venv with deltalake)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set FRAMEWORK_TEST_PYTHON (a venv with deltalake)"
+        );
         eprintln!("skipped: FRAMEWORK_TEST_PYTHON is not set (.ci/run sets it)");
         return;
     };
@@ -120,14 +184,26 @@ fn tables_read_back_identically_with_the_python_deltalake_package() {
     let mut run = framework(&lake);
     run.args(["run", "--all", "--data"]).arg(sample());
     ok(run);
-    let out = Command::new(python).arg(repo().join("tests/py/delta_counts.py")).arg(&lake).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python)
+        .arg(repo().join("tests/py/delta_counts.py"))
+        .arg(&lake)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let project = project();
     for table in project.names() {
         for layer in [Layer::Bronze, Layer::Silver] {
             let ours = count(&lake, layer, table);
-            assert_eq!(counts[format!("{layer}/{table}")].as_u64(), Some(ours), "{layer}/{table}");
+            assert_eq!(
+                counts[format!("{layer}/{table}")].as_u64(),
+                Some(ours),
+                "{layer}/{table}"
+            );
         }
     }
 }

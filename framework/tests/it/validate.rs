@@ -23,7 +23,9 @@ fn validate_fails_with_file_line_and_column() {
         }
     }
     let orders = idcards.join("orders.yaml");
-    let text = std::fs::read_to_string(&orders).unwrap().replace("mode: DIFF", "mode: UPSERT");
+    let text = std::fs::read_to_string(&orders)
+        .unwrap()
+        .replace("mode: DIFF", "mode: UPSERT");
     std::fs::write(&orders, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_framework"))
         .arg("--idcards")
@@ -33,7 +35,10 @@ fn validate_fails_with_file_line_and_column() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("orders.yaml:22:7: mode: \"UPSERT\" is not a valid value"), "{stderr}");
+    assert!(
+        stderr.contains("orders.yaml:22:7: mode: \"UPSERT\" is not a valid value"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: use one of"), "{stderr}");
 }
 
@@ -45,5 +50,8 @@ fn an_unknown_table_is_a_clear_error() {
     let out = cmd.output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown table `ordrs`") && stderr.contains("known tables:"), "{stderr}");
+    assert!(
+        stderr.contains("unknown table `ordrs`") && stderr.contains("known tables:"),
+        "{stderr}"
+    );
 }
