@@ -8,6 +8,7 @@
 //! replay never writes a reject twice. Rejects are committed before the rows.
 
 mod ingest;
+mod message;
 mod parse;
 #[cfg(test)]
 mod tests;

@@ -71,58 +71,6 @@ pub struct Parsed {
     pub rejects: RecordBatch,
 }
 
-/// A message's fields before typing.
-struct Fields {
-    cells: Vec<Option<String>>,
-    timestamp: Option<i64>,
-    source_line: Option<i64>,
-}
-
-/// Reads one JSON message into cells in schema order; `Err` is the reject reason.
-fn read_message(table: &Table, message: &Message) -> Result<Fields, String> {
-    let object: serde_json::Map<String, Value> = match serde_json::from_slice(&message.value) {
-        Ok(Value::Object(object)) => object,
-        Ok(other) => return Err(format!("expected a JSON object, got {}", kind(&other))),
-        Err(err) => return Err(format!("invalid JSON: {err}")),
-    };
-    if let Some(error) = object.get("_error") {
-        return Err(error.as_str().unwrap_or("broken source record").to_owned());
-    }
-    let mut cells = vec![None; table.columns.len()];
-    let mut timestamp = None;
-    let mut source_line = None;
-    for (name, value) in object {
-        match name.as_str() {
-            "_ingestion_timestamp" => {
-                let text = value.as_str().unwrap_or_default();
-                let parsed = DateTime::parse_from_rfc3339(text)
-                    .map_err(|e| format!("_ingestion_timestamp {text:?} is not RFC 3339: {e}"))?;
-                timestamp = Some(parsed.timestamp_micros());
-            }
-            "_source_line" => source_line = scalar(&value).and_then(|s| s.parse().ok()),
-            _ => {
-                let Some(at) = table.columns.iter().position(|c| c.name == name) else {
-                    return Err(format!(
-                        "unknown field `{name}` (not in the idcard's schema)"
-                    ));
-                };
-                if matches!(value, Value::Array(_) | Value::Object(_)) {
-                    return Err(format!(
-                        "column `{name}`: expected a scalar, got {}",
-                        kind(&value)
-                    ));
-                }
-                cells[at] = scalar(&value);
-            }
-        }
-    }
-    Ok(Fields {
-        cells,
-        timestamp,
-        source_line,
-    })
-}
-
 fn scalar(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
@@ -131,17 +79,6 @@ fn scalar(value: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
         Value::Array(_) | Value::Object(_) => None,
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -162,12 +99,23 @@ pub fn parse_messages(
     let mut timestamps = Vec::with_capacity(n);
     let mut lines = Vec::with_capacity(n);
     for (i, message) in messages.iter().enumerate() {
-        match read_message(table, message) {
-            Ok(fields) => {
+        let fields = super::message::read(table, &message.value).and_then(|fields| {
+            let timestamp = match &fields.timestamp {
+                Some(text) => Some(
+                    DateTime::parse_from_rfc3339(text)
+                        .map_err(|e| format!("_ingestion_timestamp {text:?} is not RFC 3339: {e}"))?
+                        .timestamp_micros(),
+                ),
+                None => None,
+            };
+            Ok((fields, timestamp))
+        });
+        match fields {
+            Ok((fields, timestamp)) => {
                 for (builder, cell) in columns.iter_mut().zip(fields.cells) {
                     builder.append_option(cell);
                 }
-                timestamps.push(fields.timestamp.unwrap_or(message.timestamp_ms * 1000));
+                timestamps.push(timestamp.unwrap_or(message.timestamp_ms * 1000));
                 lines.push(fields.source_line);
             }
             Err(reason) => {

@@ -114,6 +114,11 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         seq = ident(&table.config.sequence_by),
     );
     let checked = collect(&ctx, &checked_sql).await.map_err(query)?;
+    tracing::debug!(
+        table = name,
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: batch read and checked"
+    );
     stats.rows_in = checked.iter().map(|b| b.num_rows() as u64).sum();
     let schema = checked
         .first()
@@ -209,6 +214,11 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .await?;
     }
 
+    tracing::debug!(
+        table = name,
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: rules evaluated"
+    );
     // Dedup, then enrich.
     let rows = ctx
         .sql(&current_rows_sql(lake, &ctx, project, table).await?)
@@ -216,7 +226,17 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .map_err(query)?;
     let rows = rows.cache().await.map_err(query)?;
     stats.applied = rows.clone().count().await.map_err(query)? as u64;
+    tracing::debug!(
+        table = name,
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: deduplicated and enriched"
+    );
     apply(lake, &ctx, table, rows, txns).await?;
+    tracing::debug!(
+        table = name,
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: applied"
+    );
 
     for latest in &table.config.latest_by {
         rebuild_latest_by(lake, table, &latest.name, &latest.key).await?;
@@ -319,10 +339,22 @@ async fn current_rows_sql(
         "d._partition".into(),
         "d._offset".into(),
     ]);
+    // Latest row per key as a hash aggregation (first value by sequence, then offset): much
+    // cheaper than a window function, which sorts the whole batch.
+    let latest = "ORDER BY _sequence DESC, _offset DESC";
+    let mut picked: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| !table.key().contains(&c.name))
+        .map(|c| format!("first_value({id} {latest}) AS {id}", id = ident(&c.name)))
+        .collect();
+    picked.extend(
+        ["_sequence", "_partition", "_offset"].map(|c| format!("first_value({c} {latest}) AS {c}")),
+    );
     Ok(format!(
-        "WITH d AS (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _sequence DESC, _offset DESC) AS _rn \
-         FROM checked WHERE _failed_rule IS NULL) WHERE _rn = 1) SELECT {} FROM d{joins}",
-        select.join(", ")
+        "WITH d AS (SELECT {keys}, {picked} FROM checked WHERE _failed_rule IS NULL GROUP BY {keys}) SELECT {} FROM d{joins}",
+        select.join(", "),
+        picked = picked.join(", "),
     ))
 }
 
