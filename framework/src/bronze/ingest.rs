@@ -59,63 +59,83 @@ pub async fn ingest(
         .collect();
     let committed = lake.txn_versions(Layer::Bronze, name, &apps).await?;
     let rejected = lake.txn_versions(Layer::Reject, name, &apps).await?;
-    let mut next: Vec<u64> = apps
-        .iter()
-        .map(|a| committed.get(a).copied().unwrap_or(0) as u64)
-        .collect();
-    let mut ends = Vec::with_capacity(partitions as usize);
+    // The batches to commit, in order: (partition, first offset, one past the last).
+    let mut plan = Vec::new();
     for partition in 0..partitions {
-        ends.push(bus.end_offset(topic, partition).map_err(bus_err)?);
+        let mut from = committed
+            .get(&apps[partition as usize])
+            .copied()
+            .unwrap_or(0) as u64;
+        let end = bus.end_offset(topic, partition).map_err(bus_err)?;
+        while from < end {
+            let to = end.min(from + options.batch_size as u64);
+            plan.push((partition, from, to));
+            from = to;
+        }
     }
-    let total: u64 = ends
-        .iter()
-        .zip(&next)
-        .map(|(e, n)| e.saturating_sub(*n))
-        .sum();
+    let total: u64 = plan.iter().map(|(_, from, to)| to - from).sum();
     let mut stats = BronzeStats::default();
     progress(0, total);
-    for partition in 0..partitions {
-        let p = partition as usize;
-        while next[p] < ends[p] {
-            let want = (ends[p] - next[p]).min(options.batch_size as u64) as usize;
-            let messages = bus.read(topic, partition, next[p], want).map_err(bus_err)?;
-            if messages.is_empty() {
-                break;
-            }
-            let batch_end = messages.last().map_or(next[p], |m| m.offset + 1);
-            let parsed = parse_messages(table, topic, &messages, Utc::now()).map_err(|source| {
-                Error::Arrow {
-                    table: name.to_owned(),
-                    source,
-                }
-            })?;
-            let txn = vec![(apps[p].clone(), batch_end as i64)];
-            // Rejects first, skipping those a previous attempt already committed.
-            let already = rejected.get(&apps[p]).copied().unwrap_or(0);
-            let fresh = fresh_rejects(&parsed.rejects, already).map_err(|source| Error::Arrow {
+    // Pipeline: the next batch is read and typed on a blocking thread while this one is written.
+    let prepare = |&(partition, from, to): &(u32, u64, u64)| {
+        let (bus, table, topic) = (bus.clone(), table.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let messages = bus.read(&topic, partition, from, (to - from) as usize)?;
+            let parsed = parse_messages(&table, &topic, &messages, Utc::now());
+            Ok::<_, crate::bus::Error>((messages.len(), parsed))
+        })
+    };
+    let mut upcoming = plan.first().map(prepare);
+    for (i, &(partition, _, batch_end)) in plan.iter().enumerate() {
+        let step = Instant::now();
+        let job = upcoming.take().expect("a job per planned batch");
+        upcoming = plan.get(i + 1).map(prepare);
+        let (count, parsed) = job
+            .await
+            .map_err(|join| Error::Arrow {
                 table: name.to_owned(),
-                source,
-            })?;
-            if fresh.num_rows() > 0 {
-                lake.write(Layer::Reject, name, vec![fresh], &[], txn.clone(), false)
-                    .await?;
-            }
-            lake.write(
-                Layer::Bronze,
-                name,
-                vec![parsed.rows.clone()],
-                &["_ingestion_date"],
-                txn,
-                false,
-            )
-            .await?;
-            stats.messages += messages.len() as u64;
-            stats.rows += parsed.rows.num_rows() as u64;
-            stats.rejected += parsed.rejects.num_rows() as u64;
-            stats.commits += 1;
-            next[p] = batch_end;
-            progress(stats.messages, total);
+                source: deltalake::arrow::error::ArrowError::ExternalError(Box::new(join)),
+            })?
+            .map_err(bus_err)?;
+        let parsed = parsed.map_err(|source| Error::Arrow {
+            table: name.to_owned(),
+            source,
+        })?;
+        let waited_s = step.elapsed().as_secs_f64();
+        let app = apps[partition as usize].clone();
+        let txn = vec![(app.clone(), batch_end as i64)];
+        // Rejects first, skipping those a previous attempt already committed.
+        let already = rejected.get(&app).copied().unwrap_or(0);
+        let fresh = fresh_rejects(&parsed.rejects, already).map_err(|source| Error::Arrow {
+            table: name.to_owned(),
+            source,
+        })?;
+        if fresh.num_rows() > 0 {
+            lake.write(Layer::Reject, name, vec![fresh], &[], txn.clone(), false)
+                .await?;
         }
+        lake.write(
+            Layer::Bronze,
+            name,
+            vec![parsed.rows.clone()],
+            &["_ingestion_date"],
+            txn,
+            false,
+        )
+        .await?;
+        tracing::debug!(
+            table = name,
+            partition,
+            messages = count,
+            waited_s,
+            write_s = step.elapsed().as_secs_f64() - waited_s,
+            "bronze: batch committed"
+        );
+        stats.messages += count as u64;
+        stats.rows += parsed.rows.num_rows() as u64;
+        stats.rejected += parsed.rejects.num_rows() as u64;
+        stats.commits += 1;
+        progress(stats.messages, total);
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)

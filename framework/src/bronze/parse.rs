@@ -193,30 +193,33 @@ pub fn parse_messages(
     ]);
     let all = RecordBatch::try_new(bronze_schema(table), typed)?;
     let good: BooleanArray = reasons.iter().map(|r| Some(r.is_none())).collect();
-    let bad: BooleanArray = reasons.iter().map(|r| Some(r.is_some())).collect();
     let rows = filter_record_batch(&all, &good)?;
-    let payloads: StringArray = messages
+    // Rejects are rare: build their columns from the rejected rows only.
+    let rejected: Vec<usize> = (0..n).filter(|i| reasons[*i].is_some()).collect();
+    let take = |array: &dyn Array| {
+        let indices = deltalake::arrow::array::UInt32Array::from_iter_values(
+            rejected.iter().map(|i| *i as u32),
+        );
+        deltalake::arrow::compute::take(array, &indices, None)
+    };
+    let payloads: StringArray = rejected
         .iter()
-        .map(|m| Some(String::from_utf8_lossy(&m.value).into_owned()))
+        .map(|i| Some(String::from_utf8_lossy(&messages[*i].value).into_owned()))
         .collect();
-    let reason_col: StringArray = reasons
-        .iter()
-        .map(|r| Some(r.clone().unwrap_or_default()))
-        .collect();
-    let rejects_all = RecordBatch::try_new(
+    let reason_col: StringArray = rejected.iter().map(|i| reasons[*i].clone()).collect();
+    let rejects = RecordBatch::try_new(
         reject_schema(),
         vec![
-            Arc::new(topic_col),
-            Arc::new(partitions),
-            Arc::new(offsets),
-            Arc::new(keys),
-            Arc::new(lines),
+            take(&topic_col)?,
+            take(&partitions)?,
+            take(&offsets)?,
+            take(&keys)?,
+            take(&lines)?,
             Arc::new(payloads),
             Arc::new(reason_col),
-            Arc::new(ingested_at),
+            take(&ingested_at)?,
         ],
     )?;
-    let rejects = filter_record_batch(&rejects_all, &bad)?;
     Ok(Parsed { rows, rejects })
 }
 

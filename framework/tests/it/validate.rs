@@ -55,3 +55,21 @@ fn an_unknown_table_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn produce_streams_with_the_idcard_delay_and_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = framework(dir.path());
+    cmd.args([
+        "produce", "--table", "sellers", "--limit", "5", "--seed", "3", "--data",
+    ])
+    .arg(sample());
+    let started = std::time::Instant::now();
+    let out = ok(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("for 5 rows to raw_sellers"), "{stdout}");
+    // Five pauses of at least the idcard's 50 ms minimum.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    let messages = topic_messages(dir.path(), "raw_sellers", 1);
+    assert!((5..=10).contains(&messages), "{messages}");
+}
