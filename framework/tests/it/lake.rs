@@ -207,3 +207,53 @@ fn tables_read_back_identically_with_the_python_deltalake_package() {
         }
     }
 }
+
+#[test]
+fn rows_failing_a_quarantine_expectation_move_to_quarantine_with_the_rule_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let header = "order_id,customer_id,order_status,order_purchase_timestamp,order_approved_at,order_delivered_carrier_date,order_delivered_customer_date,order_estimated_delivery_date\n";
+    let rows = [
+        "a0000000000000000000000000000001,c1,delivered,2017-02-27 11:33:35,,,,2017-03-20 00:00:00",
+        "a0000000000000000000000000000002,c2,teleported,2017-02-27 11:33:35,,,,2017-03-20 00:00:00",
+        "NOT-A-HEX-ID,c3,delivered,2017-02-27 11:33:35,,,,2017-03-20 00:00:00",
+        "a0000000000000000000000000000004,c4,shipped,,,,,2017-03-20 00:00:00",
+    ];
+    std::fs::write(
+        data.join("olist_orders_dataset.csv"),
+        format!("{header}{}\n", rows.join("\n")),
+    )
+    .unwrap();
+    let lake = dir.path().join("lake");
+    let mut run = framework(&lake);
+    // Seed chosen so no duplicates are simulated: one quarantined row per bad source row.
+    run.args(["run", "--table", "orders", "--seed", "1", "--data"])
+        .arg(&data);
+    let out = ok(run);
+    assert_eq!(
+        count(&lake, Layer::Silver, "orders"),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rules = query(
+        &lake,
+        Layer::Quarantine,
+        "orders",
+        "SELECT DISTINCT order_id, _failed_rule FROM t ORDER BY order_id",
+    );
+    for expected in [
+        "| NOT-A-HEX-ID                     | order_id_matches ",
+        "| a0000000000000000000000000000002 | order_status_in_set ",
+        "| a0000000000000000000000000000004 | order_purchase_timestamp_not_null ",
+    ] {
+        assert!(rules.contains(expected), "missing {expected:?} in\n{rules}");
+    }
+    // Re-running does not quarantine the same messages again.
+    let before = count(&lake, Layer::Quarantine, "orders");
+    let mut again = framework(&lake);
+    again.args(["run", "--table", "orders", "--no-produce"]);
+    ok(again);
+    assert_eq!(count(&lake, Layer::Quarantine, "orders"), before);
+}
