@@ -134,11 +134,45 @@ fn broken_csv_rows_land_in_the_reject_table_with_a_reason() {
         b"a0000000000000000000000000000006,c6,shipped,2017-02-28 10:00:00,,,,2017-03-21 00:00:00\n",
     );
     std::fs::write(data.join("olist_orders_dataset.csv"), csv).unwrap();
+    let items = "order_id,order_item_id,product_id,seller_id,shipping_limit_date,price,freight_value\n\
+        a0000000000000000000000000000001,1,p1,s1,2017-03-01 00:00:00,199.0,8.54\n\
+        a0000000000000000000000000000001,2,p1,s1,2017-03-01 00:00:00,12,3x\n\
+        a0000000000000000000000000000001,three,p1,s1,2017-03-01 00:00:00,12,3\n";
+    std::fs::write(data.join("olist_order_items_dataset.csv"), items).unwrap();
     let lake = dir.path().join("lake");
     let mut run = framework(&lake);
-    run.args(["run", "--table", "orders", "--seed", "7", "--data"])
-        .arg(&data);
+    run.args([
+        "run",
+        "--table",
+        "orders",
+        "--table",
+        "order_items",
+        "--seed",
+        "7",
+        "--data",
+    ])
+    .arg(&data);
     ok(run);
+    let item_messages = topic_messages(&lake, "raw_order_items", 3);
+    assert_eq!(
+        count(&lake, Layer::Bronze, "order_items") + count(&lake, Layer::Reject, "order_items"),
+        item_messages
+    );
+    assert_eq!(count(&lake, Layer::Silver, "order_items"), 1);
+    let item_reasons = query(
+        &lake,
+        Layer::Reject,
+        "order_items",
+        "SELECT DISTINCT _source_line, _reason FROM t ORDER BY _source_line",
+    );
+    assert!(
+        item_reasons.contains("column `freight_value`: \"3x\" is not a valid decimal(18,2)"),
+        "{item_reasons}"
+    );
+    assert!(
+        item_reasons.contains("column `order_item_id`: \"three\" is not a valid int"),
+        "{item_reasons}"
+    );
     let messages = topic_messages(&lake, "raw_orders", 3);
     let bronze = count(&lake, Layer::Bronze, "orders");
     let rejects = count(&lake, Layer::Reject, "orders");
