@@ -55,15 +55,7 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .map(|p| app_id("silver", table.topic(), p))
         .collect();
     let done = lake.txn_versions(Layer::Silver, name, &apps).await?;
-    let filter = (0..partitions)
-        .map(|p| {
-            format!(
-                "(_partition = {p} AND _offset >= {})",
-                done.get(&apps[p as usize]).copied().unwrap_or(0)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" OR ");
+    let filter = past(&apps, &done);
 
     // Where this batch ends in each partition: recorded with the commit.
     let ends = collect(&ctx, &format!("SELECT _partition, max(_offset) + 1 AS e FROM bronze WHERE {filter} GROUP BY _partition"))
@@ -179,15 +171,7 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
 
     // quarantine: exactly once, like rejects in bronze.
     let quarantine_done = lake.txn_versions(Layer::Quarantine, name, &apps).await?;
-    let fresh = (0..partitions)
-        .map(|p| {
-            format!(
-                "(_partition = {p} AND _offset >= {})",
-                quarantine_done.get(&apps[p as usize]).copied().unwrap_or(0)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" OR ");
+    let fresh = past(&apps, &quarantine_done);
     let quarantined = collect(
         &ctx,
         &format!(
@@ -244,6 +228,21 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     stats.rows_after = lake.count(Layer::Silver, name).await?;
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// SQL predicate for rows at or past the offsets recorded under `apps` (one app id per partition,
+/// in partition order; a partition with no recorded version starts at 0).
+fn past(apps: &[String], versions: &crate::lake::TxnVersions) -> String {
+    apps.iter()
+        .enumerate()
+        .map(|(p, app)| {
+            format!(
+                "(_partition = {p} AND _offset >= {})",
+                versions.get(app).copied().unwrap_or(0)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
 
 fn action_name(action: Action) -> &'static str {
