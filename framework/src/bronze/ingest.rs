@@ -114,10 +114,11 @@ pub async fn ingest(
             lake.write(Layer::Reject, name, vec![fresh], &[], txn.clone(), false)
                 .await?;
         }
+        let (rows, rejects) = (parsed.rows.num_rows(), parsed.rejects.num_rows());
         lake.write(
             Layer::Bronze,
             name,
-            vec![parsed.rows.clone()],
+            vec![parsed.rows],
             &["_ingestion_date"],
             txn,
             false,
@@ -132,8 +133,8 @@ pub async fn ingest(
             "bronze: batch committed"
         );
         stats.messages += count as u64;
-        stats.rows += parsed.rows.num_rows() as u64;
-        stats.rejected += parsed.rejects.num_rows() as u64;
+        stats.rows += rows as u64;
+        stats.rejected += rejects as u64;
         stats.commits += 1;
         progress(stats.messages, total);
     }

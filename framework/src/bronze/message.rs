@@ -17,30 +17,41 @@ pub struct Fields<'a> {
     pub source_line: Option<i64>,
 }
 
-/// Reads one message; `Err` is the reject reason.
-pub fn read<'a>(table: &Table, bytes: &'a [u8]) -> Result<Fields<'a>, String> {
+/// Why a message is rejected, with its `_source_line` when the message carried one.
+pub struct Rejected {
+    pub reason: String,
+    pub source_line: Option<i64>,
+}
+
+/// Reads one message.
+pub fn read<'a>(table: &Table, bytes: &'a [u8]) -> Result<Fields<'a>, Rejected> {
+    let unreadable = |reason: String| Rejected {
+        reason,
+        source_line: None,
+    };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let outcome = de.deserialize_any(MessageVisitor { table });
-    let outcome = match outcome {
+    let outcome = match de.deserialize_any(MessageVisitor { table }) {
         Ok(outcome) => outcome,
-        Err(err) => return Err(format!("invalid JSON: {err}")),
+        Err(err) => return Err(unreadable(format!("invalid JSON: {err}"))),
     };
     if let Err(err) = de.end() {
-        return Err(format!("invalid JSON: {err}"));
+        return Err(unreadable(format!("invalid JSON: {err}")));
     }
-    let outcome = outcome?;
-    if let Some(error) = outcome.error {
-        return Err(error.into_owned());
-    }
-    if let Some(name) = outcome.unknown {
-        return Err(format!(
-            "unknown field `{name}` (not in the idcard's schema)"
-        ));
-    }
-    if let Some((name, kind)) = outcome.not_scalar {
-        return Err(format!("column `{name}`: expected a scalar, got {kind}"));
-    }
-    Ok(outcome.fields)
+    let outcome = outcome.map_err(unreadable)?;
+    let source_line = outcome.fields.source_line;
+    let reason = if let Some(error) = outcome.error {
+        error.into_owned()
+    } else if let Some(name) = outcome.unknown {
+        format!("unknown field `{name}` (not in the idcard's schema)")
+    } else if let Some((name, kind)) = outcome.not_scalar {
+        format!("column `{name}`: expected a scalar, got {kind}")
+    } else {
+        return Ok(outcome.fields);
+    };
+    Err(Rejected {
+        reason,
+        source_line,
+    })
 }
 
 struct Outcome<'a> {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::message::Rejected;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Int32Array, Int64Array, StringArray, StringBuilder,
@@ -11,7 +12,6 @@ use deltalake::arrow::compute::{CastOptions, cast_with_options, filter_record_ba
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
-use serde_json::Value;
 
 use crate::bus::Message;
 use crate::idcard::{ColumnType, Table};
@@ -71,17 +71,6 @@ pub struct Parsed {
     pub rejects: RecordBatch,
 }
 
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) if s.is_empty() => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Array(_) | Value::Object(_) => None,
-    }
-}
-
 /// Types the messages of one partition batch.
 pub fn parse_messages(
     table: &Table,
@@ -103,7 +92,10 @@ pub fn parse_messages(
             let timestamp = match &fields.timestamp {
                 Some(text) => Some(
                     DateTime::parse_from_rfc3339(text)
-                        .map_err(|e| format!("_ingestion_timestamp {text:?} is not RFC 3339: {e}"))?
+                        .map_err(|e| Rejected {
+                            reason: format!("_ingestion_timestamp {text:?} is not RFC 3339: {e}"),
+                            source_line: fields.source_line,
+                        })?
                         .timestamp_micros(),
                 ),
                 None => None,
@@ -118,13 +110,13 @@ pub fn parse_messages(
                 timestamps.push(timestamp.unwrap_or(message.timestamp_ms * 1000));
                 lines.push(fields.source_line);
             }
-            Err(reason) => {
-                reasons[i] = Some(reason);
+            Err(rejected) => {
+                reasons[i] = Some(rejected.reason);
                 for builder in &mut columns {
                     builder.append_null();
                 }
                 timestamps.push(message.timestamp_ms * 1000);
-                lines.push(source_line_of(&message.value));
+                lines.push(rejected.source_line);
             }
         }
     }
@@ -179,7 +171,7 @@ pub fn parse_messages(
             .map(|us| us.div_euclid(86_400_000_000) as i32)
             .collect::<Vec<_>>(),
     );
-    let timestamps = TimestampMicrosecondArray::from(timestamps.clone()).with_timezone("UTC");
+    let timestamps = TimestampMicrosecondArray::from(timestamps).with_timezone("UTC");
     let ingested_at = TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC");
     typed.extend([
         Arc::new(timestamps) as ArrayRef,
@@ -221,12 +213,6 @@ pub fn parse_messages(
         ],
     )?;
     Ok(Parsed { rows, rejects })
-}
-
-/// `_source_line` of a payload that did not parse as a message, when it can be found.
-fn source_line_of(value: &[u8]) -> Option<i64> {
-    let object: serde_json::Map<String, Value> = serde_json::from_slice(value).ok()?;
-    scalar(object.get("_source_line")?)?.parse().ok()
 }
 
 /// Casts text to the column type; a value that does not parse becomes null (caught by the caller).
