@@ -33,17 +33,8 @@ fn bronze_survives_sigkill_at_random_moments_without_loss_or_duplicates() {
     let mut partial = std::collections::BTreeSet::new();
     let started = Instant::now();
     while kills < 12 && started.elapsed() < Duration::from_secs(600) {
-        let mut consume = framework(&lake);
-        consume.args([
-            "run",
-            "--table",
-            "geolocation",
-            "--no-produce",
-            "--until",
-            "bronze",
-            "--batch-size",
-            "400",
-        ]);
+        let mut consume = consume_bronze(&lake);
+        consume.args(["--batch-size", "400"]);
         let mut child = consume.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(rng.random_range(150..700)));
         match child.try_wait().unwrap() {
@@ -82,15 +73,7 @@ fn bronze_survives_sigkill_at_random_moments_without_loss_or_duplicates() {
     );
     let messages = topic_messages(&lake, "raw_geolocation", 3);
     assert!(kills >= 10, "only {kills} kills landed mid-run");
-    let mut finish = framework(&lake);
-    finish.args([
-        "run",
-        "--table",
-        "geolocation",
-        "--no-produce",
-        "--until",
-        "bronze",
-    ]);
+    let finish = consume_bronze(&lake);
     ok(finish);
     assert_eq!(count(&lake, Layer::Bronze, "geolocation"), messages);
     let distinct = query(
@@ -100,4 +83,18 @@ fn bronze_survives_sigkill_at_random_moments_without_loss_or_duplicates() {
         "SELECT count(DISTINCT (_partition, _offset)) AS n FROM t",
     );
     assert!(distinct.contains(&format!("| {messages} ")), "{distinct}");
+}
+
+/// `framework run` of geolocation's bronze stage over what is already on the topic.
+fn consume_bronze(lake: &std::path::Path) -> std::process::Command {
+    let mut cmd = framework(lake);
+    cmd.args([
+        "run",
+        "--table",
+        "geolocation",
+        "--no-produce",
+        "--until",
+        "bronze",
+    ]);
+    cmd
 }

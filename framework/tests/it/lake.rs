@@ -116,6 +116,25 @@ fn query_count_distinct(lake: &std::path::Path, table: &str, column: &str) -> u6
         .unwrap()
 }
 
+/// Checks that every message of `table`'s 3-partition topic is in bronze or in the reject table
+/// (rows in = bronze + rejects) and returns the distinct (source line, reason) pairs of the rejects.
+fn reject_reasons(lake: &std::path::Path, table: &str, topic: &str) -> String {
+    let messages = topic_messages(lake, topic, 3);
+    let bronze = count(lake, Layer::Bronze, table);
+    let rejects = count(lake, Layer::Reject, table);
+    assert_eq!(
+        bronze + rejects,
+        messages,
+        "{table}: rows in = bronze + rejects"
+    );
+    query(
+        lake,
+        Layer::Reject,
+        table,
+        "SELECT DISTINCT _source_line, _reason FROM t ORDER BY _source_line",
+    )
+}
+
 #[test]
 fn broken_csv_rows_land_in_the_reject_table_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,18 +172,8 @@ fn broken_csv_rows_land_in_the_reject_table_with_a_reason() {
     ])
     .arg(&data);
     ok(run);
-    let item_messages = topic_messages(&lake, "raw_order_items", 3);
-    assert_eq!(
-        count(&lake, Layer::Bronze, "order_items") + count(&lake, Layer::Reject, "order_items"),
-        item_messages
-    );
+    let item_reasons = reject_reasons(&lake, "order_items", "raw_order_items");
     assert_eq!(count(&lake, Layer::Silver, "order_items"), 1);
-    let item_reasons = query(
-        &lake,
-        Layer::Reject,
-        "order_items",
-        "SELECT DISTINCT _source_line, _reason FROM t ORDER BY _source_line",
-    );
     assert!(
         item_reasons.contains("column `freight_value`: \"3x\" is not a valid decimal(18,2)"),
         "{item_reasons}"
@@ -173,17 +182,8 @@ fn broken_csv_rows_land_in_the_reject_table_with_a_reason() {
         item_reasons.contains("column `order_item_id`: \"three\" is not a valid int"),
         "{item_reasons}"
     );
-    let messages = topic_messages(&lake, "raw_orders", 3);
-    let bronze = count(&lake, Layer::Bronze, "orders");
-    let rejects = count(&lake, Layer::Reject, "orders");
-    assert_eq!(bronze + rejects, messages, "rows in = bronze + rejects");
+    let reasons = reject_reasons(&lake, "orders", "raw_orders");
     assert_eq!(count(&lake, Layer::Silver, "orders"), 2);
-    let reasons = query(
-        &lake,
-        Layer::Reject,
-        "orders",
-        "SELECT DISTINCT _source_line, _reason FROM t ORDER BY _source_line",
-    );
     for expected in [
         "expected 8 fields, found 4",
         "column `order_purchase_timestamp`: \"not a time\" is not a valid timestamp",
