@@ -414,6 +414,13 @@ fn check_project(
                 );
             }
         }
+        if config.source.format == super::config::SourceFormat::Json {
+            diag(
+                "/source/format",
+                "JSON sources are not supported yet".into(),
+                Some("convert the file to CSV, or use `format: csv`".into()),
+            );
+        }
         let mut depends_on = Vec::new();
         for (i, enrich) in config.enrich.iter().enumerate() {
             let Some(other) = by_name.get(enrich.from.as_str()) else {

@@ -128,3 +128,12 @@ fn composite_key_and_type_parsing() {
     assert_eq!(ColumnType::parse("decimal(2,3)"), None);
     assert_eq!(ColumnType::parse("varchar"), None);
 }
+
+#[test]
+fn json_sources_are_refused_until_they_are_read() {
+    let out = check(&GOOD.replace("format: csv", "format: json"));
+    assert!(
+        out.contains("things.yaml:3:3: source.format: JSON sources are not supported yet"),
+        "{out}"
+    );
+}
