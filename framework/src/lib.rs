@@ -5,18 +5,21 @@
 //! ```text
 //! CSV ──produce──▶ topic (embedded log) ──bronze──▶ Delta, append, exactly once ──silver──▶ Delta, one row per key
 //!                                           └──▶ reject table                      └──▶ quarantine table
+//! silver ──gold (SQL models on DataFusion)──▶ Delta;  every layer ──quality──▶ quality/results
 //! ```
 //!
 //! Modules follow the data: [`idcard`] (contracts) → [`source`] (CSV, producer) → [`bus`] (topic
-//! log) → [`bronze`] → [`silver`], with [`lake`] for Delta IO, [`pipeline`] running the stages
-//! and [`cli`] the `framework` binary's thin shell.
+//! log) → [`bronze`] → [`silver`] → [`gold`], with [`quality`] checking every layer, [`lake`]
+//! for Delta IO, [`pipeline`] running the stages and [`cli`] the `framework` binary's thin shell.
 
 pub mod bronze;
 pub mod bus;
 pub mod cli;
+pub mod gold;
 pub mod idcard;
 pub mod lake;
 pub mod pipeline;
+pub mod quality;
 pub mod silver;
 pub mod source;
 pub mod synth;

@@ -8,22 +8,28 @@ use clap::{Parser, Subcommand};
 
 use crate::bronze::BronzeOptions;
 use crate::bus::Bus;
+use crate::gold::{self, BuildOptions, Models};
 use crate::idcard::{self, Project};
 use crate::lake::Lake;
 use crate::pipeline::{self, RunOptions, Stage, render_summary};
+use crate::quality::{self, Checks, SuiteLayer};
 use crate::source::{self, ProduceOptions};
 
 const EXAMPLES: &str = "\
 Examples:
-  framework validate                          check every idcard in ./idcards
-  framework run --all                         produce, bronze and silver for every table (bundled sample)
+  framework validate                          check every idcard, model and quality suite
+  framework run --all                         the whole lake: produce, bronze, silver, gold, checks
+  framework run --table orders                orders, then the gold models that read it
   framework run --table orders --until bronze only produce and ingest orders into bronze
+  framework build --select gold_daily_sales+  build one gold model and what reads it
+  framework compile --select gold_customer_rfm  print the SQL a model runs
+  framework test                              run the quality suites; non-zero exit if a `fail` check fails
   framework produce --table orders            stream orders onto raw_orders with the idcard's delays
   framework generate-data --scale 1 --out /tmp/olist   write Kaggle-sized Olist-shaped CSVs";
 
-/// Idcard-driven lakehouse ingestion: CSV -> topic -> bronze -> silver on Delta Lake.
+/// Idcard-driven lakehouse ingestion: CSV -> topic -> bronze -> silver -> gold on Delta Lake.
 #[derive(Debug, Parser)]
-#[command(name = "framework", version, about, after_help = EXAMPLES)]
+#[command(name = "framework", version, about, after_help = EXAMPLES, args_override_self = true)]
 pub struct Cli {
     /// Folder with the idcards (*.yaml).
     #[arg(
@@ -36,6 +42,25 @@ pub struct Cli {
     /// Folder of the lake (Delta tables and the embedded topic log).
     #[arg(long, global = true, env = "FRAMEWORK_LAKE", default_value = "lake")]
     lake: PathBuf,
+    /// Folder with the gold SQL models (staging/, intermediate/, gold/, macros/).
+    #[arg(
+        long,
+        global = true,
+        env = "FRAMEWORK_MODELS",
+        default_value = "models"
+    )]
+    models: PathBuf,
+    /// Folder with the quality suites (*.yaml, one suite each).
+    #[arg(
+        long,
+        global = true,
+        env = "FRAMEWORK_EXPECTATIONS",
+        default_value = "expectations"
+    )]
+    expectations: PathBuf,
+    /// Model variables as a YAML map, e.g. `{reference_date: 2018-09-01, lookback_days: 3}`.
+    #[arg(long, global = true, env = "FRAMEWORK_VARS", default_value = "{}")]
+    vars: String,
     /// Log filter (tracing syntax, e.g. `info` or `framework=debug`).
     #[arg(long, global = true, env = "FRAMEWORK_LOG", default_value = "warn")]
     log: String,
@@ -45,7 +70,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check every idcard (JSON Schema, then cross-references) without running anything.
+    /// Check every idcard (JSON Schema, then cross-references) and model without running anything.
     Validate,
     /// Send a table's source file to its topic, simulating a live stream.
     Produce {
@@ -80,8 +105,11 @@ enum Command {
         #[arg(long)]
         no_produce: bool,
         /// Last stage to run.
-        #[arg(long, value_enum, default_value = "silver")]
+        #[arg(long, value_enum, default_value = "gold")]
         until: Stage,
+        /// Rebuild incremental gold models whole.
+        #[arg(long)]
+        full_refresh: bool,
         /// Seed of the producer's simulation.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -91,6 +119,43 @@ enum Command {
         /// Also write the summary as JSON to this file (with the peak memory), for benchmarks.
         #[arg(long)]
         report: Option<PathBuf>,
+    },
+    /// Build gold models on DataFusion from the lake's silver tables (no ingestion).
+    ///
+    /// Selectors: `name`, `+name` (with the models it reads), `name+` (with the models that read
+    /// it), `source:orders+` (models reading silver orders, and downstream).
+    Build {
+        /// Models to build; repeat or separate with commas (default: all).
+        #[arg(long, value_delimiter = ',')]
+        select: Vec<String>,
+        /// Rebuild incremental models whole instead of merging the changed window.
+        #[arg(long)]
+        full_refresh: bool,
+        /// Also write the model reports as JSON to this file, for benchmarks.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Run the quality suites and model tests against the lake and record the results in
+    /// <lake>/quality/results. Exits non-zero when a check with action `fail` fails.
+    Test {
+        /// Only the checks of this layer.
+        #[arg(long, value_enum)]
+        layer: Option<SuiteLayer>,
+        /// Only these suites (model tests are the suite `model_tests`).
+        #[arg(long, value_delimiter = ',')]
+        suite: Vec<String>,
+    },
+    /// Print the SQL that models run, rendered (ephemeral models inlined as CTEs).
+    Compile {
+        /// Models to print (default: all).
+        #[arg(long, value_delimiter = ',')]
+        select: Vec<String>,
+        /// Render incremental models as an incremental run would (is_incremental() true).
+        #[arg(long)]
+        incremental: bool,
+        /// Also write every model as JSON (name, materialization, relation, SQL) in build order.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
     /// Write the idcard JSON Schema (idcards/idcard.schema.json) from the Rust types.
     GenerateSchema {
@@ -140,6 +205,26 @@ fn load(idcards: &std::path::Path) -> Result<Project> {
         .map_err(|d| anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), idcards.display()))
 }
 
+fn load_checks(dir: &std::path::Path, project: &Project, models: &Models) -> Result<Checks> {
+    Checks::load(dir, project, models).map_err(|d| {
+        anyhow::anyhow!(
+            "{d}\n{} problem(s) in the quality suites and model tests",
+            d.0.len()
+        )
+    })
+}
+
+fn load_models(dir: &std::path::Path, vars: &str, project: &Project) -> Result<Models> {
+    let vars: std::collections::BTreeMap<String, serde_json::Value> = serde_yaml_ng::from_str(vars)
+        .with_context(|| {
+            format!(
+                "--vars `{vars}` is not a YAML map\n  hint: --vars '{{reference_date: 2018-09-01}}'"
+            )
+        })?;
+    Models::load(dir, project, vars)
+        .map_err(|d| anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), dir.display()))
+}
+
 fn execute(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,6 +240,20 @@ fn execute(cli: Cli) -> Result<()> {
                 "ok: {} idcards valid ({})",
                 project.tables.len(),
                 project.names().join(", ")
+            );
+            let models = load_models(&cli.models, &cli.vars, &project)?;
+            println!(
+                "ok: {} models valid ({})",
+                models.models.len(),
+                models.names().join(", ")
+            );
+            let checks = load_checks(&cli.expectations, &project, &models)?;
+            let suites: std::collections::BTreeSet<&str> =
+                checks.checks.iter().map(|c| c.suite.as_str()).collect();
+            println!(
+                "ok: {} quality checks valid ({})",
+                checks.checks.len(),
+                suites.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
         Command::Produce {
@@ -202,11 +301,14 @@ fn execute(cli: Cli) -> Result<()> {
             data,
             no_produce,
             until,
+            full_refresh,
             seed,
             batch_size,
             report,
         } => {
             let project = load(&cli.idcards)?;
+            let models = load_models(&cli.models, &cli.vars, &project)?;
+            let checks = load_checks(&cli.expectations, &project, &models)?;
             let tables = if all { Vec::new() } else { table };
             let options = RunOptions {
                 data,
@@ -219,12 +321,116 @@ fn execute(cli: Cli) -> Result<()> {
                 bronze_options: BronzeOptions { batch_size },
                 until,
                 progress,
+                build_options: BuildOptions {
+                    full_refresh,
+                    progress,
+                },
             };
-            let reports =
-                runtime.block_on(pipeline::run(&project, &tables, &bus, &lake, &options))?;
-            println!("{}", render_summary(&reports));
+            let reports = runtime.block_on(pipeline::run(
+                &project, &models, &checks, &tables, &bus, &lake, &options,
+            ))?;
+            println!("{}", render_summary(&reports.tables));
+            if !reports.models.is_empty() {
+                println!("{}", gold::render_summary(&reports.models));
+            }
+            if !reports.checks.is_empty() {
+                println!("{}", quality::render_summary(&reports.checks));
+            }
+            for skipped in &reports.skipped {
+                println!("skipped {skipped}");
+            }
             if let Some(path) = report {
-                let json = serde_json::json!({ "tables": reports, "peak_rss_mib": pipeline::peak_rss_mib() });
+                let json = serde_json::json!({
+                    "tables": reports.tables,
+                    "models": reports.models,
+                    "peak_rss_mib": pipeline::peak_rss_mib(),
+                });
+                std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(failure) = reports.failure {
+                bail!("run stopped: {failure}");
+            }
+        }
+        Command::Build {
+            select,
+            full_refresh,
+            report,
+        } => {
+            let project = load(&cli.idcards)?;
+            let models = load_models(&cli.models, &cli.vars, &project)?;
+            let selected = gold::select(&models, &select)?;
+            let options = BuildOptions {
+                full_refresh,
+                progress,
+            };
+            let reports = runtime.block_on(gold::build(&lake, &models, &selected, &options))?;
+            println!("{}", gold::render_summary(&reports));
+            if let Some(path) = report {
+                let json = serde_json::json!({ "models": reports });
+                std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Test { layer, suite } => {
+            let project = load(&cli.idcards)?;
+            let models = load_models(&cli.models, &cli.vars, &project)?;
+            let checks = load_checks(&cli.expectations, &project, &models)?;
+            let selected: Vec<&quality::Check> = checks
+                .checks
+                .iter()
+                .filter(|c| layer.is_none_or(|l| c.layer == l))
+                .filter(|c| suite.is_empty() || suite.contains(&c.suite))
+                .collect();
+            if selected.is_empty() {
+                bail!(
+                    "no check selected\n  hint: suites are the files in {}",
+                    cli.expectations.display()
+                );
+            }
+            let run_id = quality::new_run_id();
+            let results = runtime.block_on(quality::run_checks(&lake, &selected, &run_id))?;
+            println!("{}", quality::render_summary(&results));
+            println!(
+                "run id {run_id}: results in {}",
+                lake.table_path(crate::lake::Layer::Quality, "results")
+                    .display()
+            );
+            if let Some(failure) = quality::failure_message(&results) {
+                bail!("{failure}");
+            }
+        }
+        Command::Compile {
+            select,
+            incremental,
+            manifest,
+        } => {
+            let project = load(&cli.idcards)?;
+            let models = load_models(&cli.models, &cli.vars, &project)?;
+            let selected = gold::select(&models, &select)?;
+            let mut entries = Vec::new();
+            for model in models.models.iter().filter(|m| selected.contains(&m.name)) {
+                let sql = models
+                    .render(model, incremental)
+                    .map_err(|d| anyhow::anyhow!("{d}"))?;
+                println!(
+                    "-- {} ({}, {})\n{sql};\n",
+                    model.name,
+                    cli.models.join(&model.path).display(),
+                    model.config.materialized
+                );
+                entries.push(serde_json::json!({
+                    "name": model.name,
+                    "path": model.path,
+                    "materialized": model.config.materialized,
+                    "relation": model.relation(),
+                    "unique_key": model.config.unique_key,
+                    "sources": model.sources.iter().map(|(l, t)| format!("{l}.{t}")).collect::<Vec<_>>(),
+                    "sql": sql,
+                }));
+            }
+            if let Some(path) = manifest {
+                let json = serde_json::json!({ "models": entries });
                 std::fs::write(&path, serde_json::to_string_pretty(&json)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }

@@ -272,6 +272,18 @@ pub enum Action {
     Fail,
 }
 
+impl Action {
+    /// The name users write.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Warn => "warn",
+            Self::Drop => "drop",
+            Self::Quarantine => "quarantine",
+            Self::Fail => "fail",
+        }
+    }
+}
+
 /// An extra silver table with the latest row per another key.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -18,6 +18,8 @@ pub enum Layer {
     Reject,
     Silver,
     Quarantine,
+    Gold,
+    Quality,
 }
 
 impl Layer {
@@ -27,6 +29,8 @@ impl Layer {
             Self::Reject => "reject",
             Self::Silver => "silver",
             Self::Quarantine => "quarantine",
+            Self::Gold => "gold",
+            Self::Quality => "quality",
         }
     }
 }
@@ -78,7 +82,7 @@ impl Lake {
         move |source| Error::Delta {
             layer,
             table: table.to_owned(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -101,7 +105,10 @@ impl Lake {
         std::fs::create_dir_all(&path).map_err(|e| Error::Delta {
             layer,
             table: table.to_owned(),
-            source: DeltaTableError::Generic(format!("cannot create {}: {e}", path.display())),
+            source: Box::new(DeltaTableError::Generic(format!(
+                "cannot create {}: {e}",
+                path.display()
+            ))),
         })?;
         if path.join("_delta_log").exists() {
             let uri = deltalake::ensure_table_uri(path.to_string_lossy())
@@ -166,6 +173,10 @@ impl Lake {
                 SaveMode::Append
             })
             .with_commit_properties(commit);
+        if overwrite {
+            // A replaced table may change shape (a gold model whose SQL changed).
+            write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+        }
         if !partition_by.is_empty() {
             write = write.with_partition_columns(partition_by.iter().map(|c| (*c).to_owned()));
         }
@@ -193,15 +204,27 @@ impl Lake {
             .map_err(|source| Error::Query {
                 layer,
                 table: table.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         ctx.register_table(name, provider)
             .map_err(|source| Error::Query {
                 layer,
                 table: table.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(true)
+    }
+
+    /// Hours since the table's latest commit (`None` when it does not exist).
+    pub async fn age_hours(&self, layer: Layer, table: &str) -> Result<Option<f64>> {
+        let Some(delta) = self.open(layer, table).await? else {
+            return Ok(None);
+        };
+        let newest = match futures::StreamExt::next(&mut delta.history(Some(1))).await {
+            Some(commit) => commit.map_err(Self::delta_err(layer, table))?.timestamp,
+            None => None,
+        };
+        Ok(newest.map(|ms| (chrono::Utc::now().timestamp_millis() - ms) as f64 / 3_600_000.0))
     }
 
     /// Number of rows of a table (0 when it does not exist).
@@ -213,7 +236,7 @@ impl Lake {
         let query = |source| Error::Query {
             layer,
             table: table.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let df = ctx.table("t").await.map_err(query)?;
         Ok(df.count().await.map_err(query)? as u64)

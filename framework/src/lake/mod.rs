@@ -12,13 +12,13 @@ pub enum Error {
     Delta {
         layer: Layer,
         table: String,
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     #[error("{layer} table {table}: query failed: {source}")]
     Query {
         layer: Layer,
         table: String,
-        source: deltalake::datafusion::error::DataFusionError,
+        source: Box<deltalake::datafusion::error::DataFusionError>,
     },
 }
 

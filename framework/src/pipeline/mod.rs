@@ -4,7 +4,7 @@ mod report;
 mod run;
 
 pub use report::{TableReport, peak_rss_mib, render_summary};
-pub use run::{RunOptions, Stage, run};
+pub use run::{RunOptions, RunReport, Stage, run};
 
 /// Errors of a pipeline run.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,10 @@ pub enum Error {
     Bronze(#[from] crate::bronze::Error),
     #[error(transparent)]
     Silver(#[from] crate::silver::Error),
+    #[error(transparent)]
+    Gold(#[from] crate::gold::Error),
+    #[error(transparent)]
+    Quality(#[from] crate::quality::Error),
     #[error(transparent)]
     Lake(#[from] crate::lake::Error),
 }

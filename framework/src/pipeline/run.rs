@@ -6,8 +6,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::bronze::{self, BronzeOptions};
 use crate::bus::Bus;
+use crate::gold::{self, BuildOptions, ModelReport, Models};
 use crate::idcard::Project;
 use crate::lake::Lake;
+use crate::quality::{self, CheckResult, Checks, SuiteLayer};
 use crate::silver;
 use crate::source::{self, ProduceOptions};
 
@@ -18,6 +20,7 @@ use super::{Error, Result, TableReport};
 pub enum Stage {
     Bronze,
     Silver,
+    Gold,
 }
 
 /// How to run.
@@ -33,16 +36,31 @@ pub struct RunOptions {
     pub until: Stage,
     /// Show progress bars.
     pub progress: bool,
+    pub build_options: BuildOptions,
 }
 
-/// Runs `tables` (all when empty) in dependency order.
+/// What a run did, per table, per gold model and per quality check.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub tables: Vec<TableReport>,
+    pub models: Vec<ModelReport>,
+    pub checks: Vec<CheckResult>,
+    /// Models and checks left out because a table they read is not in the lake yet.
+    pub skipped: Vec<String>,
+    /// Why the run stopped early: checks with action `fail` failed.
+    pub failure: Option<String>,
+}
+
+/// Runs `tables` (all when empty) in dependency order, then the gold models that read them.
 pub async fn run(
     project: &Project,
+    models: &Models,
+    checks: &Checks,
     tables: &[String],
     bus: &Bus,
     lake: &Lake,
     options: &RunOptions,
-) -> Result<Vec<TableReport>> {
+) -> Result<RunReport> {
     for name in tables {
         if project.table(name).is_none() {
             return Err(Error::UnknownTable {
@@ -55,6 +73,8 @@ pub async fn run(
     if !options.progress {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let run_id = quality::new_run_id();
+    let mut run = RunReport::default();
     let mut reports = Vec::new();
     for table in project
         .tables
@@ -107,7 +127,61 @@ pub async fn run(
         }
         reports.push(report);
     }
-    Ok(reports)
+    run.tables = reports;
+    let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
+    let mut layers = vec![SuiteLayer::Bronze];
+    if options.until >= Stage::Silver {
+        layers.push(SuiteLayer::Silver);
+    }
+    for layer in layers {
+        if check_layer(lake, checks, layer, &loaded, &run_id, &mut run).await? {
+            return Ok(run);
+        }
+    }
+    if options.until >= Stage::Gold {
+        let selectors: Vec<String> = tables.iter().map(|t| format!("source:{t}+")).collect();
+        let mut selected = gold::select(models, &selectors)?;
+        for (model, source) in gold::missing_sources(lake, models, &selected).await? {
+            selected.remove(&model);
+            run.skipped
+                .push(format!("model {model}: {source} is not loaded yet"));
+        }
+        run.models = gold::build(lake, models, &selected, &options.build_options).await?;
+        let built = |model: &str| selected.contains(model);
+        check_layer(lake, checks, SuiteLayer::Gold, &built, &run_id, &mut run).await?;
+    }
+    Ok(run)
+}
+
+/// Runs the checks of `layer` on the tables `wanted` (and the layer's query checks); true when
+/// one with action `fail` failed, which stops the run.
+async fn check_layer(
+    lake: &Lake,
+    checks: &Checks,
+    layer: SuiteLayer,
+    wanted: &dyn Fn(&str) -> bool,
+    run_id: &str,
+    run: &mut RunReport,
+) -> Result<bool> {
+    let mut selected = Vec::new();
+    for check in checks
+        .checks
+        .iter()
+        .filter(|c| c.layer == layer && c.table.as_deref().is_none_or(wanted))
+    {
+        if quality::can_run(lake, check).await? {
+            selected.push(check);
+        } else {
+            run.skipped.push(format!(
+                "check {}: reads a table that is not loaded yet",
+                check.name
+            ));
+        }
+    }
+    let results = quality::run_checks(lake, &selected, run_id).await?;
+    run.failure = quality::failure_message(&results);
+    run.checks.extend(results);
+    Ok(run.failure.is_some())
 }
 
 fn bar(table: &str, stage: &str) -> ProgressBar {

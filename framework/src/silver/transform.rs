@@ -94,7 +94,7 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .map(|(_, pass, action)| {
             format!(
                 "WHEN NOT coalesce({pass}, false) THEN {}",
-                literal(action_name(*action))
+                literal(action.name())
             )
         })
         .collect::<Vec<_>>()
@@ -156,7 +156,7 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     {
         let n = scalar_count(
             &ctx,
-            &format!("SELECT count(*) FROM checked WHERE _failed_rule IS NULL AND NOT coalesce({}, false)", passes(table, expectation)),
+            &format!("SELECT count(*) FROM checked WHERE _failed_rule IS NULL AND NOT coalesce({}, false)", passes(expectation)),
         )
         .await
         .map_err(query)?;
@@ -243,15 +243,6 @@ fn past(apps: &[String], versions: &crate::lake::TxnVersions) -> String {
         })
         .collect::<Vec<_>>()
         .join(" OR ")
-}
-
-fn action_name(action: Action) -> &'static str {
-    match action {
-        Action::Warn => "warn",
-        Action::Drop => "drop",
-        Action::Quarantine => "quarantine",
-        Action::Fail => "fail",
-    }
 }
 
 async fn collect(

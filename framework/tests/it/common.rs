@@ -25,11 +25,80 @@ pub fn project() -> Project {
     load_dir(&idcards()).unwrap_or_else(|d| panic!("{d}"))
 }
 
-/// `framework` with `--idcards` and `--lake` set.
+/// `framework` with the repo's `--idcards`, `--models` and `--expectations`, and `--lake` set.
 pub fn framework(lake: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_framework"));
-    cmd.arg("--idcards").arg(idcards()).arg("--lake").arg(lake);
+    cmd.arg("--idcards")
+        .arg(idcards())
+        .arg("--models")
+        .arg(repo().join("models"))
+        .arg("--expectations")
+        .arg(repo().join("expectations"))
+        .arg("--lake")
+        .arg(lake);
     cmd
+}
+
+/// The Python that runs the independent checks (the test venv's, else `python3`).
+pub fn python() -> String {
+    std::env::var("FRAMEWORK_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Column names of a lake table, in order.
+pub fn columns(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
+    runtime().block_on(async {
+        let ctx = session();
+        assert!(
+            Lake::new(lake)
+                .register(&ctx, layer, table, "t")
+                .await
+                .unwrap()
+        );
+        let frame = ctx.table("t").await.unwrap();
+        frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    })
+}
+
+/// Every row of a lake table as text (`a | b | c`, nulls as `null`), sorted.
+pub fn rows(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
+    use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
+    runtime().block_on(async {
+        let ctx = session();
+        assert!(
+            Lake::new(lake)
+                .register(&ctx, layer, table, "t")
+                .await
+                .unwrap(),
+            "{layer}/{table} missing"
+        );
+        let batches = ctx
+            .sql("SELECT * FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let options = FormatOptions::default().with_null("null");
+        let mut out = Vec::new();
+        for batch in &batches {
+            let columns: Vec<ArrayFormatter<'_>> = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+                .collect();
+            for row in 0..batch.num_rows() {
+                let cells: Vec<String> = columns.iter().map(|c| c.value(row).to_string()).collect();
+                out.push(cells.join(" | "));
+            }
+        }
+        out.sort();
+        out
+    })
 }
 
 pub fn ok(mut cmd: Command) -> Output {

@@ -2,5 +2,7 @@
 
 mod common;
 mod crash;
+mod gold;
 mod lake;
+mod quality;
 mod validate;

@@ -1,0 +1,277 @@
+//! Materializes models on DataFusion: sources and stored models are registered from the lake,
+//! views are created in the session, tables are written whole and incremental models merged.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::catalog::MemorySchemaProvider;
+use deltalake::datafusion::prelude::SessionContext;
+
+use crate::lake::{Lake, Layer, session};
+use crate::silver::sql::ident;
+
+use super::config::Materialized;
+use super::project::{Model, Models};
+use super::{Error, Result};
+
+/// How to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Rebuild incremental models whole instead of merging the changed window.
+    pub full_refresh: bool,
+    /// Show a spinner with the model being built.
+    pub progress: bool,
+}
+
+/// What building one stored model did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelReport {
+    pub model: String,
+    pub materialized: Materialized,
+    /// Whether only the changed window was computed and merged.
+    pub incremental: bool,
+    /// Rows the model's query returned.
+    pub rows_computed: u64,
+    /// Rows in the table afterwards.
+    pub rows: u64,
+    pub seconds: f64,
+}
+
+/// Builds the `selected` models (and creates the views and CTEs they read); stored models they
+/// read that are not selected are read from the lake as they are.
+pub async fn build(
+    lake: &Lake,
+    models: &Models,
+    selected: &BTreeSet<String>,
+    options: &BuildOptions,
+) -> Result<Vec<ModelReport>> {
+    let ctx = session();
+    let mut needed: BTreeSet<&str> = BTreeSet::new();
+    for name in selected {
+        needed.insert(name);
+        needed.extend(models.ancestors(name).iter().map(|m| m.name.as_str()));
+    }
+    let needed: Vec<&Model> = models
+        .models
+        .iter()
+        .filter(|m| needed.contains(m.name.as_str()))
+        .collect();
+    register_sources(lake, &ctx, &needed).await?;
+
+    let spinner = indicatif::ProgressBar::new_spinner();
+    if options.progress {
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    } else {
+        spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut reports = Vec::new();
+    for model in needed {
+        let query = |source| Error::Query {
+            model: model.name.clone(),
+            file: models.dir.join(&model.path).display().to_string(),
+            source,
+        };
+        match model.config.materialized {
+            Materialized::Ephemeral => {}
+            Materialized::View => {
+                let sql = models.render(model, false).map_err(Error::Models)?;
+                ctx.sql(&format!("CREATE VIEW {} AS {sql}", model.relation()))
+                    .await
+                    .map_err(query)?;
+            }
+            Materialized::Table | Materialized::Incremental => {
+                if selected.contains(&model.name) {
+                    spinner.set_message(format!("gold {}", model.name));
+                    reports.push(materialize(lake, &ctx, models, model, options).await?);
+                } else if !lake
+                    .register(&ctx, Layer::Gold, &model.name, &model.relation())
+                    .await?
+                {
+                    return Err(Error::NotBuilt {
+                        model: model.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    spinner.finish_and_clear();
+    Ok(reports)
+}
+
+/// `(model, source)` for each selected model that reads (directly or through the models it
+/// refs) a source table not in the lake yet.
+pub async fn missing_sources(
+    lake: &Lake,
+    models: &Models,
+    selected: &BTreeSet<String>,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for name in selected {
+        let Some(model) = models.get(name) else {
+            continue;
+        };
+        let mut reads: Vec<&Model> = models.ancestors(name);
+        reads.push(model);
+        let sources: BTreeSet<&(String, String)> = reads.iter().flat_map(|m| &m.sources).collect();
+        for (layer, table) in sources {
+            let kind = if layer == "bronze" {
+                Layer::Bronze
+            } else {
+                Layer::Silver
+            };
+            if lake.open(kind, table).await?.is_none() {
+                out.push((name.clone(), format!("{layer}.{table}")));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the schemas the models use and registers every source table they read.
+async fn register_sources(lake: &Lake, ctx: &SessionContext, needed: &[&Model]) -> Result<()> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .expect("the default catalog exists");
+    let mut schemas: BTreeSet<&str> = needed.iter().map(|m| m.folder.as_str()).collect();
+    let sources: BTreeSet<&(String, String)> = needed.iter().flat_map(|m| &m.sources).collect();
+    schemas.extend(sources.iter().map(|(layer, _)| layer.as_str()));
+    for schema in schemas {
+        if catalog.schema(schema).is_none() {
+            catalog
+                .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
+                .map_err(|source| Error::Query {
+                    model: String::new(),
+                    file: String::new(),
+                    source,
+                })?;
+        }
+    }
+    for (layer, table) in sources {
+        let kind = if layer == "bronze" {
+            Layer::Bronze
+        } else {
+            Layer::Silver
+        };
+        if !lake
+            .register(ctx, kind, table, &format!("{layer}.{table}"))
+            .await?
+        {
+            return Err(Error::MissingSource {
+                layer: layer.clone(),
+                table: table.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs one stored model and writes (or merges) its rows.
+async fn materialize(
+    lake: &Lake,
+    ctx: &SessionContext,
+    models: &Models,
+    model: &Model,
+    options: &BuildOptions,
+) -> Result<ModelReport> {
+    let started = Instant::now();
+    let relation = model.relation();
+    let query = |source| Error::Query {
+        model: model.name.clone(),
+        file: models.dir.join(&model.path).display().to_string(),
+        source,
+    };
+    let existing = lake.open(Layer::Gold, &model.name).await?;
+    let incremental = model.config.materialized == Materialized::Incremental
+        && existing.is_some()
+        && !options.full_refresh;
+    if existing.is_some() {
+        // `this`: the table as it stands before this build.
+        lake.register(ctx, Layer::Gold, &model.name, &relation)
+            .await?;
+    }
+    let sql = models.render(model, incremental).map_err(Error::Models)?;
+    let frame = ctx.sql(&sql).await.map_err(query)?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.map_err(query)?;
+    let rows_computed = batches.iter().map(|b| b.num_rows() as u64).sum();
+    match existing {
+        Some(target) if incremental => {
+            if rows_computed > 0 {
+                merge(ctx, target, batches, &model.config.unique_key)
+                    .await
+                    .map_err(|source| Error::Delta {
+                        model: model.name.clone(),
+                        source,
+                    })?;
+            }
+        }
+        _ => {
+            let batches = if batches.is_empty() {
+                vec![RecordBatch::new_empty(schema)]
+            } else {
+                batches
+            };
+            lake.write(Layer::Gold, &model.name, batches, &[], vec![], true)
+                .await?;
+        }
+    }
+    ctx.deregister_table(relation.as_str()).map_err(query)?;
+    lake.register(ctx, Layer::Gold, &model.name, &relation)
+        .await?;
+    let rows = ctx
+        .table(relation.as_str())
+        .await
+        .map_err(query)?
+        .count()
+        .await
+        .map_err(query)? as u64;
+    Ok(ModelReport {
+        model: model.name.clone(),
+        materialized: model.config.materialized,
+        incremental,
+        rows_computed,
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Upserts `batches` into `target` on `key`: matched rows are replaced, new keys inserted.
+async fn merge(
+    ctx: &SessionContext,
+    target: deltalake::DeltaTable,
+    batches: Vec<RecordBatch>,
+    key: &[String],
+) -> Result<(), deltalake::DeltaTableError> {
+    let source = ctx.read_batches(batches)?;
+    let columns: Vec<String> = source
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let on = key
+        .iter()
+        .map(|k| format!("target.{id} = source.{id}", id = ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    target
+        .merge(source, on.as_str())
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_session_state(Arc::new(ctx.state()))
+        .when_matched_update(|update| {
+            columns.iter().fold(update, |u, c| {
+                u.update(c.as_str(), format!("source.{}", ident(c)))
+            })
+        })?
+        .when_not_matched_insert(|insert| {
+            columns.iter().fold(insert, |i, c| {
+                i.set(c.as_str(), format!("source.{}", ident(c)))
+            })
+        })?
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,615 @@
+//! Suites and model tests checked against the idcards and models, into runnable [`Check`]s.
+
+use std::path::{Path, PathBuf};
+
+use crate::gold::Models;
+use crate::idcard::position::{Pos, PositionIndex};
+use crate::idcard::{Action, Diagnostic, Diagnostics, Project};
+
+use super::config::{
+    CheckConfig, Expectation, ModelTest, ModelTestsConfig, SuiteConfig, SuiteLayer, TestArgs,
+};
+
+/// What a check tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    ColumnsPresent {
+        columns: Vec<String>,
+        exact: bool,
+    },
+    NotNull {
+        column: String,
+    },
+    Unique {
+        columns: Vec<String>,
+    },
+    Between {
+        column: String,
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    InSet {
+        column: String,
+        values: Vec<String>,
+    },
+    Regex {
+        column: String,
+        pattern: String,
+    },
+    RowCount {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Fresh {
+        max_age_hours: f64,
+    },
+    NoRows {
+        query: String,
+    },
+    InRelation {
+        column: String,
+        relation: String,
+        field: String,
+    },
+}
+
+impl Rule {
+    /// Whether failing rows can be singled out (and so dropped or quarantined).
+    pub const fn is_row_level(&self) -> bool {
+        matches!(
+            self,
+            Self::NotNull { .. }
+                | Self::Unique { .. }
+                | Self::Between { .. }
+                | Self::InSet { .. }
+                | Self::Regex { .. }
+                | Self::InRelation { .. }
+        )
+    }
+}
+
+/// One runnable check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub suite: String,
+    pub name: String,
+    pub expectation: Expectation,
+    pub layer: SuiteLayer,
+    /// The table checked, by its name in the layer (none for a query).
+    pub table: Option<String>,
+    /// Its relation in SQL (`silver.orders`, `gold.gold_daily_sales`, `staging.stg_orders`).
+    pub relation: Option<String>,
+    pub column: Option<String>,
+    /// Columns that name a failing row in the results' sample.
+    pub keys: Vec<String>,
+    pub rule: Rule,
+    pub action: Action,
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
+impl Check {
+    /// The lake tables the check reads, as `(schema, table)`: its table, and those named in a
+    /// query (`silver.orders`) or a relationship.
+    pub fn relations(&self) -> Vec<(String, String)> {
+        let pattern = regex::Regex::new(
+            r"\b(bronze|silver|gold|reject|quarantine)\.([A-Za-z_][A-Za-z0-9_]*)",
+        )
+        .expect("valid pattern");
+        let mut texts: Vec<&str> = self.relation.iter().map(String::as_str).collect();
+        match &self.rule {
+            Rule::NoRows { query } => texts.push(query),
+            Rule::InRelation { relation, .. } => texts.push(relation),
+            _ => {}
+        }
+        let mut out: Vec<(String, String)> = texts
+            .iter()
+            .flat_map(|t| pattern.captures_iter(t))
+            .map(|m| (m[1].to_owned(), m[2].to_owned()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Every check of a project.
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    pub checks: Vec<Check>,
+}
+
+impl Checks {
+    /// Reads expectations/*.yaml and the model tests in models/**/*.yml.
+    pub fn load(dir: &Path, project: &Project, models: &Models) -> Result<Self, Diagnostics> {
+        let mut out = Vec::new();
+        let mut diagnostics = Vec::new();
+        for (file, text) in yaml_files(dir, false).map_err(|e| io_error(dir, &e))? {
+            let Some((config, index)) = parse::<SuiteConfig>(&file, &text, &mut diagnostics) else {
+                continue;
+            };
+            for (i, check) in config.checks.iter().enumerate() {
+                let place = Place {
+                    file: &file,
+                    index: &index,
+                    pointer: format!("/checks/{i}"),
+                };
+                match compile_check(&config, check, project, models, &place) {
+                    Ok(check) => out.push(check),
+                    Err(d) => diagnostics.push(d),
+                }
+            }
+        }
+        for (file, text) in yaml_files(&models.dir, true).map_err(|e| io_error(&models.dir, &e))? {
+            let Some((config, index)) = parse::<ModelTestsConfig>(&file, &text, &mut diagnostics)
+            else {
+                continue;
+            };
+            model_tests(&config, models, &file, &index, &mut out, &mut diagnostics);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for check in &out {
+            if !seen.insert((&check.suite, &check.name)) {
+                diagnostics.push(Diagnostic {
+                    file: check.file.clone(),
+                    pos: check.pos,
+                    field: String::new(),
+                    message: format!(
+                        "check `{}` is defined twice in suite {}",
+                        check.name, check.suite
+                    ),
+                    hint: Some(
+                        "give one of them another `name:` (results are recorded by name)".into(),
+                    ),
+                });
+            }
+        }
+        if diagnostics.is_empty() {
+            Ok(Self { checks: out })
+        } else {
+            Err(Diagnostics(diagnostics))
+        }
+    }
+}
+
+struct Place<'a> {
+    file: &'a Path,
+    index: &'a PositionIndex,
+    pointer: String,
+}
+
+impl Place<'_> {
+    fn error(&self, field: &str, message: String, hint: Option<String>) -> Diagnostic {
+        let pointer = if field.is_empty() {
+            self.pointer.clone()
+        } else {
+            format!("{}/{field}", self.pointer)
+        };
+        Diagnostic {
+            file: self.file.to_path_buf(),
+            pos: self.index.locate(&pointer),
+            field: crate::idcard::diagnostic::field_path(&pointer),
+            message,
+            hint,
+        }
+    }
+}
+
+fn compile_check(
+    suite: &SuiteConfig,
+    c: &CheckConfig,
+    project: &Project,
+    models: &Models,
+    place: &Place<'_>,
+) -> Result<Check, Diagnostic> {
+    let missing = |field: &str| {
+        place.error(
+            "",
+            format!("{} needs `{field}`", c.expect.name()),
+            Some(format!("add `{field}:` to this check")),
+        )
+    };
+    let column = || c.column.clone().ok_or_else(|| missing("column"));
+    let rule = match c.expect {
+        Expectation::ExpectTableColumnsToMatchSet if c.column_set.is_empty() => {
+            return Err(missing("column_set"));
+        }
+        Expectation::ExpectTableColumnsToMatchSet => Rule::ColumnsPresent {
+            columns: c.column_set.clone(),
+            exact: c.exact_match,
+        },
+        Expectation::ExpectColumnValuesToNotBeNull => Rule::NotNull { column: column()? },
+        Expectation::ExpectColumnValuesToBeUnique => Rule::Unique {
+            columns: vec![column()?],
+        },
+        Expectation::ExpectCompoundColumnsToBeUnique if c.column_list.is_empty() => {
+            return Err(missing("column_list"));
+        }
+        Expectation::ExpectCompoundColumnsToBeUnique => Rule::Unique {
+            columns: c.column_list.clone(),
+        },
+        Expectation::ExpectColumnValuesToBeBetween => Rule::Between {
+            column: column()?,
+            min: c.min_value,
+            max: c.max_value,
+        },
+        Expectation::ExpectColumnValuesToBeInSet => Rule::InSet {
+            column: column()?,
+            values: c
+                .value_set
+                .as_ref()
+                .ok_or_else(|| missing("value_set"))?
+                .iter()
+                .map(text)
+                .collect(),
+        },
+        Expectation::ExpectColumnValuesToMatchRegex => {
+            let pattern = c.regex.clone().ok_or_else(|| missing("regex"))?;
+            if let Err(e) = regex::Regex::new(&pattern) {
+                return Err(place.error("regex", format!("invalid regular expression: {e}"), None));
+            }
+            Rule::Regex {
+                column: column()?,
+                pattern,
+            }
+        }
+        Expectation::ExpectTableRowCountToBeBetween => Rule::RowCount {
+            min: c.min_value,
+            max: c.max_value,
+        },
+        Expectation::ExpectTableToBeFresh => Rule::Fresh {
+            max_age_hours: c.max_age_hours.ok_or_else(|| missing("max_age_hours"))?,
+        },
+        Expectation::ExpectQueryToReturnNoRows => Rule::NoRows {
+            query: c.query.clone().ok_or_else(|| missing("query"))?,
+        },
+        Expectation::ExpectColumnValuesToBeInRelation => {
+            return Err(place.error(
+                "expect",
+                "expect_column_values_to_be_in_relation is written as a model test".into(),
+                Some(
+                    "use `relationships: {to: \"ref('model')\", field: column}` in models/**/*.yml"
+                        .into(),
+                ),
+            ));
+        }
+    };
+    let (table, relation, keys) = match (&rule, &c.table) {
+        (Rule::NoRows { .. }, _) => (None, None, Vec::new()),
+        (_, None) => return Err(missing("table")),
+        (_, Some(table)) => {
+            let (relation, keys) =
+                resolve_table(suite.layer, table, project, models).map_err(|hint| {
+                    place.error(
+                        "table",
+                        format!("unknown {} table `{table}`", suite.layer.name()),
+                        Some(hint),
+                    )
+                })?;
+            (Some(table.clone()), Some(relation), keys)
+        }
+    };
+    if matches!(c.action, Action::Drop | Action::Quarantine) {
+        if !rule.is_row_level() {
+            return Err(place.error(
+                "action",
+                format!(
+                    "{} checks a whole table: its rows cannot be dropped or quarantined",
+                    c.expect.name()
+                ),
+                Some("use action: warn or fail".into()),
+            ));
+        }
+        if suite.layer == SuiteLayer::Bronze {
+            return Err(place.error(
+                "action",
+                "bronze is append-only: its rows are never dropped or quarantined".into(),
+                Some(
+                    "use action: warn or fail (silver's idcard expectations can quarantine)".into(),
+                ),
+            ));
+        }
+    }
+    let name = c.name.clone().unwrap_or_else(|| {
+        let subject = match (&c.table, &c.column) {
+            (Some(t), Some(col)) => format!("{t}.{col}"),
+            (Some(t), None) => t.clone(),
+            _ => "query".into(),
+        };
+        format!(
+            "{subject}:{}",
+            c.expect.name().trim_start_matches("expect_")
+        )
+    });
+    Ok(Check {
+        suite: suite.suite.clone(),
+        name,
+        expectation: c.expect,
+        layer: suite.layer,
+        table,
+        relation,
+        column: c.column.clone(),
+        keys,
+        rule,
+        action: c.action,
+        file: place.file.to_path_buf(),
+        pos: place.index.locate(&place.pointer),
+    })
+}
+
+/// The relation and key columns of a table of a layer; the error is a hint.
+fn resolve_table(
+    layer: SuiteLayer,
+    table: &str,
+    project: &Project,
+    models: &Models,
+) -> Result<(String, Vec<String>), String> {
+    if layer == SuiteLayer::Gold {
+        return match models.get(table) {
+            Some(m) if m.config.materialized.is_stored() => {
+                Ok((m.relation(), m.config.unique_key.clone()))
+            }
+            _ => Err(format!("gold tables: {}", stored(models))),
+        };
+    }
+    let relation = format!("{}.{table}", layer.name());
+    if let Some(t) = project.table(table) {
+        return Ok((relation, t.key().to_vec()));
+    }
+    for t in &project.tables {
+        if let Some(l) = t.config.latest_by.iter().find(|l| l.name == table) {
+            return Ok((relation, l.key.clone()));
+        }
+    }
+    Err(format!(
+        "tables with an idcard: {}",
+        project.names().join(", ")
+    ))
+}
+
+fn model_tests(
+    config: &ModelTestsConfig,
+    models: &Models,
+    file: &Path,
+    index: &PositionIndex,
+    out: &mut Vec<Check>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    for (m, tests) in config.models.iter().enumerate() {
+        let place = Place {
+            file,
+            index,
+            pointer: format!("/models/{m}"),
+        };
+        let Some(model) = models
+            .get(&tests.name)
+            .filter(|m| m.config.materialized.is_stored())
+        else {
+            diagnostics.push(place.error(
+                "name",
+                format!(
+                    "`{}` is not a stored model (table or incremental)",
+                    tests.name
+                ),
+                Some(format!("stored models: {}", stored(models))),
+            ));
+            continue;
+        };
+        for (c, column) in tests.columns.iter().enumerate() {
+            for (t, test) in column.tests.iter().enumerate() {
+                let place = Place {
+                    file,
+                    index,
+                    pointer: format!("/models/{m}/columns/{c}/tests/{t}"),
+                };
+                let (kind, args) = match test {
+                    ModelTest::Named(kind) => (kind.as_str(), TestArgs::default()),
+                    ModelTest::WithArgs(map) if map.len() == 1 => {
+                        let (kind, args) = map.iter().next().expect("one entry");
+                        (kind.as_str(), args.clone())
+                    }
+                    ModelTest::WithArgs(_) => {
+                        diagnostics.push(place.error(
+                            "",
+                            "a test is one name or a one-entry map".into(),
+                            None,
+                        ));
+                        continue;
+                    }
+                };
+                let col = column.name.clone();
+                let (expectation, rule) = match kind {
+                    "unique" => (
+                        Expectation::ExpectColumnValuesToBeUnique,
+                        Rule::Unique {
+                            columns: vec![col.clone()],
+                        },
+                    ),
+                    "not_null" => (
+                        Expectation::ExpectColumnValuesToNotBeNull,
+                        Rule::NotNull {
+                            column: col.clone(),
+                        },
+                    ),
+                    "accepted_values" => (
+                        Expectation::ExpectColumnValuesToBeInSet,
+                        Rule::InSet {
+                            column: col.clone(),
+                            values: args.values.iter().map(text).collect(),
+                        },
+                    ),
+                    "relationships" => {
+                        let target = args.to.as_deref().and_then(|to| relation_of(to, models));
+                        let (Some(relation), Some(field)) = (target, args.field.clone()) else {
+                            diagnostics.push(place.error(
+                                kind,
+                                "relationships needs `to:` (ref('<stored model>') or source('silver', '<table>')) and `field:`".into(),
+                                Some(format!("stored models: {}", stored(models))),
+                            ));
+                            continue;
+                        };
+                        (
+                            Expectation::ExpectColumnValuesToBeInRelation,
+                            Rule::InRelation {
+                                column: col.clone(),
+                                relation,
+                                field,
+                            },
+                        )
+                    }
+                    other => {
+                        diagnostics.push(place.error(
+                            "",
+                            format!("unknown model test `{other}`"),
+                            Some("tests: unique, not_null, accepted_values, relationships".into()),
+                        ));
+                        continue;
+                    }
+                };
+                let severity = args
+                    .severity
+                    .clone()
+                    .or(args.config.and_then(|c| c.severity));
+                let action = match severity.as_deref() {
+                    None | Some("error") => Action::Fail,
+                    Some("warn") => Action::Warn,
+                    Some(other) => {
+                        diagnostics.push(place.error(
+                            kind,
+                            format!("unknown severity `{other}`"),
+                            Some("error or warn".into()),
+                        ));
+                        continue;
+                    }
+                };
+                out.push(Check {
+                    suite: "model_tests".into(),
+                    name: format!("{}.{col}:{kind}", model.name),
+                    expectation,
+                    layer: SuiteLayer::Gold,
+                    table: Some(model.name.clone()),
+                    relation: Some(model.relation()),
+                    column: Some(col),
+                    keys: model.config.unique_key.clone(),
+                    rule,
+                    action,
+                    file: file.to_path_buf(),
+                    pos: place.index.locate(&place.pointer),
+                });
+            }
+        }
+    }
+}
+
+/// The relation of `ref('stored_model')` or `source('silver', 'table')`.
+fn relation_of(text: &str, models: &Models) -> Option<String> {
+    let unquote = |s: &str| s.trim().trim_matches(|c| c == '\'' || c == '"').to_owned();
+    let text = text.trim();
+    if let Some(inner) = text.strip_prefix("ref(").and_then(|t| t.strip_suffix(')')) {
+        let model = models.get(&unquote(inner))?;
+        return model
+            .config
+            .materialized
+            .is_stored()
+            .then(|| model.relation());
+    }
+    let inner = text.strip_prefix("source(")?.strip_suffix(')')?;
+    let (layer, table) = inner.split_once(',')?;
+    let layer = unquote(layer);
+    crate::gold::SOURCE_LAYERS
+        .contains(&layer.as_str())
+        .then(|| format!("{layer}.{}", unquote(table)))
+}
+
+fn stored(models: &Models) -> String {
+    models
+        .models
+        .iter()
+        .filter(|m| m.config.materialized.is_stored())
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn text(value: &serde_json::Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned)
+}
+
+/// `(path, text)` of the YAML files of `dir` (with `recursive`, of its sub-folders too), sorted.
+fn yaml_files(dir: &Path, recursive: bool) -> std::io::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                if recursive {
+                    stack.push(path);
+                }
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                let text = std::fs::read_to_string(&path)?;
+                out.push((path, text));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn io_error(dir: &Path, err: &std::io::Error) -> Diagnostics {
+    Diagnostics(vec![Diagnostic {
+        file: dir.to_path_buf(),
+        pos: Pos { line: 1, column: 1 },
+        field: String::new(),
+        message: format!("cannot read: {err}"),
+        hint: None,
+    }])
+}
+
+/// Parses a YAML file into `T`, with positions; problems go to `out`.
+fn parse<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+    out: &mut Vec<Diagnostic>,
+) -> Option<(T, PositionIndex)> {
+    let located = |line: usize, column: usize, message: String, hint: Option<String>| Diagnostic {
+        file: file.to_path_buf(),
+        pos: Pos { line, column },
+        field: String::new(),
+        message,
+        hint,
+    };
+    let index = match PositionIndex::parse(text) {
+        Ok(index) => index,
+        Err(err) => {
+            out.push(located(
+                err.pos.line,
+                err.pos.column,
+                format!("YAML syntax error: {}", err.message),
+                None,
+            ));
+            return None;
+        }
+    };
+    match serde_yaml_ng::from_str::<T>(text) {
+        Ok(value) => Some((value, index)),
+        Err(err) => {
+            let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+            out.push(located(
+                line,
+                column,
+                err.to_string(),
+                Some("see expectations/README.md for the fields of a check".into()),
+            ));
+            None
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Quality: suites of checks per layer (expectations/*.yaml, Great Expectations' names) and
+//! dbt-style model tests (models/**/*.yml), run against the lake. Each check's action decides
+//! what a failure does: warn records it, drop removes the failing rows, quarantine moves them
+//! to `<lake>/quarantine/<layer>/<table>` with the check's name, fail stops the run. Every
+//! result is a row of `<lake>/quality/results`.
+
+mod compile;
+pub mod config;
+mod report;
+mod run;
+#[cfg(test)]
+mod tests;
+
+pub use compile::{Check, Checks, Rule};
+pub use config::{Expectation, SuiteLayer};
+pub use report::{failure_message, render_summary};
+pub use run::{CheckResult, can_run, new_run_id, run_checks};
+
+/// Errors of running checks (a failed check is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Checks(crate::idcard::Diagnostics),
+    #[error("check {check}: {source}")]
+    Query {
+        check: String,
+        source: deltalake::datafusion::error::DataFusionError,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Lake(#[from] crate::lake::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,531 @@
+//! Runs checks against the lake, applies their actions and records the results.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
+use deltalake::datafusion::catalog::MemorySchemaProvider;
+use deltalake::datafusion::prelude::SessionContext;
+
+use crate::idcard::Action;
+use crate::idcard::config::{ExpectationConfig, Range};
+use crate::lake::{Lake, Layer, session};
+use crate::silver::sql::{ident, literal, passes};
+
+use super::compile::{Check, Rule};
+use super::config::SuiteLayer;
+use super::{Error, Result};
+
+/// Keys shown per failing check.
+const SAMPLE: usize = 5;
+
+/// The outcome of one check in one run: a row of `<lake>/quality/results`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckResult {
+    pub run_id: String,
+    pub suite: String,
+    pub check: String,
+    pub expectation: String,
+    pub layer: SuiteLayer,
+    pub table: Option<String>,
+    pub column: Option<String>,
+    pub action: Action,
+    pub passed: bool,
+    pub observed_value: String,
+    pub failing_rows: u64,
+    pub failing_keys: Vec<String>,
+}
+
+impl CheckResult {
+    /// Whether this result stops a run.
+    pub fn is_fatal(&self) -> bool {
+        !self.passed && self.action == Action::Fail
+    }
+}
+
+/// Runs `checks` and appends their results to `<lake>/quality/results`; does not fail on a
+/// failed check (the caller decides, see [`CheckResult::is_fatal`]).
+pub async fn run_checks(lake: &Lake, checks: &[&Check], run_id: &str) -> Result<Vec<CheckResult>> {
+    let ctx = session();
+    register(lake, &ctx, checks).await?;
+    let mut results = Vec::new();
+    for check in checks {
+        let outcome = evaluate(lake, &ctx, check).await?;
+        let mut result = CheckResult {
+            run_id: run_id.to_owned(),
+            suite: check.suite.clone(),
+            check: check.name.clone(),
+            expectation: check.expectation.name(),
+            layer: check.layer,
+            table: check.table.clone(),
+            column: check.column.clone(),
+            action: check.action,
+            passed: outcome.failing == 0,
+            observed_value: outcome.observed,
+            failing_rows: outcome.failing,
+            failing_keys: outcome.sample,
+        };
+        if !result.passed && matches!(check.action, Action::Drop | Action::Quarantine) {
+            remove_failing(lake, &ctx, check, &outcome.flagged).await?;
+            // The table changed: later checks read the new version.
+            reregister(lake, &ctx, check).await?;
+            result.observed_value = format!(
+                "{} ({} {})",
+                result.observed_value,
+                result.failing_rows,
+                if check.action == Action::Drop {
+                    "dropped"
+                } else {
+                    "quarantined"
+                }
+            );
+        }
+        results.push(result);
+    }
+    if !results.is_empty() {
+        lake.write(
+            Layer::Quality,
+            "results",
+            vec![results_batch(&results)?],
+            &[],
+            vec![],
+            false,
+        )
+        .await?;
+    }
+    Ok(results)
+}
+
+/// A run id: UTC time and a random suffix.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{:04x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        rand::random::<u16>()
+    )
+}
+
+/// Registers every table the checks read, by its relation (`silver.orders`, `gold.x`, ...).
+async fn register(lake: &Lake, ctx: &SessionContext, checks: &[&Check]) -> Result<()> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .expect("the default catalog exists");
+    let relations: BTreeSet<(String, String)> = checks.iter().flat_map(|c| c.relations()).collect();
+    for (schema, table) in relations {
+        if catalog.schema(&schema).is_none() {
+            catalog
+                .register_schema(&schema, Arc::new(MemorySchemaProvider::new()))
+                .map_err(|source| Error::Query {
+                    check: String::new(),
+                    source,
+                })?;
+        }
+        if let Some(layer) = layer_of(&schema) {
+            // A missing table is reported by the check that reads it.
+            lake.register(ctx, layer, &table, &format!("{schema}.{table}"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether every table `check` reads exists in the lake.
+pub async fn can_run(lake: &Lake, check: &Check) -> Result<bool> {
+    for (schema, table) in check.relations() {
+        if let Some(layer) = layer_of(&schema)
+            && lake.open(layer, &table).await?.is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn layer_of(schema: &str) -> Option<Layer> {
+    Some(match schema {
+        "bronze" => Layer::Bronze,
+        "silver" => Layer::Silver,
+        "gold" => Layer::Gold,
+        "reject" => Layer::Reject,
+        "quarantine" => Layer::Quarantine,
+        _ => return None,
+    })
+}
+
+async fn reregister(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<()> {
+    let (Some(relation), Some(table)) = (&check.relation, &check.table) else {
+        return Ok(());
+    };
+    let layer = layer_of(check.layer.name()).expect("a suite layer is a lake layer");
+    ctx.deregister_table(relation.as_str())
+        .map_err(|source| Error::Query {
+            check: check.name.clone(),
+            source,
+        })?;
+    lake.register(ctx, layer, table, relation).await?;
+    Ok(())
+}
+
+/// What a check saw.
+struct Outcome {
+    failing: u64,
+    observed: String,
+    sample: Vec<String>,
+    /// For row-level rules: the table with a `_failed` column.
+    flagged: String,
+}
+
+async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Outcome> {
+    let query = |source| Error::Query {
+        check: check.name.clone(),
+        source,
+    };
+    let mut outcome = Outcome {
+        failing: 0,
+        observed: String::new(),
+        sample: Vec::new(),
+        flagged: String::new(),
+    };
+    for (schema, table) in check.relations() {
+        let relation = format!("{schema}.{table}");
+        if !ctx.table_exist(relation.as_str()).map_err(query)? {
+            outcome.failing = 1;
+            outcome.observed = format!("table {relation} does not exist");
+            return Ok(outcome);
+        }
+    }
+    let relation = check.relation.clone().unwrap_or_default();
+    match &check.rule {
+        Rule::ColumnsPresent { columns, exact } => {
+            let frame = ctx.table(relation.as_str()).await.map_err(query)?;
+            let present: BTreeSet<String> = frame
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let wanted: BTreeSet<String> = columns.iter().cloned().collect();
+            let missing: Vec<&String> = wanted.difference(&present).collect();
+            let extra: Vec<&String> = if *exact {
+                present.difference(&wanted).collect()
+            } else {
+                Vec::new()
+            };
+            outcome.failing = (missing.len() + extra.len()) as u64;
+            outcome.observed = format!("missing: {missing:?}, unexpected: {extra:?}");
+            outcome.sample = missing.iter().chain(&extra).map(|s| (*s).clone()).collect();
+        }
+        Rule::RowCount { min, max } => {
+            let n = count(ctx, &format!("SELECT count(*) FROM {relation}"))
+                .await
+                .map_err(query)?;
+            let ok = min.is_none_or(|m| n as f64 >= m) && max.is_none_or(|m| n as f64 <= m);
+            outcome.failing = u64::from(!ok);
+            outcome.observed = format!("{n} rows");
+        }
+        Rule::Fresh { max_age_hours } => {
+            let layer = layer_of(check.layer.name()).expect("a suite layer is a lake layer");
+            let table = check.table.as_deref().unwrap_or_default();
+            let age = lake.age_hours(layer, table).await?;
+            match age {
+                Some(age) => {
+                    outcome.failing = u64::from(age > *max_age_hours);
+                    outcome.observed = format!("last written {age:.2} h ago");
+                }
+                None => {
+                    outcome.failing = 1;
+                    outcome.observed = "never written".into();
+                }
+            }
+        }
+        Rule::NoRows { query: sql } => {
+            let batches = ctx
+                .sql(sql)
+                .await
+                .map_err(query)?
+                .collect()
+                .await
+                .map_err(query)?;
+            outcome.failing = batches.iter().map(|b| b.num_rows() as u64).sum();
+            outcome.sample = rows_as_text(&batches, SAMPLE);
+            outcome.observed = format!("{} row(s) returned", outcome.failing);
+        }
+        rule => {
+            let flagged = flagged_sql(&relation, rule);
+            let n = count(
+                ctx,
+                &format!("SELECT count(*) FROM ({flagged}) WHERE _failed"),
+            )
+            .await
+            .map_err(query)?;
+            let total = count(ctx, &format!("SELECT count(*) FROM {relation}"))
+                .await
+                .map_err(query)?;
+            outcome.failing = n;
+            outcome.observed = format!("{n} of {total} rows fail");
+            if n > 0 {
+                let keys = if check.keys.is_empty() {
+                    rule_columns(rule)
+                } else {
+                    check.keys.clone()
+                };
+                let key_sql = keys
+                    .iter()
+                    .map(|k| format!("CAST({} AS VARCHAR)", ident(k)))
+                    .collect::<Vec<_>>()
+                    .join(" || '|' || ");
+                let batches = ctx
+                    .sql(&format!(
+                        "SELECT {key_sql} AS k FROM ({flagged}) WHERE _failed LIMIT {SAMPLE}"
+                    ))
+                    .await
+                    .map_err(query)?
+                    .collect()
+                    .await
+                    .map_err(query)?;
+                outcome.sample = rows_as_text(&batches, SAMPLE);
+            }
+            outcome.flagged = flagged;
+        }
+    }
+    Ok(outcome)
+}
+
+/// `SELECT *, <failed> AS _failed FROM relation` for a row-level rule.
+fn flagged_sql(relation: &str, rule: &Rule) -> String {
+    let predicate = |e: ExpectationConfig| format!("NOT coalesce({}, false)", passes(&e));
+    let base = |column: &str| ExpectationConfig {
+        name: None,
+        column: column.to_owned(),
+        not_null: None,
+        in_set: None,
+        between: None,
+        matches: None,
+        action: Action::Warn,
+    };
+    let failed = match rule {
+        Rule::NotNull { column } => predicate(ExpectationConfig {
+            not_null: Some(true),
+            ..base(column)
+        }),
+        Rule::Between { column, min, max } => predicate(ExpectationConfig {
+            between: Some(Range {
+                min: *min,
+                max: *max,
+            }),
+            ..base(column)
+        }),
+        Rule::InSet { column, values } => predicate(ExpectationConfig {
+            in_set: Some(values.clone()),
+            ..base(column)
+        }),
+        Rule::Regex { column, pattern } => predicate(ExpectationConfig {
+            matches: Some(pattern.clone()),
+            ..base(column)
+        }),
+        Rule::Unique { columns } => {
+            let cols = columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("count(*) OVER (PARTITION BY {cols}) > 1")
+        }
+        Rule::InRelation {
+            column,
+            relation: other,
+            field,
+        } => {
+            return format!(
+                "SELECT t.*, (t.{c} IS NOT NULL AND r._k IS NULL) AS _failed FROM {relation} t \
+                 LEFT JOIN (SELECT DISTINCT {f} AS _k FROM {other}) r ON r._k = t.{c}",
+                c = ident(column),
+                f = ident(field),
+            );
+        }
+        Rule::ColumnsPresent { .. }
+        | Rule::RowCount { .. }
+        | Rule::Fresh { .. }
+        | Rule::NoRows { .. } => {
+            unreachable!("not a row-level rule")
+        }
+    };
+    format!("SELECT *, {failed} AS _failed FROM {relation}")
+}
+
+fn rule_columns(rule: &Rule) -> Vec<String> {
+    match rule {
+        Rule::NotNull { column }
+        | Rule::Between { column, .. }
+        | Rule::InSet { column, .. }
+        | Rule::Regex { column, .. }
+        | Rule::InRelation { column, .. } => vec![column.clone()],
+        Rule::Unique { columns } => columns.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// drop: rewrites the table without the failing rows. quarantine: first appends them to
+/// `<lake>/quarantine/<layer>/<table>` with the check's name, exactly once per table version
+/// (a txn action keyed by the check), then rewrites the table.
+async fn remove_failing(
+    lake: &Lake,
+    ctx: &SessionContext,
+    check: &Check,
+    flagged: &str,
+) -> Result<()> {
+    let query = |source| Error::Query {
+        check: check.name.clone(),
+        source,
+    };
+    let layer = layer_of(check.layer.name()).expect("a suite layer is a lake layer");
+    let table = check
+        .table
+        .as_deref()
+        .expect("row-level checks name a table");
+    let version = lake
+        .open(layer, table)
+        .await?
+        .and_then(|t| t.version())
+        .map_or(0, |v| v as i64);
+    if check.action == Action::Quarantine {
+        let target = format!("{}/{table}", check.layer.name());
+        let app = format!("framework-quality/{}/{}", check.suite, check.name);
+        let done = lake
+            .txn_versions(Layer::Quarantine, &target, std::slice::from_ref(&app))
+            .await?;
+        if done.get(&app).copied().unwrap_or(-1) <= version {
+            let rows = ctx
+                .sql(&format!(
+                    "SELECT * EXCLUDE (_failed), {} AS _failed_check, now() AS _quarantined_at FROM ({flagged}) WHERE _failed",
+                    literal(&check.name)
+                ))
+                .await
+                .map_err(query)?
+                .collect()
+                .await
+                .map_err(query)?;
+            lake.write(
+                Layer::Quarantine,
+                &target,
+                rows,
+                &[],
+                vec![(app, version + 1)],
+                false,
+            )
+            .await?;
+        }
+    }
+    let frame = ctx
+        .sql(&format!(
+            "SELECT * EXCLUDE (_failed) FROM ({flagged}) WHERE NOT _failed"
+        ))
+        .await
+        .map_err(query)?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let mut kept = frame.collect().await.map_err(query)?;
+    if kept.is_empty() {
+        kept.push(RecordBatch::new_empty(schema));
+    }
+    lake.write(layer, table, kept, &[], vec![], true).await?;
+    Ok(())
+}
+
+async fn count(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<u64> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0) as u64)
+}
+
+/// The first `limit` rows, each as `a | b | c`.
+fn rows_as_text(batches: &[RecordBatch], limit: usize) -> Vec<String> {
+    let options = FormatOptions::default().with_null("null");
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters: Vec<ArrayFormatter<'_>> = batch
+            .columns()
+            .iter()
+            .filter_map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok())
+            .collect();
+        for row in 0..batch.num_rows() {
+            if out.len() == limit {
+                return out;
+            }
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            );
+        }
+    }
+    out
+}
+
+fn results_batch(results: &[CheckResult]) -> Result<RecordBatch> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let strings = |f: &dyn Fn(&CheckResult) -> Option<String>| -> ArrayRef {
+        Arc::new(results.iter().map(f).collect::<StringArray>())
+    };
+    let schema = Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new(
+            "checked_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("suite", DataType::Utf8, false),
+        Field::new("check", DataType::Utf8, false),
+        Field::new("expectation", DataType::Utf8, false),
+        Field::new("layer", DataType::Utf8, false),
+        Field::new("table", DataType::Utf8, true),
+        Field::new("column", DataType::Utf8, true),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("passed", DataType::Boolean, false),
+        Field::new("observed_value", DataType::Utf8, false),
+        Field::new("failing_rows", DataType::Int64, false),
+        Field::new("failing_keys", DataType::Utf8, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        strings(&|r| Some(r.run_id.clone())),
+        Arc::new(TimestampMicrosecondArray::from(vec![now; results.len()]).with_timezone("UTC")),
+        strings(&|r| Some(r.suite.clone())),
+        strings(&|r| Some(r.check.clone())),
+        strings(&|r| Some(r.expectation.clone())),
+        strings(&|r| Some(r.layer.name().to_owned())),
+        strings(&|r| r.table.clone()),
+        strings(&|r| r.column.clone()),
+        strings(&|r| Some(r.action.name().to_owned())),
+        Arc::new(
+            results
+                .iter()
+                .map(|r| Some(r.passed))
+                .collect::<BooleanArray>(),
+        ),
+        strings(&|r| Some(r.observed_value.clone())),
+        Arc::new(
+            results
+                .iter()
+                .map(|r| r.failing_rows as i64)
+                .collect::<Int64Array>(),
+        ),
+        strings(&|r| Some(r.failing_keys.join(", "))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| Error::Query {
+        check: String::new(),
+        source: e.into(),
+    })
+}

@@ -1,0 +1,82 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::gold::Models;
+use crate::idcard::{Action, load_dir};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn load(suite: &str) -> Result<Checks, String> {
+    let project = load_dir(&repo().join("idcards")).unwrap();
+    let models = Models::load(&repo().join("models"), &project, BTreeMap::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.yaml"), suite).unwrap();
+    Checks::load(dir.path(), &project, &models).map_err(|d| {
+        d.to_string()
+            .replace(&dir.path().display().to_string(), "expectations")
+    })
+}
+
+#[test]
+fn the_repo_suites_and_model_tests_load() {
+    let project = load_dir(&repo().join("idcards")).unwrap();
+    let models = Models::load(&repo().join("models"), &project, BTreeMap::new()).unwrap();
+    let checks = Checks::load(&repo().join("expectations"), &project, &models)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let layers: std::collections::BTreeSet<SuiteLayer> =
+        checks.checks.iter().map(|c| c.layer).collect();
+    assert_eq!(layers.len(), 3, "a suite per layer");
+    let tests: Vec<&Check> = checks
+        .checks
+        .iter()
+        .filter(|c| c.suite == "model_tests")
+        .collect();
+    assert!(
+        tests
+            .iter()
+            .any(|c| c.name == "gold_daily_sales.order_date:unique" && c.action == Action::Fail)
+    );
+    assert!(
+        tests
+            .iter()
+            .any(|c| matches!(c.rule, Rule::InRelation { .. }))
+    );
+    assert!(tests.iter().any(|c| matches!(c.rule, Rule::InSet { .. })));
+}
+
+#[test]
+fn suite_errors_name_file_line_and_fix() {
+    let out = load(
+        "suite: s\nlayer: silver\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: ordersx, column: order_id }\n  - { expect: expect_table_row_count_to_be_between, table: orders, action: drop }\n  - { expect: expect_column_values_to_be_between, table: orders }\n",
+    )
+    .unwrap_err();
+    insta::assert_snapshot!(out);
+    assert!(
+        out.contains("expectations/s.yaml:4:") && out.contains("unknown silver table `ordersx`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expectations/s.yaml:5:") && out.contains("cannot be dropped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expectations/s.yaml:6:") && out.contains("needs `column`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bronze_rows_are_never_dropped_and_unknown_fields_are_errors() {
+    let out = load("suite: b\nlayer: bronze\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: orders, column: order_id, action: quarantine }\n").unwrap_err();
+    assert!(out.contains("bronze is append-only"), "{out}");
+    let out = load("suite: b\nlayer: bronze\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: orders, colum: order_id }\n").unwrap_err();
+    assert!(
+        out.contains("unknown field `colum`") && out.contains("s.yaml:4:"),
+        "{out}"
+    );
+    let out = load("suite: b\nlayer: platinum\nchecks: []\n").unwrap_err();
+    assert!(out.contains("platinum"), "{out}");
+}

@@ -1,0 +1,259 @@
+//! Gold models end to end: every table equals an independent computation of GOLD_SPEC.md, and
+//! incremental runs, re-runs and full rebuilds agree.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use framework::lake::Layer;
+
+use crate::common::*;
+
+const GOLD: &[&str] = &[
+    "gold_daily_sales",
+    "gold_seller_performance",
+    "gold_customer_rfm",
+    "gold_product_analytics",
+    "gold_delivery_performance",
+];
+
+/// The gold tables computed by tests/py/gold_reference.py (plain Python, no SQL) from the CSVs,
+/// each row as `a | b | c` like [`rows`].
+fn reference(data: &Path) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(repo().join("framework/tests/py/gold_reference.py"))
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The reference rows as text, cells in `columns` order.
+fn as_rows(table: &serde_json::Value, columns: &[String]) -> Vec<String> {
+    let mut rows: Vec<String> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| match &row[c.as_str()] {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "null".into(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn assert_same_rows(table: &str, ours: &[String], theirs: &[String]) {
+    let a: BTreeSet<&String> = ours.iter().collect();
+    let b: BTreeSet<&String> = theirs.iter().collect();
+    let only_ours: Vec<_> = a.difference(&b).take(5).collect();
+    let only_theirs: Vec<_> = b.difference(&a).take(5).collect();
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty() && ours.len() == theirs.len(),
+        "{table}: {} rows vs {} expected\n only in gold: {only_ours:#?}\n only in the reference: {only_theirs:#?}",
+        ours.len(),
+        theirs.len()
+    );
+}
+
+fn gold_snapshot(lake: &Path) -> Vec<Vec<String>> {
+    GOLD.iter().map(|t| rows(lake, Layer::Gold, t)).collect()
+}
+
+#[test]
+fn every_gold_table_equals_an_independent_computation_of_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--all", "--data"]).arg(sample());
+    ok(run);
+    let expected = reference(&sample());
+    for table in GOLD {
+        let columns = columns(&lake, Layer::Gold, table);
+        let first = expected[table][0].as_object().unwrap();
+        assert_eq!(
+            columns.len(),
+            first.len(),
+            "{table}: {columns:?} vs {first:?}"
+        );
+        let ours = rows(&lake, Layer::Gold, table);
+        let theirs = as_rows(&expected[table], &columns);
+        assert!(!theirs.is_empty(), "{table}: the reference is empty");
+        assert_same_rows(table, &ours, &theirs);
+    }
+    // A real category averages exactly on a half cent: rounded half away from zero.
+    let products = rows(&lake, Layer::Gold, "gold_product_analytics");
+    assert!(
+        products
+            .iter()
+            .any(|r| r.starts_with("fashion_underwear_beach |") && r.contains("| 65.43 |")),
+        "{products:#?}"
+    );
+}
+
+/// Writes the sample with only the orders bought before `cutoff` (and their items, payments and
+/// reviews); the other tables whole.
+fn sample_before(cutoff: &str, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    let read = |file: &str| {
+        let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        (headers, records)
+    };
+    let write = |file: &str, headers: &csv::StringRecord, records: &[&csv::StringRecord]| {
+        let mut writer = csv::Writer::from_path(out.join(file)).unwrap();
+        writer.write_record(headers).unwrap();
+        for r in records {
+            writer.write_record(*r).unwrap();
+        }
+    };
+    let (headers, orders) = read("olist_orders_dataset.csv");
+    let purchase = headers
+        .iter()
+        .position(|h| h == "order_purchase_timestamp")
+        .unwrap();
+    let kept: Vec<&csv::StringRecord> = orders.iter().filter(|r| &r[purchase] < cutoff).collect();
+    let ids: BTreeSet<String> = kept.iter().map(|r| r[0].to_owned()).collect();
+    write("olist_orders_dataset.csv", &headers, &kept);
+    for file in [
+        "olist_order_items_dataset.csv",
+        "olist_order_payments_dataset.csv",
+        "olist_order_reviews_dataset.csv",
+    ] {
+        let (headers, records) = read(file);
+        let at = headers.iter().position(|h| h == "order_id").unwrap();
+        let kept: Vec<&csv::StringRecord> =
+            records.iter().filter(|r| ids.contains(&r[at])).collect();
+        write(file, &headers, &kept);
+    }
+    for file in [
+        "olist_customers_dataset.csv",
+        "olist_geolocation_dataset.csv",
+        "olist_products_dataset.csv",
+        "olist_sellers_dataset.csv",
+        "product_category_name_translation.csv",
+    ] {
+        std::fs::copy(sample().join(file), out.join(file)).unwrap();
+    }
+}
+
+fn run_report(lake: &Path, data: &Path, report: &Path) -> serde_json::Value {
+    let mut run = framework(lake);
+    run.args(["run", "--all", "--data"])
+        .arg(data)
+        .arg("--report")
+        .arg(report);
+    ok(run);
+    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
+}
+
+#[test]
+fn incremental_runs_reruns_and_full_rebuilds_give_the_same_gold() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let early = dir.path().join("early");
+    sample_before("2018-01-01", &early);
+
+    // First the orders of 2016-2017, then every order: daily sales are merged incrementally.
+    run_report(&lake, &early, &dir.path().join("r1.json"));
+    let before = rows(&lake, Layer::Gold, "gold_daily_sales");
+    let report = run_report(&lake, &sample(), &dir.path().join("r2.json"));
+    let daily = report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "gold_daily_sales")
+        .unwrap();
+    assert_eq!(daily["incremental"], true, "{daily}");
+    let computed = daily["rows_computed"].as_u64().unwrap();
+    let total = daily["rows"].as_u64().unwrap();
+    assert!(computed < total && total > before.len() as u64, "{daily}");
+    let incremental = gold_snapshot(&lake);
+
+    // The whole pipeline again: nothing changes.
+    run_report(&lake, &sample(), &dir.path().join("r3.json"));
+    assert_eq!(gold_snapshot(&lake), incremental, "a re-run changed gold");
+
+    // A full rebuild from silver gives the same tables.
+    let mut build = framework(&lake);
+    build.args(["build", "--full-refresh"]);
+    let out = ok(build);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gold_daily_sales"));
+    assert_eq!(
+        gold_snapshot(&lake),
+        incremental,
+        "incremental differs from a full rebuild"
+    );
+
+    // And a fresh lake loaded once agrees too.
+    let fresh = dir.path().join("fresh");
+    let mut run = framework(&fresh);
+    run.args(["run", "--all", "--data"]).arg(sample());
+    ok(run);
+    assert_eq!(gold_snapshot(&fresh), incremental);
+}
+
+#[test]
+fn compile_prints_the_rendered_sql_and_a_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.json");
+    let mut compile = framework(&dir.path().join("lake"));
+    compile
+        .args(["compile", "--select", "+gold_daily_sales", "--manifest"])
+        .arg(&manifest);
+    let out = ok(compile);
+    let sql = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        sql.contains("-- gold_daily_sales") && sql.contains("WITH __cte_int_delivered_items AS ("),
+        "{sql}"
+    );
+    assert!(
+        !sql.contains("{{") && !sql.contains("gold_customer_rfm"),
+        "{sql}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let names: Vec<&str> = json["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.last(), Some(&"gold_daily_sales"), "{names:?}");
+    assert!(names.contains(&"stg_orders"));
+}
+
+#[test]
+fn a_broken_model_is_an_error_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("gold")).unwrap();
+    std::fs::write(
+        models.join("gold/bad.sql"),
+        "SELECT 1 AS x\nFROM {{ ref('gold_nope') }}\n",
+    )
+    .unwrap();
+    let mut validate = framework(&dir.path().join("lake"));
+    validate.arg("--models").arg(&models).arg("validate");
+    let out = validate.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gold/bad.sql:2:") && err.contains("unknown model `gold_nope`"),
+        "{err}"
+    );
+}

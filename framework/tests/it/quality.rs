@@ -1,0 +1,303 @@
+//! Quality suites end to end: every expectation kind fails on purpose and is recorded; every
+//! action has its effect on the lake.
+
+use std::path::{Path, PathBuf};
+
+use framework::lake::Layer;
+
+use crate::common::*;
+
+/// A lake with the whole sample loaded (bronze, silver, gold).
+fn loaded_lake(dir: &Path) -> PathBuf {
+    let lake = dir.join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--all", "--data"]).arg(sample());
+    let out = ok(run);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(" 0 failed"),
+        "the repo suites pass on the sample:\n{stdout}"
+    );
+    lake
+}
+
+/// Writes one suite file into a fresh folder; returns the folder.
+fn suite(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("suite.yaml"), text).unwrap();
+    folder
+}
+
+/// `framework test` with these suites (and the repo's models).
+fn test_cmd(lake: &Path, expectations: &Path) -> std::process::Command {
+    let mut cmd = framework(lake);
+    cmd.arg("--expectations").arg(expectations).arg("test");
+    cmd
+}
+
+/// `check -> (passed, failing_rows, action)` of the latest results of a suite.
+fn results(lake: &Path, suite: &str) -> Vec<(String, bool, u64, String)> {
+    rows(lake, Layer::Quality, "results")
+        .iter()
+        .map(|r| r.split(" | ").map(str::to_owned).collect::<Vec<_>>())
+        .filter(|c| c[2] == suite)
+        .map(|c| {
+            (
+                c[3].clone(),
+                c[9] == "true",
+                c[11].parse().unwrap(),
+                c[8].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Rows of a sample CSV matching `keep` on column `column` (an independent count).
+fn csv_count(file: &str, column: &str, keep: impl Fn(&str) -> bool) -> u64 {
+    let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
+    let at = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == column)
+        .unwrap();
+    reader
+        .records()
+        .filter(|r| keep(&r.as_ref().unwrap()[at]))
+        .count() as u64
+}
+
+#[test]
+fn every_expectation_kind_fails_on_purpose_and_warn_only_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let expectations = suite(
+        dir.path(),
+        "kinds",
+        r#"suite: kinds
+layer: silver
+checks:
+  - { name: columns, expect: expect_table_columns_to_match_set, table: orders, column_set: [order_id, no_such_column] }
+  - { name: not_null, expect: expect_column_values_to_not_be_null, table: orders, column: order_delivered_customer_date }
+  - { name: unique, expect: expect_column_values_to_be_unique, table: payments, column: order_id }
+  - { name: compound_unique, expect: expect_compound_columns_to_be_unique, table: order_items, column_list: [order_id] }
+  - { name: between, expect: expect_column_values_to_be_between, table: order_items, column: price, min_value: 0, max_value: 100 }
+  - { name: in_set, expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [delivered] }
+  - { name: regex, expect: expect_column_values_to_match_regex, table: customers, column: customer_state, regex: '^S' }
+  - { name: row_count, expect: expect_table_row_count_to_be_between, table: orders, max_value: 10 }
+  - { name: fresh, expect: expect_table_to_be_fresh, table: orders, max_age_hours: 0.0000001 }
+  - name: query
+    expect: expect_query_to_return_no_rows
+    query: "SELECT order_id FROM silver.orders WHERE order_status = 'canceled'"
+"#,
+    );
+    // Model tests that fail, as warnings.
+    let models = dir.path().join("models");
+    copy_dir(&repo().join("models"), &models);
+    std::fs::write(
+        models.join("gold/failing.yml"),
+        r#"models:
+  - name: gold_seller_performance
+    columns:
+      - name: avg_review_score
+        tests: [{ not_null: { severity: warn } }]
+      - name: seller_city
+        tests: [{ relationships: { to: "source('silver', 'customers')", field: customer_city, severity: warn } }]
+  - name: gold_customer_rfm
+    columns:
+      - name: rfm_segment
+        tests: [{ unique: { severity: warn } }]
+  - name: gold_daily_sales
+    columns:
+      - name: total_orders
+        tests: [{ accepted_values: { values: ["1"], severity: warn } }]
+"#,
+    )
+    .unwrap();
+    let orders_before = count(&lake, Layer::Silver, "orders");
+    let mut test = test_cmd(&lake, &expectations);
+    test.arg("--models").arg(&models);
+    let out = ok(test);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+
+    let got = results(&lake, "kinds");
+    let failing = |name: &str| {
+        let r = got
+            .iter()
+            .find(|r| r.0 == name)
+            .unwrap_or_else(|| panic!("{name} not recorded: {got:?}"));
+        assert!(!r.1, "{name} should fail: {r:?}");
+        assert_eq!(r.3, "warn");
+        r.2
+    };
+    assert_eq!(failing("columns"), 1);
+    let undelivered = csv_count(
+        "olist_orders_dataset.csv",
+        "order_delivered_customer_date",
+        str::is_empty,
+    );
+    assert_eq!(failing("not_null"), undelivered);
+    assert!(failing("unique") > 0 && failing("compound_unique") > 0);
+    let pricey = csv_count("olist_order_items_dataset.csv", "price", |p| {
+        p.parse::<f64>().unwrap() > 100.0
+    });
+    assert_eq!(failing("between"), pricey);
+    let other = csv_count("olist_orders_dataset.csv", "order_status", |s| {
+        s != "delivered"
+    });
+    assert_eq!(failing("in_set"), other);
+    let not_s = csv_count("olist_customers_dataset.csv", "customer_state", |s| {
+        !s.starts_with('S')
+    });
+    assert_eq!(failing("regex"), not_s);
+    assert_eq!(failing("row_count"), 1);
+    assert_eq!(failing("fresh"), 1);
+    let canceled = csv_count("olist_orders_dataset.csv", "order_status", |s| {
+        s == "canceled"
+    });
+    assert_eq!(failing("query"), canceled);
+
+    let model_tests = results(&lake, "model_tests");
+    for name in [
+        "gold_seller_performance.avg_review_score:not_null",
+        "gold_seller_performance.seller_city:relationships",
+        "gold_customer_rfm.rfm_segment:unique",
+        "gold_daily_sales.total_orders:accepted_values",
+    ] {
+        let r = model_tests
+            .iter()
+            .find(|r| r.0 == name)
+            .unwrap_or_else(|| panic!("{name}: {model_tests:?}"));
+        assert!(!r.1 && r.2 > 0, "{name} should fail: {r:?}");
+    }
+    // warn changes nothing and the summary says so.
+    assert_eq!(count(&lake, Layer::Silver, "orders"), orders_before);
+    assert!(stdout.contains("warned, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn drop_removes_exactly_the_failing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let expectations = suite(
+        dir.path(),
+        "drop",
+        "suite: d\nlayer: silver\nchecks:\n  - { name: cheap, expect: expect_column_values_to_be_between, table: order_items, column: price, max_value: 100, action: drop }\n",
+    );
+    ok(test_cmd(&lake, &expectations));
+    let cheap = csv_count("olist_order_items_dataset.csv", "price", |p| {
+        p.parse::<f64>().unwrap() <= 100.0
+    });
+    assert_eq!(count(&lake, Layer::Silver, "order_items"), cheap);
+    let left = query(
+        &lake,
+        Layer::Silver,
+        "order_items",
+        "SELECT count(*) AS n FROM t WHERE price > 100",
+    );
+    assert!(left.contains("| 0 "), "{left}");
+    let r = results(&lake, "d");
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].2,
+        csv_count("olist_order_items_dataset.csv", "price", |p| p
+            .parse::<f64>()
+            .unwrap()
+            > 100.0)
+    );
+    // Run again: nothing left to drop.
+    ok(test_cmd(&lake, &expectations));
+    assert_eq!(count(&lake, Layer::Silver, "order_items"), cheap);
+}
+
+#[test]
+fn quarantine_moves_the_failing_rows_with_the_check_name_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let expectations = suite(
+        dir.path(),
+        "quarantine",
+        "suite: q\nlayer: silver\nchecks:\n  - { name: only_delivered, expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [delivered], action: quarantine }\n",
+    );
+    ok(test_cmd(&lake, &expectations));
+    let delivered = csv_count("olist_orders_dataset.csv", "order_status", |s| {
+        s == "delivered"
+    });
+    let other = csv_count("olist_orders_dataset.csv", "order_status", |s| {
+        s != "delivered"
+    });
+    assert_eq!(count(&lake, Layer::Silver, "orders"), delivered);
+    assert_eq!(count(&lake, Layer::Quarantine, "silver/orders"), other);
+    let names = query(
+        &lake,
+        Layer::Quarantine,
+        "silver/orders",
+        "SELECT DISTINCT _failed_check FROM t",
+    );
+    assert!(names.contains("only_delivered"), "{names}");
+    // Again: nothing more to move, nothing moved twice.
+    ok(test_cmd(&lake, &expectations));
+    assert_eq!(count(&lake, Layer::Quarantine, "silver/orders"), other);
+    assert_eq!(
+        count(&lake, Layer::Silver, "orders") + other,
+        delivered + other
+    );
+}
+
+#[test]
+fn fail_stops_with_a_clear_message_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let expectations = suite(
+        dir.path(),
+        "fail",
+        "suite: f\nlayer: gold\nchecks:\n  - { name: few_days, expect: expect_table_row_count_to_be_between, table: gold_daily_sales, max_value: 10, action: fail }\n",
+    );
+    let out = test_cmd(&lake, &expectations).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("f / few_days") && err.contains("action `fail`"),
+        "{err}"
+    );
+    assert_eq!(results(&lake, "f").len(), 1, "the failure is recorded");
+
+    // In a run, a failing silver check stops before gold is built.
+    let silver_fail = suite(
+        dir.path(),
+        "silver_fail",
+        "suite: sf\nlayer: silver\nchecks:\n  - { name: all_delivered, expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [delivered], action: fail }\n",
+    );
+    let fresh = dir.path().join("fresh");
+    let mut run = framework(&fresh);
+    run.args(["run", "--all", "--data"])
+        .arg(sample())
+        .arg("--expectations")
+        .arg(&silver_fail);
+    let out = run.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run stopped") && err.contains("all_delivered"),
+        "{err}"
+    );
+    assert!(
+        !fresh.join("gold/gold_daily_sales/_delta_log").exists(),
+        "gold was built after a failed check"
+    );
+    assert!(count(&fresh, Layer::Silver, "orders") > 0);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
