@@ -1,5 +1,7 @@
 //! `bench`: rows/s of produce, bronze and silver for `framework run --all`, next to a peer doing
-//! the same with Python pandas + deltalake (bench/peer_pandas.py), in the same run.
+//! the same with Python pandas + deltalake (bench/peer_pandas.py), in the same run; then the
+//! gold models' time (`framework build`) next to DuckDB running the same rendered SQL on the same
+//! silver tables (bench/peer_duckdb_gold.py).
 //!
 //! ```text
 //! scripts/bench                       # sample and scale 1
@@ -23,6 +25,9 @@ struct Args {
     /// Python with pandas and deltalake (the peer); no peer when absent.
     #[arg(long, env = "FRAMEWORK_TEST_PYTHON")]
     python: Option<PathBuf>,
+    /// Builds of the gold models per engine; the best time counts.
+    #[arg(long, default_value_t = 3)]
+    gold_repeat: u32,
     /// Work folder (generated data and lakes).
     #[arg(long, default_value = "target/bench")]
     work: PathBuf,
@@ -70,6 +75,10 @@ fn main() -> Result<()> {
         "| data | rows | engine | produce rows/s | bronze rows/s | silver rows/s | run --all s | peak MiB |".to_owned(),
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
     ];
+    let mut gold_lines = vec![
+        "| data | gold model | framework s | DuckDB s | DuckDB / framework |".to_owned(),
+        "| --- | --- | ---: | ---: | ---: |".to_owned(),
+    ];
     for scale in &args.scales {
         let (label, data) = if *scale == 0.0 {
             ("sample".to_owned(), repo.join("data/olist_sample"))
@@ -101,8 +110,96 @@ fn main() -> Result<()> {
             ));
         }
         println!("{}", lines.join("\n"));
+        let lake = args.work.join(format!("lake-{scale}"));
+        gold_lines.extend(gold(&exe, &repo, &lake, &label, &args)?);
+        println!("{}", gold_lines.join("\n"));
     }
     Ok(())
+}
+
+/// Seconds per gold model of the best of `--gold-repeat` full builds, ours and DuckDB's.
+fn gold(exe: &Path, repo: &Path, lake: &Path, label: &str, args: &Args) -> Result<Vec<String>> {
+    let framework = |extra: &[&str]| {
+        let mut cmd = Command::new(exe);
+        cmd.arg("--idcards")
+            .arg(repo.join("idcards"))
+            .arg("--models")
+            .arg(repo.join("models"))
+            .arg("--lake")
+            .arg(lake)
+            .args(extra)
+            .stdout(std::process::Stdio::null());
+        cmd
+    };
+    let report = lake.with_extension("gold.json");
+    let mut ours: Option<std::collections::BTreeMap<String, f64>> = None;
+    for _ in 0..args.gold_repeat.max(1) {
+        run(framework(&["build", "--full-refresh", "--report"]).arg(&report))?;
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+        let times: std::collections::BTreeMap<String, f64> = json["models"]
+            .as_array()
+            .context("build report has models")?
+            .iter()
+            .map(|m| {
+                (
+                    m["model"].as_str().unwrap_or_default().to_owned(),
+                    m["seconds"].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect();
+        let total: f64 = times.values().sum();
+        if ours.as_ref().is_none_or(|best| total < best.values().sum()) {
+            ours = Some(times);
+        }
+    }
+    let ours = ours.unwrap_or_default();
+    let mut lines = Vec::new();
+    let Some(python) = &args.python else {
+        for (model, s) in &ours {
+            lines.push(format!("| {label} | {model} | {s:.3} | | |"));
+        }
+        return Ok(lines);
+    };
+    let manifest = lake.with_extension("manifest.json");
+    run(framework(&["compile", "--manifest"]).arg(&manifest))?;
+    let out = Command::new(python)
+        .arg(repo.join("bench/peer_duckdb_gold.py"))
+        .arg("--lake")
+        .arg(lake)
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(lake.with_extension("duckdb"))
+        .arg("--repeat")
+        .arg(args.gold_repeat.max(1).to_string())
+        .output()
+        .context("starting the DuckDB peer")?;
+    if !out.status.success() {
+        bail!(
+            "DuckDB peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json: Value = serde_json::from_slice(&out.stdout)?;
+    let mut total = (0.0, 0.0);
+    for (model, s) in &ours {
+        let peer = json["models"][model]["seconds"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        total.0 += s;
+        total.1 += peer;
+        lines.push(format!(
+            "| {label} | {model} | {s:.3} | {peer:.3} | {:.2}x |",
+            peer / s
+        ));
+    }
+    lines.push(format!(
+        "| {label} | **five models** | {:.3} | {:.3} | **{:.2}x** |",
+        total.0,
+        total.1,
+        total.1 / total.0
+    ));
+    Ok(lines)
 }
 
 fn row(label: &str, engine: &str, f: &Figures) -> String {
@@ -139,9 +236,13 @@ fn run_ours(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figures
     run(Command::new(exe)
         .arg("--idcards")
         .arg(repo.join("idcards"))
+        .arg("--models")
+        .arg(repo.join("models"))
+        .arg("--expectations")
+        .arg(repo.join("expectations"))
         .arg("--lake")
         .arg(lake)
-        .args(["run", "--all", "--data"])
+        .args(["run", "--all", "--until", "silver", "--data"])
         .arg(data)
         .arg("--report")
         .arg(&report)

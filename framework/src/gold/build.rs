@@ -10,7 +10,7 @@ use deltalake::datafusion::catalog::MemorySchemaProvider;
 use deltalake::datafusion::prelude::SessionContext;
 
 use crate::lake::{Lake, Layer, session};
-use crate::silver::sql::ident;
+use crate::silver::sql::{ident, key_match};
 
 use super::config::Materialized;
 use super::project::{Model, Models};
@@ -252,11 +252,7 @@ async fn merge(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let on = key
-        .iter()
-        .map(|k| format!("target.{id} = source.{id}", id = ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = key_match(key);
     target
         .merge(source, on.as_str())
         .with_source_alias("source")

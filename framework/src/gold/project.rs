@@ -125,15 +125,7 @@ impl Models {
         let shared = Arc::new(catalog.clone());
         for model in &mut models {
             for incremental in [false, true] {
-                let this = model.relation();
-                let request = Request {
-                    template: &model.path,
-                    source: &model.template,
-                    this: &this,
-                    incremental,
-                    vars: &vars,
-                };
-                match render::render(&macros, &shared, &request) {
+                match render_model(&macros, &shared, model, incremental, &vars) {
                     Ok((_, recorded)) => {
                         if let Some(m) = recorded.materialized {
                             model.config.materialized = m;
@@ -206,15 +198,7 @@ impl Models {
     }
 
     fn render_one(&self, model: &Model, incremental: bool) -> Result<String, Diagnostics> {
-        let this = model.relation();
-        let request = Request {
-            template: &model.path,
-            source: &model.template,
-            this: &this,
-            incremental,
-            vars: &self.vars,
-        };
-        render::render(&self.macros, &self.catalog, &request)
+        render_model(&self.macros, &self.catalog, model, incremental, &self.vars)
             .map(|(sql, _)| sql)
             .map_err(|e| Diagnostics(vec![diagnostic(&self.dir, &e)]))
     }
@@ -250,6 +234,24 @@ impl Models {
         }
         out
     }
+}
+
+fn render_model(
+    macros: &Macros,
+    catalog: &Arc<Catalog>,
+    model: &Model,
+    incremental: bool,
+    vars: &BTreeMap<String, serde_json::Value>,
+) -> Result<(String, render::Recorded), minijinja::Error> {
+    let this = model.relation();
+    let request = Request {
+        template: &model.path,
+        source: &model.template,
+        this: &this,
+        incremental,
+        vars,
+    };
+    render::render(macros, catalog, &request)
 }
 
 /// `(path under dir, text)` of every `*.sql` below `dir`, sorted.

@@ -13,6 +13,14 @@ pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// `target.k = source.k AND ...`: the MERGE condition on a key.
+pub fn key_match(key: &[String]) -> String {
+    key.iter()
+        .map(|k| format!("target.{id} = source.{id}", id = ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// The select expression of a column after normalisation.
 pub fn normalised(table: &Table, column: &str) -> String {
     let c = table.column(column).expect("column exists");

@@ -16,7 +16,7 @@ use crate::idcard::compile::enrich_column_names;
 use crate::idcard::{Action, Mode, Project, Table};
 use crate::lake::{Lake, Layer, app_id, session};
 
-use super::sql::{ident, literal, normalised, passes, row_rules, rule_name};
+use super::sql::{ident, key_match, literal, normalised, passes, row_rules, rule_name};
 use super::{Error, Result};
 
 /// What a silver run did.
@@ -375,12 +375,7 @@ async fn apply(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let on = table
-        .key()
-        .iter()
-        .map(|k| format!("target.{id} = source.{id}", id = ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = key_match(table.key());
     let commit = CommitProperties::default().with_application_transactions(
         txns.into_iter()
             .map(|(a, v)| Transaction::new(a, v))

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::arrow::util::pretty::pretty_format_batches;
 use framework::bus::Bus;
 use framework::idcard::{Project, load_dir};
@@ -44,6 +46,21 @@ pub fn python() -> String {
     std::env::var("FRAMEWORK_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// The result of `sql` over one table registered as `t`.
+pub fn batches(lake: &Path, layer: Layer, table: &str, sql: &str) -> Vec<RecordBatch> {
+    runtime().block_on(async {
+        let ctx = session();
+        assert!(
+            Lake::new(lake)
+                .register(&ctx, layer, table, "t")
+                .await
+                .unwrap(),
+            "{layer}/{table} missing"
+        );
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    })
+}
+
 /// Column names of a lake table, in order.
 pub fn columns(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
     runtime().block_on(async {
@@ -66,39 +83,21 @@ pub fn columns(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
 
 /// Every row of a lake table as text (`a | b | c`, nulls as `null`), sorted.
 pub fn rows(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
-    use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
-    runtime().block_on(async {
-        let ctx = session();
-        assert!(
-            Lake::new(lake)
-                .register(&ctx, layer, table, "t")
-                .await
-                .unwrap(),
-            "{layer}/{table} missing"
-        );
-        let batches = ctx
-            .sql("SELECT * FROM t")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let options = FormatOptions::default().with_null("null");
-        let mut out = Vec::new();
-        for batch in &batches {
-            let columns: Vec<ArrayFormatter<'_>> = batch
-                .columns()
-                .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-                .collect();
-            for row in 0..batch.num_rows() {
-                let cells: Vec<String> = columns.iter().map(|c| c.value(row).to_string()).collect();
-                out.push(cells.join(" | "));
-            }
+    let options = FormatOptions::default().with_null("null");
+    let mut out = Vec::new();
+    for batch in &batches(lake, layer, table, "SELECT * FROM t") {
+        let columns: Vec<ArrayFormatter<'_>> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = columns.iter().map(|c| c.value(row).to_string()).collect();
+            out.push(cells.join(" | "));
         }
-        out.sort();
-        out
-    })
+    }
+    out.sort();
+    out
 }
 
 pub fn ok(mut cmd: Command) -> Output {
@@ -135,18 +134,9 @@ pub fn topic_messages(lake: &Path, topic: &str, partitions: u32) -> u64 {
 
 /// Runs a SQL query over one table registered as `t`; returns the pretty-printed result.
 pub fn query(lake: &Path, layer: Layer, table: &str, sql: &str) -> String {
-    runtime().block_on(async {
-        let ctx = session();
-        assert!(
-            Lake::new(lake)
-                .register(&ctx, layer, table, "t")
-                .await
-                .unwrap(),
-            "{layer}/{table} missing"
-        );
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
-    })
+    pretty_format_batches(&batches(lake, layer, table, sql))
+        .unwrap()
+        .to_string()
 }
 
 /// Distinct keys of a table computed straight from its CSV with the `csv` crate (an
