@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::catalog::MemorySchemaProvider;
+use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
 
 use crate::lake::{Lake, Layer, session};
@@ -183,21 +184,25 @@ async fn materialize(
         file: models.dir.join(&model.path).display().to_string(),
         source,
     };
-    let existing = lake.open(Layer::Gold, &model.name).await?;
-    let incremental = model.config.materialized == Materialized::Incremental
-        && existing.is_some()
-        && !options.full_refresh;
+    // Only an incremental run reads the model's own table (`this`): a table model, or any
+    // model under --full-refresh, is replaced whole without loading the old one.
+    let existing =
+        if model.config.materialized == Materialized::Incremental && !options.full_refresh {
+            lake.open(Layer::Gold, &model.name).await?
+        } else {
+            None
+        };
+    let incremental = existing.is_some();
     if existing.is_some() {
-        // `this`: the table as it stands before this build.
         lake.register(ctx, Layer::Gold, &model.name, &relation)
             .await?;
     }
     let sql = models.render(model, incremental).map_err(Error::Models)?;
     let frame = ctx.sql(&sql).await.map_err(query)?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.map_err(query)?;
+    let mut batches = frame.collect().await.map_err(query)?;
     let rows_computed = batches.iter().map(|b| b.num_rows() as u64).sum();
-    match existing {
+    let rows = match existing {
         Some(target) if incremental => {
             if rows_computed > 0 {
                 merge(ctx, target, batches, &model.config.unique_key)
@@ -207,27 +212,31 @@ async fn materialize(
                         source,
                     })?;
             }
+            // Later models read the merged table from the lake.
+            ctx.deregister_table(relation.as_str()).map_err(query)?;
+            lake.register(ctx, Layer::Gold, &model.name, &relation)
+                .await?;
+            ctx.table(relation.as_str())
+                .await
+                .map_err(query)?
+                .count()
+                .await
+                .map_err(query)? as u64
         }
         _ => {
-            let batches = if batches.is_empty() {
-                vec![RecordBatch::new_empty(schema)]
-            } else {
-                batches
-            };
-            lake.write(Layer::Gold, &model.name, batches, &[], vec![], true)
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema.clone()));
+            }
+            lake.write(Layer::Gold, &model.name, batches.clone(), &[], vec![], true)
                 .await?;
+            // Later models read what was just written, from memory.
+            ctx.deregister_table(relation.as_str()).map_err(query)?;
+            let table = MemTable::try_new(schema, vec![batches]).map_err(query)?;
+            ctx.register_table(relation.as_str(), Arc::new(table))
+                .map_err(query)?;
+            rows_computed
         }
-    }
-    ctx.deregister_table(relation.as_str()).map_err(query)?;
-    lake.register(ctx, Layer::Gold, &model.name, &relation)
-        .await?;
-    let rows = ctx
-        .table(relation.as_str())
-        .await
-        .map_err(query)?
-        .count()
-        .await
-        .map_err(query)? as u64;
+    };
     Ok(ModelReport {
         model: model.name.clone(),
         materialized: model.config.materialized,
