@@ -15,6 +15,7 @@
 pub mod bronze;
 pub mod bus;
 pub mod cli;
+pub mod fault;
 pub mod gold;
 pub mod idcard;
 pub mod lake;

@@ -420,6 +420,7 @@ async fn remove_failing(
             .await?;
         }
     }
+    crate::fault::crash_point("quality-after-quarantine");
     let frame = ctx
         .sql(&format!(
             "SELECT * EXCLUDE (_failed) FROM ({flagged}) WHERE NOT _failed"

@@ -246,6 +246,32 @@ fn quarantine_moves_the_failing_rows_with_the_check_name_exactly_once() {
 }
 
 #[test]
+fn a_crash_between_quarantine_and_rewrite_neither_loses_nor_repeats_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let expectations = suite(
+        dir.path(),
+        "quarantine",
+        "suite: q\nlayer: silver\nchecks:\n  - { name: only_delivered, expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [delivered], action: quarantine }\n",
+    );
+    let all = count(&lake, Layer::Silver, "orders");
+    let other = csv_count("olist_orders_dataset.csv", "order_status", |s| {
+        s != "delivered"
+    });
+    // The process dies after the rows reached quarantine, before silver was rewritten.
+    let mut crashing = test_cmd(&lake, &expectations);
+    crashing.env("FRAMEWORK_CRASH_AT", "quality-after-quarantine");
+    let out = crashing.output().unwrap();
+    assert!(!out.status.success(), "the crash point was not reached");
+    assert_eq!(count(&lake, Layer::Silver, "orders"), all);
+    assert_eq!(count(&lake, Layer::Quarantine, "silver/orders"), other);
+    // The retry finishes the move without quarantining the rows a second time.
+    ok(test_cmd(&lake, &expectations));
+    assert_eq!(count(&lake, Layer::Quarantine, "silver/orders"), other);
+    assert_eq!(count(&lake, Layer::Silver, "orders"), all - other);
+}
+
+#[test]
 fn fail_stops_with_a_clear_message_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let lake = loaded_lake(dir.path());
