@@ -19,3 +19,13 @@ ensure_venv() {
   fi
   export FRAMEWORK_TEST_PYTHON="$VENV/bin/python"
 }
+
+# Tansu, the Kafka-protocol broker the Kafka tests start (compiled once by cargo, ~10 min).
+ensure_tansu() {
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "== installing the Tansu broker (cargo install, once)"
+    cargo install tansu --locked --features dynostore,libsql
+  fi
+  FRAMEWORK_TEST_TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
+  export FRAMEWORK_TEST_TANSU
+}

@@ -1,13 +1,15 @@
-//! The topic bus between producers and bronze. The embedded log is the default; a Kafka bus will
-//! sit behind the same [`Bus`] enum.
+//! The topic bus between producers and bronze: the embedded log (the default, no server) or
+//! Kafka, behind the same [`Bus`] enum.
 
 mod embedded;
+mod kafka;
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 
 pub use embedded::EmbeddedLog;
+pub use kafka::KafkaBus;
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,30 @@ pub enum Error {
     },
     #[error("topic {topic} does not exist")]
     UnknownTopic { topic: String },
+    #[error(
+        "topic {topic}: Kafka: {source}\n  hint: is the broker of --bus running and reachable?"
+    )]
+    Kafka {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "topic {topic}: {count} message(s) were not acknowledged by the broker; first: {first}"
+    )]
+    Delivery {
+        topic: String,
+        count: usize,
+        first: String,
+    },
+    #[error(
+        "topic {topic} partition {partition}: no message at offset {offset} after {waited_s} s\n  hint: is the broker of --bus running and reachable?"
+    )]
+    Timeout {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        waited_s: u64,
+    },
     #[error("topic {topic} partition {partition}: corrupt record at offset {offset}: {reason}")]
     Corrupt {
         topic: String,
@@ -54,6 +80,8 @@ pub struct Record {
 pub enum Bus {
     /// File-backed log under the lake (`<lake>/_bus`).
     Embedded(EmbeddedLog),
+    /// A Kafka cluster.
+    Kafka(KafkaBus),
 }
 
 impl Bus {
@@ -62,10 +90,22 @@ impl Bus {
         Self::Embedded(EmbeddedLog::new(dir))
     }
 
+    /// The bus named by `--bus`: `embedded` (under `lake_bus_dir`) or `kafka://host:port[,...]`.
+    pub fn from_url(url: &str, lake_bus_dir: PathBuf) -> Option<Self> {
+        match url {
+            "embedded" => Some(Self::embedded(lake_bus_dir)),
+            _ => url
+                .strip_prefix("kafka://")
+                .filter(|brokers| !brokers.is_empty())
+                .map(|brokers| Self::Kafka(KafkaBus::new(brokers))),
+        }
+    }
+
     /// Creates the topic with `partitions` partitions unless it exists; returns its partition count.
     pub fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
         match self {
             Self::Embedded(log) => log.ensure_topic(topic, partitions),
+            Self::Kafka(kafka) => kafka.ensure_topic(topic, partitions),
         }
     }
 
@@ -73,6 +113,7 @@ impl Bus {
     pub fn partitions(&self, topic: &str) -> Result<u32> {
         match self {
             Self::Embedded(log) => log.partitions(topic),
+            Self::Kafka(kafka) => kafka.partitions(topic),
         }
     }
 
@@ -80,6 +121,7 @@ impl Bus {
     pub fn send(&self, topic: &str, records: &[Record]) -> Result<Vec<u64>> {
         match self {
             Self::Embedded(log) => log.append(topic, records),
+            Self::Kafka(kafka) => kafka.send(topic, records),
         }
     }
 
@@ -87,6 +129,7 @@ impl Bus {
     pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
         match self {
             Self::Embedded(log) => log.end_offset(topic, partition),
+            Self::Kafka(kafka) => kafka.end_offset(topic, partition),
         }
     }
 
@@ -100,6 +143,7 @@ impl Bus {
     ) -> Result<Vec<Message>> {
         match self {
             Self::Embedded(log) => log.read(topic, partition, offset, max),
+            Self::Kafka(kafka) => kafka.read(topic, partition, offset, max),
         }
     }
 }

@@ -42,6 +42,10 @@ pub struct Cli {
     /// Folder of the lake (Delta tables and the embedded topic log).
     #[arg(long, global = true, env = "FRAMEWORK_LAKE", default_value = "lake")]
     lake: PathBuf,
+    /// The topic bus: `embedded` (a file log under the lake, no server) or
+    /// `kafka://host:port[,host:port]`.
+    #[arg(long, global = true, env = "FRAMEWORK_BUS", default_value = "embedded")]
+    bus: String,
     /// Folder with the gold SQL models (staging/, intermediate/, gold/, macros/).
     #[arg(
         long,
@@ -231,7 +235,12 @@ fn execute(cli: Cli) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let lake = Lake::new(&cli.lake);
-    let bus = Bus::embedded(lake.bus_dir());
+    let Some(bus) = Bus::from_url(&cli.bus, lake.bus_dir()) else {
+        bail!(
+            "--bus `{}` is not a bus\n  hint: `embedded` or `kafka://host:port`",
+            cli.bus
+        );
+    };
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
         Command::Validate => {

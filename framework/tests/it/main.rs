@@ -3,6 +3,7 @@
 mod common;
 mod crash;
 mod gold;
+mod kafka;
 mod lake;
 mod quality;
 mod validate;
