@@ -29,6 +29,15 @@ fn suite(dir: &Path, name: &str, text: &str) -> PathBuf {
     folder
 }
 
+/// A suite quarantining the silver orders that are not delivered.
+fn only_delivered_suite(dir: &Path) -> PathBuf {
+    suite(
+        dir,
+        "quarantine",
+        "suite: q\nlayer: silver\nchecks:\n  - { name: only_delivered, expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [delivered], action: quarantine }\n",
+    )
+}
+
 /// `framework test` with these suites (and the repo's models).
 fn test_cmd(lake: &Path, expectations: &Path) -> std::process::Command {
     let mut cmd = framework(lake);
@@ -215,11 +224,7 @@ fn drop_removes_exactly_the_failing_rows() {
 fn quarantine_moves_the_failing_rows_with_the_check_name_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let lake = loaded_lake(dir.path());
-    let expectations = suite(
-        dir.path(),
-        "quarantine",
-        "suite: q\nlayer: silver\nchecks:\n  - { name: only_delivered, expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [delivered], action: quarantine }\n",
-    );
+    let expectations = only_delivered_suite(dir.path());
     ok(test_cmd(&lake, &expectations));
     let delivered = csv_count("olist_orders_dataset.csv", "order_status", |s| {
         s == "delivered"
@@ -249,11 +254,7 @@ fn quarantine_moves_the_failing_rows_with_the_check_name_exactly_once() {
 fn a_crash_between_quarantine_and_rewrite_neither_loses_nor_repeats_rows() {
     let dir = tempfile::tempdir().unwrap();
     let lake = loaded_lake(dir.path());
-    let expectations = suite(
-        dir.path(),
-        "quarantine",
-        "suite: q\nlayer: silver\nchecks:\n  - { name: only_delivered, expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [delivered], action: quarantine }\n",
-    );
+    let expectations = only_delivered_suite(dir.path());
     let all = count(&lake, Layer::Silver, "orders");
     let other = csv_count("olist_orders_dataset.csv", "order_status", |s| {
         s != "delivered"
