@@ -109,6 +109,8 @@ pub async fn missing_sources(
     selected: &BTreeSet<String>,
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
+    // Each source's log is opened once, however many models read it.
+    let mut exists: std::collections::BTreeMap<&(String, String), bool> = Default::default();
     for name in selected {
         let Some(model) = models.get(name) else {
             continue;
@@ -116,13 +118,22 @@ pub async fn missing_sources(
         let mut reads: Vec<&Model> = models.ancestors(name);
         reads.push(model);
         let sources: BTreeSet<&(String, String)> = reads.iter().flat_map(|m| &m.sources).collect();
-        for (layer, table) in sources {
-            let kind = if layer == "bronze" {
-                Layer::Bronze
-            } else {
-                Layer::Silver
+        for source in sources {
+            let (layer, table) = source;
+            let found = match exists.get(source) {
+                Some(found) => *found,
+                None => {
+                    let kind = if layer == "bronze" {
+                        Layer::Bronze
+                    } else {
+                        Layer::Silver
+                    };
+                    let found = lake.open(kind, table).await?.is_some();
+                    exists.insert(source, found);
+                    found
+                }
             };
-            if lake.open(kind, table).await?.is_none() {
+            if !found {
                 out.push((name.clone(), format!("{layer}.{table}")));
                 break;
             }

@@ -163,20 +163,17 @@ async fn check_layer(
     run_id: &str,
     run: &mut RunReport,
 ) -> Result<bool> {
-    let mut selected = Vec::new();
-    for check in checks
+    let of_layer: Vec<_> = checks
         .checks
         .iter()
         .filter(|c| c.layer == layer && c.table.as_deref().is_none_or(wanted))
-    {
-        if quality::can_run(lake, check).await? {
-            selected.push(check);
-        } else {
-            run.skipped.push(format!(
-                "check {}: reads a table that is not loaded yet",
-                check.name
-            ));
-        }
+        .collect();
+    let (selected, waiting) = quality::runnable(lake, &of_layer).await?;
+    for check in waiting {
+        run.skipped.push(format!(
+            "check {}: reads a table that is not loaded yet",
+            check.name
+        ));
     }
     let results = quality::run_checks(lake, &selected, run_id).await?;
     run.failure = quality::failure_message(&results);

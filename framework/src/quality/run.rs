@@ -133,16 +133,24 @@ async fn register(lake: &Lake, ctx: &SessionContext, checks: &[&Check]) -> Resul
     Ok(())
 }
 
-/// Whether every table `check` reads exists in the lake.
-pub async fn can_run(lake: &Lake, check: &Check) -> Result<bool> {
-    for (schema, table) in check.relations() {
+/// Splits `checks` into those whose tables all exist in the lake and those reading a table not
+/// loaded yet; each table's log is opened once.
+pub async fn runnable<'a>(
+    lake: &Lake,
+    checks: &[&'a Check],
+) -> Result<(Vec<&'a Check>, Vec<&'a Check>)> {
+    let mut missing = BTreeSet::new();
+    let relations: BTreeSet<(String, String)> = checks.iter().flat_map(|c| c.relations()).collect();
+    for (schema, table) in relations {
         if let Some(layer) = layer_of(&schema)
             && lake.open(layer, &table).await?.is_none()
         {
-            return Ok(false);
+            missing.insert((schema, table));
         }
     }
-    Ok(true)
+    Ok(checks
+        .iter()
+        .partition(|c| c.relations().iter().all(|r| !missing.contains(r))))
 }
 
 fn layer_of(schema: &str) -> Option<Layer> {
@@ -256,15 +264,17 @@ async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Ou
         }
         rule => {
             let flagged = flagged_sql(&relation, rule);
-            let n = count(
-                ctx,
-                &format!("SELECT count(*) FROM ({flagged}) WHERE _failed"),
-            )
-            .await
-            .map_err(query)?;
-            let total = count(ctx, &format!("SELECT count(*) FROM {relation}"))
+            // One scan: the failing rows and all rows.
+            let batches = ctx
+                .sql(&format!(
+                    "SELECT count(*) FILTER (WHERE _failed), count(*) FROM ({flagged})"
+                ))
+                .await
+                .map_err(query)?
+                .collect()
                 .await
                 .map_err(query)?;
+            let (n, total) = (int_cell(&batches, 0), int_cell(&batches, 1));
             outcome.failing = n;
             outcome.observed = format!("{n} of {total} rows fail");
             if n > 0 {
@@ -437,17 +447,21 @@ async fn remove_failing(
 }
 
 async fn count(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<u64> {
-    let batches = ctx.sql(sql).await?.collect().await?;
-    Ok(batches
+    Ok(int_cell(&ctx.sql(sql).await?.collect().await?, 0))
+}
+
+/// The integer in `column` of the first row (0 when there is none).
+fn int_cell(batches: &[RecordBatch], column: usize) -> u64 {
+    batches
         .iter()
         .find(|b| b.num_rows() > 0)
         .and_then(|b| {
-            b.column(0)
+            b.column(column)
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .map(|a| a.value(0))
         })
-        .unwrap_or(0) as u64)
+        .unwrap_or(0) as u64
 }
 
 /// The first `limit` rows, each as `a | b | c`.

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::arrow::util::pretty::pretty_format_batches;
+use deltalake::datafusion::prelude::SessionContext;
 use framework::bus::Bus;
 use framework::idcard::{Project, load_dir};
 use framework::lake::{Lake, Layer, session};
@@ -46,17 +47,23 @@ pub fn python() -> String {
     std::env::var("FRAMEWORK_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// A session with one lake table registered as `t`.
+async fn registered(lake: &Path, layer: Layer, table: &str) -> SessionContext {
+    let ctx = session();
+    assert!(
+        Lake::new(lake)
+            .register(&ctx, layer, table, "t")
+            .await
+            .unwrap(),
+        "{layer}/{table} missing"
+    );
+    ctx
+}
+
 /// The result of `sql` over one table registered as `t`.
 pub fn batches(lake: &Path, layer: Layer, table: &str, sql: &str) -> Vec<RecordBatch> {
     runtime().block_on(async {
-        let ctx = session();
-        assert!(
-            Lake::new(lake)
-                .register(&ctx, layer, table, "t")
-                .await
-                .unwrap(),
-            "{layer}/{table} missing"
-        );
+        let ctx = registered(lake, layer, table).await;
         ctx.sql(sql).await.unwrap().collect().await.unwrap()
     })
 }
@@ -64,13 +71,7 @@ pub fn batches(lake: &Path, layer: Layer, table: &str, sql: &str) -> Vec<RecordB
 /// Column names of a lake table, in order.
 pub fn columns(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
     runtime().block_on(async {
-        let ctx = session();
-        assert!(
-            Lake::new(lake)
-                .register(&ctx, layer, table, "t")
-                .await
-                .unwrap()
-        );
+        let ctx = registered(lake, layer, table).await;
         let frame = ctx.table("t").await.unwrap();
         frame
             .schema()
