@@ -1,10 +1,12 @@
-//! The bronze consumer loop: read from the committed offset, type, commit rows and offsets together.
+//! The bronze consumer loop: read from the committed offsets, type, commit rows and offsets
+//! together.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, EmbeddedLog, KafkaBus, Message};
 use crate::idcard::Table;
 use crate::lake::{Lake, Layer, app_id};
 
@@ -16,12 +18,16 @@ use super::{Error, Result};
 pub struct BronzeOptions {
     /// Messages per Delta commit.
     pub batch_size: usize,
+    /// Kafka: how long a bounded run waits for more messages before it checks whether it has
+    /// caught up with the partitions the group assigned it.
+    pub idle: Duration,
 }
 
 impl Default for BronzeOptions {
     fn default() -> Self {
         Self {
             batch_size: 100_000,
+            idle: Duration::from_secs(1),
         }
     }
 }
@@ -29,6 +35,7 @@ impl Default for BronzeOptions {
 /// What a bronze run did.
 #[derive(Debug, Clone, Default)]
 pub struct BronzeStats {
+    /// Messages stored by this run (as rows or rejects).
     pub messages: u64,
     pub rows: u64,
     pub rejected: u64,
@@ -36,9 +43,29 @@ pub struct BronzeStats {
     pub seconds: f64,
 }
 
-/// Consumes `table`'s topic from the offsets committed in bronze up to its current end.
+/// Consumer group of a table's bronze consumers on Kafka.
+pub fn group_id(table: &str) -> String {
+    format!("framework-bronze.{table}")
+}
+
+/// Consumes `table`'s topic from the offsets committed in bronze up to its current end: on the
+/// embedded log, every partition in turn; on Kafka, the partitions a consumer group assigns.
 pub async fn ingest(
     bus: &Bus,
+    lake: &Lake,
+    table: &Table,
+    options: &BronzeOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<BronzeStats> {
+    match bus {
+        Bus::Kafka(kafka) => ingest_group(kafka, lake, table, options, progress).await,
+        Bus::Embedded(log) => ingest_partitions(log, lake, table, options, progress).await,
+    }
+}
+
+/// Reads every partition from its committed offset to its end, in batches.
+async fn ingest_partitions(
+    log: &EmbeddedLog,
     lake: &Lake,
     table: &Table,
     options: &BronzeOptions,
@@ -51,14 +78,13 @@ pub async fn ingest(
         table: name.to_owned(),
         source,
     };
-    let partitions = bus
+    let partitions = log
         .ensure_topic(topic, table.config.topic.partitions)
         .map_err(bus_err)?;
     let apps: Vec<String> = (0..partitions)
         .map(|p| app_id("bronze", topic, p))
         .collect();
     let committed = lake.txn_versions(Layer::Bronze, name, &apps).await?;
-    let rejected = lake.txn_versions(Layer::Reject, name, &apps).await?;
     // The batches to commit, in order: (partition, first offset, one past the last).
     let mut plan = Vec::new();
     for partition in 0..partitions {
@@ -66,7 +92,7 @@ pub async fn ingest(
             .get(&apps[partition as usize])
             .copied()
             .unwrap_or(0) as u64;
-        let end = bus.end_offset(topic, partition).map_err(bus_err)?;
+        let end = log.end_offset(topic, partition).map_err(bus_err)?;
         while from < end {
             let to = end.min(from + options.batch_size as u64);
             plan.push((partition, from, to));
@@ -78,9 +104,9 @@ pub async fn ingest(
     progress(0, total);
     // Pipeline: the next batch is read and typed on a blocking thread while this one is written.
     let prepare = |&(partition, from, to): &(u32, u64, u64)| {
-        let (bus, table, topic) = (bus.clone(), table.clone(), topic.to_owned());
+        let (log, table, topic) = (log.clone(), table.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
-            let messages = bus.read(&topic, partition, from, (to - from) as usize)?;
+            let messages = log.read(&topic, partition, from, (to - from) as usize)?;
             let parsed = parse_messages(&table, &topic, &messages, Utc::now());
             Ok::<_, crate::bus::Error>((messages.len(), parsed))
         })
@@ -102,28 +128,12 @@ pub async fn ingest(
             source,
         })?;
         let waited_s = step.elapsed().as_secs_f64();
-        let app = apps[partition as usize].clone();
-        let txn = vec![(app.clone(), batch_end as i64)];
-        // Rejects first, skipping those a previous attempt already committed.
-        let already = rejected.get(&app).copied().unwrap_or(0);
-        let fresh = fresh_rejects(&parsed.rejects, already).map_err(|source| Error::Arrow {
-            table: name.to_owned(),
-            source,
-        })?;
-        if fresh.num_rows() > 0 {
-            lake.write(Layer::Reject, name, vec![fresh], &[], txn.clone(), false)
-                .await?;
-        }
-        let (rows, rejects) = (parsed.rows.num_rows(), parsed.rejects.num_rows());
-        lake.write(
-            Layer::Bronze,
-            name,
-            vec![parsed.rows],
-            &["_ingestion_date"],
-            txn,
-            false,
-        )
-        .await?;
+        let ends = [(
+            partition,
+            apps[partition as usize].clone(),
+            batch_end as i64,
+        )];
+        let stored = store(lake, name, &parsed, &ends).await?;
         tracing::debug!(
             table = name,
             partition,
@@ -132,28 +142,186 @@ pub async fn ingest(
             write_s = step.elapsed().as_secs_f64() - waited_s,
             "bronze: batch committed"
         );
-        stats.messages += count as u64;
-        stats.rows += rows as u64;
-        stats.rejected += rejects as u64;
-        stats.commits += 1;
+        stats.add(stored);
         progress(stats.messages, total);
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }
 
-/// Rejects at or past `from` (the reject table's committed offset for their partition).
-fn fresh_rejects(
-    rejects: &deltalake::arrow::record_batch::RecordBatch,
-    from: i64,
-) -> Result<deltalake::arrow::record_batch::RecordBatch, deltalake::arrow::error::ArrowError> {
-    use deltalake::arrow::array::{Array, BooleanArray, Int64Array};
-    let offsets = rejects
-        .column_by_name("_offset")
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-        .expect("reject batches carry _offset");
-    let keep: BooleanArray = (0..offsets.len())
-        .map(|i| Some(offsets.value(i) >= from))
+impl BronzeStats {
+    fn add(&mut self, stored: Stored) {
+        self.rows += stored.rows;
+        self.rejected += stored.rejects;
+        self.messages += stored.rows + stored.rejects;
+        self.commits += 1;
+    }
+}
+
+/// What one batch added.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    rows: u64,
+    rejects: u64,
+}
+
+/// Stores a parsed batch: rejects first, then rows, each commit advancing the partitions' offsets
+/// (`ends`: partition, txn app id, next offset) and skipping what an earlier commit of those
+/// partitions already holds.
+async fn store(
+    lake: &Lake,
+    table: &str,
+    parsed: &super::Parsed,
+    ends: &[(u32, String, i64)],
+) -> Result<Stored> {
+    let rejects = if parsed.rejects.num_rows() > 0 {
+        lake.append_past(Layer::Reject, table, &parsed.rejects, &[], ends)
+            .await?
+    } else {
+        0
+    };
+    let rows = lake
+        .append_past(
+            Layer::Bronze,
+            table,
+            &parsed.rows,
+            &["_ingestion_date"],
+            ends,
+        )
+        .await?;
+    Ok(Stored {
+        rows: rows as u64,
+        rejects: rejects as u64,
+    })
+}
+
+/// How long a member may wait for the group to assign it partitions.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Joins the table's consumer group and stores what the group assigns, until caught up.
+async fn ingest_group(
+    kafka: &KafkaBus,
+    lake: &Lake,
+    table: &Table,
+    options: &BronzeOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<BronzeStats> {
+    let started = Instant::now();
+    let name = table.name();
+    let topic = table.topic();
+    let bus_err = |source| Error::Bus {
+        table: name.to_owned(),
+        source,
+    };
+    let partitions = kafka
+        .ensure_topic(topic, table.config.topic.partitions)
+        .map_err(bus_err)?;
+    let apps: Vec<String> = (0..partitions)
+        .map(|p| app_id("bronze", topic, p))
         .collect();
-    deltalake::arrow::compute::filter_record_batch(rejects, &keep)
+    // Where each newly assigned partition resumes: its version in bronze's Delta log.
+    let start = {
+        let (lake, name, apps) = (lake.clone(), name.to_owned(), apps.clone());
+        let runtime = tokio::runtime::Handle::current();
+        Box::new(move |partitions: &[u32]| {
+            let wanted: Vec<String> = partitions
+                .iter()
+                .filter_map(|p| apps.get(*p as usize).cloned())
+                .collect();
+            let versions = runtime
+                .block_on(lake.txn_versions(Layer::Bronze, &name, &wanted))
+                .map_err(|e| e.to_string())?;
+            Ok(partitions
+                .iter()
+                .map(|p| {
+                    let version = apps
+                        .get(*p as usize)
+                        .and_then(|app| versions.get(app))
+                        .copied()
+                        .unwrap_or(0);
+                    (*p, version.max(0) as u64)
+                })
+                .collect())
+        })
+    };
+    let member = kafka.join(topic, &group_id(name), start).map_err(bus_err)?;
+    let mut stats = BronzeStats::default();
+    progress(0, 0);
+    loop {
+        // Polling may run the rebalance callback, which reads the Delta log: off the async
+        // workers.
+        let messages = tokio::task::block_in_place(|| {
+            member.poll(options.batch_size, options.idle, Duration::from_millis(200))
+        })
+        .map_err(bus_err)?;
+        if messages.is_empty() {
+            if tokio::task::block_in_place(|| member.caught_up()).map_err(bus_err)? {
+                // Done when the whole topic is stored, not only this member's share: partitions
+                // of a member that died stay with it until its session ends, then move here.
+                let stored = lake.txn_versions(Layer::Bronze, name, &apps).await?;
+                let all: Vec<u32> = (0..partitions).collect();
+                let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
+                let behind: Vec<u32> = all
+                    .iter()
+                    .zip(&ends)
+                    .filter(|(p, end)| {
+                        let version = stored.get(&apps[**p as usize]).copied().unwrap_or(0);
+                        (version.max(0) as u64) < **end
+                    })
+                    .map(|(p, _)| *p)
+                    .collect();
+                if behind.is_empty() {
+                    break;
+                }
+                tracing::info!(
+                    table = name,
+                    ?behind,
+                    "bronze: waiting for partitions held by other group members"
+                );
+            }
+            if stats.commits == 0
+                && member.assigned().is_empty()
+                && started.elapsed() > JOIN_TIMEOUT
+            {
+                return Err(bus_err(crate::bus::Error::Group {
+                    topic: topic.to_owned(),
+                    reason: format!("no partitions assigned within {} s", JOIN_TIMEOUT.as_secs()),
+                }));
+            }
+            continue;
+        }
+        let ends = batch_ends(&messages, &apps);
+        let parsed =
+            parse_messages(table, topic, &messages, Utc::now()).map_err(|source| Error::Arrow {
+                table: name.to_owned(),
+                source,
+            })?;
+        let stored = store(lake, name, &parsed, &ends).await?;
+        crate::fault::crash_point("bronze-after-commit");
+        member.commit(
+            &ends
+                .iter()
+                .map(|(p, _, end)| (*p, *end as u64))
+                .collect::<Vec<_>>(),
+        );
+        stats.add(stored);
+        progress(stats.messages, 0);
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// Per partition in `messages`: its txn app id and the offset after its last message.
+fn batch_ends(messages: &[Message], apps: &[String]) -> Vec<(u32, String, i64)> {
+    let mut ends: HashMap<u32, i64> = HashMap::new();
+    for m in messages {
+        let end = ends.entry(m.partition).or_insert(0);
+        *end = (*end).max(m.offset as i64 + 1);
+    }
+    let mut ends: Vec<_> = ends
+        .into_iter()
+        .map(|(p, end)| (p, apps[p as usize].clone(), end))
+        .collect();
+    ends.sort();
+    ends
 }

@@ -6,23 +6,22 @@
 //! broker's high watermark (some Kafka-protocol brokers, Tansu 0.6 among them, answer the
 //! watermark query wrongly for batch-written partitions).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{Error, Message, Record, Result, partition_for};
 
-/// How long a read waits for the next message before giving up.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long metadata and admin requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -37,6 +36,18 @@ impl ClientContext for Tracker {}
 
 #[derive(Debug, Clone, Default)]
 struct Tracker(Arc<Deliveries>);
+
+impl Tracker {
+    /// One past the last offset of `partition` this process saw acknowledged (0 if none).
+    fn delivered_end(&self, topic: &str, partition: u32) -> u64 {
+        self.0
+            .last
+            .lock()
+            .expect("not poisoned")
+            .get(&(topic.to_owned(), partition as i32))
+            .map_or(0, |last| (last + 1).max(0) as u64)
+    }
+}
 
 impl ProducerContext for Tracker {
     type DeliveryOpaque = ();
@@ -64,8 +75,12 @@ impl ProducerContext for Tracker {
 #[derive(Clone)]
 pub struct KafkaBus {
     brokers: String,
+    /// librdkafka settings from the bus URL, applied to every client.
+    settings: Vec<(String, String)>,
     producer: Arc<Mutex<Option<ThreadedProducer<Tracker>>>>,
     tracker: Tracker,
+    /// Partition counts of the topics seen so far.
+    known: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -85,35 +100,45 @@ fn kafka(topic: &str, source: KafkaError) -> Error {
 
 impl KafkaBus {
     /// A bus on the brokers `host:port[,host:port...]`; connects on first use.
-    pub fn new(brokers: &str) -> Self {
+    pub fn new(brokers: &str, settings: Vec<(String, String)>) -> Self {
         Self {
             brokers: brokers.to_owned(),
+            settings,
             producer: Arc::new(Mutex::new(None)),
             tracker: Tracker::default(),
+            known: Arc::default(),
         }
     }
 
-    fn config(&self) -> ClientConfig {
+    /// A client configuration: the brokers, `defaults`, then the URL's settings (which win).
+    fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
             .set("socket.timeout.ms", "10000");
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
         config
     }
 
     fn consumer(&self, topic: &str) -> Result<BaseConsumer> {
-        self.config()
-            .set("group.id", "framework-bronze")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(|e| kafka(topic, e))
+        self.config(&[
+            ("group.id", "framework-bronze"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+        ])
+        .create()
+        .map_err(|e| kafka(topic, e))
     }
 
     /// Creates the topic with `partitions` partitions unless it exists; returns its partition count.
     pub fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
         let admin: AdminClient<DefaultClientContext> =
-            self.config().create().map_err(|e| kafka(topic, e))?;
+            self.config(&[]).create().map_err(|e| kafka(topic, e))?;
         let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = futures::executor::block_on(admin.create_topics([&new], &options))
@@ -137,8 +162,11 @@ impl KafkaBus {
         }
     }
 
-    /// Partition count of an existing topic.
+    /// Partition count of an existing topic (asked once per topic, then remembered).
     pub fn partitions(&self, topic: &str) -> Result<u32> {
+        if let Some(&count) = self.known.lock().expect("not poisoned").get(topic) {
+            return Ok(count);
+        }
         let consumer = self.consumer(topic)?;
         let metadata = consumer
             .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
@@ -153,6 +181,10 @@ impl KafkaBus {
                 topic: topic.to_owned(),
             });
         }
+        self.known
+            .lock()
+            .expect("not poisoned")
+            .insert(topic.to_owned(), count);
         Ok(count)
     }
 
@@ -163,11 +195,14 @@ impl KafkaBus {
         let mut guard = self.producer.lock().expect("not poisoned");
         if guard.is_none() {
             let producer: ThreadedProducer<Tracker> = self
-                .config()
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "20")
-                .set("batch.num.messages", "10000")
-                .set("queue.buffering.max.messages", "500000")
+                .config(&[
+                    ("enable.idempotence", "true"),
+                    ("linger.ms", "20"),
+                    ("batch.num.messages", "10000"),
+                    ("queue.buffering.max.messages", "500000"),
+                    // A broker that stays away fails the send within this time.
+                    ("message.timeout.ms", "30000"),
+                ])
                 .create_with_context(self.tracker.clone())
                 .map_err(|e| kafka(topic, e))?;
             *guard = Some(producer);
@@ -194,7 +229,7 @@ impl KafkaBus {
             counts[partition as usize] += 1;
         }
         producer
-            .flush(Duration::from_secs(120))
+            .flush(Duration::from_secs(60))
             .map_err(|e| kafka(topic, e))?;
         let failed = std::mem::take(&mut *self.tracker.0.failed.lock().expect("not poisoned"));
         if let Some(first) = failed.first() {
@@ -207,44 +242,288 @@ impl KafkaBus {
         Ok(counts)
     }
 
-    /// Offset one past the last message of a partition: the broker's high watermark, or past
-    /// the last offset this process saw acknowledged, whichever is further.
-    pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
-        let consumer = self.consumer(topic)?;
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition as i32, REQUEST_TIMEOUT)
+    /// Joins the consumer group `group` on `topic`. Each partition the group assigns to this
+    /// member is read from the offset `start` returns for it (the offsets committed with the
+    /// rows, not the group's), so a rebalance neither skips nor repeats what was stored.
+    pub fn join(&self, topic: &str, group: &str, start: StartOffsets) -> Result<GroupMember> {
+        let context = Member {
+            topic: topic.to_owned(),
+            start,
+            state: Mutex::default(),
+        };
+        let consumer: BaseConsumer<Member> = self
+            .config(&[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+                // Messages past a stale last-stable offset are still delivered (some
+                // Kafka-protocol brokers report it late).
+                ("isolation.level", "read_uncommitted"),
+            ])
+            .create_with_context(context)
             .map_err(|e| kafka(topic, e))?;
-        let delivered = self
-            .tracker
-            .0
-            .last
-            .lock()
-            .expect("not poisoned")
-            .get(&(topic.to_owned(), partition as i32))
-            .map_or(0, |last| last + 1);
-        Ok(high.max(delivered).max(0) as u64)
+        consumer.subscribe(&[topic]).map_err(|e| kafka(topic, e))?;
+        Ok(GroupMember {
+            consumer: Some(consumer),
+            topic: topic.to_owned(),
+            tracker: self.tracker.clone(),
+        })
+    }
+}
+
+/// Looks up where to resume each of the given partitions (the next offset to read).
+pub type StartOffsets =
+    Box<dyn Fn(&[u32]) -> Result<HashMap<u32, u64>, String> + Send + Sync + 'static>;
+
+/// What a group member knows about its assignment.
+#[derive(Debug, Default)]
+struct Assignment {
+    /// Partitions assigned to this member; `None` until the group first assigned any.
+    partitions: Option<BTreeSet<u32>>,
+    /// Read position per assigned partition.
+    next: HashMap<u32, Position>,
+    /// A failed start-offset lookup during a rebalance.
+    error: Option<String>,
+}
+
+/// A partition's read position, and whether the messages seen since it was set prove that the
+/// fetch really started there.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    next: u64,
+    /// A message at or before `next` arrived: the stream covers the position.
+    anchored: bool,
+    /// The partition was re-read from its start once already.
+    rewound: bool,
+}
+
+/// What to do with a fetched message.
+#[derive(Debug, PartialEq, Eq)]
+enum Accept {
+    Take,
+    /// Before the position: stored already.
+    Skip,
+    /// The first message fetched lies past the position: re-read from the start to be sure.
+    Rewind,
+    /// Past the position even from the start: the offsets from `.0` on are not on the topic.
+    Gap(u64),
+}
+
+impl Position {
+    fn at(next: u64) -> Self {
+        Self {
+            next,
+            anchored: false,
+            rewound: false,
+        }
     }
 
-    /// Up to `max` messages of a partition from `offset` on.
-    pub fn read(
+    fn accept(&mut self, offset: u64) -> Accept {
+        if offset < self.next {
+            self.anchored = true;
+            return Accept::Skip;
+        }
+        if offset > self.next && !self.anchored {
+            if !self.rewound && self.next > 0 {
+                self.rewound = true;
+                return Accept::Rewind;
+            }
+            let from = self.next;
+            (self.anchored, self.next) = (true, offset + 1);
+            return Accept::Gap(from);
+        }
+        (self.anchored, self.next) = (true, offset + 1);
+        Accept::Take
+    }
+}
+
+/// The consumer context of a group member: positions newly assigned partitions.
+struct Member {
+    topic: String,
+    start: StartOffsets,
+    state: Mutex<Assignment>,
+}
+
+impl ClientContext for Member {}
+
+impl ConsumerContext for Member {
+    fn rebalance(
         &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max: usize,
-    ) -> Result<Vec<Message>> {
-        let consumer = self.consumer(topic)?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
-            .map_err(|e| kafka(topic, e))?;
-        consumer.assign(&assignment).map_err(|e| kafka(topic, e))?;
-        let mut out = Vec::with_capacity(max);
-        let mut waited = Instant::now();
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut state = self.state.lock().expect("not poisoned");
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            // Revoked (or a rebalance error): stop fetching; the assignment is unknown until the
+            // group hands out the next one.
+            state.partitions = None;
+            state.next.clear();
+            if let Err(e) = consumer.unassign() {
+                state.error = Some(format!("leaving partitions: {e}"));
+            }
+            return;
+        }
+        let partitions: Vec<u32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition() as u32)
+            .collect();
+        match (self.start)(&partitions) {
+            Ok(starts) => {
+                for &p in &partitions {
+                    let offset = starts.get(&p).copied().unwrap_or(0);
+                    if let Err(e) = tpl.set_partition_offset(
+                        &self.topic,
+                        p as i32,
+                        Offset::Offset(offset as i64),
+                    ) {
+                        state.error = Some(format!("positioning partition {p}: {e}"));
+                    }
+                    state.next.insert(p, Position::at(offset));
+                }
+            }
+            Err(e) => state.error = Some(e),
+        }
+        tracing::info!(
+            topic = self.topic,
+            ?partitions,
+            "bronze: partitions assigned"
+        );
+        state.partitions = Some(partitions.into_iter().collect());
+        if let Err(e) = consumer.assign(tpl) {
+            state.error = Some(format!("taking partitions: {e}"));
+        }
+    }
+}
+
+/// A member of a bronze consumer group on one topic. Dropping it leaves the group.
+pub struct GroupMember {
+    /// Present until dropped.
+    consumer: Option<BaseConsumer<Member>>,
+    topic: String,
+    tracker: Tracker,
+}
+
+impl std::fmt::Debug for GroupMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMember")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+/// How long leaving the group may take (it waits for the coordinator, which may be gone).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for GroupMember {
+    /// Leaves the group on a helper thread and waits for it at most [`LEAVE_TIMEOUT`]: with the
+    /// broker gone, librdkafka's close would wait forever (the process then exits without it).
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(consumer);
+            let _ = done.send(());
+        });
+        if wait.recv_timeout(LEAVE_TIMEOUT).is_err() {
+            tracing::warn!(
+                topic = self.topic,
+                "left the consumer group without saying so (broker unreachable)"
+            );
+        }
+    }
+}
+
+impl GroupMember {
+    fn consumer(&self) -> &BaseConsumer<Member> {
+        self.consumer.as_ref().expect("present until dropped")
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Assignment> {
+        self.consumer()
+            .context()
+            .state
+            .lock()
+            .expect("not poisoned")
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.state().error.take() {
+            Some(reason) => Err(Error::Group {
+                topic: self.topic.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Up to `max` messages from the assigned partitions: waits up to `wait` for the first, then
+    /// takes what keeps arriving without a pause longer than `linger`.
+    pub fn poll(&self, max: usize, wait: Duration, linger: Duration) -> Result<Vec<Message>> {
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let mut last = Instant::now();
         while out.len() < max {
-            match consumer.poll(Duration::from_millis(200)) {
+            let limit = if out.is_empty() {
+                wait.saturating_sub(started.elapsed())
+            } else {
+                linger.saturating_sub(last.elapsed())
+            };
+            if limit.is_zero() {
+                break;
+            }
+            match self.consumer().poll(limit.min(Duration::from_millis(100))) {
                 Some(Ok(m)) => {
-                    waited = Instant::now();
+                    last = Instant::now();
+                    let partition = m.partition() as u32;
+                    let offset = m.offset() as u64;
+                    let mut state = self.state();
+                    // Only messages of partitions still assigned, in order from their start.
+                    let Some(at) = state.next.get_mut(&partition) else {
+                        continue;
+                    };
+                    match at.accept(offset) {
+                        Accept::Take => {}
+                        Accept::Skip => continue,
+                        Accept::Rewind => {
+                            // The fetch began past the position: a broker that answers a fetch
+                            // from the middle of a record batch with the next batch (Tansu 0.6)
+                            // would skip the rest of the batch. Read the partition from its
+                            // start instead; what lies before the position is skipped.
+                            drop(state);
+                            tracing::info!(
+                                topic = self.topic,
+                                partition,
+                                offset,
+                                "bronze: fetch started past the position; reading the partition from its start"
+                            );
+                            self.consumer()
+                                .seek(
+                                    &self.topic,
+                                    partition as i32,
+                                    Offset::Beginning,
+                                    REQUEST_TIMEOUT,
+                                )
+                                .map_err(|e| kafka(&self.topic, e))?;
+                            continue;
+                        }
+                        Accept::Gap(from) => {
+                            tracing::warn!(
+                                topic = self.topic,
+                                partition,
+                                from,
+                                to = offset,
+                                "offsets missing on the topic (deleted by retention?)"
+                            );
+                        }
+                    }
+                    drop(state);
                     out.push(Message {
                         partition,
                         offset: m.offset() as u64,
@@ -253,18 +532,101 @@ impl KafkaBus {
                         value: m.payload().unwrap_or_default().to_vec(),
                     });
                 }
-                Some(Err(e)) => return Err(kafka(topic, e)),
-                None if waited.elapsed() > READ_TIMEOUT => {
-                    return Err(Error::Timeout {
-                        topic: topic.to_owned(),
-                        partition,
-                        offset: offset + out.len() as u64,
-                        waited_s: READ_TIMEOUT.as_secs(),
-                    });
-                }
+                Some(Err(e)) => return Err(kafka(&self.topic, e)),
                 None => {}
             }
+            self.check()?;
         }
+        self.check()?;
         Ok(out)
+    }
+
+    /// Whether the group assigned this member its partitions and it has read each of them up to
+    /// the broker's high watermark and past everything this process produced to it.
+    pub fn caught_up(&self) -> Result<bool> {
+        let next = {
+            let state = self.state();
+            match &state.partitions {
+                None => return Ok(false),
+                Some(partitions) => partitions
+                    .iter()
+                    .map(|p| (*p, state.next.get(p).map_or(0, |at| at.next)))
+                    .collect::<Vec<_>>(),
+            }
+        };
+        let ends = self.ends(&next.iter().map(|(p, _)| *p).collect::<Vec<_>>())?;
+        Ok(next.iter().zip(ends).all(|((_, next), end)| *next >= end))
+    }
+
+    /// Where each of `partitions` ends as far as this process can tell: the broker's high
+    /// watermark, or past the last message this process produced to it, whichever is further.
+    pub fn ends(&self, partitions: &[u32]) -> Result<Vec<u64>> {
+        partitions
+            .iter()
+            .map(|&partition| {
+                let (_, high) = self
+                    .consumer()
+                    .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
+                    .map_err(|e| kafka(&self.topic, e))?;
+                Ok((high.max(0) as u64).max(self.tracker.delivered_end(&self.topic, partition)))
+            })
+            .collect()
+    }
+
+    /// Partitions currently assigned to this member.
+    pub fn assigned(&self) -> Vec<u32> {
+        self.state().partitions.iter().flatten().copied().collect()
+    }
+
+    /// Records stored positions in the group too, so that Kafka's tools show the lag. Best
+    /// effort: the positions that count are the ones committed with the rows.
+    pub fn commit(&self, ends: &[(u32, u64)]) {
+        let mut list = TopicPartitionList::new();
+        for &(partition, end) in ends {
+            let _ = list.add_partition_offset(
+                &self.topic,
+                partition as i32,
+                Offset::Offset(end as i64),
+            );
+        }
+        if let Err(e) = self.consumer().commit(&list, CommitMode::Async) {
+            tracing::warn!(
+                topic = self.topic,
+                "committing offsets to the consumer group: {e}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Accept, Position};
+
+    #[test]
+    fn a_fetch_that_starts_before_the_position_is_taken_from_the_position_on() {
+        let mut at = Position::at(5);
+        assert_eq!(at.accept(3), Accept::Skip);
+        assert_eq!(at.accept(4), Accept::Skip);
+        assert_eq!(at.accept(5), Accept::Take);
+        // A hole inside a stream that covered the position (compaction, control records).
+        assert_eq!(at.accept(8), Accept::Take);
+        assert_eq!(at.next, 9);
+    }
+
+    #[test]
+    fn a_fetch_that_starts_past_the_position_rewinds_once_then_reports_the_gap() {
+        let mut at = Position::at(100);
+        assert_eq!(at.accept(250), Accept::Rewind);
+        assert_eq!(at.next, 100, "nothing taken before the rewind");
+        // From the start: everything before the position is skipped, then taken in order.
+        assert_eq!(at.accept(0), Accept::Skip);
+        assert_eq!(at.accept(100), Accept::Take);
+
+        let mut gone = Position::at(100);
+        assert_eq!(gone.accept(250), Accept::Rewind);
+        assert_eq!(gone.accept(250), Accept::Gap(100));
+        assert_eq!(gone.next, 251);
+        // At offset 0 there is nothing before to re-read.
+        assert_eq!(Position::at(0).accept(7), Accept::Gap(0));
     }
 }

@@ -9,7 +9,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use embedded::EmbeddedLog;
-pub use kafka::KafkaBus;
+pub use kafka::{GroupMember, KafkaBus, StartOffsets};
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +36,8 @@ pub enum Error {
         count: usize,
         first: String,
     },
-    #[error(
-        "topic {topic} partition {partition}: no message at offset {offset} after {waited_s} s\n  hint: is the broker of --bus running and reachable?"
-    )]
-    Timeout {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        waited_s: u64,
-    },
+    #[error("topic {topic}: consumer group: {reason}")]
+    Group { topic: String, reason: String },
     #[error("topic {topic} partition {partition}: corrupt record at offset {offset}: {reason}")]
     Corrupt {
         topic: String,
@@ -90,15 +83,28 @@ impl Bus {
         Self::Embedded(EmbeddedLog::new(dir))
     }
 
-    /// The bus named by `--bus`: `embedded` (under `lake_bus_dir`) or `kafka://host:port[,...]`.
+    /// The bus named by `--bus`: `embedded` (under `lake_bus_dir`) or
+    /// `kafka://host:port[,host:port...][?librdkafka.key=value&...]`, whose query parameters are
+    /// passed to every Kafka client (e.g. `security.protocol=SSL`, `debug=broker`).
     pub fn from_url(url: &str, lake_bus_dir: PathBuf) -> Option<Self> {
-        match url {
-            "embedded" => Some(Self::embedded(lake_bus_dir)),
-            _ => url
-                .strip_prefix("kafka://")
-                .filter(|brokers| !brokers.is_empty())
-                .map(|brokers| Self::Kafka(KafkaBus::new(brokers))),
+        if url == "embedded" {
+            return Some(Self::embedded(lake_bus_dir));
         }
+        let rest = url.strip_prefix("kafka://")?;
+        let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if brokers.is_empty() {
+            return None;
+        }
+        let settings = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .filter(|(key, _)| !key.is_empty())
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self::Kafka(KafkaBus::new(brokers, settings)))
     }
 
     /// Creates the topic with `partitions` partitions unless it exists; returns its partition count.
@@ -122,28 +128,6 @@ impl Bus {
         match self {
             Self::Embedded(log) => log.append(topic, records),
             Self::Kafka(kafka) => kafka.send(topic, records),
-        }
-    }
-
-    /// Offset one past the last message of a partition.
-    pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
-        match self {
-            Self::Embedded(log) => log.end_offset(topic, partition),
-            Self::Kafka(kafka) => kafka.end_offset(topic, partition),
-        }
-    }
-
-    /// Up to `max` messages of a partition from `offset` on.
-    pub fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max: usize,
-    ) -> Result<Vec<Message>> {
-        match self {
-            Self::Embedded(log) => log.read(topic, partition, offset, max),
-            Self::Kafka(kafka) => kafka.read(topic, partition, offset, max),
         }
     }
 }

@@ -11,12 +11,12 @@ fn record(key: &str, value: &str) -> Record {
 #[test]
 fn appends_and_reads_back_by_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::embedded(dir.path().to_path_buf());
+    let bus = EmbeddedLog::new(dir.path().to_path_buf());
     assert_eq!(bus.ensure_topic("t", 2).unwrap(), 2);
     let records: Vec<Record> = (0..100)
         .map(|i| record(&format!("k{i}"), &format!("v{i}")))
         .collect();
-    let counts = bus.send("t", &records).unwrap();
+    let counts = bus.append("t", &records).unwrap();
     assert_eq!(counts.iter().sum::<u64>(), 100);
     let mut seen = Vec::new();
     for p in 0..2 {
@@ -56,7 +56,7 @@ fn a_torn_append_is_cut_off_on_the_next_append() {
 #[test]
 fn unknown_topic_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::embedded(dir.path().to_path_buf());
+    let bus = EmbeddedLog::new(dir.path().to_path_buf());
     assert!(matches!(
         bus.partitions("nope"),
         Err(Error::UnknownTopic { .. })

@@ -65,7 +65,8 @@ pub struct Cli {
     /// Model variables as a YAML map, e.g. `{reference_date: 2018-09-01, lookback_days: 3}`.
     #[arg(long, global = true, env = "FRAMEWORK_VARS", default_value = "{}")]
     vars: String,
-    /// Log filter (tracing syntax, e.g. `info` or `framework=debug`).
+    /// Log filter (tracing syntax, e.g. `info` or `framework=debug`). librdkafka's own log (every
+    /// reconnect attempt to a broker that is down) is off unless named, e.g. `librdkafka=warn`.
     #[arg(long, global = true, env = "FRAMEWORK_LOG", default_value = "warn")]
     log: String,
     #[command(subcommand)]
@@ -120,6 +121,10 @@ enum Command {
         /// Messages per bronze commit.
         #[arg(long, default_value_t = 100_000)]
         batch_size: usize,
+        /// Kafka: milliseconds without a new message after which bronze checks whether it has
+        /// read its partitions to the end (and stops if so).
+        #[arg(long, default_value_t = 1000)]
+        idle_ms: u64,
         /// Also write the summary as JSON to this file (with the peak memory), for benchmarks.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -183,8 +188,13 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = if cli.log.contains("rdkafka") {
+        cli.log.clone()
+    } else {
+        format!("{},librdkafka=off,rdkafka=off", cli.log)
+    };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
     match execute(cli) {
@@ -313,6 +323,7 @@ fn execute(cli: Cli) -> Result<()> {
             full_refresh,
             seed,
             batch_size,
+            idle_ms,
             report,
         } => {
             let project = load(&cli.idcards)?;
@@ -327,7 +338,10 @@ fn execute(cli: Cli) -> Result<()> {
                     seed,
                     limit: None,
                 },
-                bronze_options: BronzeOptions { batch_size },
+                bronze_options: BronzeOptions {
+                    batch_size,
+                    idle: std::time::Duration::from_millis(idle_ms),
+                },
                 until,
                 progress,
                 build_options: BuildOptions {

@@ -160,28 +160,63 @@ impl Lake {
         overwrite: bool,
     ) -> Result<()> {
         let delta = self.handle(layer, table).await?;
-        let commit = CommitProperties::default().with_application_transactions(
-            txns.into_iter()
-                .map(|(app, version)| Transaction::new(app, version))
-                .collect(),
-        );
-        let mut write = delta
-            .write(batches)
-            .with_save_mode(if overwrite {
-                SaveMode::Overwrite
-            } else {
-                SaveMode::Append
-            })
-            .with_commit_properties(commit);
-        if overwrite {
-            // A replaced table may change shape (a gold model whose SQL changed).
-            write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+        commit(delta, batches, partition_by, txns, overwrite)
+            .await
+            .map_err(Self::delta_err(layer, table))
+    }
+
+    /// Appends the rows of `batch` (which has `_partition` and `_offset` columns) that are at or
+    /// past their partition's committed version, and advances each partition's version to its
+    /// `ends` entry `(partition, txn app id, next offset)` in the same commit.
+    ///
+    /// The versions are read from the snapshot the commit is based on, so a concurrent commit for
+    /// the same partitions (another consumer that held them before a rebalance) makes this commit
+    /// conflict instead of writing rows twice; it is then retried on the newer snapshot.
+    /// Returns how many rows were appended.
+    pub async fn append_past(
+        &self,
+        layer: Layer,
+        table: &str,
+        batch: &RecordBatch,
+        partition_by: &[&str],
+        ends: &[(u32, String, i64)],
+    ) -> Result<usize> {
+        let err = || Self::delta_err(layer, table);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let delta = self.handle(layer, table).await?;
+            let mut committed = HashMap::new();
+            if delta.version().is_some() {
+                let snapshot = delta.snapshot().map_err(err())?;
+                for (partition, app, _) in ends {
+                    if let Some(version) = snapshot
+                        .transaction_version(delta.log_store().as_ref(), app)
+                        .await
+                        .map_err(err())?
+                    {
+                        committed.insert(*partition, version);
+                    }
+                }
+            }
+            let txns: Vec<(String, i64)> = ends
+                .iter()
+                .filter(|(partition, _, end)| *end > committed.get(partition).copied().unwrap_or(0))
+                .map(|(_, app, end)| (app.clone(), *end))
+                .collect();
+            if txns.is_empty() {
+                return Ok(0);
+            }
+            let fresh = past_versions(batch, &committed).map_err(|e| err()(e.into()))?;
+            let rows = fresh.num_rows();
+            match commit(delta, vec![fresh], partition_by, txns, false).await {
+                Ok(()) => return Ok(rows),
+                Err(e) if attempt < 10 && is_concurrent(&e) => {
+                    tracing::info!(%layer, table, "concurrent commit for the same partitions; retrying");
+                }
+                Err(e) => return Err(err()(e)),
+            }
         }
-        if !partition_by.is_empty() {
-            write = write.with_partition_columns(partition_by.iter().map(|c| (*c).to_owned()));
-        }
-        write.await.map_err(Self::delta_err(layer, table))?;
-        Ok(())
     }
 
     /// Registers the table under `name` in `ctx`; false when the table does not exist.
@@ -241,4 +276,87 @@ impl Lake {
         let df = ctx.table("t").await.map_err(query)?;
         Ok(df.count().await.map_err(query)? as u64)
     }
+}
+
+/// Writes `batches` and `txns` in one commit on top of `delta`'s snapshot.
+async fn commit(
+    delta: DeltaTable,
+    batches: Vec<RecordBatch>,
+    partition_by: &[&str],
+    txns: Vec<(String, i64)>,
+    overwrite: bool,
+) -> Result<(), DeltaTableError> {
+    let commit = CommitProperties::default().with_application_transactions(
+        txns.into_iter()
+            .map(|(app, version)| Transaction::new(app, version))
+            .collect(),
+    );
+    let mut write = delta
+        .write(batches)
+        .with_save_mode(if overwrite {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::Append
+        })
+        .with_commit_properties(commit);
+    if overwrite {
+        // A replaced table may change shape (a gold model whose SQL changed).
+        write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+    }
+    if !partition_by.is_empty() {
+        write = write.with_partition_columns(partition_by.iter().map(|c| (*c).to_owned()));
+    }
+    write.await?;
+    Ok(())
+}
+
+/// Whether a commit lost a race against a commit of the same application transactions (or of
+/// the table's first version), so that retrying on the newer snapshot is the right move.
+fn is_concurrent(e: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+    matches!(
+        e,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(
+                    CommitConflictError::ConcurrentTransaction
+                        | CommitConflictError::ProtocolChanged(_)
+                        | CommitConflictError::MetadataChanged
+                ) | TransactionError::VersionAlreadyExists(_)
+            }
+    )
+}
+
+/// Rows of `batch` whose `_offset` is at or past `committed[_partition]` (all rows of partitions
+/// with no committed version).
+fn past_versions(
+    batch: &RecordBatch,
+    committed: &HashMap<u32, i64>,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    use deltalake::arrow::array::{Array, BooleanArray, Int32Array, Int64Array};
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| {
+            deltalake::arrow::error::ArrowError::SchemaError(format!("no {name} column"))
+        })
+    };
+    let partitions = column("_partition")?;
+    let partitions = partitions
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .expect("_partition is Int32");
+    let offsets = column("_offset")?;
+    let offsets = offsets
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("_offset is Int64");
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let from = committed
+                .get(&(partitions.value(i) as u32))
+                .copied()
+                .unwrap_or(0);
+            Some(offsets.value(i) >= from)
+        })
+        .collect();
+    deltalake::arrow::compute::filter_record_batch(batch, &keep)
 }

@@ -8,7 +8,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::arrow::util::pretty::pretty_format_batches;
 use deltalake::datafusion::prelude::SessionContext;
-use framework::bus::Bus;
+use framework::bus::EmbeddedLog;
 use framework::idcard::{Project, load_dir};
 use framework::lake::{Lake, Layer, session};
 
@@ -125,9 +125,9 @@ pub fn count(lake: &Path, layer: Layer, table: &str) -> u64 {
         .unwrap()
 }
 
-/// Messages on a topic (sum of partition end offsets).
+/// Messages on an embedded topic (sum of partition end offsets).
 pub fn topic_messages(lake: &Path, topic: &str, partitions: u32) -> u64 {
-    let bus = Bus::embedded(Lake::new(lake).bus_dir());
+    let bus = EmbeddedLog::new(Lake::new(lake).bus_dir());
     (0..partitions)
         .map(|p| bus.end_offset(topic, p).unwrap())
         .sum()
