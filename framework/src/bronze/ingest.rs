@@ -195,6 +195,9 @@ async fn store(
     })
 }
 
+/// How long a caught-up member waits for partitions other members hold to be stored.
+const OTHERS_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long a member may wait for the group to assign it partitions.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -247,6 +250,7 @@ async fn ingest_group(
     let member = kafka.join(topic, &group_id(name), start).map_err(bus_err)?;
     let mut stats = BronzeStats::default();
     progress(0, 0);
+    let mut waiting_since: Option<Instant> = None;
     loop {
         // Polling may run the rebalance callback, which reads the Delta log: off the async
         // workers.
@@ -254,8 +258,11 @@ async fn ingest_group(
             member.poll(options.batch_size, options.idle, Duration::from_millis(200))
         })
         .map_err(bus_err)?;
+        tracing::trace!(table = name, messages = messages.len(), elapsed = ?started.elapsed(), "bronze: polled");
         if messages.is_empty() {
-            if tokio::task::block_in_place(|| member.caught_up()).map_err(bus_err)? {
+            let caught_up = tokio::task::block_in_place(|| member.caught_up()).map_err(bus_err)?;
+            tracing::trace!(table = name, caught_up, elapsed = ?started.elapsed(), "bronze: caught up?");
+            if caught_up {
                 // Done when the whole topic is stored, not only this member's share: partitions
                 // of a member that died stay with it until its session ends, then move here.
                 let stored = lake.txn_versions(Layer::Bronze, name, &apps).await?;
@@ -271,6 +278,18 @@ async fn ingest_group(
                     .map(|(p, _)| *p)
                     .collect();
                 if behind.is_empty() {
+                    break;
+                }
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > OTHERS_TIMEOUT {
+                    // Nothing is lost: what is not stored stays on the topic for the next run.
+                    tracing::warn!(
+                        table = name,
+                        ?behind,
+                        "bronze: partitions still behind after {} s (held by another member, or \
+                         ending in control records); leaving them to the next run",
+                        OTHERS_TIMEOUT.as_secs()
+                    );
                     break;
                 }
                 tracing::info!(

@@ -297,6 +297,20 @@ struct Position {
     anchored: bool,
     /// The partition was re-read from its start once already.
     rewound: bool,
+    /// When the partition was last sought to prove the position, if it was.
+    sought: Option<Instant>,
+}
+
+/// How long a seek made to prove a position may stay without an answer.
+const PROOF_WAIT: Duration = Duration::from_secs(5);
+
+/// What the end-of-partition check needs before it may trust a position.
+#[derive(Debug, PartialEq)]
+enum Proof {
+    Done,
+    /// A seek is under way.
+    Wait,
+    Seek(Offset),
 }
 
 /// What to do with a fetched message.
@@ -317,6 +331,35 @@ impl Position {
             next,
             anchored: false,
             rewound: false,
+            sought: None,
+        }
+    }
+
+    /// Whether the stream is proven to cover the position of a partition that looks read to its
+    /// `end`, and if not where to seek to prove it. Nothing fetched since the position was set
+    /// does not prove it: a broker that answers a fetch from the middle of a record batch with
+    /// the next batch (Tansu 0.6) returns nothing for the middle of the last one, and reports a
+    /// high watermark short of that batch's end. Fetching from just before the position shows the
+    /// rest of such a batch; if even that stays empty, reading from the start settles it.
+    fn prove(&mut self, end: u64, now: Instant) -> Proof {
+        if self.anchored || self.next == 0 {
+            return Proof::Done;
+        }
+        match self.sought {
+            Some(at) if now.duration_since(at) < PROOF_WAIT => Proof::Wait,
+            None if !self.rewound => {
+                self.sought = Some(now);
+                Proof::Seek(Offset::Offset(self.next.min(end).saturating_sub(1) as i64))
+            }
+            _ if !self.rewound => {
+                (self.rewound, self.sought) = (true, Some(now));
+                Proof::Seek(Offset::Beginning)
+            }
+            // Nothing on the topic before the position (deleted by retention).
+            _ => {
+                self.anchored = true;
+                Proof::Done
+            }
         }
     }
 
@@ -492,6 +535,7 @@ impl GroupMember {
                         Accept::Take => {}
                         Accept::Skip => continue,
                         Accept::Rewind => {
+                            at.sought = Some(Instant::now());
                             // The fetch began past the position: a broker that answers a fetch
                             // from the middle of a record batch with the next batch (Tansu 0.6)
                             // would skip the rest of the batch. Read the partition from its
@@ -544,31 +588,84 @@ impl GroupMember {
     /// Whether the group assigned this member its partitions and it has read each of them up to
     /// the broker's high watermark and past everything this process produced to it.
     pub fn caught_up(&self) -> Result<bool> {
-        let next = {
-            let state = self.state();
-            match &state.partitions {
-                None => return Ok(false),
-                Some(partitions) => partitions
-                    .iter()
-                    .map(|p| (*p, state.next.get(p).map_or(0, |at| at.next)))
-                    .collect::<Vec<_>>(),
-            }
+        let Some(partitions) = self.state().partitions.clone() else {
+            return Ok(false);
         };
-        let ends = self.ends(&next.iter().map(|(p, _)| *p).collect::<Vec<_>>())?;
-        Ok(next.iter().zip(ends).all(|((_, next), end)| *next >= end))
+        let partitions: Vec<u32> = partitions.into_iter().collect();
+        // The consumer's own position also steps over records that are not messages (the
+        // control records of transactional producers).
+        let position = self
+            .consumer()
+            .position()
+            .map_err(|e| kafka(&self.topic, e))?;
+        let fetched = |partition: u32| match position
+            .find_partition(&self.topic, partition as i32)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(at)) => at.max(0) as u64,
+            _ => 0,
+        };
+        let ends = self.ends(&partitions)?;
+        let (mut done, mut seeks) = (true, Vec::new());
+        {
+            let now = Instant::now();
+            let mut state = self.state();
+            for (&partition, end) in partitions.iter().zip(ends) {
+                let at = state.next.entry(partition).or_insert(Position::at(0));
+                if at.next.max(fetched(partition)) < end {
+                    done = false;
+                    continue;
+                }
+                match at.prove(end, now) {
+                    Proof::Done => {}
+                    Proof::Wait => done = false,
+                    Proof::Seek(offset) => {
+                        done = false;
+                        seeks.push((partition, offset));
+                    }
+                }
+            }
+        }
+        for (partition, offset) in seeks {
+            tracing::debug!(
+                topic = self.topic,
+                partition,
+                ?offset,
+                "bronze: reading back to prove the partition is read to its end"
+            );
+            self.consumer()
+                .seek(&self.topic, partition as i32, offset, REQUEST_TIMEOUT)
+                .map_err(|e| kafka(&self.topic, e))?;
+        }
+        Ok(done)
     }
 
     /// Where each of `partitions` ends as far as this process can tell: the broker's high
     /// watermark, or past the last message this process produced to it, whichever is further.
     pub fn ends(&self, partitions: &[u32]) -> Result<Vec<u64>> {
+        // One ListOffsets request for all partitions ("latest" is timestamp -1).
+        let mut latest = TopicPartitionList::new();
+        for &partition in partitions {
+            latest
+                .add_partition_offset(&self.topic, partition as i32, Offset::End)
+                .map_err(|e| kafka(&self.topic, e))?;
+        }
+        let found = self
+            .consumer()
+            .offsets_for_times(latest, REQUEST_TIMEOUT)
+            .map_err(|e| kafka(&self.topic, e))?;
         partitions
             .iter()
             .map(|&partition| {
-                let (_, high) = self
-                    .consumer()
-                    .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
-                    .map_err(|e| kafka(&self.topic, e))?;
-                Ok((high.max(0) as u64).max(self.tracker.delivered_end(&self.topic, partition)))
+                let high = match found
+                    .find_partition(&self.topic, partition as i32)
+                    .map(|e| (e.offset(), e.error()))
+                {
+                    Some((Offset::Offset(at), Ok(()))) => at.max(0) as u64,
+                    Some((_, Err(e))) => return Err(kafka(&self.topic, e)),
+                    _ => 0,
+                };
+                Ok(high.max(self.tracker.delivered_end(&self.topic, partition)))
             })
             .collect()
     }
@@ -600,7 +697,8 @@ impl GroupMember {
 
 #[cfg(test)]
 mod tests {
-    use super::{Accept, Position};
+    use super::{Accept, Offset, PROOF_WAIT, Position, Proof};
+    use std::time::Instant;
 
     #[test]
     fn a_fetch_that_starts_before_the_position_is_taken_from_the_position_on() {
@@ -628,5 +726,30 @@ mod tests {
         assert_eq!(gone.next, 251);
         // At offset 0 there is nothing before to re-read.
         assert_eq!(Position::at(0).accept(7), Accept::Gap(0));
+    }
+
+    #[test]
+    fn a_position_past_the_end_is_proven_by_reading_back_before_it_is_trusted() {
+        let now = Instant::now();
+        // Stored up to 120, the broker says the partition ends at 101 (Tansu: one past the base
+        // of the last batch): fetch from 100 first.
+        let mut at = Position::at(120);
+        assert_eq!(at.prove(101, now), Proof::Seek(Offset::Offset(100)));
+        assert_eq!(at.prove(101, now), Proof::Wait);
+        // The batch arrives: what was stored is skipped, and that proves the position.
+        assert_eq!(at.accept(100), Accept::Skip);
+        assert_eq!(at.prove(101, now), Proof::Done);
+        // Nothing came back: read from the start, and if that stays empty too, trust it.
+        let mut empty = Position::at(120);
+        assert_eq!(empty.prove(120, now), Proof::Seek(Offset::Offset(119)));
+        let later = now + PROOF_WAIT;
+        assert_eq!(empty.prove(120, later), Proof::Seek(Offset::Beginning));
+        assert_eq!(empty.prove(120, later), Proof::Wait);
+        assert_eq!(empty.prove(120, later + PROOF_WAIT), Proof::Done);
+        // Offset 0 and positions a message proved need no proof.
+        assert_eq!(Position::at(0).prove(0, now), Proof::Done);
+        let mut read = Position::at(5);
+        assert_eq!(read.accept(5), Accept::Take);
+        assert_eq!(read.prove(6, now), Proof::Done);
     }
 }
