@@ -3,21 +3,30 @@
 //! gold models' time (`framework build`) next to DuckDB running the same rendered SQL on the same
 //! silver tables (bench/peer_duckdb_gold.py).
 //!
+//! With `--kafka`, instead: rows/s of produce and bronze through a real Kafka-protocol broker
+//! (Tansu, started here), `framework run --all --until bronze --bus kafka://...` next to
+//! bench/peer_kafka.py (pandas `iterrows` + kafka-python + deltalake) on the same broker.
+//!
 //! ```text
 //! scripts/bench                       # sample and scale 1
 //! bench --scales 0,0.1 --python PY    # 0 = the bundled sample
+//! scripts/bench --kafka --scales 1    # produce and bronze on Tansu
 //! ```
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmark framework run --all against the pandas + deltalake peer")]
+#[command(
+    about = "Benchmark framework run --all against the pandas + deltalake peer (--kafka: produce \
+             and bronze on a Tansu broker against pandas + kafka-python)"
+)]
 struct Args {
     /// Scales to run, comma separated; 0 is the bundled real sample.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
@@ -34,6 +43,16 @@ struct Args {
     /// Work folder (generated data and lakes).
     #[arg(long, default_value = "target/bench")]
     work: PathBuf,
+    /// Benchmark produce and bronze through a real Kafka-protocol broker instead: starts Tansu
+    /// (`--tansu`) on a free loopback port, a fresh broker per scale, and runs
+    /// `framework run --all --until bronze --bus kafka://...` and bench/peer_kafka.py (pandas
+    /// iterrows + kafka-python KafkaProducer/KafkaConsumer + deltalake) against it; no silver
+    /// and no gold comparison.
+    #[arg(long, conflicts_with = "gold_only")]
+    kafka: bool,
+    /// The Tansu broker binary for `--kafka` (`tansu` on the PATH when unset).
+    #[arg(long, env = "FRAMEWORK_TEST_TANSU")]
+    tansu: Option<PathBuf>,
 }
 
 /// Seconds per stage and peak memory of one run.
@@ -74,6 +93,9 @@ fn main() -> Result<()> {
     let exe = std::env::current_exe()?.with_file_name("framework");
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::create_dir_all(&args.work)?;
+    if args.kafka {
+        return kafka(&exe, &repo, &args);
+    }
     let mut lines = vec![
         "| data | rows | engine | produce rows/s | bronze rows/s | silver rows/s | run --all s | peak MiB |".to_owned(),
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
@@ -83,17 +105,7 @@ fn main() -> Result<()> {
         "| --- | --- | ---: | ---: | ---: |".to_owned(),
     ];
     for scale in &args.scales {
-        let (label, data) = if *scale == 0.0 {
-            ("sample".to_owned(), repo.join("data/olist_sample"))
-        } else {
-            let dir = args.work.join(format!("data-{scale}"));
-            if !dir.join("olist_orders_dataset.csv").exists() {
-                run(Command::new(&exe)
-                    .args(["generate-data", "--scale", &scale.to_string(), "--out"])
-                    .arg(&dir))?;
-            }
-            (format!("scale {scale}"), dir)
-        };
+        let (label, data) = data_for(&exe, &repo, &args.work, *scale)?;
         let lake = args.work.join(format!("lake-{scale}"));
         if args.gold_only && lake.exists() {
             gold_lines.extend(gold(&exe, &repo, &lake, &label, &args)?);
@@ -124,6 +136,218 @@ fn main() -> Result<()> {
     }
     println!("\n{}", gold_lines.join("\n"));
     Ok(())
+}
+
+/// The label and the data folder of a scale: the bundled sample for 0, else data generated once
+/// into the work folder.
+fn data_for(exe: &Path, repo: &Path, work: &Path, scale: f64) -> Result<(String, PathBuf)> {
+    if scale == 0.0 {
+        return Ok(("sample".to_owned(), repo.join("data/olist_sample")));
+    }
+    let dir = work.join(format!("data-{scale}"));
+    if !dir.join("olist_orders_dataset.csv").exists() {
+        run(Command::new(exe)
+            .args(["generate-data", "--scale", &scale.to_string(), "--out"])
+            .arg(&dir))?;
+    }
+    Ok((format!("scale {scale}"), dir))
+}
+
+/// `--kafka`: produce and bronze through Tansu, ours next to bench/peer_kafka.py.
+fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
+    let mut lines = vec![
+        "| data | rows | engine | produce rows/s | bronze rows/s | produce+bronze s | peak MiB |"
+            .to_owned(),
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |".to_owned(),
+    ];
+    let mut notes = Vec::new();
+    for scale in &args.scales {
+        let (label, data) = data_for(exe, repo, &args.work, *scale)?;
+        // A fresh broker per scale: our topics have fixed names (raw_*), and a fresh lake reads
+        // its topics from the start.
+        let broker = Broker::start(args.tansu.as_deref(), &args.work)?;
+        eprintln!("== {label}: Tansu on {}", broker.bootstrap());
+        let lake = args.work.join(format!("kafka-lake-{scale}"));
+        fresh(&lake)?;
+        let report = lake.with_extension("json");
+        let started = Instant::now();
+        run(Command::new(exe)
+            .arg("--idcards")
+            .arg(repo.join("idcards"))
+            .arg("--models")
+            .arg(repo.join("models"))
+            .arg("--expectations")
+            .arg(repo.join("expectations"))
+            .arg("--lake")
+            .arg(&lake)
+            .arg("--bus")
+            .arg(format!("kafka://{}", broker.bootstrap()))
+            .args(["run", "--all", "--until", "bronze", "--data"])
+            .arg(&data)
+            .arg("--report")
+            .arg(&report)
+            .stdout(Stdio::null()))?;
+        let wall = started.elapsed().as_secs_f64();
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+        let ours = Figures::from_report(&json, wall, "rows_read");
+        let (produced, consumed) = sums(&json, "produced", "consumed");
+        if produced != consumed {
+            notes.push(format!(
+                "{label}: framework produced {produced} messages but bronze consumed {consumed}"
+            ));
+        }
+        lines.push(kafka_row(&label, "framework", &ours));
+        eprintln!(
+            "== {label}: framework produce {:.1} s, bronze {:.1} s",
+            ours.produce_s, ours.bronze_s
+        );
+        if let Some(python) = &args.python {
+            let peer_lake = args.work.join(format!("kafka-peer-{scale}"));
+            fresh(&peer_lake)?;
+            let started = Instant::now();
+            let out = Command::new(python)
+                .arg(repo.join("bench/peer_kafka.py"))
+                .arg("--data")
+                .arg(&data)
+                .arg("--lake")
+                .arg(&peer_lake)
+                .arg("--bootstrap")
+                .arg(broker.bootstrap())
+                .stderr(Stdio::inherit())
+                .output()
+                .context("starting the Python Kafka peer")?;
+            if !out.status.success() {
+                bail!("Kafka peer failed with {}", out.status);
+            }
+            let json = last_json(&out.stdout)?;
+            let mut peer = Figures::from_report(&json, started.elapsed().as_secs_f64(), "rows");
+            peer.peak_mib = json["peak_rss_mb"].as_f64().unwrap_or(0.0);
+            let (sent, read) = sums(&json, "messages", "consumed");
+            if sent != read {
+                notes.push(format!(
+                    "{label}: the peer sent {sent} messages but read {read}"
+                ));
+            }
+            lines.push(kafka_row(
+                &label,
+                "pandas + kafka-python + deltalake",
+                &peer,
+            ));
+            lines.push(format!(
+                "| {label} | | **ratio** (peer s / ours) | {:.1}x | {:.1}x | {:.1}x | |",
+                peer.produce_s / ours.produce_s,
+                peer.bronze_s / ours.bronze_s,
+                (peer.produce_s + peer.bronze_s) / (ours.produce_s + ours.bronze_s)
+            ));
+        }
+        drop(broker);
+    }
+    println!("{}", lines.join("\n"));
+    for note in notes {
+        println!("\nWARNING: {note}");
+    }
+    Ok(())
+}
+
+fn kafka_row(label: &str, engine: &str, f: &Figures) -> String {
+    format!(
+        "| {label} | {:.0} | {engine} | {:.0} | {:.0} | {:.2} | {:.0} |",
+        f.rows,
+        f.rows / f.produce_s,
+        f.rows / f.bronze_s,
+        f.produce_s + f.bronze_s,
+        f.peak_mib
+    )
+}
+
+/// Sums of two per-table counters of a report.
+fn sums(json: &Value, a: &str, b: &str) -> (u64, u64) {
+    let tables: Vec<&Value> = match &json["tables"] {
+        Value::Array(t) => t.iter().collect(),
+        Value::Object(t) => t.values().collect(),
+        _ => Vec::new(),
+    };
+    tables.iter().fold((0, 0), |(x, y), t| {
+        (
+            x + t[a].as_u64().unwrap_or(0),
+            y + t[b].as_u64().unwrap_or(0),
+        )
+    })
+}
+
+/// The last line of `stdout` that is a JSON object (what the peers print).
+fn last_json(stdout: &[u8]) -> Result<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("peer printed no JSON")?;
+    Ok(serde_json::from_str(last)?)
+}
+
+/// A Tansu broker (topics in memory) on a free loopback port, killed when dropped, so also when
+/// the benchmark stops on an error.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start(tansu: Option<&Path>, work: &Path) -> Result<Self> {
+        let tansu = tansu.unwrap_or(Path::new("tansu"));
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log_path = work.join("tansu.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start the Tansu broker `{}`: scripts/bench --kafka installs it \
+                     (`cargo install tansu --locked --features dynostore,libsql`), or pass \
+                     --tansu / set FRAMEWORK_TEST_TANSU",
+                    tansu.display()
+                )
+            })?;
+        let mut broker = Broker { child, port };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = broker.child.try_wait()? {
+                bail!("Tansu exited with {status}; see {}", log_path.display());
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "Tansu did not listen on port {port} within 20 s; see {}",
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Seconds per gold model of the best of `--gold-repeat` full builds, ours and DuckDB's.
@@ -276,13 +500,7 @@ fn run_peer(python: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figu
         bail!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let wall = started.elapsed().as_secs_f64();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("peer printed no JSON")?;
-    let json: Value = serde_json::from_str(last)?;
+    let json = last_json(&out.stdout)?;
     let mut figures = Figures::from_report(&json, wall, "rows");
     figures.peak_mib = json["peak_rss_mb"].as_f64().unwrap_or(0.0);
     Ok(figures)
