@@ -20,6 +20,22 @@ ensure_venv() {
   export FRAMEWORK_TEST_PYTHON="$VENV/bin/python"
 }
 
+# Airflow 3 in its own venv, for the tests that import and run the generated DAGs (~1 min once).
+ensure_airflow() {
+  local venv="$CACHE_DIR/airflow-venv"
+  local stamp="$venv/.requirements.sha"
+  local want
+  want="$(sha256sum "$REPO/bench/requirements-airflow.txt" | cut -d' ' -f1)"
+  if [ ! -x "$venv/bin/airflow" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "== setting up the Airflow venv at $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip
+    "$venv/bin/pip" install --quiet -r "$REPO/bench/requirements-airflow.txt"
+    echo "$want" > "$stamp"
+  fi
+  export FRAMEWORK_TEST_AIRFLOW="$venv/bin"
+}
+
 # Tansu, the Kafka-protocol broker the Kafka tests start (compiled once by cargo, ~10 min).
 ensure_tansu() {
   if ! command -v tansu >/dev/null 2>&1; then

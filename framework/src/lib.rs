@@ -10,11 +10,13 @@
 //!
 //! Modules follow the data: [`idcard`] (contracts) → [`source`] (CSV, producer) → [`bus`] (topic
 //! log) → [`bronze`] → [`silver`] → [`gold`], with [`quality`] checking every layer, [`lake`]
-//! for Delta IO, [`pipeline`] running the stages and [`cli`] the `framework` binary's thin shell.
+//! for Delta IO, [`pipeline`] running the stages, [`dags`] the generated Airflow DAGs and [`cli`]
+//! the `framework` binary's thin shell.
 
 pub mod bronze;
 pub mod bus;
 pub mod cli;
+pub mod dags;
 pub mod fault;
 pub mod gold;
 pub mod idcard;

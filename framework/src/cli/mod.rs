@@ -25,6 +25,8 @@ Examples:
   framework compile --select gold_customer_rfm  print the SQL a model runs
   framework test                              run the quality suites; non-zero exit if a `fail` check fails
   framework produce --table orders            stream orders onto raw_orders with the idcard's delays
+  framework generate-dags                     write the Airflow DAGs into dags_generated/
+  framework generate-dags --check             fail if dags_generated/ is not what the idcards generate
   framework generate-data --scale 1 --out /tmp/olist   write Kaggle-sized Olist-shaped CSVs";
 
 /// Idcard-driven lakehouse ingestion: CSV -> topic -> bronze -> silver -> gold on Delta Lake.
@@ -169,6 +171,23 @@ enum Command {
     /// Write the idcard JSON Schema (idcards/idcard.schema.json) from the Rust types.
     GenerateSchema {
         /// Fail if the file differs instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write the Airflow 3 DAGs from the idcards, the models and the project file: the daily
+    /// pipeline (<project>_pipeline.py), one ingestion DAG per idcard (<project>_ingest_<table>.py)
+    /// publishing its bronze and silver tables as Assets, and the gold DAG scheduled on the silver
+    /// Assets the models read (<project>_gold.py). Removes generated files whose idcard is gone;
+    /// leaves other files alone. Output is deterministic: CI checks it with --check.
+    GenerateDags {
+        /// Folder of the DAG files.
+        #[arg(long, default_value = "dags_generated")]
+        out: PathBuf,
+        /// Project file: its `dags:` section sets the DAG id prefix, owner, schedules, retries and
+        /// alerts (defaults when the file is missing).
+        #[arg(long, env = "FRAMEWORK_PROJECT", default_value = "framework.yaml")]
+        project: PathBuf,
+        /// Fail, naming the stale files, if the folder differs instead of writing it.
         #[arg(long)]
         check: bool,
     },
@@ -475,6 +494,46 @@ fn execute(cli: Cli) -> Result<()> {
                 std::fs::write(&path, schema)
                     .with_context(|| format!("writing {}", path.display()))?;
                 println!("wrote {}", path.display());
+            }
+        }
+        Command::GenerateDags {
+            out,
+            check,
+            project: project_file,
+        } => {
+            let project = load(&cli.idcards)?;
+            let models = load_models(&cli.models, &cli.vars, &project)?;
+            let defaults = crate::dags::DagDefaults::load(&project_file)
+                .map_err(|d| anyhow::anyhow!("{d}"))?;
+            let files = crate::dags::generate(&project, &models, &defaults)
+                .context("rendering the DAG templates")?;
+            if check {
+                let stale = crate::dags::check(&out, &files)
+                    .with_context(|| format!("reading {}", out.display()))?;
+                if !stale.is_empty() {
+                    bail!(
+                        "stale DAG files in {}: {}\n  hint: run `framework generate-dags --out {}`",
+                        out.display(),
+                        stale.join(", "),
+                        out.display()
+                    );
+                }
+                println!(
+                    "ok: {} DAG files in {} are up to date",
+                    files.len(),
+                    out.display()
+                );
+            } else {
+                let changed = crate::dags::write(&out, &files)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                println!(
+                    "wrote {} DAG files to {} ({} changed{}{})",
+                    files.len(),
+                    out.display(),
+                    changed.len(),
+                    if changed.is_empty() { "" } else { ": " },
+                    changed.join(", ")
+                );
             }
         }
         Command::GenerateData { scale, out, seed } => {

@@ -2,6 +2,7 @@
 
 mod common;
 mod crash;
+mod dags;
 mod gold;
 mod kafka;
 mod lake;
