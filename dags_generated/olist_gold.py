@@ -15,23 +15,25 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Asset, Variable
 
 FRAMEWORK = '"${FRAMEWORK_BIN:-framework}"'
-LAKE = os.path.abspath(os.environ.get("FRAMEWORK_LAKE", "lake"))
+# The lake as a URL: a folder becomes file://<absolute path>; s3://bucket/prefix stays as it is.
+_LAKE = os.environ.get("FRAMEWORK_LAKE", "lake")
+LAKE = _LAKE.rstrip("/") if "://" in _LAKE else "file://" + os.path.abspath(_LAKE)
 
 INPUTS = [
-    Asset(name="silver.category_translation", uri=f"file://{LAKE}/silver/category_translation"),
-    Asset(name="silver.customers", uri=f"file://{LAKE}/silver/customers"),
-    Asset(name="silver.order_items", uri=f"file://{LAKE}/silver/order_items"),
-    Asset(name="silver.orders", uri=f"file://{LAKE}/silver/orders"),
-    Asset(name="silver.products", uri=f"file://{LAKE}/silver/products"),
-    Asset(name="silver.reviews", uri=f"file://{LAKE}/silver/reviews"),
-    Asset(name="silver.sellers", uri=f"file://{LAKE}/silver/sellers"),
+    Asset(name="silver.category_translation", uri=f"{LAKE}/silver/category_translation"),
+    Asset(name="silver.customers", uri=f"{LAKE}/silver/customers"),
+    Asset(name="silver.order_items", uri=f"{LAKE}/silver/order_items"),
+    Asset(name="silver.orders", uri=f"{LAKE}/silver/orders"),
+    Asset(name="silver.products", uri=f"{LAKE}/silver/products"),
+    Asset(name="silver.reviews", uri=f"{LAKE}/silver/reviews"),
+    Asset(name="silver.sellers", uri=f"{LAKE}/silver/sellers"),
 ]
 OUTPUTS = [
-    Asset(name="gold.gold_customer_rfm", uri=f"file://{LAKE}/gold/gold_customer_rfm"),
-    Asset(name="gold.gold_daily_sales", uri=f"file://{LAKE}/gold/gold_daily_sales"),
-    Asset(name="gold.gold_delivery_performance", uri=f"file://{LAKE}/gold/gold_delivery_performance"),
-    Asset(name="gold.gold_product_analytics", uri=f"file://{LAKE}/gold/gold_product_analytics"),
-    Asset(name="gold.gold_seller_performance", uri=f"file://{LAKE}/gold/gold_seller_performance"),
+    Asset(name="gold.gold_customer_rfm", uri=f"{LAKE}/gold/gold_customer_rfm"),
+    Asset(name="gold.gold_daily_sales", uri=f"{LAKE}/gold/gold_daily_sales"),
+    Asset(name="gold.gold_delivery_performance", uri=f"{LAKE}/gold/gold_delivery_performance"),
+    Asset(name="gold.gold_product_analytics", uri=f"{LAKE}/gold/gold_product_analytics"),
+    Asset(name="gold.gold_seller_performance", uri=f"{LAKE}/gold/gold_seller_performance"),
 ]
 
 # Failure alerts (from the project file): the addresses and the name of the Airflow Variable that

@@ -2,7 +2,7 @@
 # idcard and regenerate.
 """Ingestion of `order_items`: its source to bronze, then bronze to silver.
 
-The tasks publish the Delta tables they write as Airflow Assets (file://<lake>/<layer>/order_items),
+The tasks publish the Delta tables they write as Airflow Assets (<lake URL>/<layer>/order_items),
 so DAGs scheduled on them run when new data lands (olist_gold does). The lake is FRAMEWORK_LAKE
 (default `lake`, relative to the working directory), read when the file is parsed; the binary is
 FRAMEWORK_BIN (default `framework`); the binary reads its other folders from FRAMEWORK_* itself.
@@ -18,10 +18,12 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Asset, Variable
 
 FRAMEWORK = '"${FRAMEWORK_BIN:-framework}"'
-LAKE = os.path.abspath(os.environ.get("FRAMEWORK_LAKE", "lake"))
+# The lake as a URL: a folder becomes file://<absolute path>; s3://bucket/prefix stays as it is.
+_LAKE = os.environ.get("FRAMEWORK_LAKE", "lake")
+LAKE = _LAKE.rstrip("/") if "://" in _LAKE else "file://" + os.path.abspath(_LAKE)
 
-BRONZE = Asset(name="bronze.order_items", uri=f"file://{LAKE}/bronze/order_items")
-SILVER = Asset(name="silver.order_items", uri=f"file://{LAKE}/silver/order_items")
+BRONZE = Asset(name="bronze.order_items", uri=f"{LAKE}/bronze/order_items")
+SILVER = Asset(name="silver.order_items", uri=f"{LAKE}/silver/order_items")
 
 # Failure alerts (from the project file): the addresses and the name of the Airflow Variable that
 # holds the Slack webhook; the webhook URL itself, a secret, never appears in this file.

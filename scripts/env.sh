@@ -36,6 +36,17 @@ ensure_airflow() {
   export FRAMEWORK_TEST_AIRFLOW="$venv/bin"
 }
 
+# s3s-fs, an S3-compatible server on a folder, for the tests of a lake on an object store
+# (compiled once by cargo, ~3 min). 0.14.1: later versions need a newer rustc.
+ensure_s3fs() {
+  if ! command -v s3s-fs >/dev/null 2>&1; then
+    echo "== installing the s3s-fs object store (cargo install, once)"
+    cargo install s3s-fs --version 0.14.1 --features binary --locked
+  fi
+  FRAMEWORK_TEST_S3FS="$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")"
+  export FRAMEWORK_TEST_S3FS
+}
+
 # Tansu, the Kafka-protocol broker the Kafka tests start (compiled once by cargo, ~10 min).
 ensure_tansu() {
   if ! command -v tansu >/dev/null 2>&1; then

@@ -41,7 +41,11 @@ pub struct Cli {
         default_value = "idcards"
     )]
     idcards: PathBuf,
-    /// Folder of the lake (Delta tables and the embedded topic log).
+    /// Where the lake lives: a folder (Delta tables and the embedded topic log), or
+    /// `s3://bucket/prefix` on an S3-compatible object store (with a Kafka --bus), configured by
+    /// the usual AWS_* variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ALLOW_HTTP=true for http endpoints, AWS_CONDITIONAL_PUT=etag (or
+    /// AWS_S3_ALLOW_UNSAFE_RENAME=true with a single writer).
     #[arg(long, global = true, env = "FRAMEWORK_LAKE", default_value = "lake")]
     lake: PathBuf,
     /// The topic bus: `embedded` (a file log under the lake, no server) or
@@ -263,8 +267,17 @@ fn execute(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let lake = Lake::new(&cli.lake);
-    let Some(bus) = Bus::from_url(&cli.bus, lake.bus_dir()) else {
+    let lake = Lake::at(&cli.lake.to_string_lossy());
+    let bus_dir = match lake.bus_dir() {
+        Some(dir) => dir,
+        None if cli.bus == "embedded" => bail!(
+            "the embedded topic log needs a local lake, and --lake `{}` is an object store\n  \
+             hint: with a lake on S3, pass a Kafka bus: --bus kafka://host:port",
+            cli.lake.display()
+        ),
+        None => std::path::PathBuf::new(),
+    };
+    let Some(bus) = Bus::from_url(&cli.bus, bus_dir) else {
         bail!(
             "--bus `{}` is not a bus\n  hint: `embedded` or `kafka://host:port`",
             cli.bus
@@ -435,8 +448,7 @@ fn execute(cli: Cli) -> Result<()> {
             println!("{}", quality::render_summary(&results));
             println!(
                 "run id {run_id}: results in {}",
-                lake.table_path(crate::lake::Layer::Quality, "results")
-                    .display()
+                lake.location(crate::lake::Layer::Quality, "results")
             );
             if let Some(failure) = quality::failure_message(&results) {
                 bail!("{failure}");

@@ -54,28 +54,81 @@ pub fn session() -> SessionContext {
     deltalake::delta_datafusion::DeltaSessionContext::new().into_inner()
 }
 
-/// The lake rooted at a local folder.
+/// Where the lake lives.
+#[derive(Debug, Clone)]
+enum Root {
+    /// A local folder.
+    Local(PathBuf),
+    /// An object-store prefix (`s3://bucket/prefix`), with the store's settings.
+    Remote {
+        url: String,
+        options: HashMap<String, String>,
+    },
+}
+
+/// The lake: a local folder, or a prefix in an S3-compatible object store.
 #[derive(Debug, Clone)]
 pub struct Lake {
-    root: PathBuf,
+    root: Root,
 }
 
 impl Lake {
+    /// The lake in a local folder.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: Root::Local(root.into()),
+        }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The lake at `location`: `s3://bucket/prefix` puts the tables in an S3-compatible object
+    /// store whose settings come from the environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`,
+    /// `AWS_CONDITIONAL_PUT`, ...: every `AWS_*` variable is passed on); anything else is a
+    /// local folder.
+    pub fn at(location: &str) -> Self {
+        if !location.starts_with("s3://") && !location.starts_with("s3a://") {
+            return Self::new(location);
+        }
+        static HANDLERS: std::sync::Once = std::sync::Once::new();
+        HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
+        let options = std::env::vars()
+            .filter(|(key, _)| key.starts_with("AWS_"))
+            .collect();
+        Self {
+            root: Root::Remote {
+                url: location.trim_end_matches('/').to_owned(),
+                options,
+            },
+        }
     }
 
-    /// Folder of the embedded topic log.
-    pub fn bus_dir(&self) -> PathBuf {
-        self.root.join("_bus")
+    /// The local folder of the lake, if it is local.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.root {
+            Root::Local(path) => Some(path),
+            Root::Remote { .. } => None,
+        }
     }
 
+    /// Folder of the embedded topic log (a local lake only: the log is a set of local files).
+    pub fn bus_dir(&self) -> Option<PathBuf> {
+        self.local_root().map(|root| root.join("_bus"))
+    }
+
+    /// Folder of a table of a local lake (panics on an object-store lake: see [`Self::location`]).
     pub fn table_path(&self, layer: Layer, table: &str) -> PathBuf {
-        self.root.join(layer.dir()).join(table)
+        self.local_root()
+            .expect("table_path is for local lakes")
+            .join(layer.dir())
+            .join(table)
+    }
+
+    /// Where a table lives, for people: a folder or a URL.
+    pub fn location(&self, layer: Layer, table: &str) -> String {
+        match &self.root {
+            Root::Local(root) => root.join(layer.dir()).join(table).display().to_string(),
+            Root::Remote { url, .. } => format!("{url}/{}/{table}", layer.dir()),
+        }
     }
 
     fn delta_err(layer: Layer, table: &str) -> impl FnOnce(DeltaTableError) -> Error + '_ {
@@ -86,42 +139,60 @@ impl Lake {
         }
     }
 
+    /// A builder for the table with the store's settings.
+    fn builder(&self, layer: Layer, table: &str) -> Result<deltalake::DeltaTableBuilder> {
+        let err = Self::delta_err(layer, table);
+        match &self.root {
+            Root::Local(_) => {
+                let uri = deltalake::ensure_table_uri(self.location(layer, table)).map_err(err)?;
+                deltalake::DeltaTableBuilder::from_url(uri).map_err(Self::delta_err(layer, table))
+            }
+            Root::Remote { options, .. } => {
+                let url = url::Url::parse(&format!("{}/", self.location(layer, table)))
+                    .map_err(|e| err(DeltaTableError::Generic(format!("bad lake URL: {e}"))))?;
+                Ok(deltalake::DeltaTableBuilder::from_url(url)
+                    .map_err(Self::delta_err(layer, table))?
+                    .with_storage_options(options.clone()))
+            }
+        }
+    }
+
     /// The table, or `None` when nothing was ever written there.
     pub async fn open(&self, layer: Layer, table: &str) -> Result<Option<DeltaTable>> {
-        let path = self.table_path(layer, table);
-        if !path.join("_delta_log").exists() {
+        if let Root::Local(_) = self.root
+            && !self.table_path(layer, table).join("_delta_log").exists()
+        {
             return Ok(None);
         }
-        let err = Self::delta_err(layer, table);
-        let uri = deltalake::ensure_table_uri(path.to_string_lossy())
-            .map_err(Self::delta_err(layer, table))?;
-        let table = DeltaTable::try_from_url(uri).await.map_err(err)?;
-        Ok(table.version().is_some().then_some(table))
+        match self.builder(layer, table)?.load().await {
+            Ok(delta) => Ok(delta.version().is_some().then_some(delta)),
+            // On an object store, a table that was never written has no log to find.
+            Err(DeltaTableError::NotATable(_)) if matches!(self.root, Root::Remote { .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(Self::delta_err(layer, table)(e)),
+        }
     }
 
     /// A handle for writing, whether or not the table exists yet.
     async fn handle(&self, layer: Layer, table: &str) -> Result<DeltaTable> {
-        let path = self.table_path(layer, table);
-        std::fs::create_dir_all(&path).map_err(|e| Error::Delta {
-            layer,
-            table: table.to_owned(),
-            source: Box::new(DeltaTableError::Generic(format!(
-                "cannot create {}: {e}",
-                path.display()
-            ))),
-        })?;
-        if path.join("_delta_log").exists() {
-            let uri = deltalake::ensure_table_uri(path.to_string_lossy())
-                .map_err(Self::delta_err(layer, table))?;
-            return DeltaTable::try_from_url(uri)
-                .await
-                .map_err(Self::delta_err(layer, table));
+        if let Root::Local(_) = self.root {
+            let path = self.table_path(layer, table);
+            std::fs::create_dir_all(&path).map_err(|e| Error::Delta {
+                layer,
+                table: table.to_owned(),
+                source: Box::new(DeltaTableError::Generic(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                ))),
+            })?;
+        }
+        if let Some(delta) = self.open(layer, table).await? {
+            return Ok(delta);
         }
         // A new table: no log to load yet (loading would only log a spurious kernel error).
-        let uri = deltalake::ensure_table_uri(path.to_string_lossy())
-            .map_err(Self::delta_err(layer, table))?;
-        deltalake::DeltaTableBuilder::from_url(uri)
-            .and_then(|builder| builder.build())
+        self.builder(layer, table)?
+            .build()
             .map_err(Self::delta_err(layer, table))
     }
 

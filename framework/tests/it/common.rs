@@ -127,7 +127,7 @@ pub fn count(lake: &Path, layer: Layer, table: &str) -> u64 {
 
 /// Messages on an embedded topic (sum of partition end offsets).
 pub fn topic_messages(lake: &Path, topic: &str, partitions: u32) -> u64 {
-    let bus = EmbeddedLog::new(Lake::new(lake).bus_dir());
+    let bus = EmbeddedLog::new(Lake::new(lake).bus_dir().expect("a local lake"));
     (0..partitions)
         .map(|p| bus.end_offset(topic, p).unwrap())
         .sum()

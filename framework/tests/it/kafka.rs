@@ -15,7 +15,7 @@ use crate::common::*;
 
 /// A Tansu broker on a free loopback port, stopped when dropped. Its topics live in memory, or
 /// with [`Broker::persistent`] in a SQLite file that survives a restart.
-struct Broker {
+pub(crate) struct Broker {
     child: Option<Child>,
     port: u16,
     storage: String,
@@ -23,7 +23,7 @@ struct Broker {
 }
 
 impl Broker {
-    fn start(dir: &Path) -> Self {
+    pub(crate) fn start(dir: &Path) -> Self {
         Self::launch(dir, "memory://tansu/")
     }
 
@@ -86,7 +86,7 @@ impl Broker {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("kafka://127.0.0.1:{}", self.port)
     }
 

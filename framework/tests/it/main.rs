@@ -7,4 +7,5 @@ mod gold;
 mod kafka;
 mod lake;
 mod quality;
+mod s3;
 mod validate;
