@@ -46,8 +46,8 @@ COPY idcards ./idcards
 COPY models ./models
 COPY expectations ./expectations
 COPY data/olist_sample ./data/olist_sample
-# ./lake is the default lake (no FRAMEWORK_LAKE): writable by the runtime user.
-# /lake: the lake volume of docker-compose.yml, shared with the Airflow containers (uid 50000).
+# ./lake is the default lake (no FRAMEWORK_LAKE): writable by the runtime user. docker-compose.yml
+# sets FRAMEWORK_LAKE=s3://lakehouse/olist (MinIO); /lake is a spare mount point for a local lake.
 RUN mkdir -p /opt/olist/lake /lake && chown olist:olist /opt/olist/lake && chmod 1777 /lake
 ENV FRAMEWORK_IDCARDS=/opt/olist/idcards \
     FRAMEWORK_MODELS=/opt/olist/models \
