@@ -171,15 +171,7 @@ fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
         fresh(&lake)?;
         let report = lake.with_extension("json");
         let started = Instant::now();
-        run(Command::new(exe)
-            .arg("--idcards")
-            .arg(repo.join("idcards"))
-            .arg("--models")
-            .arg(repo.join("models"))
-            .arg("--expectations")
-            .arg(repo.join("expectations"))
-            .arg("--lake")
-            .arg(&lake)
+        run(framework(exe, repo, &lake)
             .arg("--bus")
             .arg(format!("kafka://{}", broker.bootstrap()))
             .args(["run", "--all", "--until", "bronze", "--data"])
@@ -353,15 +345,8 @@ impl Drop for Broker {
 /// Seconds per gold model of the best of `--gold-repeat` full builds, ours and DuckDB's.
 fn gold(exe: &Path, repo: &Path, lake: &Path, label: &str, args: &Args) -> Result<Vec<String>> {
     let framework = |extra: &[&str]| {
-        let mut cmd = Command::new(exe);
-        cmd.arg("--idcards")
-            .arg(repo.join("idcards"))
-            .arg("--models")
-            .arg(repo.join("models"))
-            .arg("--lake")
-            .arg(lake)
-            .args(extra)
-            .stdout(std::process::Stdio::null());
+        let mut cmd = framework(exe, repo, lake);
+        cmd.args(extra).stdout(std::process::Stdio::null());
         cmd
     };
     let report = lake.with_extension("gold.json");
@@ -447,6 +432,20 @@ fn row(label: &str, engine: &str, f: &Figures) -> String {
     )
 }
 
+/// `framework` with the repo's idcards, models and expectations, on `lake`.
+fn framework(exe: &Path, repo: &Path, lake: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--idcards")
+        .arg(repo.join("idcards"))
+        .arg("--models")
+        .arg(repo.join("models"))
+        .arg("--expectations")
+        .arg(repo.join("expectations"))
+        .arg("--lake")
+        .arg(lake);
+    cmd
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -466,15 +465,7 @@ fn run_ours(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figures
     fresh(lake)?;
     let report = lake.with_extension("json");
     let started = Instant::now();
-    run(Command::new(exe)
-        .arg("--idcards")
-        .arg(repo.join("idcards"))
-        .arg("--models")
-        .arg(repo.join("models"))
-        .arg("--expectations")
-        .arg(repo.join("expectations"))
-        .arg("--lake")
-        .arg(lake)
+    run(framework(exe, repo, lake)
         .args(["run", "--all", "--until", "silver", "--data"])
         .arg(data)
         .arg("--report")

@@ -78,14 +78,8 @@ impl Drop for ObjectStore {
 
 /// `framework` with the repo's folders, the lake at s3://lakehouse/olist and the topics on `broker`.
 fn framework_on(store: &ObjectStore, broker: &Broker) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_framework"));
-    cmd.arg("--idcards")
-        .arg(idcards())
-        .arg("--models")
-        .arg(repo().join("models"))
-        .arg("--expectations")
-        .arg(repo().join("expectations"))
-        .args(["--lake", "s3://lakehouse/olist", "--bus", &broker.url()]);
+    let mut cmd = framework(Path::new("s3://lakehouse/olist"));
+    cmd.args(["--bus", &broker.url()]);
     store.configure(&mut cmd);
     cmd
 }
