@@ -6,86 +6,28 @@ Asset). Publishes the gold tables as Assets in turn.
 """
 from __future__ import annotations
 
-import json
-import os
-import urllib.request
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, Asset, Variable
-
-FRAMEWORK = '"${FRAMEWORK_BIN:-framework}"'
-# The lake as a URL: a folder becomes file://<absolute path>; s3://bucket/prefix stays as it is.
-_LAKE = os.environ.get("FRAMEWORK_LAKE", "lake")
-LAKE = _LAKE.rstrip("/") if "://" in _LAKE else "file://" + os.path.abspath(_LAKE)
+from airflow.sdk import DAG
+from framework_support import FRAMEWORK, default_args, table_asset
 
 INPUTS = [
-    Asset(name="silver.category_translation", uri=f"{LAKE}/silver/category_translation"),
-    Asset(name="silver.customers", uri=f"{LAKE}/silver/customers"),
-    Asset(name="silver.order_items", uri=f"{LAKE}/silver/order_items"),
-    Asset(name="silver.orders", uri=f"{LAKE}/silver/orders"),
-    Asset(name="silver.products", uri=f"{LAKE}/silver/products"),
-    Asset(name="silver.reviews", uri=f"{LAKE}/silver/reviews"),
-    Asset(name="silver.sellers", uri=f"{LAKE}/silver/sellers"),
+    table_asset("silver", "category_translation"),
+    table_asset("silver", "customers"),
+    table_asset("silver", "order_items"),
+    table_asset("silver", "orders"),
+    table_asset("silver", "products"),
+    table_asset("silver", "reviews"),
+    table_asset("silver", "sellers"),
 ]
 OUTPUTS = [
-    Asset(name="gold.gold_customer_rfm", uri=f"{LAKE}/gold/gold_customer_rfm"),
-    Asset(name="gold.gold_daily_sales", uri=f"{LAKE}/gold/gold_daily_sales"),
-    Asset(name="gold.gold_delivery_performance", uri=f"{LAKE}/gold/gold_delivery_performance"),
-    Asset(name="gold.gold_product_analytics", uri=f"{LAKE}/gold/gold_product_analytics"),
-    Asset(name="gold.gold_seller_performance", uri=f"{LAKE}/gold/gold_seller_performance"),
+    table_asset("gold", "gold_customer_rfm"),
+    table_asset("gold", "gold_daily_sales"),
+    table_asset("gold", "gold_delivery_performance"),
+    table_asset("gold", "gold_product_analytics"),
+    table_asset("gold", "gold_seller_performance"),
 ]
-
-# Failure alerts (from the project file): the addresses and the name of the Airflow Variable that
-# holds the Slack webhook; the webhook URL itself, a secret, never appears in this file.
-ALERT_EMAILS = ["data-engineering@example.com"]
-SLACK_WEBHOOK_VARIABLE = "framework_alert_slack_webhook"
-
-
-def _slack_webhook() -> str | None:
-    url = os.environ.get("FRAMEWORK_ALERT_SLACK_WEBHOOK")
-    if url:
-        return url
-    try:
-        return Variable.get(SLACK_WEBHOOK_VARIABLE, default=None)
-    except Exception:  # no Variable store reachable: no Slack alert
-        return None
-
-
-def alert_on_failure(context) -> None:
-    """Reports a task that failed its last try by e-mail and to the Slack webhook."""
-    ti = context["ti"]
-    text = (
-        f"Airflow: {ti.dag_id}.{ti.task_id} failed (run {ti.run_id}, try {ti.try_number}): "
-        f"{context.get('exception')}"
-    )
-    webhook = _slack_webhook()
-    if webhook:
-        request = urllib.request.Request(
-            webhook,
-            data=json.dumps({"text": text}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            urllib.request.urlopen(request, timeout=10).close()
-        except Exception as err:  # alerting must never hide the real failure
-            print(f"alert: the Slack webhook failed: {err}")
-    if ALERT_EMAILS:
-        try:
-            from airflow.utils.email import send_email
-
-            send_email(to=ALERT_EMAILS, subject=f"Airflow: {ti.dag_id}.{ti.task_id} failed", html_content=text)
-        except Exception as err:
-            print(f"alert: e-mail to {ALERT_EMAILS} failed: {err}")
-
-
-default_args = {
-    "owner": "data-engineering",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=float(os.environ.get("FRAMEWORK_DAG_RETRY_DELAY_S", "300"))),
-    "on_failure_callback": alert_on_failure,
-}
-
 
 with DAG(
     dag_id="olist_gold",
@@ -93,7 +35,7 @@ with DAG(
     schedule=INPUTS,
     start_date=datetime(2024, 1, 1),
     catchup=False,
-    default_args=default_args,
+    default_args=default_args("data-engineering", 2),
     tags=["framework", "gold"],
 ) as dag:
     gold_run = BashOperator(

@@ -3,78 +3,19 @@
 """Ingestion of `geolocation`: its source to bronze, then bronze to silver.
 
 The tasks publish the Delta tables they write as Airflow Assets (<lake URL>/<layer>/geolocation),
-so DAGs scheduled on them run when new data lands (olist_gold does). The lake is FRAMEWORK_LAKE
-(default `lake`, relative to the working directory), read when the file is parsed; the binary is
-FRAMEWORK_BIN (default `framework`); the binary reads its other folders from FRAMEWORK_* itself.
+so DAGs scheduled on them run when new data lands (olist_gold does). What the tasks share
+(the binary, the lake, alerts, retries) is in framework_support.py.
 """
 from __future__ import annotations
 
-import json
-import os
-import urllib.request
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, Asset, Variable
+from airflow.sdk import DAG
+from framework_support import FRAMEWORK, default_args, table_asset
 
-FRAMEWORK = '"${FRAMEWORK_BIN:-framework}"'
-# The lake as a URL: a folder becomes file://<absolute path>; s3://bucket/prefix stays as it is.
-_LAKE = os.environ.get("FRAMEWORK_LAKE", "lake")
-LAKE = _LAKE.rstrip("/") if "://" in _LAKE else "file://" + os.path.abspath(_LAKE)
-
-BRONZE = Asset(name="bronze.geolocation", uri=f"{LAKE}/bronze/geolocation")
-SILVER = Asset(name="silver.geolocation", uri=f"{LAKE}/silver/geolocation")
-
-# Failure alerts (from the project file): the addresses and the name of the Airflow Variable that
-# holds the Slack webhook; the webhook URL itself, a secret, never appears in this file.
-ALERT_EMAILS = ["data-engineering@example.com"]
-SLACK_WEBHOOK_VARIABLE = "framework_alert_slack_webhook"
-
-
-def _slack_webhook() -> str | None:
-    url = os.environ.get("FRAMEWORK_ALERT_SLACK_WEBHOOK")
-    if url:
-        return url
-    try:
-        return Variable.get(SLACK_WEBHOOK_VARIABLE, default=None)
-    except Exception:  # no Variable store reachable: no Slack alert
-        return None
-
-
-def alert_on_failure(context) -> None:
-    """Reports a task that failed its last try by e-mail and to the Slack webhook."""
-    ti = context["ti"]
-    text = (
-        f"Airflow: {ti.dag_id}.{ti.task_id} failed (run {ti.run_id}, try {ti.try_number}): "
-        f"{context.get('exception')}"
-    )
-    webhook = _slack_webhook()
-    if webhook:
-        request = urllib.request.Request(
-            webhook,
-            data=json.dumps({"text": text}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            urllib.request.urlopen(request, timeout=10).close()
-        except Exception as err:  # alerting must never hide the real failure
-            print(f"alert: the Slack webhook failed: {err}")
-    if ALERT_EMAILS:
-        try:
-            from airflow.utils.email import send_email
-
-            send_email(to=ALERT_EMAILS, subject=f"Airflow: {ti.dag_id}.{ti.task_id} failed", html_content=text)
-        except Exception as err:
-            print(f"alert: e-mail to {ALERT_EMAILS} failed: {err}")
-
-
-default_args = {
-    "owner": "data-engineering",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=float(os.environ.get("FRAMEWORK_DAG_RETRY_DELAY_S", "300"))),
-    "on_failure_callback": alert_on_failure,
-}
-
+BRONZE = table_asset("bronze", "geolocation")
+SILVER = table_asset("silver", "geolocation")
 
 with DAG(
     dag_id="olist_ingest_geolocation",
@@ -82,7 +23,7 @@ with DAG(
     schedule="0 5 * * *",
     start_date=datetime(2024, 1, 1),
     catchup=False,
-    default_args=default_args,
+    default_args=default_args("data-engineering", 2),
     tags=["framework","ingest","olist","reference"],
 ) as dag:
     bronze = BashOperator(

@@ -13,66 +13,11 @@ At parse time: FRAMEWORK_DAG_RETRY_DELAY_S overrides the retry delay (300 s).
 """
 from __future__ import annotations
 
-import json
-import os
-import urllib.request
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, TriggerRule, Variable
-
-FRAMEWORK = '"${FRAMEWORK_BIN:-framework}"'
-
-# Failure alerts (from the project file): the addresses and the name of the Airflow Variable that
-# holds the Slack webhook; the webhook URL itself, a secret, never appears in this file.
-ALERT_EMAILS = ["data-engineering@example.com"]
-SLACK_WEBHOOK_VARIABLE = "framework_alert_slack_webhook"
-
-
-def _slack_webhook() -> str | None:
-    url = os.environ.get("FRAMEWORK_ALERT_SLACK_WEBHOOK")
-    if url:
-        return url
-    try:
-        return Variable.get(SLACK_WEBHOOK_VARIABLE, default=None)
-    except Exception:  # no Variable store reachable: no Slack alert
-        return None
-
-
-def alert_on_failure(context) -> None:
-    """Reports a task that failed its last try by e-mail and to the Slack webhook."""
-    ti = context["ti"]
-    text = (
-        f"Airflow: {ti.dag_id}.{ti.task_id} failed (run {ti.run_id}, try {ti.try_number}): "
-        f"{context.get('exception')}"
-    )
-    webhook = _slack_webhook()
-    if webhook:
-        request = urllib.request.Request(
-            webhook,
-            data=json.dumps({"text": text}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            urllib.request.urlopen(request, timeout=10).close()
-        except Exception as err:  # alerting must never hide the real failure
-            print(f"alert: the Slack webhook failed: {err}")
-    if ALERT_EMAILS:
-        try:
-            from airflow.utils.email import send_email
-
-            send_email(to=ALERT_EMAILS, subject=f"Airflow: {ti.dag_id}.{ti.task_id} failed", html_content=text)
-        except Exception as err:
-            print(f"alert: e-mail to {ALERT_EMAILS} failed: {err}")
-
-
-default_args = {
-    "owner": "data-engineering",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=float(os.environ.get("FRAMEWORK_DAG_RETRY_DELAY_S", "300"))),
-    "on_failure_callback": alert_on_failure,
-}
-
+from airflow.sdk import DAG, TriggerRule
+from framework_support import FRAMEWORK, default_args
 
 with DAG(
     dag_id="olist_pipeline",
@@ -80,7 +25,7 @@ with DAG(
     schedule="0 6 * * *",
     start_date=datetime(2024, 1, 1),
     catchup=False,
-    default_args=default_args,
+    default_args=default_args("data-engineering", 2),
     tags=["framework", "pipeline"],
 ) as dag:
     steps = [

@@ -77,7 +77,7 @@ fn environment() -> Environment<'static> {
         Ok(json.to_string())
     });
     for (name, text) in [
-        ("alerts.py", include_str!("templates/alerts.py.j2")),
+        ("support.py", include_str!("templates/support.py.j2")),
         ("pipeline.py", include_str!("templates/pipeline.py.j2")),
         ("ingest.py", include_str!("templates/ingest.py.j2")),
         ("gold.py", include_str!("templates/gold.py.j2")),
@@ -88,8 +88,9 @@ fn environment() -> Environment<'static> {
     env
 }
 
-/// Every DAG file of a project, sorted by name: the pipeline DAG, one ingestion DAG per idcard,
-/// and the gold DAG that runs when the silver tables the models read change.
+/// Every file of a project's DAG folder, sorted by name: the pipeline DAG, one ingestion DAG per
+/// idcard, the gold DAG that runs when the silver tables the models read change, and
+/// framework_support.py, which they all import.
 pub fn generate(
     project: &Project,
     models: &Models,
@@ -111,14 +112,21 @@ pub fn generate(
         .iter()
         .map(|&(task_id, args, doc)| context! { task_id, args, doc })
         .collect();
-    let mut files = vec![GeneratedFile {
-        name: format!("{prefix}_pipeline.py"),
-        content: env.get_template("pipeline.py")?.render(context! {
-            schedule => defaults.pipeline_schedule.clone(),
-            steps,
-            ..common.clone()
-        })?,
-    }];
+    let mut files = vec![
+        // Imported by every DAG file (Airflow puts the DAG folder on sys.path).
+        GeneratedFile {
+            name: "framework_support.py".to_owned(),
+            content: env.get_template("support.py")?.render(&common)?,
+        },
+        GeneratedFile {
+            name: format!("{prefix}_pipeline.py"),
+            content: env.get_template("pipeline.py")?.render(context! {
+                schedule => defaults.pipeline_schedule.clone(),
+                steps,
+                ..common.clone()
+            })?,
+        },
+    ];
     for table in &project.tables {
         let config = &table.config;
         let schedule = config.schedule.as_ref();

@@ -26,6 +26,7 @@ fn generated_dags_match_their_snapshots() {
         "olist_pipeline.py",
         "olist_ingest_orders.py",
         "olist_gold.py",
+        "framework_support.py",
     ] {
         let file = files.iter().find(|f| f.name == name).unwrap();
         insta::assert_snapshot!(name.replace('.', "_"), file.content);

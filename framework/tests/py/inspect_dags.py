@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Parse a DAG folder with Airflow 3's own DagBag and print the task graph as JSON.
+"""Parse a DAG folder as Airflow 3's DAG processor does (BundleDagBag: the folder is a bundle, on
+sys.path, so DAG files import modules next to them) and print the task graph as JSON.
 
 usage: inspect_dags.py [DAG_FOLDER] [--out FILE]
 Only the JSON document goes to stdout (or FILE); all Airflow logging/warnings are
@@ -122,10 +123,13 @@ def main() -> int:
     json_fd = os.dup(1)
     os.dup2(2, 1)
     t0 = time.monotonic()
-    from airflow.dag_processing.dagbag import DagBag  # Airflow 3 location
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import BundleDagBag  # what the DAG processor parses with
 
     t_import = time.monotonic() - t0
-    bag = DagBag(dag_folder=args.dag_folder)  # no include_examples kwarg in 3.3; examples are a bundle
+    folder = Path(args.dag_folder).resolve()
+    bag = BundleDagBag(dag_folder=str(folder), bundle_path=folder)
     t_parse = time.monotonic() - t0 - t_import
     doc = {
         "airflow_version": __import__("airflow").__version__,
