@@ -84,14 +84,12 @@ async fn ingest_partitions(
     let apps: Vec<String> = (0..partitions)
         .map(|p| app_id("bronze", topic, p))
         .collect();
-    let committed = lake.txn_versions(Layer::Bronze, name, &apps).await?;
+    let all: Vec<u32> = (0..partitions).collect();
+    let committed = stored_offsets(lake, name, &apps, &all).await?;
     // The batches to commit, in order: (partition, first offset, one past the last).
     let mut plan = Vec::new();
-    for partition in 0..partitions {
-        let mut from = committed
-            .get(&apps[partition as usize])
-            .copied()
-            .unwrap_or(0) as u64;
+    for partition in all {
+        let mut from = committed[&partition];
         let end = log.end_offset(topic, partition).map_err(bus_err)?;
         while from < end {
             let to = end.min(from + options.batch_size as u64);
@@ -227,24 +225,9 @@ async fn ingest_group(
         let (lake, name, apps) = (lake.clone(), name.to_owned(), apps.clone());
         let runtime = tokio::runtime::Handle::current();
         Box::new(move |partitions: &[u32]| {
-            let wanted: Vec<String> = partitions
-                .iter()
-                .filter_map(|p| apps.get(*p as usize).cloned())
-                .collect();
-            let versions = runtime
-                .block_on(lake.txn_versions(Layer::Bronze, &name, &wanted))
-                .map_err(|e| e.to_string())?;
-            Ok(partitions
-                .iter()
-                .map(|p| {
-                    let version = apps
-                        .get(*p as usize)
-                        .and_then(|app| versions.get(app))
-                        .copied()
-                        .unwrap_or(0);
-                    (*p, version.max(0) as u64)
-                })
-                .collect())
+            runtime
+                .block_on(stored_offsets(&lake, &name, &apps, partitions))
+                .map_err(|e| e.to_string())
         })
     };
     let member = kafka.join(topic, &group_id(name), start).map_err(bus_err)?;
@@ -265,16 +248,13 @@ async fn ingest_group(
             if caught_up {
                 // Done when the whole topic is stored, not only this member's share: partitions
                 // of a member that died stay with it until its session ends, then move here.
-                let stored = lake.txn_versions(Layer::Bronze, name, &apps).await?;
                 let all: Vec<u32> = (0..partitions).collect();
+                let stored = stored_offsets(lake, name, &apps, &all).await?;
                 let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
                 let behind: Vec<u32> = all
                     .iter()
                     .zip(&ends)
-                    .filter(|(p, end)| {
-                        let version = stored.get(&apps[**p as usize]).copied().unwrap_or(0);
-                        (version.max(0) as u64) < **end
-                    })
+                    .filter(|(p, end)| stored[*p] < **end)
                     .map(|(p, _)| *p)
                     .collect();
                 if behind.is_empty() {
@@ -328,6 +308,26 @@ async fn ingest_group(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// The next offset bronze stores for each of `partitions`: its txn version (app id in `apps`,
+/// indexed by partition) in bronze's Delta log, 0 when none is stored.
+async fn stored_offsets(
+    lake: &Lake,
+    table: &str,
+    apps: &[String],
+    partitions: &[u32],
+) -> Result<HashMap<u32, u64>> {
+    let app = |p: u32| apps.get(p as usize);
+    let wanted: Vec<String> = partitions.iter().filter_map(|&p| app(p).cloned()).collect();
+    let versions = lake.txn_versions(Layer::Bronze, table, &wanted).await?;
+    Ok(partitions
+        .iter()
+        .map(|&p| {
+            let version = app(p).and_then(|a| versions.get(a)).copied().unwrap_or(0);
+            (p, version.max(0) as u64)
+        })
+        .collect())
 }
 
 /// Per partition in `messages`: its txn app id and the offset after its last message.

@@ -547,14 +547,7 @@ impl GroupMember {
                                 offset,
                                 "bronze: fetch started past the position; reading the partition from its start"
                             );
-                            self.consumer()
-                                .seek(
-                                    &self.topic,
-                                    partition as i32,
-                                    Offset::Beginning,
-                                    REQUEST_TIMEOUT,
-                                )
-                                .map_err(|e| kafka(&self.topic, e))?;
+                            self.seek(partition, Offset::Beginning)?;
                             continue;
                         }
                         Accept::Gap(from) => {
@@ -633,11 +626,16 @@ impl GroupMember {
                 ?offset,
                 "bronze: reading back to prove the partition is read to its end"
             );
-            self.consumer()
-                .seek(&self.topic, partition as i32, offset, REQUEST_TIMEOUT)
-                .map_err(|e| kafka(&self.topic, e))?;
+            self.seek(partition, offset)?;
         }
         Ok(done)
+    }
+
+    /// Fetches `partition` from `offset` on.
+    fn seek(&self, partition: u32, offset: Offset) -> Result<()> {
+        self.consumer()
+            .seek(&self.topic, partition as i32, offset, REQUEST_TIMEOUT)
+            .map_err(|e| kafka(&self.topic, e))
     }
 
     /// Where each of `partitions` ends as far as this process can tell: the broker's high

@@ -203,21 +203,12 @@ impl Lake {
         table: &str,
         app_ids: &[String],
     ) -> Result<TxnVersions> {
-        let mut out = TxnVersions::new();
         let Some(delta) = self.open(layer, table).await? else {
-            return Ok(out);
+            return Ok(TxnVersions::new());
         };
-        let snapshot = delta.snapshot().map_err(Self::delta_err(layer, table))?;
-        for app in app_ids {
-            if let Some(version) = snapshot
-                .transaction_version(delta.log_store().as_ref(), app)
-                .await
-                .map_err(Self::delta_err(layer, table))?
-            {
-                out.insert(app.clone(), version);
-            }
-        }
-        Ok(out)
+        versions_in(&delta, app_ids.iter())
+            .await
+            .map_err(Self::delta_err(layer, table))
     }
 
     /// Appends (or, with `overwrite`, replaces) rows and records `txns` in the same commit.
@@ -257,19 +248,16 @@ impl Lake {
         loop {
             attempt += 1;
             let delta = self.handle(layer, table).await?;
-            let mut committed = HashMap::new();
-            if delta.version().is_some() {
-                let snapshot = delta.snapshot().map_err(err())?;
-                for (partition, app, _) in ends {
-                    if let Some(version) = snapshot
-                        .transaction_version(delta.log_store().as_ref(), app)
-                        .await
-                        .map_err(err())?
-                    {
-                        committed.insert(*partition, version);
-                    }
-                }
-            }
+            let committed: HashMap<u32, i64> = if delta.version().is_some() {
+                let versions = versions_in(&delta, ends.iter().map(|(_, app, _)| app))
+                    .await
+                    .map_err(err())?;
+                ends.iter()
+                    .filter_map(|(partition, app, _)| Some((*partition, *versions.get(app)?)))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
             let txns: Vec<(String, i64)> = ends
                 .iter()
                 .filter(|(partition, _, end)| *end > committed.get(partition).copied().unwrap_or(0))
@@ -347,6 +335,24 @@ impl Lake {
         let df = ctx.table("t").await.map_err(query)?;
         Ok(df.count().await.map_err(query)? as u64)
     }
+}
+
+/// The transaction versions of `apps` in `delta`'s snapshot (absent ids are left out).
+async fn versions_in(
+    delta: &DeltaTable,
+    apps: impl Iterator<Item = &String>,
+) -> Result<TxnVersions, DeltaTableError> {
+    let snapshot = delta.snapshot()?;
+    let mut out = TxnVersions::new();
+    for app in apps {
+        if let Some(version) = snapshot
+            .transaction_version(delta.log_store().as_ref(), app)
+            .await?
+        {
+            out.insert(app.clone(), version);
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `batches` and `txns` in one commit on top of `delta`'s snapshot.
