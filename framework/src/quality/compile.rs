@@ -53,21 +53,6 @@ pub enum Rule {
     },
 }
 
-impl Rule {
-    /// Whether failing rows can be singled out (and so dropped or quarantined).
-    pub const fn is_row_level(&self) -> bool {
-        matches!(
-            self,
-            Self::NotNull { .. }
-                | Self::Unique { .. }
-                | Self::Between { .. }
-                | Self::InSet { .. }
-                | Self::Regex { .. }
-                | Self::InRelation { .. }
-        )
-    }
-}
-
 /// One runnable check.
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -290,25 +275,25 @@ fn compile_check(
         }
     };
     if matches!(c.action, Action::Drop | Action::Quarantine) {
-        if !rule.is_row_level() {
-            return Err(place.error(
-                "action",
-                format!(
-                    "{} checks a whole table: its rows cannot be dropped or quarantined",
-                    c.expect.name()
-                ),
-                Some("use action: warn or fail".into()),
-            ));
-        }
-        if suite.layer == SuiteLayer::Bronze {
-            return Err(place.error(
-                "action",
-                "bronze is append-only: its rows are never dropped or quarantined".into(),
-                Some(
-                    "use action: warn or fail (silver's idcard expectations can quarantine)".into(),
-                ),
-            ));
-        }
+        // One silver contract: the idcard decides what happens to a row; suites only check.
+        let hint = match (suite.layer, &c.table) {
+            (SuiteLayer::Silver, Some(table)) => format!(
+                "use action: warn or fail; to {} rows, give the rule to the `expectations` of idcard `{table}`",
+                c.action.name()
+            ),
+            (SuiteLayer::Gold, _) => {
+                "use action: warn or fail; to leave rows out of a gold table, filter them in its model".into()
+            }
+            _ => "use action: warn or fail".into(),
+        };
+        return Err(place.error(
+            "action",
+            format!(
+                "a suite checks tables, it does not change them: action `{}` is not allowed here",
+                c.action.name()
+            ),
+            Some(hint),
+        ));
     }
     let name = c.name.clone().unwrap_or_else(|| {
         let subject = match (&c.table, &c.column) {

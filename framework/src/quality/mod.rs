@@ -1,8 +1,8 @@
 //! Quality: suites of checks per layer (expectations/*.yaml, Great Expectations' names) and
-//! dbt-style model tests (models/**/*.yml), run against the lake. Each check's action decides
-//! what a failure does: warn records it, drop removes the failing rows, quarantine moves them
-//! to `<lake>/quarantine/<layer>/<table>` with the check's name, fail stops the run. Every
-//! result is a row of `<lake>/quality/results`.
+//! dbt-style model tests (models/**/*.yml), run against the lake. A check never changes the
+//! table it reads: its action is warn (record the failure) or fail (stop the run). What happens
+//! to a single silver row (drop, quarantine) is decided in one place, the idcard's
+//! `expectations`, on the way into silver. Every result is a row of `<lake>/quality/results`.
 
 mod compile;
 pub mod config;

@@ -1,4 +1,4 @@
-//! Runs checks against the lake, applies their actions and records the results.
+//! Runs checks against the lake and records the results; a check never changes the table it reads.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use crate::idcard::Action;
 use crate::idcard::config::{ExpectationConfig, Range};
 use crate::lake::{Lake, Layer, session};
-use crate::silver::sql::{ident, literal, passes};
+use crate::silver::sql::{ident, passes};
 
 use super::compile::{Check, Rule};
 use super::config::SuiteLayer;
@@ -55,7 +55,7 @@ pub async fn run_checks(lake: &Lake, checks: &[&Check], run_id: &str) -> Result<
     let mut results = Vec::new();
     for check in checks {
         let outcome = evaluate(lake, &ctx, check).await?;
-        let mut result = CheckResult {
+        let result = CheckResult {
             run_id: run_id.to_owned(),
             suite: check.suite.clone(),
             check: check.name.clone(),
@@ -69,21 +69,6 @@ pub async fn run_checks(lake: &Lake, checks: &[&Check], run_id: &str) -> Result<
             failing_rows: outcome.failing,
             failing_keys: outcome.sample,
         };
-        if !result.passed && matches!(check.action, Action::Drop | Action::Quarantine) {
-            remove_failing(lake, &ctx, check, &outcome.flagged).await?;
-            // The table changed: later checks read the new version.
-            reregister(lake, &ctx, check).await?;
-            result.observed_value = format!(
-                "{} ({} {})",
-                result.observed_value,
-                result.failing_rows,
-                if check.action == Action::Drop {
-                    "dropped"
-                } else {
-                    "quarantined"
-                }
-            );
-        }
         results.push(result);
     }
     if !results.is_empty() {
@@ -164,27 +149,11 @@ fn layer_of(schema: &str) -> Option<Layer> {
     })
 }
 
-async fn reregister(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<()> {
-    let (Some(relation), Some(table)) = (&check.relation, &check.table) else {
-        return Ok(());
-    };
-    let layer = layer_of(check.layer.name()).expect("a suite layer is a lake layer");
-    ctx.deregister_table(relation.as_str())
-        .map_err(|source| Error::Query {
-            check: check.name.clone(),
-            source,
-        })?;
-    lake.register(ctx, layer, table, relation).await?;
-    Ok(())
-}
-
 /// What a check saw.
 struct Outcome {
     failing: u64,
     observed: String,
     sample: Vec<String>,
-    /// For row-level rules: the table with a `_failed` column.
-    flagged: String,
 }
 
 async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Outcome> {
@@ -196,7 +165,6 @@ async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Ou
         failing: 0,
         observed: String::new(),
         sample: Vec::new(),
-        flagged: String::new(),
     };
     for (schema, table) in check.relations() {
         let relation = format!("{schema}.{table}");
@@ -299,7 +267,6 @@ async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Ou
                     .map_err(query)?;
                 outcome.sample = rows_as_text(&batches, SAMPLE);
             }
-            outcome.flagged = flagged;
         }
     }
     Ok(outcome)
@@ -377,73 +344,6 @@ fn rule_columns(rule: &Rule) -> Vec<String> {
         Rule::Unique { columns } => columns.clone(),
         _ => Vec::new(),
     }
-}
-
-/// drop: rewrites the table without the failing rows. quarantine: first appends them to
-/// `<lake>/quarantine/<layer>/<table>` with the check's name, exactly once per table version
-/// (a txn action keyed by the check), then rewrites the table.
-async fn remove_failing(
-    lake: &Lake,
-    ctx: &SessionContext,
-    check: &Check,
-    flagged: &str,
-) -> Result<()> {
-    let query = |source| Error::Query {
-        check: check.name.clone(),
-        source,
-    };
-    let layer = layer_of(check.layer.name()).expect("a suite layer is a lake layer");
-    let table = check
-        .table
-        .as_deref()
-        .expect("row-level checks name a table");
-    let version = lake
-        .open(layer, table)
-        .await?
-        .and_then(|t| t.version())
-        .map_or(0, |v| v as i64);
-    if check.action == Action::Quarantine {
-        let target = format!("{}/{table}", check.layer.name());
-        let app = format!("framework-quality/{}/{}", check.suite, check.name);
-        let done = lake
-            .txn_versions(Layer::Quarantine, &target, std::slice::from_ref(&app))
-            .await?;
-        if done.get(&app).copied().unwrap_or(-1) <= version {
-            let rows = ctx
-                .sql(&format!(
-                    "SELECT * EXCLUDE (_failed), {} AS _failed_check, now() AS _quarantined_at FROM ({flagged}) WHERE _failed",
-                    literal(&check.name)
-                ))
-                .await
-                .map_err(query)?
-                .collect()
-                .await
-                .map_err(query)?;
-            lake.write(
-                Layer::Quarantine,
-                &target,
-                rows,
-                &[],
-                vec![(app, version + 1)],
-                false,
-            )
-            .await?;
-        }
-    }
-    crate::fault::crash_point("quality-after-quarantine");
-    let frame = ctx
-        .sql(&format!(
-            "SELECT * EXCLUDE (_failed) FROM ({flagged}) WHERE NOT _failed"
-        ))
-        .await
-        .map_err(query)?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let mut kept = frame.collect().await.map_err(query)?;
-    if kept.is_empty() {
-        kept.push(RecordBatch::new_empty(schema));
-    }
-    lake.write(layer, table, kept, &[], vec![], true).await?;
-    Ok(())
 }
 
 async fn count(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<u64> {

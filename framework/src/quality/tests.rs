@@ -59,7 +59,7 @@ fn suite_errors_name_file_line_and_fix() {
         "{out}"
     );
     assert!(
-        out.contains("expectations/s.yaml:5:") && out.contains("cannot be dropped"),
+        out.contains("expectations/s.yaml:5:") && out.contains("it does not change them"),
         "{out}"
     );
     assert!(
@@ -69,9 +69,14 @@ fn suite_errors_name_file_line_and_fix() {
 }
 
 #[test]
-fn bronze_rows_are_never_dropped_and_unknown_fields_are_errors() {
+fn suites_never_drop_or_quarantine_and_unknown_fields_are_errors() {
     let out = load("suite: b\nlayer: bronze\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: orders, column: order_id, action: quarantine }\n").unwrap_err();
-    assert!(out.contains("bronze is append-only"), "{out}");
+    assert!(
+        out.contains("s.yaml:4:") && out.contains("action `quarantine` is not allowed here"),
+        "{out}"
+    );
+    let out = load("suite: g\nlayer: gold\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: gold_daily_sales, column: order_date, action: drop }\n").unwrap_err();
+    assert!(out.contains("filter them in its model"), "{out}");
     let out = load("suite: b\nlayer: bronze\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: orders, colum: order_id }\n").unwrap_err();
     assert!(
         out.contains("unknown field `colum`") && out.contains("s.yaml:4:"),
