@@ -21,6 +21,7 @@ pub mod fault;
 pub mod gold;
 pub mod idcard;
 pub mod lake;
+pub mod lease;
 pub mod pipeline;
 pub mod quality;
 pub mod silver;

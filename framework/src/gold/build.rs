@@ -48,6 +48,8 @@ pub async fn build(
     selected: &BTreeSet<String>,
     options: &BuildOptions,
 ) -> Result<Vec<ModelReport>> {
+    // One gold build at a time: models read each other's tables.
+    let _lease = lake.lease(Layer::Gold, "_build").await?;
     let ctx = session();
     let mut needed: BTreeSet<&str> = BTreeSet::new();
     for name in selected {
@@ -86,6 +88,7 @@ pub async fn build(
                 if selected.contains(&model.name) {
                     spinner.set_message(format!("gold {}", model.name));
                     reports.push(materialize(lake, &ctx, models, model, options).await?);
+                    crate::fault::crash_point(&format!("gold-after:{}", model.name));
                 } else if !lake
                     .register(&ctx, Layer::Gold, &model.name, &model.relation())
                     .await?

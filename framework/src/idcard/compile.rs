@@ -421,6 +421,34 @@ fn check_project(
                 Some("convert the file to CSV, or use `format: csv`".into()),
             );
         }
+        if let Some(condition) = &config.delete_when {
+            if config.mode != super::config::Mode::Diff {
+                diag(
+                    "/delete_when",
+                    "delete_when applies to DIFF tables only".into(),
+                    Some("use `mode: DIFF`, or remove `delete_when`".into()),
+                );
+            } else if condition.trim().is_empty() {
+                diag(
+                    "/delete_when",
+                    "delete_when is empty".into(),
+                    Some("a SQL condition over the table's columns, e.g. `op = 'D'`".into()),
+                );
+            }
+        }
+        if let Some(cron) = config.schedule.as_ref().and_then(|s| s.cron.as_deref())
+            && let Err(problem) = check_cron(cron)
+        {
+            diag(
+                "/schedule/cron",
+                format!("`{cron}` is not a cron expression: {problem}"),
+                Some(
+                    "five fields: minute hour day-of-month month day-of-week, e.g. `0 6 * * *`, \
+                     or @hourly, @daily, @weekly, @monthly, @yearly"
+                        .into(),
+                ),
+            );
+        }
         let mut depends_on = Vec::new();
         for (i, enrich) in config.enrich.iter().enumerate() {
             let Some(other) = by_name.get(enrich.from.as_str()) else {
@@ -595,4 +623,70 @@ pub fn generate_schema() -> String {
     let mut text = serde_json::to_string_pretty(&schema).expect("schema serialises");
     text.push('\n');
     text
+}
+
+/// Checks a cron expression as Airflow takes it: a preset, or five fields of numbers in range,
+/// `*`, lists, ranges, steps and (month, weekday) names.
+pub(super) fn check_cron(cron: &str) -> Result<(), String> {
+    const PRESETS: [&str; 7] = [
+        "@once",
+        "@hourly",
+        "@daily",
+        "@weekly",
+        "@monthly",
+        "@yearly",
+        "@annually",
+    ];
+    if cron.starts_with('@') {
+        return if PRESETS.contains(&cron) {
+            Ok(())
+        } else {
+            Err(format!(
+                "unknown preset (use one of {})",
+                PRESETS.join(", ")
+            ))
+        };
+    }
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!("{} field(s), cron has 5", fields.len()));
+    }
+    const NAMES: [(&str, u32, u32, &[&str]); 5] = [
+        ("minute", 0, 59, &[]),
+        ("hour", 0, 23, &[]),
+        ("day of month", 1, 31, &[]),
+        (
+            "month",
+            1,
+            12,
+            &[
+                "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+            ],
+        ),
+        (
+            "day of week",
+            0,
+            7,
+            &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+        ),
+    ];
+    for (field, (name, min, max, words)) in fields.iter().zip(NAMES) {
+        let value_ok = |v: &str| {
+            v.parse::<u32>().is_ok_and(|n| (min..=max).contains(&n))
+                || words.contains(&v.to_ascii_lowercase().as_str())
+        };
+        for item in field.split(',') {
+            let (range, step) = item.split_once('/').unwrap_or((item, "1"));
+            let step_ok = step.parse::<u32>().is_ok_and(|s| s > 0);
+            let range_ok = range == "*"
+                || match range.split_once('-') {
+                    Some((a, b)) => value_ok(a) && value_ok(b),
+                    None => value_ok(range),
+                };
+            if !step_ok || !range_ok {
+                return Err(format!("{name} `{item}` (allowed: {min}-{max})"));
+            }
+        }
+    }
+    Ok(())
 }

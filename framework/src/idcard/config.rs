@@ -31,13 +31,22 @@ pub struct IdcardConfig {
     pub schema: Vec<ColumnConfig>,
     /// Primary key: one or more schema columns; a composite key lists several.
     pub key: Vec<String>,
-    /// How silver absorbs new rows: FULL (replace by the latest snapshot), DIFF (merge on the key,
-    /// newest `sequence_by` wins) or APPEND (add rows whose key is not there yet).
+    /// How silver absorbs new rows: FULL (each delivery is a complete snapshot that replaces the
+    /// table), DIFF (merge on the key: the newest `sequence_by` wins, and on equal `sequence_by`
+    /// the message that arrived later) or APPEND (add rows whose key is not there yet; stored
+    /// rows never change).
     pub mode: Mode,
     /// Column that orders versions of a key; `_ingestion_timestamp` (the default) is the message
     /// time set by the producer.
     #[serde(default = "default_sequence_by")]
     pub sequence_by: String,
+    /// DIFF only: a SQL condition over this table's columns that makes a message the deletion of
+    /// its key, e.g. `op = 'D'` (like DLT's `APPLY AS DELETE WHEN`). A delete obeys the same
+    /// rule as an update: it removes the stored row only when it is newer (or equal and later).
+    /// Its key is remembered (`silver/<table>__tombstones`), so an older version arriving after
+    /// the delete is not inserted again.
+    #[serde(default)]
+    pub delete_when: Option<String>,
     /// Joins to other tables' silver rows that add columns to this table's silver rows.
     #[serde(default)]
     pub enrich: Vec<EnrichConfig>,
@@ -144,8 +153,10 @@ pub enum Encoding {
 pub struct TopicConfig {
     /// Topic name (by convention `raw_<table>`).
     pub name: String,
-    /// Number of partitions; messages are spread by a hash of the key.
+    /// Number of partitions (at least 1); messages are spread by a hash of the key. Fixed once
+    /// the topic exists: bronze and silver keep their offsets per partition.
     #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1))]
     pub partitions: u32,
 }
 
@@ -187,11 +198,15 @@ fn default_pad_char() -> String {
 /// How silver absorbs new rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Mode {
-    /// Each batch is a complete snapshot that replaces the table.
+    /// Each delivery is a complete snapshot that replaces the table: the rows that reached the
+    /// topic since the last silver run (latest per key), whatever their `sequence_by`; keys it
+    /// lacks disappear. `framework run` produces and refines one delivery at a time. A file
+    /// with a header and no rows is refused (it would empty the table).
     #[serde(rename = "FULL")]
     Full,
-    /// Merge on the key; the newest `sequence_by` wins; late or duplicate messages never
-    /// overwrite newer data.
+    /// Merge on the key: a stored row is replaced only by a newer `sequence_by`, or an equal
+    /// one that arrived later (higher offset; a key always lands on the same partition), so
+    /// late or duplicate messages never overwrite newer data.
     #[serde(rename = "DIFF")]
     Diff,
     /// Insert rows whose key is not in the table yet; never update.

@@ -10,6 +10,7 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use super::{Error, Result};
+use crate::lease::{self, Lease};
 
 /// A layer of the lake; each is a folder of Delta tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,6 +21,8 @@ pub enum Layer {
     Quarantine,
     Gold,
     Quality,
+    /// The lake's own bookkeeping (`_meta/deliveries`: which source files were ingested).
+    Meta,
 }
 
 impl Layer {
@@ -31,6 +34,7 @@ impl Layer {
             Self::Quarantine => "quarantine",
             Self::Gold => "gold",
             Self::Quality => "quality",
+            Self::Meta => "_meta",
         }
     }
 }
@@ -194,6 +198,26 @@ impl Lake {
         self.builder(layer, table)?
             .build()
             .map_err(Self::delta_err(layer, table))
+    }
+
+    /// The lease for writing `table` of `layer` (see [`crate::lease`]): a lock file under
+    /// `<lake>/_leases/` on a local lake; nothing on an object store, where a concurrent commit
+    /// conflicts and is retried or fails instead.
+    pub async fn lease(&self, layer: Layer, table: &str) -> Result<Lease> {
+        let Root::Local(root) = &self.root else {
+            return Ok(Lease::none());
+        };
+        let path = root
+            .join("_leases")
+            .join(layer.dir())
+            .join(format!("{table}.lock"));
+        lease::take_async(&path, lease::timeout())
+            .await
+            .map_err(|source| Error::Lease {
+                layer,
+                table: table.to_owned(),
+                source,
+            })
     }
 
     /// Latest transaction version of each of `app_ids` in the table (absent ids are left out).

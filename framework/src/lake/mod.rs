@@ -20,6 +20,12 @@ pub enum Error {
         table: String,
         source: Box<deltalake::datafusion::error::DataFusionError>,
     },
+    #[error("{layer} table {table}: lease {source}")]
+    Lease {
+        layer: Layer,
+        table: String,
+        source: crate::lease::LeaseError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,7 +8,7 @@ use deltalake::arrow::array::AsArray;
 use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::datasource::MemTable;
-use deltalake::datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::datafusion::prelude::{DataFrame, SessionContext, col};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 
@@ -37,8 +37,20 @@ pub struct SilverStats {
     pub seconds: f64,
 }
 
-/// Brings silver up to date with bronze for `table`.
+/// Brings silver up to date with bronze for `table`, holding the table's lease throughout (one
+/// silver writer per table; a concurrent run waits, then finds the batch done).
 pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<SilverStats> {
+    let _lease = lake.lease(Layer::Silver, table.name()).await?;
+    let mut stats = refine_leased(lake, project, table).await?;
+    let started = Instant::now();
+    refresh_latest_by(lake, table).await?;
+    crate::fault::crash_point(&format!("silver-after-latest-by:{}", table.name()));
+    stats.rows_after = lake.count(Layer::Silver, table.name()).await?;
+    stats.seconds += started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<SilverStats> {
     let started = Instant::now();
     let name = table.name();
     let query = |source| Error::Query {
@@ -72,7 +84,6 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         }
     }
     if txns.is_empty() {
-        stats.rows_after = lake.count(Layer::Silver, name).await?;
         stats.seconds = started.elapsed().as_secs_f64();
         return Ok(stats);
     }
@@ -99,9 +110,15 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         })
         .collect::<Vec<_>>()
         .join(" ");
+    let delete = table
+        .config
+        .delete_when
+        .as_ref()
+        .map_or_else(|| "false".to_owned(), |c| format!("coalesce(({c}), false)"));
     let checked_sql = format!(
         "WITH n AS (SELECT {cols}, {seq} AS _sequence, _partition, _offset FROM bronze WHERE {filter}) \
-         SELECT *, CASE {failed_rule} END AS _failed_rule, CASE {failed_action} END AS _failed_action FROM n",
+         SELECT *, CASE {failed_rule} END AS _failed_rule, CASE {failed_action} END AS _failed_action, \
+         {delete} AS _delete FROM n",
         cols = columns.join(", "),
         seq = ident(&table.config.sequence_by),
     );
@@ -175,7 +192,7 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     let quarantined = collect(
         &ctx,
         &format!(
-            "SELECT * EXCLUDE (_failed_action), now() AS _quarantined_at FROM checked WHERE _failed_action = 'quarantine' AND ({fresh})"
+            "SELECT * EXCLUDE (_failed_action, _delete), now() AS _quarantined_at FROM checked WHERE _failed_action = 'quarantine' AND ({fresh})"
         ),
     )
     .await
@@ -186,6 +203,7 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     )
     .await
     .map_err(query)?;
+    crate::fault::crash_point(&format!("silver-before-quarantine:{name}"));
     if quarantined.iter().any(|b| b.num_rows() > 0) {
         lake.write(
             Layer::Quarantine,
@@ -198,6 +216,7 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         .await?;
     }
 
+    crate::fault::crash_point(&format!("silver-after-quarantine:{name}"));
     tracing::debug!(
         table = name,
         seconds = started.elapsed().as_secs_f64(),
@@ -215,17 +234,14 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
         seconds = started.elapsed().as_secs_f64(),
         "silver: deduplicated and enriched"
     );
-    apply(lake, &ctx, table, rows, txns).await?;
+    crate::fault::crash_point(&format!("silver-before-merge:{name}"));
+    apply(lake, &ctx, table, rows, txns, &apps).await?;
+    crate::fault::crash_point(&format!("silver-after-merge:{name}"));
     tracing::debug!(
         table = name,
         seconds = started.elapsed().as_secs_f64(),
         "silver: applied"
     );
-
-    for latest in &table.config.latest_by {
-        rebuild_latest_by(lake, table, &latest.name, &latest.key).await?;
-    }
-    stats.rows_after = lake.count(Layer::Silver, name).await?;
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }
@@ -328,6 +344,7 @@ async fn current_rows_sql(
         "d._sequence".into(),
         "d._partition".into(),
         "d._offset".into(),
+        "d._delete".into(),
     ]);
     // Latest row per key as a hash aggregation (first value by sequence, then offset): much
     // cheaper than a window function, which sorts the whole batch.
@@ -339,7 +356,8 @@ async fn current_rows_sql(
         .map(|c| format!("first_value({id} {latest}) AS {id}", id = ident(&c.name)))
         .collect();
     picked.extend(
-        ["_sequence", "_partition", "_offset"].map(|c| format!("first_value({c} {latest}) AS {c}")),
+        ["_sequence", "_partition", "_offset", "_delete"]
+            .map(|c| format!("first_value({c} {latest}) AS {c}")),
     );
     Ok(format!(
         "WITH d AS (SELECT {keys}, {picked} FROM checked WHERE _failed_rule IS NULL GROUP BY {keys}) SELECT {} FROM d{joins}",
@@ -348,22 +366,37 @@ async fn current_rows_sql(
     ))
 }
 
-/// Applies the batch to silver by mode, recording the consumed offsets in the same commit.
+/// Applies the batch to silver by mode, recording the consumed offsets in the same commit. The
+/// batch has a `_delete` column (true for a message that `delete_when` makes a delete); silver
+/// does not store it.
 async fn apply(
     lake: &Lake,
     ctx: &SessionContext,
     table: &Table,
     rows: DataFrame,
     txns: Vec<(String, i64)>,
+    apps: &[String],
 ) -> Result<()> {
     let name = table.name();
     let query = |source| Error::Query {
         table: name.to_owned(),
         source,
     };
+    let deletes = table.config.delete_when.is_some();
+    let rows = if deletes {
+        remember_deletes(lake, ctx, table, rows, &txns, apps).await?
+    } else {
+        rows
+    };
     let existing = lake.open(Layer::Silver, name).await?;
     let (Some(target), Mode::Diff | Mode::Append) = (existing, table.mode()) else {
-        let batches = rows.collect().await.map_err(query)?;
+        let batches = rows
+            .filter(col("_delete").is_false())
+            .and_then(|rows| rows.drop_columns(&["_delete"]))
+            .map_err(query)?
+            .collect()
+            .await
+            .map_err(query)?;
         let overwrite = table.mode() == Mode::Full;
         lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
             .await?;
@@ -374,6 +407,7 @@ async fn apply(
         .fields()
         .iter()
         .map(|f| f.name().clone())
+        .filter(|c| c != "_delete")
         .collect();
     let on = key_match(table.key());
     let commit = CommitProperties::default().with_application_transactions(
@@ -392,12 +426,19 @@ async fn apply(
         .with_session_state(Arc::new(ctx.state()))
         .with_commit_properties(commit);
     if table.mode() == Mode::Diff {
+        // Newer, or as new and arrived later (a key's messages share a partition).
+        let newer = "(source._sequence > target._sequence OR (source._sequence = target._sequence AND source._offset > target._offset))";
+        if deletes {
+            merge = merge
+                .when_matched_delete(|delete| {
+                    delete.predicate(format!("{newer} AND source._delete"))
+                })
+                .map_err(delta_err)?;
+        }
         merge = merge
             .when_matched_update(|update| {
                 columns.iter().fold(
-                    update.predicate(
-                        "source._sequence > target._sequence OR (source._sequence = target._sequence AND source._offset > target._offset)",
-                    ),
+                    update.predicate(format!("{newer} AND NOT source._delete")),
                     |u, c| u.update(c.as_str(), format!("source.{}", ident(c))),
                 )
             })
@@ -405,17 +446,108 @@ async fn apply(
     }
     merge = merge
         .when_not_matched_insert(|insert| {
-            columns.iter().fold(insert, |i, c| {
-                i.set(c.as_str(), format!("source.{}", ident(c)))
-            })
+            columns
+                .iter()
+                .fold(insert.predicate("NOT source._delete"), |i, c| {
+                    i.set(c.as_str(), format!("source.{}", ident(c)))
+                })
         })
         .map_err(delta_err)?;
     merge.await.map_err(delta_err)?;
     Ok(())
 }
 
-/// `<lake>/silver/<name>`: the latest silver row of `table` per `key`.
-async fn rebuild_latest_by(lake: &Lake, table: &Table, name: &str, key: &[String]) -> Result<()> {
+/// DIFF with `delete_when`: records the batch's deletes in `silver/<table>__tombstones` (exactly
+/// once: the commit carries the batch's offsets, as quarantine's does), then leaves out the
+/// batch rows that a stored delete of their key supersedes (older, or as old and earlier), so a
+/// version arriving after its key was deleted is not inserted again.
+async fn remember_deletes(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &Table,
+    rows: DataFrame,
+    txns: &[(String, i64)],
+    apps: &[String],
+) -> Result<DataFrame> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    let tombstones = format!("{name}__tombstones");
+    ctx.register_table("batch", rows.into_view())
+        .map_err(query)?;
+    let keys: Vec<String> = table.key().iter().map(|k| ident(k)).collect();
+    let keys = keys.join(", ");
+    let done = lake.txn_versions(Layer::Silver, &tombstones, apps).await?;
+    let fresh = past(apps, &done);
+    let new = collect(
+        ctx,
+        &format!(
+            "SELECT {keys}, _sequence, _partition, _offset FROM batch WHERE _delete AND ({fresh})"
+        ),
+    )
+    .await
+    .map_err(query)?;
+    if new.iter().any(|b| b.num_rows() > 0) {
+        lake.write(Layer::Silver, &tombstones, new, &[], txns.to_vec(), false)
+            .await?;
+    }
+    if !lake
+        .register(ctx, Layer::Silver, &tombstones, "tombstones")
+        .await?
+    {
+        return ctx.table("batch").await.map_err(query);
+    }
+    let on = table
+        .key()
+        .iter()
+        .map(|k| format!("b.{id} = t.{id}", id = ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    ctx.sql(&format!(
+        "SELECT b.* FROM batch b LEFT JOIN (SELECT * FROM (SELECT *, row_number() OVER \
+         (PARTITION BY {keys} ORDER BY _sequence DESC, _offset DESC) AS _rn FROM tombstones) \
+         WHERE _rn = 1) t ON {on} \
+         WHERE t._offset IS NULL OR b._sequence > t._sequence \
+         OR (b._sequence = t._sequence AND b._offset >= t._offset)"
+    ))
+    .await
+    .map_err(query)
+}
+
+/// Brings each `latest_by` table of `table` up to the current silver version. Each rebuild
+/// records the silver version it was made from (a txn action), so one that a crash left behind
+/// the silver commit is redone by the next run, even when that run finds no new rows.
+async fn refresh_latest_by(lake: &Lake, table: &Table) -> Result<()> {
+    if table.config.latest_by.is_empty() {
+        return Ok(());
+    }
+    let Some(silver) = lake.open(Layer::Silver, table.name()).await? else {
+        return Ok(());
+    };
+    let version = silver.version().unwrap_or(0) as i64;
+    let app = app_id("latest-by", table.name(), 0);
+    for latest in &table.config.latest_by {
+        let built = lake
+            .txn_versions(Layer::Silver, &latest.name, std::slice::from_ref(&app))
+            .await?;
+        if built.get(&app) == Some(&version) {
+            continue;
+        }
+        crate::fault::crash_point(&format!("silver-before-latest-by:{}", table.name()));
+        rebuild_latest_by(lake, table, latest, (app.clone(), version)).await?;
+    }
+    Ok(())
+}
+
+/// `<lake>/silver/<name>`: the latest silver row of `table` per `key`, recording `built_from`.
+async fn rebuild_latest_by(
+    lake: &Lake,
+    table: &Table,
+    latest: &crate::idcard::config::LatestByConfig,
+    built_from: (String, i64),
+) -> Result<()> {
     let query = |source| Error::Query {
         table: table.name().to_owned(),
         source,
@@ -423,7 +555,12 @@ async fn rebuild_latest_by(lake: &Lake, table: &Table, name: &str, key: &[String
     let ctx = session();
     lake.register(&ctx, Layer::Silver, table.name(), "s")
         .await?;
-    let keys = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    let keys = latest
+        .key
+        .iter()
+        .map(|k| ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
     let batches = collect(
         &ctx,
         &format!(
@@ -432,7 +569,14 @@ async fn rebuild_latest_by(lake: &Lake, table: &Table, name: &str, key: &[String
     )
     .await
     .map_err(query)?;
-    lake.write(Layer::Silver, name, batches, &[], vec![], true)
-        .await?;
+    lake.write(
+        Layer::Silver,
+        &latest.name,
+        batches,
+        &[],
+        vec![built_from],
+        true,
+    )
+    .await?;
     Ok(())
 }

@@ -20,12 +20,11 @@ const GOLD: &[&str] = &[
 /// The gold tables computed by tests/py/gold_reference.py (plain Python, no SQL) from the CSVs,
 /// each row as `a | b | c` like [`rows`].
 fn reference(data: &Path) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(repo().join("framework/tests/py/gold_reference.py"))
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("framework/tests/py/gold_reference.py"))
         .arg("--data")
-        .arg(data)
-        .output()
-        .expect("python runs");
+        .arg(data);
+    let out = output(cmd);
     assert!(
         out.status.success(),
         "{}",
@@ -80,20 +79,7 @@ fn every_gold_table_equals_an_independent_computation_of_the_spec() {
     let mut run = framework(&lake);
     run.args(["run", "--all", "--data"]).arg(sample());
     ok(run);
-    let expected = reference(&sample());
-    for table in GOLD {
-        let columns = columns(&lake, Layer::Gold, table);
-        let first = expected[table][0].as_object().unwrap();
-        assert_eq!(
-            columns.len(),
-            first.len(),
-            "{table}: {columns:?} vs {first:?}"
-        );
-        let ours = rows(&lake, Layer::Gold, table);
-        let theirs = as_rows(&expected[table], &columns);
-        assert!(!theirs.is_empty(), "{table}: the reference is empty");
-        assert_same_rows(table, &ours, &theirs);
-    }
+    assert_gold_equals_reference(&lake, &sample());
     // A real category averages exactly on a half cent: rounded half away from zero.
     let products = rows(&lake, Layer::Gold, "gold_product_analytics");
     assert!(
@@ -102,6 +88,24 @@ fn every_gold_table_equals_an_independent_computation_of_the_spec() {
             .any(|r| r.starts_with("fashion_underwear_beach |") && r.contains("| 65.43 |")),
         "{products:#?}"
     );
+}
+
+/// Checks every gold table of `lake` against tests/py/gold_reference.py run on the CSVs of `data`.
+pub fn assert_gold_equals_reference(lake: &Path, data: &Path) {
+    let expected = reference(data);
+    for table in GOLD {
+        let columns = columns(lake, Layer::Gold, table);
+        let first = expected[table][0].as_object().unwrap();
+        assert_eq!(
+            columns.len(),
+            first.len(),
+            "{table}: {columns:?} vs {first:?}"
+        );
+        let ours = rows(lake, Layer::Gold, table);
+        let theirs = as_rows(&expected[table], &columns);
+        assert!(!theirs.is_empty(), "{table}: the reference is empty");
+        assert_same_rows(table, &ours, &theirs);
+    }
 }
 
 /// Writes the sample with only the orders bought before `cutoff` (and their items, payments and
@@ -249,7 +253,7 @@ fn a_broken_model_is_an_error_with_file_and_line() {
     .unwrap();
     let mut validate = framework(&dir.path().join("lake"));
     validate.arg("--models").arg(&models).arg("validate");
-    let out = validate.output().unwrap();
+    let out = output(validate);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

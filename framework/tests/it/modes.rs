@@ -1,0 +1,230 @@
+//! Silver modes on values: hand-made deliveries of a small table and the expected silver table
+//! written out row by row, for DIFF, APPEND and FULL.
+//!
+//! The table is keyed by `id`, versioned by `version` (`sequence_by`). Tie rule: of two versions
+//! of a key with the same `sequence_by`, the one that arrived later on the topic wins (a key
+//! always lands on the same partition, so "later" is the higher offset).
+
+use std::path::{Path, PathBuf};
+
+use framework::lake::Layer;
+
+use crate::common::*;
+
+/// A project of one table, `accounts`, in the given mode, with no models and no suites.
+struct Project {
+    dir: PathBuf,
+}
+
+impl Project {
+    fn new(dir: &Path, mode: &str) -> Self {
+        Self::with(dir, mode, "", "")
+    }
+
+    /// With `extra_columns` (schema lines) and `extra` (idcard lines) added.
+    fn with(dir: &Path, mode: &str, extra_columns: &str, extra: &str) -> Self {
+        let idcards = dir.join("idcards");
+        for folder in ["idcards", "models", "expectations", "data"] {
+            std::fs::create_dir_all(dir.join(folder)).unwrap();
+        }
+        std::fs::write(
+            idcards.join("accounts.yaml"),
+            format!(
+                "table: accounts
+source: {{ format: csv, path: accounts.csv }}
+topic: {{ name: raw_accounts, partitions: 2 }}
+schema:
+  - {{ name: id, type: string, nullable: false }}
+  - {{ name: name, type: string }}
+  - {{ name: version, type: int }}
+{extra_columns}key: [id]
+mode: {mode}
+sequence_by: version
+{extra}"
+            ),
+        )
+        .unwrap();
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Delivers `rows` (CSV lines after the header) and runs the table up to silver.
+    fn deliver(&self, rows: &[&str]) -> std::process::Output {
+        self.deliver_with_header("id,name,version", rows)
+    }
+
+    fn deliver_with_header(&self, header: &str, rows: &[&str]) -> std::process::Output {
+        let mut csv = format!("{header}\n");
+        for row in rows {
+            csv.push_str(row);
+            csv.push('\n');
+        }
+        std::fs::write(self.dir.join("data/accounts.csv"), csv).unwrap();
+        output(self.run())
+    }
+
+    fn run(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_framework"));
+        cmd.arg("--idcards")
+            .arg(self.dir.join("idcards"))
+            .arg("--models")
+            .arg(self.dir.join("models"))
+            .arg("--expectations")
+            .arg(self.dir.join("expectations"))
+            .arg("--lake")
+            .arg(self.lake())
+            .args(["run", "--table", "accounts", "--data"])
+            .arg(self.dir.join("data"));
+        cmd
+    }
+
+    fn lake(&self) -> PathBuf {
+        self.dir.join("lake")
+    }
+
+    /// Silver as `id | name | version` lines, sorted.
+    fn silver(&self) -> Vec<String> {
+        batch_rows(&batches(
+            &self.lake(),
+            Layer::Silver,
+            "accounts",
+            "SELECT id, name, version FROM t",
+        ))
+    }
+}
+
+fn succeeded(out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "run failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The first delivery of every test: in one batch, an older version after a newer one (`c`)
+/// and two versions with the same sequence (`d`: the later line wins).
+const FIRST: &[&str] = &[
+    "a,Ann,1", "b,Bob,1", "c,Cid,2", "c,Cyd,1", "d,Dan,1", "d,Dee,1",
+];
+
+/// The second: a newer version (`a`), an older one arriving late (`b`), an exact duplicate
+/// (`c`), the same sequence again with other content (`d`) and a new key (`e`).
+const SECOND: &[&str] = &["a,Anna,2", "b,Bobby,0", "c,Cid,2", "d,Dot,1", "e,Eve,1"];
+
+#[test]
+fn diff_keeps_the_newest_version_of_each_key_and_the_later_arrival_on_a_tie() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::new(dir.path(), "DIFF");
+    succeeded(project.deliver(FIRST));
+    assert_eq!(
+        project.silver(),
+        ["a | Ann | 1", "b | Bob | 1", "c | Cid | 2", "d | Dee | 1"]
+    );
+    succeeded(project.deliver(SECOND));
+    assert_eq!(
+        project.silver(),
+        [
+            "a | Anna | 2",
+            "b | Bob | 1",
+            "c | Cid | 2",
+            "d | Dot | 1",
+            "e | Eve | 1"
+        ]
+    );
+    // Re-running with nothing new changes nothing.
+    let mut again = project.run();
+    again.arg("--no-produce");
+    ok(again);
+    assert_eq!(project.silver().len(), 5);
+    assert_eq!(project.silver()[0], "a | Anna | 2");
+}
+
+#[test]
+fn append_adds_new_keys_and_never_changes_a_stored_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::new(dir.path(), "APPEND");
+    succeeded(project.deliver(FIRST));
+    assert_eq!(
+        project.silver(),
+        ["a | Ann | 1", "b | Bob | 1", "c | Cid | 2", "d | Dee | 1"]
+    );
+    succeeded(project.deliver(SECOND));
+    assert_eq!(
+        project.silver(),
+        [
+            "a | Ann | 1",
+            "b | Bob | 1",
+            "c | Cid | 2",
+            "d | Dee | 1",
+            "e | Eve | 1"
+        ]
+    );
+}
+
+#[test]
+fn full_replaces_the_table_by_each_delivered_snapshot_and_refuses_an_empty_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::new(dir.path(), "FULL");
+    succeeded(project.deliver(FIRST));
+    assert_eq!(
+        project.silver(),
+        ["a | Ann | 1", "b | Bob | 1", "c | Cid | 2", "d | Dee | 1"]
+    );
+    // The snapshot is the truth: an older `b` replaces a newer one, and keys it lacks go.
+    succeeded(project.deliver(SECOND));
+    assert_eq!(
+        project.silver(),
+        [
+            "a | Anna | 2",
+            "b | Bobby | 0",
+            "c | Cid | 2",
+            "d | Dot | 1",
+            "e | Eve | 1"
+        ]
+    );
+    succeeded(project.deliver(&["f,Fay,1", "a,Ann,3"]));
+    assert_eq!(project.silver(), ["a | Ann | 3", "f | Fay | 1"]);
+    // A header without rows would empty the table: refused, and silver keeps its snapshot.
+    let out = project.deliver(&[]);
+    assert!(!out.status.success(), "an empty snapshot was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("accounts.csv") && err.contains("no rows") && err.contains("FULL"),
+        "{err}"
+    );
+    assert_eq!(project.silver(), ["a | Ann | 3", "f | Fay | 1"]);
+}
+
+#[test]
+fn diff_deletes_obey_the_sequence_rule_and_a_deleted_key_stays_deleted_for_older_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::with(
+        dir.path(),
+        "DIFF",
+        "  - { name: op, type: string }\n",
+        "delete_when: \"op = 'D'\"\n",
+    );
+    let deliver =
+        |rows: &[&str]| succeeded(project.deliver_with_header("id,name,version,op", rows));
+    deliver(&["a,Ann,1,I", "b,Bob,1,I", "c,Cid,1,I"]);
+    assert_eq!(
+        project.silver(),
+        ["a | Ann | 1", "b | Bob | 1", "c | Cid | 1"]
+    );
+    // A newer delete removes `a`; a late (older) delete of `b` is ignored; in one batch, `c`'s
+    // newer insert wins over its older delete.
+    deliver(&["a,,2,D", "b,,0,D", "c,Cyd,3,I", "c,,2,D"]);
+    assert_eq!(project.silver(), ["b | Bob | 1", "c | Cyd | 3"]);
+    // An older version of `a` arriving after its delete is not inserted again; a delete of a
+    // key never stored, with the same sequence as an insert before it, wins (it came later).
+    deliver(&["a,Ann,1,I", "d,Dee,1,I", "d,,1,D"]);
+    assert_eq!(project.silver(), ["b | Bob | 1", "c | Cyd | 3"]);
+    // A newer version after the delete is a new life for the key.
+    deliver(&["a,Anew,5,I", "d,Dot,2,I"]);
+    assert_eq!(
+        project.silver(),
+        ["a | Anew | 5", "b | Bob | 1", "c | Cyd | 3", "d | Dot | 2"]
+    );
+}
