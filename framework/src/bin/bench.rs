@@ -174,7 +174,7 @@ fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
         run(framework(exe, repo, &lake)
             .arg("--bus")
             .arg(format!("kafka://{}", broker.bootstrap()))
-            .args(["run", "--all", "--until", "bronze", "--data"])
+            .args(["run", "--all", "--simulate", "--until", "bronze", "--data"])
             .arg(&data)
             .arg("--report")
             .arg(&report)
@@ -466,7 +466,7 @@ fn run_ours(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figures
     let report = lake.with_extension("json");
     let started = Instant::now();
     run(framework(exe, repo, lake)
-        .args(["run", "--all", "--until", "silver", "--data"])
+        .args(["run", "--all", "--simulate", "--until", "silver", "--data"])
         .arg(data)
         .arg("--report")
         .arg(&report)

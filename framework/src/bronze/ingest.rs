@@ -262,15 +262,18 @@ async fn ingest_group(
                 }
                 let since = *waiting_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > OTHERS_TIMEOUT {
-                    // Nothing is lost: what is not stored stays on the topic for the next run.
-                    tracing::warn!(
-                        table = name,
-                        ?behind,
-                        "bronze: partitions still behind after {} s (held by another member, or \
-                         ending in control records); leaving them to the next run",
-                        OTHERS_TIMEOUT.as_secs()
-                    );
-                    break;
+                    // A bounded run promises the whole topic stored: say it is not. Nothing is
+                    // lost: what is not stored stays on the topic for the next run.
+                    return Err(bus_err(crate::bus::Error::Group {
+                        topic: topic.to_owned(),
+                        reason: format!(
+                            "partition(s) {behind:?} still not stored in bronze after {} s (held by \
+                             another group member that is still running, or ending in transaction \
+                             control records); their messages stay on the topic\n  hint: run again \
+                             once the other members have finished",
+                            OTHERS_TIMEOUT.as_secs()
+                        ),
+                    }));
                 }
                 tracing::info!(
                     table = name,

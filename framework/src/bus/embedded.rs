@@ -36,7 +36,7 @@ impl EmbeddedLog {
 
     pub fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
         if let Ok(existing) = self.partitions(topic) {
-            return Ok(existing);
+            return super::same_count(topic, partitions, existing);
         }
         let dir = self.topic_dir(topic);
         fs::create_dir_all(&dir).map_err(Self::io(topic))?;
@@ -54,6 +54,15 @@ impl EmbeddedLog {
         fs::write(&tmp, partitions.to_string()).map_err(Self::io(topic))?;
         fs::rename(&tmp, dir.join("partitions")).map_err(Self::io(topic))?;
         Ok(partitions)
+    }
+
+    /// See [`super::Bus::producer_lease`].
+    pub fn producer_lease(&self, topic: &str) -> Result<crate::lease::Lease> {
+        let path = self.topic_dir(topic).join("producer.lock");
+        crate::lease::take(&path, crate::lease::timeout()).map_err(|source| Error::Lease {
+            topic: topic.to_owned(),
+            source,
+        })
     }
 
     pub fn partitions(&self, topic: &str) -> Result<u32> {

@@ -153,7 +153,7 @@ impl KafkaBus {
         let started = Instant::now();
         loop {
             match self.partitions(topic) {
-                Ok(n) if n > 0 => return Ok(n),
+                Ok(n) if n > 0 => return super::same_count(topic, partitions, n),
                 _ if started.elapsed() < REQUEST_TIMEOUT => {
                     std::thread::sleep(Duration::from_millis(100))
                 }

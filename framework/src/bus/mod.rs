@@ -36,6 +36,19 @@ pub enum Error {
         count: usize,
         first: String,
     },
+    #[error(
+        "topic {topic} has {actual} partition(s) but the idcard declares {declared}\n  hint: a topic's partition count cannot change under the offsets stored in bronze and silver; set `topic.partitions: {actual}` again, or move the table to a new topic name (and a new lake) to repartition it"
+    )]
+    PartitionCount {
+        topic: String,
+        declared: u32,
+        actual: u32,
+    },
+    #[error("topic {topic}: producer lease {source}")]
+    Lease {
+        topic: String,
+        source: crate::lease::LeaseError,
+    },
     #[error("topic {topic}: consumer group: {reason}")]
     Group { topic: String, reason: String },
     #[error("topic {topic} partition {partition}: corrupt record at offset {offset}: {reason}")]
@@ -107,7 +120,9 @@ impl Bus {
         Some(Self::Kafka(KafkaBus::new(brokers, settings)))
     }
 
-    /// Creates the topic with `partitions` partitions unless it exists; returns its partition count.
+    /// Creates the topic with `partitions` partitions unless it exists; returns its partition
+    /// count. An existing topic with another count is an error: the stages track offsets per
+    /// partition of the idcard's count, so a silently different one would lose partitions.
     pub fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
         match self {
             Self::Embedded(log) => log.ensure_topic(topic, partitions),
@@ -123,6 +138,17 @@ impl Bus {
         }
     }
 
+    /// The right to produce to `topic` alone, held until dropped: on the embedded log a lock
+    /// file in the topic's folder, so that two producers never interleave their messages (a
+    /// second one waits, see [`crate::lease`]); nothing on Kafka, whose producers are
+    /// independent by design.
+    pub fn producer_lease(&self, topic: &str) -> Result<crate::lease::Lease> {
+        match self {
+            Self::Embedded(log) => log.producer_lease(topic),
+            Self::Kafka(_) => Ok(crate::lease::Lease::none()),
+        }
+    }
+
     /// Appends records; returns how many were written per partition.
     pub fn send(&self, topic: &str, records: &[Record]) -> Result<Vec<u64>> {
         match self {
@@ -130,6 +156,18 @@ impl Bus {
             Self::Kafka(kafka) => kafka.send(topic, records),
         }
     }
+}
+
+/// `actual`, the partition count of an existing topic, when it is the `declared` one.
+fn same_count(topic: &str, declared: u32, actual: u32) -> Result<u32> {
+    if actual != declared {
+        return Err(Error::PartitionCount {
+            topic: topic.to_owned(),
+            declared,
+            actual,
+        });
+    }
+    Ok(actual)
 }
 
 /// Partition of a key: FNV-1a, stable across runs and platforms.

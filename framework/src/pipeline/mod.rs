@@ -1,8 +1,11 @@
 //! Runs the stages for a set of tables, in dependency order, and reports per table.
 
+mod deliveries;
+mod inspect;
 mod report;
 mod run;
 
+pub use inspect::rejects;
 pub use report::{TableReport, peak_rss_mib, render_summary};
 pub use run::{RunOptions, RunReport, Stage, run};
 
@@ -23,6 +26,11 @@ pub enum Error {
     Quality(#[from] crate::quality::Error),
     #[error(transparent)]
     Lake(#[from] crate::lake::Error),
+    #[error("{table}: {source}")]
+    Query {
+        table: String,
+        source: deltalake::datafusion::error::DataFusionError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

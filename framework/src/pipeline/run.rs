@@ -8,12 +8,12 @@ use crate::bronze::{self, BronzeOptions};
 use crate::bus::Bus;
 use crate::gold::{self, BuildOptions, ModelReport, Models};
 use crate::idcard::Project;
-use crate::lake::Lake;
+use crate::lake::{Lake, Layer};
 use crate::quality::{self, CheckResult, Checks, SuiteLayer};
 use crate::silver;
 use crate::source::{self, ProduceOptions};
 
-use super::{Error, Result, TableReport};
+use super::{Error, Result, TableReport, deliveries};
 
 /// The last stage to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub data: PathBuf,
     /// Produce the source files onto the topics first.
     pub produce: bool,
+    /// Produce a source file even when this lake already ingested the same content.
+    pub resend: bool,
     pub produce_options: ProduceOptions,
     pub bronze_options: BronzeOptions,
     /// Stop after this stage.
@@ -86,21 +88,42 @@ pub async fn run(
             ..TableReport::default()
         };
         if options.produce {
-            let bar = bars.add(bar(table.name(), "produce"));
-            let stats = source::produce(
-                bus,
-                table,
-                &options.data,
-                &options.produce_options,
-                &|done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                },
-            )?;
-            bar.finish_and_clear();
-            report.rows_read = stats.rows_read;
-            report.produced = stats.messages;
-            report.produce_s = stats.seconds;
+            // Checked and recorded under the table's delivery lease: two runs never both send
+            // a new file.
+            let _lease = lake
+                .lease(Layer::Meta, &format!("deliveries-{}", table.name()))
+                .await?;
+            let delivery = deliveries::fingerprint(table, &options.data)?;
+            let done = if options.resend {
+                None
+            } else {
+                deliveries::delivered(lake, &delivery).await?
+            };
+            if let Some(at) = done {
+                run.skipped.push(format!(
+                    "produce {}: {} was already ingested unchanged ({} bytes, at {at}); not sent again (--resend sends it)",
+                    table.name(),
+                    delivery.file,
+                    delivery.bytes
+                ));
+            } else {
+                let bar = bars.add(bar(table.name(), "produce"));
+                let stats = source::produce(
+                    bus,
+                    table,
+                    &options.data,
+                    &options.produce_options,
+                    &|done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    },
+                )?;
+                bar.finish_and_clear();
+                deliveries::record(lake, &delivery, stats.messages).await?;
+                report.rows_read = stats.rows_read;
+                report.produced = stats.messages;
+                report.produce_s = stats.seconds;
+            }
         }
         let bar = bars.add(bar(table.name(), "bronze"));
         let stats = bronze::ingest(bus, lake, table, &options.bronze_options, &|done, total| {

@@ -54,7 +54,13 @@ pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceR
                     reason: err.to_string(),
                 });
             }
-            None => return Ok(Vec::new()),
+            None => {
+                return Err(Error::Format {
+                    path: path.into(),
+                    reason: "the file is empty: no header line\n  hint: the idcard says `source.csv.header: true`; \
+                             write the header, or deliver no file when there is nothing to send".into(),
+                });
+            }
         };
         header_order(table, path, &header)?
     } else {
@@ -128,13 +134,46 @@ fn file_name(path: &Path) -> String {
 /// Maps header names (after `source.rename`) to schema columns.
 fn header_order(table: &Table, path: &Path, header: &::csv::ByteRecord) -> Result<Vec<usize>> {
     let rename = &table.config.source.rename;
-    let names: Vec<String> = header
-        .iter()
-        .map(|h| {
-            let name = String::from_utf8_lossy(h).trim().to_owned();
-            rename.get(&name).cloned().unwrap_or(name)
-        })
-        .collect();
+    let mut names: Vec<String> = Vec::with_capacity(header.len());
+    for (i, field) in header.iter().enumerate() {
+        let Ok(name) = std::str::from_utf8(field) else {
+            return Err(Error::Format {
+                path: path.into(),
+                reason: format!(
+                    "line 1: header field {} is not valid UTF-8\n  hint: save the file as UTF-8 (the only encoding idcards accept)",
+                    i + 1
+                ),
+            });
+        };
+        let name = name.trim().to_owned();
+        let name = rename.get(&name).cloned().unwrap_or(name);
+        if let Some(first) = names.iter().position(|n| *n == name) {
+            return Err(Error::Format {
+                path: path.into(),
+                reason: format!(
+                    "line 1: column `{name}` appears twice in the header (fields {} and {})\n  hint: remove or rename one of them",
+                    first + 1,
+                    i + 1
+                ),
+            });
+        }
+        names.push(name);
+    }
+    if let [only] = names.as_slice()
+        && table.columns.len() > 1
+        && let Some(other) = [';', '\t', '|', ',']
+            .into_iter()
+            .find(|d| only.contains(*d))
+    {
+        return Err(Error::Format {
+            path: path.into(),
+            reason: format!(
+                "line 1: the header is a single field, and it holds `{}`: the file looks {other:?}-separated\n  hint: set `source.csv.delimiter: {:?}` in the idcard",
+                other.escape_default(),
+                other.to_string()
+            ),
+        });
+    }
     for name in &names {
         if table.column(name).is_none() {
             return Err(Error::UnknownColumn {

@@ -32,6 +32,10 @@ pub enum Error {
     UnknownColumn { path: PathBuf, column: String },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(
+        "{path}: the file holds a header and no rows, and table `{table}` is FULL: each delivery replaces the whole table, so this one would empty it\n  hint: nothing was sent and silver keeps the last snapshot; check the export that wrote the file"
+    )]
+    EmptySnapshot { path: PathBuf, table: String },
     #[error(transparent)]
     Bus(#[from] crate::bus::Error),
 }

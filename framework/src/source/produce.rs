@@ -24,6 +24,9 @@ use super::{Result, SourceRow, read_csv};
 pub struct ProduceOptions {
     /// Pause between messages as the idcard says (a live stream); off for bulk loads.
     pub delay: bool,
+    /// Simulate a live stream's late and duplicate messages as the idcard's `producer` section
+    /// says; off, every source row is sent once with the current time (a faithful load).
+    pub simulate: bool,
     /// Seed of the simulation.
     pub seed: u64,
     /// Stop after this many source rows.
@@ -57,6 +60,12 @@ pub fn produce(
     let started = Instant::now();
     let path = data_dir.join(&table.config.source.path);
     let mut rows = read_csv(table, &path)?;
+    if rows.is_empty() && table.mode() == crate::idcard::Mode::Full {
+        return Err(super::Error::EmptySnapshot {
+            path,
+            table: table.name().to_owned(),
+        });
+    }
     if let Some(limit) = options.limit {
         rows.truncate(limit);
     }
@@ -67,7 +76,17 @@ pub fn produce(
         "produce: source read"
     );
     bus.ensure_topic(table.topic(), table.config.topic.partitions)?;
-    let simulation = &table.config.producer;
+    let _lease = bus.producer_lease(table.topic())?;
+    let faithful = crate::idcard::config::ProducerConfig {
+        late_fraction: 0.0,
+        duplicate_fraction: 0.0,
+        ..table.config.producer.clone()
+    };
+    let simulation = if options.simulate {
+        &table.config.producer
+    } else {
+        &faithful
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ fnv(table.name().as_bytes()));
     let mut stats = ProduceStats {
         rows_read: rows.len() as u64,

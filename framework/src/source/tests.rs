@@ -112,3 +112,60 @@ fn produced_messages_are_keyed_json_with_the_ingestion_timestamp() {
     assert_eq!(value["_ingestion_timestamp"], "2026-01-02T03:04:05.000000Z");
     assert_eq!(record.timestamp_ms, at.timestamp_millis());
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bytes that look like this table's CSV (header, quotes, delimiters, line ends, BOMs,
+    /// invalid UTF-8), and plain noise.
+    fn csv_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"id".to_vec()),
+            Just(b"note".to_vec()),
+            Just(b"amount_lenght".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\xEF\xBB\xBF".to_vec()),
+            Just(b"\xff".to_vec()),
+            Just(b"\0".to_vec()),
+            "[a-z0-9 .]{0,6}".prop_map(String::into_bytes),
+        ];
+        prop_oneof![
+            4 => prop::collection::vec(piece, 0..40).prop_map(|p| {
+                let mut bytes = b"id,note,amount_lenght\n".to_vec();
+                bytes.extend(p.concat());
+                bytes
+            }),
+            1 => prop::collection::vec(any::<u8>(), 0..80),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any bytes: no panic; either a clear error naming the file, or one row or broken
+        /// record (with its line and reason) per CSV record, and each becomes one message.
+        #[test]
+        fn any_bytes_become_rows_broken_records_or_a_clear_error(bytes in csv_bytes()) {
+            let project = project();
+            let table = &project.tables[0];
+            match parse_csv(table, Path::new("t.csv"), &bytes) {
+                Err(e) => prop_assert!(e.to_string().contains("t.csv"), "{}", e),
+                Ok(rows) => {
+                    for row in &rows {
+                        if let SourceRow::Broken { reason, line, .. } = row {
+                            prop_assert!(reason.contains(&format!("t.csv:{line}")), "{}", reason);
+                        }
+                        let record = produce::encode(table, row, chrono::Utc::now());
+                        prop_assert!(!record.value.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Which source files a lake has ingested, so that `run` sends a file only once: a delivery is
+//! a table's source file by name, size and content hash (BLAKE3), recorded in the Delta table
+//! `<lake>/_meta/deliveries` after the file reached the topic. A file whose bytes were already
+//! delivered for that table is not sent again (`--resend` sends it anyway).
+//!
+//! The check and the record are made under the table's delivery lease, so two runs never both
+//! send a new file. A crash after the file reached the topic and before the record leaves the
+//! file unrecorded: the next run sends it again (silver and gold are unchanged by a repeat;
+//! bronze keeps both copies, as it keeps every message).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use deltalake::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::arrow::util::display::ArrayFormatter;
+
+use crate::idcard::Table;
+use crate::lake::{Lake, Layer, session};
+use crate::silver::sql::literal;
+
+use super::{Error, Result};
+
+/// One source file of a table, as the lake would record it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub table: String,
+    pub file: String,
+    pub bytes: u64,
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+}
+
+const TABLE: &str = "deliveries";
+
+/// The fingerprint of `table`'s source file in `data`.
+pub fn fingerprint(table: &Table, data: &Path) -> Result<Delivery> {
+    let path = data.join(&table.config.source.path);
+    let content = std::fs::read(&path).map_err(|source| {
+        Error::Source(crate::source::Error::Read {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    Ok(Delivery {
+        table: table.name().to_owned(),
+        file: table.config.source.path.clone(),
+        bytes: content.len() as u64,
+        hash: blake3::hash(&content).to_hex().to_string(),
+    })
+}
+
+/// When this lake recorded the same content for the same table, if it did.
+pub async fn delivered(lake: &Lake, delivery: &Delivery) -> Result<Option<String>> {
+    let ctx = session();
+    if !lake.register(&ctx, Layer::Meta, TABLE, "d").await? {
+        return Ok(None);
+    }
+    let query = |source| Error::Query {
+        table: delivery.table.clone(),
+        source,
+    };
+    let batches = ctx
+        .sql(&format!(
+            "SELECT CAST(min(delivered_at) AS VARCHAR) FROM d WHERE \"table\" = {} AND hash = {} HAVING count(*) > 0",
+            literal(&delivery.table),
+            literal(&delivery.hash)
+        ))
+        .await
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)?;
+    Ok(batches.iter().find(|b| b.num_rows() > 0).and_then(|b| {
+        let formatter = ArrayFormatter::try_new(b.column(0).as_ref(), &Default::default()).ok()?;
+        Some(formatter.value(0).to_string())
+    }))
+}
+
+/// Records that `delivery` reached the topic as `messages` messages.
+pub async fn record(lake: &Lake, delivery: &Delivery, messages: u64) -> Result<()> {
+    let schema = Schema::new(vec![
+        Field::new("table", DataType::Utf8, false),
+        Field::new("file", DataType::Utf8, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("hash", DataType::Utf8, false),
+        Field::new("messages", DataType::Int64, false),
+        Field::new(
+            "delivered_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(vec![delivery.table.clone()])),
+            Arc::new(StringArray::from(vec![delivery.file.clone()])),
+            Arc::new(Int64Array::from(vec![delivery.bytes as i64])),
+            Arc::new(StringArray::from(vec![delivery.hash.clone()])),
+            Arc::new(Int64Array::from(vec![messages as i64])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![Utc::now().timestamp_micros()])
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .map_err(|e| Error::Query {
+        table: delivery.table.clone(),
+        source: e.into(),
+    })?;
+    lake.write(Layer::Meta, TABLE, vec![batch], &[], vec![], false)
+        .await?;
+    Ok(())
+}
