@@ -24,6 +24,7 @@ Examples:
   framework build --select gold_daily_sales+  build one gold model and what reads it
   framework compile --select gold_customer_rfm  print the SQL a model runs
   framework test                              run the quality suites; non-zero exit if a `fail` check fails
+  framework rejects --table orders            the rows that did not make it into bronze or silver, and why
   framework produce --table orders            stream orders onto raw_orders with the idcard's delays
   framework generate-dags                     write the Airflow DAGs into dags_generated/
   framework generate-dags --check             fail if dags_generated/ is not what the idcards generate
@@ -81,9 +82,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check every idcard (JSON Schema, then cross-references) and model without running anything.
-    Validate,
+    /// Check every idcard (JSON Schema, then cross-references), every model (rendered and planned
+    /// against the silver tables' shapes) and every quality suite, without running anything; and
+    /// that each idcard's source file is in --data, when that folder exists.
+    #[command(
+        after_help = "Examples:\n  framework validate\n  framework validate --idcards ./idcards --data /mnt/exports/olist"
+    )]
+    Validate {
+        /// Folder with the source files (checked only when it exists).
+        #[arg(long, env = "FRAMEWORK_DATA", default_value = "data/olist_sample")]
+        data: PathBuf,
+    },
     /// Send a table's source file to its topic, simulating a live stream.
+    #[command(
+        after_help = "Examples:\n  framework produce --table orders                     stream with the idcard's delays, late and duplicate messages\n  framework produce --table orders --no-delay --seed 7  as fast as possible, another simulation\n  framework produce --table sellers --limit 10          the first 10 rows only"
+    )]
     Produce {
         /// Table (idcard name) to produce.
         #[arg(long)]
@@ -101,7 +114,11 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Produce (in bulk) -> bronze -> silver for some tables or all of them.
+    /// Produce (in bulk; each source row once unless --simulate) -> bronze -> silver for some
+    /// tables or all of them, each layer's checks, then the gold models that read them.
+    #[command(
+        after_help = "Examples:\n  framework run --all                              the whole lake: produce, bronze, silver, gold, checks\n  framework run --table orders --table customers   these tables, then the gold models that read them\n  framework run --all --no-produce --until silver  what is on the topics, up to silver\n  framework run --all --simulate --seed 7          with late and duplicate messages\n  framework --bus kafka://localhost:9092 run --all through a Kafka cluster"
+    )]
     Run {
         /// Table to run; repeat for several.
         #[arg(long, required_unless_present = "all")]
@@ -121,7 +138,15 @@ enum Command {
         /// Rebuild incremental gold models whole.
         #[arg(long)]
         full_refresh: bool,
-        /// Seed of the producer's simulation.
+        /// Send each source file even when this lake already ingested the same content (by
+        /// default an unchanged file is not sent again).
+        #[arg(long)]
+        resend: bool,
+        /// Simulate a live stream while producing: late and duplicate messages as the idcard's
+        /// `producer` section says (by default every source row is sent once, as it is).
+        #[arg(long)]
+        simulate: bool,
+        /// Seed of the producer's simulation (with --simulate).
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Messages per bronze commit.
@@ -139,6 +164,9 @@ enum Command {
     ///
     /// Selectors: `name`, `+name` (with the models it reads), `name+` (with the models that read
     /// it), `source:orders+` (models reading silver orders, and downstream).
+    #[command(
+        after_help = "Examples:\n  framework build                               every model\n  framework build --select gold_daily_sales+    one model and what reads it\n  framework build --select source:orders+       the models that read silver orders\n  framework build --full-refresh                rebuild incremental models whole"
+    )]
     Build {
         /// Models to build; repeat or separate with commas (default: all).
         #[arg(long, value_delimiter = ',')]
@@ -152,6 +180,9 @@ enum Command {
     },
     /// Run the quality suites and model tests against the lake and record the results in
     /// <lake>/quality/results. Exits non-zero when a check with action `fail` fails.
+    #[command(
+        after_help = "Examples:\n  framework test                       every suite and model test\n  framework test --layer silver        the silver suite only\n  framework test --suite freshness     one suite"
+    )]
     Test {
         /// Only the checks of this layer.
         #[arg(long, value_enum)]
@@ -160,7 +191,24 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         suite: Vec<String>,
     },
+    /// Show what did not make it into a table, and why: its reject rows (messages bronze could
+    /// not read or type, with the reason and the source line) and its quarantine rows (silver
+    /// rows that failed an idcard expectation, with the rule).
+    #[command(
+        after_help = "Examples:\n  framework rejects --table orders\n  framework rejects --table order_items --limit 50"
+    )]
+    Rejects {
+        /// Table (idcard name).
+        #[arg(long)]
+        table: String,
+        /// Rows to show of each.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Print the SQL that models run, rendered (ephemeral models inlined as CTEs).
+    #[command(
+        after_help = "Examples:\n  framework compile --select gold_customer_rfm\n  framework compile --incremental --select gold_daily_sales\n  framework compile --manifest target/manifest.json"
+    )]
     Compile {
         /// Models to print (default: all).
         #[arg(long, value_delimiter = ',')]
@@ -173,6 +221,9 @@ enum Command {
         manifest: Option<PathBuf>,
     },
     /// Write the idcard JSON Schema (idcards/idcard.schema.json) from the Rust types.
+    #[command(
+        after_help = "Examples:\n  framework generate-schema\n  framework generate-schema --check"
+    )]
     GenerateSchema {
         /// Fail if the file differs instead of writing it.
         #[arg(long)]
@@ -183,6 +234,9 @@ enum Command {
     /// publishing its bronze and silver tables as Assets, and the gold DAG scheduled on the silver
     /// Assets the models read (<project>_gold.py). Removes generated files whose idcard is gone;
     /// leaves other files alone. Output is deterministic: CI checks it with --check.
+    #[command(
+        after_help = "Examples:\n  framework generate-dags\n  framework generate-dags --check\n  framework generate-dags --out /opt/airflow/dags --project framework.yaml"
+    )]
     GenerateDags {
         /// Folder of the DAG files.
         #[arg(long, default_value = "dags_generated")]
@@ -196,6 +250,9 @@ enum Command {
         check: bool,
     },
     /// Write Olist-shaped CSV files at a scale (1 = Kaggle size) for benchmarks and scale tests.
+    #[command(
+        after_help = "Examples:\n  framework generate-data --scale 1 --out /tmp/olist\n  framework generate-data --scale 0.05 --seed 7 --out /tmp/small"
+    )]
     GenerateData {
         /// Scale factor: 1 is ~100k orders, ~113k items, ~1M geolocation rows.
         #[arg(long, default_value_t = 1.0)]
@@ -211,14 +268,19 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.log.contains("rdkafka") {
-        cli.log.clone()
-    } else {
-        format!("{},librdkafka=off,rdkafka=off", cli.log)
-    };
+    let mut filter = cli.log.clone();
+    if !cli.log.contains("rdkafka") {
+        filter.push_str(",librdkafka=off,rdkafka=off");
+    }
+    if !cli.log.contains("deltalake") {
+        // delta-rs warns about its own internals (e.g. a table log it probes); our errors say
+        // what went wrong with a table, in words that name it.
+        filter.push_str(",deltalake=error,deltalake_core=error");
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -285,14 +347,46 @@ fn execute(cli: Cli) -> Result<()> {
     };
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
-        Command::Validate => {
+        Command::Validate { data } => {
             let project = load(&cli.idcards)?;
             println!(
                 "ok: {} idcards valid ({})",
                 project.tables.len(),
                 project.names().join(", ")
             );
+            if data.is_dir() {
+                let missing: Vec<String> = project
+                    .tables
+                    .iter()
+                    .filter(|t| !data.join(&t.config.source.path).is_file())
+                    .map(|t| {
+                        format!(
+                            "error: {}: source.path: `{}` is not in {}",
+                            t.file.display(),
+                            t.config.source.path,
+                            data.display()
+                        )
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    bail!(
+                        "{}\n  hint: put the files in the data folder, or pass the folder that holds them with --data",
+                        missing.join("\n")
+                    );
+                }
+                println!("ok: every source file is in {}", data.display());
+            } else {
+                println!(
+                    "note: source files not checked: --data {} is not a folder",
+                    data.display()
+                );
+            }
             let models = load_models(&cli.models, &cli.vars, &project)?;
+            runtime
+                .block_on(gold::check_sql(&models, &project))
+                .map_err(|d| {
+                    anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), cli.models.display())
+                })?;
             println!(
                 "ok: {} models valid ({})",
                 models.models.len(),
@@ -323,6 +417,7 @@ fn execute(cli: Cli) -> Result<()> {
             };
             let options = ProduceOptions {
                 delay: !no_delay,
+                simulate: true,
                 seed,
                 limit,
             };
@@ -353,6 +448,8 @@ fn execute(cli: Cli) -> Result<()> {
             no_produce,
             until,
             full_refresh,
+            resend,
+            simulate,
             seed,
             batch_size,
             idle_ms,
@@ -365,8 +462,10 @@ fn execute(cli: Cli) -> Result<()> {
             let options = RunOptions {
                 data,
                 produce: !no_produce,
+                resend,
                 produce_options: ProduceOptions {
                     delay: false,
+                    simulate,
                     seed,
                     limit: None,
                 },
@@ -406,6 +505,32 @@ fn execute(cli: Cli) -> Result<()> {
             if let Some(failure) = reports.failure {
                 bail!("run stopped: {failure}");
             }
+            // Every message of a table rejected is a broken delivery, not a success.
+            let all_rejected: Vec<String> = reports
+                .tables
+                .iter()
+                .filter(|t| t.rejected > 0 && t.bronze == 0)
+                .map(|t| format!("{} ({} message(s))", t.table, t.rejected))
+                .collect();
+            if !all_rejected.is_empty() {
+                bail!(
+                    "every message was rejected for: {}\n  hint: `framework rejects --table <table>` shows the reasons and source lines",
+                    all_rejected.join(", ")
+                );
+            }
+        }
+        Command::Rejects { table, limit } => {
+            let project = load(&cli.idcards)?;
+            let Some(table) = project.table(&table) else {
+                bail!(
+                    "unknown table `{table}`\n  hint: known tables: {}",
+                    project.names().join(", ")
+                );
+            };
+            print!(
+                "{}",
+                runtime.block_on(pipeline::rejects(&lake, table, limit))?
+            );
         }
         Command::Build {
             select,
@@ -443,15 +568,36 @@ fn execute(cli: Cli) -> Result<()> {
                     cli.expectations.display()
                 );
             }
+            let (ready, missing) = runtime.block_on(quality::runnable(&lake, &selected))?;
+            if ready.is_empty() {
+                bail!(
+                    "none of the {} selected check(s) can run: the lake at {} holds none of the tables they read\n  hint: is --lake right? Load the tables first with `framework run --all`",
+                    selected.len(),
+                    cli.lake.display()
+                );
+            }
             let run_id = quality::new_run_id();
-            let results = runtime.block_on(quality::run_checks(&lake, &selected, &run_id))?;
+            let results = runtime.block_on(quality::run_checks(&lake, &ready, &run_id))?;
             println!("{}", quality::render_summary(&results));
             println!(
                 "run id {run_id}: results in {}",
                 lake.location(crate::lake::Layer::Quality, "results")
             );
+            for check in &missing {
+                println!(
+                    "not run: {} (reads a table the lake does not have)",
+                    check.name
+                );
+            }
             if let Some(failure) = quality::failure_message(&results) {
                 bail!("{failure}");
+            }
+            if !missing.is_empty() {
+                bail!(
+                    "{} check(s) could not run: the tables they read are not in the lake at {}\n  hint: load them with `framework run --table <table>`, or select other checks with --suite / --layer",
+                    missing.len(),
+                    cli.lake.display()
+                );
             }
         }
         Command::Compile {

@@ -12,6 +12,7 @@
 
 mod build;
 mod config;
+mod plan;
 mod project;
 mod render;
 mod report;
@@ -21,6 +22,7 @@ mod tests;
 
 pub use build::{BuildOptions, ModelReport, build, missing_sources};
 pub use config::{Materialized, ModelConfig};
+pub use plan::check_sql;
 pub use project::{Model, Models};
 pub use render::SOURCE_LAYERS;
 pub use report::render_summary;

@@ -137,3 +137,94 @@ fn json_sources_are_refused_until_they_are_read() {
         "{out}"
     );
 }
+
+#[test]
+fn a_cron_expression_is_checked_field_by_field() {
+    for good in [
+        "0 6 * * *",
+        "*/15 0-23 1,15 jan-mar mon-fri",
+        "@daily",
+        "0 0 * * 7",
+    ] {
+        assert_eq!(compile::check_cron(good), Ok(()), "{good}");
+    }
+    for (bad, problem) in [
+        ("0 6 * *", "4 field(s), cron has 5"),
+        ("60 6 * * *", "minute `60` (allowed: 0-59)"),
+        ("0 6 0 * *", "day of month `0` (allowed: 1-31)"),
+        ("0 6 * * */0", "day of week `*/0` (allowed: 0-7)"),
+        ("@nightly", "unknown preset"),
+    ] {
+        let got = compile::check_cron(bad).unwrap_err();
+        assert!(got.contains(problem), "{bad}: {got}");
+    }
+    let out = check(&format!("{GOOD}schedule: {{ cron: \"0 25 * * *\" }}\n"));
+    assert!(
+        out.contains("schedule.cron: `0 25 * * *` is not a cron expression: hour `25`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_topic_needs_at_least_one_partition() {
+    let out = check(&GOOD.replace(
+        "  name: raw_things\n",
+        "  name: raw_things\n  partitions: 0\n",
+    ));
+    assert!(out.contains("topic.partitions"), "{out}");
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A valid idcard using most fields, to mutate.
+    const RICH: &str = "\
+table: things
+description: Things.
+source: { format: csv, path: things.csv, csv: { delimiter: \";\" }, rename: { amt: amount } }
+topic: { name: raw_things, partitions: 3 }
+schema:
+  - { name: id, type: string, nullable: false }
+  - { name: amount, type: \"decimal(10,2)\" }
+  - { name: at, type: timestamp, format: \"%d/%m/%Y %H:%M\" }
+  - { name: zip, type: string, pad_left: 5 }
+key: [id, zip]
+mode: DIFF
+sequence_by: at
+expectations:
+  - { column: amount, between: { min: 0 }, action: quarantine }
+  - { column: zip, matches: '^[0-9]{5}$', action: warn }
+latest_by:
+  - { name: things_by_zip, key: [zip] }
+schedule: { cron: \"0 6 * * *\", retries: 2 }
+";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Cut, overwrite or insert text anywhere: compile never panics, and every error it
+        /// reports has a line inside the file, a message, and the file's name.
+        #[test]
+        fn a_mutated_idcard_never_panics_and_every_error_has_a_place(
+            edits in prop::collection::vec((0usize..2000, 0usize..24, "[ -~\t\n]{0,10}"), 1..5)
+        ) {
+            let mut text = RICH.to_owned();
+            for (at, len, insert) in edits {
+                let at = at % (text.len() + 1);
+                let end = (at + len).min(text.len());
+                text.replace_range(at..end, &insert);
+            }
+            if let Err(diagnostics) = compile(&[(PathBuf::from("idcards/things.yaml"), text.clone())]) {
+                prop_assert!(!diagnostics.0.is_empty());
+                let lines = text.lines().count().max(1) + 1;
+                for d in &diagnostics.0 {
+                    prop_assert!(d.pos.line >= 1 && d.pos.line <= lines, "{} (of {} lines)", d, lines);
+                    prop_assert!(!d.message.is_empty());
+                    prop_assert!(d.to_string().starts_with("idcards/things.yaml:"), "{}", d);
+                }
+            }
+        }
+    }
+}
