@@ -96,3 +96,87 @@ fn good_rows_are_typed_and_bad_ones_rejected_with_the_reason() {
     assert_eq!(lines.value(3), 9);
     assert!(lines.is_null(0));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Values a message field may hold: JSON of every kind, and strings shaped like the
+    /// table's types (so that some messages type cleanly and others fail on one column).
+    fn field_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+            "-?[0-9]{1,12}(\\.[0-9]{0,4})?".prop_map(Value::String),
+            "20[0-9]{2}-[0-1][0-9]-[0-3][0-9]( [0-2][0-9]:[0-5][0-9]:[0-6][0-9])?"
+                .prop_map(Value::String),
+            "[0-3][0-9]/[0-1][0-9]/20[0-9]{2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-z]{1,3}", inner, 0..3)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn json_message() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop_oneof![
+            Just("id".to_owned()),
+            Just("amount".to_owned()),
+            Just("at".to_owned()),
+            Just("day".to_owned()),
+            Just("_ingestion_timestamp".to_owned()),
+            Just("_source_line".to_owned()),
+            "[a-z_]{1,8}",
+        ];
+        prop::collection::btree_map(key, field_value(), 0..7).prop_map(|fields| {
+            serde_json::to_vec(&serde_json::Value::Object(fields.into_iter().collect())).unwrap()
+        })
+    }
+
+    fn any_message() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => json_message(),
+            1 => prop::collection::vec(any::<u8>(), 0..64),
+            // A valid message cut short.
+            1 => json_message().prop_flat_map(|bytes| {
+                let n = bytes.len();
+                (Just(bytes), 0..=n).prop_map(|(b, cut)| b[..cut].to_vec())
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any batch of messages, whatever their bytes: no panic, and each message is a row or
+        /// a reject with a reason.
+        #[test]
+        fn every_message_becomes_a_row_or_a_reject(values in prop::collection::vec(any_message(), 1..12)) {
+            let messages: Vec<Message> = values
+                .into_iter()
+                .enumerate()
+                .map(|(i, value)| Message {
+                    partition: 0,
+                    offset: i as u64,
+                    timestamp_ms: 1_000,
+                    key: b"k".to_vec(),
+                    value,
+                })
+                .collect();
+            let parsed = parse_messages(&table(), "raw_t", &messages, chrono::Utc::now()).unwrap();
+            prop_assert_eq!(parsed.rows.num_rows() + parsed.rejects.num_rows(), messages.len());
+            let reasons = parsed.rejects.column_by_name("_reason").unwrap().as_string::<i32>();
+            for i in 0..reasons.len() {
+                prop_assert!(!reasons.value(i).is_empty());
+            }
+        }
+    }
+}

@@ -1,8 +1,10 @@
 //! Helpers: run the binary in temp dirs, read tables, compute expectations independently.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -84,9 +86,14 @@ pub fn columns(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
 
 /// Every row of a lake table as text (`a | b | c`, nulls as `null`), sorted.
 pub fn rows(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
+    batch_rows(&batches(lake, layer, table, "SELECT * FROM t"))
+}
+
+/// Every row of `batches` as text (`a | b | c`, nulls as `null`), sorted.
+pub fn batch_rows(batches: &[RecordBatch]) -> Vec<String> {
     let options = FormatOptions::default().with_null("null");
     let mut out = Vec::new();
-    for batch in &batches(lake, layer, table, "SELECT * FROM t") {
+    for batch in batches {
         let columns: Vec<ArrayFormatter<'_>> = batch
             .columns()
             .iter()
@@ -101,11 +108,80 @@ pub fn rows(lake: &Path, layer: Layer, table: &str) -> Vec<String> {
     out
 }
 
-pub fn ok(mut cmd: Command) -> Output {
-    let out = cmd.output().expect("framework runs");
+/// How long one child process of a test may run before the test kills it and fails.
+pub const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to its end (stdin closed, output captured); kills it and fails the test when it
+/// runs longer than [`TIMEOUT`].
+pub fn output(cmd: Command) -> Output {
+    output_within(cmd, TIMEOUT)
+}
+
+/// [`output`] with another limit.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let Some(status) = wait_within(&mut child, limit) else {
+        panic!("{cmd:?} still running after {limit:?}: killed");
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Waits for `child` at most `limit`; past it, kills it and returns `None`.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait(); // SIGKILLed: returns at once
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A copy of the repo's idcards in `dir/idcards` with `from` replaced by `to` in `file` (the
+/// text must be there).
+pub fn idcards_with(dir: &Path, file: &str, from: &str, to: &str) -> PathBuf {
+    let copy = dir.join("idcards");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(idcards()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    let path = copy.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} has no {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    copy
+}
+
+pub fn ok(cmd: Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = output(cmd);
     assert!(
         out.status.success(),
-        "{cmd:?} failed\nstdout:\n{}\nstderr:\n{}",
+        "{shown} failed\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

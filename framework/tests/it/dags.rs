@@ -9,11 +9,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use framework::gold::Models;
 use serde_json::Value;
 
-use crate::common::{framework, idcards, ok, project, repo, sample};
+use crate::common::{framework, idcards, ok, output, output_within, project, repo, sample};
 
 /// A private Airflow: its home (SQLite metadata) and DAG folder under a test's temp dir.
 struct Airflow {
@@ -60,7 +61,7 @@ impl Airflow {
         cmd.arg(repo().join("framework/tests/py/inspect_dags.py"))
             .arg(&self.dags)
             .env("FRAMEWORK_LAKE", lake);
-        let out = cmd.output().expect("the Airflow venv's python runs");
+        let out = output(cmd);
         let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "inspect_dags.py printed no JSON ({e}); stderr:\n{}",
@@ -393,7 +394,7 @@ fn olist_pipeline_runs_in_airflow_and_a_broken_input_is_retried_alerted_and_noti
             .env("FRAMEWORK_DATA", sample())
             .env("FRAMEWORK_DAG_RETRY_DELAY_S", "1")
             .env("FRAMEWORK_ALERT_SLACK_WEBHOOK", &hook);
-        cmd.output().expect("airflow runs")
+        output_within(cmd, Duration::from_secs(600))
     };
 
     let out = dags_test(&repo().join("models"));

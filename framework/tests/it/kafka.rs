@@ -193,13 +193,13 @@ fn an_unreachable_broker_is_a_clear_error() {
         "--data",
     ])
     .arg(sample());
-    let out = run.output().unwrap();
+    let out = output(run);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("raw_orders") && err.contains("--bus"), "{err}");
     let mut bad = framework(&dir.path().join("lake"));
     bad.args(["--bus", "kafka:/oops", "validate"]);
-    let out = bad.output().unwrap();
+    let out = output(bad);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a bus"));
 }
@@ -312,7 +312,7 @@ fn bronze_on_kafka_survives_sigkill_of_its_consumer_ten_times() {
             }
             None => {
                 child.kill().unwrap(); // SIGKILL on Unix
-                child.wait().unwrap();
+                wait_within(&mut child, TIMEOUT).expect("a killed process ends");
                 kills += 1;
                 let rows = count(&lake, Layer::Bronze, "geolocation");
                 if rows > 0 && rows < messages {
@@ -401,7 +401,7 @@ fn two_consumer_processes_split_a_three_partition_topic_and_store_it_once() {
     let mut partitions = Vec::new();
     for (mut child, report, log) in members {
         assert!(
-            child.wait().unwrap().success(),
+            wait_within(&mut child, TIMEOUT).is_some_and(|s| s.success()),
             "{}",
             std::fs::read_to_string(&log).unwrap()
         );

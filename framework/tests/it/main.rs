@@ -1,11 +1,14 @@
 //! End-to-end tests of the `framework` binary, linked once.
 
+mod bad_input;
 mod common;
+mod concurrent;
 mod crash;
 mod dags;
 mod gold;
 mod kafka;
 mod lake;
+mod modes;
 mod quality;
 mod s3;
 mod validate;

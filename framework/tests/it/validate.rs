@@ -27,12 +27,9 @@ fn validate_fails_with_file_line_and_column() {
         .unwrap()
         .replace("mode: DIFF", "mode: UPSERT");
     std::fs::write(&orders, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_framework"))
-        .arg("--idcards")
-        .arg(&idcards)
-        .arg("validate")
-        .output()
-        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_framework"));
+    cmd.arg("--idcards").arg(&idcards).arg("validate");
+    let out = output(cmd);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -47,7 +44,7 @@ fn an_unknown_table_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = framework(dir.path());
     cmd.args(["run", "--table", "ordrs"]);
-    let out = cmd.output().unwrap();
+    let out = output(cmd);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -72,4 +69,104 @@ fn produce_streams_with_the_idcard_delay_and_a_limit() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(250));
     let messages = topic_messages(dir.path(), "raw_sellers", 1);
     assert!((5..=10).contains(&messages), "{messages}");
+}
+
+/// `framework validate` over the repo's idcards with `sellers.yaml` replaced by `text`.
+fn validate_sellers(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let idcards = idcards_with(dir.path(), "sellers.yaml", "", "");
+    std::fs::write(idcards.join("sellers.yaml"), text).unwrap();
+    let mut cmd = framework(&dir.path().join("lake"));
+    cmd.arg("--idcards").arg(&idcards).arg("validate");
+    let out = output_within(cmd, std::time::Duration::from_secs(60));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn broken_idcards_are_refused_with_the_place_and_a_hint() {
+    let sellers = std::fs::read_to_string(idcards().join("sellers.yaml")).unwrap();
+    let bomb = {
+        let mut text =
+            String::from("table: sellers\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!(
+                "x{i}: &a{i} [{}]\n",
+                std::iter::repeat_n(prev.as_str(), 9)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        text
+    };
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "duplicate key",
+            sellers.replace("mode: DIFF", "mode: DIFF\nmode: FULL"),
+            &["sellers.yaml:", "duplicate"],
+        ),
+        (
+            "tab indentation",
+            sellers.replace("  partitions: 1", "\tpartitions: 1"),
+            &["sellers.yaml:9:", "found a tab"],
+        ),
+        ("alias bomb", bomb, &["sellers.yaml:"]),
+        (
+            "no partitions",
+            sellers.replace("partitions: 1", "partitions: 0"),
+            &["sellers.yaml:10:", "topic.partitions"],
+        ),
+        (
+            "bad cron",
+            format!("{sellers}\nschedule: {{ cron: \"0 6 * *\" }}\n"),
+            &[
+                "sellers.yaml:",
+                "schedule.cron: `0 6 * *` is not a cron expression: 4 field(s)",
+            ],
+        ),
+        (
+            "unknown type",
+            sellers.replace(
+                "name: seller_city, type: string",
+                "name: seller_city, type: strng",
+            ),
+            &["sellers.yaml:14:", "strng"],
+        ),
+        (
+            "unknown key column",
+            sellers.replace("key: [seller_id]", "key: [seller]"),
+            &[
+                "sellers.yaml:16:",
+                "key column `seller` is not in the schema",
+                "hint:",
+            ],
+        ),
+        (
+            "unknown field",
+            sellers.replace("mode: DIFF", "mode: DIFF\nmodes: FULL"),
+            &["sellers.yaml:18:", "modes"],
+        ),
+        ("not YAML", "table: [sellers\n".into(), &["sellers.yaml:"]),
+        ("empty", String::new(), &["sellers.yaml:"]),
+    ];
+    for (name, text, wanted) in cases {
+        let started = std::time::Instant::now();
+        let (passed, stderr) = validate_sellers(&text);
+        assert!(!passed, "{name}: passed validate");
+        assert!(!stderr.contains("panicked"), "{name}: panic\n{stderr}");
+        for want in wanted {
+            assert!(
+                stderr.contains(want),
+                "{name}: expected {want:?} in\n{stderr}"
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+    }
 }
