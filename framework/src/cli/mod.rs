@@ -291,8 +291,12 @@ pub fn main() -> ExitCode {
             } else {
                 eprintln!("error: {text}");
             }
+            // Most messages already say their cause; print only what they do not.
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    eprintln!("  caused by: {cause}");
+                }
             }
             ExitCode::FAILURE
         }

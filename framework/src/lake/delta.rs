@@ -246,7 +246,7 @@ impl Lake {
         overwrite: bool,
     ) -> Result<()> {
         let delta = self.handle(layer, table).await?;
-        commit(delta, batches, partition_by, txns, overwrite)
+        commit(delta, batches, partition_by, txns, overwrite, Retry::ByDelta)
             .await
             .map_err(Self::delta_err(layer, table))
     }
@@ -292,10 +292,13 @@ impl Lake {
             }
             let fresh = past_versions(batch, &committed).map_err(|e| err()(e.into()))?;
             let rows = fresh.num_rows();
-            match commit(delta, vec![fresh], partition_by, txns, false).await {
+            match commit(delta, vec![fresh], partition_by, txns, false, Retry::Ours).await {
                 Ok(()) => return Ok(rows),
-                Err(e) if attempt < 10 && is_concurrent(&e) => {
-                    tracing::info!(%layer, table, "concurrent commit for the same partitions; retrying");
+                Err(e) if attempt < 50 && is_concurrent(&e) => {
+                    tracing::info!(%layer, table, attempt, "another writer committed first; retrying on its snapshot");
+                    // Spread the retries of writers that keep colliding.
+                    let pause = 5 * attempt + u64::from(rand::random::<u8>() % 20);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 Err(e) => return Err(err()(e)),
             }
@@ -379,6 +382,18 @@ async fn versions_in(
     Ok(out)
 }
 
+/// Who retries a commit that lost a race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// delta-rs: it checks the winning commits for conflicts and commits on top of them.
+    ByDelta,
+    /// The caller, which re-reads what it depends on (the txn versions) from the new snapshot.
+    /// delta-rs's own retry cannot be trusted with txn versions: when two writers create a
+    /// table at once, the loser commits as version 1 without checking version 0 for conflicts
+    /// (deltalake-core 1.1), and every row of the batch lands twice (seen in the race test).
+    Ours,
+}
+
 /// Writes `batches` and `txns` in one commit on top of `delta`'s snapshot.
 async fn commit(
     delta: DeltaTable,
@@ -386,12 +401,16 @@ async fn commit(
     partition_by: &[&str],
     txns: Vec<(String, i64)>,
     overwrite: bool,
+    retry: Retry,
 ) -> Result<(), DeltaTableError> {
-    let commit = CommitProperties::default().with_application_transactions(
+    let mut commit = CommitProperties::default().with_application_transactions(
         txns.into_iter()
             .map(|(app, version)| Transaction::new(app, version))
             .collect(),
     );
+    if retry == Retry::Ours {
+        commit = commit.with_max_retries(0);
+    }
     let mut write = delta
         .write(batches)
         .with_save_mode(if overwrite {
@@ -424,6 +443,7 @@ fn is_concurrent(e: &DeltaTableError) -> bool {
                         | CommitConflictError::ProtocolChanged(_)
                         | CommitConflictError::MetadataChanged
                 ) | TransactionError::VersionAlreadyExists(_)
+                    | TransactionError::MaxCommitAttempts(_)
             }
     )
 }

@@ -36,13 +36,11 @@ pub struct Delivery {
 const TABLE: &str = "deliveries";
 
 /// The fingerprint of `table`'s source file in `data`.
-pub fn fingerprint(table: &Table, data: &Path) -> Result<Delivery> {
+pub fn fingerprint(table: &Table, data: &Path) -> Result<Delivery, crate::source::Error> {
     let path = data.join(&table.config.source.path);
-    let content = std::fs::read(&path).map_err(|source| {
-        Error::Source(crate::source::Error::Read {
-            path: path.clone(),
-            source,
-        })
+    let content = std::fs::read(&path).map_err(|source| crate::source::Error::Read {
+        path: path.clone(),
+        source,
     })?;
     Ok(Delivery {
         table: table.name().to_owned(),

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 /// Errors of a source.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: cannot read: {source}")]
+    #[error(
+        "{path}: cannot read: {source}\n  hint: an idcard's `source.path` is read from the --data folder; is --data right?"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -86,7 +86,7 @@ fn three_runs_racing_on_one_lake_end_with_the_tables_of_one_run() {
         cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
         cmd.spawn().unwrap()
     };
-    let mut children = vec![
+    let mut children = [
         spawn(&["run", "--all", "--no-produce"]),
         spawn(&["run", "--all", "--no-produce"]),
         // Other tables at the same time. Silver only: a gold build over half-loaded silver is

@@ -261,3 +261,38 @@ fn a_broken_model_is_an_error_with_file_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn validate_plans_the_models_sql_and_names_an_unknown_column_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("gold")).unwrap();
+    std::fs::write(
+        models.join("gold/typo.sql"),
+        "SELECT order_id, order_purchase_timestmp FROM {{ source('silver', 'orders') }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        models.join("gold/reads_typo.sql"),
+        "SELECT count(*) AS n FROM {{ ref('typo') }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        models.join("gold/good.sql"),
+        "SELECT order_id, customer_unique_id, _sequence FROM {{ source('silver', 'orders') }}\n",
+    )
+    .unwrap();
+    let mut validate = framework(&dir.path().join("lake"));
+    validate.arg("--models").arg(&models).arg("validate");
+    let out = output(validate);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gold/typo.sql:1:1: the SQL does not plan")
+            && err.contains("order_purchase_timestmp")
+            && err.contains("framework compile --select typo"),
+        "{err}"
+    );
+    // One problem: the model reading the broken one is not reported again, the good one passes.
+    assert!(err.contains("1 problem(s)"), "{err}");
+}
