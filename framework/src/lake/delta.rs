@@ -246,9 +246,16 @@ impl Lake {
         overwrite: bool,
     ) -> Result<()> {
         let delta = self.handle(layer, table).await?;
-        commit(delta, batches, partition_by, txns, overwrite, Retry::ByDelta)
-            .await
-            .map_err(Self::delta_err(layer, table))
+        commit(
+            delta,
+            batches,
+            partition_by,
+            txns,
+            overwrite,
+            Retry::ByDelta,
+        )
+        .await
+        .map_err(Self::delta_err(layer, table))
     }
 
     /// Appends the rows of `batch` (which has `_partition` and `_offset` columns) that are at or

@@ -219,6 +219,12 @@ pub fn query(lake: &Path, layer: Layer, table: &str, sql: &str) -> String {
 /// Distinct keys of a table computed straight from its CSV with the `csv` crate (an
 /// independent reading: BOM stripped, header renames applied, zip prefixes padded).
 pub fn distinct_keys_from_csv(data: &Path, project: &Project, table: &str) -> u64 {
+    keys_from_csv(data, project, table).len() as u64
+}
+
+/// The distinct keys of a table read straight from its CSV (as [`distinct_keys_from_csv`]),
+/// each as its cells joined by `|`.
+pub fn keys_from_csv(data: &Path, project: &Project, table: &str) -> HashSet<String> {
     let t = project.table(table).unwrap();
     let bytes = std::fs::read(data.join(&t.config.source.path)).unwrap();
     let bytes = bytes
@@ -259,7 +265,7 @@ pub fn distinct_keys_from_csv(data: &Path, project: &Project, table: &str) -> u6
                 }
             })
             .collect();
-        keys.insert(key);
+        keys.insert(key.join("|"));
     }
-    keys.len() as u64
+    keys
 }
