@@ -455,3 +455,36 @@ fn a_broker_stopped_mid_run_fails_the_run_clearly_and_a_rerun_stores_everything_
     ok(rerun);
     assert_exactly_once(&lake, "geolocation", messages);
 }
+
+#[test]
+fn two_runs_racing_through_kafka_end_with_the_tables_of_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let bus = broker.fast_group_url();
+    let lake = dir.path().join("lake");
+    let messages = produce(&lake, &bus, "orders", &sample());
+    // Two whole runs (bronze in one consumer group, then silver under the table's lease) at once.
+    let mut runs: Vec<(Child, PathBuf)> = (0..2)
+        .map(|i| {
+            let log = dir.path().join(format!("run{i}.log"));
+            let mut run = consume(&lake, &bus, "orders");
+            run.args(["--until", "silver"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            (run.spawn().unwrap(), log)
+        })
+        .collect();
+    for (child, log) in &mut runs {
+        assert!(
+            wait_within(child, TIMEOUT).is_some_and(|s| s.success()),
+            "{}",
+            std::fs::read_to_string(&*log).unwrap()
+        );
+    }
+    assert_exactly_once(&lake, "orders", messages);
+    assert_eq!(
+        count(&lake, Layer::Silver, "orders"),
+        distinct_keys_from_csv(&sample(), &project(), "orders"),
+        "silver orders: one row per key of the CSV"
+    );
+}
