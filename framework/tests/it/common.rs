@@ -160,6 +160,36 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Copies a folder tree (files and sub-folders) from `from` into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// Rows of a sample CSV whose `column` passes `keep` (read with the csv crate: an independent
+/// count).
+pub fn csv_count(file: &str, column: &str, keep: impl Fn(&str) -> bool) -> u64 {
+    let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
+    let at = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == column)
+        .unwrap();
+    reader
+        .records()
+        .filter(|r| keep(&r.as_ref().unwrap()[at]))
+        .count() as u64
+}
+
 /// A copy of the repo's idcards in `dir/idcards` with `from` replaced by `to` in `file` (the
 /// text must be there).
 pub fn idcards_with(dir: &Path, file: &str, from: &str, to: &str) -> PathBuf {

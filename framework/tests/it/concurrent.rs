@@ -22,19 +22,6 @@ fn topics_only(lake: &Path) {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_tree(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 /// Bronze (without the ingestion time), silver and gold of a lake, as sorted rows per table.
 fn tables(lake: &Path) -> BTreeMap<String, Vec<String>> {
     let project = project();
@@ -73,14 +60,14 @@ fn three_runs_racing_on_one_lake_end_with_the_tables_of_one_run() {
     let topics = dir.path().join("topics");
     topics_only(&topics);
     let one = dir.path().join("one");
-    copy_tree(&topics, &one);
+    copy_dir(&topics, &one);
     let mut single = framework(&one);
     single.args(["run", "--all", "--no-produce"]);
     ok(single);
     let want = tables(&one);
 
     let raced = dir.path().join("raced");
-    copy_tree(&topics, &raced);
+    copy_dir(&topics, &raced);
     let spawn = |args: &[&str]| {
         let mut cmd = framework(&raced);
         cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());

@@ -133,19 +133,6 @@ fn bronze_only_lake(dir: &Path, data: &Path) -> PathBuf {
     lake
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_tree(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 /// `run --all` over what bronze holds (no produce: the topics are the same for every lake).
 fn finish(lake: &Path) -> Command {
     let mut cmd = framework(lake);
@@ -210,7 +197,7 @@ fn assert_same_state(
 /// against the independent computations first.
 fn reference_state(dir: &Path, data: &Path, bronze: &Path) -> BTreeMap<String, Vec<String>> {
     let clean = dir.join("clean");
-    copy_tree(bronze, &clean);
+    copy_dir(bronze, &clean);
     ok(finish(&clean));
     let project = project();
     for table in project.names() {
@@ -281,7 +268,7 @@ fn a_crash_at_every_silver_and_gold_commit_boundary_neither_loses_nor_repeats_ro
         "gold-after:gold_delivery_performance",
     ] {
         let lake = dir.path().join(point.replace(':', "-"));
-        copy_tree(&bronze, &lake);
+        copy_dir(&bronze, &lake);
         let mut crashing = finish(&lake);
         crashing.env("FRAMEWORK_CRASH_AT", point);
         let out = output(crashing);
@@ -310,7 +297,7 @@ fn sigkills_at_random_moments_of_silver_and_gold_neither_lose_nor_repeat_rows() 
     while kills < 24 && started.elapsed() < Duration::from_secs(600) {
         series += 1;
         let lake = dir.path().join(format!("series-{series}"));
-        copy_tree(&bronze, &lake);
+        copy_dir(&bronze, &lake);
         let mut landed = 0;
         // Kill runs over the same lake until one gets to its end by itself.
         loop {

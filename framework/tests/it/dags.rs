@@ -14,7 +14,9 @@ use std::time::Duration;
 use framework::gold::Models;
 use serde_json::Value;
 
-use crate::common::{framework, idcards, ok, output, output_within, project, repo, sample};
+use crate::common::{
+    copy_dir, framework, idcards, ok, output, output_within, project, repo, sample,
+};
 
 /// A private Airflow: its home (SQLite metadata) and DAG folder under a test's temp dir.
 struct Airflow {
@@ -442,17 +444,4 @@ fn olist_pipeline_runs_in_airflow_and_a_broken_input_is_retried_alerted_and_noti
         alerts.try_recv().is_err(),
         "one alert, for the last try only"
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }

@@ -53,21 +53,6 @@ fn results(lake: &Path, suite: &str) -> Vec<(String, bool, u64, String)> {
         .collect()
 }
 
-/// Rows of a sample CSV matching `keep` on column `column` (an independent count).
-fn csv_count(file: &str, column: &str, keep: impl Fn(&str) -> bool) -> u64 {
-    let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
-    let at = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .position(|h| h == column)
-        .unwrap();
-    reader
-        .records()
-        .filter(|r| keep(&r.as_ref().unwrap()[at]))
-        .count() as u64
-}
-
 #[test]
 fn every_expectation_kind_fails_on_purpose_and_warn_only_records_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -302,17 +287,4 @@ fn fail_stops_with_a_clear_message_and_a_non_zero_exit() {
         "gold was built after a failed check"
     );
     assert!(count(&fresh, Layer::Silver, "orders") > 0);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
