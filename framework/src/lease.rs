@@ -102,18 +102,12 @@ pub fn take(path: &Path, limit: Duration) -> Result<Lease, LeaseError> {
     }
 }
 
-/// Waits for the lease on `path` without blocking the async runtime, at most `limit`.
+/// [`take`] without blocking the async runtime: the wait runs on tokio's blocking pool.
 pub async fn take_async(path: &Path, limit: Duration) -> Result<Lease, LeaseError> {
-    let started = Instant::now();
-    loop {
-        if let Some(lease) = try_take(path)? {
-            return Ok(lease);
-        }
-        if started.elapsed() >= limit {
-            return Err(busy(path, limit));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || take(&path, limit))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 #[cfg(test)]
