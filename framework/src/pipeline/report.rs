@@ -27,6 +27,9 @@ pub struct TableReport {
     pub produce_s: f64,
     pub bronze_s: f64,
     pub silver_s: f64,
+    /// Why the source file was not produced (already ingested unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub produce_skipped: Option<String>,
 }
 
 /// A table of the reports, for the terminal.

@@ -77,70 +77,42 @@ pub async fn run(
     }
     let run_id = quality::new_run_id();
     let mut run = RunReport::default();
-    let mut reports = Vec::new();
-    for table in project
+    let selected: Vec<crate::idcard::Table> = project
         .tables
         .iter()
         .filter(|t| tables.is_empty() || tables.iter().any(|n| n == t.name()))
-    {
-        let mut report = TableReport {
-            table: table.name().to_owned(),
-            ..TableReport::default()
+        .cloned()
+        .collect();
+    // Two lanes on the two cores: one produces and ingests table after table into bronze, the
+    // other refines each table into silver as soon as its bronze is in (in dependency order, so
+    // a table's dimensions are refined before it).
+    let (ingested, mut to_refine) = tokio::sync::mpsc::channel::<TableReport>(selected.len().max(1));
+    let ingest_lane = tokio::spawn(ingest_lane(
+        selected.clone(),
+        bus.clone(),
+        lake.clone(),
+        options.clone(),
+        bars.clone(),
+        ingested,
+    ));
+    let mut reports = Vec::new();
+    let mut refined = Ok(());
+    for table in &selected {
+        let Some(mut report) = to_refine.recv().await else {
+            break;
         };
-        if options.produce {
-            // Checked and recorded under the table's delivery lease: two runs never both send
-            // a new file.
-            let _lease = lake
-                .lease(Layer::Meta, &format!("deliveries-{}", table.name()))
-                .await?;
-            let delivery = deliveries::fingerprint(table, &options.data)?;
-            let done = if options.resend {
-                None
-            } else {
-                deliveries::delivered(lake, &delivery).await?
-            };
-            if let Some(at) = done {
-                run.skipped.push(format!(
-                    "produce {}: {} was already ingested unchanged ({} bytes, at {at}); not sent again (--resend sends it)",
-                    table.name(),
-                    delivery.file,
-                    delivery.bytes
-                ));
-            } else {
-                let bar = bars.add(bar(table.name(), "produce"));
-                let stats = source::produce(
-                    bus,
-                    table,
-                    &options.data,
-                    &options.produce_options,
-                    &|done, total| {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                    },
-                )?;
-                bar.finish_and_clear();
-                deliveries::record(lake, &delivery, stats.messages).await?;
-                report.rows_read = stats.rows_read;
-                report.produced = stats.messages;
-                report.produce_s = stats.seconds;
-            }
-        }
-        let bar = bars.add(bar(table.name(), "bronze"));
-        let stats = bronze::ingest(bus, lake, table, &options.bronze_options, &|done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        })
-        .await?;
-        bar.finish_and_clear();
-        report.consumed = stats.messages;
-        report.bronze = stats.rows;
-        report.rejected = stats.rejected;
-        report.bronze_s = stats.seconds;
+        run.skipped.extend(report.produce_skipped.clone());
         if options.until >= Stage::Silver {
             let spinner = bars
                 .add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
             spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-            let stats = silver::refine(lake, project, table).await?;
+            let stats = match silver::refine(lake, project, table).await {
+                Ok(stats) => stats,
+                Err(e) => {
+                    refined = Err(e);
+                    break;
+                }
+            };
             spinner.finish_and_clear();
             report.quarantined = stats.quarantined;
             report.dropped = stats.dropped;
@@ -150,6 +122,16 @@ pub async fn run(
         }
         reports.push(report);
     }
+    if refined.is_err() {
+        ingest_lane.abort();
+    }
+    // The ingest lane's error comes first: a table missing in silver may only be its echo.
+    match ingest_lane.await {
+        Ok(result) => result?,
+        Err(join) if join.is_cancelled() => {}
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+    refined?;
     run.tables = reports;
     let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
     let mut layers = vec![SuiteLayer::Bronze];
@@ -174,6 +156,86 @@ pub async fn run(
         check_layer(lake, checks, SuiteLayer::Gold, &built, &run_id, &mut run).await?;
     }
     Ok(run)
+}
+
+/// Produces and ingests each of `tables` into bronze in turn, handing each table's report to
+/// the refine lane once its bronze is in.
+async fn ingest_lane(
+    tables: Vec<crate::idcard::Table>,
+    bus: Bus,
+    lake: Lake,
+    options: RunOptions,
+    bars: MultiProgress,
+    ingested: tokio::sync::mpsc::Sender<TableReport>,
+) -> Result<()> {
+    for table in tables {
+        let mut report = TableReport {
+            table: table.name().to_owned(),
+            ..TableReport::default()
+        };
+        if options.produce {
+            // Checked and recorded under the table's delivery lease: two runs never both send
+            // a new file.
+            let _lease = lake
+                .lease(Layer::Meta, &format!("deliveries-{}", table.name()))
+                .await?;
+            let delivery = deliveries::fingerprint(&table, &options.data)?;
+            let done = if options.resend {
+                None
+            } else {
+                deliveries::delivered(&lake, &delivery).await?
+            };
+            if let Some(at) = done {
+                report.produce_skipped = Some(format!(
+                    "produce {}: {} was already ingested unchanged ({} bytes, at {at}); not sent again (--resend sends it)",
+                    table.name(),
+                    delivery.file,
+                    delivery.bytes
+                ));
+            } else {
+                let bar = bars.add(bar(table.name(), "produce"));
+                let stats = {
+                    let (bus, table, options, bar) =
+                        (bus.clone(), table.clone(), options.clone(), bar.clone());
+                    tokio::task::spawn_blocking(move || {
+                        source::produce(
+                            &bus,
+                            &table,
+                            &options.data,
+                            &options.produce_options,
+                            &|done, total| {
+                                bar.set_length(total);
+                                bar.set_position(done);
+                            },
+                        )
+                    })
+                    .await
+                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?
+                };
+                bar.finish_and_clear();
+                deliveries::record(&lake, &delivery, stats.messages).await?;
+                report.rows_read = stats.rows_read;
+                report.produced = stats.messages;
+                report.produce_s = stats.seconds;
+            }
+        }
+        let bar = bars.add(bar(table.name(), "bronze"));
+        let stats = bronze::ingest(&bus, &lake, &table, &options.bronze_options, &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?;
+        bar.finish_and_clear();
+        report.consumed = stats.messages;
+        report.bronze = stats.rows;
+        report.rejected = stats.rejected;
+        report.bronze_s = stats.seconds;
+        if ingested.send(report).await.is_err() {
+            // The refine lane stopped on an error, which the run reports.
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Runs the checks of `layer` on the tables `wanted` (and the layer's query checks), freshness
@@ -208,8 +270,14 @@ async fn check_layer(
 
 fn bar(table: &str, stage: &str) -> ProgressBar {
     let bar = ProgressBar::new(0).with_message(format!("{table} {stage}"));
+    // produce counts source bytes, the other stages messages.
+    let counts = if stage == "produce" {
+        "{binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}"
+    } else {
+        "{pos}/{len} {per_sec}"
+    };
     bar.set_style(
-        ProgressStyle::with_template("{msg:24} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        ProgressStyle::with_template(&format!("{{msg:24}} [{{bar:40}}] {counts} eta {{eta}}"))
             .expect("valid template")
             .progress_chars("=> "),
     );

@@ -6,6 +6,7 @@
 //! The commit that changes silver records the bronze offsets it consumed, so re-running is a no-op
 //! and a crash before the commit re-does the batch.
 
+mod dedup;
 pub(crate) mod sql;
 #[cfg(test)]
 mod tests;

@@ -222,17 +222,33 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         seconds = started.elapsed().as_secs_f64(),
         "silver: rules evaluated"
     );
-    // Dedup, then enrich.
-    let rows = ctx
-        .sql(&current_rows_sql(lake, &ctx, project, table).await?)
+    // Dedup (a hash pass in memory), then enrich.
+    let valid = ctx
+        .sql("SELECT * EXCLUDE (_failed_rule, _failed_action) FROM checked WHERE _failed_rule IS NULL")
         .await
         .map_err(query)?;
-    let rows = rows.cache().await.map_err(query)?;
-    stats.applied = rows.clone().count().await.map_err(query)? as u64;
+    let schema = Arc::new(valid.schema().as_arrow().clone());
+    let valid = valid.collect().await.map_err(query)?;
+    let latest = if valid.iter().any(|b| b.num_rows() > 0) {
+        vec![super::dedup::latest_per_key(&valid, table.key()).map_err(|e| query(e.into()))?]
+    } else {
+        Vec::new()
+    };
+    drop(valid);
+    stats.applied = latest.iter().map(|b| b.num_rows() as u64).sum();
+    ctx.register_table(
+        "latest",
+        Arc::new(MemTable::try_new(schema, vec![latest]).map_err(query)?),
+    )
+    .map_err(query)?;
+    let rows = ctx
+        .sql(&enriched_sql(lake, &ctx, project, table).await?)
+        .await
+        .map_err(query)?;
     tracing::debug!(
         table = name,
         seconds = started.elapsed().as_secs_f64(),
-        "silver: deduplicated and enriched"
+        "silver: deduplicated"
     );
     crate::fault::crash_point(&format!("silver-before-merge:{name}"));
     apply(lake, &ctx, table, rows, txns, &apps).await?;
@@ -278,8 +294,9 @@ async fn scalar_count(
     }))
 }
 
-/// SQL for the batch's current rows: valid rows, latest per key, with enrichment columns.
-async fn current_rows_sql(
+/// SQL for the batch's current rows (`latest`: valid rows, latest per key) with the enrichment
+/// columns. A dimension joined on its own key needs no dedup (silver holds a row per key).
+async fn enriched_sql(
     lake: &Lake,
     ctx: &SessionContext,
     project: &Project,
@@ -289,12 +306,6 @@ async fn current_rows_sql(
         table: table.name().to_owned(),
         source,
     };
-    let keys = table
-        .key()
-        .iter()
-        .map(|k| ident(k))
-        .collect::<Vec<_>>()
-        .join(", ");
     let mut select: Vec<String> = table
         .columns
         .iter()
@@ -332,9 +343,20 @@ async fn current_rows_sql(
             .map(|(mine, theirs)| format!("d.{} = {alias}.{}", ident(mine), ident(theirs)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        joins.push_str(&format!(
-            " LEFT JOIN (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {on_cols} ORDER BY _sequence DESC) AS _rn FROM {dim}) WHERE _rn = 1) {alias} ON {condition}"
-        ));
+        let on_key = project.table(&enrich.from).is_some_and(|other| {
+            let mut theirs: Vec<&String> = enrich.on.values().collect();
+            let mut key: Vec<&String> = other.key().iter().collect();
+            theirs.sort();
+            key.sort();
+            theirs == key
+        });
+        if on_key {
+            joins.push_str(&format!(" LEFT JOIN {dim} {alias} ON {condition}"));
+        } else {
+            joins.push_str(&format!(
+                " LEFT JOIN (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {on_cols} ORDER BY _sequence DESC) AS _rn FROM {dim}) WHERE _rn = 1) {alias} ON {condition}"
+            ));
+        }
         for column in &enrich.columns {
             let (source, target) = enrich_column_names(column);
             select.push(format!("{alias}.{} AS {}", ident(&source), ident(&target)));
@@ -346,24 +368,7 @@ async fn current_rows_sql(
         "d._offset".into(),
         "d._delete".into(),
     ]);
-    // Latest row per key as a hash aggregation (first value by sequence, then offset): much
-    // cheaper than a window function, which sorts the whole batch.
-    let latest = "ORDER BY _sequence DESC, _offset DESC";
-    let mut picked: Vec<String> = table
-        .columns
-        .iter()
-        .filter(|c| !table.key().contains(&c.name))
-        .map(|c| format!("first_value({id} {latest}) AS {id}", id = ident(&c.name)))
-        .collect();
-    picked.extend(
-        ["_sequence", "_partition", "_offset", "_delete"]
-            .map(|c| format!("first_value({c} {latest}) AS {c}")),
-    );
-    Ok(format!(
-        "WITH d AS (SELECT {keys}, {picked} FROM checked WHERE _failed_rule IS NULL GROUP BY {keys}) SELECT {} FROM d{joins}",
-        select.join(", "),
-        picked = picked.join(", "),
-    ))
+    Ok(format!("SELECT {} FROM latest d{joins}", select.join(", ")))
 }
 
 /// Applies the batch to silver by mode, recording the consumed offsets in the same commit. The

@@ -24,102 +24,198 @@ pub enum SourceRow {
     },
 }
 
-/// Reads a whole CSV file for `table`.
-pub fn read_csv(table: &Table, path: &Path) -> Result<Vec<SourceRow>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.into(),
-        source,
-    })?;
-    parse_csv(table, path, &bytes)
+/// One record as the streaming reader sees it, borrowing from the reader's buffer.
+#[derive(Debug)]
+pub enum RecordRef<'a> {
+    /// A valid row: its fields (valid UTF-8) and the position of each schema column in them.
+    Row {
+        line: u64,
+        record: &'a ::csv::ByteRecord,
+        order: &'a [usize],
+    },
+    /// A record that cannot be a row: the raw text and why.
+    Broken {
+        line: u64,
+        raw: String,
+        reason: String,
+    },
 }
 
-/// Parses CSV bytes for `table`; `path` is only used in messages.
-pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceRow>> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let dialect = &table.config.source.csv;
-    let mut reader = ::csv::ReaderBuilder::new()
-        .delimiter(dialect.delimiter.as_bytes()[0])
-        .quote(dialect.quote.as_bytes()[0])
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
-    let mut records = reader.byte_records();
-    // Position in the row of each schema column.
-    let order: Vec<usize> = if dialect.header {
-        let header = match records.next() {
-            Some(Ok(header)) => header,
-            Some(Err(err)) => {
-                return Err(Error::Format {
-                    path: path.into(),
-                    reason: err.to_string(),
-                });
-            }
-            None => {
-                return Err(Error::Format {
-                    path: path.into(),
-                    reason: "the file is empty: no header line\n  hint: the idcard says `source.csv.header: true`; \
-                             write the header, or deliver no file when there is nothing to send".into(),
-                });
-            }
+impl RecordRef<'_> {
+    /// The cells in schema column order; an empty cell is empty.
+    pub fn cells(&self) -> impl Iterator<Item = &[u8]> {
+        let (record, order): (Option<&::csv::ByteRecord>, &[usize]) = match self {
+            RecordRef::Row { record, order, .. } => (Some(record), order),
+            RecordRef::Broken { .. } => (None, &[]),
         };
-        header_order(table, path, &header)?
-    } else {
-        (0..table.columns.len()).collect()
-    };
-    let width = order.len();
-    let delimiter = dialect.delimiter.clone();
-    let mut rows = Vec::new();
-    for record in records {
-        let record = record.map_err(|err| Error::Format {
+        order
+            .iter()
+            .map(move |&at| record.map_or(&[][..], |r| &r[at]))
+    }
+
+    pub fn to_owned(&self) -> SourceRow {
+        match self {
+            RecordRef::Row { line, .. } => SourceRow::Row {
+                line: *line,
+                cells: self
+                    .cells()
+                    .map(|c| {
+                        (!c.is_empty()).then(|| String::from_utf8_lossy(c).into_owned())
+                    })
+                    .collect(),
+            },
+            RecordRef::Broken { line, raw, reason } => SourceRow::Broken {
+                line: *line,
+                raw: raw.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+/// A CSV source read record by record in the idcard's dialect: memory stays flat whatever the
+/// file's size.
+pub struct CsvRecords<R: std::io::Read> {
+    reader: ::csv::Reader<R>,
+    record: ::csv::ByteRecord,
+    order: Vec<usize>,
+    path: std::path::PathBuf,
+    file_name: String,
+    delimiter: String,
+    column_names: Vec<String>,
+}
+
+impl CsvRecords<std::io::BufReader<std::fs::File>> {
+    /// Opens `path` and reads its header.
+    pub fn open(table: &Table, path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|source| Error::Read {
             path: path.into(),
-            reason: err.to_string(),
+            source,
         })?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        // A UTF-8 byte order mark is not part of the first header name.
+        let start = std::io::BufRead::fill_buf(&mut reader).map_err(|source| Error::Read {
+            path: path.into(),
+            source,
+        })?;
+        if start.starts_with(b"\xEF\xBB\xBF") {
+            std::io::BufRead::consume(&mut reader, 3);
+        }
+        Self::new(table, path, reader)
+    }
+}
+
+impl<R: std::io::Read> CsvRecords<R> {
+    /// Reads from `input` (without a byte order mark); `path` is only used in messages.
+    pub fn new(table: &Table, path: &Path, input: R) -> Result<Self> {
+        let dialect = &table.config.source.csv;
+        let mut reader = ::csv::ReaderBuilder::new()
+            .delimiter(dialect.delimiter.as_bytes()[0])
+            .quote(dialect.quote.as_bytes()[0])
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(1 << 16)
+            .from_reader(input);
+        let mut record = ::csv::ByteRecord::new();
+        let order: Vec<usize> = if dialect.header {
+            match reader.read_byte_record(&mut record) {
+                Ok(true) => header_order(table, path, &record)?,
+                Ok(false) => {
+                    return Err(Error::Format {
+                        path: path.into(),
+                        reason: "the file is empty: no header line\n  hint: the idcard says `source.csv.header: true`; \
+                                 write the header, or deliver no file when there is nothing to send".into(),
+                    });
+                }
+                Err(err) => {
+                    return Err(Error::Format {
+                        path: path.into(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        } else {
+            (0..table.columns.len()).collect()
+        };
+        Ok(Self {
+            reader,
+            record,
+            order,
+            path: path.into(),
+            file_name: file_name(path),
+            delimiter: dialect.delimiter.clone(),
+            column_names: table.columns.iter().map(|c| c.name.clone()).collect(),
+        })
+    }
+
+    /// Bytes of the input read so far.
+    pub fn position(&self) -> u64 {
+        self.reader.position().byte()
+    }
+
+    /// The next record, or `None` at the end of the file.
+    pub fn next_record(&mut self) -> Result<Option<RecordRef<'_>>> {
+        let more = self
+            .reader
+            .read_byte_record(&mut self.record)
+            .map_err(|err| Error::Format {
+                path: self.path.clone(),
+                reason: err.to_string(),
+            })?;
+        if !more {
+            return Ok(None);
+        }
+        let record = &self.record;
         let line = record.position().map_or(0, ::csv::Position::line);
+        let width = self.order.len();
         let raw = || {
             record
                 .iter()
                 .map(|f| String::from_utf8_lossy(f).into_owned())
                 .collect::<Vec<_>>()
-                .join(&delimiter)
+                .join(&self.delimiter)
         };
         if record.len() != width {
-            rows.push(SourceRow::Broken {
+            return Ok(Some(RecordRef::Broken {
                 line,
                 raw: raw(),
                 reason: format!(
                     "{}:{line}: expected {width} fields, found {}",
-                    file_name(path),
+                    self.file_name,
                     record.len()
                 ),
-            });
-            continue;
+            }));
         }
-        let mut cells = Vec::with_capacity(width);
-        let mut broken = None;
-        for &at in &order {
-            let field = &record[at];
-            match std::str::from_utf8(field) {
-                Ok("") => cells.push(None),
-                Ok(text) => cells.push(Some(text.to_owned())),
-                Err(err) => {
-                    broken = Some(format!(
+        for (column, &at) in self.order.iter().enumerate() {
+            if let Err(err) = std::str::from_utf8(&record[at]) {
+                return Ok(Some(RecordRef::Broken {
+                    line,
+                    raw: raw(),
+                    reason: format!(
                         "{}:{line}: invalid UTF-8 in column `{}` at byte {}",
-                        file_name(path),
-                        table.columns[cells.len()].name,
+                        self.file_name,
+                        self.column_names[column],
                         err.valid_up_to()
-                    ));
-                    break;
-                }
+                    ),
+                }));
             }
         }
-        rows.push(match broken {
-            Some(reason) => SourceRow::Broken {
-                line,
-                raw: raw(),
-                reason,
-            },
-            None => SourceRow::Row { line, cells },
-        });
+        Ok(Some(RecordRef::Row {
+            line,
+            record,
+            order: &self.order,
+        }))
+    }
+}
+
+#[cfg(test)]
+/// Parses CSV bytes for `table` into owned rows; `path` is only used in messages.
+pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceRow>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut records = CsvRecords::new(table, path, bytes)?;
+    let mut rows = Vec::new();
+    while let Some(record) = records.next_record()? {
+        rows.push(record.to_owned());
     }
     Ok(rows)
 }

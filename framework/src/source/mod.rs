@@ -5,7 +5,7 @@ pub(crate) mod produce;
 #[cfg(test)]
 mod tests;
 
-pub use self::csv::{SourceRow, read_csv};
+pub use self::csv::{CsvRecords, RecordRef, SourceRow};
 pub use produce::{ProduceOptions, ProduceStats, produce};
 
 use std::path::PathBuf;

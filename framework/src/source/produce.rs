@@ -17,7 +17,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::bus::{Bus, Record};
 use crate::idcard::Table;
 
-use super::{Result, SourceRow, read_csv};
+use super::csv::{CsvRecords, RecordRef};
+use super::Result;
+#[cfg(test)]
+use super::SourceRow;
 
 /// How to produce.
 #[derive(Debug, Clone)]
@@ -49,7 +52,8 @@ pub struct ProduceStats {
 /// Messages per append in bulk mode (each append syncs the log once per partition).
 const BATCH: usize = 100_000;
 
-/// Produces `table`'s source file from `data_dir` onto its topic.
+/// Produces `table`'s source file from `data_dir` onto its topic, record by record (memory stays
+/// flat whatever the file's size). `progress` gets the source bytes read and the file's size.
 pub fn produce(
     bus: &Bus,
     table: &Table,
@@ -59,22 +63,8 @@ pub fn produce(
 ) -> Result<ProduceStats> {
     let started = Instant::now();
     let path = data_dir.join(&table.config.source.path);
-    let mut rows = read_csv(table, &path)?;
-    if rows.is_empty() && table.mode() == crate::idcard::Mode::Full {
-        return Err(super::Error::EmptySnapshot {
-            path,
-            table: table.name().to_owned(),
-        });
-    }
-    if let Some(limit) = options.limit {
-        rows.truncate(limit);
-    }
-    tracing::debug!(
-        table = table.name(),
-        rows = rows.len(),
-        seconds = started.elapsed().as_secs_f64(),
-        "produce: source read"
-    );
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let mut records = CsvRecords::open(table, &path)?;
     bus.ensure_topic(table.topic(), table.config.topic.partitions)?;
     let _lease = bus.producer_lease(table.topic())?;
     let faithful = crate::idcard::config::ProducerConfig {
@@ -87,104 +77,255 @@ pub fn produce(
     } else {
         &faithful
     };
+    let late_fraction = simulation.late_fraction.clamp(0.0, 1.0);
+    let duplicate_fraction = simulation.duplicate_fraction.clamp(0.0, 1.0);
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ fnv(table.name().as_bytes()));
-    let mut stats = ProduceStats {
-        rows_read: rows.len() as u64,
-        ..ProduceStats::default()
-    };
-    let total = rows.len() as u64;
-    let mut pending: Vec<Record> = Vec::with_capacity(BATCH);
-    for (i, row) in rows.iter().enumerate() {
-        let mut now = Utc::now();
-        if rng.random_bool(simulation.late_fraction.clamp(0.0, 1.0)) {
-            let [lo, hi] = simulation.late_lag_s;
-            now -= Duration::from_secs(rng.random_range(lo..=hi.max(lo)));
-            stats.late += 1;
-        }
-        let record = encode(table, row, now);
-        let copies = if rng.random_bool(simulation.duplicate_fraction.clamp(0.0, 1.0)) {
-            stats.duplicates += 1;
-            2
-        } else {
-            1
+    let encoder = Encoder::new(table);
+    let mut stats = ProduceStats::default();
+    // Reading and encoding here, appending on a second thread: the two overlap.
+    let send_s = std::thread::scope(|scope| {
+        let (batches, to_send) = std::sync::mpsc::sync_channel::<Vec<Record>>(1);
+        let sender = scope.spawn(move || {
+            let mut busy = 0.0;
+            for batch in to_send {
+                let sending = Instant::now();
+                bus.send(table.topic(), &batch)?;
+                busy += sending.elapsed().as_secs_f64();
+            }
+            Ok::<_, super::Error>(busy)
+        });
+        let handed = |pending: &mut Vec<Record>, stats: &mut ProduceStats, read: u64| {
+            stats.messages += pending.len() as u64;
+            let batch = std::mem::replace(pending, Vec::with_capacity(BATCH));
+            progress(read, size);
+            // Fails only when the sender stopped on an error, which joining it returns.
+            batches.send(batch).is_ok()
         };
-        if matches!(row, SourceRow::Broken { .. }) {
-            stats.broken += 1;
+        let mut pending: Vec<Record> = Vec::with_capacity(BATCH);
+        let mut clock = Clock::now();
+        let read = loop {
+            if options.limit.is_some_and(|limit| stats.rows_read >= limit as u64) {
+                break Ok(());
+            }
+            let record = match records.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            stats.rows_read += 1;
+            let mut at = clock.at;
+            if late_fraction > 0.0 && rng.random_bool(late_fraction) {
+                let [lo, hi] = simulation.late_lag_s;
+                at -= Duration::from_secs(rng.random_range(lo..=hi.max(lo)));
+                stats.late += 1;
+            }
+            let message = if at == clock.at {
+                encoder.encode(&record, &clock.text, at)
+            } else {
+                encoder.encode(&record, &rfc3339_micros(at), at)
+            };
+            if matches!(record, RecordRef::Broken { .. }) {
+                stats.broken += 1;
+            }
+            if duplicate_fraction > 0.0 && rng.random_bool(duplicate_fraction) {
+                stats.duplicates += 1;
+                pending.push(message.clone());
+            }
+            pending.push(message);
+            if options.delay || pending.len() >= BATCH {
+                if !handed(&mut pending, &mut stats, records.position()) {
+                    break Ok(());
+                }
+                if options.delay {
+                    let [lo, hi] = simulation.delay_ms;
+                    std::thread::sleep(Duration::from_millis(rng.random_range(lo..=hi.max(lo))));
+                }
+                clock = Clock::now();
+            }
+        };
+        let read = read.and_then(|()| {
+            if stats.rows_read == 0 && table.mode() == crate::idcard::Mode::Full {
+                return Err(super::Error::EmptySnapshot {
+                    path: path.clone(),
+                    table: table.name().to_owned(),
+                });
+            }
+            Ok(())
+        });
+        if read.is_ok() && !pending.is_empty() {
+            handed(&mut pending, &mut stats, size);
         }
-        for _ in 0..copies {
-            pending.push(record.clone());
-        }
-        if options.delay {
-            let [lo, hi] = simulation.delay_ms;
-            bus.send(table.topic(), &pending)?;
-            stats.messages += pending.len() as u64;
-            pending.clear();
-            progress(i as u64 + 1, total);
-            std::thread::sleep(Duration::from_millis(rng.random_range(lo..=hi.max(lo))));
-        } else if pending.len() >= BATCH {
-            bus.send(table.topic(), &pending)?;
-            stats.messages += pending.len() as u64;
-            pending.clear();
-            progress(i as u64 + 1, total);
-        }
-    }
-    bus.send(table.topic(), &pending)?;
-    stats.messages += pending.len() as u64;
-    progress(total, total);
+        drop(batches);
+        // What was handed over is sent even when reading failed: those messages are whole.
+        let sent = sender.join().expect("the sender thread does not panic");
+        read?;
+        sent
+    })?;
     stats.seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(
+        table = table.name(),
+        seconds = stats.seconds,
+        send_s,
+        "produce: read, encoded and sent"
+    );
     Ok(stats)
 }
 
-/// One source row as a message.
-pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
-    let timestamp = rfc3339_micros(at);
-    let mut value = Vec::with_capacity(256);
-    value.push(b'{');
-    let field = |value: &mut Vec<u8>, name: &str, cell: Option<&str>| {
-        if value.len() > 1 {
-            value.push(b',');
+/// The send time of a batch, once as text: messages of one batch share it (a late message gets
+/// its own).
+struct Clock {
+    at: DateTime<Utc>,
+    text: String,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let at = Utc::now();
+        Self {
+            at,
+            text: rfc3339_micros(at),
         }
-        serde_json::to_writer(&mut *value, name).expect("writing to a Vec");
-        value.push(b':');
-        match cell {
-            Some(text) => serde_json::to_writer(&mut *value, text).expect("writing to a Vec"),
-            None => value.extend_from_slice(b"null"),
+    }
+}
+
+/// Writes messages of one table: the JSON field names are encoded once.
+pub struct Encoder {
+    /// `"name":` per schema column, then the metadata fields.
+    names: Vec<Vec<u8>>,
+    /// Schema position of each key column.
+    key: Vec<usize>,
+}
+
+impl Encoder {
+    pub fn new(table: &Table) -> Self {
+        let name = |n: &str| {
+            let mut out = Vec::with_capacity(n.len() + 3);
+            json_string(&mut out, n.as_bytes());
+            out.push(b':');
+            out
+        };
+        Self {
+            names: table.columns.iter().map(|c| name(&c.name)).collect(),
+            key: table
+                .key()
+                .iter()
+                .map(|k| {
+                    table
+                        .columns
+                        .iter()
+                        .position(|c| &c.name == k)
+                        .unwrap_or(0)
+                })
+                .collect(),
         }
-    };
-    let key = match row {
-        SourceRow::Row { line, cells } => {
-            for (column, cell) in table.columns.iter().zip(cells) {
-                field(&mut value, &column.name, cell.as_deref());
-            }
-            field(&mut value, "_source_line", Some(&line.to_string()));
-            let mut key = String::new();
-            for (i, name) in table.key().iter().enumerate() {
-                if i > 0 {
-                    key.push('|');
+    }
+
+    /// One source record as a message sent at `at` (`timestamp`: `at` as RFC 3339 text).
+    pub fn encode(&self, record: &RecordRef<'_>, timestamp: &str, at: DateTime<Utc>) -> Record {
+        let mut value = Vec::with_capacity(256);
+        value.push(b'{');
+        let key = match record {
+            RecordRef::Row { line, .. } => {
+                let mut cells = Vec::with_capacity(self.names.len());
+                cells.extend(record.cells());
+                for (name, cell) in self.names.iter().zip(&cells) {
+                    value.extend_from_slice(name);
+                    if cell.is_empty() {
+                        value.extend_from_slice(b"null");
+                    } else {
+                        json_string(&mut value, cell);
+                    }
+                    value.push(b',');
                 }
-                let at = table
-                    .columns
-                    .iter()
-                    .position(|c| &c.name == name)
-                    .unwrap_or(0);
-                key.push_str(cells[at].as_deref().unwrap_or(""));
+                value.extend_from_slice(b"\"_source_line\":\"");
+                value.extend_from_slice(line.to_string().as_bytes());
+                value.extend_from_slice(b"\",");
+                let mut key = Vec::with_capacity(40);
+                for (i, &at) in self.key.iter().enumerate() {
+                    if i > 0 {
+                        key.push(b'|');
+                    }
+                    key.extend_from_slice(cells.get(at).copied().unwrap_or_default());
+                }
+                key
             }
-            key
+            RecordRef::Broken { line, raw, reason } => {
+                for (name, text) in [("_raw", raw.as_str()), ("_error", reason.as_str())] {
+                    json_string(&mut value, name.as_bytes());
+                    value.push(b':');
+                    json_string(&mut value, text.as_bytes());
+                    value.push(b',');
+                }
+                value.extend_from_slice(format!("\"_source_line\":\"{line}\",").as_bytes());
+                format!("_broken:{line}").into_bytes()
+            }
+        };
+        value.extend_from_slice(b"\"_ingestion_timestamp\":\"");
+        value.extend_from_slice(timestamp.as_bytes());
+        value.extend_from_slice(b"\"}");
+        Record {
+            key,
+            value,
+            timestamp_ms: at.timestamp_millis(),
+        }
+    }
+}
+
+#[cfg(test)]
+/// One source row as a message (for tests and one-off callers; `produce` reuses an [`Encoder`]).
+pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
+    let encoder = Encoder::new(table);
+    let timestamp = rfc3339_micros(at);
+    match row {
+        SourceRow::Row { line, cells } => {
+            let mut record = ::csv::ByteRecord::new();
+            for cell in cells {
+                record.push_field(cell.as_deref().unwrap_or("").as_bytes());
+            }
+            let order: Vec<usize> = (0..cells.len()).collect();
+            let row = RecordRef::Row {
+                line: *line,
+                record: &record,
+                order: &order,
+            };
+            encoder.encode(&row, &timestamp, at)
         }
         SourceRow::Broken { line, raw, reason } => {
-            field(&mut value, "_raw", Some(raw));
-            field(&mut value, "_error", Some(reason));
-            field(&mut value, "_source_line", Some(&line.to_string()));
-            format!("_broken:{line}")
+            let row = RecordRef::Broken {
+                line: *line,
+                raw: raw.clone(),
+                reason: reason.clone(),
+            };
+            encoder.encode(&row, &timestamp, at)
         }
-    };
-    field(&mut value, "_ingestion_timestamp", Some(&timestamp));
-    value.push(b'}');
-    Record {
-        key: key.into_bytes(),
-        value,
-        timestamp_ms: at.timestamp_millis(),
     }
+}
+
+/// Appends `text` (valid UTF-8) as a JSON string.
+fn json_string(out: &mut Vec<u8>, text: &[u8]) {
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &byte) in text.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&text[start..i]);
+                out.extend_from_slice(format!("\\u{byte:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&text[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&text[start..]);
+    out.push(b'"');
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -192,7 +333,6 @@ fn fnv(bytes: &[u8]) -> u64 {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
-
 /// `2026-01-02T03:04:05.000000Z`, without chrono's format-string interpreter (hot path).
 fn rfc3339_micros(at: DateTime<Utc>) -> String {
     use chrono::{Datelike, Timelike};

@@ -1,0 +1,115 @@
+//! The latest row per key of a batch, in one pass over a hash map.
+//!
+//! A row wins over another of its key when its `_sequence` is greater, or equal with a greater
+//! `_offset` (a key's messages share a partition, so the later offset arrived later). A null
+//! `_sequence` is the oldest. The key and the order are compared on Arrow's row format, so any
+//! column type works and no value is copied into a Rust type.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use deltalake::arrow::array::{ArrayRef, UInt32Array};
+use deltalake::arrow::compute::{concat_batches, take_record_batch};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::arrow::row::{RowConverter, SortField};
+
+/// The latest row of each `key` in `batches` (which share one schema holding the key columns,
+/// `_sequence` and `_offset`), in the order the winning rows arrived.
+pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordBatch, ArrowError> {
+    let Some(first) = batches.first() else {
+        return Err(ArrowError::InvalidArgumentError(
+            "latest_per_key: no batch".into(),
+        ));
+    };
+    let batch = concat_batches(&first.schema(), batches)?;
+    let columns = |names: &[&str]| -> Result<Vec<ArrayRef>, ArrowError> {
+        names
+            .iter()
+            .map(|name| {
+                batch.column_by_name(name).cloned().ok_or_else(|| {
+                    ArrowError::SchemaError(format!("latest_per_key: no column `{name}`"))
+                })
+            })
+            .collect()
+    };
+    let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
+    let keys = rows_of(&columns(&key_names)?)?;
+    let order = rows_of(&columns(&["_sequence", "_offset"])?)?;
+    let mut winners: HashMap<_, u32> = HashMap::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        match winners.entry(keys.row(i)) {
+            Entry::Vacant(slot) => {
+                slot.insert(i as u32);
+            }
+            Entry::Occupied(mut slot) => {
+                if order.row(i) > order.row(*slot.get() as usize) {
+                    slot.insert(i as u32);
+                }
+            }
+        }
+    }
+    let mut picked: Vec<u32> = winners.into_values().collect();
+    picked.sort_unstable();
+    take_record_batch(&batch, &UInt32Array::from(picked))
+}
+
+/// Arrow's comparable row encoding of `columns` (ascending, nulls first: a null is the smallest).
+fn rows_of(columns: &[ArrayRef]) -> Result<deltalake::arrow::row::Rows, ArrowError> {
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    converter.convert_columns(columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{AsArray, Int64Array, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::*;
+
+    fn batch(keys: &[&str], sequence: &[Option<i64>], offsets: &[i64]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("_sequence", DataType::Int64, true),
+            Field::new("_offset", DataType::Int64, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(sequence.to_vec())),
+                Arc::new(Int64Array::from(offsets.to_vec())),
+            ],
+        )
+        .expect("valid batch")
+    }
+
+    #[test]
+    fn the_newest_sequence_then_the_later_offset_wins_and_null_is_oldest() {
+        let input = [
+            batch(&["a", "b", "a"], &[Some(5), Some(1), Some(9)], &[0, 1, 2]),
+            batch(
+                &["b", "a", "c", "c", "d", "d"],
+                &[Some(1), Some(3), None, Some(0), Some(2), Some(2)],
+                &[3, 4, 5, 6, 7, 8],
+            ),
+        ];
+        let out = latest_per_key(&input, &["k".to_owned()]).expect("dedup");
+        let keys: Vec<&str> = out.column(0).as_string::<i32>().iter().flatten().collect();
+        let offsets: Vec<i64> = out
+            .column(2)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        // a: sequence 9 (offset 2); b: tie on 1 -> offset 3; c: 0 beats null; d: tie -> 8.
+        assert_eq!(keys, ["a", "b", "c", "d"]);
+        assert_eq!(offsets, [2, 3, 6, 8]);
+    }
+}
