@@ -1,7 +1,8 @@
-//! `bench`: rows/s of produce, bronze and silver for `framework run --all`, next to a peer doing
-//! the same with Python pandas + deltalake (bench/peer_pandas.py), in the same run; then the
-//! gold models' time (`framework build`) next to DuckDB running the same rendered SQL on the same
-//! silver tables (bench/peer_duckdb_gold.py).
+//! `bench`: `framework run --all` (produce, bronze, silver, gold, checks) on generated Olist data,
+//! a first delivery into a fresh lake, the same files again (`--resend`) and a 1% delivery, next
+//! to a vectorised Python peer doing the same job in the same run (bench/peer_pandas.py: pyarrow,
+//! pandas, DuckDB and the deltalake package, no row loop; its gold is DuckDB running our rendered
+//! SQL, bench/peer_duckdb_gold.py); then each gold model's time next to DuckDB's.
 //!
 //! With `--kafka`, instead: rows/s of produce and bronze through a real Kafka-protocol broker
 //! (Tansu, started here), `framework run --all --until bronze --bus kafka://...` next to
@@ -9,6 +10,7 @@
 //!
 //! ```text
 //! scripts/bench                       # sample and scale 1
+//! scripts/bench --scales 1 --profile  # where the time goes, per table, stage and phase
 //! bench --scales 0,0.1 --python PY    # 0 = the bundled sample
 //! scripts/bench --kafka --scales 1    # produce and bronze on Tansu
 //! ```
@@ -34,6 +36,9 @@ struct Args {
     /// Python with pandas and deltalake (the peer); no peer when absent.
     #[arg(long, env = "FRAMEWORK_TEST_PYTHON")]
     python: Option<PathBuf>,
+    /// Also print where the time goes: seconds per table and stage, and per phase of the run.
+    #[arg(long)]
+    profile: bool,
     /// Only the gold comparison, on the lakes a previous run left in the work folder.
     #[arg(long)]
     gold_only: bool,
@@ -64,6 +69,8 @@ struct Figures {
     silver_s: f64,
     wall_s: f64,
     peak_mib: f64,
+    /// Our run's `--report` JSON (null for the peer).
+    report: Value,
 }
 
 impl Figures {
@@ -97,46 +104,129 @@ fn main() -> Result<()> {
         return kafka(&exe, &repo, &args);
     }
     let mut lines = vec![
-        "| data | rows | engine | produce rows/s | bronze rows/s | silver rows/s | run --all s | peak MiB |".to_owned(),
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
+        "| data | rows | engine | produce rows/s | bronze rows/s | silver rows/s | 1st delivery s | again, unchanged s | 1% delivery s | peak MiB |".to_owned(),
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".to_owned(),
     ];
     let mut gold_lines = vec![
         "| data | gold model | framework s | DuckDB s | DuckDB / framework |".to_owned(),
         "| --- | --- | ---: | ---: | ---: |".to_owned(),
     ];
+    let mut profiles = Vec::new();
     for scale in &args.scales {
         let (label, data) = data_for(&exe, &repo, &args.work, *scale)?;
         let lake = args.work.join(format!("lake-{scale}"));
         if args.gold_only && lake.exists() {
-            gold_lines.extend(gold(&exe, &repo, &lake, &label, &args)?);
+            gold_lines.extend(gold(&exe, &repo, &lake, &label, &args)?.0);
             continue;
         }
-        let ours = run_ours(&exe, &repo, &data, &lake)?;
+        let small = one_percent(&data, &args.work.join(format!("data-{scale}-1pct")))?;
+        let ours = run_ours(&exe, &repo, [&data, &data, &small], &lake)?;
+        if args.profile {
+            profiles.push(profile(&label, &ours));
+        }
+        let (gold_rows, duckdb_s) = gold(&exe, &repo, &lake, &label, &args)?;
+        gold_lines.extend(gold_rows);
         lines.push(row(&label, "framework", &ours));
         if let Some(python) = &args.python {
-            let peer = run_peer(
+            let mut peer = run_peer(
                 python,
                 &repo,
-                &data,
+                [&data, &data, &small],
                 &args.work.join(format!("peer-{scale}")),
             )?;
-            lines.push(row(&label, "pandas + deltalake", &peer));
+            // The peer's gold: DuckDB on the same silver tables, once per delivery.
+            for delivery in &mut peer {
+                delivery.wall_s += duckdb_s;
+            }
+            lines.push(row(
+                &label,
+                "Python peer (pyarrow, pandas, DuckDB, deltalake)",
+                &peer,
+            ));
             lines.push(format!(
-                "| {label} | | **ratio** | {:.1}x | {:.1}x | {:.1}x | {:.1}x | |",
-                peer.produce_s / ours.produce_s,
-                peer.bronze_s / ours.bronze_s,
-                peer.silver_s / ours.silver_s,
-                peer.wall_s / ours.wall_s
+                "| {label} | | **peer / framework** | {:.1}x | {:.1}x | {:.1}x | {:.1}x | {:.1}x | {:.1}x | |",
+                peer[0].produce_s / ours[0].produce_s,
+                peer[0].bronze_s / ours[0].bronze_s,
+                peer[0].silver_s / ours[0].silver_s,
+                peer[0].wall_s / ours[0].wall_s,
+                peer[1].wall_s / ours[1].wall_s,
+                peer[2].wall_s / ours[2].wall_s,
             ));
         }
-        gold_lines.extend(gold(&exe, &repo, &lake, &label, &args)?);
     }
     if !args.gold_only {
         println!("{}", lines.join("\n"));
     }
     println!("\n{}", gold_lines.join("\n"));
+    for profile in profiles {
+        println!("\n{profile}");
+    }
     Ok(())
 }
+
+/// A data folder with the first 1% of each source file's records (at least one): a small
+/// delivery of rows the lake already holds, for the incremental figure.
+fn one_percent(data: &Path, out: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(out)?;
+    for entry in std::fs::read_dir(data)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "csv") {
+            continue;
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_path(&path)?;
+        let records: Vec<csv::ByteRecord> = reader.byte_records().collect::<Result<_, _>>()?;
+        let keep = 1 + (records.len().saturating_sub(1) / 100).max(1);
+        let mut writer = csv::Writer::from_path(out.join(path.file_name().context("a file")?))?;
+        for record in records.iter().take(keep) {
+            writer.write_byte_record(record)?;
+        }
+        writer.flush()?;
+    }
+    Ok(out.to_path_buf())
+}
+
+/// Seconds per table and stage, and per phase, of each delivery of our run.
+fn profile(label: &str, ours: &[Figures]) -> String {
+    let mut out = vec![format!(
+        "profile, {label}:\n| delivery | table | rows | produce s | bronze s | silver s |\n| --- | --- | ---: | ---: | ---: | ---: |"
+    )];
+    for (i, delivery) in ours.iter().enumerate() {
+        for t in delivery.report["tables"].as_array().into_iter().flatten() {
+            out.push(format!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                DELIVERIES[i],
+                t["table"].as_str().unwrap_or_default(),
+                t["rows_read"],
+                t["produce_s"].as_f64().unwrap_or(0.0),
+                t["bronze_s"].as_f64().unwrap_or(0.0),
+                t["silver_s"].as_f64().unwrap_or(0.0),
+            ));
+        }
+        let phases: Vec<String> = delivery.report["phases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {:.2} s",
+                    p[0].as_str().unwrap_or_default(),
+                    p[1].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        out.push(format!(
+            "| {} | phases (wall) | | {} | | |",
+            DELIVERIES[i],
+            phases.join(", ")
+        ));
+    }
+    out.join("\n")
+}
+
+const DELIVERIES: [&str; 3] = ["1st", "again", "1%"];
 
 /// The label and the data folder of a scale: the bundled sample for 0, else data generated once
 /// into the work folder.
@@ -343,7 +433,14 @@ impl Drop for Broker {
 }
 
 /// Seconds per gold model of the best of `--gold-repeat` full builds, ours and DuckDB's.
-fn gold(exe: &Path, repo: &Path, lake: &Path, label: &str, args: &Args) -> Result<Vec<String>> {
+/// Also returns DuckDB's total seconds for the five models (0 without a Python).
+fn gold(
+    exe: &Path,
+    repo: &Path,
+    lake: &Path,
+    label: &str,
+    args: &Args,
+) -> Result<(Vec<String>, f64)> {
     let framework = |extra: &[&str]| {
         let mut cmd = framework(exe, repo, lake);
         cmd.args(extra).stdout(std::process::Stdio::null());
@@ -376,7 +473,7 @@ fn gold(exe: &Path, repo: &Path, lake: &Path, label: &str, args: &Args) -> Resul
         for (model, s) in &ours {
             lines.push(format!("| {label} | {model} | {s:.3} | | |"));
         }
-        return Ok(lines);
+        return Ok((lines, 0.0));
     };
     let manifest = lake.with_extension("manifest.json");
     run(framework(&["compile", "--manifest"]).arg(&manifest))?;
@@ -417,18 +514,21 @@ fn gold(exe: &Path, repo: &Path, lake: &Path, label: &str, args: &Args) -> Resul
         total.1,
         total.1 / total.0
     ));
-    Ok(lines)
+    Ok((lines, total.1))
 }
 
-fn row(label: &str, engine: &str, f: &Figures) -> String {
+/// One engine's line: stage rates of the first delivery, the wall time of each delivery.
+fn row(label: &str, engine: &str, f: &[Figures]) -> String {
     format!(
-        "| {label} | {:.0} | {engine} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} |",
-        f.rows,
-        f.rows / f.produce_s,
-        f.rows / f.bronze_s,
-        f.rows / f.silver_s,
-        f.wall_s,
-        f.peak_mib
+        "| {label} | {:.0} | {engine} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} |",
+        f[0].rows,
+        f[0].rows / f[0].produce_s,
+        f[0].rows / f[0].bronze_s,
+        f[0].rows / f[0].silver_s,
+        f[0].wall_s,
+        f[1].wall_s,
+        f[2].wall_s,
+        f.iter().map(|d| d.peak_mib).fold(0.0, f64::max)
     )
 }
 
@@ -461,38 +561,61 @@ fn fresh(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_ours(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figures> {
+/// Our `run --all` on a fresh `lake`, once per data folder in turn (the later ones with
+/// `--resend`, so that unchanged files are sent again).
+fn run_ours(exe: &Path, repo: &Path, deliveries: [&Path; 3], lake: &Path) -> Result<Vec<Figures>> {
     fresh(lake)?;
     let report = lake.with_extension("json");
-    let started = Instant::now();
-    run(framework(exe, repo, lake)
-        .args(["run", "--all", "--simulate", "--until", "silver", "--data"])
-        .arg(data)
-        .arg("--report")
-        .arg(&report)
-        .stdout(std::process::Stdio::null()))?;
-    let wall = started.elapsed().as_secs_f64();
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
-    Ok(Figures::from_report(&json, wall, "rows_read"))
+    let mut out = Vec::new();
+    for (i, data) in deliveries.into_iter().enumerate() {
+        let mut cmd = framework(exe, repo, lake);
+        cmd.args(["run", "--all", "--simulate", "--data"])
+            .arg(data)
+            .arg("--report")
+            .arg(&report)
+            .stdout(std::process::Stdio::null());
+        if i > 0 {
+            cmd.arg("--resend");
+        }
+        let started = Instant::now();
+        run(&mut cmd)?;
+        let wall = started.elapsed().as_secs_f64();
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+        let mut figures = Figures::from_report(&json, wall, "rows_read");
+        figures.report = json;
+        out.push(figures);
+    }
+    Ok(out)
 }
 
-fn run_peer(python: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figures> {
+/// The Python peer on a fresh `lake`, once per data folder in turn.
+fn run_peer(
+    python: &Path,
+    repo: &Path,
+    deliveries: [&Path; 3],
+    lake: &Path,
+) -> Result<Vec<Figures>> {
     fresh(lake)?;
-    let started = Instant::now();
-    let out = Command::new(python)
-        .arg(repo.join("bench/peer_pandas.py"))
-        .arg("--data")
-        .arg(data)
-        .arg("--lake")
-        .arg(lake)
-        .output()
-        .context("starting the Python peer")?;
-    if !out.status.success() {
-        bail!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut out = Vec::new();
+    for data in deliveries {
+        let started = Instant::now();
+        let result = Command::new(python)
+            .arg(repo.join("bench/peer_pandas.py"))
+            .arg("--simulate")
+            .arg("--data")
+            .arg(data)
+            .arg("--lake")
+            .arg(lake)
+            .output()
+            .context("starting the Python peer")?;
+        if !result.status.success() {
+            bail!("peer failed: {}", String::from_utf8_lossy(&result.stderr));
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let json = last_json(&result.stdout)?;
+        let mut figures = Figures::from_report(&json, wall, "rows");
+        figures.peak_mib = json["peak_rss_mb"].as_f64().unwrap_or(0.0);
+        out.push(figures);
     }
-    let wall = started.elapsed().as_secs_f64();
-    let json = last_json(&out.stdout)?;
-    let mut figures = Figures::from_report(&json, wall, "rows");
-    figures.peak_mib = json["peak_rss_mb"].as_f64().unwrap_or(0.0);
-    Ok(figures)
+    Ok(out)
 }

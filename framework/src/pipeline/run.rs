@@ -49,6 +49,8 @@ pub struct RunReport {
     pub checks: Vec<CheckResult>,
     /// Models and checks left out because a table they read is not in the lake yet.
     pub skipped: Vec<String>,
+    /// Wall seconds of each phase, in order (`--report`, `scripts/bench --profile`).
+    pub phases: Vec<(String, f64)>,
     /// Why the run stopped early: checks with action `fail` failed.
     pub failure: Option<String>,
 }
@@ -77,6 +79,7 @@ pub async fn run(
     }
     let run_id = quality::new_run_id();
     let mut run = RunReport::default();
+    let started = std::time::Instant::now();
     let selected: Vec<crate::idcard::Table> = project
         .tables
         .iter()
@@ -86,7 +89,8 @@ pub async fn run(
     // Two lanes on the two cores: one produces and ingests table after table into bronze, the
     // other refines each table into silver as soon as its bronze is in (in dependency order, so
     // a table's dimensions are refined before it).
-    let (ingested, mut to_refine) = tokio::sync::mpsc::channel::<TableReport>(selected.len().max(1));
+    let (ingested, mut to_refine) =
+        tokio::sync::mpsc::channel::<TableReport>(selected.len().max(1));
     let ingest_lane = tokio::spawn(ingest_lane(
         selected.clone(),
         bus.clone(),
@@ -132,6 +136,10 @@ pub async fn run(
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
     refined?;
+    run.phases.push((
+        "produce, bronze, silver".into(),
+        started.elapsed().as_secs_f64(),
+    ));
     run.tables = reports;
     let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
     let mut layers = vec![SuiteLayer::Bronze];
@@ -139,7 +147,13 @@ pub async fn run(
         layers.push(SuiteLayer::Silver);
     }
     for layer in layers {
-        if check_layer(lake, checks, layer, &loaded, &run_id, &mut run).await? {
+        let started = std::time::Instant::now();
+        let stop = check_layer(lake, checks, layer, &loaded, &run_id, &mut run).await?;
+        run.phases.push((
+            format!("{layer:?} checks").to_lowercase(),
+            started.elapsed().as_secs_f64(),
+        ));
+        if stop {
             return Ok(run);
         }
     }
@@ -151,9 +165,15 @@ pub async fn run(
             run.skipped
                 .push(format!("model {model}: {source} is not loaded yet"));
         }
+        let started = std::time::Instant::now();
         run.models = gold::build(lake, models, &selected, &options.build_options).await?;
+        run.phases
+            .push(("gold".into(), started.elapsed().as_secs_f64()));
+        let started = std::time::Instant::now();
         let built = |model: &str| selected.contains(model);
         check_layer(lake, checks, SuiteLayer::Gold, &built, &run_id, &mut run).await?;
+        run.phases
+            .push(("gold checks".into(), started.elapsed().as_secs_f64()));
     }
     Ok(run)
 }
@@ -220,10 +240,16 @@ async fn ingest_lane(
             }
         }
         let bar = bars.add(bar(table.name(), "bronze"));
-        let stats = bronze::ingest(&bus, &lake, &table, &options.bronze_options, &|done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        })
+        let stats = bronze::ingest(
+            &bus,
+            &lake,
+            &table,
+            &options.bronze_options,
+            &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            },
+        )
         .await?;
         bar.finish_and_clear();
         report.consumed = stats.messages;

@@ -36,7 +36,8 @@ pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordB
     let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
     let keys = rows_of(&columns(&key_names)?)?;
     let order = rows_of(&columns(&["_sequence", "_offset"])?)?;
-    let mut winners: HashMap<_, u32> = HashMap::with_capacity(batch.num_rows());
+    let mut winners: HashMap<_, u32, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(batch.num_rows(), Default::default());
     for i in 0..batch.num_rows() {
         match winners.entry(keys.row(i)) {
             Entry::Vacant(slot) => {
@@ -103,11 +104,7 @@ mod tests {
         ];
         let out = latest_per_key(&input, &["k".to_owned()]).expect("dedup");
         let keys: Vec<&str> = out.column(0).as_string::<i32>().iter().flatten().collect();
-        let offsets: Vec<i64> = out
-            .column(2)
-            .as_primitive::<Int64Type>()
-            .values()
-            .to_vec();
+        let offsets: Vec<i64> = out.column(2).as_primitive::<Int64Type>().values().to_vec();
         // a: sequence 9 (offset 2); b: tie on 1 -> offset 3; c: 0 beats null; d: tie -> 8.
         assert_eq!(keys, ["a", "b", "c", "d"]);
         assert_eq!(offsets, [2, 3, 6, 8]);

@@ -59,9 +59,7 @@ impl RecordRef<'_> {
                 line: *line,
                 cells: self
                     .cells()
-                    .map(|c| {
-                        (!c.is_empty()).then(|| String::from_utf8_lossy(c).into_owned())
-                    })
+                    .map(|c| (!c.is_empty()).then(|| String::from_utf8_lossy(c).into_owned()))
                     .collect(),
             },
             RecordRef::Broken { line, raw, reason } => SourceRow::Broken {

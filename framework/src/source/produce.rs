@@ -17,10 +17,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::bus::{Bus, Record};
 use crate::idcard::Table;
 
-use super::csv::{CsvRecords, RecordRef};
 use super::Result;
 #[cfg(test)]
 use super::SourceRow;
+use super::csv::{CsvRecords, RecordRef};
 
 /// How to produce.
 #[derive(Debug, Clone)]
@@ -104,7 +104,10 @@ pub fn produce(
         let mut pending: Vec<Record> = Vec::with_capacity(BATCH);
         let mut clock = Clock::now();
         let read = loop {
-            if options.limit.is_some_and(|limit| stats.rows_read >= limit as u64) {
+            if options
+                .limit
+                .is_some_and(|limit| stats.rows_read >= limit as u64)
+            {
                 break Ok(());
             }
             let record = match records.next_record() {
@@ -209,13 +212,7 @@ impl Encoder {
             key: table
                 .key()
                 .iter()
-                .map(|k| {
-                    table
-                        .columns
-                        .iter()
-                        .position(|c| &c.name == k)
-                        .unwrap_or(0)
-                })
+                .map(|k| table.columns.iter().position(|c| &c.name == k).unwrap_or(0))
                 .collect(),
         }
     }
