@@ -49,8 +49,13 @@ impl EmbeddedLog {
                     .map_err(Self::io(topic))?;
             }
         }
-        // The partition count is written last: a topic exists once this file does.
-        let tmp = dir.join("partitions.tmp");
+        // The partition count is written last: a topic exists once this file does. Two
+        // producers may create the topic at once: each writes its own file and renames it.
+        let tmp = dir.join(format!(
+            "partitions.{}-{:x}.tmp",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         fs::write(&tmp, partitions.to_string()).map_err(Self::io(topic))?;
         fs::rename(&tmp, dir.join("partitions")).map_err(Self::io(topic))?;
         Ok(partitions)

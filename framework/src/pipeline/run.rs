@@ -126,13 +126,12 @@ pub async fn run(
         }
         reports.push(report);
     }
-    if refined.is_err() {
-        ingest_lane.abort();
-    }
+    // After an error here, the ingest lane finds the channel closed once its current table is in
+    // bronze, and stops (aborting it would cut a Delta write short as the runtime shuts down).
+    drop(to_refine);
     // The ingest lane's error comes first: a table missing in silver may only be its echo.
     match ingest_lane.await {
         Ok(result) => result?,
-        Err(join) if join.is_cancelled() => {}
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
     refined?;

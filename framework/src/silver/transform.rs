@@ -394,6 +394,34 @@ async fn apply(
         rows
     };
     let existing = lake.open(Layer::Silver, name).await?;
+    if table.mode() == Mode::Append && existing.is_some() {
+        // Insert the keys silver lacks: an anti join on the key columns and a plain append
+        // (MERGE would read and plan every target column); a batch of keys all present
+        // commits only its offsets.
+        lake.register(ctx, Layer::Silver, name, "target").await?;
+        ctx.register_table("batch_rows", rows.into_view())
+            .map_err(query)?;
+        let on = table
+            .key()
+            .iter()
+            .map(|k| format!("t.{id} = b.{id}", id = ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let new = ctx
+            .sql(&format!(
+                "SELECT b.* EXCLUDE (_delete) FROM batch_rows b WHERE NOT b._delete \
+                 AND NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
+            ))
+            .await
+            .map_err(query)?;
+        let schema = Arc::new(new.schema().as_arrow().clone());
+        let mut new = new.collect().await.map_err(query)?;
+        // No new key: an empty batch, so that the commit still records the offsets.
+        new.push(RecordBatch::new_empty(schema));
+        lake.write(Layer::Silver, name, new, &[], txns, false)
+            .await?;
+        return Ok(());
+    }
     let (Some(target), Mode::Diff | Mode::Append) = (existing, table.mode()) else {
         let batches = rows
             .filter(col("_delete").is_false())
