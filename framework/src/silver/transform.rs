@@ -588,20 +588,17 @@ async fn rebuild_latest_by(
     let ctx = session();
     lake.register(&ctx, Layer::Silver, table.name(), "s")
         .await?;
-    let keys = latest
-        .key
-        .iter()
-        .map(|k| ident(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let batches = collect(
-        &ctx,
-        &format!(
-            "SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _sequence DESC, _offset DESC) AS _rn FROM s) WHERE _rn = 1"
-        ),
-    )
-    .await
-    .map_err(query)?;
+    let rows = ctx.table("s").await.map_err(query)?;
+    let schema = Arc::new(rows.schema().as_arrow().clone());
+    let rows = rows.collect().await.map_err(query)?;
+    // The same hash pass as the batch dedup, keyed by `latest.key`.
+    let mut batches = if rows.iter().any(|b| b.num_rows() > 0) {
+        vec![super::dedup::latest_per_key(&rows, &latest.key).map_err(|e| query(e.into()))?]
+    } else {
+        Vec::new()
+    };
+    drop(rows);
+    batches.push(RecordBatch::new_empty(schema));
     lake.write(
         Layer::Silver,
         &latest.name,
