@@ -245,9 +245,12 @@ async fn ingest_group(
         if messages.is_empty() {
             let caught_up = tokio::task::block_in_place(|| member.caught_up()).map_err(bus_err)?;
             tracing::trace!(table = name, caught_up, elapsed = ?started.elapsed(), "bronze: caught up?");
-            if caught_up {
-                // Done when the whole topic is stored, not only this member's share: partitions
-                // of a member that died stay with it until its session ends, then move here.
+            // Done when the whole topic is stored, not only this member's share: partitions of a
+            // member that died stay with it until its session ends, then move here. A member
+            // still waiting for a share (a racing run's member may hold every partition) is
+            // done too once the whole topic is stored.
+            let waiting = member.assigned().is_empty();
+            if caught_up || waiting {
                 let all: Vec<u32> = (0..partitions).collect();
                 let stored = stored_offsets(lake, name, &apps, &all).await?;
                 let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
@@ -260,31 +263,30 @@ async fn ingest_group(
                 if behind.is_empty() {
                     break;
                 }
-                let since = *waiting_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > OTHERS_TIMEOUT {
-                    // A bounded run promises the whole topic stored: say it is not. Nothing is
-                    // lost: what is not stored stays on the topic for the next run.
-                    return Err(bus_err(crate::bus::Error::Group {
-                        topic: topic.to_owned(),
-                        reason: format!(
-                            "partition(s) {behind:?} still not stored in bronze after {} s (held by \
-                             another group member that is still running, or ending in transaction \
-                             control records); their messages stay on the topic\n  hint: run again \
-                             once the other members have finished",
-                            OTHERS_TIMEOUT.as_secs()
-                        ),
-                    }));
+                if caught_up {
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > OTHERS_TIMEOUT {
+                        // A bounded run promises the whole topic stored: say it is not. Nothing
+                        // is lost: what is not stored stays on the topic for the next run.
+                        return Err(bus_err(crate::bus::Error::Group {
+                            topic: topic.to_owned(),
+                            reason: format!(
+                                "partition(s) {behind:?} still not stored in bronze after {} s \
+                                 (held by another group member that is still running, or ending \
+                                 in transaction control records); their messages stay on the \
+                                 topic\n  hint: run again once the other members have finished",
+                                OTHERS_TIMEOUT.as_secs()
+                            ),
+                        }));
+                    }
+                    tracing::info!(
+                        table = name,
+                        ?behind,
+                        "bronze: waiting for partitions held by other group members"
+                    );
                 }
-                tracing::info!(
-                    table = name,
-                    ?behind,
-                    "bronze: waiting for partitions held by other group members"
-                );
             }
-            if stats.commits == 0
-                && member.assigned().is_empty()
-                && started.elapsed() > JOIN_TIMEOUT
-            {
+            if stats.commits == 0 && waiting && started.elapsed() > JOIN_TIMEOUT {
                 return Err(bus_err(crate::bus::Error::Group {
                     topic: topic.to_owned(),
                     reason: format!("no partitions assigned within {} s", JOIN_TIMEOUT.as_secs()),
