@@ -10,7 +10,7 @@ use deltalake::datafusion::catalog::MemorySchemaProvider;
 use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
 
-use crate::lake::{Lake, Layer, session};
+use crate::lake::{Lake, Layer, collect_batches, session};
 use crate::silver::sql::{ident, key_match};
 
 use super::config::Materialized;
@@ -213,8 +213,8 @@ async fn materialize(
     }
     let sql = models.render(model, incremental).map_err(Error::Models)?;
     let frame = ctx.sql(&sql).await.map_err(query)?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let mut batches = frame.collect().await.map_err(query)?;
+    let batches = collect_batches(frame).await.map_err(query)?;
+    let schema = batches[0].schema();
     let rows_computed = batches.iter().map(|b| b.num_rows() as u64).sum();
     let rows = match existing {
         Some(target) if incremental => {
@@ -238,9 +238,6 @@ async fn materialize(
                 .map_err(query)? as u64
         }
         _ => {
-            if batches.is_empty() {
-                batches.push(RecordBatch::new_empty(schema.clone()));
-            }
             lake.write(Layer::Gold, &model.name, batches.clone(), &[], vec![], true)
                 .await?;
             // Later models read what was just written, from memory.
@@ -275,7 +272,7 @@ async fn merge(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let on = key_match(key);
+    let on = key_match(key, "target", "source");
     target
         .merge(source, on.as_str())
         .with_source_alias("source")

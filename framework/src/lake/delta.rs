@@ -58,6 +58,20 @@ pub fn session() -> SessionContext {
     deltalake::delta_datafusion::DeltaSessionContext::new().into_inner()
 }
 
+/// The rows of `frame`, as at least one batch: a result without rows is one empty batch of the
+/// frame's schema, so that it can still be written (a commit that records only offsets) or
+/// registered as a table.
+pub async fn collect_batches(
+    frame: deltalake::datafusion::prelude::DataFrame,
+) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
+    let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
+    let mut batches = frame.collect().await?;
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    Ok(batches)
+}
+
 /// Where the lake lives.
 #[derive(Debug, Clone)]
 enum Root {

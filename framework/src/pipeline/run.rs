@@ -146,13 +146,7 @@ pub async fn run(
         layers.push(SuiteLayer::Silver);
     }
     for layer in layers {
-        let started = std::time::Instant::now();
-        let stop = check_layer(lake, checks, layer, &loaded, &run_id, &mut run).await?;
-        run.phases.push((
-            format!("{layer:?} checks").to_lowercase(),
-            started.elapsed().as_secs_f64(),
-        ));
-        if stop {
+        if check_layer(lake, checks, layer, &loaded, &run_id, &mut run).await? {
             return Ok(run);
         }
     }
@@ -168,11 +162,8 @@ pub async fn run(
         run.models = gold::build(lake, models, &selected, &options.build_options).await?;
         run.phases
             .push(("gold".into(), started.elapsed().as_secs_f64()));
-        let started = std::time::Instant::now();
         let built = |model: &str| selected.contains(model);
         check_layer(lake, checks, SuiteLayer::Gold, &built, &run_id, &mut run).await?;
-        run.phases
-            .push(("gold checks".into(), started.elapsed().as_secs_f64()));
     }
     Ok(run)
 }
@@ -264,7 +255,8 @@ async fn ingest_lane(
 }
 
 /// Runs the checks of `layer` on the tables `wanted` (and the layer's query checks), freshness
-/// checks aside; true when one with action `fail` failed, which stops the run.
+/// checks aside, and records its wall time as a phase; true when one with action `fail` failed,
+/// which stops the run.
 async fn check_layer(
     lake: &Lake,
     checks: &Checks,
@@ -273,6 +265,7 @@ async fn check_layer(
     run_id: &str,
     run: &mut RunReport,
 ) -> Result<bool> {
+    let started = std::time::Instant::now();
     let of_layer: Vec<_> = checks
         .checks
         .iter()
@@ -290,6 +283,10 @@ async fn check_layer(
     let results = quality::run_checks(lake, &selected, run_id).await?;
     run.failure = quality::failure_message(&results);
     run.checks.extend(results);
+    run.phases.push((
+        format!("{layer:?} checks").to_lowercase(),
+        started.elapsed().as_secs_f64(),
+    ));
     Ok(run.failure.is_some())
 }
 

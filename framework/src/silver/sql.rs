@@ -13,10 +13,11 @@ pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// `target.k = source.k AND ...`: the MERGE condition on a key.
-pub fn key_match(key: &[String]) -> String {
+/// `left.k = right.k AND ...`: two relations' rows with equal keys (`key_match(key, "target",
+/// "source")` is a MERGE condition).
+pub fn key_match(key: &[String], left: &str, right: &str) -> String {
     key.iter()
-        .map(|k| format!("target.{id} = source.{id}", id = ident(k)))
+        .map(|k| format!("{left}.{id} = {right}.{id}", id = ident(k)))
         .collect::<Vec<_>>()
         .join(" AND ")
 }

@@ -14,7 +14,7 @@ use deltalake::kernel::transaction::CommitProperties;
 
 use crate::idcard::compile::enrich_column_names;
 use crate::idcard::{Action, Mode, Project, Table};
-use crate::lake::{Lake, Layer, app_id, session};
+use crate::lake::{Lake, Layer, app_id, collect_batches, session};
 
 use super::sql::{ident, key_match, literal, normalised, passes, row_rules, rule_name};
 use super::{Error, Result};
@@ -129,10 +129,7 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         "silver: batch read and checked"
     );
     stats.rows_in = checked.iter().map(|b| b.num_rows() as u64).sum();
-    let schema = checked
-        .first()
-        .map(RecordBatch::schema)
-        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    let schema = checked[0].schema();
     ctx.register_table(
         "checked",
         Arc::new(MemTable::try_new(schema, vec![checked]).map_err(query)?),
@@ -223,22 +220,18 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         "silver: rules evaluated"
     );
     // Dedup (a hash pass in memory), then enrich.
-    let valid = ctx
-        .sql("SELECT * EXCLUDE (_failed_rule, _failed_action) FROM checked WHERE _failed_rule IS NULL")
-        .await
-        .map_err(query)?;
-    let schema = Arc::new(valid.schema().as_arrow().clone());
-    let valid = valid.collect().await.map_err(query)?;
-    let latest = if valid.iter().any(|b| b.num_rows() > 0) {
-        vec![super::dedup::latest_per_key(&valid, table.key()).map_err(|e| query(e.into()))?]
-    } else {
-        Vec::new()
-    };
+    let valid = collect(
+        &ctx,
+        "SELECT * EXCLUDE (_failed_rule, _failed_action) FROM checked WHERE _failed_rule IS NULL",
+    )
+    .await
+    .map_err(query)?;
+    let latest = super::dedup::latest_per_key(&valid, table.key()).map_err(|e| query(e.into()))?;
     drop(valid);
-    stats.applied = latest.iter().map(|b| b.num_rows() as u64).sum();
+    stats.applied = latest.num_rows() as u64;
     ctx.register_table(
         "latest",
-        Arc::new(MemTable::try_new(schema, vec![latest]).map_err(query)?),
+        Arc::new(MemTable::try_new(latest.schema(), vec![vec![latest]]).map_err(query)?),
     )
     .map_err(query)?;
     let rows = ctx
@@ -277,11 +270,12 @@ fn past(apps: &[String], versions: &crate::lake::TxnVersions) -> String {
         .join(" OR ")
 }
 
+/// The rows of `sql`, as at least one batch (see [`collect_batches`]).
 async fn collect(
     ctx: &SessionContext,
     sql: &str,
 ) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
-    ctx.sql(sql).await?.collect().await
+    collect_batches(ctx.sql(sql).await?).await
 }
 
 async fn scalar_count(
@@ -401,23 +395,17 @@ async fn apply(
         lake.register(ctx, Layer::Silver, name, "target").await?;
         ctx.register_table("batch_rows", rows.into_view())
             .map_err(query)?;
-        let on = table
-            .key()
-            .iter()
-            .map(|k| format!("t.{id} = b.{id}", id = ident(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let new = ctx
-            .sql(&format!(
+        let on = key_match(table.key(), "t", "b");
+        // No new key: one empty batch, so that the commit still records the offsets.
+        let new = collect(
+            ctx,
+            &format!(
                 "SELECT b.* EXCLUDE (_delete) FROM batch_rows b WHERE NOT b._delete \
                  AND NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
-            ))
-            .await
-            .map_err(query)?;
-        let schema = Arc::new(new.schema().as_arrow().clone());
-        let mut new = new.collect().await.map_err(query)?;
-        // No new key: an empty batch, so that the commit still records the offsets.
-        new.push(RecordBatch::new_empty(schema));
+            ),
+        )
+        .await
+        .map_err(query)?;
         lake.write(Layer::Silver, name, new, &[], txns, false)
             .await?;
         return Ok(());
@@ -442,7 +430,7 @@ async fn apply(
         .map(|f| f.name().clone())
         .filter(|c| c != "_delete")
         .collect();
-    let on = key_match(table.key());
+    let on = key_match(table.key(), "target", "source");
     let commit = CommitProperties::default().with_application_transactions(
         txns.into_iter()
             .map(|(a, v)| Transaction::new(a, v))
@@ -532,12 +520,7 @@ async fn remember_deletes(
     {
         return ctx.table("batch").await.map_err(query);
     }
-    let on = table
-        .key()
-        .iter()
-        .map(|k| format!("b.{id} = t.{id}", id = ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = key_match(table.key(), "b", "t");
     ctx.sql(&format!(
         "SELECT b.* FROM batch b LEFT JOIN (SELECT * FROM (SELECT *, row_number() OVER \
          (PARTITION BY {keys} ORDER BY _sequence DESC, _offset DESC) AS _rn FROM tombstones) \
@@ -588,21 +571,14 @@ async fn rebuild_latest_by(
     let ctx = session();
     lake.register(&ctx, Layer::Silver, table.name(), "s")
         .await?;
-    let rows = ctx.table("s").await.map_err(query)?;
-    let schema = Arc::new(rows.schema().as_arrow().clone());
-    let rows = rows.collect().await.map_err(query)?;
+    let rows = collect(&ctx, "SELECT * FROM s").await.map_err(query)?;
     // The same hash pass as the batch dedup, keyed by `latest.key`.
-    let mut batches = if rows.iter().any(|b| b.num_rows() > 0) {
-        vec![super::dedup::latest_per_key(&rows, &latest.key).map_err(|e| query(e.into()))?]
-    } else {
-        Vec::new()
-    };
+    let batch = super::dedup::latest_per_key(&rows, &latest.key).map_err(|e| query(e.into()))?;
     drop(rows);
-    batches.push(RecordBatch::new_empty(schema));
     lake.write(
         Layer::Silver,
         &latest.name,
-        batches,
+        vec![batch],
         &[],
         vec![built_from],
         true,

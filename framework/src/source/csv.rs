@@ -42,6 +42,13 @@ pub enum RecordRef<'a> {
 }
 
 impl RecordRef<'_> {
+    /// The record's line in the file.
+    pub fn line(&self) -> u64 {
+        match self {
+            RecordRef::Row { line, .. } | RecordRef::Broken { line, .. } => *line,
+        }
+    }
+
     /// The cells in schema column order; an empty cell is empty.
     pub fn cells(&self) -> impl Iterator<Item = &[u8]> {
         let (record, order): (Option<&::csv::ByteRecord>, &[usize]) = match self {
@@ -73,7 +80,7 @@ impl RecordRef<'_> {
 
 /// A CSV source read record by record in the idcard's dialect: memory stays flat whatever the
 /// file's size.
-pub struct CsvRecords<R: std::io::Read> {
+pub struct CsvRecords<R: std::io::BufRead> {
     reader: ::csv::Reader<R>,
     record: ::csv::ByteRecord,
     order: Vec<usize>,
@@ -90,22 +97,25 @@ impl CsvRecords<std::io::BufReader<std::fs::File>> {
             path: path.into(),
             source,
         })?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        Self::new(
+            table,
+            path,
+            std::io::BufReader::with_capacity(1 << 20, file),
+        )
+    }
+}
+
+impl<R: std::io::BufRead> CsvRecords<R> {
+    /// Reads from `input`; `path` is only used in messages.
+    pub fn new(table: &Table, path: &Path, mut input: R) -> Result<Self> {
         // A UTF-8 byte order mark is not part of the first header name.
-        let start = std::io::BufRead::fill_buf(&mut reader).map_err(|source| Error::Read {
+        let start = input.fill_buf().map_err(|source| Error::Read {
             path: path.into(),
             source,
         })?;
         if start.starts_with(b"\xEF\xBB\xBF") {
-            std::io::BufRead::consume(&mut reader, 3);
+            input.consume(3);
         }
-        Self::new(table, path, reader)
-    }
-}
-
-impl<R: std::io::Read> CsvRecords<R> {
-    /// Reads from `input` (without a byte order mark); `path` is only used in messages.
-    pub fn new(table: &Table, path: &Path, input: R) -> Result<Self> {
         let dialect = &table.config.source.csv;
         let mut reader = ::csv::ReaderBuilder::new()
             .delimiter(dialect.delimiter.as_bytes()[0])
@@ -209,7 +219,6 @@ impl<R: std::io::Read> CsvRecords<R> {
 #[cfg(test)]
 /// Parses CSV bytes for `table` into owned rows; `path` is only used in messages.
 pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceRow>> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut records = CsvRecords::new(table, path, bytes)?;
     let mut rows = Vec::new();
     while let Some(record) = records.next_record()? {

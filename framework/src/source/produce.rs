@@ -219,47 +219,46 @@ impl Encoder {
 
     /// One source record as a message sent at `at` (`timestamp`: `at` as RFC 3339 text).
     pub fn encode(&self, record: &RecordRef<'_>, timestamp: &str, at: DateTime<Utc>) -> Record {
+        use std::io::Write as _;
         let mut value = Vec::with_capacity(256);
         value.push(b'{');
         let key = match record {
-            RecordRef::Row { line, .. } => {
-                let mut cells = Vec::with_capacity(self.names.len());
-                cells.extend(record.cells());
-                for (name, cell) in self.names.iter().zip(&cells) {
+            RecordRef::Row { record, order, .. } => {
+                for (name, &at) in self.names.iter().zip(order.iter()) {
                     value.extend_from_slice(name);
-                    if cell.is_empty() {
-                        value.extend_from_slice(b"null");
-                    } else {
-                        json_string(&mut value, cell);
+                    match &record[at] {
+                        b"" => value.extend_from_slice(b"null"),
+                        cell => json_string(&mut value, cell),
                     }
                     value.push(b',');
                 }
-                value.extend_from_slice(b"\"_source_line\":\"");
-                value.extend_from_slice(line.to_string().as_bytes());
-                value.extend_from_slice(b"\",");
                 let mut key = Vec::with_capacity(40);
-                for (i, &at) in self.key.iter().enumerate() {
+                for (i, &column) in self.key.iter().enumerate() {
                     if i > 0 {
                         key.push(b'|');
                     }
-                    key.extend_from_slice(cells.get(at).copied().unwrap_or_default());
+                    key.extend_from_slice(order.get(column).map_or(&[][..], |&at| &record[at]));
                 }
                 key
             }
-            RecordRef::Broken { line, raw, reason } => {
+            RecordRef::Broken {
+                line, raw, reason, ..
+            } => {
                 for (name, text) in [("_raw", raw.as_str()), ("_error", reason.as_str())] {
                     json_string(&mut value, name.as_bytes());
                     value.push(b':');
                     json_string(&mut value, text.as_bytes());
                     value.push(b',');
                 }
-                value.extend_from_slice(format!("\"_source_line\":\"{line}\",").as_bytes());
                 format!("_broken:{line}").into_bytes()
             }
         };
-        value.extend_from_slice(b"\"_ingestion_timestamp\":\"");
-        value.extend_from_slice(timestamp.as_bytes());
-        value.extend_from_slice(b"\"}");
+        write!(
+            value,
+            "\"_source_line\":\"{}\",\"_ingestion_timestamp\":\"{timestamp}\"}}",
+            record.line()
+        )
+        .expect("writing to a Vec");
         Record {
             key,
             value,

@@ -243,19 +243,10 @@ fn compile_prints_the_rendered_sql_and_a_manifest() {
 
 #[test]
 fn a_broken_model_is_an_error_with_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    std::fs::create_dir_all(models.join("gold")).unwrap();
-    std::fs::write(
-        models.join("gold/bad.sql"),
+    let err = validate_failing_models(&[(
+        "gold/bad.sql",
         "SELECT 1 AS x\nFROM {{ ref('gold_nope') }}\n",
-    )
-    .unwrap();
-    let mut validate = framework(&dir.path().join("lake"));
-    validate.arg("--models").arg(&models).arg("validate");
-    let out = output(validate);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    )]);
     assert!(
         err.contains("gold/bad.sql:2:") && err.contains("unknown model `gold_nope`"),
         "{err}"
@@ -264,29 +255,20 @@ fn a_broken_model_is_an_error_with_file_and_line() {
 
 #[test]
 fn validate_plans_the_models_sql_and_names_an_unknown_column_with_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    std::fs::create_dir_all(models.join("gold")).unwrap();
-    std::fs::write(
-        models.join("gold/typo.sql"),
-        "SELECT order_id, order_purchase_timestmp FROM {{ source('silver', 'orders') }}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        models.join("gold/reads_typo.sql"),
-        "SELECT count(*) AS n FROM {{ ref('typo') }}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        models.join("gold/good.sql"),
-        "SELECT order_id, customer_unique_id, _sequence FROM {{ source('silver', 'orders') }}\n",
-    )
-    .unwrap();
-    let mut validate = framework(&dir.path().join("lake"));
-    validate.arg("--models").arg(&models).arg("validate");
-    let out = output(validate);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = validate_failing_models(&[
+        (
+            "gold/typo.sql",
+            "SELECT order_id, order_purchase_timestmp FROM {{ source('silver', 'orders') }}\n",
+        ),
+        (
+            "gold/reads_typo.sql",
+            "SELECT count(*) AS n FROM {{ ref('typo') }}\n",
+        ),
+        (
+            "gold/good.sql",
+            "SELECT order_id, customer_unique_id, _sequence FROM {{ source('silver', 'orders') }}\n",
+        ),
+    ]);
     assert!(
         err.contains("gold/typo.sql:1:1: the SQL does not plan")
             && err.contains("order_purchase_timestmp")
@@ -295,4 +277,21 @@ fn validate_plans_the_models_sql_and_names_an_unknown_column_with_the_file() {
     );
     // One problem: the model reading the broken one is not reported again, the good one passes.
     assert!(err.contains("1 problem(s)"), "{err}");
+}
+
+/// `framework validate` on a models folder holding only `files` (path under the folder, SQL):
+/// asserts it fails and returns its stderr.
+fn validate_failing_models(files: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    for (path, sql) in files {
+        let path = models.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, sql).unwrap();
+    }
+    let mut validate = framework(&dir.path().join("lake"));
+    validate.arg("--models").arg(&models).arg("validate");
+    let out = output(validate);
+    assert!(!out.status.success(), "validate passed on broken models");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
