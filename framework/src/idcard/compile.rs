@@ -108,18 +108,25 @@ fn parse_one(
     let value: serde_json::Value = match serde_yaml_ng::from_str(text) {
         Ok(value) => value,
         Err(err) => {
-            let pos = err
-                .location()
-                .map(|l| Pos {
-                    line: l.line(),
-                    column: l.column(),
-                })
-                .unwrap_or_default();
+            // serde_yaml_ng gives no place for a second document: point at its marker.
+            let (pos, hint) = match err.location() {
+                Some(l) => (
+                    Pos {
+                        line: l.line(),
+                        column: l.column(),
+                    },
+                    None,
+                ),
+                None => (
+                    second_document(text).unwrap_or(Pos { line: 1, column: 1 }),
+                    Some("an idcard is one YAML document: remove this `---` or `...` line".into()),
+                ),
+            };
             out.push(diag(
                 pos,
                 String::new(),
                 format!("invalid YAML: {err}"),
-                None,
+                hint,
             ));
             return None;
         }
@@ -689,4 +696,22 @@ pub(super) fn check_cron(cron: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The place of the marker that starts or ends a second YAML document in `text` (a `---` before
+/// any content opens the first one).
+fn second_document(text: &str) -> Option<Pos> {
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        let marker = line.starts_with("---") || line.starts_with("...");
+        if marker && (content || line.starts_with("...")) {
+            return Some(Pos {
+                line: i + 1,
+                column: 1,
+            });
+        }
+        let trimmed = line.trim();
+        content |= !marker && !trimmed.is_empty() && !trimmed.starts_with('#');
+    }
+    None
 }
