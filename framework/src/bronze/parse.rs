@@ -157,10 +157,11 @@ pub fn parse_messages(
         }
     }
     let now_us = now.timestamp_micros();
-    let keys: StringArray = messages
-        .iter()
-        .map(|m| Some(String::from_utf8_lossy(&m.key).into_owned()))
-        .collect();
+    let mut keys = StringBuilder::with_capacity(n, messages.iter().map(|m| m.key.len()).sum());
+    for message in messages {
+        keys.append_value(String::from_utf8_lossy(&message.key));
+    }
+    let keys = keys.finish();
     let partitions: Int32Array = messages.iter().map(|m| m.partition as i32).collect();
     let offsets: Int64Array = messages.iter().map(|m| m.offset as i64).collect();
     let topic_col: StringArray = messages.iter().map(|_| Some(topic)).collect();

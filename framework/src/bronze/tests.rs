@@ -4,7 +4,7 @@ use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::Decimal128Type;
 
 use super::*;
-use crate::bus::Message;
+use crate::bus::{Bytes, Message};
 use crate::idcard::compile;
 
 fn table() -> crate::idcard::Table {
@@ -31,8 +31,8 @@ fn message(offset: u64, value: &str) -> Message {
         partition: 0,
         offset,
         timestamp_ms: 1_000,
-        key: b"k".to_vec(),
-        value: value.as_bytes().to_vec(),
+        key: Bytes::from_static(b"k"),
+        value: Bytes::copy_from_slice(value.as_bytes()),
     }
 }
 
@@ -167,8 +167,8 @@ mod properties {
                     partition: 0,
                     offset: i as u64,
                     timestamp_ms: 1_000,
-                    key: b"k".to_vec(),
-                    value,
+                    key: Bytes::from_static(b"k"),
+                    value: value.into(),
                 })
                 .collect();
             let parsed = parse_messages(&table(), "raw_t", &messages, chrono::Utc::now()).unwrap();

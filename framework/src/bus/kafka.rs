@@ -20,7 +20,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{Error, Message, Record, Result, partition_for};
+use super::{Batch, Bytes, Error, Message, Result, partition_for};
 
 /// How long metadata and admin requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -190,7 +190,7 @@ impl KafkaBus {
 
     /// Sends records (idempotent producer, batched), waits until the broker acknowledged all of
     /// them; returns how many went to each partition.
-    pub fn send(&self, topic: &str, records: &[Record]) -> Result<Vec<u64>> {
+    pub fn send(&self, topic: &str, records: &Batch) -> Result<Vec<u64>> {
         let partitions = self.partitions(topic)?;
         let mut guard = self.producer.lock().expect("not poisoned");
         if guard.is_none() {
@@ -209,11 +209,11 @@ impl KafkaBus {
         }
         let producer = guard.as_ref().expect("just created");
         let mut counts = vec![0; partitions as usize];
-        for record in records {
-            let partition = partition_for(&record.key, partitions);
+        for record in records.iter() {
+            let partition = partition_for(record.key, partitions);
             let mut next = BaseRecord::to(topic)
-                .key(&record.key)
-                .payload(&record.value)
+                .key(record.key)
+                .payload(record.value)
                 .partition(partition as i32)
                 .timestamp(record.timestamp_ms);
             loop {
@@ -565,8 +565,8 @@ impl GroupMember {
                         partition,
                         offset: m.offset() as u64,
                         timestamp_ms: m.timestamp().to_millis().unwrap_or_default(),
-                        key: m.key().unwrap_or_default().to_vec(),
-                        value: m.payload().unwrap_or_default().to_vec(),
+                        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+                        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                     });
                 }
                 Some(Err(e)) => return Err(kafka(&self.topic, e)),

@@ -8,6 +8,8 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use bytes::Bytes;
+
 pub use embedded::EmbeddedLog;
 pub use kafka::{GroupMember, KafkaBus, StartOffsets};
 
@@ -21,6 +23,15 @@ pub enum Error {
     },
     #[error("topic {topic} does not exist")]
     UnknownTopic { topic: String },
+    #[error(
+        "topic {topic}: the embedded log at {} has format {found:?}, written by another version of the framework (this one reads and writes blocks-lz4-1)\n  hint: consume it with the version that wrote it, or delete that folder and produce again",
+        dir.display()
+    )]
+    LogFormat {
+        topic: String,
+        dir: PathBuf,
+        found: String,
+    },
     #[error(
         "topic {topic}: Kafka: {source}\n  hint: is the broker of --bus running and reachable?"
     )]
@@ -62,23 +73,129 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// One message as stored on a topic.
+/// One message as stored on a topic. Key and value share the buffer the message was read into
+/// (one read per batch on the embedded log, no copy per message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub partition: u32,
     pub offset: u64,
     /// Message time, milliseconds since the epoch.
     pub timestamp_ms: i64,
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    pub key: Bytes,
+    pub value: Bytes,
 }
 
-/// A message to send.
+/// A message to send, on its own (tests and one-off callers; producers fill a [`Batch`]).
 #[derive(Debug, Clone)]
 pub struct Record {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub timestamp_ms: i64,
+}
+
+/// Messages to send, framed back to back in one buffer exactly as the embedded log stores them
+/// (`u32` length of the rest, `i64` timestamp, `u32` key length, key, value): a producer
+/// allocates nothing per message, and the log writes a partition's frames as they are.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    /// Where each frame starts in `bytes`.
+    starts: Vec<usize>,
+}
+
+/// One message of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Framed<'a> {
+    /// The whole frame, as the embedded log writes it.
+    pub frame: &'a [u8],
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub timestamp_ms: i64,
+}
+
+/// Bytes of a frame before its key: length, timestamp, key length.
+pub(crate) const FRAME_HEADER: usize = 4 + 8 + 4;
+
+impl Batch {
+    pub fn with_capacity(messages: usize, bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            starts: Vec::with_capacity(messages),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Appends a message whose key `key` and then value `value` write into the buffer.
+    pub fn push_with(
+        &mut self,
+        timestamp_ms: i64,
+        key: impl FnOnce(&mut Vec<u8>),
+        value: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; FRAME_HEADER]);
+        self.bytes[start + 4..start + 12].copy_from_slice(&timestamp_ms.to_le_bytes());
+        key(&mut self.bytes);
+        let key_len = self.bytes.len() - start - FRAME_HEADER;
+        value(&mut self.bytes);
+        let body_len = self.bytes.len() - start - 4;
+        self.bytes[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        self.bytes[start + 12..start + 16].copy_from_slice(&(key_len as u32).to_le_bytes());
+        self.starts.push(start);
+    }
+
+    pub fn push(&mut self, key: &[u8], value: &[u8], timestamp_ms: i64) {
+        self.push_with(
+            timestamp_ms,
+            |out| out.extend_from_slice(key),
+            |out| out.extend_from_slice(value),
+        );
+    }
+
+    /// Sends the last message once more (a simulated duplicate).
+    pub fn repeat_last(&mut self) {
+        if let Some(&start) = self.starts.last() {
+            let end = self.bytes.len();
+            self.starts.push(end);
+            self.bytes.extend_from_within(start..end);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Framed<'_>> {
+        let ends = self
+            .starts
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([self.bytes.len()]);
+        self.starts.iter().zip(ends).map(|(&start, end)| {
+            let frame = &self.bytes[start..end];
+            let key_len = u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes")) as usize;
+            Framed {
+                frame,
+                key: &frame[FRAME_HEADER..FRAME_HEADER + key_len],
+                value: &frame[FRAME_HEADER + key_len..],
+                timestamp_ms: i64::from_le_bytes(frame[4..12].try_into().expect("8 bytes")),
+            }
+        })
+    }
+}
+
+impl<'a> FromIterator<&'a Record> for Batch {
+    fn from_iter<I: IntoIterator<Item = &'a Record>>(records: I) -> Self {
+        let mut batch = Self::default();
+        for record in records {
+            batch.push(&record.key, &record.value, record.timestamp_ms);
+        }
+        batch
+    }
 }
 
 /// Where topics live.
@@ -149,8 +266,8 @@ impl Bus {
         }
     }
 
-    /// Appends records; returns how many were written per partition.
-    pub fn send(&self, topic: &str, records: &[Record]) -> Result<Vec<u64>> {
+    /// Appends a batch; returns how many messages went to each partition.
+    pub fn send(&self, topic: &str, records: &Batch) -> Result<Vec<u64>> {
         match self {
             Self::Embedded(log) => log.append(topic, records),
             Self::Kafka(kafka) => kafka.send(topic, records),

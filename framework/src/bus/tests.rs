@@ -16,7 +16,7 @@ fn appends_and_reads_back_by_offset() {
     let records: Vec<Record> = (0..100)
         .map(|i| record(&format!("k{i}"), &format!("v{i}")))
         .collect();
-    let counts = bus.append("t", &records).unwrap();
+    let counts = bus.append("t", &records.iter().collect()).unwrap();
     assert_eq!(counts.iter().sum::<u64>(), 100);
     let mut seen = Vec::new();
     for p in 0..2 {
@@ -26,7 +26,7 @@ fn appends_and_reads_back_by_offset() {
         for (i, m) in first.iter().chain(&rest).enumerate() {
             assert_eq!(m.offset, i as u64);
             assert_eq!(partition_for(&m.key, 2), p);
-            seen.push(String::from_utf8(m.value.clone()).unwrap());
+            seen.push(String::from_utf8(m.value.to_vec()).unwrap());
         }
     }
     seen.sort();
@@ -40,16 +40,18 @@ fn a_torn_append_is_cut_off_on_the_next_append() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::new(dir.path().to_path_buf());
     log.ensure_topic("t", 1).unwrap();
-    log.append("t", &[record("a", "1")]).unwrap();
+    log.append("t", &[record("a", "1")].iter().collect())
+        .unwrap();
     // A crash after writing log bytes but before the index: garbage past the indexed end.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(dir.path().join("t/p0.log"))
         .unwrap();
     std::io::Write::write_all(&mut f, b"\x40\0\0\0partial").unwrap();
-    log.append("t", &[record("b", "2")]).unwrap();
+    log.append("t", &[record("b", "2")].iter().collect())
+        .unwrap();
     let all = log.read("t", 0, 0, 10).unwrap();
-    let values: Vec<&[u8]> = all.iter().map(|m| m.value.as_slice()).collect();
+    let values: Vec<&[u8]> = all.iter().map(|m| &m.value[..]).collect();
     assert_eq!(values, vec![b"1".as_slice(), b"2".as_slice()]);
 }
 
@@ -61,4 +63,132 @@ fn unknown_topic_is_an_error() {
         bus.partitions("nope"),
         Err(Error::UnknownTopic { .. })
     ));
+}
+
+#[test]
+fn a_batch_frames_messages_and_repeats_the_last_one() {
+    let mut batch = Batch::default();
+    batch.push(b"k1", b"v1", 1);
+    batch.push(b"", b"", 2);
+    batch.repeat_last();
+    batch.push(b"k3", b"a longer value", 3);
+    let seen: Vec<(&[u8], &[u8], i64)> = batch
+        .iter()
+        .map(|m| (m.key, m.value, m.timestamp_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (&b"k1"[..], &b"v1"[..], 1),
+            (&b""[..], &b""[..], 2),
+            (&b""[..], &b""[..], 2),
+            (&b"k3"[..], &b"a longer value"[..], 3),
+        ]
+    );
+}
+
+/// Reads partition 0 of topic `t` whole, as (offset, value) pairs.
+fn values(log: &EmbeddedLog) -> Vec<(u64, String)> {
+    log.read("t", 0, 0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|m| (m.offset, String::from_utf8(m.value.to_vec()).unwrap()))
+        .collect()
+}
+
+#[test]
+fn reads_from_inside_a_block_and_across_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.ensure_topic("t", 1).unwrap();
+    let first: Vec<Record> = (0..5).map(|i| record("k", &format!("a{i}"))).collect();
+    let second: Vec<Record> = (0..3).map(|i| record("k", &format!("b{i}"))).collect();
+    log.append("t", &first.iter().collect()).unwrap();
+    log.append("t", &second.iter().collect()).unwrap();
+    let middle: Vec<(u64, String)> = log
+        .read("t", 0, 3, 4)
+        .unwrap()
+        .iter()
+        .map(|m| (m.offset, String::from_utf8(m.value.to_vec()).unwrap()))
+        .collect();
+    assert_eq!(
+        middle,
+        vec![
+            (3, "a3".to_owned()),
+            (4, "a4".to_owned()),
+            (5, "b0".to_owned()),
+            (6, "b1".to_owned()),
+        ]
+    );
+    // The JSON-like values compress: the log is smaller than the messages.
+    let big: Vec<Record> = (0..1000)
+        .map(|i| record("k", &format!("{{\"column_name\":\"value {i}\"}}")))
+        .collect();
+    log.append("t", &big.iter().collect()).unwrap();
+    let size = std::fs::metadata(dir.path().join("t/p0.log"))
+        .unwrap()
+        .len();
+    assert!(size < 1000 * 20, "{size} bytes");
+    assert_eq!(values(&log).len(), 1008);
+}
+
+#[test]
+fn a_crash_between_index_entries_is_completed_and_a_torn_block_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.ensure_topic("t", 1).unwrap();
+    let three: Vec<Record> = (0..3).map(|i| record("k", &format!("v{i}"))).collect();
+    log.append("t", &three.iter().collect()).unwrap();
+    // The block is whole, but only one of its three index entries reached the disk.
+    let idx = dir.path().join("t/p0.idx");
+    let entries = std::fs::read(&idx).unwrap();
+    std::fs::write(&idx, &entries[..8 + 3]).unwrap();
+    assert_eq!(log.end_offset("t", 0).unwrap(), 1);
+    // Then a block torn halfway.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("t/p0.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[7; 30]).unwrap();
+    log.append("t", &[record("k", "v3")].iter().collect())
+        .unwrap();
+    let expected: Vec<(u64, String)> = (0..4).map(|i| (i, format!("v{i}"))).collect();
+    assert_eq!(values(&log), expected);
+}
+
+#[test]
+fn a_corrupt_block_is_an_error_naming_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.ensure_topic("t", 1).unwrap();
+    let two: Vec<Record> = (0..2).map(|i| record("k", &format!("value {i}"))).collect();
+    log.append("t", &two.iter().collect()).unwrap();
+    let path = dir.path().join("t/p0.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let err = log.read("t", 0, 0, 10).unwrap_err().to_string();
+    assert!(
+        err.contains("offset 0") && err.contains("checksum"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_topic_of_another_log_format_is_refused_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.ensure_topic("t", 1).unwrap();
+    log.append("t", &[record("k", "v")].iter().collect())
+        .unwrap();
+    std::fs::remove_file(dir.path().join("t/format")).unwrap();
+    let before = std::fs::read(dir.path().join("t/p0.log")).unwrap();
+    let err = log.ensure_topic("t", 1).unwrap_err().to_string();
+    assert!(err.contains("format") && err.contains("hint"), "{err}");
+    assert!(
+        log.append("t", &[record("k", "w")].iter().collect())
+            .is_err()
+    );
+    assert_eq!(std::fs::read(dir.path().join("t/p0.log")).unwrap(), before);
 }

@@ -86,13 +86,24 @@ pub async fn run(
         .filter(|t| tables.is_empty() || tables.iter().any(|n| n == t.name()))
         .cloned()
         .collect();
-    // Two lanes on the two cores: one produces and ingests table after table into bronze, the
-    // other refines each table into silver as soon as its bronze is in (in dependency order, so
-    // a table's dimensions are refined before it).
-    let (ingested, mut to_refine) =
-        tokio::sync::mpsc::channel::<TableReport>(selected.len().max(1));
-    let ingest_lane = tokio::spawn(ingest_lane(
+    // Three lanes, each a stage over the tables in dependency order: one produces table after
+    // table, one ingests each into bronze once it is produced, one refines each into silver once
+    // its bronze is in (so a table's dimensions are refined before it). The stages of different
+    // tables overlap on the cores.
+    let capacity = selected.len().max(1);
+    let (produced, to_ingest) =
+        tokio::sync::mpsc::channel::<(crate::idcard::Table, TableReport)>(capacity);
+    let (ingested, mut to_refine) = tokio::sync::mpsc::channel::<TableReport>(capacity);
+    let produce_lane = tokio::spawn(produce_lane(
         selected.clone(),
+        bus.clone(),
+        lake.clone(),
+        options.clone(),
+        bars.clone(),
+        produced,
+    ));
+    let ingest_lane = tokio::spawn(ingest_lane(
+        to_ingest,
         bus.clone(),
         lake.clone(),
         options.clone(),
@@ -126,13 +137,15 @@ pub async fn run(
         }
         reports.push(report);
     }
-    // After an error here, the ingest lane finds the channel closed once its current table is in
-    // bronze, and stops (aborting it would cut a Delta write short as the runtime shuts down).
+    // After an error here, the other lanes find their channel closed once their current table
+    // is done, and stop (aborting them would cut a write short as the runtime shuts down).
     drop(to_refine);
-    // The ingest lane's error comes first: a table missing in silver may only be its echo.
-    match ingest_lane.await {
-        Ok(result) => result?,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    // The earlier lane's error comes first: a table missing later may only be its echo.
+    for lane in [produce_lane, ingest_lane] {
+        match lane.await {
+            Ok(result) => result?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
     }
     refined?;
     run.phases.push((
@@ -168,15 +181,15 @@ pub async fn run(
     Ok(run)
 }
 
-/// Produces and ingests each of `tables` into bronze in turn, handing each table's report to
-/// the refine lane once its bronze is in.
-async fn ingest_lane(
+/// Produces each of `tables` in turn (when the run produces), handing each table's report to
+/// the ingest lane once its messages are on the topic.
+async fn produce_lane(
     tables: Vec<crate::idcard::Table>,
     bus: Bus,
     lake: Lake,
     options: RunOptions,
     bars: MultiProgress,
-    ingested: tokio::sync::mpsc::Sender<TableReport>,
+    produced: tokio::sync::mpsc::Sender<(crate::idcard::Table, TableReport)>,
 ) -> Result<()> {
     for table in tables {
         let mut report = TableReport {
@@ -229,6 +242,25 @@ async fn ingest_lane(
                 report.produce_s = stats.seconds;
             }
         }
+        if produced.send((table, report)).await.is_err() {
+            // A later lane stopped on an error, which the run reports.
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Ingests each produced table into bronze in turn, handing each table's report to the refine
+/// lane once its bronze is in.
+async fn ingest_lane(
+    mut produced: tokio::sync::mpsc::Receiver<(crate::idcard::Table, TableReport)>,
+    bus: Bus,
+    lake: Lake,
+    options: RunOptions,
+    bars: MultiProgress,
+    ingested: tokio::sync::mpsc::Sender<TableReport>,
+) -> Result<()> {
+    while let Some((table, mut report)) = produced.recv().await {
         let bar = bars.add(bar(table.name(), "bronze"));
         let stats = bronze::ingest(
             &bus,

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::bus::{Bus, Record};
+#[cfg(test)]
+use crate::bus::Record;
+use crate::bus::{Batch, Bus};
 use crate::idcard::Table;
 
 use super::Result;
@@ -51,6 +53,8 @@ pub struct ProduceStats {
 
 /// Messages per append in bulk mode (each append syncs the log once per partition).
 const BATCH: usize = 100_000;
+/// Room for a batch's messages, so that the buffer rarely grows.
+const BATCH_BYTES: usize = BATCH * 256;
 
 /// Produces `table`'s source file from `data_dir` onto its topic, record by record (memory stays
 /// flat whatever the file's size). `progress` gets the source bytes read and the file's size.
@@ -84,7 +88,7 @@ pub fn produce(
     let mut stats = ProduceStats::default();
     // Reading and encoding here, appending on a second thread: the two overlap.
     let send_s = std::thread::scope(|scope| {
-        let (batches, to_send) = std::sync::mpsc::sync_channel::<Vec<Record>>(1);
+        let (batches, to_send) = std::sync::mpsc::sync_channel::<Batch>(1);
         let sender = scope.spawn(move || {
             let mut busy = 0.0;
             for batch in to_send {
@@ -94,14 +98,14 @@ pub fn produce(
             }
             Ok::<_, super::Error>(busy)
         });
-        let handed = |pending: &mut Vec<Record>, stats: &mut ProduceStats, read: u64| {
+        let handed = |pending: &mut Batch, stats: &mut ProduceStats, read: u64| {
             stats.messages += pending.len() as u64;
-            let batch = std::mem::replace(pending, Vec::with_capacity(BATCH));
+            let batch = std::mem::replace(pending, Batch::with_capacity(BATCH, BATCH_BYTES));
             progress(read, size);
             // Fails only when the sender stopped on an error, which joining it returns.
             batches.send(batch).is_ok()
         };
-        let mut pending: Vec<Record> = Vec::with_capacity(BATCH);
+        let mut pending = Batch::with_capacity(BATCH, BATCH_BYTES);
         let mut clock = Clock::now();
         let read = loop {
             if options
@@ -122,19 +126,18 @@ pub fn produce(
                 at -= Duration::from_secs(rng.random_range(lo..=hi.max(lo)));
                 stats.late += 1;
             }
-            let message = if at == clock.at {
-                encoder.encode(&record, &clock.text, at)
+            if at == clock.at {
+                encoder.encode(&mut pending, &record, &clock.text, at);
             } else {
-                encoder.encode(&record, &rfc3339_micros(at), at)
-            };
+                encoder.encode(&mut pending, &record, &rfc3339_micros(at), at);
+            }
             if matches!(record, RecordRef::Broken { .. }) {
                 stats.broken += 1;
             }
             if duplicate_fraction > 0.0 && rng.random_bool(duplicate_fraction) {
                 stats.duplicates += 1;
-                pending.push(message.clone());
+                pending.repeat_last();
             }
-            pending.push(message);
             if options.delay || pending.len() >= BATCH {
                 if !handed(&mut pending, &mut stats, records.position()) {
                     break Ok(());
@@ -217,53 +220,59 @@ impl Encoder {
         }
     }
 
-    /// One source record as a message sent at `at` (`timestamp`: `at` as RFC 3339 text).
-    pub fn encode(&self, record: &RecordRef<'_>, timestamp: &str, at: DateTime<Utc>) -> Record {
-        use std::io::Write as _;
-        let mut value = Vec::with_capacity(256);
-        value.push(b'{');
-        let key = match record {
+    /// Appends one source record to `batch` as a message sent at `at` (`timestamp`: `at` as
+    /// RFC 3339 text).
+    pub fn encode(
+        &self,
+        batch: &mut Batch,
+        record: &RecordRef<'_>,
+        timestamp: &str,
+        at: DateTime<Utc>,
+    ) {
+        let key = |key: &mut Vec<u8>| match record {
             RecordRef::Row { record, order, .. } => {
-                for (name, &at) in self.names.iter().zip(order.iter()) {
-                    value.extend_from_slice(name);
-                    match &record[at] {
-                        b"" => value.extend_from_slice(b"null"),
-                        cell => json_string(&mut value, cell),
-                    }
-                    value.push(b',');
-                }
-                let mut key = Vec::with_capacity(40);
                 for (i, &column) in self.key.iter().enumerate() {
                     if i > 0 {
                         key.push(b'|');
                     }
                     key.extend_from_slice(order.get(column).map_or(&[][..], |&at| &record[at]));
                 }
-                key
             }
-            RecordRef::Broken {
-                line, raw, reason, ..
-            } => {
-                for (name, text) in [("_raw", raw.as_str()), ("_error", reason.as_str())] {
-                    json_string(&mut value, name.as_bytes());
-                    value.push(b':');
-                    json_string(&mut value, text.as_bytes());
-                    value.push(b',');
-                }
-                format!("_broken:{line}").into_bytes()
+            RecordRef::Broken { line, .. } => {
+                key.extend_from_slice(format!("_broken:{line}").as_bytes());
             }
         };
-        write!(
-            value,
-            "\"_source_line\":\"{}\",\"_ingestion_timestamp\":\"{timestamp}\"}}",
-            record.line()
-        )
-        .expect("writing to a Vec");
-        Record {
-            key,
-            value,
-            timestamp_ms: at.timestamp_millis(),
-        }
+        let value = |value: &mut Vec<u8>| {
+            use std::io::Write as _;
+            value.push(b'{');
+            match record {
+                RecordRef::Row { record, order, .. } => {
+                    for (name, &at) in self.names.iter().zip(order.iter()) {
+                        value.extend_from_slice(name);
+                        match &record[at] {
+                            b"" => value.extend_from_slice(b"null"),
+                            cell => json_string(value, cell),
+                        }
+                        value.push(b',');
+                    }
+                }
+                RecordRef::Broken { raw, reason, .. } => {
+                    for (name, text) in [("_raw", raw.as_str()), ("_error", reason.as_str())] {
+                        json_string(value, name.as_bytes());
+                        value.push(b':');
+                        json_string(value, text.as_bytes());
+                        value.push(b',');
+                    }
+                }
+            }
+            write!(
+                value,
+                "\"_source_line\":\"{}\",\"_ingestion_timestamp\":\"{timestamp}\"}}",
+                record.line()
+            )
+            .expect("writing to a Vec");
+        };
+        batch.push_with(at.timestamp_millis(), key, value);
     }
 }
 
@@ -272,6 +281,7 @@ impl Encoder {
 pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
     let encoder = Encoder::new(table);
     let timestamp = rfc3339_micros(at);
+    let mut batch = Batch::default();
     match row {
         SourceRow::Row { line, cells } => {
             let mut record = ::csv::ByteRecord::new();
@@ -284,7 +294,7 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
                 record: &record,
                 order: &order,
             };
-            encoder.encode(&row, &timestamp, at)
+            encoder.encode(&mut batch, &row, &timestamp, at);
         }
         SourceRow::Broken { line, raw, reason } => {
             let row = RecordRef::Broken {
@@ -292,8 +302,14 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
                 raw: raw.clone(),
                 reason: reason.clone(),
             };
-            encoder.encode(&row, &timestamp, at)
+            encoder.encode(&mut batch, &row, &timestamp, at);
         }
+    }
+    let message = batch.iter().next().expect("one message");
+    Record {
+        key: message.key.to_vec(),
+        value: message.value.to_vec(),
+        timestamp_ms: message.timestamp_ms,
     }
 }
 

@@ -317,7 +317,7 @@ fn every_broken_message_lands_in_the_reject_table_with_a_reason() {
             timestamp_ms: 1_764_583_200_000,
         })
         .collect();
-    log.append("raw_orders", &records).unwrap();
+    log.append("raw_orders", &records.iter().collect()).unwrap();
     let mut run = framework(&lake);
     run.args([
         "run",

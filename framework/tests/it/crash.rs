@@ -301,9 +301,10 @@ fn sigkills_at_random_moments_of_silver_and_gold_neither_lose_nor_repeat_rows() 
         let mut landed = 0;
         // Kill runs over the same lake until one gets to its end by itself.
         loop {
+            let stderr_path = dir.path().join(format!("series-{series}.stderr"));
             let mut child = finish(&lake)
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&stderr_path).unwrap())
                 .spawn()
                 .unwrap();
             std::thread::sleep(Duration::from_millis(rng.random_range(200..2000)));
@@ -313,7 +314,11 @@ fn sigkills_at_random_moments_of_silver_and_gold_neither_lose_nor_repeat_rows() 
                     kills += 1;
                 }
                 Some(status) => {
-                    assert!(status.success(), "a run after {landed} kills failed");
+                    assert!(
+                        status.success(),
+                        "a run after {landed} kills failed:\n{}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
                     break;
                 }
             }
