@@ -87,7 +87,28 @@ pub fn parse_messages(
         .collect();
     let mut timestamps = Vec::with_capacity(n);
     let mut lines = Vec::with_capacity(n);
+    let layout = super::message::Layout::new(table);
+    let mut cells = Vec::with_capacity(table.columns.len());
+    // Messages of one produced batch share their timestamp text: parsed once.
+    let mut last_timestamp: Option<(&str, i64)> = None;
     for (i, message) in messages.iter().enumerate() {
+        if let Some((text, line)) = super::message::read_fast(&layout, &message.value, &mut cells) {
+            let micros = match last_timestamp {
+                Some((last, micros)) if last == text => Some(micros),
+                _ => DateTime::parse_from_rfc3339(text)
+                    .ok()
+                    .map(|t| t.timestamp_micros()),
+            };
+            if let Some(micros) = micros {
+                last_timestamp = Some((text, micros));
+                for (builder, cell) in columns.iter_mut().zip(&cells) {
+                    builder.append_option(*cell);
+                }
+                timestamps.push(micros);
+                lines.push(Some(line));
+                continue;
+            }
+        }
         let fields = super::message::read(table, &message.value).and_then(|fields| {
             let timestamp = match &fields.timestamp {
                 Some(text) => Some(
