@@ -34,6 +34,15 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "framework", version, about, after_help = EXAMPLES, args_override_self = true)]
 pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The flags every command takes.
+#[derive(Debug, clap::Args)]
+struct Global {
     /// Folder with the idcards (*.yaml).
     #[arg(
         long,
@@ -76,8 +85,6 @@ pub struct Cli {
     /// reconnect attempt to a broker that is down) is off unless named, e.g. `librdkafka=warn`.
     #[arg(long, global = true, env = "FRAMEWORK_LOG", default_value = "warn")]
     log: String,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,48 +126,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  framework run --all                              the whole lake: produce, bronze, silver, gold, checks\n  framework run --table orders --table customers   these tables, then the gold models that read them\n  framework run --all --no-produce --until silver  what is on the topics, up to silver\n  framework run --all --simulate --seed 7          with late and duplicate messages\n  framework --bus kafka://localhost:9092 run --all through a Kafka cluster"
     )]
-    Run {
-        /// Table to run; repeat for several.
-        #[arg(long, required_unless_present = "all")]
-        table: Vec<String>,
-        /// Run every table, in dependency order.
-        #[arg(long, conflicts_with = "table")]
-        all: bool,
-        /// Folder with the source files.
-        #[arg(long, env = "FRAMEWORK_DATA", default_value = "data/olist_sample")]
-        data: PathBuf,
-        /// Consume what is already on the topics instead of producing the source files first.
-        #[arg(long)]
-        no_produce: bool,
-        /// Last stage to run.
-        #[arg(long, value_enum, default_value = "gold")]
-        until: Stage,
-        /// Rebuild incremental gold models whole.
-        #[arg(long)]
-        full_refresh: bool,
-        /// Send each source file even when this lake already ingested the same content (by
-        /// default an unchanged file is not sent again).
-        #[arg(long)]
-        resend: bool,
-        /// Simulate a live stream while producing: late and duplicate messages as the idcard's
-        /// `producer` section says (by default every source row is sent once, as it is).
-        #[arg(long)]
-        simulate: bool,
-        /// Seed of the producer's simulation (with --simulate).
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Messages per bronze commit (a commit has a fixed cost of ~0.1 s; bigger batches hold
-        /// more rows in memory).
-        #[arg(long, default_value_t = 100_000)]
-        batch_size: usize,
-        /// Kafka: milliseconds without a new message after which bronze checks whether it has
-        /// read its partitions to the end (and stops if so).
-        #[arg(long, default_value_t = 1000)]
-        idle_ms: u64,
-        /// Also write the summary as JSON to this file (with the peak memory), for benchmarks.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Build gold models on DataFusion from the lake's silver tables (no ingestion).
     ///
     /// Selectors: `name`, `+name` (with the models it reads), `name+` (with the models that read
@@ -266,14 +232,59 @@ enum Command {
     },
 }
 
+/// The flags of `framework run`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Table to run; repeat for several.
+    #[arg(long, required_unless_present = "all")]
+    table: Vec<String>,
+    /// Run every table, in dependency order.
+    #[arg(long, conflicts_with = "table")]
+    all: bool,
+    /// Folder with the source files.
+    #[arg(long, env = "FRAMEWORK_DATA", default_value = "data/olist_sample")]
+    data: PathBuf,
+    /// Consume what is already on the topics instead of producing the source files first.
+    #[arg(long)]
+    no_produce: bool,
+    /// Last stage to run.
+    #[arg(long, value_enum, default_value = "gold")]
+    until: Stage,
+    /// Rebuild incremental gold models whole.
+    #[arg(long)]
+    full_refresh: bool,
+    /// Send each source file even when this lake already ingested the same content (by
+    /// default an unchanged file is not sent again).
+    #[arg(long)]
+    resend: bool,
+    /// Simulate a live stream while producing: late and duplicate messages as the idcard's
+    /// `producer` section says (by default every source row is sent once, as it is).
+    #[arg(long)]
+    simulate: bool,
+    /// Seed of the producer's simulation (with --simulate).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Messages per bronze commit (a commit has a fixed cost of ~0.1 s; bigger batches hold
+    /// more rows in memory).
+    #[arg(long, default_value_t = 100_000)]
+    batch_size: usize,
+    /// Kafka: milliseconds without a new message after which bronze checks whether it has
+    /// read its partitions to the end (and stops if so).
+    #[arg(long, default_value_t = 1000)]
+    idle_ms: u64,
+    /// Also write the summary as JSON to this file (with the peak memory), for benchmarks.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut filter = cli.log.clone();
-    if !cli.log.contains("rdkafka") {
+    let mut filter = cli.global.log.clone();
+    if !cli.global.log.contains("rdkafka") {
         filter.push_str(",librdkafka=off,rdkafka=off");
     }
-    if !cli.log.contains("deltalake") {
+    if !cli.global.log.contains("deltalake") {
         // delta-rs warns about its own internals (e.g. a table log it probes); our errors say
         // what went wrong with a table, in words that name it.
         filter.push_str(",deltalake=error,deltalake_core=error");
@@ -329,7 +340,22 @@ fn load_models(dir: &std::path::Path, vars: &str, project: &Project) -> Result<M
         .map_err(|d| anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), dir.display()))
 }
 
-fn execute(cli: Cli) -> Result<()> {
+/// What the commands share: the global flags, the async runtime, the lake and the bus.
+struct Env {
+    cli: Global,
+    runtime: tokio::runtime::Runtime,
+    lake: Lake,
+    bus: Bus,
+    /// Progress bars on (stderr is a terminal).
+    progress: bool,
+}
+
+fn execute(
+    Cli {
+        global: cli,
+        command,
+    }: Cli,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -351,363 +377,450 @@ fn execute(cli: Cli) -> Result<()> {
         );
     };
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    match cli.command {
-        Command::Validate { data } => {
-            let project = load(&cli.idcards)?;
-            println!(
-                "ok: {} idcards valid ({})",
-                project.tables.len(),
-                project.names().join(", ")
-            );
-            if data.is_dir() {
-                let missing: Vec<String> = project
-                    .tables
-                    .iter()
-                    .filter(|t| !data.join(&t.config.source.path).is_file())
-                    .map(|t| {
-                        format!(
-                            "error: {}: source.path: `{}` is not in {}",
-                            t.file.display(),
-                            t.config.source.path,
-                            data.display()
-                        )
-                    })
-                    .collect();
-                if !missing.is_empty() {
-                    bail!(
-                        "{}\n  hint: put the files in the data folder, or pass the folder that holds them with --data",
-                        missing.join("\n")
-                    );
-                }
-                println!("ok: every source file is in {}", data.display());
-            } else {
-                println!(
-                    "note: source files not checked: --data {} is not a folder",
-                    data.display()
-                );
-            }
-            let models = load_models(&cli.models, &cli.vars, &project)?;
-            runtime
-                .block_on(gold::check_sql(&models, &project))
-                .map_err(|d| {
-                    anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), cli.models.display())
-                })?;
-            println!(
-                "ok: {} models valid ({})",
-                models.models.len(),
-                models.names().join(", ")
-            );
-            let checks = load_checks(&cli.expectations, &project, &models)?;
-            let suites: std::collections::BTreeSet<&str> =
-                checks.checks.iter().map(|c| c.suite.as_str()).collect();
-            println!(
-                "ok: {} quality checks valid ({})",
-                checks.checks.len(),
-                suites.into_iter().collect::<Vec<_>>().join(", ")
-            );
-        }
+    let env = Env {
+        cli,
+        runtime,
+        lake,
+        bus,
+        progress,
+    };
+    match command {
+        Command::Validate { data } => validate(&env, data),
         Command::Produce {
             table,
             data,
             no_delay,
             seed,
             limit,
-        } => {
-            let project = load(&cli.idcards)?;
-            let Some(table) = project.table(&table) else {
-                bail!(
-                    "unknown table `{table}`\n  hint: known tables: {}",
-                    project.names().join(", ")
-                );
-            };
-            let options = ProduceOptions {
-                delay: !no_delay,
-                simulate: true,
-                seed,
-                limit,
-            };
-            let bar = indicatif::ProgressBar::new(0);
-            if !progress {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let stats = source::produce(&bus, table, &data, &options, &|done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
-            bar.finish_and_clear();
-            println!(
-                "produced {} messages for {} rows to {} ({} late, {} duplicated, {} broken) in {:.2}s",
-                stats.messages,
-                stats.rows_read,
-                table.topic(),
-                stats.late,
-                stats.duplicates,
-                stats.broken,
-                stats.seconds
-            );
-        }
-        Command::Run {
-            table,
-            all,
-            data,
-            no_produce,
-            until,
-            full_refresh,
-            resend,
-            simulate,
-            seed,
-            batch_size,
-            idle_ms,
-            report,
-        } => {
-            let project = load(&cli.idcards)?;
-            let models = load_models(&cli.models, &cli.vars, &project)?;
-            let checks = load_checks(&cli.expectations, &project, &models)?;
-            let tables = if all { Vec::new() } else { table };
-            let options = RunOptions {
-                data,
-                produce: !no_produce,
-                resend,
-                produce_options: ProduceOptions {
-                    delay: false,
-                    simulate,
-                    seed,
-                    limit: None,
-                },
-                bronze_options: BronzeOptions {
-                    batch_size,
-                    idle: std::time::Duration::from_millis(idle_ms),
-                },
-                until,
-                progress,
-                build_options: BuildOptions {
-                    full_refresh,
-                    progress,
-                },
-            };
-            let reports = runtime.block_on(pipeline::run(
-                &project, &models, &checks, &tables, &bus, &lake, &options,
-            ))?;
-            println!("{}", render_summary(&reports.tables));
-            if !reports.models.is_empty() {
-                println!("{}", gold::render_summary(&reports.models));
-            }
-            if !reports.checks.is_empty() {
-                println!("{}", quality::render_summary(&reports.checks));
-            }
-            for skipped in &reports.skipped {
-                println!("skipped {skipped}");
-            }
-            if let Some(path) = report {
-                let json = serde_json::json!({
-                    "tables": reports.tables,
-                    "models": reports.models,
-                    "phases": reports.phases,
-                    "peak_rss_mib": pipeline::peak_rss_mib(),
-                });
-                std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            if let Some(failure) = reports.failure {
-                bail!("run stopped: {failure}");
-            }
-            // Every message of a table rejected is a broken delivery, not a success.
-            let all_rejected: Vec<String> = reports
-                .tables
-                .iter()
-                .filter(|t| t.rejected > 0 && t.bronze == 0)
-                .map(|t| format!("{} ({} message(s))", t.table, t.rejected))
-                .collect();
-            if !all_rejected.is_empty() {
-                bail!(
-                    "every message was rejected for: {}\n  hint: `framework rejects --table <table>` shows the reasons and source lines",
-                    all_rejected.join(", ")
-                );
-            }
-        }
-        Command::Rejects { table, limit } => {
-            let project = load(&cli.idcards)?;
-            let Some(table) = project.table(&table) else {
-                bail!(
-                    "unknown table `{table}`\n  hint: known tables: {}",
-                    project.names().join(", ")
-                );
-            };
-            print!(
-                "{}",
-                runtime.block_on(pipeline::rejects(&lake, table, limit))?
-            );
-        }
+        } => produce(&env, table, data, no_delay, seed, limit),
+        Command::Run(args) => run(&env, args),
+        Command::Rejects { table, limit } => rejects(&env, table, limit),
         Command::Build {
             select,
             full_refresh,
             report,
-        } => {
-            let project = load(&cli.idcards)?;
-            let models = load_models(&cli.models, &cli.vars, &project)?;
-            let selected = gold::select(&models, &select)?;
-            let options = BuildOptions {
-                full_refresh,
-                progress,
-            };
-            let reports = runtime.block_on(gold::build(&lake, &models, &selected, &options))?;
-            println!("{}", gold::render_summary(&reports));
-            if let Some(path) = report {
-                let json = serde_json::json!({ "models": reports });
-                std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-        }
-        Command::Test { layer, suite } => {
-            let project = load(&cli.idcards)?;
-            let models = load_models(&cli.models, &cli.vars, &project)?;
-            let checks = load_checks(&cli.expectations, &project, &models)?;
-            let selected: Vec<&quality::Check> = checks
-                .checks
-                .iter()
-                .filter(|c| layer.is_none_or(|l| c.layer == l))
-                .filter(|c| suite.is_empty() || suite.contains(&c.suite))
-                .collect();
-            if selected.is_empty() {
-                bail!(
-                    "no check selected\n  hint: suites are the files in {}",
-                    cli.expectations.display()
-                );
-            }
-            let (ready, missing) = runtime.block_on(quality::runnable(&lake, &selected))?;
-            if ready.is_empty() {
-                bail!(
-                    "none of the {} selected check(s) can run: the lake at {} holds none of the tables they read\n  hint: is --lake right? Load the tables first with `framework run --all`",
-                    selected.len(),
-                    cli.lake.display()
-                );
-            }
-            let run_id = quality::new_run_id();
-            let results = runtime.block_on(quality::run_checks(&lake, &ready, &run_id))?;
-            println!("{}", quality::render_summary(&results));
-            println!(
-                "run id {run_id}: results in {}",
-                lake.location(crate::lake::Layer::Quality, "results")
-            );
-            for check in &missing {
-                println!(
-                    "not run: {} (reads a table the lake does not have)",
-                    check.name
-                );
-            }
-            if let Some(failure) = quality::failure_message(&results) {
-                bail!("{failure}");
-            }
-            if !missing.is_empty() {
-                bail!(
-                    "{} check(s) could not run: the tables they read are not in the lake at {}\n  hint: load them with `framework run --table <table>`, or select other checks with --suite / --layer",
-                    missing.len(),
-                    cli.lake.display()
-                );
-            }
-        }
+        } => build(&env, select, full_refresh, report),
+        Command::Test { layer, suite } => test(&env, layer, suite),
         Command::Compile {
             select,
             incremental,
             manifest,
-        } => {
-            let project = load(&cli.idcards)?;
-            let models = load_models(&cli.models, &cli.vars, &project)?;
-            let selected = gold::select(&models, &select)?;
-            let mut entries = Vec::new();
-            for model in models.models.iter().filter(|m| selected.contains(&m.name)) {
-                let sql = models
-                    .render(model, incremental)
-                    .map_err(|d| anyhow::anyhow!("{d}"))?;
-                println!(
-                    "-- {} ({}, {})\n{sql};\n",
-                    model.name,
-                    cli.models.join(&model.path).display(),
-                    model.config.materialized
-                );
-                entries.push(serde_json::json!({
-                    "name": model.name,
-                    "path": model.path,
-                    "materialized": model.config.materialized,
-                    "relation": model.relation(),
-                    "unique_key": model.config.unique_key,
-                    "sources": model.sources.iter().map(|(l, t)| format!("{l}.{t}")).collect::<Vec<_>>(),
-                    "sql": sql,
-                }));
-            }
-            if let Some(path) = manifest {
-                let json = serde_json::json!({ "models": entries });
-                std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-        }
-        Command::GenerateSchema { check } => {
-            let path = cli.idcards.join("idcard.schema.json");
-            let schema = idcard::generate_schema();
-            if check {
-                let current = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                if current != schema {
-                    bail!(
-                        "{} is stale\n  hint: run `framework generate-schema`",
-                        path.display()
-                    );
-                }
-                println!("ok: {} is up to date", path.display());
-            } else {
-                std::fs::write(&path, schema)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!("wrote {}", path.display());
-            }
-        }
+        } => compile(&env, select, incremental, manifest),
+        Command::GenerateSchema { check } => generate_schema(&env, check),
         Command::GenerateDags {
             out,
             check,
             project: project_file,
-        } => {
-            let project = load(&cli.idcards)?;
-            let models = load_models(&cli.models, &cli.vars, &project)?;
-            let defaults = crate::dags::DagDefaults::load(&project_file)
-                .map_err(|d| anyhow::anyhow!("{d}"))?;
-            let files = crate::dags::generate(&project, &models, &defaults)
-                .context("rendering the DAG templates")?;
-            if check {
-                let stale = crate::dags::check(&out, &files)
-                    .with_context(|| format!("reading {}", out.display()))?;
-                if !stale.is_empty() {
-                    bail!(
-                        "stale DAG files in {}: {}\n  hint: run `framework generate-dags --out {}`",
-                        out.display(),
-                        stale.join(", "),
-                        out.display()
-                    );
-                }
-                println!(
-                    "ok: {} DAG files in {} are up to date",
-                    files.len(),
-                    out.display()
-                );
-            } else {
-                let changed = crate::dags::write(&out, &files)
-                    .with_context(|| format!("writing {}", out.display()))?;
-                println!(
-                    "wrote {} DAG files to {} ({} changed{}{})",
-                    files.len(),
-                    out.display(),
-                    changed.len(),
-                    if changed.is_empty() { "" } else { ": " },
-                    changed.join(", ")
-                );
-            }
+        } => generate_dags(&env, out, check, project_file),
+        Command::GenerateData { scale, out, seed } => generate_data(scale, out, seed),
+    }
+}
+
+/// `framework validate`: idcards, models and suites checked, and the source files present.
+fn validate(env: &Env, data: PathBuf) -> Result<()> {
+    let Env { cli, runtime, .. } = env;
+    let project = load(&cli.idcards)?;
+    println!(
+        "ok: {} idcards valid ({})",
+        project.tables.len(),
+        project.names().join(", ")
+    );
+    if data.is_dir() {
+        let missing: Vec<String> = project
+            .tables
+            .iter()
+            .filter(|t| !data.join(&t.config.source.path).is_file())
+            .map(|t| {
+                format!(
+                    "error: {}: source.path: `{}` is not in {}",
+                    t.file.display(),
+                    t.config.source.path,
+                    data.display()
+                )
+            })
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{}\n  hint: put the files in the data folder, or pass the folder that holds them with --data",
+                missing.join("\n")
+            );
         }
-        Command::GenerateData { scale, out, seed } => {
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let stats = crate::synth::generate(scale, seed, &out)
-                .with_context(|| format!("writing {}", out.display()))?;
-            for (file, rows) in stats.files {
-                println!("{rows:>10}  {file}");
-            }
+        println!("ok: every source file is in {}", data.display());
+    } else {
+        println!(
+            "note: source files not checked: --data {} is not a folder",
+            data.display()
+        );
+    }
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    runtime
+        .block_on(gold::check_sql(&models, &project))
+        .map_err(|d| {
+            anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), cli.models.display())
+        })?;
+    println!(
+        "ok: {} models valid ({})",
+        models.models.len(),
+        models.names().join(", ")
+    );
+    let checks = load_checks(&cli.expectations, &project, &models)?;
+    let suites: std::collections::BTreeSet<&str> =
+        checks.checks.iter().map(|c| c.suite.as_str()).collect();
+    println!(
+        "ok: {} quality checks valid ({})",
+        checks.checks.len(),
+        suites.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// `framework produce`: one table's source file onto its topic, as a live stream.
+fn produce(
+    env: &Env,
+    table: String,
+    data: PathBuf,
+    no_delay: bool,
+    seed: u64,
+    limit: Option<usize>,
+) -> Result<()> {
+    let Env { cli, bus, .. } = env;
+    let progress = env.progress;
+    let project = load(&cli.idcards)?;
+    let Some(table) = project.table(&table) else {
+        bail!(
+            "unknown table `{table}`\n  hint: known tables: {}",
+            project.names().join(", ")
+        );
+    };
+    let options = ProduceOptions {
+        delay: !no_delay,
+        simulate: true,
+        seed,
+        limit,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    if !progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let stats = source::produce(&bus, table, &data, &options, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "produced {} messages for {} rows to {} ({} late, {} duplicated, {} broken) in {:.2}s",
+        stats.messages,
+        stats.rows_read,
+        table.topic(),
+        stats.late,
+        stats.duplicates,
+        stats.broken,
+        stats.seconds
+    );
+    Ok(())
+}
+
+/// `framework run`: the pipeline for some tables or all, with its summary (and `--report`).
+fn run(env: &Env, args: RunArgs) -> Result<()> {
+    let Env {
+        cli,
+        runtime,
+        lake,
+        bus,
+        ..
+    } = env;
+    let progress = env.progress;
+    let RunArgs {
+        table,
+        all,
+        data,
+        no_produce,
+        until,
+        full_refresh,
+        resend,
+        simulate,
+        seed,
+        batch_size,
+        idle_ms,
+        report,
+    } = args;
+    let project = load(&cli.idcards)?;
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    let checks = load_checks(&cli.expectations, &project, &models)?;
+    let tables = if all { Vec::new() } else { table };
+    let options = RunOptions {
+        data,
+        produce: !no_produce,
+        resend,
+        produce_options: ProduceOptions {
+            delay: false,
+            simulate,
+            seed,
+            limit: None,
+        },
+        bronze_options: BronzeOptions {
+            batch_size,
+            idle: std::time::Duration::from_millis(idle_ms),
+        },
+        until,
+        progress,
+        build_options: BuildOptions {
+            full_refresh,
+            progress,
+        },
+    };
+    let reports = runtime.block_on(pipeline::run(
+        &project, &models, &checks, &tables, &bus, &lake, &options,
+    ))?;
+    println!("{}", render_summary(&reports.tables));
+    if !reports.models.is_empty() {
+        println!("{}", gold::render_summary(&reports.models));
+    }
+    if !reports.checks.is_empty() {
+        println!("{}", quality::render_summary(&reports.checks));
+    }
+    for skipped in &reports.skipped {
+        println!("skipped {skipped}");
+    }
+    if let Some(path) = report {
+        let json = serde_json::json!({
+            "tables": reports.tables,
+            "models": reports.models,
+            "phases": reports.phases,
+            "peak_rss_mib": pipeline::peak_rss_mib(),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(failure) = reports.failure {
+        bail!("run stopped: {failure}");
+    }
+    // Every message of a table rejected is a broken delivery, not a success.
+    let all_rejected: Vec<String> = reports
+        .tables
+        .iter()
+        .filter(|t| t.rejected > 0 && t.bronze == 0)
+        .map(|t| format!("{} ({} message(s))", t.table, t.rejected))
+        .collect();
+    if !all_rejected.is_empty() {
+        bail!(
+            "every message was rejected for: {}\n  hint: `framework rejects --table <table>` shows the reasons and source lines",
+            all_rejected.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `framework rejects`: a table's reject and quarantine rows.
+fn rejects(env: &Env, table: String, limit: usize) -> Result<()> {
+    let Env {
+        cli, runtime, lake, ..
+    } = env;
+    let project = load(&cli.idcards)?;
+    let Some(table) = project.table(&table) else {
+        bail!(
+            "unknown table `{table}`\n  hint: known tables: {}",
+            project.names().join(", ")
+        );
+    };
+    print!(
+        "{}",
+        runtime.block_on(pipeline::rejects(&lake, table, limit))?
+    );
+    Ok(())
+}
+
+/// `framework build`: gold models.
+fn build(
+    env: &Env,
+    select: Vec<String>,
+    full_refresh: bool,
+    report: Option<PathBuf>,
+) -> Result<()> {
+    let Env {
+        cli, runtime, lake, ..
+    } = env;
+    let progress = env.progress;
+    let project = load(&cli.idcards)?;
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    let selected = gold::select(&models, &select)?;
+    let options = BuildOptions {
+        full_refresh,
+        progress,
+    };
+    let reports = runtime.block_on(gold::build(&lake, &models, &selected, &options))?;
+    println!("{}", gold::render_summary(&reports));
+    if let Some(path) = report {
+        let json = serde_json::json!({ "models": reports });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `framework test`: quality suites and model tests.
+fn test(env: &Env, layer: Option<SuiteLayer>, suite: Vec<String>) -> Result<()> {
+    let Env {
+        cli, runtime, lake, ..
+    } = env;
+    let project = load(&cli.idcards)?;
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    let checks = load_checks(&cli.expectations, &project, &models)?;
+    let selected: Vec<&quality::Check> = checks
+        .checks
+        .iter()
+        .filter(|c| layer.is_none_or(|l| c.layer == l))
+        .filter(|c| suite.is_empty() || suite.contains(&c.suite))
+        .collect();
+    if selected.is_empty() {
+        bail!(
+            "no check selected\n  hint: suites are the files in {}",
+            cli.expectations.display()
+        );
+    }
+    let (ready, missing) = runtime.block_on(quality::runnable(&lake, &selected))?;
+    if ready.is_empty() {
+        bail!(
+            "none of the {} selected check(s) can run: the lake at {} holds none of the tables they read\n  hint: is --lake right? Load the tables first with `framework run --all`",
+            selected.len(),
+            cli.lake.display()
+        );
+    }
+    let run_id = quality::new_run_id();
+    let results = runtime.block_on(quality::run_checks(&lake, &ready, &run_id))?;
+    println!("{}", quality::render_summary(&results));
+    println!(
+        "run id {run_id}: results in {}",
+        lake.location(crate::lake::Layer::Quality, "results")
+    );
+    for check in &missing {
+        println!(
+            "not run: {} (reads a table the lake does not have)",
+            check.name
+        );
+    }
+    if let Some(failure) = quality::failure_message(&results) {
+        bail!("{failure}");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} check(s) could not run: the tables they read are not in the lake at {}\n  hint: load them with `framework run --table <table>`, or select other checks with --suite / --layer",
+            missing.len(),
+            cli.lake.display()
+        );
+    }
+    Ok(())
+}
+
+/// `framework compile`: the rendered SQL of models (and `--manifest`).
+fn compile(
+    env: &Env,
+    select: Vec<String>,
+    incremental: bool,
+    manifest: Option<PathBuf>,
+) -> Result<()> {
+    let Env { cli, .. } = env;
+    let project = load(&cli.idcards)?;
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    let selected = gold::select(&models, &select)?;
+    let mut entries = Vec::new();
+    for model in models.models.iter().filter(|m| selected.contains(&m.name)) {
+        let sql = models
+            .render(model, incremental)
+            .map_err(|d| anyhow::anyhow!("{d}"))?;
+        println!(
+            "-- {} ({}, {})\n{sql};\n",
+            model.name,
+            cli.models.join(&model.path).display(),
+            model.config.materialized
+        );
+        entries.push(serde_json::json!({
+            "name": model.name,
+            "path": model.path,
+            "materialized": model.config.materialized,
+            "relation": model.relation(),
+            "unique_key": model.config.unique_key,
+            "sources": model.sources.iter().map(|(l, t)| format!("{l}.{t}")).collect::<Vec<_>>(),
+            "sql": sql,
+        }));
+    }
+    if let Some(path) = manifest {
+        let json = serde_json::json!({ "models": entries });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `framework generate-schema`: the idcard JSON Schema written or checked.
+fn generate_schema(env: &Env, check: bool) -> Result<()> {
+    let Env { cli, .. } = env;
+    let path = cli.idcards.join("idcard.schema.json");
+    let schema = idcard::generate_schema();
+    if check {
+        let current = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if current != schema {
+            bail!(
+                "{} is stale\n  hint: run `framework generate-schema`",
+                path.display()
+            );
         }
+        println!("ok: {} is up to date", path.display());
+    } else {
+        std::fs::write(&path, schema).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `framework generate-dags`: the Airflow DAGs written or checked.
+fn generate_dags(env: &Env, out: PathBuf, check: bool, project_file: PathBuf) -> Result<()> {
+    let Env { cli, .. } = env;
+    let project = load(&cli.idcards)?;
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    let defaults =
+        crate::dags::DagDefaults::load(&project_file).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let files = crate::dags::generate(&project, &models, &defaults)
+        .context("rendering the DAG templates")?;
+    if check {
+        let stale = crate::dags::check(&out, &files)
+            .with_context(|| format!("reading {}", out.display()))?;
+        if !stale.is_empty() {
+            bail!(
+                "stale DAG files in {}: {}\n  hint: run `framework generate-dags --out {}`",
+                out.display(),
+                stale.join(", "),
+                out.display()
+            );
+        }
+        println!(
+            "ok: {} DAG files in {} are up to date",
+            files.len(),
+            out.display()
+        );
+    } else {
+        let changed = crate::dags::write(&out, &files)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!(
+            "wrote {} DAG files to {} ({} changed{}{})",
+            files.len(),
+            out.display(),
+            changed.len(),
+            if changed.is_empty() { "" } else { ": " },
+            changed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `framework generate-data`: Olist-shaped CSVs at a scale.
+fn generate_data(scale: f64, out: PathBuf, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let stats = crate::synth::generate(scale, seed, &out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    for (file, rows) in stats.files {
+        println!("{rows:>10}  {file}");
     }
     Ok(())
 }
