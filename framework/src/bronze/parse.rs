@@ -71,13 +71,40 @@ pub struct Parsed {
     pub rejects: RecordBatch,
 }
 
-/// Types the messages of one partition batch.
+/// Types the messages of one partition batch: each message's cells read as text, the columns
+/// typed, the metadata columns added, then the batch split into rows and rejects.
 pub fn parse_messages(
     table: &Table,
     topic: &str,
     messages: &[Message],
     now: DateTime<Utc>,
 ) -> Result<Parsed, ArrowError> {
+    let mut text = read_cells(table, messages);
+    let mut columns = type_columns(table, text.columns, &mut text.reasons)?;
+    let meta = Meta::of(topic, messages, text.timestamps, text.lines, now);
+    columns.extend(meta.columns());
+    let all = RecordBatch::try_new(bronze_schema(table), columns)?;
+    let good: BooleanArray = text.reasons.iter().map(|r| Some(r.is_none())).collect();
+    Ok(Parsed {
+        rows: filter_record_batch(&all, &good)?,
+        rejects: rejects(messages, &text.reasons, &meta)?,
+    })
+}
+
+/// The messages of a batch as text columns, before typing.
+struct Text {
+    /// One text column per idcard column (null where the message was unreadable).
+    columns: Vec<StringArray>,
+    /// Per message, why it is rejected (so far).
+    reasons: Vec<Option<String>>,
+    /// `_ingestion_timestamp` per message, microseconds (the message time when absent).
+    timestamps: Vec<i64>,
+    lines: Vec<Option<i64>>,
+}
+
+/// Reads each message's cells: by the scan when it is in the producer's layout, else by the
+/// JSON parser (which also gives the reason of an unreadable message).
+fn read_cells(table: &Table, messages: &[Message]) -> Text {
     let n = messages.len();
     let mut reasons: Vec<Option<String>> = vec![None; n];
     let mut columns: Vec<StringBuilder> = table
@@ -141,9 +168,23 @@ pub fn parse_messages(
             }
         }
     }
+    Text {
+        columns: columns.iter_mut().map(StringBuilder::finish).collect(),
+        reasons,
+        timestamps,
+        lines,
+    }
+}
+
+/// Types each text column as its idcard column says; a value that does not parse, a null in a
+/// non-nullable column or a null key gives its message a reason (the first one found).
+fn type_columns(
+    table: &Table,
+    text: Vec<StringArray>,
+    reasons: &mut [Option<String>],
+) -> Result<Vec<ArrayRef>, ArrowError> {
     let mut typed: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + META.len());
-    for (column, mut builder) in table.columns.iter().zip(columns) {
-        let text = builder.finish();
+    for (column, text) in table.columns.iter().zip(text) {
         let array = type_column(column.data_type, column.format.as_deref(), &text)?;
         for (i, reason) in reasons.iter_mut().enumerate() {
             if reason.is_some() {
@@ -177,64 +218,99 @@ pub fn parse_messages(
             }
         }
     }
-    let now_us = now.timestamp_micros();
-    let mut keys = StringBuilder::with_capacity(n, messages.iter().map(|m| m.key.len()).sum());
-    for message in messages {
-        keys.append_value(String::from_utf8_lossy(&message.key));
-    }
-    let keys = keys.finish();
-    let partitions: Int32Array = messages.iter().map(|m| m.partition as i32).collect();
-    let offsets: Int64Array = messages.iter().map(|m| m.offset as i64).collect();
-    let topic_col: StringArray = messages.iter().map(|_| Some(topic)).collect();
-    let lines = Int64Array::from(lines);
-    let ingested_dates = Date32Array::from(
-        timestamps
-            .iter()
-            .map(|us| us.div_euclid(86_400_000_000) as i32)
-            .collect::<Vec<_>>(),
-    );
-    let timestamps = TimestampMicrosecondArray::from(timestamps).with_timezone("UTC");
-    let ingested_at = TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC");
-    typed.extend([
-        Arc::new(timestamps) as ArrayRef,
-        Arc::new(ingested_at.clone()),
-        Arc::new(topic_col.clone()),
-        Arc::new(partitions.clone()),
-        Arc::new(offsets.clone()),
-        Arc::new(keys.clone()),
-        Arc::new(lines.clone()),
-        Arc::new(ingested_dates),
-    ]);
-    let all = RecordBatch::try_new(bronze_schema(table), typed)?;
-    let good: BooleanArray = reasons.iter().map(|r| Some(r.is_none())).collect();
-    let rows = filter_record_batch(&all, &good)?;
-    // Rejects are rare: build their columns from the rejected rows only.
-    let rejected: Vec<usize> = (0..n).filter(|i| reasons[*i].is_some()).collect();
-    let take = |array: &dyn Array| {
-        let indices = deltalake::arrow::array::UInt32Array::from_iter_values(
-            rejected.iter().map(|i| *i as u32),
+    Ok(typed)
+}
+
+/// The bronze metadata columns of a batch ([`META`]), shared with its rejects.
+struct Meta {
+    timestamps: TimestampMicrosecondArray,
+    ingested_at: TimestampMicrosecondArray,
+    topic: StringArray,
+    partitions: Int32Array,
+    offsets: Int64Array,
+    keys: StringArray,
+    lines: Int64Array,
+    dates: Date32Array,
+}
+
+impl Meta {
+    fn of(
+        topic: &str,
+        messages: &[Message],
+        timestamps: Vec<i64>,
+        lines: Vec<Option<i64>>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let n = messages.len();
+        let mut keys = StringBuilder::with_capacity(n, messages.iter().map(|m| m.key.len()).sum());
+        for message in messages {
+            keys.append_value(String::from_utf8_lossy(&message.key));
+        }
+        let dates = Date32Array::from(
+            timestamps
+                .iter()
+                .map(|us| us.div_euclid(86_400_000_000) as i32)
+                .collect::<Vec<_>>(),
         );
-        deltalake::arrow::compute::take(array, &indices, None)
-    };
+        Self {
+            timestamps: TimestampMicrosecondArray::from(timestamps).with_timezone("UTC"),
+            ingested_at: TimestampMicrosecondArray::from(vec![now.timestamp_micros(); n])
+                .with_timezone("UTC"),
+            topic: messages.iter().map(|_| Some(topic)).collect(),
+            partitions: messages.iter().map(|m| m.partition as i32).collect(),
+            offsets: messages.iter().map(|m| m.offset as i64).collect(),
+            keys: keys.finish(),
+            lines: Int64Array::from(lines),
+            dates,
+        }
+    }
+
+    /// The columns in [`META`] order.
+    fn columns(&self) -> [ArrayRef; 8] {
+        [
+            Arc::new(self.timestamps.clone()),
+            Arc::new(self.ingested_at.clone()),
+            Arc::new(self.topic.clone()),
+            Arc::new(self.partitions.clone()),
+            Arc::new(self.offsets.clone()),
+            Arc::new(self.keys.clone()),
+            Arc::new(self.lines.clone()),
+            Arc::new(self.dates.clone()),
+        ]
+    }
+}
+
+/// The rejected messages, in reject schema. Rejects are rare: their columns are built from the
+/// rejected rows only.
+fn rejects(
+    messages: &[Message],
+    reasons: &[Option<String>],
+    meta: &Meta,
+) -> Result<RecordBatch, ArrowError> {
+    let rejected: Vec<usize> = (0..messages.len())
+        .filter(|i| reasons[*i].is_some())
+        .collect();
+    let indices =
+        deltalake::arrow::array::UInt32Array::from_iter_values(rejected.iter().map(|i| *i as u32));
+    let take = |array: &dyn Array| deltalake::arrow::compute::take(array, &indices, None);
     let payloads: StringArray = rejected
         .iter()
         .map(|i| Some(String::from_utf8_lossy(&messages[*i].value).into_owned()))
         .collect();
     let reason_col: StringArray = rejected.iter().map(|i| reasons[*i].clone()).collect();
-    let rejects = RecordBatch::try_new(
+    RecordBatch::try_new(
         reject_schema(),
         vec![
-            take(&topic_col)?,
-            take(&partitions)?,
-            take(&offsets)?,
-            take(&keys)?,
-            take(&lines)?,
+            take(&meta.topic)?,
+            take(&meta.partitions)?,
+            take(&meta.offsets)?,
+            take(&meta.keys)?,
+            take(&meta.lines)?,
             Arc::new(payloads),
             Arc::new(reason_col),
-            take(&ingested_at)?,
+            take(&meta.ingested_at)?,
         ],
-    )?;
-    Ok(Parsed { rows, rejects })
+    )
 }
 
 /// Casts text to the column type; a value that does not parse becomes null (caught by the caller).
