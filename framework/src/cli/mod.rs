@@ -502,7 +502,7 @@ fn produce(
     if !progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let stats = source::produce(&bus, table, &data, &options, &|done, total| {
+    let stats = source::produce(bus, table, &data, &options, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;
@@ -570,7 +570,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         },
     };
     let reports = runtime.block_on(pipeline::run(
-        &project, &models, &checks, &tables, &bus, &lake, &options,
+        &project, &models, &checks, &tables, bus, lake, &options,
     ))?;
     println!("{}", render_summary(&reports.tables));
     if !reports.models.is_empty() {
@@ -625,7 +625,7 @@ fn rejects(env: &Env, table: String, limit: usize) -> Result<()> {
     };
     print!(
         "{}",
-        runtime.block_on(pipeline::rejects(&lake, table, limit))?
+        runtime.block_on(pipeline::rejects(lake, table, limit))?
     );
     Ok(())
 }
@@ -648,7 +648,7 @@ fn build(
         full_refresh,
         progress,
     };
-    let reports = runtime.block_on(gold::build(&lake, &models, &selected, &options))?;
+    let reports = runtime.block_on(gold::build(lake, &models, &selected, &options))?;
     println!("{}", gold::render_summary(&reports));
     if let Some(path) = report {
         let json = serde_json::json!({ "models": reports });
@@ -678,7 +678,7 @@ fn test(env: &Env, layer: Option<SuiteLayer>, suite: Vec<String>) -> Result<()> 
             cli.expectations.display()
         );
     }
-    let (ready, missing) = runtime.block_on(quality::runnable(&lake, &selected))?;
+    let (ready, missing) = runtime.block_on(quality::runnable(lake, &selected))?;
     if ready.is_empty() {
         bail!(
             "none of the {} selected check(s) can run: the lake at {} holds none of the tables they read\n  hint: is --lake right? Load the tables first with `framework run --all`",
@@ -687,7 +687,7 @@ fn test(env: &Env, layer: Option<SuiteLayer>, suite: Vec<String>) -> Result<()> 
         );
     }
     let run_id = quality::new_run_id();
-    let results = runtime.block_on(quality::run_checks(&lake, &ready, &run_id))?;
+    let results = runtime.block_on(quality::run_checks(lake, &ready, &run_id))?;
     println!("{}", quality::render_summary(&results));
     println!(
         "run id {run_id}: results in {}",
