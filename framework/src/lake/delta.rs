@@ -72,6 +72,24 @@ pub async fn collect_batches(
     Ok(batches)
 }
 
+/// Whether a local Delta log folder holds a commit (`<version>.json`) or a checkpoint. A folder
+/// without one is a table never written: a process killed between creating the folder and
+/// renaming its first commit into place leaves one behind (delta-rs then reports "No files in
+/// log segment" instead of an empty table).
+fn has_commit(log: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(log) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let version = name.split('.').next().unwrap_or("");
+        !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_digit())
+            && (name.ends_with(".json") || name.contains(".checkpoint"))
+    })
+}
+
 /// Where the lake lives.
 #[derive(Debug, Clone)]
 enum Root {
@@ -178,7 +196,7 @@ impl Lake {
     /// The table, or `None` when nothing was ever written there.
     pub async fn open(&self, layer: Layer, table: &str) -> Result<Option<DeltaTable>> {
         if let Root::Local(_) = self.root
-            && !self.table_path(layer, table).join("_delta_log").exists()
+            && !has_commit(&self.table_path(layer, table).join("_delta_log"))
         {
             return Ok(None);
         }
@@ -536,4 +554,47 @@ fn past_versions(
         })
         .collect();
     deltalake::arrow::compute::filter_record_batch(batch, &keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A kill between creating a table's log folder and its first commit leaves the folder
+    /// without a commit: the table reads as never written, and the next write creates it.
+    #[tokio::test]
+    async fn a_log_folder_without_a_commit_is_a_table_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::at(&dir.path().to_string_lossy());
+        let log = lake.table_path(Layer::Silver, "t").join("_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        std::fs::write(log.join(".tmp_00000000000000000000.json.part"), b"{").unwrap();
+        assert!(lake.open(Layer::Silver, "t").await.unwrap().is_none());
+        let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(vec![
+            deltalake::arrow::datatypes::Field::new(
+                "k",
+                deltalake::arrow::datatypes::DataType::Int64,
+                false,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(deltalake::arrow::array::Int64Array::from(vec![
+                7, 8,
+            ]))],
+        )
+        .unwrap();
+        lake.write(Layer::Silver, "t", vec![batch], &[], vec![], true)
+            .await
+            .unwrap();
+        let table = lake
+            .open(Layer::Silver, "t")
+            .await
+            .unwrap()
+            .expect("written");
+        assert_eq!(table.version(), Some(0));
+        assert!(has_commit(&log));
+    }
 }
