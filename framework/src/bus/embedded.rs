@@ -5,7 +5,7 @@
 //! message count, `u32` format, `u64` offset of the first message, the first 16 bytes of the
 //! BLAKE3 hash of the compressed bytes), then the messages LZ4-compressed. A message inside is a
 //! frame: `u32` length of the rest, `i64` timestamp, `u32` key length, key, value. JSON messages
-//! shrink about fivefold, and the bytes that an append syncs to disk with them.
+//! shrink about 3.4x (scale 1), and the bytes that an append syncs to disk with them.
 //!
 //! `p<N>.idx` holds, per offset, the `u64` byte position where that message's block starts. An
 //! append writes and syncs the block first, then the index entries, so the index never points
@@ -15,9 +15,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::{Batch, Bytes, Error, FRAME_HEADER, Message, Result, partition_for};
+use super::{Batch, Bytes, Error, Message, Result, frames, partition_for};
 
 /// The file-backed log rooted at a folder.
 #[derive(Debug, Clone)]
@@ -129,9 +129,8 @@ impl EmbeddedLog {
                     last = Some((start, header));
                     break;
                 }
-                _ => {
-                    starts.pop();
-                }
+                // All of that block's entries go at once.
+                _ => starts.truncate(starts.partition_point(|&s| s < start)),
             }
         }
         let mut index_len = starts.len() as u64;
@@ -223,7 +222,8 @@ impl EmbeddedLog {
             offset: at,
             reason: reason.to_owned(),
         };
-        let index = read_at(&idx_path, offset * 8, count as usize * 8)
+        let mut idx = File::open(&idx_path).map_err(Self::io(topic))?;
+        let index = read_at(&mut idx, offset * 8, count as usize * 8)
             .map_err(|e| corrupt(offset, &format!("reading the index: {e}")))?;
         let mut starts: Vec<u64> = index
             .chunks_exact(8)
@@ -239,7 +239,7 @@ impl EmbeddedLog {
             let header = read_block_header(&mut log, start, log_len)
                 .ok_or_else(|| corrupt(at, "block header past the end of the log"))?;
             let body = read_at(
-                &log_path,
+                &mut log,
                 start + BLOCK_HEADER as u64,
                 header.compressed as usize,
             )
@@ -253,29 +253,25 @@ impl EmbeddedLog {
                 _ => return Err(corrupt(at, "block does not decompress")),
             }
             let raw = Bytes::from(raw);
-            let mut position = 0;
-            for i in 0..u64::from(header.count) {
-                let message = header.first + i;
-                let frame = raw
-                    .get(position..position + FRAME_HEADER)
-                    .ok_or_else(|| corrupt(message, "message shorter than its header"))?;
-                let rest = u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes")) as usize;
-                let key_len =
-                    u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes")) as usize;
-                let end = position + 4 + rest;
-                if end > raw.len() || FRAME_HEADER + key_len > 4 + rest {
-                    return Err(corrupt(message, "message longer than its block"));
-                }
+            let mut in_block = 0;
+            for (message, frame) in (header.first..).zip(frames(&raw)) {
+                let frame = frame.map_err(|reason| corrupt(message, reason))?;
+                in_block += 1;
                 if wanted.contains(&message) {
                     out.push(Message {
                         partition,
                         offset: message,
-                        timestamp_ms: i64::from_le_bytes(frame[4..12].try_into().expect("8 bytes")),
-                        key: raw.slice(position + FRAME_HEADER..position + FRAME_HEADER + key_len),
-                        value: raw.slice(position + FRAME_HEADER + key_len..end),
+                        timestamp_ms: frame.timestamp_ms,
+                        key: raw.slice_ref(frame.key),
+                        value: raw.slice_ref(frame.value),
                     });
                 }
-                position = end;
+            }
+            if in_block != header.count {
+                return Err(corrupt(
+                    at,
+                    "block holds another number of messages than its header says",
+                ));
             }
         }
         if out.len() as u64 != count {
@@ -343,9 +339,8 @@ fn read_block_header(log: &mut File, start: u64, log_len: u64) -> Option<BlockHe
     (u32_at(12) == FORMAT_LZ4 && start + header.len() <= log_len).then_some(header)
 }
 
-/// `len` bytes of the file at `path` from `position`.
-fn read_at(path: &Path, position: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut file = File::open(path)?;
+/// `len` bytes of `file` from `position`.
+fn read_at(file: &mut File, position: u64, len: usize) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(position))?;
     let mut buf = vec![0; len];
     file.read_exact(&mut buf)?;

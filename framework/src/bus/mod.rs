@@ -99,11 +99,12 @@ pub struct Record {
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     bytes: Vec<u8>,
-    /// Where each frame starts in `bytes`.
-    starts: Vec<usize>,
+    len: usize,
+    /// Where the last frame starts in `bytes`.
+    last: usize,
 }
 
-/// One message of a [`Batch`].
+/// One framed message.
 #[derive(Debug, Clone, Copy)]
 pub struct Framed<'a> {
     /// The whole frame, as the embedded log writes it.
@@ -114,22 +115,57 @@ pub struct Framed<'a> {
 }
 
 /// Bytes of a frame before its key: length, timestamp, key length.
-pub(crate) const FRAME_HEADER: usize = 4 + 8 + 4;
+const FRAME_HEADER: usize = 4 + 8 + 4;
+
+/// The frames in `bytes`, in order; a frame that does not fit is an error, which ends the walk.
+pub(crate) fn frames(bytes: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, &'static str>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at == bytes.len() {
+            return None;
+        }
+        let frame = frame_at(&bytes[at..]);
+        at = match frame {
+            Ok(frame) => at + frame.frame.len(),
+            Err(_) => bytes.len(),
+        };
+        Some(frame)
+    })
+}
+
+/// The frame at the start of `bytes`.
+fn frame_at(bytes: &[u8]) -> Result<Framed<'_>, &'static str> {
+    let header = bytes
+        .get(..FRAME_HEADER)
+        .ok_or("message shorter than its header")?;
+    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let end = 4 + u32_at(0) as usize;
+    let key_end = FRAME_HEADER + u32_at(12) as usize;
+    if end > bytes.len() || key_end > end {
+        return Err("message longer than its block");
+    }
+    Ok(Framed {
+        frame: &bytes[..end],
+        key: &bytes[FRAME_HEADER..key_end],
+        value: &bytes[key_end..end],
+        timestamp_ms: i64::from_le_bytes(header[4..12].try_into().expect("8 bytes")),
+    })
+}
 
 impl Batch {
-    pub fn with_capacity(messages: usize, bytes: usize) -> Self {
+    pub fn with_capacity(bytes: usize) -> Self {
         Self {
             bytes: Vec::with_capacity(bytes),
-            starts: Vec::with_capacity(messages),
+            ..Self::default()
         }
     }
 
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.len == 0
     }
 
     /// Appends a message whose key `key` and then value `value` write into the buffer.
@@ -148,7 +184,8 @@ impl Batch {
         let body_len = self.bytes.len() - start - 4;
         self.bytes[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
         self.bytes[start + 12..start + 16].copy_from_slice(&(key_len as u32).to_le_bytes());
-        self.starts.push(start);
+        self.last = start;
+        self.len += 1;
     }
 
     pub fn push(&mut self, key: &[u8], value: &[u8], timestamp_ms: i64) {
@@ -161,30 +198,16 @@ impl Batch {
 
     /// Sends the last message once more (a simulated duplicate).
     pub fn repeat_last(&mut self) {
-        if let Some(&start) = self.starts.last() {
+        if self.len > 0 {
             let end = self.bytes.len();
-            self.starts.push(end);
-            self.bytes.extend_from_within(start..end);
+            self.bytes.extend_from_within(self.last..end);
+            self.last = end;
+            self.len += 1;
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Framed<'_>> {
-        let ends = self
-            .starts
-            .iter()
-            .skip(1)
-            .copied()
-            .chain([self.bytes.len()]);
-        self.starts.iter().zip(ends).map(|(&start, end)| {
-            let frame = &self.bytes[start..end];
-            let key_len = u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes")) as usize;
-            Framed {
-                frame,
-                key: &frame[FRAME_HEADER..FRAME_HEADER + key_len],
-                value: &frame[FRAME_HEADER + key_len..],
-                timestamp_ms: i64::from_le_bytes(frame[4..12].try_into().expect("8 bytes")),
-            }
-        })
+        frames(&self.bytes).map(|frame| frame.expect("a batch holds whole frames"))
     }
 }
 

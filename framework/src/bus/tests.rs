@@ -192,3 +192,31 @@ fn a_topic_of_another_log_format_is_refused_not_rewritten() {
     );
     assert_eq!(std::fs::read(dir.path().join("t/p0.log")).unwrap(), before);
 }
+
+#[test]
+fn index_entries_of_a_block_missing_from_the_log_are_dropped_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.ensure_topic("t", 1).unwrap();
+    let first: Vec<Record> = (0..2).map(|i| record("k", &format!("v{i}"))).collect();
+    let second: Vec<Record> = (2..5).map(|i| record("k", &format!("v{i}"))).collect();
+    log.append("t", &first.iter().collect()).unwrap();
+    let whole = std::fs::metadata(dir.path().join("t/p0.log"))
+        .unwrap()
+        .len();
+    log.append("t", &second.iter().collect()).unwrap();
+    // The second block lost its tail while its three index entries survived (a disk that does
+    // not keep the promised order): the entries go, the first block stays.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("t/p0.log"))
+        .unwrap();
+    f.set_len(whole + 10).unwrap();
+    log.append("t", &[record("k", "v5")].iter().collect())
+        .unwrap();
+    let expected: Vec<(u64, String)> = [(0, "v0"), (1, "v1"), (2, "v5")]
+        .iter()
+        .map(|(o, v)| (*o, v.to_string()))
+        .collect();
+    assert_eq!(values(&log), expected);
+}

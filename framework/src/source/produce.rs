@@ -100,12 +100,12 @@ pub fn produce(
         });
         let handed = |pending: &mut Batch, stats: &mut ProduceStats, read: u64| {
             stats.messages += pending.len() as u64;
-            let batch = std::mem::replace(pending, Batch::with_capacity(BATCH, BATCH_BYTES));
+            let batch = std::mem::replace(pending, Batch::with_capacity(BATCH_BYTES));
             progress(read, size);
             // Fails only when the sender stopped on an error, which joining it returns.
             batches.send(batch).is_ok()
         };
-        let mut pending = Batch::with_capacity(BATCH, BATCH_BYTES);
+        let mut pending = Batch::with_capacity(BATCH_BYTES);
         let mut clock = Clock::now();
         let read = loop {
             if options
