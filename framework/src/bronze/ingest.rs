@@ -234,6 +234,7 @@ async fn ingest_group(
     let mut stats = BronzeStats::default();
     progress(0, 0);
     let mut waiting_since: Option<Instant> = None;
+    let mut last_stored: Option<u64> = None;
     loop {
         // Polling may run the rebalance callback, which reads the Delta log: off the async
         // workers.
@@ -263,6 +264,13 @@ async fn ingest_group(
                 if behind.is_empty() {
                     break;
                 }
+                // Another member still storing its share is progress: the timeouts below count
+                // from the last time the stored offsets moved.
+                let now_stored: u64 = stored.values().sum();
+                if last_stored != Some(now_stored) {
+                    last_stored = Some(now_stored);
+                    waiting_since = Some(Instant::now());
+                }
                 if caught_up {
                     let since = *waiting_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > OTHERS_TIMEOUT {
@@ -286,10 +294,14 @@ async fn ingest_group(
                     );
                 }
             }
-            if stats.commits == 0 && waiting && started.elapsed() > JOIN_TIMEOUT {
+            let idle = waiting_since.map_or(started.elapsed(), |since| since.elapsed());
+            if stats.commits == 0 && waiting && idle > JOIN_TIMEOUT {
                 return Err(bus_err(crate::bus::Error::Group {
                     topic: topic.to_owned(),
-                    reason: format!("no partitions assigned within {} s", JOIN_TIMEOUT.as_secs()),
+                    reason: format!(
+                        "no partitions assigned, and nothing stored by the other members, for {} s",
+                        JOIN_TIMEOUT.as_secs()
+                    ),
                 }));
             }
             continue;
