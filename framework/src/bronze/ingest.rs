@@ -196,6 +196,10 @@ async fn store(
 /// How long a caught-up member waits for partitions other members hold to be stored.
 const OTHERS_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a member waits for partitions that another member holds and does not store before
+/// it reads them itself, outside the group.
+const TAKE_OVER_AFTER: Duration = Duration::from_secs(10);
+
 /// How long a member may wait for the group to assign it partitions.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -221,7 +225,7 @@ async fn ingest_group(
         .map(|p| app_id("bronze", topic, p))
         .collect();
     // Where each newly assigned partition resumes: its version in bronze's Delta log.
-    let start = {
+    let start = || -> crate::bus::StartOffsets {
         let (lake, name, apps) = (lake.clone(), name.to_owned(), apps.clone());
         let runtime = tokio::runtime::Handle::current();
         Box::new(move |partitions: &[u32]| {
@@ -230,7 +234,10 @@ async fn ingest_group(
                 .map_err(|e| e.to_string())
         })
     };
-    let member = kafka.join(topic, &group_id(name), start).map_err(bus_err)?;
+    let mut member = kafka
+        .join(topic, &group_id(name), start())
+        .map_err(bus_err)?;
+    let mut outside_group = false;
     let mut stats = BronzeStats::default();
     progress(0, 0);
     let mut waiting_since: Option<Instant> = None;
@@ -270,6 +277,27 @@ async fn ingest_group(
                 if last_stored != Some(now_stored) {
                     last_stored = Some(now_stored);
                     waiting_since = Some(Instant::now());
+                }
+                // Partitions another member holds (or the group gives no one: a broker's group
+                // can keep rebalancing while one member never completes its join) and no one
+                // stores: read every partition here, outside the group.
+                let mine = member.assigned();
+                let stalled = waiting_since.is_some_and(|since| since.elapsed() > TAKE_OVER_AFTER);
+                if stalled && !outside_group && behind.iter().any(|p| !mine.contains(p)) {
+                    tracing::info!(
+                        table = name,
+                        ?behind,
+                        "bronze: partitions held elsewhere and not stored for {} s: reading them here",
+                        TAKE_OVER_AFTER.as_secs()
+                    );
+                    // Looking up the start offsets reads the Delta log: off the async workers.
+                    member = tokio::task::block_in_place(|| {
+                        kafka.read_all(topic, &group_id(name), partitions, start())
+                    })
+                    .map_err(bus_err)?;
+                    outside_group = true;
+                    waiting_since = Some(Instant::now());
+                    continue;
                 }
                 if caught_up {
                     let since = *waiting_since.get_or_insert_with(Instant::now);
@@ -312,6 +340,7 @@ async fn ingest_group(
                 table: name.to_owned(),
                 source,
             })?;
+        crate::fault::stall_point("bronze-before-store");
         let stored = store(lake, name, &parsed, &ends).await?;
         crate::fault::crash_point("bronze-after-commit");
         member.commit(

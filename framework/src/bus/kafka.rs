@@ -273,6 +273,63 @@ impl KafkaBus {
     }
 }
 
+impl KafkaBus {
+    /// Reads every partition of `topic` outside the consumer group (assigned by hand, each from
+    /// where `start` says): for a member the group leaves without partitions while no one stores
+    /// them. Safe next to a group member reading the same partitions: bronze stores only what
+    /// lies past the offsets it committed.
+    pub fn read_all(
+        &self,
+        topic: &str,
+        group: &str,
+        partitions: u32,
+        start: StartOffsets,
+    ) -> Result<GroupMember> {
+        let all: Vec<u32> = (0..partitions).collect();
+        let starts = start(&all).map_err(|reason| Error::Group {
+            topic: topic.to_owned(),
+            reason,
+        })?;
+        let mut state = Assignment {
+            partitions: Some(all.iter().copied().collect()),
+            ..Assignment::default()
+        };
+        let mut tpl = TopicPartitionList::new();
+        for &p in &all {
+            let offset = starts.get(&p).copied().unwrap_or(0);
+            tpl.add_partition_offset(topic, p as i32, Offset::Offset(offset as i64))
+                .map_err(|e| kafka(topic, e))?;
+            state.next.insert(p, Position::at(offset));
+        }
+        let context = Member {
+            topic: topic.to_owned(),
+            start,
+            state: Mutex::new(state),
+        };
+        let consumer: BaseConsumer<Member> = self
+            .config(&[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "false"),
+                ("isolation.level", "read_uncommitted"),
+            ])
+            .create_with_context(context)
+            .map_err(|e| kafka(topic, e))?;
+        consumer.assign(&tpl).map_err(|e| kafka(topic, e))?;
+        tracing::info!(
+            topic,
+            partitions,
+            "bronze: reading every partition outside the group"
+        );
+        Ok(GroupMember {
+            consumer: Some(consumer),
+            topic: topic.to_owned(),
+            tracker: self.tracker.clone(),
+        })
+    }
+}
+
 /// Looks up where to resume each of the given partitions (the next offset to read).
 pub type StartOffsets =
     Box<dyn Fn(&[u32]) -> Result<HashMap<u32, u64>, String> + Send + Sync + 'static>;

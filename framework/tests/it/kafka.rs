@@ -457,6 +457,45 @@ fn a_broker_stopped_mid_run_fails_the_run_clearly_and_a_rerun_stores_everything_
 }
 
 #[test]
+fn a_member_that_holds_partitions_and_stores_nothing_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let bus = broker.fast_group_url();
+    let lake = dir.path().join("lake");
+    let messages = produce(&lake, &bus, "orders", &sample());
+    // The first member takes the partitions, fetches, then hangs before it stores: its client
+    // still heartbeats, so the group neither drops it nor hands its partitions on.
+    let stuck_log = dir.path().join("stuck.log");
+    let mut stuck = consume(&lake, &bus, "orders");
+    stuck
+        .env("FRAMEWORK_STALL_AT", "bronze-before-store")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stuck_log).unwrap());
+    let mut stuck = stuck.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&stuck_log)
+        .unwrap()
+        .contains("stall point")
+    {
+        assert!(Instant::now() < deadline, "the first member never fetched");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A second run finishes the job: it reads the partitions no one stores, outside the group.
+    let started = Instant::now();
+    let out = output_within(consume(&lake, &bus, "orders"), Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+    assert!(out.status.success(), "the second run failed: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the take-over took {:?}",
+        started.elapsed()
+    );
+    assert_exactly_once(&lake, "orders", messages);
+}
+
+#[test]
 fn two_runs_racing_through_kafka_end_with_the_tables_of_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
