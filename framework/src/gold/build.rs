@@ -69,39 +69,84 @@ pub async fn build(
     } else {
         spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // In waves: a wave holds every model whose stored and view ancestors are done, and builds
+    // its stored models at once (each is a handful of small queries and a commit: one alone
+    // leaves a core idle).
+    let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut reports = Vec::new();
-    for model in needed {
-        let query = |source| Error::Query {
-            model: model.name.clone(),
-            file: models.dir.join(&model.path).display().to_string(),
-            source,
-        };
-        match model.config.materialized {
-            Materialized::Ephemeral => {}
-            Materialized::View => {
-                let sql = models.render(model, false).map_err(Error::Models)?;
-                ctx.sql(&format!("CREATE VIEW {} AS {sql}", model.relation()))
-                    .await
-                    .map_err(query)?;
-            }
-            Materialized::Table | Materialized::Incremental => {
-                if selected.contains(&model.name) {
-                    spinner.set_message(format!("gold {}", model.name));
-                    reports.push(materialize(lake, &ctx, models, model, options).await?);
-                    crate::fault::crash_point(&format!("gold-after:{}", model.name));
-                } else if !lake
-                    .register(&ctx, Layer::Gold, &model.name, &model.relation())
-                    .await?
-                {
-                    return Err(Error::NotBuilt {
-                        model: model.name.clone(),
-                    });
+    while done.len() < needed.len() {
+        let mut wave: Vec<&Model> = needed
+            .iter()
+            .copied()
+            .filter(|m| !done.contains(m.name.as_str()))
+            .filter(|m| {
+                models.ancestors(&m.name).iter().all(|a| {
+                    a.config.materialized == Materialized::Ephemeral
+                        || done.contains(a.name.as_str())
+                })
+            })
+            .collect();
+        if wave.is_empty() {
+            // Not expected (a project with a cycle does not load); the project order is safe.
+            wave.extend(needed.iter().find(|m| !done.contains(m.name.as_str())));
+        }
+        let mut building = Vec::new();
+        for &model in &wave {
+            match model.config.materialized {
+                Materialized::Ephemeral => {}
+                Materialized::View => {
+                    let sql = models.render(model, false).map_err(Error::Models)?;
+                    ctx.sql(&format!("CREATE VIEW {} AS {sql}", model.relation()))
+                        .await
+                        .map_err(|source| query_error(models, model, source))?;
+                }
+                Materialized::Table | Materialized::Incremental => {
+                    if selected.contains(&model.name) {
+                        building.push(model);
+                    } else if !lake
+                        .register(&ctx, Layer::Gold, &model.name, &model.relation())
+                        .await?
+                    {
+                        return Err(Error::NotBuilt {
+                            model: model.name.clone(),
+                        });
+                    }
                 }
             }
         }
+        if !building.is_empty() {
+            let names: Vec<&str> = building.iter().map(|m| m.name.as_str()).collect();
+            spinner.set_message(format!("gold {}", names.join(", ")));
+        }
+        let built = futures::future::try_join_all(building.iter().map(|&model| {
+            let ctx = &ctx;
+            async move {
+                let report = materialize(lake, ctx, models, model, options).await?;
+                crate::fault::crash_point(&format!("gold-after:{}", model.name));
+                Ok::<_, Error>(report)
+            }
+        }))
+        .await?;
+        reports.extend(built);
+        done.extend(wave.iter().map(|m| m.name.as_str()));
     }
     spinner.finish_and_clear();
+    // In the project's order, whatever wave built them.
+    let position = |name: &str| needed.iter().position(|m| m.name == name);
+    reports.sort_by_key(|r: &ModelReport| position(&r.model));
     Ok(reports)
+}
+
+fn query_error(
+    models: &Models,
+    model: &Model,
+    source: deltalake::datafusion::error::DataFusionError,
+) -> Error {
+    Error::Query {
+        model: model.name.clone(),
+        file: models.dir.join(&model.path).display().to_string(),
+        source,
+    }
 }
 
 /// `(model, source)` for each selected model that reads (directly or through the models it

@@ -154,14 +154,13 @@ pub async fn run(
     ));
     run.tables = reports;
     let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
+    // Bronze and silver checks together: a failed one of either stops the run before gold.
     let mut layers = vec![SuiteLayer::Bronze];
     if options.until >= Stage::Silver {
         layers.push(SuiteLayer::Silver);
     }
-    for layer in layers {
-        if check_layer(lake, checks, layer, &loaded, &run_id, &mut run).await? {
-            return Ok(run);
-        }
+    if check_layers(lake, checks, &layers, &loaded, &run_id, &mut run).await? {
+        return Ok(run);
     }
     if options.until >= Stage::Gold {
         let selectors: Vec<String> = tables.iter().map(|t| format!("source:{t}+")).collect();
@@ -176,7 +175,7 @@ pub async fn run(
         run.phases
             .push(("gold".into(), started.elapsed().as_secs_f64()));
         let built = |model: &str| selected.contains(model);
-        check_layer(lake, checks, SuiteLayer::Gold, &built, &run_id, &mut run).await?;
+        check_layers(lake, checks, &[SuiteLayer::Gold], &built, &run_id, &mut run).await?;
     }
     Ok(run)
 }
@@ -286,13 +285,13 @@ async fn ingest_lane(
     Ok(())
 }
 
-/// Runs the checks of `layer` on the tables `wanted` (and the layer's query checks), freshness
+/// Runs the checks of `layers` on the tables `wanted` (and the layers' query checks), freshness
 /// checks aside, and records its wall time as a phase; true when one with action `fail` failed,
 /// which stops the run.
-async fn check_layer(
+async fn check_layers(
     lake: &Lake,
     checks: &Checks,
-    layer: SuiteLayer,
+    layers: &[SuiteLayer],
     wanted: &dyn Fn(&str) -> bool,
     run_id: &str,
     run: &mut RunReport,
@@ -301,7 +300,7 @@ async fn check_layer(
     let of_layer: Vec<_> = checks
         .checks
         .iter()
-        .filter(|c| c.layer == layer && c.table.as_deref().is_none_or(wanted))
+        .filter(|c| layers.contains(&c.layer) && c.table.as_deref().is_none_or(wanted))
         // Freshness is about the schedule, not the data just written: `framework test` checks it.
         .filter(|c| !matches!(c.rule, quality::Rule::Fresh { .. }))
         .collect();
@@ -315,8 +314,12 @@ async fn check_layer(
     let results = quality::run_checks(lake, &selected, run_id).await?;
     run.failure = quality::failure_message(&results);
     run.checks.extend(results);
+    let names: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{l:?}").to_lowercase())
+        .collect();
     run.phases.push((
-        format!("{layer:?} checks").to_lowercase(),
+        format!("{} checks", names.join(" and ")),
         started.elapsed().as_secs_f64(),
     ));
     Ok(run.failure.is_some())
