@@ -22,6 +22,7 @@ pub mod gold;
 pub mod idcard;
 pub mod lake;
 pub mod lease;
+pub mod offsets;
 pub mod pipeline;
 pub mod quality;
 pub mod silver;

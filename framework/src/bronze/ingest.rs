@@ -1,14 +1,14 @@
 //! The bronze consumer loop: read from the committed offsets, type, commit rows and offsets
 //! together.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::bus::{Bus, EmbeddedLog, KafkaBus, Message};
+use crate::bus::{Bus, EmbeddedLog, KafkaBus};
 use crate::idcard::Table;
-use crate::lake::{Lake, Layer, app_id};
+use crate::lake::{Lake, Layer};
+use crate::offsets::{Cursor, Ends, Offsets, Stage};
 
 use super::parse::parse_messages;
 use super::{Error, Result};
@@ -81,15 +81,12 @@ async fn ingest_partitions(
     let partitions = log
         .ensure_topic(topic, table.config.topic.partitions)
         .map_err(bus_err)?;
-    let apps: Vec<String> = (0..partitions)
-        .map(|p| app_id("bronze", topic, p))
-        .collect();
-    let all: Vec<u32> = (0..partitions).collect();
-    let committed = stored_offsets(lake, name, &apps, &all).await?;
+    let cursor = Cursor::new(Stage::Bronze, topic, partitions);
+    let committed = stored(lake, name, &cursor).await?;
     // The batches to commit, in order: (partition, first offset, one past the last).
     let mut plan = Vec::new();
-    for partition in all {
-        let mut from = committed[&partition];
+    for partition in 0..partitions {
+        let mut from = committed.next(partition) as u64;
         let end = log.end_offset(topic, partition).map_err(bus_err)?;
         while from < end {
             let to = end.min(from + options.batch_size as u64);
@@ -126,11 +123,8 @@ async fn ingest_partitions(
             source,
         })?;
         let waited_s = step.elapsed().as_secs_f64();
-        let ends = [(
-            partition,
-            apps[partition as usize].clone(),
-            batch_end as i64,
-        )];
+        let mut ends = cursor.ends();
+        ends.reach(partition, batch_end as i64);
         let stored = store(lake, name, &parsed, &ends).await?;
         tracing::debug!(
             table = name,
@@ -164,14 +158,8 @@ struct Stored {
 }
 
 /// Stores a parsed batch: rejects first, then rows, each commit advancing the partitions' offsets
-/// (`ends`: partition, txn app id, next offset) and skipping what an earlier commit of those
-/// partitions already holds.
-async fn store(
-    lake: &Lake,
-    table: &str,
-    parsed: &super::Parsed,
-    ends: &[(u32, String, i64)],
-) -> Result<Stored> {
+/// to `ends` and skipping what an earlier commit of those partitions already holds.
+async fn store(lake: &Lake, table: &str, parsed: &super::Parsed, ends: &Ends) -> Result<Stored> {
     let rejects = if parsed.rejects.num_rows() > 0 {
         lake.append_past(Layer::Reject, table, &parsed.rejects, &[], ends)
             .await?
@@ -221,17 +209,19 @@ async fn ingest_group(
     let partitions = kafka
         .ensure_topic(topic, table.config.topic.partitions)
         .map_err(bus_err)?;
-    let apps: Vec<String> = (0..partitions)
-        .map(|p| app_id("bronze", topic, p))
-        .collect();
-    // Where each newly assigned partition resumes: its version in bronze's Delta log.
+    let cursor = Cursor::new(Stage::Bronze, topic, partitions);
+    // Where each newly assigned partition resumes: its offset recorded in bronze's Delta log.
     let start = || -> crate::bus::StartOffsets {
-        let (lake, name, apps) = (lake.clone(), name.to_owned(), apps.clone());
+        let (lake, name, cursor) = (lake.clone(), name.to_owned(), cursor.clone());
         let runtime = tokio::runtime::Handle::current();
         Box::new(move |partitions: &[u32]| {
-            runtime
-                .block_on(stored_offsets(&lake, &name, &apps, partitions))
-                .map_err(|e| e.to_string())
+            let stored = runtime
+                .block_on(stored(&lake, &name, &cursor))
+                .map_err(|e| e.to_string())?;
+            Ok(partitions
+                .iter()
+                .map(|&p| (p, stored.next(p) as u64))
+                .collect())
         })
     };
     let mut member = kafka
@@ -241,7 +231,7 @@ async fn ingest_group(
     let mut stats = BronzeStats::default();
     progress(0, 0);
     let mut waiting_since: Option<Instant> = None;
-    let mut last_stored: Option<u64> = None;
+    let mut last_stored: Option<i64> = None;
     loop {
         // Polling may run the rebalance callback, which reads the Delta log: off the async
         // workers.
@@ -260,12 +250,12 @@ async fn ingest_group(
             let waiting = member.assigned().is_empty();
             if caught_up || waiting {
                 let all: Vec<u32> = (0..partitions).collect();
-                let stored = stored_offsets(lake, name, &apps, &all).await?;
+                let stored = stored(lake, name, &cursor).await?;
                 let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
                 let behind: Vec<u32> = all
                     .iter()
                     .zip(&ends)
-                    .filter(|(p, end)| stored[*p] < **end)
+                    .filter(|(p, end)| (stored.next(**p) as u64) < **end)
                     .map(|(p, _)| *p)
                     .collect();
                 if behind.is_empty() {
@@ -273,7 +263,7 @@ async fn ingest_group(
                 }
                 // Another member still storing its share is progress: the timeouts below count
                 // from the last time the stored offsets moved.
-                let now_stored: u64 = stored.values().sum();
+                let now_stored: i64 = all.iter().map(|&p| stored.next(p)).sum();
                 if last_stored != Some(now_stored) {
                     last_stored = Some(now_stored);
                     waiting_since = Some(Instant::now());
@@ -334,7 +324,10 @@ async fn ingest_group(
             }
             continue;
         }
-        let ends = batch_ends(&messages, &apps);
+        let mut ends = cursor.ends();
+        for m in &messages {
+            ends.reach(m.partition, m.offset as i64 + 1);
+        }
         let parsed =
             parse_messages(table, topic, &messages, Utc::now()).map_err(|source| Error::Arrow {
                 table: name.to_owned(),
@@ -346,7 +339,7 @@ async fn ingest_group(
         member.commit(
             &ends
                 .iter()
-                .map(|(p, _, end)| (*p, *end as u64))
+                .map(|(p, end)| (p, end as u64))
                 .collect::<Vec<_>>(),
         );
         stats.add(stored);
@@ -356,37 +349,7 @@ async fn ingest_group(
     Ok(stats)
 }
 
-/// The next offset bronze stores for each of `partitions`: its txn version (app id in `apps`,
-/// indexed by partition) in bronze's Delta log, 0 when none is stored.
-async fn stored_offsets(
-    lake: &Lake,
-    table: &str,
-    apps: &[String],
-    partitions: &[u32],
-) -> Result<HashMap<u32, u64>> {
-    let app = |p: u32| apps.get(p as usize);
-    let wanted: Vec<String> = partitions.iter().filter_map(|&p| app(p).cloned()).collect();
-    let versions = lake.txn_versions(Layer::Bronze, table, &wanted).await?;
-    Ok(partitions
-        .iter()
-        .map(|&p| {
-            let version = app(p).and_then(|a| versions.get(a)).copied().unwrap_or(0);
-            (p, version.max(0) as u64)
-        })
-        .collect())
-}
-
-/// Per partition in `messages`: its txn app id and the offset after its last message.
-fn batch_ends(messages: &[Message], apps: &[String]) -> Vec<(u32, String, i64)> {
-    let mut ends: HashMap<u32, i64> = HashMap::new();
-    for m in messages {
-        let end = ends.entry(m.partition).or_insert(0);
-        *end = (*end).max(m.offset as i64 + 1);
-    }
-    let mut ends: Vec<_> = ends
-        .into_iter()
-        .map(|(p, end)| (p, apps[p as usize].clone(), end))
-        .collect();
-    ends.sort();
-    ends
+/// The offsets bronze records for `cursor`'s topic.
+async fn stored(lake: &Lake, table: &str, cursor: &Cursor) -> Result<Offsets> {
+    Ok(cursor.read(lake, Layer::Bronze, table).await?)
 }

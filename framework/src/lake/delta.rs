@@ -11,6 +11,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use super::{Error, Result};
 use crate::lease::{self, Lease};
+use crate::offsets::Ends;
 
 /// A layer of the lake; each is a folder of Delta tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,11 +48,6 @@ impl fmt::Display for Layer {
 
 /// Transaction versions by application id, as read from a table's log.
 pub type TxnVersions = HashMap<String, i64>;
-
-/// The app id under which `stage` records the next offset of `partition` of `topic`.
-pub fn app_id(stage: &str, topic: &str, partition: u32) -> String {
-    format!("framework-{stage}/{topic}/{partition}")
-}
 
 /// A DataFusion session with delta-rs' settings.
 pub fn session() -> SessionContext {
@@ -290,11 +286,10 @@ impl Lake {
         .map_err(Self::delta_err(layer, table))
     }
 
-    /// Appends the rows of `batch` (which has `_partition` and `_offset` columns) that are at or
-    /// past their partition's committed version, and advances each partition's version to its
-    /// `ends` entry `(partition, txn app id, next offset)` in the same commit.
+    /// Appends the rows of `batch` that are at or past the offsets the table records for their
+    /// partitions, and records `ends` in the same commit (see [`crate::offsets`]).
     ///
-    /// The versions are read from the snapshot the commit is based on, so a concurrent commit for
+    /// The offsets are read from the snapshot the commit is based on, so a concurrent commit for
     /// the same partitions (another consumer that held them before a rebalance) makes this commit
     /// conflict instead of writing rows twice; it is then retried on the newer snapshot.
     /// Returns how many rows were appended.
@@ -304,7 +299,7 @@ impl Lake {
         table: &str,
         batch: &RecordBatch,
         partition_by: &[&str],
-        ends: &[(u32, String, i64)],
+        ends: &Ends,
     ) -> Result<usize> {
         let err = || Self::delta_err(layer, table);
         let mut attempt = 0;
@@ -313,25 +308,19 @@ impl Lake {
             let opening = std::time::Instant::now();
             let delta = self.handle(layer, table).await?;
             let open_s = opening.elapsed().as_secs_f64();
-            let committed: HashMap<u32, i64> = if delta.version().is_some() {
-                let versions = versions_in(&delta, ends.iter().map(|(_, app, _)| app))
+            let versions = if delta.version().is_some() {
+                versions_in(&delta, ends.app_ids().iter())
                     .await
-                    .map_err(err())?;
-                ends.iter()
-                    .filter_map(|(partition, app, _)| Some((*partition, *versions.get(app)?)))
-                    .collect()
+                    .map_err(err())?
             } else {
-                HashMap::new()
+                TxnVersions::new()
             };
-            let txns: Vec<(String, i64)> = ends
-                .iter()
-                .filter(|(partition, _, end)| *end > committed.get(partition).copied().unwrap_or(0))
-                .map(|(_, app, end)| (app.clone(), *end))
-                .collect();
+            let recorded = ends.recorded(&versions);
+            let txns = ends.txns(&recorded);
             if txns.is_empty() {
                 return Ok(0);
             }
-            let fresh = past_versions(batch, &committed).map_err(|e| err()(e.into()))?;
+            let fresh = recorded.rows_past(batch).map_err(|e| err()(e.into()))?;
             let rows = fresh.num_rows();
             let versions_s = opening.elapsed().as_secs_f64() - open_s;
             match commit(delta, vec![fresh], partition_by, txns, false, Retry::Ours).await {
@@ -520,40 +509,6 @@ fn is_concurrent(e: &DeltaTableError) -> bool {
                     | TransactionError::MaxCommitAttempts(_)
             }
     )
-}
-
-/// Rows of `batch` whose `_offset` is at or past `committed[_partition]` (all rows of partitions
-/// with no committed version).
-fn past_versions(
-    batch: &RecordBatch,
-    committed: &HashMap<u32, i64>,
-) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    use deltalake::arrow::array::{Array, BooleanArray, Int32Array, Int64Array};
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| {
-            deltalake::arrow::error::ArrowError::SchemaError(format!("no {name} column"))
-        })
-    };
-    let partitions = column("_partition")?;
-    let partitions = partitions
-        .as_any()
-        .downcast_ref::<Int32Array>()
-        .expect("_partition is Int32");
-    let offsets = column("_offset")?;
-    let offsets = offsets
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("_offset is Int64");
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| {
-            let from = committed
-                .get(&(partitions.value(i) as u32))
-                .copied()
-                .unwrap_or(0);
-            Some(offsets.value(i) >= from)
-        })
-        .collect();
-    deltalake::arrow::compute::filter_record_batch(batch, &keep)
 }
 
 #[cfg(test)]

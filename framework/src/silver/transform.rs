@@ -14,7 +14,8 @@ use deltalake::kernel::transaction::CommitProperties;
 
 use crate::idcard::compile::enrich_column_names;
 use crate::idcard::{Action, Mode, Project, Table};
-use crate::lake::{Lake, Layer, app_id, collect_batches, session};
+use crate::lake::{Lake, Layer, collect_batches, session};
+use crate::offsets::{Cursor, OFFSET, PARTITION, Stage};
 
 use super::sql::{ident, key_match, literal, normalised, passes, row_rules, rule_name};
 use super::{Error, Result};
@@ -63,26 +64,25 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         return Ok(stats);
     }
     let partitions = table.config.topic.partitions;
-    let apps: Vec<String> = (0..partitions)
-        .map(|p| app_id("silver", table.topic(), p))
-        .collect();
-    let done = lake.txn_versions(Layer::Silver, name, &apps).await?;
-    let filter = past(&apps, &done);
+    let cursor = Cursor::new(Stage::Silver, table.topic(), partitions);
+    let done = cursor.read(lake, Layer::Silver, name).await?;
+    let filter = done.sql_past();
 
     // Where this batch ends in each partition: recorded with the commit.
-    let ends = collect(&ctx, &format!("SELECT _partition, max(_offset) + 1 AS e FROM bronze WHERE {filter} GROUP BY _partition"))
+    let last = collect(&ctx, &format!("SELECT {PARTITION}, max({OFFSET}) + 1 AS e FROM bronze WHERE {filter} GROUP BY {PARTITION}"))
         .await
         .map_err(query)?;
-    let mut txns = Vec::new();
-    for batch in &ends {
+    let mut ends = cursor.ends();
+    for batch in &last {
         let parts = batch
             .column(0)
             .as_primitive::<deltalake::arrow::datatypes::Int32Type>();
         let end = batch.column(1).as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
-            txns.push((apps[parts.value(i) as usize].clone(), end.value(i)));
+            ends.reach(parts.value(i) as u32, end.value(i));
         }
     }
+    let txns = ends.txns(&done);
     if txns.is_empty() {
         stats.seconds = started.elapsed().as_secs_f64();
         return Ok(stats);
@@ -184,8 +184,7 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
     .map_err(query)?;
 
     // quarantine: exactly once, like rejects in bronze.
-    let quarantine_done = lake.txn_versions(Layer::Quarantine, name, &apps).await?;
-    let fresh = past(&apps, &quarantine_done);
+    let fresh = cursor.read(lake, Layer::Quarantine, name).await?.sql_past();
     let quarantined = collect(
         &ctx,
         &format!(
@@ -244,7 +243,7 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         "silver: deduplicated"
     );
     crate::fault::crash_point(&format!("silver-before-merge:{name}"));
-    apply(lake, &ctx, table, rows, txns, &apps).await?;
+    apply(lake, &ctx, table, rows, txns, &cursor).await?;
     crate::fault::crash_point(&format!("silver-after-merge:{name}"));
     tracing::debug!(
         table = name,
@@ -255,19 +254,9 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
     Ok(stats)
 }
 
-/// SQL predicate for rows at or past the offsets recorded under `apps` (one app id per partition,
-/// in partition order; a partition with no recorded version starts at 0).
-fn past(apps: &[String], versions: &crate::lake::TxnVersions) -> String {
-    apps.iter()
-        .enumerate()
-        .map(|(p, app)| {
-            format!(
-                "(_partition = {p} AND _offset >= {})",
-                versions.get(app).copied().unwrap_or(0)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" OR ")
+/// The app id under which a `latest_by` table records the silver version it was built from.
+fn built_from_app(table: &str) -> String {
+    format!("framework-latest-by/{table}/0")
 }
 
 /// The rows of `sql`, as at least one batch (see [`collect_batches`]).
@@ -374,7 +363,7 @@ async fn apply(
     table: &Table,
     rows: DataFrame,
     txns: Vec<(String, i64)>,
-    apps: &[String],
+    cursor: &Cursor,
 ) -> Result<()> {
     let name = table.name();
     let query = |source| Error::Query {
@@ -383,7 +372,7 @@ async fn apply(
     };
     let deletes = table.config.delete_when.is_some();
     let rows = if deletes {
-        remember_deletes(lake, ctx, table, rows, &txns, apps).await?
+        remember_deletes(lake, ctx, table, rows, &txns, cursor).await?
     } else {
         rows
     };
@@ -488,7 +477,7 @@ async fn remember_deletes(
     table: &Table,
     rows: DataFrame,
     txns: &[(String, i64)],
-    apps: &[String],
+    cursor: &Cursor,
 ) -> Result<DataFrame> {
     let name = table.name();
     let query = |source| Error::Query {
@@ -500,12 +489,14 @@ async fn remember_deletes(
         .map_err(query)?;
     let keys: Vec<String> = table.key().iter().map(|k| ident(k)).collect();
     let keys = keys.join(", ");
-    let done = lake.txn_versions(Layer::Silver, &tombstones, apps).await?;
-    let fresh = past(apps, &done);
+    let fresh = cursor
+        .read(lake, Layer::Silver, &tombstones)
+        .await?
+        .sql_past();
     let new = collect(
         ctx,
         &format!(
-            "SELECT {keys}, _sequence, _partition, _offset FROM batch WHERE _delete AND ({fresh})"
+            "SELECT {keys}, _sequence, {PARTITION}, {OFFSET} FROM batch WHERE _delete AND ({fresh})"
         ),
     )
     .await
@@ -543,7 +534,7 @@ async fn refresh_latest_by(lake: &Lake, table: &Table) -> Result<()> {
         return Ok(());
     };
     let version = silver.version().unwrap_or(0) as i64;
-    let app = app_id("latest-by", table.name(), 0);
+    let app = built_from_app(table.name());
     for latest in &table.config.latest_by {
         let built = lake
             .txn_versions(Layer::Silver, &latest.name, std::slice::from_ref(&app))
