@@ -85,11 +85,18 @@ impl Cursor {
         Ok(self.offsets(&versions))
     }
 
-    /// The offsets among `versions` (read from a table's log).
+    /// The offsets of every partition among `versions` (read from a table's log).
     pub fn offsets(&self, versions: &TxnVersions) -> Offsets {
+        self.offsets_of(0..self.partitions, versions)
+    }
+
+    fn offsets_of(&self, partitions: impl Iterator<Item = u32>, versions: &TxnVersions) -> Offsets {
         Offsets {
-            next: (0..self.partitions)
-                .map(|p| versions.get(&self.app_id(p)).copied().unwrap_or(0).max(0))
+            next: partitions
+                .map(|p| {
+                    let recorded = versions.get(&self.app_id(p)).copied().unwrap_or(0);
+                    (p, recorded.max(0))
+                })
                 .collect(),
         }
     }
@@ -106,14 +113,13 @@ impl Cursor {
 /// The next offset a table takes from each partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offsets {
-    /// By partition.
-    next: Vec<i64>,
+    next: BTreeMap<u32, i64>,
 }
 
 impl Offsets {
-    /// The next offset of `partition` (0 for a partition the cursor does not know).
+    /// The next offset of `partition` (0 for a partition these offsets were not read for).
     pub fn next(&self, partition: u32) -> i64 {
-        self.next.get(partition as usize).copied().unwrap_or(0)
+        self.next.get(&partition).copied().unwrap_or(0)
     }
 
     /// A SQL predicate on [`PARTITION`] and [`OFFSET`] for the rows at or past these offsets.
@@ -123,7 +129,6 @@ impl Offsets {
         }
         self.next
             .iter()
-            .enumerate()
             .map(|(p, next)| format!("({PARTITION} = {p} AND {OFFSET} >= {next})"))
             .collect::<Vec<_>>()
             .join(" OR ")
@@ -163,9 +168,10 @@ impl Ends {
         self.next.keys().map(|p| self.cursor.app_id(*p)).collect()
     }
 
-    /// The offsets already recorded among `versions` for the partitions the batch holds.
+    /// The offsets already recorded among `versions` for the partitions the batch holds (also
+    /// one the topic gained after the cursor was made).
     pub fn recorded(&self, versions: &TxnVersions) -> Offsets {
-        self.cursor.offsets(versions)
+        self.cursor.offsets_of(self.next.keys().copied(), versions)
     }
 
     /// The txn actions of a commit of this batch on top of `recorded`: one per partition whose
@@ -274,6 +280,24 @@ mod tests {
                 .unwrap()
                 .num_rows(),
             0
+        );
+    }
+
+    #[test]
+    fn a_partition_the_topic_gained_later_keeps_its_recorded_offset() {
+        let cursor = Cursor::new(Stage::Bronze, "t", 1);
+        let mut ends = cursor.ends();
+        ends.reach(3, 10);
+        let versions: TxnVersions = [(cursor.app_id(3), 8)].into_iter().collect();
+        let recorded = ends.recorded(&versions);
+        assert_eq!(recorded.next(3), 8);
+        assert_eq!(
+            ends.txns(&recorded),
+            [("framework-bronze/t/3".to_owned(), 10)]
+        );
+        assert_eq!(
+            recorded.rows_past(&batch(&[(3, 7), (3, 9)])).unwrap(),
+            batch(&[(3, 9)])
         );
     }
 

@@ -432,7 +432,8 @@ impl Drop for Broker {
     }
 }
 
-/// Seconds per gold model of the best of `--gold-repeat` full builds, ours and DuckDB's.
+/// Seconds per gold model of the best of `--gold-repeat` full builds, ours and DuckDB's, and the
+/// five models' total: our build's wall time, the sum of DuckDB's (which runs them in turn).
 /// Also returns DuckDB's total seconds for the five models (0 without a Python).
 fn gold(
     exe: &Path,
@@ -447,7 +448,8 @@ fn gold(
         cmd
     };
     let report = lake.with_extension("gold.json");
-    let mut ours: Option<std::collections::BTreeMap<String, f64>> = None;
+    // The best build by wall time (models of a wave are built at once, so theirs overlap).
+    let mut ours: Option<(f64, std::collections::BTreeMap<String, f64>)> = None;
     for _ in 0..args.gold_repeat.max(1) {
         run(framework(&["build", "--full-refresh", "--report"]).arg(&report))?;
         let json: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
@@ -462,17 +464,22 @@ fn gold(
                 )
             })
             .collect();
-        let total: f64 = times.values().sum();
-        if ours.as_ref().is_none_or(|best| total < best.values().sum()) {
-            ours = Some(times);
+        let wall = json["seconds"]
+            .as_f64()
+            .context("build report has seconds")?;
+        if ours.as_ref().is_none_or(|best| wall < best.0) {
+            ours = Some((wall, times));
         }
     }
-    let ours = ours.unwrap_or_default();
+    let (wall, ours) = ours.unwrap_or_default();
     let mut lines = Vec::new();
     let Some(python) = &args.python else {
         for (model, s) in &ours {
             lines.push(format!("| {label} | {model} | {s:.3} | | |"));
         }
+        lines.push(format!(
+            "| {label} | **five models (wall)** | {wall:.3} | | |"
+        ));
         return Ok((lines, 0.0));
     };
     let manifest = lake.with_extension("manifest.json");
@@ -496,25 +503,20 @@ fn gold(
         );
     }
     let json: Value = serde_json::from_slice(&out.stdout)?;
-    let mut total = (0.0, 0.0);
+    // Per model, our seconds overlap the other models of its wave: no ratio there.
+    let mut peer_total = 0.0;
     for (model, s) in &ours {
         let peer = json["models"][model]["seconds"]
             .as_f64()
             .unwrap_or(f64::NAN);
-        total.0 += s;
-        total.1 += peer;
-        lines.push(format!(
-            "| {label} | {model} | {s:.3} | {peer:.3} | {:.2}x |",
-            peer / s
-        ));
+        peer_total += peer;
+        lines.push(format!("| {label} | {model} | {s:.3} | {peer:.3} | |"));
     }
     lines.push(format!(
-        "| {label} | **five models** | {:.3} | {:.3} | **{:.2}x** |",
-        total.0,
-        total.1,
-        total.1 / total.0
+        "| {label} | **five models (wall)** | {wall:.3} | {peer_total:.3} | **{:.2}x** |",
+        peer_total / wall
     ));
-    Ok((lines, total.1))
+    Ok((lines, peer_total))
 }
 
 /// One engine's line: stage rates of the first delivery, the wall time of each delivery.

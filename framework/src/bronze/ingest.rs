@@ -82,7 +82,7 @@ async fn ingest_partitions(
         .ensure_topic(topic, table.config.topic.partitions)
         .map_err(bus_err)?;
     let cursor = Cursor::new(Stage::Bronze, topic, partitions);
-    let committed = stored(lake, name, &cursor).await?;
+    let committed = stored_offsets(lake, name, &cursor).await?;
     // The batches to commit, in order: (partition, first offset, one past the last).
     let mut plan = Vec::new();
     for partition in 0..partitions {
@@ -181,15 +181,13 @@ async fn store(lake: &Lake, table: &str, parsed: &super::Parsed, ends: &Ends) ->
     })
 }
 
-/// How long a caught-up member waits for partitions other members hold to be stored.
+/// How long a member that is caught up, has no partitions, or reads outside the group waits for
+/// the stored offsets to move before it fails.
 const OTHERS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a member waits for partitions that another member holds and does not store before
 /// it reads them itself, outside the group.
 const TAKE_OVER_AFTER: Duration = Duration::from_secs(10);
-
-/// How long a member may wait for the group to assign it partitions.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Joins the table's consumer group and stores what the group assigns, until caught up.
 async fn ingest_group(
@@ -216,7 +214,7 @@ async fn ingest_group(
         let runtime = tokio::runtime::Handle::current();
         Box::new(move |partitions: &[u32]| {
             let stored = runtime
-                .block_on(stored(&lake, &name, &cursor))
+                .block_on(stored_offsets(&lake, &name, &cursor))
                 .map_err(|e| e.to_string())?;
             Ok(partitions
                 .iter()
@@ -248,9 +246,9 @@ async fn ingest_group(
             // still waiting for a share (a racing run's member may hold every partition) is
             // done too once the whole topic is stored.
             let waiting = member.assigned().is_empty();
-            if caught_up || waiting {
+            if caught_up || waiting || outside_group {
                 let all: Vec<u32> = (0..partitions).collect();
-                let stored = stored(lake, name, &cursor).await?;
+                let stored = stored_offsets(lake, name, &cursor).await?;
                 let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
                 let behind: Vec<u32> = all
                     .iter()
@@ -280,47 +278,41 @@ async fn ingest_group(
                         "bronze: partitions held elsewhere and not stored for {} s: reading them here",
                         TAKE_OVER_AFTER.as_secs()
                     );
-                    // Looking up the start offsets reads the Delta log: off the async workers.
-                    member = tokio::task::block_in_place(|| {
+                    // Looking up the start offsets reads the Delta log, and leaving the group
+                    // waits for the coordinator: off the async workers.
+                    let reader = tokio::task::block_in_place(|| {
                         kafka.read_all(topic, &group_id(name), partitions, start())
                     })
                     .map_err(bus_err)?;
+                    let member_of_group = std::mem::replace(&mut member, reader);
+                    tokio::task::block_in_place(|| drop(member_of_group));
                     outside_group = true;
                     waiting_since = Some(Instant::now());
                     continue;
                 }
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > OTHERS_TIMEOUT {
+                    // A bounded run promises the whole topic stored: say it is not. Nothing is
+                    // lost: what is not stored stays on the topic for the next run.
+                    return Err(bus_err(crate::bus::Error::Group {
+                        topic: topic.to_owned(),
+                        reason: format!(
+                            "partition(s) {behind:?} still not stored in bronze after {} s \
+                             without progress (held by another group member that is still \
+                             running, or ending in transaction control records); their messages \
+                             stay on the topic\n  hint: run again once the other members have \
+                             finished",
+                            OTHERS_TIMEOUT.as_secs()
+                        ),
+                    }));
+                }
                 if caught_up {
-                    let since = *waiting_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > OTHERS_TIMEOUT {
-                        // A bounded run promises the whole topic stored: say it is not. Nothing
-                        // is lost: what is not stored stays on the topic for the next run.
-                        return Err(bus_err(crate::bus::Error::Group {
-                            topic: topic.to_owned(),
-                            reason: format!(
-                                "partition(s) {behind:?} still not stored in bronze after {} s \
-                                 (held by another group member that is still running, or ending \
-                                 in transaction control records); their messages stay on the \
-                                 topic\n  hint: run again once the other members have finished",
-                                OTHERS_TIMEOUT.as_secs()
-                            ),
-                        }));
-                    }
                     tracing::info!(
                         table = name,
                         ?behind,
                         "bronze: waiting for partitions held by other group members"
                     );
                 }
-            }
-            let idle = waiting_since.map_or(started.elapsed(), |since| since.elapsed());
-            if stats.commits == 0 && waiting && idle > JOIN_TIMEOUT {
-                return Err(bus_err(crate::bus::Error::Group {
-                    topic: topic.to_owned(),
-                    reason: format!(
-                        "no partitions assigned, and nothing stored by the other members, for {} s",
-                        JOIN_TIMEOUT.as_secs()
-                    ),
-                }));
             }
             continue;
         }
@@ -336,12 +328,14 @@ async fn ingest_group(
         crate::fault::stall_point("bronze-before-store");
         let stored = store(lake, name, &parsed, &ends).await?;
         crate::fault::crash_point("bronze-after-commit");
-        member.commit(
-            &ends
-                .iter()
-                .map(|(p, end)| (p, end as u64))
-                .collect::<Vec<_>>(),
-        );
+        if !outside_group {
+            member.commit(
+                &ends
+                    .iter()
+                    .map(|(p, end)| (p, end as u64))
+                    .collect::<Vec<_>>(),
+            );
+        }
         stats.add(stored);
         progress(stats.messages, 0);
     }
@@ -350,6 +344,6 @@ async fn ingest_group(
 }
 
 /// The offsets bronze records for `cursor`'s topic.
-async fn stored(lake: &Lake, table: &str, cursor: &Cursor) -> Result<Offsets> {
+async fn stored_offsets(lake: &Lake, table: &str, cursor: &Cursor) -> Result<Offsets> {
     Ok(cursor.read(lake, Layer::Bronze, table).await?)
 }

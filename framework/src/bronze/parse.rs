@@ -15,14 +15,15 @@ use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::bus::Message;
 use crate::idcard::{ColumnType, Table};
+use crate::offsets::{OFFSET, PARTITION};
 
 /// Bronze metadata columns, after the idcard's columns.
 pub const META: &[&str] = &[
     "_ingestion_timestamp",
     "_bronze_ingested_at",
     "_topic",
-    "_partition",
-    "_offset",
+    PARTITION,
+    OFFSET,
     "_key",
     "_source_line",
     "_ingestion_date",
@@ -39,8 +40,8 @@ pub fn bronze_schema(table: &Table) -> SchemaRef {
         Field::new("_ingestion_timestamp", utc_micros(), false),
         Field::new("_bronze_ingested_at", utc_micros(), false),
         Field::new("_topic", DataType::Utf8, false),
-        Field::new("_partition", DataType::Int32, false),
-        Field::new("_offset", DataType::Int64, false),
+        Field::new(PARTITION, DataType::Int32, false),
+        Field::new(OFFSET, DataType::Int64, false),
         Field::new("_key", DataType::Utf8, true),
         Field::new("_source_line", DataType::Int64, true),
         Field::new("_ingestion_date", DataType::Date32, false),
@@ -52,8 +53,8 @@ pub fn bronze_schema(table: &Table) -> SchemaRef {
 pub fn reject_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("_topic", DataType::Utf8, false),
-        Field::new("_partition", DataType::Int32, false),
-        Field::new("_offset", DataType::Int64, false),
+        Field::new(PARTITION, DataType::Int32, false),
+        Field::new(OFFSET, DataType::Int64, false),
         Field::new("_key", DataType::Utf8, true),
         Field::new("_source_line", DataType::Int64, true),
         Field::new("_payload", DataType::Utf8, false),

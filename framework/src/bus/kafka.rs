@@ -246,34 +246,14 @@ impl KafkaBus {
     /// member is read from the offset `start` returns for it (the offsets committed with the
     /// rows, not the group's), so a rebalance neither skips nor repeats what was stored.
     pub fn join(&self, topic: &str, group: &str, start: StartOffsets) -> Result<GroupMember> {
-        let context = Member {
-            topic: topic.to_owned(),
-            start,
-            state: Mutex::default(),
-        };
-        let consumer: BaseConsumer<Member> = self
-            .config(&[
-                ("group.id", group),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("enable.partition.eof", "false"),
-                // Messages past a stale last-stable offset are still delivered (some
-                // Kafka-protocol brokers report it late).
-                ("isolation.level", "read_uncommitted"),
-            ])
-            .create_with_context(context)
+        let member = self.reader(topic, group, start, Assignment::default())?;
+        member
+            .consumer()
+            .subscribe(&[topic])
             .map_err(|e| kafka(topic, e))?;
-        consumer.subscribe(&[topic]).map_err(|e| kafka(topic, e))?;
-        Ok(GroupMember {
-            consumer: Some(consumer),
-            topic: topic.to_owned(),
-            tracker: self.tracker.clone(),
-        })
+        Ok(member)
     }
-}
 
-impl KafkaBus {
     /// Reads every partition of `topic` outside the consumer group (assigned by hand, each from
     /// where `start` says): for a member the group leaves without partitions while no one stores
     /// them. Safe next to a group member reading the same partitions: bronze stores only what
@@ -301,6 +281,27 @@ impl KafkaBus {
                 .map_err(|e| kafka(topic, e))?;
             state.next.insert(p, Position::at(offset));
         }
+        let member = self.reader(topic, group, start, state)?;
+        member
+            .consumer()
+            .assign(&tpl)
+            .map_err(|e| kafka(topic, e))?;
+        tracing::info!(
+            topic,
+            partitions,
+            "bronze: reading every partition outside the group"
+        );
+        Ok(member)
+    }
+
+    /// A bronze consumer of `topic` in `group`, not yet subscribed nor assigned.
+    fn reader(
+        &self,
+        topic: &str,
+        group: &str,
+        start: StartOffsets,
+        state: Assignment,
+    ) -> Result<GroupMember> {
         let context = Member {
             topic: topic.to_owned(),
             start,
@@ -311,17 +312,14 @@ impl KafkaBus {
                 ("group.id", group),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
                 ("enable.partition.eof", "false"),
+                // Messages past a stale last-stable offset are still delivered (some
+                // Kafka-protocol brokers report it late).
                 ("isolation.level", "read_uncommitted"),
             ])
             .create_with_context(context)
             .map_err(|e| kafka(topic, e))?;
-        consumer.assign(&tpl).map_err(|e| kafka(topic, e))?;
-        tracing::info!(
-            topic,
-            partitions,
-            "bronze: reading every partition outside the group"
-        );
         Ok(GroupMember {
             consumer: Some(consumer),
             topic: topic.to_owned(),
@@ -500,7 +498,9 @@ impl ConsumerContext for Member {
     }
 }
 
-/// A member of a bronze consumer group on one topic. Dropping it leaves the group.
+/// A bronze reader of one topic: a member of its consumer group ([`KafkaBus::join`]), or a reader
+/// of every partition outside the group ([`KafkaBus::read_all`]). Dropping a member leaves the
+/// group.
 pub struct GroupMember {
     /// Present until dropped.
     consumer: Option<BaseConsumer<Member>>,

@@ -9,6 +9,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::catalog::MemorySchemaProvider;
 use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::lake::{Lake, Layer, collect_batches, session};
 use crate::silver::sql::{ident, key_match};
@@ -16,6 +17,9 @@ use crate::silver::sql::{ident, key_match};
 use super::config::Materialized;
 use super::project::{Model, Models};
 use super::{Error, Result};
+
+/// Stored models of one wave built at once.
+const CONCURRENT_MODELS: usize = 4;
 
 /// How to build.
 #[derive(Debug, Clone, Default)]
@@ -118,7 +122,7 @@ pub async fn build(
             let names: Vec<&str> = building.iter().map(|m| m.name.as_str()).collect();
             spinner.set_message(format!("gold {}", names.join(", ")));
         }
-        let built = futures::future::try_join_all(building.iter().map(|&model| {
+        let built: Vec<ModelReport> = futures::stream::iter(building.iter().map(|&model| {
             let ctx = &ctx;
             async move {
                 let report = materialize(lake, ctx, models, model, options).await?;
@@ -126,6 +130,8 @@ pub async fn build(
                 Ok::<_, Error>(report)
             }
         }))
+        .buffered(CONCURRENT_MODELS)
+        .try_collect()
         .await?;
         reports.extend(built);
         done.extend(wave.iter().map(|m| m.name.as_str()));
@@ -238,11 +244,7 @@ async fn materialize(
 ) -> Result<ModelReport> {
     let started = Instant::now();
     let relation = model.relation();
-    let query = |source| Error::Query {
-        model: model.name.clone(),
-        file: models.dir.join(&model.path).display().to_string(),
-        source,
-    };
+    let query = |source| query_error(models, model, source);
     // Only an incremental run reads the model's own table (`this`): a table model, or any
     // model under --full-refresh, is replaced whole without loading the old one.
     let existing =

@@ -456,6 +456,16 @@ fn a_broker_stopped_mid_run_fails_the_run_clearly_and_a_rerun_stores_everything_
     assert_exactly_once(&lake, "geolocation", messages);
 }
 
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait(); // SIGKILLed: returns at once
+    }
+}
+
 #[test]
 fn a_member_that_holds_partitions_and_stores_nothing_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -471,7 +481,7 @@ fn a_member_that_holds_partitions_and_stores_nothing_is_taken_over() {
         .env("FRAMEWORK_STALL_AT", "bronze-before-store")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stuck_log).unwrap());
-    let mut stuck = stuck.spawn().unwrap();
+    let stuck = KillOnDrop(stuck.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&stuck_log)
         .unwrap()
@@ -484,8 +494,7 @@ fn a_member_that_holds_partitions_and_stores_nothing_is_taken_over() {
     let started = Instant::now();
     let out = output_within(consume(&lake, &bus, "orders"), Duration::from_secs(120));
     let err = String::from_utf8_lossy(&out.stderr);
-    let _ = stuck.kill();
-    let _ = stuck.wait();
+    drop(stuck);
     assert!(out.status.success(), "the second run failed: {err}");
     assert!(
         started.elapsed() < Duration::from_secs(50),
