@@ -64,6 +64,10 @@ impl Cursor {
         }
     }
 
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
     /// The app ids, by partition.
     pub fn app_ids(&self) -> Vec<String> {
         (0..self.partitions).map(|p| self.app_id(p)).collect()

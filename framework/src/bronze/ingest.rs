@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::bus::{Bus, EmbeddedLog, KafkaBus};
+use crate::bus::{Bus, EmbeddedLog, GroupMember, KafkaBus};
 use crate::idcard::Table;
 use crate::lake::{Lake, Layer};
 use crate::offsets::{Cursor, Ends, Offsets, Stage};
@@ -228,8 +228,7 @@ async fn ingest_group(
     let mut outside_group = false;
     let mut stats = BronzeStats::default();
     progress(0, 0);
-    let mut waiting_since: Option<Instant> = None;
-    let mut last_stored: Option<i64> = None;
+    let mut watch = Watch::default();
     loop {
         // Polling may run the rebalance callback, which reads the Delta log: off the async
         // workers.
@@ -239,45 +238,11 @@ async fn ingest_group(
         .map_err(bus_err)?;
         tracing::trace!(table = name, messages = messages.len(), elapsed = ?started.elapsed(), "bronze: polled");
         if messages.is_empty() {
-            let caught_up = tokio::task::block_in_place(|| member.caught_up()).map_err(bus_err)?;
-            tracing::trace!(table = name, caught_up, elapsed = ?started.elapsed(), "bronze: caught up?");
-            // Done when the whole topic is stored, not only this member's share: partitions of a
-            // member that died stay with it until its session ends, then move here. A member
-            // still waiting for a share (a racing run's member may hold every partition) is
-            // done too once the whole topic is stored.
-            let waiting = member.assigned().is_empty();
-            if caught_up || waiting || outside_group {
-                let all: Vec<u32> = (0..partitions).collect();
-                let stored = stored_offsets(lake, name, &cursor).await?;
-                let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
-                let behind: Vec<u32> = all
-                    .iter()
-                    .zip(&ends)
-                    .filter(|(p, end)| (stored.next(**p) as u64) < **end)
-                    .map(|(p, _)| *p)
-                    .collect();
-                if behind.is_empty() {
-                    break;
-                }
-                // Another member still storing its share is progress: the timeouts below count
-                // from the last time the stored offsets moved.
-                let now_stored: i64 = all.iter().map(|&p| stored.next(p)).sum();
-                if last_stored != Some(now_stored) {
-                    last_stored = Some(now_stored);
-                    waiting_since = Some(Instant::now());
-                }
-                // Partitions another member holds (or the group gives no one: a broker's group
-                // can keep rebalancing while one member never completes its join) and no one
-                // stores: read every partition here, outside the group.
-                let mine = member.assigned();
-                let stalled = waiting_since.is_some_and(|since| since.elapsed() > TAKE_OVER_AFTER);
-                if stalled && !outside_group && behind.iter().any(|p| !mine.contains(p)) {
-                    tracing::info!(
-                        table = name,
-                        ?behind,
-                        "bronze: partitions held elsewhere and not stored for {} s: reading them here",
-                        TAKE_OVER_AFTER.as_secs()
-                    );
+            let next = after_idle_poll(&member, lake, name, &cursor, outside_group, &mut watch);
+            match next.await? {
+                Next::Done => break,
+                Next::Poll => continue,
+                Next::TakeOver => {
                     // Looking up the start offsets reads the Delta log, and leaving the group
                     // waits for the coordinator: off the async workers.
                     let reader = tokio::task::block_in_place(|| {
@@ -287,34 +252,10 @@ async fn ingest_group(
                     let member_of_group = std::mem::replace(&mut member, reader);
                     tokio::task::block_in_place(|| drop(member_of_group));
                     outside_group = true;
-                    waiting_since = Some(Instant::now());
+                    watch.restart();
                     continue;
                 }
-                let since = *waiting_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > OTHERS_TIMEOUT {
-                    // A bounded run promises the whole topic stored: say it is not. Nothing is
-                    // lost: what is not stored stays on the topic for the next run.
-                    return Err(bus_err(crate::bus::Error::Group {
-                        topic: topic.to_owned(),
-                        reason: format!(
-                            "partition(s) {behind:?} still not stored in bronze after {} s \
-                             without progress (held by another group member that is still \
-                             running, or ending in transaction control records); their messages \
-                             stay on the topic\n  hint: run again once the other members have \
-                             finished",
-                            OTHERS_TIMEOUT.as_secs()
-                        ),
-                    }));
-                }
-                if caught_up {
-                    tracing::info!(
-                        table = name,
-                        ?behind,
-                        "bronze: waiting for partitions held by other group members"
-                    );
-                }
             }
-            continue;
         }
         let mut ends = cursor.ends();
         for m in &messages {
@@ -341,6 +282,114 @@ async fn ingest_group(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// What a group member does after a poll that brought nothing.
+enum Next {
+    /// Every partition of the topic is stored.
+    Done,
+    Poll,
+    /// Read every partition outside the group.
+    TakeOver,
+}
+
+/// When the stored offsets of a topic last moved (a member waiting for others counts their
+/// progress as its own).
+#[derive(Default)]
+struct Watch {
+    /// The sum of the stored offsets last seen, and since when.
+    seen: Option<(i64, Instant)>,
+}
+
+impl Watch {
+    /// Records the stored offsets; how long they have not moved.
+    fn stalled_for(&mut self, stored: i64) -> Duration {
+        match self.seen {
+            Some((last, since)) if last == stored => since.elapsed(),
+            _ => {
+                self.seen = Some((stored, Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Counts from now, as if the offsets had just moved.
+    fn restart(&mut self) {
+        if let Some((_, since)) = &mut self.seen {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// After a poll that brought nothing. Done when the whole topic is stored, not only this
+/// member's share: partitions of a member that died stay with it until its session ends, then
+/// move here, and a member still waiting for a share (a racing run's member may hold every
+/// partition) is done too once the whole topic is stored. Partitions held elsewhere (or that the
+/// group gives no one: a broker's group can keep rebalancing while one member never completes
+/// its join) whose stored offsets do not move for [`TAKE_OVER_AFTER`] are read here, outside
+/// the group. No progress for [`OTHERS_TIMEOUT`] is an error.
+async fn after_idle_poll(
+    member: &GroupMember,
+    lake: &Lake,
+    table: &str,
+    cursor: &Cursor,
+    outside_group: bool,
+    watch: &mut Watch,
+) -> Result<Next> {
+    let bus_err = |source| Error::Bus {
+        table: table.to_owned(),
+        source,
+    };
+    let caught_up = tokio::task::block_in_place(|| member.caught_up()).map_err(bus_err)?;
+    tracing::trace!(table, caught_up, "bronze: caught up?");
+    let mine = member.assigned();
+    if !(caught_up || mine.is_empty() || outside_group) {
+        return Ok(Next::Poll);
+    }
+    let all: Vec<u32> = (0..cursor.partitions()).collect();
+    let stored = stored_offsets(lake, table, cursor).await?;
+    let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
+    let behind: Vec<u32> = all
+        .iter()
+        .zip(&ends)
+        .filter(|(p, end)| (stored.next(**p) as u64) < **end)
+        .map(|(p, _)| *p)
+        .collect();
+    if behind.is_empty() {
+        return Ok(Next::Done);
+    }
+    let stalled = watch.stalled_for(all.iter().map(|&p| stored.next(p)).sum());
+    if stalled > TAKE_OVER_AFTER && !outside_group && behind.iter().any(|p| !mine.contains(p)) {
+        tracing::info!(
+            table,
+            ?behind,
+            "bronze: partitions held elsewhere and not stored for {} s: reading them here",
+            TAKE_OVER_AFTER.as_secs()
+        );
+        return Ok(Next::TakeOver);
+    }
+    if stalled > OTHERS_TIMEOUT {
+        // A bounded run promises the whole topic stored: say it is not. Nothing is lost: what
+        // is not stored stays on the topic for the next run.
+        return Err(bus_err(crate::bus::Error::Group {
+            topic: member.topic().to_owned(),
+            reason: format!(
+                "partition(s) {behind:?} still not stored in bronze after {} s without progress \
+                 (held by another group member that is still running, or ending in transaction \
+                 control records); their messages stay on the topic\n  hint: run again once the \
+                 other members have finished",
+                OTHERS_TIMEOUT.as_secs()
+            ),
+        }));
+    }
+    if caught_up {
+        tracing::info!(
+            table,
+            ?behind,
+            "bronze: waiting for partitions held by other group members"
+        );
+    }
+    Ok(Next::Poll)
 }
 
 /// The offsets bronze records for `cursor`'s topic.

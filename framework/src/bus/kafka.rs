@@ -541,6 +541,10 @@ impl Drop for GroupMember {
 }
 
 impl GroupMember {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     fn consumer(&self) -> &BaseConsumer<Member> {
         self.consumer.as_ref().expect("present until dropped")
     }
