@@ -1,27 +1,29 @@
 #!/usr/bin/env python3
-"""Benchmark PEER on a real Kafka broker: the Olist produce -> bronze pipeline done
-the seed's Python way (pandas + kafka-python + the `deltalake` PyPI package), so
-`framework run --bus kafka://...` can be reported as a ratio against it on the
-same broker.
+"""Benchmark PEER on a real Kafka broker: the Olist produce -> bronze pipeline written the
+way a competent Python data engineer would write it: vectorised where the data is, batched
+where the Kafka client is (confluent-kafka, i.e. librdkafka, the client our engine uses too),
+so `framework run --bus kafka://...` can be reported as a ratio against it on the same broker.
 
     python bench/peer_kafka.py --data DIR --lake DIR --bootstrap HOST:PORT [--tables ...]
 
-Stages, per table (messages, typing and bronze layout as bench/peer_pandas.py):
-  produce  create the topic (KafkaAdminClient; the idcard's partition count) ->
-           pandas.read_csv(dtype=str) -> iterrows -> one JSON message per row
-           (empty cells -> null, plus "_ingestion_timestamp"; seeded: 5% late by
-           60-300 s, 2% sent twice) -> KafkaProducer.send(topic, key=primary key
-           cells joined by "|") per message, default producer settings; flush()
-  bronze   KafkaConsumer in a consumer group, from the earliest offset, until it
-           has read as many messages as produce sent (Tansu 0.6 reports stale end
-           offsets, so the end is counted, not asked for) -> json.loads ->
-           DataFrame -> typed columns + metadata ->
-           write_deltalake(mode="append", partition_by=["_ingestion_date"]) per
-           --batch messages; offsets committed to the group after each write
+Stages, per table (message format, late and duplicate rates, typing and bronze layout as
+bench/peer_pandas.py):
+  produce  create the topic (the idcard's partition count) -> pyarrow.csv.read_csv (every
+           column a string) -> seeded numpy: 5% late by 60-300 s, 2% sent twice -> DuckDB
+           renders each row's JSON message and key (primary key cells joined by "|") in one
+           query -> confluent_kafka.Producer.produce per message (idempotent, linger 20 ms,
+           batches of 10,000, as ours) -> flush()
+  bronze   confluent_kafka.Consumer in a consumer group from the earliest offset,
+           consume(10,000) at a time, until it has read as many messages as produce sent
+           (Tansu 0.6 reports stale end offsets, so the end is counted, not asked for) -> per
+           --batch messages: the values as JSON lines -> pyarrow.json.read_json (explicit
+           all-string schema) -> typed with pyarrow.compute (peer_pandas.type_table) +
+           metadata -> write_deltalake(mode="append", partition_by=["_ingestion_date"]);
+           offsets committed to the group after each write
 
-Topics are named <prefix><table> (default prefix "peer_raw_"), so the peer does not
-share topics with the framework on the same broker; a topic that already exists is
-refused (start from a fresh broker, or pass another --topic-prefix).
+Topics are named <prefix><table> (default prefix "peer_raw_"), so the peer does not share
+topics with the framework on the same broker; a topic that already exists is refused (start
+from a fresh broker, or pass another --topic-prefix).
 
 Prints one JSON object on stdout:
   {"tables": {name: {"rows", "messages", "produce_s", "bronze_s", ...}}, "peak_rss_mb": ...}
@@ -31,118 +33,156 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 
-import pandas as pd
+import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 from deltalake import write_deltalake
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_pandas import DUP_RATE, LATE_RATE, SEED, TABLES, rfc3339, type_columns  # noqa: E402
+from peer_pandas import DUP_RATE, LATE_RATE, SEED, TABLES, UTC_US, csv_header, type_table  # noqa: E402
 
 # Partitions per topic, as in the idcards (idcards/*.yaml, topic.partitions).
 PARTITIONS = {name: 3 for name in TABLES} | {"sellers": 1, "category_translation": 1}
+# How long a broker request may take before the peer gives up.
+REQUEST_TIMEOUT_S = 30
 
 
 # ---------------------------------------------------------------- produce
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.create_topics([NewTopic(topic, partitions, 1)])[topic]
     try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
-    except TopicAlreadyExistsError:
-        raise SystemExit(
-            f"topic {topic} already exists: start from a fresh broker or pass another --topic-prefix"
-        ) from None
-    finally:
-        admin.close()
+        future.result(timeout=REQUEST_TIMEOUT_S)
+    except KafkaException as e:
+        if "TOPIC_ALREADY_EXISTS" in str(e):
+            raise SystemExit(
+                f"topic {topic} already exists: start from a fresh broker or pass another --topic-prefix"
+            ) from None
+        raise
 
 
-def produce(
-    csv_path: str,
-    encoding: str,
-    key: list[str],
-    producer: KafkaProducer,
-    topic: str,
-    rng: random.Random,
-) -> tuple[int, int]:
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding)
-    sent = 0
-    for _, row in df.iterrows():
-        msg = {k: (None if v == "" else v) for k, v in row.to_dict().items()}
-        ts = datetime.now(timezone.utc)
-        if rng.random() < LATE_RATE:
-            ts -= timedelta(seconds=rng.uniform(60, 300))
-        msg["_ingestion_timestamp"] = rfc3339(ts)
-        value = json.dumps(msg, ensure_ascii=False).encode("utf-8")
-        msg_key = "|".join(row[k] for k in key).encode("utf-8")
-        copies = 2 if rng.random() < DUP_RATE else 1
-        for _ in range(copies):
-            producer.send(topic, key=msg_key, value=value)
-            sent += 1
-    producer.flush()
-    return len(df), sent
+def messages(csv_path: str, key: list[str], rng: np.random.Generator) -> tuple[int, pa.Table]:
+    """The CSV's rows as (key, value) messages, late and duplicated as the simulation says."""
+    table = pa_csv.read_csv(
+        csv_path,
+        convert_options=pa_csv.ConvertOptions(
+            column_types={c: pa.string() for c in csv_header(csv_path)},
+            strings_can_be_null=True,
+        ),
+    )
+    n = table.num_rows
+    stamps = np.full(n, time.time_ns() // 1000, dtype="int64")
+    late = rng.random(n) < LATE_RATE
+    stamps[late] -= (rng.uniform(60, 300, late.sum()) * 1_000_000).astype("int64")
+    table = table.append_column("_ingestion_timestamp", pa.array(stamps, UTC_US))
+    table = table.append_column("_source_line", pa.array(np.arange(2, n + 2)))
+    copies = np.where(rng.random(n) < DUP_RATE, 2, 1)
+    table = table.take(np.repeat(np.arange(n), copies))
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.register("msgs", table)
+    keys = ", ".join(f'"{k}"' for k in key)
+    rendered = con.sql(
+        f"SELECT concat_ws('|', {keys}) AS key, to_json(m) AS value FROM (SELECT * REPLACE "
+        "(strftime(_ingestion_timestamp, '%Y-%m-%dT%H:%M:%S.%fZ') AS _ingestion_timestamp) "
+        "FROM msgs) m"
+    ).to_arrow_table()
+    return n, rendered
+
+
+def produce(producer: Producer, topic: str, rendered: pa.Table) -> int:
+    keys = rendered["key"].to_pylist()
+    values = rendered["value"].to_pylist()
+    for i, (k, v) in enumerate(zip(keys, values)):
+        while True:
+            try:
+                producer.produce(topic, value=v, key=k)
+                break
+            except BufferError:
+                producer.poll(0.05)  # the local queue is full: let deliveries drain it
+        if i % 10_000 == 0:
+            producer.poll(0)
+    left = producer.flush(REQUEST_TIMEOUT_S)
+    if left:
+        raise RuntimeError(f"{topic}: {left} messages not delivered within {REQUEST_TIMEOUT_S} s")
+    return len(values)
 
 
 # ---------------------------------------------------------------- bronze
-def write_bronze(records: list[dict], offsets: list[int], table_path: str) -> int:
-    df = pd.DataFrame.from_records(records)
-    df = type_columns(df)
-    ts = pd.to_datetime(df["_ingestion_timestamp"], utc=True, format="ISO8601")
-    df["_ingestion_timestamp"] = ts.astype("datetime64[us, UTC]")
-    df["_bronze_ingested_at"] = pd.Timestamp.now(tz="UTC").as_unit("us")
-    df["_offset"] = pd.Series(offsets, dtype="int64")
-    df["_ingestion_date"] = ts.dt.strftime("%Y-%m-%d").astype(object)
-    write_deltalake(
-        table_path,
-        pa.Table.from_pandas(df, preserve_index=False),
-        mode="append",
-        partition_by=["_ingestion_date"],
+def write_bronze(
+    values: list[bytes], partitions: list[int], offsets: list[int], columns: list[str],
+    types: dict, table_path: str,
+) -> None:
+    schema = pa.schema([(c, pa.string()) for c in columns]
+                       + [("_ingestion_timestamp", pa.string()), ("_source_line", pa.int64())])
+    raw = pa_json.read_json(
+        pa.BufferReader(b"\n".join(values)),
+        parse_options=pa_json.ParseOptions(explicit_schema=schema,
+                                           unexpected_field_behavior="error"),
     )
-    return len(df)
+    typed = type_table(raw.select(columns), types)
+    stamps = pc.cast(raw["_ingestion_timestamp"], UTC_US)
+    typed = typed.append_column("_ingestion_timestamp", stamps)
+    typed = typed.append_column(
+        "_bronze_ingested_at", pa.array(np.full(raw.num_rows, time.time_ns() // 1000), UTC_US))
+    typed = typed.append_column("_partition", pa.array(partitions, pa.int32()))
+    typed = typed.append_column("_offset", pa.array(offsets, pa.int64()))
+    typed = typed.append_column("_source_line", raw["_source_line"])
+    typed = typed.append_column(
+        "_ingestion_date", pc.cast(pc.cast(stamps, pa.timestamp("us")), pa.date32()))
+    write_deltalake(table_path, typed, mode="append", partition_by=["_ingestion_date"])
 
 
 def bronze(
-    bootstrap: str, topic: str, group: str, expected: int, table_path: str, batch: int, stall_s: float
+    bootstrap: str, topic: str, group: str, expected: int, columns: list[str], types: dict,
+    table_path: str, batch: int, stall_s: float,
 ) -> tuple[int, int]:
     """Consumes `expected` messages of `topic` into bronze; returns (messages, Delta writes)."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    records: list[dict] = []
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "isolation.level": "read_uncommitted",
+    })
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    partitions: list[int] = []
     offsets: list[int] = []
     read = writes = 0
     last_message = time.perf_counter()
     try:
         while read < expected:
-            polled = consumer.poll(timeout_ms=500, max_records=batch - len(records))
-            if not polled:
+            polled = consumer.consume(num_messages=min(10_000, batch - len(values)), timeout=0.5)
+            fetched = [m for m in polled if m.error() is None]
+            for m in polled:
+                if m.error() is not None and not m.error().retriable():
+                    raise RuntimeError(f"{topic}: {m.error()}")
+            if not fetched:
                 if time.perf_counter() - last_message > stall_s:
                     raise RuntimeError(
                         f"{topic}: read {read} of {expected} messages, then nothing for {stall_s:.0f} s"
                     )
                 continue
             last_message = time.perf_counter()
-            for messages in polled.values():
-                for m in messages:
-                    records.append(json.loads(m.value))
-                    offsets.append(m.offset)
-                    read += 1
-            if len(records) >= batch or read >= expected:
-                write_bronze(records, offsets, table_path)
-                consumer.commit()
+            values.extend(m.value() for m in fetched)
+            partitions.extend(m.partition() for m in fetched)
+            offsets.extend(m.offset() for m in fetched)
+            read += len(fetched)
+            if len(values) >= batch or read >= expected:
+                write_bronze(values, partitions, offsets, columns, types, table_path)
+                consumer.commit(asynchronous=False)
                 writes += 1
-                records, offsets = [], []
+                values, partitions, offsets = [], [], []
     finally:
         consumer.close()
     return read, writes
@@ -168,48 +208,56 @@ def main() -> int:
         ap.error(f"unknown table(s): {', '.join(unknown)}; known: {', '.join(TABLES)}")
 
     os.makedirs(args.lake, exist_ok=True)
-    rng = random.Random(args.seed)
-    producer = KafkaProducer(bootstrap_servers=args.bootstrap)
+    rng = np.random.default_rng(args.seed)
+    producer = Producer({
+        "bootstrap.servers": args.bootstrap,
+        "enable.idempotence": True,
+        "linger.ms": 20,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 500_000,
+        "message.timeout.ms": REQUEST_TIMEOUT_S * 1000,
+    })
 
     out: dict[str, dict] = {}
     for name in names:
-        csv_file, key, encoding = TABLES[name]
+        csv_file, key, types = TABLES[name]
+        csv_path = os.path.join(args.data, csv_file)
         topic = f"{args.topic_prefix}{name}"
         bronze_path = os.path.join(args.lake, "bronze", name)
 
         t0 = time.perf_counter()
         create_topic(args.bootstrap, topic, PARTITIONS[name])
-        rows, messages = produce(
-            os.path.join(args.data, csv_file), encoding, key, producer, topic, rng
-        )
+        rows, rendered = messages(csv_path, key, rng)
+        sent = produce(producer, topic, rendered)
         t1 = time.perf_counter()
         consumed, writes = bronze(
             args.bootstrap,
             topic,
             f"{args.topic_prefix}bronze_{name}",
-            messages,
+            sent,
+            csv_header(csv_path),
+            types,
             bronze_path,
             args.batch,
             args.stall_s,
         )
         t2 = time.perf_counter()
-        if consumed != messages:
-            raise RuntimeError(f"{topic}: sent {messages} messages, read {consumed}")
+        if consumed != sent:
+            raise RuntimeError(f"{topic}: sent {sent} messages, read {consumed}")
 
         out[name] = {
             "rows": rows,
-            "messages": messages,
+            "messages": sent,
             "consumed": consumed,
             "bronze_writes": writes,
             "produce_s": round(t1 - t0, 4),
             "bronze_s": round(t2 - t1, 4),
         }
         print(
-            f"[peer-kafka] {name}: rows={rows} messages={messages} produce={t1 - t0:.3f}s "
+            f"[peer-kafka] {name}: rows={rows} messages={sent} produce={t1 - t0:.3f}s "
             f"bronze={t2 - t1:.3f}s",
             file=sys.stderr,
         )
-    producer.close()
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"tables": out, "peak_rss_mb": round(peak, 1)}))

@@ -6,7 +6,8 @@
 //!
 //! With `--kafka`, instead: rows/s of produce and bronze through a real Kafka-protocol broker
 //! (Tansu, started here), `framework run --all --until bronze --bus kafka://...` next to
-//! bench/peer_kafka.py (pandas `iterrows` + kafka-python + deltalake) on the same broker.
+//! bench/peer_kafka.py (pyarrow + DuckDB-rendered messages + confluent-kafka + deltalake, no row
+//! loop but the client's per-message produce call) on the same broker.
 //!
 //! ```text
 //! scripts/bench                       # sample and scale 1
@@ -27,7 +28,7 @@ use serde_json::Value;
 #[derive(Debug, Parser)]
 #[command(
     about = "Benchmark framework run --all against the pandas + deltalake peer (--kafka: produce \
-             and bronze on a Tansu broker against pandas + kafka-python)"
+             and bronze on a Tansu broker against pyarrow + confluent-kafka)"
 )]
 struct Args {
     /// Scales to run, comma separated; 0 is the bundled real sample.
@@ -50,9 +51,9 @@ struct Args {
     work: PathBuf,
     /// Benchmark produce and bronze through a real Kafka-protocol broker instead: starts Tansu
     /// (`--tansu`) on a free loopback port, a fresh broker per scale, and runs
-    /// `framework run --all --until bronze --bus kafka://...` and bench/peer_kafka.py (pandas
-    /// iterrows + kafka-python KafkaProducer/KafkaConsumer + deltalake) against it; no silver
-    /// and no gold comparison.
+    /// `framework run --all --until bronze --bus kafka://...` and bench/peer_kafka.py (pyarrow,
+    /// DuckDB-rendered messages, confluent-kafka Producer/Consumer, deltalake) against it; no
+    /// silver and no gold comparison.
     #[arg(long, conflicts_with = "gold_only")]
     kafka: bool,
     /// The Tansu broker binary for `--kafka` (`tansu` on the PATH when unset).
@@ -312,7 +313,7 @@ fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
             }
             lines.push(kafka_row(
                 &label,
-                "pandas + kafka-python + deltalake",
+                "pyarrow + DuckDB + confluent-kafka + deltalake",
                 &peer,
             ));
             lines.push(format!(
