@@ -40,15 +40,14 @@ import time
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from deltalake import write_deltalake
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_pandas import DUP_RATE, LATE_RATE, SEED, TABLES, UTC_US, csv_header, type_table  # noqa: E402
+from peer_pandas import (  # noqa: E402
+    MESSAGE_SQL, SEED, TABLES, bronze_rows, csv_header, delivery, read_messages,
+)
 
 # Partitions per topic, as in the idcards (idcards/*.yaml, topic.partitions).
 PARTITIONS = {name: 3 for name in TABLES} | {"sellers": 1, "category_translation": 1}
@@ -72,29 +71,13 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 def messages(csv_path: str, key: list[str], rng: np.random.Generator) -> tuple[int, pa.Table]:
     """The CSV's rows as (key, value) messages, late and duplicated as the simulation says."""
-    table = pa_csv.read_csv(
-        csv_path,
-        convert_options=pa_csv.ConvertOptions(
-            column_types={c: pa.string() for c in csv_header(csv_path)},
-            strings_can_be_null=True,
-        ),
-    )
-    n = table.num_rows
-    stamps = np.full(n, time.time_ns() // 1000, dtype="int64")
-    late = rng.random(n) < LATE_RATE
-    stamps[late] -= (rng.uniform(60, 300, late.sum()) * 1_000_000).astype("int64")
-    table = table.append_column("_ingestion_timestamp", pa.array(stamps, UTC_US))
-    table = table.append_column("_source_line", pa.array(np.arange(2, n + 2)))
-    copies = np.where(rng.random(n) < DUP_RATE, 2, 1)
-    table = table.take(np.repeat(np.arange(n), copies))
+    n, table = delivery(csv_path, rng, simulate=True)
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
-    con.register("msgs", table)
+    con.register("messages", table)
     keys = ", ".join(f'"{k}"' for k in key)
     rendered = con.sql(
-        f"SELECT concat_ws('|', {keys}) AS key, to_json(m) AS value FROM (SELECT * REPLACE "
-        "(strftime(_ingestion_timestamp, '%Y-%m-%dT%H:%M:%S.%fZ') AS _ingestion_timestamp) "
-        "FROM msgs) m"
+        f"SELECT concat_ws('|', {keys}) AS key, to_json(m) AS value FROM ({MESSAGE_SQL}) m"
     ).to_arrow_table()
     return n, rendered
 
@@ -122,23 +105,9 @@ def write_bronze(
     values: list[bytes], partitions: list[int], offsets: list[int], columns: list[str],
     types: dict, table_path: str,
 ) -> None:
-    schema = pa.schema([(c, pa.string()) for c in columns]
-                       + [("_ingestion_timestamp", pa.string()), ("_source_line", pa.int64())])
-    raw = pa_json.read_json(
-        pa.BufferReader(b"\n".join(values)),
-        parse_options=pa_json.ParseOptions(explicit_schema=schema,
-                                           unexpected_field_behavior="error"),
-    )
-    typed = type_table(raw.select(columns), types)
-    stamps = pc.cast(raw["_ingestion_timestamp"], UTC_US)
-    typed = typed.append_column("_ingestion_timestamp", stamps)
-    typed = typed.append_column(
-        "_bronze_ingested_at", pa.array(np.full(raw.num_rows, time.time_ns() // 1000), UTC_US))
-    typed = typed.append_column("_partition", pa.array(partitions, pa.int32()))
-    typed = typed.append_column("_offset", pa.array(offsets, pa.int64()))
-    typed = typed.append_column("_source_line", raw["_source_line"])
-    typed = typed.append_column(
-        "_ingestion_date", pc.cast(pc.cast(stamps, pa.timestamp("us")), pa.date32()))
+    raw = read_messages(pa.BufferReader(b"\n".join(values)), columns)
+    typed = bronze_rows(raw, columns, types, pa.array(offsets, pa.int64()),
+                        pa.array(partitions, pa.int32()))
     write_deltalake(table_path, typed, mode="append", partition_by=["_ingestion_date"])
 
 

@@ -120,7 +120,15 @@ def write_state(path: str, state: dict) -> None:
 
 
 # ---------------------------------------------------------------- produce
-def produce(csv_path: str, bus_dir: str, rng: np.random.Generator, simulate: bool) -> tuple[int, int]:
+# A message as JSON: the row's cells, `_ingestion_timestamp` in RFC 3339, `_source_line`.
+MESSAGE_SQL = ("SELECT * REPLACE (strftime(_ingestion_timestamp, '%Y-%m-%dT%H:%M:%S.%fZ') "
+               "AS _ingestion_timestamp) FROM messages")
+
+
+def delivery(csv_path: str, rng: np.random.Generator, simulate: bool) -> tuple[int, pa.Table]:
+    """The CSV's rows (every cell a string) with `_ingestion_timestamp` and `_source_line`;
+    with `simulate` (seeded numpy), 5% of them late by 60-300 s and 2% sent twice. Also returns
+    the CSV's row count."""
     table = pa_csv.read_csv(
         csv_path,
         convert_options=pa_csv.ConvertOptions(
@@ -139,16 +147,18 @@ def produce(csv_path: str, bus_dir: str, rng: np.random.Generator, simulate: boo
     if simulate:
         copies = np.where(rng.random(n) < DUP_RATE, 2, 1)
         table = table.take(np.repeat(np.arange(n), copies))
+    return n, table
+
+
+def produce(csv_path: str, bus_dir: str, rng: np.random.Generator, simulate: bool) -> tuple[int, int]:
+    n, table = delivery(csv_path, rng, simulate)
     # One segment file per delivery; DuckDB writes the JSON lines (pandas' to_json is 5x slower).
     os.makedirs(bus_dir, exist_ok=True)
     segment = os.path.join(bus_dir, f"{len(os.listdir(bus_dir)):08d}.jsonl")
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.register("messages", table)
-    con.execute(
-        "COPY (SELECT * REPLACE (strftime(_ingestion_timestamp, '%Y-%m-%dT%H:%M:%S.%fZ') "
-        f"AS _ingestion_timestamp) FROM messages) TO '{segment}' (FORMAT json)"
-    )
+    con.execute(f"COPY ({MESSAGE_SQL}) TO '{segment}' (FORMAT json)")
     return n, table.num_rows
 
 
@@ -169,32 +179,48 @@ def type_table(raw: pa.Table, types: dict[str, str]) -> pa.Table:
     return pa.table(columns)
 
 
+def message_schema(columns: list[str]) -> pa.Schema:
+    """The schema messages are read with: every cell a string, then the metadata."""
+    return pa.schema([(c, pa.string()) for c in columns]
+                     + [("_ingestion_timestamp", pa.string()), ("_source_line", pa.int64())])
+
+
+def read_messages(source, columns: list[str]) -> pa.Table:
+    """JSON lines (a path or a buffer) read with `message_schema`; an unknown field is an error."""
+    return pa_json.read_json(
+        source,
+        parse_options=pa_json.ParseOptions(explicit_schema=message_schema(columns),
+                                           unexpected_field_behavior="error"),
+    )
+
+
+def bronze_rows(raw: pa.Table, columns: list[str], types: dict, offsets: pa.Array,
+                partitions: pa.Array | None = None) -> pa.Table:
+    """Messages as bronze rows: typed cells, then the metadata (`_partition` when given)."""
+    typed = type_table(raw.select(columns), types)
+    stamps = pc.cast(raw["_ingestion_timestamp"], UTC_US)
+    typed = typed.append_column("_ingestion_timestamp", stamps)
+    typed = typed.append_column(
+        "_bronze_ingested_at", pa.array(np.full(raw.num_rows, time.time_ns() // 1000), UTC_US))
+    if partitions is not None:
+        typed = typed.append_column("_partition", partitions)
+    typed = typed.append_column("_offset", offsets)
+    typed = typed.append_column("_source_line", raw["_source_line"])
+    return typed.append_column(
+        "_ingestion_date", pc.cast(pc.cast(stamps, pa.timestamp("us")), pa.date32()))
+
+
 def bronze(bus_dir: str, state: dict, table_path: str, columns: list[str], types: dict) -> int:
     done = state.get("bus_segments", 0)
     first_offset = state.get("bus_offset", 0)
     segments = sorted(os.listdir(bus_dir))[done:]
     if not segments:
         return 0
-    schema = pa.schema([(c, pa.string()) for c in columns]
-                       + [("_ingestion_timestamp", pa.string()), ("_source_line", pa.int64())])
     raw = pa.concat_tables(
-        pa_json.read_json(
-            os.path.join(bus_dir, segment),
-            parse_options=pa_json.ParseOptions(explicit_schema=schema,
-                                               unexpected_field_behavior="error"),
-        )
-        for segment in segments
+        read_messages(os.path.join(bus_dir, segment), columns) for segment in segments
     )
-    typed = type_table(raw.select(columns), types)
     n = raw.num_rows
-    stamps = pc.cast(raw["_ingestion_timestamp"], UTC_US)
-    typed = typed.append_column("_ingestion_timestamp", stamps)
-    typed = typed.append_column(
-        "_bronze_ingested_at", pa.array(np.full(n, time.time_ns() // 1000), UTC_US))
-    typed = typed.append_column("_offset", pa.array(np.arange(first_offset, first_offset + n)))
-    typed = typed.append_column("_source_line", raw["_source_line"])
-    typed = typed.append_column(
-        "_ingestion_date", pc.cast(pc.cast(stamps, pa.timestamp("us")), pa.date32()))
+    typed = bronze_rows(raw, columns, types, pa.array(np.arange(first_offset, first_offset + n)))
     write_deltalake(table_path, typed, mode="append", partition_by=["_ingestion_date"])
     state["bus_segments"] = done + len(segments)
     state["bus_offset"] = first_offset + n
