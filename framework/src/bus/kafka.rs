@@ -246,7 +246,7 @@ impl KafkaBus {
     /// member is read from the offset `start` returns for it (the offsets committed with the
     /// rows, not the group's), so a rebalance neither skips nor repeats what was stored.
     pub fn join(&self, topic: &str, group: &str, start: StartOffsets) -> Result<GroupMember> {
-        let member = self.reader(topic, group, start, Assignment::default())?;
+        let member = self.reader(topic, group, start)?;
         member
             .consumer()
             .subscribe(&[topic])
@@ -265,27 +265,19 @@ impl KafkaBus {
         partitions: u32,
         start: StartOffsets,
     ) -> Result<GroupMember> {
-        let all: Vec<u32> = (0..partitions).collect();
-        let starts = start(&all).map_err(|reason| Error::Group {
-            topic: topic.to_owned(),
-            reason,
-        })?;
-        let mut state = Assignment {
-            partitions: Some(all.iter().copied().collect()),
-            ..Assignment::default()
-        };
+        let member = self.reader(topic, group, start)?;
         let mut tpl = TopicPartitionList::new();
-        for &p in &all {
-            let offset = starts.get(&p).copied().unwrap_or(0);
-            tpl.add_partition_offset(topic, p as i32, Offset::Offset(offset as i64))
-                .map_err(|e| kafka(topic, e))?;
-            state.next.insert(p, Position::at(offset));
+        for p in 0..partitions {
+            tpl.add_partition(topic, p as i32);
         }
-        let member = self.reader(topic, group, start, state)?;
-        member
-            .consumer()
-            .assign(&tpl)
-            .map_err(|e| kafka(topic, e))?;
+        let consumer = member.consumer();
+        let context = consumer.context();
+        context.take(
+            consumer,
+            &mut tpl,
+            &mut context.state.lock().expect("not poisoned"),
+        );
+        member.check()?;
         tracing::info!(
             topic,
             partitions,
@@ -295,17 +287,11 @@ impl KafkaBus {
     }
 
     /// A bronze consumer of `topic` in `group`, not yet subscribed nor assigned.
-    fn reader(
-        &self,
-        topic: &str,
-        group: &str,
-        start: StartOffsets,
-        state: Assignment,
-    ) -> Result<GroupMember> {
+    fn reader(&self, topic: &str, group: &str, start: StartOffsets) -> Result<GroupMember> {
         let context = Member {
             topic: topic.to_owned(),
             start,
-            state: Mutex::new(state),
+            state: Mutex::default(),
         };
         let consumer: BaseConsumer<Member> = self
             .config(&[
@@ -464,6 +450,20 @@ impl ConsumerContext for Member {
             }
             return;
         }
+        self.take(consumer, tpl, &mut state);
+    }
+}
+
+impl Member {
+    /// Takes the partitions of `tpl` on the topic: each positioned where `start` says (0 when it
+    /// says nothing), recorded as this reader's assignment, then assigned to `consumer`. A failure
+    /// is kept in `state` and reported by the next poll.
+    fn take(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        state: &mut Assignment,
+    ) {
         let partitions: Vec<u32> = tpl
             .elements()
             .iter()
