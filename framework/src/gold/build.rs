@@ -76,19 +76,25 @@ pub async fn build(
     // In waves: a wave holds every model whose stored and view ancestors are done, and builds
     // its stored models at once (each is a handful of small queries and a commit: one alone
     // leaves a core idle).
+    // What each model waits for: its ancestors that are not inlined.
+    let waits_for: Vec<(&Model, Vec<&str>)> = needed
+        .iter()
+        .map(|&m| {
+            let ancestors = models.ancestors(&m.name).into_iter();
+            let waited = ancestors
+                .filter(|a| a.config.materialized != Materialized::Ephemeral)
+                .map(|a| a.name.as_str());
+            (m, waited.collect())
+        })
+        .collect();
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut reports = Vec::new();
     while done.len() < needed.len() {
-        let mut wave: Vec<&Model> = needed
+        let mut wave: Vec<&Model> = waits_for
             .iter()
-            .copied()
-            .filter(|m| !done.contains(m.name.as_str()))
-            .filter(|m| {
-                models.ancestors(&m.name).iter().all(|a| {
-                    a.config.materialized == Materialized::Ephemeral
-                        || done.contains(a.name.as_str())
-                })
-            })
+            .filter(|(m, _)| !done.contains(m.name.as_str()))
+            .filter(|(_, waited)| waited.iter().all(|a| done.contains(a)))
+            .map(|(m, _)| *m)
             .collect();
         if wave.is_empty() {
             // Not expected (a project with a cycle does not load); the project order is safe.
