@@ -14,7 +14,7 @@ bench/peer_pandas.py):
            query -> confluent_kafka.Producer.produce per message (idempotent, linger 20 ms,
            batches of 10,000, as ours) -> flush()
   bronze   confluent_kafka.Consumer in a consumer group from the earliest offset,
-           consume(10,000) at a time, until it has read as many messages as produce sent
+           consume(10,000) at a time (fetch.wait.max.ms 10, as ours), until it has read as many messages as produce sent
            (Tansu 0.6 reports stale end offsets, so the end is counted, not asked for) -> per
            --batch messages: the values as JSON lines -> pyarrow.json.read_json (explicit
            all-string schema) -> typed with pyarrow.compute (peer_pandas.type_table) +
@@ -122,6 +122,9 @@ def bronze(
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "isolation.level": "read_uncommitted",
+        # The same broker tuning as ours: Tansu holds each fetch for the whole wait even with
+        # data ready (at the 500 ms default, reading is about 5x slower).
+        "fetch.wait.max.ms": 10,
     })
     consumer.subscribe([topic])
     values: list[bytes] = []

@@ -16,7 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -77,7 +77,12 @@ pub struct KafkaBus {
     brokers: String,
     /// librdkafka settings from the bus URL, applied to every client.
     settings: Vec<(String, String)>,
-    producer: Arc<Mutex<Option<ThreadedProducer<Tracker>>>>,
+    /// The producer, created on first send. A `BaseProducer` that this bus polls itself: the
+    /// threaded one's flush waits 100 ms per round for delivery reports its own thread takes.
+    producer: Arc<Mutex<Option<BaseProducer<Tracker>>>>,
+    /// Topic creation and metadata, created on first use and kept: an admin client's drop
+    /// waits for its polling thread (up to 100 ms).
+    admin: Arc<Mutex<Option<AdminClient<DefaultClientContext>>>>,
     tracker: Tracker,
     /// Partition counts of the topics seen so far.
     known: Arc<Mutex<HashMap<String, u32>>>,
@@ -105,6 +110,7 @@ impl KafkaBus {
             brokers: brokers.to_owned(),
             settings,
             producer: Arc::new(Mutex::new(None)),
+            admin: Arc::new(Mutex::new(None)),
             tracker: Tracker::default(),
             known: Arc::default(),
         }
@@ -125,30 +131,37 @@ impl KafkaBus {
         config
     }
 
-    fn consumer(&self, topic: &str) -> Result<BaseConsumer> {
-        self.config(&[
-            ("group.id", "framework-bronze"),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "false"),
-        ])
-        .create()
-        .map_err(|e| kafka(topic, e))
+    /// Runs `f` with the bus's admin client (created on first use).
+    fn with_admin<T>(
+        &self,
+        topic: &str,
+        f: impl FnOnce(&AdminClient<DefaultClientContext>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.admin.lock().expect("not poisoned");
+        if guard.is_none() {
+            *guard = Some(self.config(&[]).create().map_err(|e| kafka(topic, e))?);
+        }
+        f(guard.as_ref().expect("just created"))
     }
 
     /// Creates the topic with `partitions` partitions unless it exists; returns its partition count.
     pub fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.config(&[]).create().map_err(|e| kafka(topic, e))?;
-        let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
-        let results = futures::executor::block_on(admin.create_topics([&new], &options))
-            .map_err(|e| kafka(topic, e))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(kafka(topic, KafkaError::AdminOp(code))),
-            }
+        if let Some(&known) = self.known.lock().expect("not poisoned").get(topic) {
+            return super::same_count(topic, partitions, known);
         }
+        self.with_admin(topic, |admin| {
+            let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
+            let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+            let results = futures::executor::block_on(admin.create_topics([&new], &options))
+                .map_err(|e| kafka(topic, e))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => return Err(kafka(topic, KafkaError::AdminOp(code))),
+                }
+            }
+            Ok(())
+        })?;
         // A new topic's metadata can lag its creation.
         let started = Instant::now();
         loop {
@@ -167,15 +180,17 @@ impl KafkaBus {
         if let Some(&count) = self.known.lock().expect("not poisoned").get(topic) {
             return Ok(count);
         }
-        let consumer = self.consumer(topic)?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-            .map_err(|e| kafka(topic, e))?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as u32);
+        let count = self.with_admin(topic, |admin| {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .map_err(|e| kafka(topic, e))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map_or(0, |t| t.partitions().len() as u32))
+        })?;
         if count == 0 {
             return Err(Error::UnknownTopic {
                 topic: topic.to_owned(),
@@ -194,7 +209,7 @@ impl KafkaBus {
         let partitions = self.partitions(topic)?;
         let mut guard = self.producer.lock().expect("not poisoned");
         if guard.is_none() {
-            let producer: ThreadedProducer<Tracker> = self
+            let producer: BaseProducer<Tracker> = self
                 .config(&[
                     ("enable.idempotence", "true"),
                     ("linger.ms", "20"),
@@ -209,7 +224,11 @@ impl KafkaBus {
         }
         let producer = guard.as_ref().expect("just created");
         let mut counts = vec![0; partitions as usize];
-        for record in records.iter() {
+        for (i, record) in records.iter().enumerate() {
+            if i % 1024 == 0 {
+                // Serves delivery reports (which free their messages' queue room).
+                producer.poll(Duration::ZERO);
+            }
             let partition = partition_for(record.key, partitions);
             let mut next = BaseRecord::to(topic)
                 .key(record.key)
@@ -221,7 +240,7 @@ impl KafkaBus {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         next = back;
-                        std::thread::sleep(Duration::from_millis(5));
+                        producer.poll(Duration::from_millis(5));
                     }
                     Err((err, _)) => return Err(kafka(topic, err)),
                 }
@@ -303,6 +322,12 @@ impl KafkaBus {
                 // Messages past a stale last-stable offset are still delivered (some
                 // Kafka-protocol brokers report it late).
                 ("isolation.level", "read_uncommitted"),
+                // A bounded run reads to an end and stops, so a fetch need not wait long for
+                // more. Some Kafka-protocol brokers (Tansu) hold every fetch for the whole wait
+                // even with data ready, and answer a connection's requests in turn, so a long
+                // wait also delays the end-offset lookups and leaving the group: at the 500 ms
+                // default, a table's read took 5x longer.
+                ("fetch.wait.max.ms", "10"),
             ])
             .create_with_context(context)
             .map_err(|e| kafka(topic, e))?;
