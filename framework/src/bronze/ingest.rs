@@ -18,8 +18,9 @@ use super::{Error, Result};
 pub struct BronzeOptions {
     /// Messages per Delta commit.
     pub batch_size: usize,
-    /// Kafka: how long a bounded run waits for more messages before it checks whether it has
-    /// caught up with the partitions the group assigned it.
+    /// Kafka: how long a poll waits for a first message before the run checks again whether it
+    /// has caught up with the partitions the group assigned it (it also checks whenever the
+    /// stream pauses).
     pub idle: Duration,
 }
 
@@ -181,6 +182,9 @@ async fn store(lake: &Lake, table: &str, parsed: &super::Parsed, ends: &Ends) ->
     })
 }
 
+/// How long a poll that has messages waits for the next one before it returns them.
+const LINGER: Duration = Duration::from_millis(100);
+
 /// How long a member that is caught up, has no partitions, or reads outside the group waits for
 /// the stored offsets to move before it fails.
 const OTHERS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -232,59 +236,81 @@ async fn ingest_group(
     loop {
         // Polling may run the rebalance callback, which reads the Delta log: off the async
         // workers.
-        let messages = tokio::task::block_in_place(|| {
-            member.poll(options.batch_size, options.idle, Duration::from_millis(200))
-        })
-        .map_err(bus_err)?;
+        let messages =
+            tokio::task::block_in_place(|| member.poll(options.batch_size, options.idle, LINGER))
+                .map_err(bus_err)?;
         tracing::trace!(table = name, messages = messages.len(), elapsed = ?started.elapsed(), "bronze: polled");
-        if messages.is_empty() {
-            let next = after_idle_poll(&member, lake, name, &cursor, outside_group, &mut watch);
-            match next.await? {
-                Next::Done => break,
-                Next::Poll => continue,
-                Next::TakeOver => {
-                    // Looking up the start offsets reads the Delta log, and leaving the group
-                    // waits for the coordinator: off the async workers.
-                    let reader = tokio::task::block_in_place(|| {
-                        kafka.read_all(topic, &group_id(name), partitions, start())
-                    })
-                    .map_err(bus_err)?;
-                    let member_of_group = std::mem::replace(&mut member, reader);
-                    tokio::task::block_in_place(|| drop(member_of_group));
-                    outside_group = true;
-                    watch.restart();
-                    continue;
-                }
+        if !messages.is_empty() {
+            let stored = store_polled(lake, table, &messages, &cursor).await?;
+            if !outside_group {
+                member.commit(&stored.ends);
+            }
+            stats.add(stored.counts);
+            progress(stats.messages, 0);
+            if messages.len() == options.batch_size {
+                // More may be waiting right behind this batch.
+                continue;
             }
         }
-        let mut ends = cursor.ends();
-        for m in &messages {
-            ends.reach(m.partition, m.offset as i64 + 1);
+        // The stream paused (or brought nothing): done when the whole topic is stored, instead
+        // of waiting another `idle` for messages that may never come.
+        let next = after_idle_poll(&member, lake, name, &cursor, outside_group, &mut watch);
+        match next.await? {
+            Next::Done => break,
+            Next::Poll => continue,
+            Next::TakeOver => {
+                // Looking up the start offsets reads the Delta log, and leaving the group
+                // waits for the coordinator: off the async workers.
+                let reader = tokio::task::block_in_place(|| {
+                    kafka.read_all(topic, &group_id(name), partitions, start())
+                })
+                .map_err(bus_err)?;
+                let member_of_group = std::mem::replace(&mut member, reader);
+                tokio::task::block_in_place(|| drop(member_of_group));
+                outside_group = true;
+                watch.restart();
+            }
         }
-        let parsed =
-            parse_messages(table, topic, &messages, Utc::now()).map_err(|source| Error::Arrow {
-                table: name.to_owned(),
-                source,
-            })?;
-        crate::fault::stall_point("bronze-before-store");
-        let stored = store(lake, name, &parsed, &ends).await?;
-        crate::fault::crash_point("bronze-after-commit");
-        if !outside_group {
-            member.commit(
-                &ends
-                    .iter()
-                    .map(|(p, end)| (p, end as u64))
-                    .collect::<Vec<_>>(),
-            );
-        }
-        stats.add(stored);
-        progress(stats.messages, 0);
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }
 
-/// What a group member does after a poll that brought nothing.
+/// What storing a polled batch did, and where it left each partition.
+struct StoredPoll {
+    counts: Stored,
+    ends: Vec<(u32, u64)>,
+}
+
+/// Types and stores messages polled from the group, advancing each partition to one past its
+/// last message.
+async fn store_polled(
+    lake: &Lake,
+    table: &Table,
+    messages: &[crate::bus::Message],
+    cursor: &Cursor,
+) -> Result<StoredPoll> {
+    let name = table.name();
+    let mut ends = cursor.ends();
+    for m in messages {
+        ends.reach(m.partition, m.offset as i64 + 1);
+    }
+    let parsed = parse_messages(table, table.topic(), messages, Utc::now()).map_err(|source| {
+        Error::Arrow {
+            table: name.to_owned(),
+            source,
+        }
+    })?;
+    crate::fault::stall_point("bronze-before-store");
+    let counts = store(lake, name, &parsed, &ends).await?;
+    crate::fault::crash_point("bronze-after-commit");
+    Ok(StoredPoll {
+        counts,
+        ends: ends.iter().map(|(p, end)| (p, end as u64)).collect(),
+    })
+}
+
+/// What a group member does once its stream pauses.
 enum Next {
     /// Every partition of the topic is stored.
     Done,
@@ -321,7 +347,7 @@ impl Watch {
     }
 }
 
-/// After a poll that brought nothing. Done when the whole topic is stored, not only this
+/// After the stream paused. Done when the whole topic is stored, not only this
 /// member's share: partitions of a member that died stay with it until its session ends, then
 /// move here, and a member still waiting for a share (a racing run's member may hold every
 /// partition) is done too once the whole topic is stored. Partitions held elsewhere (or that the

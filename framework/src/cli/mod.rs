@@ -268,8 +268,8 @@ struct RunArgs {
     /// more rows in memory).
     #[arg(long, default_value_t = 100_000)]
     batch_size: usize,
-    /// Kafka: milliseconds without a new message after which bronze checks whether it has
-    /// read its partitions to the end (and stops if so).
+    /// Kafka: milliseconds bronze waits for a first message before it checks again whether
+    /// the topic is read to the end (and stops if so); it also checks whenever the stream pauses.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     idle_ms: u64,
     /// Also write the summary as JSON to this file (with the peak memory), for benchmarks.
