@@ -247,9 +247,9 @@ fn data_for(exe: &Path, repo: &Path, work: &Path, scale: f64) -> Result<(String,
 /// `--kafka`: produce and bronze through Tansu, ours next to bench/peer_kafka.py.
 fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
     let mut lines = vec![
-        "| data | rows | engine | produce rows/s | bronze rows/s | produce+bronze s | peak MiB |"
+        "| data | rows | engine | produce rows/s | bronze rows/s | produce+bronze s | wall s | peak MiB |"
             .to_owned(),
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: |".to_owned(),
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
     ];
     let mut notes = Vec::new();
     for scale in &args.scales {
@@ -317,10 +317,11 @@ fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
                 &peer,
             ));
             lines.push(format!(
-                "| {label} | | **ratio** (peer s / ours) | {:.1}x | {:.1}x | {:.1}x | |",
+                "| {label} | | **ratio** (peer s / ours) | {:.1}x | {:.1}x | {:.1}x | {:.1}x | |",
                 peer.produce_s / ours.produce_s,
                 peer.bronze_s / ours.bronze_s,
-                (peer.produce_s + peer.bronze_s) / (ours.produce_s + ours.bronze_s)
+                (peer.produce_s + peer.bronze_s) / (ours.produce_s + ours.bronze_s),
+                peer.wall_s / ours.wall_s
             ));
         }
         drop(broker);
@@ -334,11 +335,12 @@ fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
 
 fn kafka_row(label: &str, engine: &str, f: &Figures) -> String {
     format!(
-        "| {label} | {:.0} | {engine} | {:.0} | {:.0} | {:.2} | {:.0} |",
+        "| {label} | {:.0} | {engine} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} |",
         f.rows,
         f.rows / f.produce_s,
         f.rows / f.bronze_s,
         f.produce_s + f.bronze_s,
+        f.wall_s,
         f.peak_mib
     )
 }

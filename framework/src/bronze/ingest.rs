@@ -233,24 +233,42 @@ async fn ingest_group(
     let mut stats = BronzeStats::default();
     progress(0, 0);
     let mut watch = Watch::default();
+    // A full batch is stored while the next one is polled; commits stay in order.
+    let mut storing: Option<tokio::task::JoinHandle<Result<StoredPoll>>> = None;
     loop {
         // Polling may run the rebalance callback, which reads the Delta log: off the async
         // workers.
-        let messages =
-            tokio::task::block_in_place(|| member.poll(options.batch_size, options.idle, LINGER))
-                .map_err(bus_err)?;
-        tracing::trace!(table = name, messages = messages.len(), elapsed = ?started.elapsed(), "bronze: polled");
-        if !messages.is_empty() {
-            let stored = store_polled(lake, table, &messages, &cursor).await?;
+        let polled =
+            tokio::task::block_in_place(|| member.poll(options.batch_size, options.idle, LINGER));
+        if let Some(job) = storing.take() {
+            let stored = finish(job, name).await?;
             if !outside_group {
                 member.commit(&stored.ends);
             }
             stats.add(stored.counts);
             progress(stats.messages, 0);
-            if messages.len() == options.batch_size {
-                // More may be waiting right behind this batch.
+        }
+        let messages = polled.map_err(bus_err)?;
+        tracing::trace!(table = name, messages = messages.len(), elapsed = ?started.elapsed(), "bronze: polled");
+        if !messages.is_empty() {
+            let full = messages.len() == options.batch_size;
+            let job = tokio::spawn(store_polled(
+                lake.clone(),
+                table.clone(),
+                messages,
+                cursor.clone(),
+            ));
+            if full {
+                // More may be waiting right behind this batch: poll it while this one is stored.
+                storing = Some(job);
                 continue;
             }
+            let stored = finish(job, name).await?;
+            if !outside_group {
+                member.commit(&stored.ends);
+            }
+            stats.add(stored.counts);
+            progress(stats.messages, 0);
         }
         // The stream paused (or brought nothing): done when the whole topic is stored, instead
         // of waiting another `idle` for messages that may never come.
@@ -285,28 +303,46 @@ struct StoredPoll {
 /// Types and stores messages polled from the group, advancing each partition to one past its
 /// last message.
 async fn store_polled(
-    lake: &Lake,
-    table: &Table,
-    messages: &[crate::bus::Message],
-    cursor: &Cursor,
+    lake: Lake,
+    table: Table,
+    messages: Vec<crate::bus::Message>,
+    cursor: Cursor,
 ) -> Result<StoredPoll> {
     let name = table.name();
     let mut ends = cursor.ends();
-    for m in messages {
+    for m in &messages {
         ends.reach(m.partition, m.offset as i64 + 1);
     }
-    let parsed = parse_messages(table, table.topic(), messages, Utc::now()).map_err(|source| {
-        Error::Arrow {
-            table: name.to_owned(),
-            source,
-        }
-    })?;
+    let parsed =
+        parse_messages(&table, table.topic(), &messages, Utc::now()).map_err(|source| {
+            Error::Arrow {
+                table: name.to_owned(),
+                source,
+            }
+        })?;
+    drop(messages);
     crate::fault::stall_point("bronze-before-store");
-    let counts = store(lake, name, &parsed, &ends).await?;
+    let counts = store(&lake, name, &parsed, &ends).await?;
     crate::fault::crash_point("bronze-after-commit");
     Ok(StoredPoll {
         counts,
         ends: ends.iter().map(|(p, end)| (p, end as u64)).collect(),
+    })
+}
+
+/// The result of a batch stored on its own task.
+async fn finish(
+    job: tokio::task::JoinHandle<Result<StoredPoll>>,
+    table: &str,
+) -> Result<StoredPoll> {
+    job.await.unwrap_or_else(|join| {
+        if join.is_panic() {
+            std::panic::resume_unwind(join.into_panic())
+        }
+        Err(Error::Arrow {
+            table: table.to_owned(),
+            source: deltalake::arrow::error::ArrowError::ExternalError(Box::new(join)),
+        })
     })
 }
 
