@@ -335,15 +335,14 @@ async fn finish(
     job: tokio::task::JoinHandle<Result<StoredPoll>>,
     table: &str,
 ) -> Result<StoredPoll> {
-    job.await.unwrap_or_else(|join| {
-        if join.is_panic() {
-            std::panic::resume_unwind(join.into_panic())
-        }
-        Err(Error::Arrow {
+    match job.await {
+        Ok(stored) => stored,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Err(Error::Arrow {
             table: table.to_owned(),
             source: deltalake::arrow::error::ArrowError::ExternalError(Box::new(join)),
-        })
-    })
+        }),
+    }
 }
 
 /// What a group member does once its stream pauses.
