@@ -138,6 +138,31 @@ impl Offsets {
             .join(" OR ")
     }
 
+    /// A SQL predicate for the rows at or past these offsets and before `ends`, in the
+    /// partitions `ends` holds.
+    pub fn sql_until(&self, ends: &Ends) -> String {
+        if ends.next.is_empty() {
+            return "false".to_owned();
+        }
+        ends.iter()
+            .map(|(p, end)| {
+                let next = self.next(p);
+                format!("({PARTITION} = {p} AND {OFFSET} >= {next} AND {OFFSET} < {end})")
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    }
+
+    /// These offsets moved on to `ends` where those lie further.
+    pub fn advanced(&self, ends: &Ends) -> Offsets {
+        let mut next = self.next.clone();
+        for (p, end) in ends.iter() {
+            let at = next.entry(p).or_insert(end);
+            *at = (*at).max(end);
+        }
+        Offsets { next }
+    }
+
     /// The rows of `batch` at or past these offsets.
     pub fn rows_past(&self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         let (partitions, offsets) = place(batch)?;
@@ -160,6 +185,23 @@ impl Ends {
     pub fn reach(&mut self, partition: u32, next: i64) {
         let end = self.next.entry(partition).or_insert(next);
         *end = (*end).max(next);
+    }
+
+    /// The first window of these ends past `from`: in each partition, at most `window` offsets
+    /// past `from` and no further than these ends. Empty once `from` reaches every end.
+    pub fn window(&self, from: &Offsets, window: i64) -> Ends {
+        Ends {
+            cursor: self.cursor.clone(),
+            next: self
+                .iter()
+                .filter(|&(p, end)| end > from.next(p))
+                .map(|(p, end)| (p, end.min(from.next(p).saturating_add(window))))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next.is_empty()
     }
 
     /// `(partition, next offset)`, by partition.
@@ -319,5 +361,35 @@ mod tests {
                 .sql_past(),
             "false"
         );
+    }
+
+    #[test]
+    fn a_delivery_is_taken_in_windows_of_at_most_so_many_offsets_per_partition() {
+        let cursor = Cursor::new(Stage::Silver, "t", 3);
+        let done = cursor.offsets(&[(cursor.app_id(0), 10)].into_iter().collect());
+        // Bronze holds partition 0 up to 25, partition 1 up to 4, partition 2 nothing new.
+        let mut ends = cursor.ends();
+        ends.reach(0, 25);
+        ends.reach(1, 4);
+        let first = ends.window(&done, 10);
+        assert_eq!(first.iter().collect::<Vec<_>>(), [(0, 20), (1, 4)]);
+        assert_eq!(
+            done.sql_until(&first),
+            "(_partition = 0 AND _offset >= 10 AND _offset < 20) OR \
+             (_partition = 1 AND _offset >= 0 AND _offset < 4)"
+        );
+        let done = done.advanced(&first);
+        let second = ends.window(&done, 10);
+        assert_eq!(second.iter().collect::<Vec<_>>(), [(0, 25)]);
+        assert_eq!(
+            second.txns(&done),
+            [("framework-silver/t/0".to_owned(), 25)]
+        );
+        let done = done.advanced(&second);
+        assert!(ends.window(&done, 10).is_empty());
+        assert_eq!(done.sql_until(&ends.window(&done, 10)), "false");
+        // No window: everything at once.
+        let all = ends.window(&cursor.offsets(&TxnVersions::new()), i64::MAX);
+        assert_eq!(all.iter().collect::<Vec<_>>(), [(0, 25), (1, 4)]);
     }
 }

@@ -13,6 +13,7 @@ use crate::idcard::{self, Project};
 use crate::lake::Lake;
 use crate::pipeline::{self, RunOptions, Stage, render_summary};
 use crate::quality::{self, Checks, SuiteLayer};
+use crate::silver::SilverOptions;
 use crate::source::{self, ProduceOptions};
 
 const EXAMPLES: &str = "\
@@ -268,6 +269,10 @@ struct RunArgs {
     /// more rows in memory).
     #[arg(long, default_value_t = 100_000)]
     batch_size: usize,
+    /// Bronze rows a silver commit takes at most from each partition: a larger delivery is
+    /// refined in several commits, which bounds memory (bigger: fewer commits, more memory).
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
+    silver_batch_size: u64,
     /// Kafka: milliseconds bronze waits for a first message before it checks again whether
     /// the topic is read to the end (and stops if so); it also checks whenever the stream pauses.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -541,6 +546,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         simulate,
         seed,
         batch_size,
+        silver_batch_size,
         idle_ms,
         report,
     } = args;
@@ -561,6 +567,9 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         bronze_options: BronzeOptions {
             batch_size,
             idle: std::time::Duration::from_millis(idle_ms),
+        },
+        silver_options: SilverOptions {
+            batch_size: silver_batch_size,
         },
         until,
         progress,

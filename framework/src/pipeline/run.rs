@@ -10,7 +10,7 @@ use crate::gold::{self, BuildOptions, ModelReport, Models};
 use crate::idcard::Project;
 use crate::lake::{Lake, Layer};
 use crate::quality::{self, CheckResult, Checks, SuiteLayer};
-use crate::silver;
+use crate::silver::{self, SilverOptions};
 use crate::source::{self, ProduceOptions};
 
 use super::{Error, Result, TableReport, deliveries};
@@ -34,6 +34,7 @@ pub struct RunOptions {
     pub resend: bool,
     pub produce_options: ProduceOptions,
     pub bronze_options: BronzeOptions,
+    pub silver_options: SilverOptions,
     /// Stop after this stage.
     pub until: Stage,
     /// Show progress bars.
@@ -121,7 +122,7 @@ pub async fn run(
             let spinner = bars
                 .add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
             spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-            let stats = match silver::refine(lake, project, table).await {
+            let stats = match silver::refine(lake, project, table, &options.silver_options).await {
                 Ok(stats) => stats,
                 Err(e) => {
                     refined = Err(e);

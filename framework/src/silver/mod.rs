@@ -12,7 +12,7 @@ pub(crate) mod sql;
 mod tests;
 mod transform;
 
-pub use transform::{SilverStats, refine};
+pub use transform::{SilverOptions, SilverStats, refine};
 
 /// Errors of the silver stage.
 #[derive(Debug, thiserror::Error)]

@@ -38,11 +38,33 @@ pub struct SilverStats {
     pub seconds: f64,
 }
 
+/// Silver settings (runtime, not part of the idcard).
+#[derive(Debug, Clone)]
+pub struct SilverOptions {
+    /// Bronze offsets a silver commit takes at most from each partition: a larger delivery is
+    /// refined in several commits, so memory stays bounded whatever its size. A FULL table's
+    /// delivery replaces silver, so it is always one commit.
+    pub batch_size: u64,
+}
+
+impl Default for SilverOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500_000,
+        }
+    }
+}
+
 /// Brings silver up to date with bronze for `table`, holding the table's lease throughout (one
 /// silver writer per table; a concurrent run waits, then finds the batch done).
-pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<SilverStats> {
+pub async fn refine(
+    lake: &Lake,
+    project: &Project,
+    table: &Table,
+    options: &SilverOptions,
+) -> Result<SilverStats> {
     let _lease = lake.lease(Layer::Silver, table.name()).await?;
-    let mut stats = refine_leased(lake, project, table).await?;
+    let mut stats = refine_leased(lake, project, table, options).await?;
     let started = Instant::now();
     refresh_latest_by(lake, table).await?;
     crate::fault::crash_point(&format!("silver-after-latest-by:{}", table.name()));
@@ -51,7 +73,12 @@ pub async fn refine(lake: &Lake, project: &Project, table: &Table) -> Result<Sil
     Ok(stats)
 }
 
-async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<SilverStats> {
+async fn refine_leased(
+    lake: &Lake,
+    project: &Project,
+    table: &Table,
+    options: &SilverOptions,
+) -> Result<SilverStats> {
     let started = Instant::now();
     let name = table.name();
     let query = |source| Error::Query {
@@ -68,7 +95,7 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
     let done = cursor.read(lake, Layer::Silver, name).await?;
     let filter = done.sql_past();
 
-    // Where this batch ends in each partition: recorded with the commit.
+    // Where the delivery ends in each partition.
     let last = collect(&ctx, &format!("SELECT {PARTITION}, max({OFFSET}) + 1 AS e FROM bronze WHERE {filter} GROUP BY {PARTITION}"))
         .await
         .map_err(query)?;
@@ -82,61 +109,111 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
             ends.reach(parts.value(i) as u32, end.value(i));
         }
     }
-    let txns = ends.txns(&done);
-    if txns.is_empty() {
+    if ends.txns(&done).is_empty() {
         stats.seconds = started.elapsed().as_secs_f64();
         return Ok(stats);
     }
+    let checks = RowChecks::of(table);
+    // fail: stop before anything of the delivery is written.
+    if checks.can_fail {
+        stop_on_failures(&ctx, table, &checks.sql(&filter)).await?;
+    }
+    // Windows of at most `batch_size` offsets per partition, each its own exactly-once commit.
+    let window = if table.mode() == Mode::Full {
+        i64::MAX
+    } else {
+        options.batch_size.clamp(1, i64::MAX as u64) as i64
+    };
+    // Each batch in a session of its own (its in-memory tables are its own), on the same bronze
+    // snapshot.
+    let bronze = ctx.table_provider("bronze").await.map_err(query)?;
+    let mut from = done;
+    loop {
+        let batch = ends.window(&from, window);
+        if batch.is_empty() {
+            break;
+        }
+        let txns = batch.txns(&from);
+        let filter = from.sql_until(&batch);
+        let ctx = session();
+        ctx.register_table("bronze", bronze.clone())
+            .map_err(query)?;
+        refine_batch(
+            lake, project, table, &ctx, &cursor, &checks, &filter, txns, &mut stats,
+        )
+        .await?;
+        from = from.advanced(&batch);
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
 
-    // Normalise and evaluate the row rules once; keep the result in memory.
-    let columns: Vec<String> = table
-        .columns
-        .iter()
-        .map(|c| normalised(table, &c.name))
-        .collect();
-    let rules = row_rules(table);
-    let failed_rule = rules
-        .iter()
-        .map(|(rule, pass, _)| format!("WHEN NOT coalesce({pass}, false) THEN {}", literal(rule)))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let failed_action = rules
-        .iter()
-        .map(|(_, pass, action)| {
-            format!(
-                "WHEN NOT coalesce({pass}, false) THEN {}",
-                literal(action.name())
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let delete = table
-        .config
-        .delete_when
-        .as_ref()
-        .map_or_else(|| "false".to_owned(), |c| format!("coalesce(({c}), false)"));
-    let checked_sql = format!(
-        "WITH n AS (SELECT {cols}, {seq} AS _sequence, _partition, _offset FROM bronze WHERE {filter}) \
-         SELECT *, CASE {failed_rule} END AS _failed_rule, CASE {failed_action} END AS _failed_action, \
-         {delete} AS _delete FROM n",
-        cols = columns.join(", "),
-        seq = ident(&table.config.sequence_by),
-    );
-    let checked = collect(&ctx, &checked_sql).await.map_err(query)?;
-    tracing::debug!(
-        table = name,
-        seconds = started.elapsed().as_secs_f64(),
-        "silver: batch read and checked"
-    );
-    stats.rows_in = checked.iter().map(|b| b.num_rows() as u64).sum();
-    let schema = checked[0].schema();
-    ctx.register_table(
-        "checked",
-        Arc::new(MemTable::try_new(schema, vec![checked]).map_err(query)?),
-    )
-    .map_err(query)?;
+/// The row rules of a table as SQL: each row normalised, then the first rule it fails and that
+/// rule's action, and whether it is a delete.
+struct RowChecks {
+    columns: Vec<String>,
+    failed_rule: String,
+    failed_action: String,
+    delete: String,
+    sequence: String,
+    /// Some rule has action `fail`.
+    can_fail: bool,
+}
 
-    // fail: stop before anything is written.
+impl RowChecks {
+    fn of(table: &Table) -> Self {
+        let rules = row_rules(table);
+        let case = |value: &dyn Fn(&(String, String, Action)) -> String| {
+            rules
+                .iter()
+                .map(|rule| format!("WHEN NOT coalesce({}, false) THEN {}", rule.1, value(rule)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        Self {
+            columns: table
+                .columns
+                .iter()
+                .map(|c| normalised(table, &c.name))
+                .collect(),
+            failed_rule: case(&|(rule, _, _)| literal(rule)),
+            failed_action: case(&|(_, _, action)| literal(action.name())),
+            delete: table
+                .config
+                .delete_when
+                .as_ref()
+                .map_or_else(|| "false".to_owned(), |c| format!("coalesce(({c}), false)")),
+            sequence: ident(&table.config.sequence_by),
+            can_fail: rules.iter().any(|(_, _, action)| *action == Action::Fail),
+        }
+    }
+
+    /// The bronze rows that `filter` selects, normalised and checked.
+    fn sql(&self, filter: &str) -> String {
+        format!(
+            "WITH n AS (SELECT {cols}, {seq} AS _sequence, _partition, _offset FROM bronze WHERE {filter}) \
+             SELECT *, CASE {rule} END AS _failed_rule, CASE {action} END AS _failed_action, \
+             {delete} AS _delete FROM n",
+            cols = self.columns.join(", "),
+            seq = self.sequence,
+            rule = self.failed_rule,
+            action = self.failed_action,
+            delete = self.delete,
+        )
+    }
+}
+
+/// Fails when a row of `checked_sql` breaks a rule whose action is `fail`, naming the rule, how
+/// many rows and the first keys.
+async fn stop_on_failures(ctx: &SessionContext, table: &Table, checked_sql: &str) -> Result<()> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    let checked = ctx.sql(checked_sql).await.map_err(query)?;
+    ctx.register_table("checked", checked.into_view())
+        .map_err(query)?;
     let key_sql = table
         .key()
         .iter()
@@ -144,7 +221,7 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         .collect::<Vec<_>>()
         .join(" || '|' || ");
     let failures = collect(
-        &ctx,
+        ctx,
         &format!(
             "SELECT _failed_rule, count(*) AS n, array_to_string(array_slice(array_agg({key_sql}), 1, 5), ', ') AS sample \
              FROM checked WHERE _failed_action = 'fail' GROUP BY _failed_rule ORDER BY _failed_rule"
@@ -160,6 +237,48 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
             sample: batch.column(2).as_string::<i32>().value(0).to_owned(),
         });
     }
+    Ok(())
+}
+
+/// Refines the bronze rows `filter` selects (one batch of a delivery) and commits them with
+/// `txns`: quarantine, then dedup, enrichment and the write by mode.
+#[allow(clippy::too_many_arguments)]
+async fn refine_batch(
+    lake: &Lake,
+    project: &Project,
+    table: &Table,
+    ctx: &SessionContext,
+    cursor: &Cursor,
+    checks: &RowChecks,
+    filter: &str,
+    txns: Vec<(String, i64)>,
+    stats: &mut SilverStats,
+) -> Result<()> {
+    let started = Instant::now();
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    // Normalise and evaluate the row rules once; keep the result in memory.
+    let mut checked = collect(ctx, &checks.sql(filter)).await.map_err(query)?;
+    checked.retain(|b| b.num_rows() > 0);
+    tracing::debug!(
+        table = name,
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: batch read and checked"
+    );
+    stats.rows_in += checked.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+    let Some(schema) = checked.first().map(|b| b.schema()) else {
+        // A window of offsets without rows (their messages went to the reject table): a later
+        // window of the same partitions holds the delivery's last rows and records its end.
+        return Ok(());
+    };
+    ctx.register_table(
+        "checked",
+        Arc::new(MemTable::try_new(schema, vec![checked]).map_err(query)?),
+    )
+    .map_err(query)?;
 
     // warn: count only.
     for expectation in table
@@ -169,15 +288,15 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         .filter(|e| e.action == Action::Warn)
     {
         let n = scalar_count(
-            &ctx,
+            ctx,
             &format!("SELECT count(*) FROM checked WHERE _failed_rule IS NULL AND NOT coalesce({}, false)", passes(expectation)),
         )
         .await
         .map_err(query)?;
-        stats.warnings.insert(rule_name(expectation), n);
+        *stats.warnings.entry(rule_name(expectation)).or_default() += n;
     }
-    stats.dropped = scalar_count(
-        &ctx,
+    stats.dropped += scalar_count(
+        ctx,
         "SELECT count(*) FROM checked WHERE _failed_action = 'drop'",
     )
     .await
@@ -186,15 +305,15 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
     // quarantine: exactly once, like rejects in bronze.
     let fresh = cursor.read(lake, Layer::Quarantine, name).await?.sql_past();
     let quarantined = collect(
-        &ctx,
+        ctx,
         &format!(
             "SELECT * EXCLUDE (_failed_action, _delete), now() AS _quarantined_at FROM checked WHERE _failed_action = 'quarantine' AND ({fresh})"
         ),
     )
     .await
     .map_err(query)?;
-    stats.quarantined = scalar_count(
-        &ctx,
+    stats.quarantined += scalar_count(
+        ctx,
         "SELECT count(*) FROM checked WHERE _failed_action = 'quarantine'",
     )
     .await
@@ -220,21 +339,21 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
     );
     // Dedup (a hash pass in memory), then enrich.
     let valid = collect(
-        &ctx,
+        ctx,
         "SELECT * EXCLUDE (_failed_rule, _failed_action) FROM checked WHERE _failed_rule IS NULL",
     )
     .await
     .map_err(query)?;
     let latest = super::dedup::latest_per_key(&valid, table.key()).map_err(|e| query(e.into()))?;
     drop(valid);
-    stats.applied = latest.num_rows() as u64;
+    stats.applied += latest.num_rows() as u64;
     ctx.register_table(
         "latest",
         Arc::new(MemTable::try_new(latest.schema(), vec![vec![latest]]).map_err(query)?),
     )
     .map_err(query)?;
     let rows = ctx
-        .sql(&enriched_sql(lake, &ctx, project, table).await?)
+        .sql(&enriched_sql(lake, ctx, project, table).await?)
         .await
         .map_err(query)?;
     tracing::debug!(
@@ -243,15 +362,14 @@ async fn refine_leased(lake: &Lake, project: &Project, table: &Table) -> Result<
         "silver: deduplicated"
     );
     crate::fault::crash_point(&format!("silver-before-merge:{name}"));
-    apply(lake, &ctx, table, rows, txns, &cursor).await?;
+    apply(lake, ctx, table, rows, txns, cursor).await?;
     crate::fault::crash_point(&format!("silver-after-merge:{name}"));
     tracing::debug!(
         table = name,
         seconds = started.elapsed().as_secs_f64(),
         "silver: applied"
     );
-    stats.seconds = started.elapsed().as_secs_f64();
-    Ok(stats)
+    Ok(())
 }
 
 /// The app id under which a `latest_by` table records the silver version it was built from.

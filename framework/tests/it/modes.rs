@@ -142,6 +142,129 @@ fn diff_keeps_the_newest_version_of_each_key_and_the_later_arrival_on_a_tie() {
 }
 
 #[test]
+fn a_delivery_refined_one_offset_per_commit_keeps_the_newest_version_of_each_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::new(dir.path(), "DIFF");
+    // Every bronze offset its own silver commit: the duplicates of `c` and `d` meet only in
+    // the MERGE, not in one batch's dedup.
+    let mut first = Vec::new();
+    for rows in [FIRST, SECOND] {
+        let mut csv = "id,name,version\n".to_owned();
+        for row in rows {
+            csv.push_str(row);
+            csv.push('\n');
+        }
+        std::fs::write(dir.path().join("data/accounts.csv"), csv).unwrap();
+        let mut run = project.run();
+        run.args(["--silver-batch-size", "1"]);
+        succeeded(output(run));
+        first.push(project.silver());
+    }
+    assert_eq!(
+        first,
+        [
+            vec!["a | Ann | 1", "b | Bob | 1", "c | Cid | 2", "d | Dee | 1"],
+            vec![
+                "a | Anna | 2",
+                "b | Bob | 1",
+                "c | Cid | 2",
+                "d | Dot | 1",
+                "e | Eve | 1"
+            ]
+        ]
+    );
+}
+
+#[test]
+fn the_sample_refined_in_small_commits_gives_the_silver_and_quarantine_of_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let many = dir.path().join("many");
+    // The sample plus three customers that break a quarantine rule, far apart in the file.
+    let data = dir.path().join("data");
+    copy_dir(&sample(), &data);
+    let customers = data.join("olist_customers_dataset.csv");
+    let mut csv = std::fs::read_to_string(&customers).unwrap();
+    for (i, bad) in [
+        "q1,u1,ABCDE,sao paulo,SP",
+        "q2,u2,01001,sao paulo,sp",
+        "q3,u3,12a45,rio de janeiro,RJ",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = csv.len() * i / 3;
+        let at = csv[at..].find('\n').map_or(csv.len(), |n| at + n + 1);
+        csv.insert_str(at, &format!("{bad}\n"));
+    }
+    std::fs::write(&customers, csv).unwrap();
+    // One bronze (late and duplicate messages included), refined twice.
+    let mut bronze = framework(&one);
+    bronze.args(["run", "--all", "--simulate", "--until", "bronze", "--data"]);
+    bronze.arg(&data);
+    ok(bronze);
+    copy_dir(&one, &many);
+    for (lake, batch) in [(&one, "500000"), (&many, "400")] {
+        let mut silver = framework(lake);
+        silver.args(["run", "--all", "--no-produce", "--until", "silver"]);
+        silver.args(["--silver-batch-size", batch, "--data"]);
+        silver.arg(&data);
+        ok(silver);
+    }
+    let project = project();
+    for table in &project.tables {
+        // APPEND never replaces a stored key, so which of a key's versions a delivery stores
+        // depends on which commit met it first: the same keys, not the same versions.
+        let columns = if table.mode() == framework::idcard::Mode::Append {
+            table.key().join(", ")
+        } else {
+            "*".to_owned()
+        };
+        let table = table.name();
+        let sql = format!("SELECT {columns} FROM t");
+        let versions = |lake: &Path| batch_rows(&batches(lake, Layer::Silver, table, &sql));
+        let expected = versions(&one);
+        assert!(!expected.is_empty(), "{table}: silver is empty");
+        assert_eq!(versions(&many), expected, "{table}: silver differs");
+    }
+    let quarantined = |lake: &Path| {
+        batch_rows(&batches(
+            lake,
+            Layer::Quarantine,
+            "customers",
+            "SELECT DISTINCT customer_id, _failed_rule FROM t",
+        ))
+    };
+    let expected = [
+        "q1 | customer_zip_code_prefix_matches",
+        "q2 | customer_state_matches",
+        "q3 | customer_zip_code_prefix_matches",
+    ];
+    assert_eq!(quarantined(&one), expected);
+    assert_eq!(quarantined(&many), expected);
+    // Exactly once: as many quarantined rows as messages of those customers.
+    let messages = |lake: &Path| {
+        query(
+            lake,
+            Layer::Bronze,
+            "customers",
+            "SELECT count(*) FROM t WHERE customer_id IN ('q1', 'q2', 'q3')",
+        )
+    };
+    for lake in [&one, &many] {
+        assert_eq!(
+            query(
+                lake,
+                Layer::Quarantine,
+                "customers",
+                "SELECT count(*) FROM t"
+            ),
+            messages(lake)
+        );
+    }
+}
+
+#[test]
 fn append_adds_new_keys_and_never_changes_a_stored_row() {
     let dir = tempfile::tempdir().unwrap();
     let project = Project::new(dir.path(), "APPEND");
