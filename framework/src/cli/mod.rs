@@ -142,6 +142,9 @@ enum Command {
         /// Rebuild incremental models whole instead of merging the changed window.
         #[arg(long)]
         full_refresh: bool,
+        /// Models of one dependency wave built at once (fewer: less memory).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
         /// Also write the model reports as JSON to this file, for benchmarks.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -254,6 +257,9 @@ struct RunArgs {
     /// Rebuild incremental gold models whole.
     #[arg(long)]
     full_refresh: bool,
+    /// Gold models of one dependency wave built at once (fewer: less memory).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
     /// Send each source file even when this lake already ingested the same content (by
     /// default an unchanged file is not sent again).
     #[arg(long)]
@@ -403,8 +409,9 @@ fn execute(
         Command::Build {
             select,
             full_refresh,
+            threads,
             report,
-        } => build(&env, select, full_refresh, report),
+        } => build(&env, select, full_refresh, threads, report),
         Command::Test { layer, suite } => test(&env, layer, suite),
         Command::Compile {
             select,
@@ -542,6 +549,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         no_produce,
         until,
         full_refresh,
+        threads,
         resend,
         simulate,
         seed,
@@ -576,6 +584,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         build_options: BuildOptions {
             full_refresh,
             progress,
+            threads: threads.into(),
         },
     };
     let reports = runtime.block_on(pipeline::run(
@@ -644,6 +653,7 @@ fn build(
     env: &Env,
     select: Vec<String>,
     full_refresh: bool,
+    threads: u16,
     report: Option<PathBuf>,
 ) -> Result<()> {
     let Env {
@@ -656,6 +666,7 @@ fn build(
     let options = BuildOptions {
         full_refresh,
         progress,
+        threads: threads.into(),
     };
     let started = std::time::Instant::now();
     let reports = runtime.block_on(gold::build(lake, &models, &selected, &options))?;

@@ -18,16 +18,25 @@ use super::config::Materialized;
 use super::project::{Model, Models};
 use super::{Error, Result};
 
-/// Stored models of one wave built at once.
-const CONCURRENT_MODELS: usize = 4;
-
 /// How to build.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
     /// Rebuild incremental models whole instead of merging the changed window.
     pub full_refresh: bool,
     /// Show a spinner with the model being built.
     pub progress: bool,
+    /// Stored models of one dependency wave built at once (each holds its joins in memory).
+    pub threads: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            full_refresh: false,
+            progress: false,
+            threads: 2,
+        }
+    }
 }
 
 /// What building one stored model did.
@@ -136,7 +145,7 @@ pub async fn build(
                 Ok::<_, Error>(report)
             }
         }))
-        .buffered(CONCURRENT_MODELS)
+        .buffered(options.threads.max(1))
         .try_collect()
         .await?;
         reports.extend(built);
