@@ -242,11 +242,7 @@ async fn ingest_group(
             tokio::task::block_in_place(|| member.poll(options.batch_size, options.idle, LINGER));
         if let Some(job) = storing.take() {
             let stored = finish(job, name).await?;
-            if !outside_group {
-                member.commit(&stored.ends);
-            }
-            stats.add(stored.counts);
-            progress(stats.messages, 0);
+            stored.record(&member, outside_group, &mut stats, progress);
         }
         let messages = polled.map_err(bus_err)?;
         tracing::trace!(table = name, messages = messages.len(), elapsed = ?started.elapsed(), "bronze: polled");
@@ -264,11 +260,7 @@ async fn ingest_group(
                 continue;
             }
             let stored = finish(job, name).await?;
-            if !outside_group {
-                member.commit(&stored.ends);
-            }
-            stats.add(stored.counts);
-            progress(stats.messages, 0);
+            stored.record(&member, outside_group, &mut stats, progress);
         }
         // The stream paused (or brought nothing): done when the whole topic is stored, instead
         // of waiting another `idle` for messages that may never come.
@@ -298,6 +290,24 @@ async fn ingest_group(
 struct StoredPoll {
     counts: Stored,
     ends: Vec<(u32, u64)>,
+}
+
+impl StoredPoll {
+    /// Counts the batch, and tells the group where its partitions now stand (a reader outside
+    /// the group commits nothing there).
+    fn record(
+        self,
+        member: &GroupMember,
+        outside_group: bool,
+        stats: &mut BronzeStats,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) {
+        if !outside_group {
+            member.commit(&self.ends);
+        }
+        stats.add(self.counts);
+        progress(stats.messages, 0);
+    }
 }
 
 /// Types and stores messages polled from the group, advancing each partition to one past its
