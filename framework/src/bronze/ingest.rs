@@ -411,15 +411,16 @@ async fn after_idle_poll(
         table: table.to_owned(),
         source,
     };
-    let caught_up = tokio::task::block_in_place(|| member.caught_up()).map_err(bus_err)?;
+    // Where every partition ends: one lookup serves this member's share and the whole topic.
+    let all: Vec<u32> = (0..cursor.partitions()).collect();
+    let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
+    let caught_up = tokio::task::block_in_place(|| member.caught_up(&ends)).map_err(bus_err)?;
     tracing::trace!(table, caught_up, "bronze: caught up?");
     let mine = member.assigned();
     if !(caught_up || mine.is_empty() || outside_group) {
         return Ok(Next::Poll);
     }
-    let all: Vec<u32> = (0..cursor.partitions()).collect();
     let stored = stored_offsets(lake, table, cursor).await?;
-    let ends = tokio::task::block_in_place(|| member.ends(&all)).map_err(bus_err)?;
     let behind: Vec<u32> = all
         .iter()
         .zip(&ends)

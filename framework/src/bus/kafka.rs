@@ -665,8 +665,8 @@ impl GroupMember {
     }
 
     /// Whether the group assigned this member its partitions and it has read each of them up to
-    /// the broker's high watermark and past everything this process produced to it.
-    pub fn caught_up(&self) -> Result<bool> {
+    /// its end in `ends` (every partition of the topic's, by partition, from [`Self::ends`]).
+    pub fn caught_up(&self, ends: &[u64]) -> Result<bool> {
         let Some(partitions) = self.state().partitions.clone() else {
             return Ok(false);
         };
@@ -684,12 +684,16 @@ impl GroupMember {
             Some(Offset::Offset(at)) => at.max(0) as u64,
             _ => 0,
         };
-        let ends = self.ends(&partitions)?;
         let (mut done, mut seeks) = (true, Vec::new());
         {
             let now = Instant::now();
             let mut state = self.state();
-            for (&partition, end) in partitions.iter().zip(ends) {
+            for &partition in &partitions {
+                // A partition without a known end is not read to it.
+                let Some(&end) = ends.get(partition as usize) else {
+                    done = false;
+                    continue;
+                };
                 let at = state.next.entry(partition).or_insert(Position::at(0));
                 if at.next.max(fetched(partition)) < end {
                     done = false;
