@@ -537,6 +537,9 @@ async fn apply(
         .map(|f| f.name().clone())
         .filter(|c| c != "_delete")
         .collect();
+    let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
+        return Ok(());
+    };
     let on = key_match(table.key(), "target", "source");
     let commit = CommitProperties::default().with_application_transactions(
         txns.into_iter()
@@ -548,7 +551,7 @@ async fn apply(
         source,
     };
     let mut merge = target
-        .merge(rows, on.as_str())
+        .merge(changes, on.as_str())
         .with_source_alias("source")
         .with_target_alias("target")
         .with_session_state(Arc::new(ctx.state()))
@@ -583,6 +586,69 @@ async fn apply(
         .map_err(delta_err)?;
     merge.await.map_err(delta_err)?;
     Ok(())
+}
+
+/// The rows of a DIFF batch that change silver: keys it lacks (unless deleted), and keys whose
+/// row is newer than the stored one and differs from it in a column or deletes it. An unchanged
+/// re-delivery leaves the stored row, its `_sequence` included, as it is (the usual "update only
+/// when changed" MERGE). When no stored key changes, the new keys are appended with the batch's
+/// offsets here and `None` is returned; otherwise the changes, for MERGE (which reads and
+/// rewrites target files only then).
+async fn changed_rows(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &Table,
+    rows: DataFrame,
+    columns: &[String],
+    txns: &[(String, i64)],
+) -> Result<Option<DataFrame>> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    lake.register(ctx, Layer::Silver, name, "stored").await?;
+    ctx.register_table("batch_rows", rows.into_view())
+        .map_err(query)?;
+    let same = columns
+        .iter()
+        .filter(|c| !matches!(c.as_str(), "_sequence" | PARTITION | OFFSET))
+        .map(|c| format!("(b.{id} IS NOT DISTINCT FROM t.{id})", id = ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let newer = "(b._sequence > t._sequence OR (b._sequence = t._sequence AND b._offset > t._offset))";
+    let on = key_match(table.key(), "t", "b");
+    let changes = collect(
+        ctx,
+        &format!(
+            "SELECT b.*, t._hit IS NOT NULL AS _matched FROM batch_rows b \
+             LEFT JOIN (SELECT *, true AS _hit FROM stored) t ON {on} \
+             WHERE (t._hit IS NULL AND NOT b._delete) \
+             OR (t._hit IS NOT NULL AND {newer} AND (b._delete OR NOT ({same})))"
+        ),
+    )
+    .await
+    .map_err(query)?;
+    let matched = changes
+        .iter()
+        .map(|b| {
+            b.column_by_name("_matched")
+                .map_or(0, |c| c.as_boolean().true_count())
+        })
+        .sum::<usize>();
+    let ctx_rows = ctx.read_batches(changes).map_err(query)?;
+    if matched > 0 {
+        return Ok(Some(ctx_rows.drop_columns(&["_matched"]).map_err(query)?));
+    }
+    let new = ctx_rows
+        .drop_columns(&["_matched", "_delete"])
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)?;
+    lake.write(Layer::Silver, name, new, &[], txns.to_vec(), false)
+        .await?;
+    Ok(None)
 }
 
 /// DIFF with `delete_when`: records the batch's deletes in `silver/<table>__tombstones` (exactly
