@@ -1,7 +1,7 @@
 //! Materializes models on DataFusion: sources and stored models are registered from the lake,
 //! views are created in the session, tables are written whole and incremental models merged.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,6 +46,8 @@ pub struct ModelReport {
     pub materialized: Materialized,
     /// Whether only the changed window was computed and merged.
     pub incremental: bool,
+    /// Not built: nothing it reads changed since its last build (see [`Reads`]).
+    pub unchanged: bool,
     /// Rows the model's query returned.
     pub rows_computed: u64,
     /// Rows in the table afterwards.
@@ -74,7 +76,9 @@ pub async fn build(
         .iter()
         .filter(|m| needed.contains(m.name.as_str()))
         .collect();
-    register_sources(lake, &ctx, &needed).await?;
+    let mut versions = register_sources(lake, &ctx, &needed).await?;
+    // Stored models built by this run: what reads them is built again too.
+    let mut rebuilt: BTreeSet<String> = BTreeSet::new();
 
     let spinner = indicatif::ProgressBar::new_spinner();
     if options.progress {
@@ -122,13 +126,17 @@ pub async fn build(
                 Materialized::Table | Materialized::Incremental => {
                     if selected.contains(&model.name) {
                         building.push(model);
-                    } else if !lake
-                        .register(&ctx, Layer::Gold, &model.name, &model.relation())
-                        .await?
-                    {
-                        return Err(Error::NotBuilt {
-                            model: model.name.clone(),
-                        });
+                    } else {
+                        let Some(version) = lake
+                            .register_version(&ctx, Layer::Gold, &model.name, &model.relation())
+                            .await?
+                        else {
+                            return Err(Error::NotBuilt {
+                                model: model.name.clone(),
+                            });
+                        };
+                        versions
+                            .insert(model.relation(), (Layer::Gold, model.name.clone(), version));
                     }
                 }
             }
@@ -137,18 +145,38 @@ pub async fn build(
             let names: Vec<&str> = building.iter().map(|m| m.name.as_str()).collect();
             spinner.set_message(format!("gold {}", names.join(", ")));
         }
-        let built: Vec<ModelReport> = futures::stream::iter(building.iter().map(|&model| {
-            let ctx = &ctx;
-            async move {
-                let report = materialize(lake, ctx, models, model, options).await?;
-                crate::fault::crash_point(&format!("gold-after:{}", model.name));
-                Ok::<_, Error>(report)
+        let built: Vec<(ModelReport, Option<i64>)> =
+            futures::stream::iter(building.iter().map(|&model| {
+                let ctx = &ctx;
+                let reads = Reads::of(models, model, &versions, &rebuilt);
+                async move {
+                    let reads = reads?;
+                    if !options.full_refresh
+                        && let Some(reads) = &reads
+                        && reads.unchanged_since_built(lake, model).await?
+                    {
+                        return keep(lake, ctx, models, model).await;
+                    }
+                    let report = materialize(lake, ctx, models, model, options, reads).await?;
+                    crate::fault::crash_point(&format!("gold-after:{}", model.name));
+                    Ok::<_, Error>((report, None))
+                }
+            }))
+            .buffered(options.threads.max(1))
+            .try_collect()
+            .await?;
+        for (report, kept) in built {
+            let model = models.get(&report.model).expect("a built model exists");
+            match kept {
+                Some(version) => {
+                    versions.insert(model.relation(), (Layer::Gold, model.name.clone(), version));
+                }
+                None => {
+                    rebuilt.insert(model.name.clone());
+                }
             }
-        }))
-        .buffered(options.threads.max(1))
-        .try_collect()
-        .await?;
-        reports.extend(built);
+            reports.push(report);
+        }
         done.extend(wave.iter().map(|m| m.name.as_str()));
     }
     spinner.finish_and_clear();
@@ -211,8 +239,17 @@ pub async fn missing_sources(
     Ok(out)
 }
 
-/// Creates the schemas the models use and registers every source table they read.
-async fn register_sources(lake: &Lake, ctx: &SessionContext, needed: &[&Model]) -> Result<()> {
+/// The tables a build registered, by relation (`silver.orders`, `gold.gold_daily_sales`): the
+/// layer, the table and the version registered.
+type Versions = BTreeMap<String, (Layer, String, i64)>;
+
+/// Creates the schemas the models use and registers every source table they read; returns the
+/// versions registered.
+async fn register_sources(
+    lake: &Lake,
+    ctx: &SessionContext,
+    needed: &[&Model],
+) -> Result<Versions> {
     let catalog = ctx
         .catalog("datafusion")
         .expect("the default catalog exists");
@@ -230,23 +267,146 @@ async fn register_sources(lake: &Lake, ctx: &SessionContext, needed: &[&Model]) 
                 })?;
         }
     }
+    let mut versions = Versions::new();
     for (layer, table) in sources {
         let kind = if layer == "bronze" {
             Layer::Bronze
         } else {
             Layer::Silver
         };
-        if !lake
-            .register(ctx, kind, table, &format!("{layer}.{table}"))
-            .await?
-        {
+        let relation = format!("{layer}.{table}");
+        let Some(version) = lake.register_version(ctx, kind, table, &relation).await? else {
             return Err(Error::MissingSource {
                 layer: layer.clone(),
                 table: table.clone(),
             });
-        }
+        };
+        versions.insert(relation, (kind, table.clone(), version));
     }
-    Ok(())
+    Ok(versions)
+}
+
+/// What a stored model reads, recorded in each commit of the model as Delta `txn` actions: the
+/// version of every table it reads (its sources and the stored models it refs, directly or
+/// through views and ephemeral models) and a hash of its SQL. A model whose SQL is the same and
+/// whose tables had no commit that changed data since (an unchanged re-delivery commits only
+/// offsets) would compute the same rows: it is kept as it is.
+struct Reads {
+    /// `(layer, table, version)` per app id.
+    tables: Vec<(String, Layer, String, i64)>,
+    sql_hash: i64,
+}
+
+impl Reads {
+    /// `None` when a stored model it reads was built again by this run.
+    fn of(
+        models: &Models,
+        model: &Model,
+        versions: &Versions,
+        rebuilt: &BTreeSet<String>,
+    ) -> Result<Option<Self>> {
+        let ancestors = models.ancestors(&model.name);
+        let mut relations: BTreeSet<String> = ancestors
+            .iter()
+            .chain(std::iter::once(&model))
+            .flat_map(|m| &m.sources)
+            .map(|(layer, table)| format!("{layer}.{table}"))
+            .collect();
+        for ancestor in &ancestors {
+            if matches!(
+                ancestor.config.materialized,
+                Materialized::Table | Materialized::Incremental
+            ) {
+                if rebuilt.contains(&ancestor.name) {
+                    return Ok(None);
+                }
+                relations.insert(ancestor.relation());
+            }
+        }
+        let mut tables = Vec::new();
+        for relation in relations {
+            let Some((layer, table, version)) = versions.get(&relation) else {
+                return Ok(None);
+            };
+            tables.push((
+                format!("framework-gold-read/{relation}"),
+                *layer,
+                table.clone(),
+                *version,
+            ));
+        }
+        let sql = models.render(model, false).map_err(Error::Models)?;
+        let hash = blake3::hash(sql.as_bytes());
+        let sql_hash =
+            i64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes")) & i64::MAX;
+        Ok(Some(Self { tables, sql_hash }))
+    }
+
+    /// The `txn` actions that record these reads.
+    fn txns(&self) -> Vec<(String, i64)> {
+        self.tables
+            .iter()
+            .map(|(app, _, _, version)| (app.clone(), *version))
+            .chain(std::iter::once((SQL_APP.to_owned(), self.sql_hash)))
+            .collect()
+    }
+
+    /// Whether `model`'s table was last built from the same SQL and from versions of the same
+    /// tables with no data change since.
+    async fn unchanged_since_built(&self, lake: &Lake, model: &Model) -> Result<bool> {
+        let apps: Vec<String> = self.txns().into_iter().map(|(app, _)| app).collect();
+        let built = lake.txn_versions(Layer::Gold, &model.name, &apps).await?;
+        if built.get(SQL_APP) != Some(&self.sql_hash) {
+            return Ok(false);
+        }
+        for (app, layer, table, version) in &self.tables {
+            let Some(&from) = built.get(app) else {
+                return Ok(false);
+            };
+            if lake.data_changed(*layer, table, from, *version).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The app id under which a model's commit records the hash of its SQL.
+const SQL_APP: &str = "framework-gold-sql";
+
+/// Registers a model kept as it is; returns its report and the version registered.
+async fn keep(
+    lake: &Lake,
+    ctx: &SessionContext,
+    models: &Models,
+    model: &Model,
+) -> Result<(ModelReport, Option<i64>)> {
+    let started = Instant::now();
+    let relation = model.relation();
+    let query = |source| query_error(models, model, source);
+    let version = lake
+        .register_version(ctx, Layer::Gold, &model.name, &relation)
+        .await?
+        .ok_or_else(|| Error::NotBuilt {
+            model: model.name.clone(),
+        })?;
+    let rows = ctx
+        .table(relation.as_str())
+        .await
+        .map_err(query)?
+        .count()
+        .await
+        .map_err(query)? as u64;
+    let report = ModelReport {
+        model: model.name.clone(),
+        materialized: model.config.materialized,
+        incremental: false,
+        unchanged: true,
+        rows_computed: 0,
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((report, Some(version)))
 }
 
 /// Runs one stored model and writes (or merges) its rows.
@@ -256,8 +416,10 @@ async fn materialize(
     models: &Models,
     model: &Model,
     options: &BuildOptions,
+    reads: Option<Reads>,
 ) -> Result<ModelReport> {
     let started = Instant::now();
+    let txns = reads.map(|r| r.txns()).unwrap_or_default();
     let relation = model.relation();
     let query = |source| query_error(models, model, source);
     // Only an incremental run reads the model's own table (`this`): a table model, or any
@@ -281,7 +443,7 @@ async fn materialize(
     let rows = match existing {
         Some(target) if incremental => {
             if rows_computed > 0 {
-                merge(ctx, target, batches, &model.config.unique_key)
+                merge(ctx, target, batches, &model.config.unique_key, txns)
                     .await
                     .map_err(|source| Error::Delta {
                         model: model.name.clone(),
@@ -300,7 +462,7 @@ async fn materialize(
                 .map_err(query)? as u64
         }
         _ => {
-            lake.write(Layer::Gold, &model.name, batches.clone(), &[], vec![], true)
+            lake.write(Layer::Gold, &model.name, batches.clone(), &[], txns, true)
                 .await?;
             // Later models read what was just written, from memory.
             ctx.deregister_table(relation.as_str()).map_err(query)?;
@@ -314,6 +476,7 @@ async fn materialize(
         model: model.name.clone(),
         materialized: model.config.materialized,
         incremental,
+        unchanged: false,
         rows_computed,
         rows,
         seconds: started.elapsed().as_secs_f64(),
@@ -326,7 +489,14 @@ async fn merge(
     target: deltalake::DeltaTable,
     batches: Vec<RecordBatch>,
     key: &[String],
+    txns: Vec<(String, i64)>,
 ) -> Result<(), deltalake::DeltaTableError> {
+    let commit = deltalake::kernel::transaction::CommitProperties::default()
+        .with_application_transactions(
+            txns.into_iter()
+                .map(|(app, version)| deltalake::kernel::Transaction::new(app, version))
+                .collect(),
+        );
     let source = ctx.read_batches(batches)?;
     let columns: Vec<String> = source
         .schema()
@@ -340,6 +510,7 @@ async fn merge(
         .with_source_alias("source")
         .with_target_alias("target")
         .with_session_state(Arc::new(ctx.state()))
+        .with_commit_properties(commit)
         .when_matched_update(|update| {
             columns.iter().fold(update, |u, c| {
                 u.update(c.as_str(), format!("source.{}", ident(c)))

@@ -19,7 +19,14 @@ pub fn render_summary(reports: &[ModelReport]) -> String {
         grid.add_row(vec![
             r.model.clone(),
             r.materialized.to_string(),
-            if r.incremental { "incremental" } else { "full" }.to_owned(),
+            if r.unchanged {
+                "unchanged"
+            } else if r.incremental {
+                "incremental"
+            } else {
+                "full"
+            }
+            .to_owned(),
             r.rows_computed.to_string(),
             r.rows.to_string(),
             format!("{:.2}", r.seconds),

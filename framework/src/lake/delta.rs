@@ -355,9 +355,25 @@ impl Lake {
         table: &str,
         name: &str,
     ) -> Result<bool> {
+        Ok(self
+            .register_version(ctx, layer, table, name)
+            .await?
+            .is_some())
+    }
+
+    /// Registers the table under `name` in `ctx` and returns the version registered (`None`
+    /// when the table does not exist).
+    pub async fn register_version(
+        &self,
+        ctx: &SessionContext,
+        layer: Layer,
+        table: &str,
+        name: &str,
+    ) -> Result<Option<i64>> {
         let Some(delta) = self.open(layer, table).await? else {
-            return Ok(false);
+            return Ok(None);
         };
+        let version = delta.version().unwrap_or(0) as i64;
         delta
             .update_datafusion_session(&ctx.state())
             .map_err(Self::delta_err(layer, table))?;
@@ -375,7 +391,44 @@ impl Lake {
                 table: table.to_owned(),
                 source: Box::new(source),
             })?;
-        Ok(true)
+        Ok(Some(version))
+    }
+
+    /// Whether a commit of `table` after version `since`, up to `until`, added, removed or
+    /// reshaped data; a commit that only records offsets (`txn`) does not. True as well when
+    /// `until` is older than `since`, a commit in between cannot be read, or more than
+    /// [`CHANGE_SCAN`] commits lie between (rebuilding is then cheaper than reading them).
+    pub async fn data_changed(
+        &self,
+        layer: Layer,
+        table: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<bool> {
+        if until == since {
+            return Ok(false);
+        }
+        if until < since || until - since > CHANGE_SCAN {
+            return Ok(true);
+        }
+        let delta = self
+            .builder(layer, table)?
+            .build()
+            .map_err(Self::delta_err(layer, table))?;
+        for version in since + 1..=until {
+            let entry = delta
+                .log_store()
+                .read_commit_entry(version as u64)
+                .await
+                .map_err(Self::delta_err(layer, table))?;
+            let Some(bytes) = entry else {
+                return Ok(true);
+            };
+            if commit_changes_data(&bytes) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Hours since the table's latest commit (`None` when it does not exist).
@@ -404,6 +457,25 @@ impl Lake {
         let df = ctx.table("t").await.map_err(query)?;
         Ok(df.count().await.map_err(query)? as u64)
     }
+}
+
+/// Commits [`Lake::data_changed`] reads at most before it answers "changed" unread.
+pub const CHANGE_SCAN: i64 = 50;
+
+/// Whether a commit file (JSON lines, one action each) holds an action other than `txn` and
+/// `commitInfo`: `add`, `remove`, `metaData`, `protocol`, ... (an unreadable line counts too).
+fn commit_changes_data(bytes: &[u8]) -> bool {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .any(|line| {
+            match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) {
+                Ok(action) => action
+                    .keys()
+                    .any(|kind| kind != "txn" && kind != "commitInfo"),
+                Err(_) => true,
+            }
+        })
 }
 
 /// The transaction versions of `apps` in `delta`'s snapshot (absent ids are left out).

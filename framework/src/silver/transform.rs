@@ -616,7 +616,8 @@ async fn changed_rows(
         .map(|c| format!("(b.{id} IS NOT DISTINCT FROM t.{id})", id = ident(c)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    let newer = "(b._sequence > t._sequence OR (b._sequence = t._sequence AND b._offset > t._offset))";
+    let newer =
+        "(b._sequence > t._sequence OR (b._sequence = t._sequence AND b._offset > t._offset))";
     let on = key_match(table.key(), "t", "b");
     let changes = collect(
         ctx,
@@ -723,7 +724,13 @@ async fn refresh_latest_by(lake: &Lake, table: &Table) -> Result<()> {
         let built = lake
             .txn_versions(Layer::Silver, &latest.name, std::slice::from_ref(&app))
             .await?;
-        if built.get(&app) == Some(&version) {
+        // Current when built from this version, or from an older one whose later commits
+        // only recorded offsets (an unchanged re-delivery).
+        if let Some(&from) = built.get(&app)
+            && !lake
+                .data_changed(Layer::Silver, table.name(), from, version)
+                .await?
+        {
             continue;
         }
         crate::fault::crash_point(&format!("silver-before-latest-by:{}", table.name()));

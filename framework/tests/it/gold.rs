@@ -1,7 +1,7 @@
 //! Gold models end to end: every table equals an independent computation of GOLD_SPEC.md, and
 //! incremental runs, re-runs and full rebuilds agree.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -294,4 +294,100 @@ fn validate_failing_models(files: &[(&str, &str)]) -> String {
     let out = output(validate);
     assert!(!out.status.success(), "validate passed on broken models");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Whether each model of a run's report was kept unchanged, by model name.
+fn kept(report: &serde_json::Value) -> BTreeMap<String, bool> {
+    report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap().to_owned(),
+                m["unchanged"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_model_is_kept_when_nothing_it_reads_changed_and_built_when_something_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    run_report(&lake, &sample(), &dir.path().join("r1.json"));
+    let first = gold_snapshot(&lake);
+
+    // Every row again: silver commits only offsets, except the FULL table category_translation,
+    // replaced by each delivery, which gold_product_analytics reads.
+    let mut again = framework(&lake);
+    again
+        .args(["run", "--all", "--resend", "--data"])
+        .arg(sample())
+        .arg("--report")
+        .arg(dir.path().join("r2.json"));
+    ok(again);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r2.json")).unwrap())
+            .unwrap();
+    let expected: BTreeMap<String, bool> = [
+        ("gold_customer_rfm", true),
+        ("gold_daily_sales", true),
+        ("gold_delivery_performance", true),
+        ("gold_product_analytics", false),
+        ("gold_seller_performance", true),
+    ]
+    .into_iter()
+    .map(|(m, k)| (m.to_owned(), k))
+    .collect();
+    assert_eq!(kept(&report), expected);
+    assert_eq!(
+        gold_snapshot(&lake),
+        first,
+        "an unchanged delivery changed gold"
+    );
+
+    // Every 1-star review becomes 5 stars: the two models reading reviews are built again, the
+    // others kept; the result equals a fresh lake loaded with the changed data.
+    let changed = dir.path().join("changed");
+    copy_dir(&sample(), &changed);
+    let reviews = changed.join("olist_order_reviews_dataset.csv");
+    let mut reader = csv::Reader::from_path(&reviews).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let score = headers.iter().position(|h| h == "review_score").unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let mut writer = csv::Writer::from_path(&reviews).unwrap();
+    writer.write_record(&headers).unwrap();
+    let mut flipped = 0;
+    for record in &records {
+        let mut fields: Vec<&str> = record.iter().collect();
+        if fields[score] == "1" {
+            fields[score] = "5";
+            flipped += 1;
+        }
+        writer.write_record(&fields).unwrap();
+    }
+    writer.flush().unwrap();
+    assert!(flipped > 0);
+    let report = run_report(&lake, &changed, &dir.path().join("r3.json"));
+    let expected: BTreeMap<String, bool> = [
+        ("gold_customer_rfm", true),
+        ("gold_daily_sales", true),
+        ("gold_delivery_performance", true),
+        ("gold_product_analytics", false),
+        ("gold_seller_performance", false),
+    ]
+    .into_iter()
+    .map(|(m, k)| (m.to_owned(), k))
+    .collect();
+    assert_eq!(kept(&report), expected);
+    let fresh = dir.path().join("fresh");
+    run_report(&fresh, &changed, &dir.path().join("r4.json"));
+    let now = gold_snapshot(&lake);
+    assert_ne!(now, first, "the changed reviews did not reach gold");
+    assert_eq!(
+        now,
+        gold_snapshot(&fresh),
+        "kept and rebuilt models differ from a fresh build"
+    );
 }

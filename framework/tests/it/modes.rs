@@ -158,7 +158,10 @@ fn diff_ordered_by_arrival_commits_only_the_rows_that_change_silver() {
     // The same rows again (in another order: a file already delivered is not sent twice),
     // newer: nothing to change, the commit records only the offsets.
     succeeded(project.deliver(&["c,Cid,1", "a,Ann,1", "b,Bob,1"]));
-    assert_eq!(project.silver(), ["a | Ann | 1", "b | Bob | 1", "c | Cid | 1"]);
+    assert_eq!(
+        project.silver(),
+        ["a | Ann | 1", "b | Bob | 1", "c | Cid | 1"]
+    );
     assert_eq!(last_commit_actions(&project), ["txn"]);
     assert_eq!((sequence_of("a"), sequence_of("b")), (a.clone(), b.clone()));
     // New keys only: a plain append, no file rewritten.
@@ -178,7 +181,10 @@ fn diff_ordered_by_arrival_commits_only_the_rows_that_change_silver() {
     );
     assert!(last_commit_actions(&project).contains(&"remove".to_owned()));
     assert_eq!(sequence_of("a"), a);
-    assert!(sequence_of("b") > b, "the changed row takes the newer sequence");
+    assert!(
+        sequence_of("b") > b,
+        "the changed row takes the newer sequence"
+    );
 }
 
 #[test]
@@ -288,7 +294,9 @@ fn the_sample_refined_in_small_commits_gives_the_silver_and_quarantine_of_one_co
         // commit that met it: the same rows, not the same bookkeeping.
         let columns = match table.mode() {
             framework::idcard::Mode::Append => table.key().join(", "),
-            framework::idcard::Mode::Diff => "* EXCLUDE (_sequence, _partition, _offset)".to_owned(),
+            framework::idcard::Mode::Diff => {
+                "* EXCLUDE (_sequence, _partition, _offset)".to_owned()
+            }
             framework::idcard::Mode::Full => "*".to_owned(),
         };
         let table = table.name();
