@@ -29,7 +29,8 @@ Examples:
   framework produce --table orders            stream orders onto raw_orders with the idcard's delays
   framework generate-dags                     write the Airflow DAGs into dags_generated/
   framework generate-dags --check             fail if dags_generated/ is not what the idcards generate
-  framework generate-data --scale 1 --out /tmp/olist   write Kaggle-sized Olist-shaped CSVs";
+  framework generate-data --scale 1 --out /tmp/olist   write Kaggle-sized Olist-shaped CSVs
+  framework serve                             the HTTP gateway: read every layer, POST /ingest/{table}";
 
 /// Idcard-driven lakehouse ingestion: CSV -> topic -> bronze -> silver -> gold on Delta Lake.
 #[derive(Debug, Parser)]
@@ -121,6 +122,32 @@ enum Command {
         /// Stop after this many source rows.
         #[arg(long)]
         limit: Option<usize>,
+    },
+    /// Serve the HTTP gateway: every layer's tables to read, POST /ingest/{table}, /health,
+    /// /ready and /stats. Writes need a bearer token: FRAMEWORK_GATEWAY_TOKEN (one token, every
+    /// scope) or a --tokens file; without either, reads are open and writes refused.
+    #[command(after_help = "Examples:
+  FRAMEWORK_GATEWAY_TOKEN=$(openssl rand -hex 16) framework serve
+  framework serve --addr 0.0.0.0:8080 --tokens /etc/framework/tokens.yaml
+  curl 'localhost:8080/staging/orders?order_status=delivered&limit=5'    (no token set: reads open)
+  curl -H \"Authorization: Bearer $TOKEN\" -H 'Accept: text/csv' 'localhost:8080/curated/gold_daily_sales?order_by=-order_date'
+  curl -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\n       -d '{\"records\": [{\"seller_id\": \"s1\", \"seller_zip_code_prefix\": \"01001\", \"seller_city\": \"sao paulo\", \"seller_state\": \"SP\"}]}' \\\n       localhost:8080/ingest/sellers")]
+    Serve {
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, env = "FRAMEWORK_ADDR", default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Tokens file (YAML list of `{ name, token_sha256, scopes }`), kept outside the repo.
+        #[arg(long, env = "FRAMEWORK_GATEWAY_TOKENS")]
+        tokens: Option<PathBuf>,
+        /// Largest request body, in bytes (413 above).
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Most records in one ingest request (413 above).
+        #[arg(long, default_value_t = 10_000)]
+        max_records: usize,
+        /// Ingest requests in flight at once (429 with Retry-After above).
+        #[arg(long, default_value_t = 64)]
+        max_ingests: usize,
     },
     /// Produce (in bulk; each source row once unless --simulate) -> bronze -> silver for some
     /// tables or all of them, each layer's checks, then the gold models that read them.
@@ -405,6 +432,22 @@ fn execute(
             limit,
         } => produce(&env, table, data, no_delay, seed, limit),
         Command::Run(args) => run(&env, args),
+        Command::Serve {
+            addr,
+            tokens,
+            max_body_bytes,
+            max_records,
+            max_ingests,
+        } => serve(
+            &env,
+            &addr,
+            tokens,
+            crate::gateway::Limits {
+                max_body_bytes,
+                max_records,
+                max_ingests,
+            },
+        ),
         Command::Rejects { table, limit } => rejects(&env, table, limit),
         Command::Build {
             select,
@@ -426,6 +469,71 @@ fn execute(
         } => generate_dags(&env, out, check, project_file),
         Command::GenerateData { scale, out, seed } => generate_data(scale, out, seed),
     }
+}
+
+/// `framework serve`: the gateway on `addr` until Ctrl-C or SIGTERM.
+fn serve(
+    env: &Env,
+    addr: &str,
+    tokens: Option<PathBuf>,
+    limits: crate::gateway::Limits,
+) -> Result<()> {
+    let Env {
+        cli,
+        runtime,
+        lake,
+        bus,
+        ..
+    } = env;
+    let project = load(&cli.idcards)?;
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    let checks = load_checks(&cli.expectations, &project, &models)?;
+    let env_token = std::env::var("FRAMEWORK_GATEWAY_TOKEN").ok();
+    let tokens = crate::gateway::auth::Tokens::load(tokens.as_deref(), env_token.as_deref())?;
+    let writes = if tokens.any() {
+        "writes need a bearer token"
+    } else {
+        "no token configured: reads open, writes refused (set FRAMEWORK_GATEWAY_TOKEN)"
+    };
+    let gateway = std::sync::Arc::new(crate::gateway::Gateway::new(
+        project,
+        models,
+        checks,
+        lake.clone(),
+        bus.clone(),
+        tokens,
+        limits,
+    ));
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}\n  hint: is another server on that port? try --addr 127.0.0.1:0"))?;
+        let local = listener.local_addr()?;
+        println!(
+            "listening on http://{local} ({} tables, {} models; {writes}); GET / lists the routes",
+            gateway.project.tables.len(),
+            gateway.models.models.len()
+        );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(term) => { term.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+        };
+        crate::gateway::serve(listener, gateway, shutdown)
+            .await
+            .context("serving")?;
+        Ok(())
+    })
 }
 
 /// `framework validate`: idcards, models and suites checked, and the source files present.

@@ -394,6 +394,73 @@ impl Lake {
         Ok(Some(version))
     }
 
+    /// Registers the table as of `version` (the latest when `None`) under `name` in `ctx` and
+    /// returns the version registered (`None` when the table does not exist).
+    pub async fn register_as_of(
+        &self,
+        ctx: &SessionContext,
+        layer: Layer,
+        table: &str,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<i64>> {
+        let Some(version) = version else {
+            return self.register_version(ctx, layer, table, name).await;
+        };
+        if self.open(layer, table).await?.is_none() {
+            return Ok(None);
+        }
+        let delta = self
+            .builder(layer, table)?
+            .with_version(version.max(0) as u64)
+            .load()
+            .await
+            .map_err(Self::delta_err(layer, table))?;
+        let provider = delta
+            .table_provider()
+            .await
+            .map_err(|source| Error::Query {
+                layer,
+                table: table.to_owned(),
+                source: Box::new(source),
+            })?;
+        ctx.register_table(name, provider)
+            .map_err(|source| Error::Query {
+                layer,
+                table: table.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(Some(version))
+    }
+
+    /// What the table's log says about it (`None` when it does not exist): its version, live
+    /// files, bytes and rows (from the files' statistics), and its latest commit.
+    pub async fn stats(&self, layer: Layer, table: &str) -> Result<Option<TableStats>> {
+        let Some(delta) = self.open(layer, table).await? else {
+            return Ok(None);
+        };
+        let err = Self::delta_err(layer, table);
+        let snapshot = delta.snapshot().map_err(err)?;
+        let (mut files, mut bytes, mut rows) = (0u64, 0u64, Some(0u64));
+        for file in snapshot.log_data().iter() {
+            files += 1;
+            bytes += file.size().max(0) as u64;
+            rows = rows.zip(file.num_records()).map(|(a, b)| a + b as u64);
+        }
+        let last = match futures::StreamExt::next(&mut delta.history(Some(1))).await {
+            Some(commit) => Some(commit.map_err(Self::delta_err(layer, table))?),
+            None => None,
+        };
+        Ok(Some(TableStats {
+            version: delta.version().unwrap_or(0) as i64,
+            files,
+            bytes,
+            rows,
+            last_commit_ms: last.as_ref().and_then(|c| c.timestamp),
+            last_operation: last.and_then(|c| c.operation),
+        }))
+    }
+
     /// Whether a commit of `table` after version `since`, up to `until`, added, removed or
     /// reshaped data; a commit that only records offsets (`txn`) does not. True as well when
     /// `until` is older than `since`, a commit in between cannot be read, or more than
@@ -457,6 +524,19 @@ impl Lake {
         let df = ctx.table("t").await.map_err(query)?;
         Ok(df.count().await.map_err(query)? as u64)
     }
+}
+
+/// A table's size and latest commit, as its log tells them ([`Lake::stats`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableStats {
+    pub version: i64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Rows, when every file's statistics give its count.
+    pub rows: Option<u64>,
+    /// Milliseconds since the epoch.
+    pub last_commit_ms: Option<i64>,
+    pub last_operation: Option<String>,
 }
 
 /// Commits [`Lake::data_changed`] reads at most before it answers "changed" unread.

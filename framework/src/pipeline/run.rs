@@ -293,7 +293,7 @@ async fn check_layers(
     lake: &Lake,
     checks: &Checks,
     layers: &[SuiteLayer],
-    wanted: &dyn Fn(&str) -> bool,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
     run_id: &str,
     run: &mut RunReport,
 ) -> Result<bool> {

@@ -6,7 +6,7 @@ pub(crate) mod produce;
 mod tests;
 
 pub use self::csv::{CsvRecords, RecordRef, SourceRow};
-pub use produce::{ProduceOptions, ProduceStats, produce};
+pub use produce::{ProduceOptions, ProduceStats, produce, rfc3339_micros};
 
 use std::path::PathBuf;
 

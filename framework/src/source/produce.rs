@@ -352,7 +352,7 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 /// `2026-01-02T03:04:05.000000Z`, without chrono's format-string interpreter (hot path).
-fn rfc3339_micros(at: DateTime<Utc>) -> String {
+pub fn rfc3339_micros(at: DateTime<Utc>) -> String {
     use chrono::{Datelike, Timelike};
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",

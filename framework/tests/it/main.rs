@@ -5,6 +5,7 @@ mod common;
 mod concurrent;
 mod crash;
 mod dags;
+mod gateway;
 mod gold;
 mod kafka;
 mod lake;

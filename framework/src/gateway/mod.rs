@@ -1,0 +1,421 @@
+//! `framework serve`: the HTTP gateway, a thin shell over the same library calls as the CLI.
+//!
+//! Routes come from the idcards and the models at start-up (a new idcard is a new set of
+//! routes, no code): reads of every layer ([`read`]), `POST /ingest/{table}` ([`ingest`]),
+//! `/health`, `/ready` and `/stats`. Every error is RFC 9457 problem+json ([`problem`]); writes
+//! need a bearer token ([`auth`]). [`app`] builds the router, testable without a socket;
+//! [`serve`] runs it on a listener until the shutdown future completes.
+
+pub mod auth;
+pub mod ingest;
+pub mod problem;
+pub mod read;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+
+use crate::bronze::BronzeOptions;
+use crate::bus::Bus;
+use crate::gold::{BuildOptions, Models};
+use crate::idcard::Project;
+use crate::lake::{Lake, Layer};
+use crate::pipeline::{RunOptions, Stage};
+use crate::quality::Checks;
+use crate::silver::SilverOptions;
+use crate::source::ProduceOptions;
+
+use auth::{Scope, Tokens};
+use problem::Problem;
+
+/// Limits of the gateway.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes of a request body (413 above).
+    pub max_body_bytes: usize,
+    /// Records of one ingest request (413 above).
+    pub max_records: usize,
+    /// Ingest requests in flight at once (429 with `Retry-After` above).
+    pub max_ingests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_records: 10_000,
+            max_ingests: 64,
+        }
+    }
+}
+
+/// What every request shares: the project, the lake, the bus, the tokens and the limits.
+pub struct Gateway {
+    pub project: Project,
+    pub models: Models,
+    pub checks: Checks,
+    pub lake: Lake,
+    pub bus: Bus,
+    pub tokens: Tokens,
+    pub limits: Limits,
+    ingests: tokio::sync::Semaphore,
+    turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("tables", &self.project.names())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        project: Project,
+        models: Models,
+        checks: Checks,
+        lake: Lake,
+        bus: Bus,
+        tokens: Tokens,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            ingests: tokio::sync::Semaphore::new(limits.max_ingests.max(1)),
+            project,
+            models,
+            checks,
+            lake,
+            bus,
+            tokens,
+            limits,
+            turns: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The table's turn to run the pipeline in this process, held until dropped.
+    async fn turn(&self, table: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.turns.lock().expect("the turns map is never poisoned");
+            turns.entry(table.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// How an ingest runs the pipeline: what is on the topic, up to gold, no progress bars.
+    fn run_options(&self) -> RunOptions {
+        RunOptions {
+            data: PathBuf::new(),
+            produce: false,
+            resend: false,
+            produce_options: ProduceOptions {
+                delay: false,
+                simulate: false,
+                seed: 0,
+                limit: None,
+            },
+            bronze_options: BronzeOptions::default(),
+            silver_options: SilverOptions::default(),
+            until: Stage::Gold,
+            progress: false,
+            build_options: BuildOptions::default(),
+        }
+    }
+
+    fn table(&self, name: &str) -> Result<&crate::idcard::Table, Problem> {
+        self.project.table(name).ok_or_else(|| {
+            Problem::not_found(format!("no table `{name}`"))
+                .with_hint(format!("tables: {}", self.project.names().join(", ")))
+        })
+    }
+}
+
+/// The router over `gateway`.
+pub fn app(gateway: Arc<Gateway>) -> Router {
+    let body_limit = gateway.limits.max_body_bytes;
+    Router::new()
+        .route("/", get(index))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/stats", get(stats))
+        .route("/ingest/{table}", post(ingest_route))
+        .route("/quality/results", get(quality_results))
+        .route("/{layer}/{table}", get(read_route))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(gateway)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(gateway))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such route").with_hint("GET / lists the routes")
+}
+
+async fn index(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    let tables = gateway.project.names();
+    let models: Vec<&str> = gateway
+        .models
+        .models
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.config.materialized,
+                crate::gold::Materialized::Table | crate::gold::Materialized::Incremental
+            )
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut routes: Vec<String> = vec![
+        "GET /health".into(),
+        "GET /ready".into(),
+        "GET /stats".into(),
+        "GET /quality/results".into(),
+    ];
+    for table in &tables {
+        for layer in ["raw", "staging", "rejects", "quarantine"] {
+            routes.push(format!("GET /{layer}/{table}"));
+        }
+        routes.push(format!("POST /ingest/{table}"));
+    }
+    for model in &models {
+        routes.push(format!("GET /curated/{model}"));
+    }
+    Json(serde_json::json!({
+        "tables": tables,
+        "models": models,
+        "layers": read::routes(),
+        "routes": routes,
+    }))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Whether the lake and the bus answer, per component: 200 when both do, else 503.
+async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
+    let lake = match gateway.lake.local_root() {
+        Some(root) => match std::fs::create_dir_all(root) {
+            Ok(()) => Ok(format!("folder {}", root.display())),
+            Err(e) => Err(format!("folder {}: {e}", root.display())),
+        },
+        None => {
+            let probe = gateway.project.tables.first().map(|t| t.name().to_owned());
+            match probe {
+                Some(table) => match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    gateway.lake.open(Layer::Silver, &table),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => Ok("object store reachable".to_owned()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer within 5 s".to_owned()),
+                },
+                None => Ok("no table to probe".to_owned()),
+            }
+        }
+    };
+    let bus = {
+        let bus = gateway.bus.clone();
+        let topic = gateway.project.tables.first().map(|t| t.topic().to_owned());
+        let probe = tokio::task::spawn_blocking(move || match (&bus, topic) {
+            (Bus::Embedded(_), _) => Ok("embedded log".to_owned()),
+            (Bus::Kafka(_), Some(topic)) => match bus.partitions(&topic) {
+                Ok(_) | Err(crate::bus::Error::UnknownTopic { .. }) => {
+                    Ok("Kafka brokers answer".to_owned())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            (Bus::Kafka(_), None) => Ok("no topic to probe".to_owned()),
+        });
+        match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 10 s".to_owned()),
+        }
+    };
+    let component = |r: &Result<String, String>| match r {
+        Ok(detail) => serde_json::json!({ "ready": true, "detail": detail }),
+        Err(error) => serde_json::json!({ "ready": false, "error": error }),
+    };
+    let all = lake.is_ok() && bus.is_ok();
+    let body = serde_json::json!({
+        "ready": all,
+        "components": { "lake": component(&lake), "bus": component(&bus) },
+    });
+    let status = if all {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Per table and layer (and per gold model): version, files, bytes, rows and the latest commit.
+async fn stats(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_json::Value>, Problem> {
+    let lake = &gateway.lake;
+    let internal = |e: crate::lake::Error| Problem::internal(e.to_string());
+    let mut tables = serde_json::Map::new();
+    for table in &gateway.project.tables {
+        let mut layers = serde_json::Map::new();
+        for layer in [
+            Layer::Bronze,
+            Layer::Reject,
+            Layer::Silver,
+            Layer::Quarantine,
+        ] {
+            let stats = lake.stats(layer, table.name()).await.map_err(internal)?;
+            layers.insert(
+                layer.dir().to_owned(),
+                serde_json::to_value(stats).unwrap_or_default(),
+            );
+        }
+        tables.insert(table.name().to_owned(), layers.into());
+    }
+    let mut models = serde_json::Map::new();
+    for model in &gateway.models.models {
+        if let Some(stats) = lake
+            .stats(Layer::Gold, &model.name)
+            .await
+            .map_err(internal)?
+        {
+            models.insert(
+                model.name.clone(),
+                serde_json::to_value(stats).unwrap_or_default(),
+            );
+        }
+    }
+    Ok(Json(
+        serde_json::json!({ "tables": tables, "gold": models }),
+    ))
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn read_route(
+    State(gateway): State<Arc<Gateway>>,
+    Path((route, table)): Path<(String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let Some(layer) = read::layer_of(&route) else {
+        return Err(Problem::not_found(format!("no route /{route}"))
+            .with_hint("GET /raw|staging|curated|rejects|quarantine/{table}; GET / lists them"));
+    };
+    let known = if layer == Layer::Gold {
+        gateway.models.get(&table).is_some()
+    } else {
+        gateway.project.table(&table).is_some()
+            || gateway
+                .project
+                .tables
+                .iter()
+                .any(|t| t.config.latest_by.iter().any(|l| l.name == table))
+    };
+    if !known {
+        let names = if layer == Layer::Gold {
+            gateway.models.names().join(", ")
+        } else {
+            gateway.project.names().join(", ")
+        };
+        return Err(
+            Problem::not_found(format!("/{route}/{table}: no such table"))
+                .with_hint(format!("known: {names}")),
+        );
+    }
+    gateway
+        .tokens
+        .allow(authorization(&headers), Scope::Read, &table)?;
+    read::read(
+        &gateway.lake,
+        read::ReadRequest {
+            layer,
+            table,
+            params,
+        },
+        &headers,
+    )
+    .await
+}
+
+async fn quality_results(
+    State(gateway): State<Arc<Gateway>>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    gateway
+        .tokens
+        .allow(authorization(&headers), Scope::Read, "quality")?;
+    read::read(
+        &gateway.lake,
+        read::ReadRequest {
+            layer: Layer::Quality,
+            table: "results".to_owned(),
+            params,
+        },
+        &headers,
+    )
+    .await
+}
+
+async fn ingest_route(
+    State(gateway): State<Arc<Gateway>>,
+    Path(table): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let config = gateway.table(&table)?.clone();
+    gateway
+        .tokens
+        .allow(authorization(&headers), Scope::Ingest, &table)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::too_large(format!(
+                "the body is over the gateway's limit of {} bytes",
+                gateway.limits.max_body_bytes
+            ))
+            .with_hint("split the batch into smaller requests")
+        } else {
+            Problem::bad_request(format!("reading the body: {rejection}"))
+        }
+    })?;
+    let Ok(_permit) = gateway.ingests.try_acquire() else {
+        return Err(Problem::too_many(
+            format!(
+                "{} ingest requests are in flight, the most this gateway takes",
+                gateway.limits.max_ingests
+            ),
+            1,
+        ));
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let records = ingest::parse_body(content_type, &body)?;
+    let report = ingest::ingest(&gateway, &config, records).await?;
+    Ok(Json(report).into_response())
+}

@@ -1,0 +1,405 @@
+//! The read routes: `GET /raw/{table}` (bronze), `/staging/{table}` (silver), `/curated/{model}`
+//! (gold), `/rejects/{table}`, `/quarantine/{table}` and `/quality/results`, run by DataFusion
+//! on one pinned Delta version.
+//!
+//! Query parameters: `columns=a,b`; `<column>=<value>` (equality) and `<column>.gt|gte|lt|lte|ne=
+//! <value>` (ranges), each value cast to the column's type; `order_by=a,-b` (`-` descending);
+//! `limit` (default 100, at most [`MAX_LIMIT`]) and `offset`; `as_of_version=N` pins a version.
+//! The response carries the version read in `X-Delta-Version`, so the next page can pin it
+//! (`as_of_version`) and see the same table whatever commits in between. Formats by `Accept`
+//! (or `format=`): JSON (an array of objects, the default), NDJSON, CSV, Arrow IPC stream,
+//! Parquet.
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use deltalake::arrow::array::{ArrayRef, StringArray};
+use deltalake::arrow::compute::{CastOptions, cast_with_options};
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::common::ScalarValue;
+use deltalake::datafusion::logical_expr::SortExpr;
+use deltalake::datafusion::prelude::{Expr, col, lit};
+
+use crate::lake::{Lake, Layer, collect_batches, session};
+
+use super::problem::Problem;
+
+/// Rows one request returns at most.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Rows a request returns when it names no `limit`.
+const DEFAULT_LIMIT: usize = 100;
+
+/// The formats a read answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Ndjson,
+    Csv,
+    Arrow,
+    Parquet,
+}
+
+impl Format {
+    const ALL: [(Self, &'static str, &'static str); 5] = [
+        (Self::Json, "json", "application/json"),
+        (Self::Ndjson, "ndjson", "application/x-ndjson"),
+        (Self::Csv, "csv", "text/csv"),
+        (Self::Arrow, "arrow", "application/vnd.apache.arrow.stream"),
+        (Self::Parquet, "parquet", "application/vnd.apache.parquet"),
+    ];
+
+    fn media_type(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(f, _, _)| *f == self)
+            .map_or("application/json", |(_, _, m)| m)
+    }
+
+    /// The format of `format=` or else of the `Accept` header (the first media type we know;
+    /// `*/*` or none is JSON).
+    fn negotiate(format: Option<&str>, accept: Option<&str>) -> Result<Self, Problem> {
+        let names = || {
+            Self::ALL
+                .iter()
+                .map(|(_, n, m)| format!("{n} ({m})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(name) = format {
+            return Self::ALL
+                .iter()
+                .find(|(_, n, _)| *n == name)
+                .map(|(f, _, _)| *f)
+                .ok_or_else(|| {
+                    Problem::not_acceptable(format!("format `{name}` is not one of {}", names()))
+                });
+        }
+        let Some(accept) = accept else {
+            return Ok(Self::Json);
+        };
+        for wanted in accept.split(',') {
+            let media = wanted.split(';').next().unwrap_or("").trim();
+            if media == "*/*" || media == "application/*" || media.is_empty() {
+                return Ok(Self::Json);
+            }
+            if let Some((f, _, _)) = Self::ALL.iter().find(|(_, _, m)| *m == media) {
+                return Ok(*f);
+            }
+            if media == "text/*" {
+                return Ok(Self::Csv);
+            }
+        }
+        Err(Problem::not_acceptable(format!(
+            "no format of `Accept: {accept}` is served; formats: {}",
+            names()
+        ))
+        .with_hint("or pass ?format=json|ndjson|csv|arrow|parquet"))
+    }
+}
+
+/// A read request: the table and its parameters.
+pub struct ReadRequest {
+    pub layer: Layer,
+    pub table: String,
+    pub params: Vec<(String, String)>,
+}
+
+/// Runs a read and encodes the rows in the negotiated format.
+pub async fn read(
+    lake: &Lake,
+    request: ReadRequest,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    let ReadRequest {
+        layer,
+        table,
+        params,
+    } = request;
+    let mut options = Options::default();
+    let mut filters: Vec<(String, &'static str, String)> = Vec::new();
+    for (name, value) in params {
+        match name.as_str() {
+            "columns" => {
+                options.columns = Some(
+                    value
+                        .split(',')
+                        .map(|c| c.trim().to_owned())
+                        .filter(|c| !c.is_empty())
+                        .collect(),
+                );
+            }
+            "order_by" => options.order_by = value,
+            "limit" => options.limit = number(&name, &value)?,
+            "offset" => options.offset = number(&name, &value)?,
+            "as_of_version" => options.version = Some(number(&name, &value)? as i64),
+            "format" => options.format = Some(value),
+            _ => {
+                let (column, op) = match name.rsplit_once('.') {
+                    Some((column, op @ ("gt" | "gte" | "lt" | "lte" | "ne" | "eq"))) => {
+                        (column.to_owned(), op_of(op))
+                    }
+                    _ => (name.clone(), "="),
+                };
+                filters.push((column, op, value));
+            }
+        }
+    }
+    if options.limit > MAX_LIMIT {
+        return Err(Problem::bad_request(format!(
+            "limit {} is over the most a request returns, {MAX_LIMIT}",
+            options.limit
+        ))
+        .with_hint("page with offset and as_of_version (the X-Delta-Version of the first page)"));
+    }
+    let format = Format::negotiate(
+        options.format.as_deref(),
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    )?;
+    let ctx = session();
+    let internal = |e: &dyn std::fmt::Display| {
+        Problem::internal(format!("reading {}/{table}: {e}", layer.dir()))
+    };
+    let Some(version) = lake
+        .register_as_of(&ctx, layer, &table, "t", options.version)
+        .await
+        .map_err(|e| {
+            if options.version.is_some() {
+                Problem::not_found(format!(
+                    "{}/{table} has no version {}: {e}",
+                    layer.dir(),
+                    options.version.unwrap_or_default()
+                ))
+            } else {
+                internal(&e)
+            }
+        })?
+    else {
+        return Err(
+            Problem::not_found(format!("{}/{table} holds no data yet", layer.dir()))
+                .with_hint("run the pipeline for it first (`framework run --table ...`)"),
+        );
+    };
+    let frame = ctx.table("t").await.map_err(|e| internal(&e))?;
+    let schema = frame.schema().as_arrow().clone();
+    let known = |column: &str| -> Result<(), Problem> {
+        if schema.field_with_name(column).is_ok() {
+            return Ok(());
+        }
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        Err(
+            Problem::bad_request(format!("{}/{table} has no column `{column}`", layer.dir()))
+                .with_hint(format!("columns: {}", names.join(", "))),
+        )
+    };
+    let mut predicate: Option<Expr> = None;
+    for (column, op, value) in &filters {
+        known(column)?;
+        let field = schema.field_with_name(column).expect("checked");
+        let typed = typed_value(value, field.data_type()).map_err(|reason| {
+            Problem::bad_request(format!(
+                "filter `{column}`: `{value}` is not a {}: {reason}",
+                field.data_type()
+            ))
+        })?;
+        let c = col(format!("\"{}\"", column.replace('"', "\"\"")));
+        let expr = match *op {
+            ">" => c.gt(lit(typed)),
+            ">=" => c.gt_eq(lit(typed)),
+            "<" => c.lt(lit(typed)),
+            "<=" => c.lt_eq(lit(typed)),
+            "<>" => c.not_eq(lit(typed)),
+            _ => c.eq(lit(typed)),
+        };
+        predicate = Some(match predicate {
+            Some(p) => p.and(expr),
+            None => expr,
+        });
+    }
+    let mut frame = frame;
+    if let Some(predicate) = predicate {
+        frame = frame.filter(predicate).map_err(|e| internal(&e))?;
+    }
+    let mut sort: Vec<SortExpr> = Vec::new();
+    for key in options
+        .order_by
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    {
+        let (name, ascending) = match key.strip_prefix('-') {
+            Some(name) => (name, false),
+            None => (key, true),
+        };
+        known(name)?;
+        sort.push(col(format!("\"{}\"", name.replace('"', "\"\""))).sort(ascending, !ascending));
+    }
+    if !sort.is_empty() {
+        frame = frame.sort(sort).map_err(|e| internal(&e))?;
+    }
+    if let Some(columns) = &options.columns {
+        for c in columns {
+            known(c)?;
+        }
+        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        frame = frame.select_columns(&names).map_err(|e| internal(&e))?;
+    }
+    frame = frame
+        .limit(options.offset, Some(options.limit))
+        .map_err(|e| internal(&e))?;
+    let out_schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
+    let batches = collect_batches(frame).await.map_err(|e| internal(&e))?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let body = encode(format, &out_schema, &batches).map_err(|e| internal(&e))?;
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.media_type()),
+    );
+    h.insert("x-delta-version", HeaderValue::from(version));
+    h.insert("x-row-count", HeaderValue::from(rows as u64));
+    Ok(response)
+}
+
+#[derive(Debug)]
+struct Options {
+    columns: Option<Vec<String>>,
+    order_by: String,
+    limit: usize,
+    offset: usize,
+    version: Option<i64>,
+    format: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            columns: None,
+            order_by: String::new(),
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+            version: None,
+            format: None,
+        }
+    }
+}
+
+fn op_of(op: &str) -> &'static str {
+    match op {
+        "gt" => ">",
+        "gte" => ">=",
+        "lt" => "<",
+        "lte" => "<=",
+        "ne" => "<>",
+        _ => "=",
+    }
+}
+
+fn number(name: &str, value: &str) -> Result<usize, Problem> {
+    value
+        .parse()
+        .map_err(|_| Problem::bad_request(format!("`{name}={value}`: not a whole number")))
+}
+
+/// `value` cast to `data_type` as Arrow casts text (an error names why it does not fit).
+fn typed_value(
+    value: &str,
+    data_type: &deltalake::arrow::datatypes::DataType,
+) -> Result<ScalarValue, String> {
+    let text: ArrayRef = std::sync::Arc::new(StringArray::from(vec![value]));
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let cast = cast_with_options(&text, data_type, &options).map_err(|e| e.to_string())?;
+    ScalarValue::try_from_array(&cast, 0).map_err(|e| e.to_string())
+}
+
+/// The rows in `format`.
+pub fn encode(
+    format: Format,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    use deltalake::arrow::{csv, ipc, json};
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    Ok(match format {
+        Format::Json => {
+            let mut writer = json::ArrayWriter::new(Vec::new());
+            writer.write_batches(&batches)?;
+            writer.finish()?;
+            let out = writer.into_inner();
+            // An empty result is an empty array, not an empty body.
+            if out.is_empty() { b"[]".to_vec() } else { out }
+        }
+        Format::Ndjson => {
+            let mut writer = json::LineDelimitedWriter::new(Vec::new());
+            writer.write_batches(&batches)?;
+            writer.finish()?;
+            writer.into_inner()
+        }
+        Format::Csv => {
+            let mut out = Vec::new();
+            {
+                let mut writer = csv::WriterBuilder::new().with_header(true).build(&mut out);
+                if batches.is_empty() {
+                    writer.write(&RecordBatch::new_empty(schema.clone()))?;
+                }
+                for batch in &batches {
+                    writer.write(batch)?;
+                }
+            }
+            out
+        }
+        Format::Arrow => {
+            let mut writer = ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            writer.into_inner()?
+        }
+        Format::Parquet => {
+            let mut writer =
+                deltalake::parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), None)?;
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            writer.into_inner()?
+        }
+    })
+}
+
+/// The layer a read route names.
+pub fn layer_of(route: &str) -> Option<Layer> {
+    Some(match route {
+        "raw" => Layer::Bronze,
+        "staging" => Layer::Silver,
+        "curated" => Layer::Gold,
+        "rejects" => Layer::Reject,
+        "quarantine" => Layer::Quarantine,
+        _ => return None,
+    })
+}
+
+/// Per route, what it reads, for `/` and the docs.
+pub fn routes() -> BTreeMap<&'static str, &'static str> {
+    [
+        ("raw", "bronze: every message that arrived, typed"),
+        ("staging", "silver: one current row per key"),
+        ("curated", "gold: the models"),
+        (
+            "rejects",
+            "messages that could not be a bronze row, with the reason",
+        ),
+        (
+            "quarantine",
+            "rows a quarantine rule kept out of silver, with the rule",
+        ),
+    ]
+    .into_iter()
+    .collect()
+}

@@ -1,0 +1,356 @@
+//! The gateway over a real socket: `framework serve` as a child process, called by a Python
+//! client (urllib; pyarrow reads the Arrow and Parquet bodies back), values checked against the
+//! CSVs read with the `csv` crate.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const TOKEN: &str = "test-token-4f1c";
+
+/// A running `framework serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_within(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// Starts `framework serve` on a free port over `lake`, with `extra` arguments.
+fn serve(lake: &Path, extra: &[&str]) -> Server {
+    let mut cmd = framework(lake);
+    cmd.args(["serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("FRAMEWORK_GATEWAY_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("framework serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    let line = match receiver.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("framework serve printed no address within 60 s");
+        }
+    };
+    let address = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    Server {
+        child,
+        base: address,
+    }
+}
+
+/// Sends `requests` with the Python client; returns `{status, headers, body}` per request.
+fn http(requests: &[Value]) -> Vec<Value> {
+    let script = repo().join("framework/tests/py/http_client.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .arg(Value::Array(requests.to_vec()).to_string());
+    let out = output_within(cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "the Python client failed (FRAMEWORK_TEST_PYTHON must be the venv of scripts/env.sh: \
+         `source scripts/env.sh && ensure_venv`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}
+
+fn get(server: &Server, path: &str, accept: &str) -> Value {
+    json!({
+        "url": format!("{}{path}", server.base),
+        "headers": { "Accept": accept, "Authorization": format!("Bearer {TOKEN}") },
+    })
+}
+
+/// The rows of a CSV file of the sample as maps.
+fn csv_rows(file: &str) -> Vec<BTreeMap<String, String>> {
+    let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+fn loaded_lake(dir: &Path) -> std::path::PathBuf {
+    let lake = dir.join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--all", "--data"]).arg(sample());
+    ok(run);
+    lake
+}
+
+#[test]
+fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &[]);
+    let orders = csv_rows("olist_orders_dataset.csv");
+    let order = &orders[0];
+    let id = &order["order_id"];
+    let one = format!("/staging/orders?order_id={id}&columns=order_id,order_status,customer_id");
+    let formats = [
+        "application/json",
+        "application/x-ndjson",
+        "text/csv",
+        "application/vnd.apache.arrow.stream",
+        "application/vnd.apache.parquet",
+    ];
+    let mut requests: Vec<Value> = formats.iter().map(|f| get(&server, &one, f)).collect();
+    // Payments of at least 1000, largest first.
+    requests.push(get(
+        &server,
+        "/staging/payments?payment_value.gte=1000&columns=order_id,payment_value&order_by=-payment_value&limit=3",
+        "application/json",
+    ));
+    requests.push(get(
+        &server,
+        "/raw/orders?limit=2&columns=order_id,_offset",
+        "*/*",
+    ));
+    requests.push(get(
+        &server,
+        "/curated/gold_daily_sales?limit=1",
+        "application/json",
+    ));
+    requests.push(get(&server, "/stats", "application/json"));
+    requests.push(get(&server, "/health", "application/json"));
+    requests.push(get(&server, "/ready", "application/json"));
+    // Errors: unknown table, unknown column, a value of the wrong type, a format not served,
+    // a limit over the maximum, a route that does not exist.
+    requests.push(get(&server, "/staging/nope", "application/json"));
+    requests.push(get(
+        &server,
+        "/staging/orders?colour=red",
+        "application/json",
+    ));
+    requests.push(get(
+        &server,
+        "/staging/payments?payment_value.gt=abc",
+        "application/json",
+    ));
+    requests.push(get(&server, "/staging/orders", "image/png"));
+    requests.push(get(
+        &server,
+        "/staging/orders?limit=1000000",
+        "application/json",
+    ));
+    requests.push(get(&server, "/nowhere", "application/json"));
+    let responses = http(&requests);
+
+    let expected = json!([{
+        "order_id": id,
+        "order_status": order["order_status"],
+        "customer_id": order["customer_id"],
+    }]);
+    for (format, response) in formats.iter().zip(&responses) {
+        assert_eq!(response["status"], 200, "{format}: {response}");
+        assert_eq!(response["headers"]["content-type"], *format);
+        assert_eq!(response["body"], expected, "{format}");
+        assert!(response["headers"]["x-delta-version"].is_string());
+    }
+
+    let mut values: Vec<f64> = csv_rows("olist_order_payments_dataset.csv")
+        .iter()
+        .map(|r| r["payment_value"].parse::<f64>().unwrap())
+        .filter(|v| *v >= 1000.0)
+        .collect();
+    values.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    values.dedup();
+    let got: Vec<f64> = responses[5]["body"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["payment_value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), 3, "{}", responses[5]);
+    assert_eq!(got[0], values[0]);
+    assert!(got.windows(2).all(|w| w[0] >= w[1]), "{got:?}");
+    assert!(got.iter().all(|v| *v >= 1000.0));
+
+    assert_eq!(responses[6]["body"].as_array().unwrap().len(), 2);
+    assert_eq!(responses[7]["body"].as_array().unwrap().len(), 1);
+    let stats = &responses[8]["body"];
+    let distinct = distinct_keys_from_csv(&sample(), &project(), "orders");
+    assert_eq!(
+        stats["tables"]["orders"]["silver"]["rows"], distinct,
+        "{stats}"
+    );
+    assert!(stats["gold"]["gold_daily_sales"]["version"].is_number());
+    assert_eq!(responses[9]["body"]["status"], "ok");
+    assert_eq!(responses[10]["body"]["ready"], true, "{}", responses[10]);
+
+    let problem = |i: usize, status: u64, needle: &str| {
+        let r = &responses[i];
+        assert_eq!(r["status"], status, "{r}");
+        assert_eq!(
+            r["headers"]["content-type"], "application/problem+json",
+            "{r}"
+        );
+        let detail = r["body"]["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{r}");
+    };
+    problem(11, 404, "/staging/nope: no such table");
+    problem(12, 400, "no column `colour`");
+    problem(
+        13,
+        400,
+        "filter `payment_value`: `abc` is not a Decimal128(18, 2)",
+    );
+    problem(14, 406, "image/png");
+    problem(15, 400, "limit 1000000");
+    problem(16, 404, "no such route");
+
+    // A pinned version reads the same rows after a later commit.
+    let version = responses[0]["headers"]["x-delta-version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut again = framework(&lake);
+    again
+        .args(["run", "--table", "orders", "--resend", "--data"])
+        .arg(sample());
+    ok(again);
+    let pinned = http(&[
+        get(
+            &server,
+            &format!("{one}&as_of_version={version}"),
+            "application/json",
+        ),
+        get(&server, &one, "application/json"),
+    ]);
+    assert_eq!(pinned[0]["body"], expected);
+    assert_eq!(pinned[0]["headers"]["x-delta-version"], version);
+    assert_ne!(
+        pinned[1]["headers"]["x-delta-version"], version,
+        "no new version"
+    );
+}
+
+#[test]
+fn ingest_runs_the_pipeline_lists_the_refused_records_and_checks_tokens_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &["--max-body-bytes", "4000"]);
+    let url = format!("{}/ingest/sellers", server.base);
+    let post = |body: String, token: Option<&str>, kind: &str| {
+        let mut headers = json!({ "Content-Type": kind });
+        if let Some(token) = token {
+            headers["Authorization"] = json!(format!("Bearer {token}"));
+        }
+        json!({ "url": url, "method": "POST", "headers": headers, "body": body })
+    };
+    let batch = json!({ "records": [
+        { "seller_id": "gw-seller-1", "seller_zip_code_prefix": "1001", "seller_city": "sao paulo", "seller_state": "SP" },
+        { "seller_id": "gw-seller-2", "seller_zip_code_prefix": 20040, "seller_city": "rio de janeiro", "seller_state": "RJ" },
+        { "seller_id": "gw-seller-3", "seller_city": "x", "colour": "red" },
+        [1, 2, 3],
+    ]})
+    .to_string();
+    let ndjson = "{\"seller_id\": \"gw-seller-4\", \"seller_zip_code_prefix\": \"30130\", \"seller_city\": \"belo horizonte\", \"seller_state\": \"MG\"}\n".to_owned();
+    let responses = http(&[
+        post(batch.clone(), None, "application/json"),
+        post(batch.clone(), Some("wrong"), "application/json"),
+        post("x".repeat(5000), Some(TOKEN), "application/json"),
+        post(
+            "{\"records\": [".to_owned(),
+            Some(TOKEN),
+            "application/json",
+        ),
+        post(batch, Some(TOKEN), "application/json"),
+        post(ndjson, Some(TOKEN), "application/x-ndjson"),
+        get(
+            &server,
+            "/staging/sellers?seller_id.gte=gw-&order_by=seller_id&columns=seller_id,seller_zip_code_prefix,seller_state",
+            "application/json",
+        ),
+        get(
+            &server,
+            "/rejects/sellers?columns=_source_line,_reason&order_by=_source_line",
+            "application/json",
+        ),
+        // Reads need a token once tokens are configured.
+        json!({ "url": format!("{}/staging/sellers", server.base) }),
+    ]);
+    assert_eq!(responses[0]["status"], 401, "{}", responses[0]);
+    assert_eq!(responses[1]["status"], 401, "{}", responses[1]);
+    assert_eq!(responses[2]["status"], 413, "{}", responses[2]);
+    assert_eq!(responses[3]["status"], 400, "{}", responses[3]);
+    assert!(
+        responses[3]["body"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("line 1 column 13"),
+        "{}",
+        responses[3]
+    );
+
+    let report = &responses[4];
+    assert_eq!(report["status"], 200, "{report}");
+    assert_eq!(report["body"]["records"], 4);
+    assert_eq!(report["body"]["accepted"], 2);
+    let rejected = report["body"]["rejected"].as_array().unwrap();
+    let indices: Vec<u64> = rejected
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [2, 3], "{report}");
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{report}"
+    );
+    assert!(report["body"]["versions"]["silver"].is_number(), "{report}");
+    assert!(
+        report["body"]["versions"]["gold"]["gold_seller_performance"].is_number(),
+        "{report}"
+    );
+    assert_eq!(responses[5]["status"], 200, "{}", responses[5]);
+    assert_eq!(responses[5]["body"]["accepted"], 1, "{}", responses[5]);
+
+    // In silver, padded as the idcard says; the refused ones are not.
+    assert_eq!(
+        responses[6]["body"],
+        json!([
+            { "seller_id": "gw-seller-1", "seller_zip_code_prefix": "01001", "seller_state": "SP" },
+            { "seller_id": "gw-seller-2", "seller_zip_code_prefix": "20040", "seller_state": "RJ" },
+            { "seller_id": "gw-seller-4", "seller_zip_code_prefix": "30130", "seller_state": "MG" },
+        ]),
+        "{}",
+        responses[6]
+    );
+    let rejects = responses[7]["body"].as_array().unwrap();
+    assert_eq!(rejects.len(), 2, "{}", responses[7]);
+    assert_eq!(responses[8]["status"], 401, "{}", responses[8]);
+}

@@ -1,0 +1,55 @@
+"""A real HTTP client for the gateway tests, independent of the framework's code.
+
+Takes a JSON list of requests (`url`, optional `method`, `headers`, `body`) as its argument,
+sends each with urllib, decodes each body by its Content-Type with the standard library (json,
+csv) or pyarrow (Arrow IPC stream, Parquet), and prints a JSON list of
+`{status, headers, body}`.
+"""
+
+import csv
+import io
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import pyarrow as pa
+import pyarrow.ipc
+import pyarrow.parquet as pq
+
+
+def send(request):
+    body = request.get("body")
+    req = urllib.request.Request(
+        request["url"],
+        method=request.get("method", "GET"),
+        headers=request.get("headers", {}),
+        data=body.encode() if body is not None else None,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as response:
+            status, headers, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, headers, raw = error.code, dict(error.headers), error.read()
+    kind = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+    kind = kind.split(";")[0].strip()
+    if kind in ("application/json", "application/problem+json"):
+        decoded = json.loads(raw)
+    elif kind == "application/x-ndjson":
+        decoded = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    elif kind == "text/csv":
+        decoded = list(csv.DictReader(io.StringIO(raw.decode())))
+    elif kind == "application/vnd.apache.arrow.stream":
+        decoded = pa.ipc.open_stream(raw).read_all().to_pylist()
+    elif kind == "application/vnd.apache.parquet":
+        decoded = pq.read_table(io.BytesIO(raw)).to_pylist()
+    else:
+        decoded = raw.decode(errors="replace")
+    return {
+        "status": status,
+        "headers": {k.lower(): v for k, v in headers.items()},
+        "body": decoded,
+    }
+
+
+print(json.dumps([send(r) for r in json.loads(sys.argv[1])], default=str))
