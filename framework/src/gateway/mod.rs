@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod ingest;
+pub mod openapi;
 pub mod problem;
 pub mod read;
 
@@ -66,6 +67,8 @@ pub struct Gateway {
     pub bus: Bus,
     pub tokens: Tokens,
     pub limits: Limits,
+    /// `/openapi.json`, generated from the idcards and models at start-up.
+    openapi: serde_json::Value,
     ingests: tokio::sync::Semaphore,
     turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -90,6 +93,7 @@ impl Gateway {
         limits: Limits,
     ) -> Self {
         Self {
+            openapi: openapi::document(&project, &models),
             ingests: tokio::sync::Semaphore::new(limits.max_ingests.max(1)),
             project,
             models,
@@ -147,6 +151,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/stats", get(stats))
+        .route("/openapi.json", get(openapi_route))
         .route("/ingest/{table}", post(ingest_route))
         .route("/quality/results", get(quality_results))
         .route("/{layer}/{table}", get(read_route))
@@ -185,6 +190,7 @@ async fn index(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
         .map(|m| m.name.as_str())
         .collect();
     let mut routes: Vec<String> = vec![
+        "GET /openapi.json".into(),
         "GET /health".into(),
         "GET /ready".into(),
         "GET /stats".into(),
@@ -205,6 +211,10 @@ async fn index(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
         "layers": read::routes(),
         "routes": routes,
     }))
+}
+
+async fn openapi_route(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    Json(gateway.openapi.clone())
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -165,7 +165,28 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
         "application/json",
     ));
     requests.push(get(&server, "/nowhere", "application/json"));
+    let mut openapi = get(&server, "/openapi.json", "application/json");
+    openapi["validate_openapi"] = json!(true);
+    requests.push(openapi);
     let responses = http(&requests);
+    let spec = &responses[17];
+    assert_eq!(spec["openapi_valid"], true, "{}", spec["openapi_error"]);
+    // Generated from the idcards: every table's routes and its record schema.
+    let paths = spec["body"]["paths"].as_object().unwrap();
+    for table in project().names() {
+        for route in ["raw", "staging", "rejects", "quarantine", "ingest"] {
+            assert!(
+                paths.contains_key(&format!("/{route}/{table}")),
+                "/{route}/{table}"
+            );
+        }
+    }
+    let record = &spec["body"]["components"]["schemas"]["orders_record"];
+    assert_eq!(
+        record["properties"]["order_id"]["type"], "string",
+        "{record}"
+    );
+    assert!(paths.contains_key("/curated/gold_daily_sales"));
 
     let expected = json!([{
         "order_id": id,

@@ -3,7 +3,8 @@
 Takes a JSON list of requests (`url`, optional `method`, `headers`, `body`) as its argument,
 sends each with urllib, decodes each body by its Content-Type with the standard library (json,
 csv) or pyarrow (Arrow IPC stream, Parquet), and prints a JSON list of
-`{status, headers, body}`.
+`{status, headers, body}`; a request with `validate_openapi` also gets `openapi_valid` from
+openapi-spec-validator.
 """
 
 import csv
@@ -45,7 +46,18 @@ def send(request):
         decoded = pq.read_table(io.BytesIO(raw)).to_pylist()
     else:
         decoded = raw.decode(errors="replace")
+    checked = {}
+    if request.get("validate_openapi"):
+        from openapi_spec_validator import validate
+
+        try:
+            validate(decoded)
+            checked["openapi_valid"] = True
+        except Exception as error:  # the validator's own error kinds vary by version
+            checked["openapi_valid"] = False
+            checked["openapi_error"] = str(error)[:2000]
     return {
+        **checked,
         "status": status,
         "headers": {k.lower(): v for k, v in headers.items()},
         "body": decoded,

@@ -1,0 +1,266 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of this gateway, generated at start-up from the
+//! idcards and the models (a table's record schema is its idcard's schema), so it always
+//! describes the routes that exist.
+
+use serde_json::{Map, Value, json};
+
+use crate::gold::{Materialized, Models};
+use crate::idcard::ColumnType;
+use crate::idcard::{Project, Table};
+
+use super::read::MAX_LIMIT;
+
+/// The document.
+pub fn document(project: &Project, models: &Models) -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    schemas.insert("Problem".into(), problem_schema());
+    schemas.insert("IngestReport".into(), ingest_report_schema());
+    for table in &project.tables {
+        let name = table.name();
+        let record = format!("{name}_record");
+        schemas.insert(record.clone(), record_schema(table));
+        for (route, what) in [
+            ("raw", "bronze: every message that arrived, typed"),
+            ("staging", "silver: one current row per key"),
+            (
+                "rejects",
+                "messages that could not be a bronze row, with the reason",
+            ),
+            (
+                "quarantine",
+                "rows a quarantine rule kept out of silver, with the rule",
+            ),
+        ] {
+            paths.insert(
+                format!("/{route}/{name}"),
+                json!({ "get": read_operation(&format!("{route}_{name}"), &format!("{name}, {what}"), Some(table)) }),
+            );
+        }
+        paths.insert(
+            format!("/ingest/{name}"),
+            json!({ "post": ingest_operation(table, &record) }),
+        );
+    }
+    for model in &models.models {
+        if matches!(
+            model.config.materialized,
+            Materialized::Table | Materialized::Incremental
+        ) {
+            paths.insert(
+                format!("/curated/{}", model.name),
+                json!({ "get": read_operation(&format!("curated_{}", model.name), &format!("gold model {}", model.name), None) }),
+            );
+        }
+    }
+    paths.insert(
+        "/quality/results".into(),
+        json!({ "get": read_operation("quality_results", "results of the quality checks", None) }),
+    );
+    for (path, id, summary) in [
+        ("/health", "health", "liveness"),
+        (
+            "/ready",
+            "ready",
+            "whether the lake and the bus answer, per component",
+        ),
+        (
+            "/stats",
+            "stats",
+            "per table and layer, and per gold model: version, files, bytes, rows, latest commit",
+        ),
+    ] {
+        paths.insert(
+            path.into(),
+            json!({ "get": {
+                "operationId": id,
+                "summary": summary,
+                "responses": {
+                    "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object" } } } },
+                    "503": problem_response("not ready"),
+                },
+            }}),
+        );
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "framework gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Reads of every layer of the lake and ingestion through the pipeline, generated from the idcards.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+        },
+    })
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } },
+    })
+}
+
+fn read_operation(id: &str, summary: &str, table: Option<&Table>) -> Value {
+    let mut parameters = vec![
+        json!({ "name": "columns", "in": "query", "description": "columns to return, comma-separated", "schema": { "type": "string" } }),
+        json!({ "name": "order_by", "in": "query", "description": "columns to sort by, comma-separated; `-` before a column sorts it descending", "schema": { "type": "string" } }),
+        json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": MAX_LIMIT, "default": 100 } }),
+        json!({ "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } }),
+        json!({ "name": "as_of_version", "in": "query", "description": "read this Delta version (the X-Delta-Version of an earlier page)", "schema": { "type": "integer", "minimum": 0 } }),
+        json!({ "name": "format", "in": "query", "description": "instead of Accept", "schema": { "type": "string", "enum": ["json", "ndjson", "csv", "arrow", "parquet"] } }),
+    ];
+    for column in table.map(|t| t.columns.as_slice()).unwrap_or_default() {
+        parameters.push(json!({
+            "name": column.name,
+            "in": "query",
+            "description": format!("rows whose {} equals this value; `{}.gt|gte|lt|lte|ne` for ranges", column.name, column.name),
+            "schema": { "type": "string" },
+        }));
+    }
+    let rows = json!({ "type": "array", "items": { "type": "object" } });
+    json!({
+        "operationId": id,
+        "summary": summary,
+        "security": [{}, { "bearer": [] }],
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": "the rows, at most `limit`",
+                "headers": {
+                    "X-Delta-Version": { "description": "the Delta version read", "schema": { "type": "integer" } },
+                    "X-Row-Count": { "description": "rows in this response", "schema": { "type": "integer" } },
+                },
+                "content": {
+                    "application/json": { "schema": rows },
+                    "application/x-ndjson": { "schema": { "type": "string" } },
+                    "text/csv": { "schema": { "type": "string" } },
+                    "application/vnd.apache.arrow.stream": { "schema": { "type": "string", "format": "binary" } },
+                    "application/vnd.apache.parquet": { "schema": { "type": "string", "format": "binary" } },
+                },
+            },
+            "400": problem_response("a parameter names no column, or a value does not fit its column"),
+            "401": problem_response("a token is needed"),
+            "403": problem_response("the token lacks the read scope"),
+            "404": problem_response("no such table, or no data yet"),
+            "406": problem_response("no format of Accept is served"),
+        },
+    })
+}
+
+fn ingest_operation(table: &Table, record: &str) -> Value {
+    let records = json!({
+        "type": "object",
+        "required": ["records"],
+        "additionalProperties": false,
+        "properties": { "records": { "type": "array", "items": { "$ref": format!("#/components/schemas/{record}") } } },
+    });
+    json!({
+        "operationId": format!("ingest_{}", table.name()),
+        "summary": format!("send {} records through topic, bronze, silver and the gold models that read it", table.name()),
+        "security": [{ "bearer": [] }],
+        "requestBody": {
+            "required": true,
+            "content": {
+                "application/json": { "schema": records },
+                "application/x-ndjson": { "schema": { "type": "string" } },
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "the records are visible in /staging and /curated; the refused ones are listed",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/IngestReport" } } },
+            },
+            "400": problem_response("the body is not JSON or holds no record"),
+            "401": problem_response("a bearer token is needed"),
+            "403": problem_response("the token lacks the ingest scope"),
+            "404": problem_response("no such table"),
+            "413": problem_response("the body or the number of records is over the limit"),
+            "415": problem_response("an unsupported Content-Type"),
+            "429": problem_response("too many ingests in flight; retry after Retry-After seconds"),
+        },
+    })
+}
+
+/// A table's record as its idcard declares it (what /ingest takes).
+fn record_schema(table: &Table) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for column in &table.columns {
+        let mut schema = match column.data_type {
+            ColumnType::String => json!({ "type": "string" }),
+            ColumnType::Int => json!({ "type": "integer" }),
+            ColumnType::Double => json!({ "type": "number" }),
+            ColumnType::Decimal { precision, scale } => json!({
+                "type": ["number", "string"],
+                "description": format!("decimal({precision},{scale})"),
+            }),
+            ColumnType::Timestamp => json!({ "type": "string", "format": "date-time" }),
+            ColumnType::Date => json!({ "type": "string", "format": "date" }),
+            ColumnType::Bool => json!({ "type": "boolean" }),
+        };
+        if column.nullable {
+            let kinds = match schema["type"].take() {
+                Value::Array(mut kinds) => {
+                    kinds.push("null".into());
+                    kinds
+                }
+                kind => vec![kind, "null".into()],
+            };
+            schema["type"] = Value::Array(kinds);
+        } else {
+            required.push(column.name.clone());
+        }
+        properties.insert(column.name.clone(), schema);
+    }
+    json!({
+        "type": "object",
+        "description": table.config.description,
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+fn problem_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "RFC 9457 problem details",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": { "type": "string" },
+            "title": { "type": "string" },
+            "status": { "type": "integer" },
+            "detail": { "type": "string" },
+            "hint": { "type": "string" },
+            "retry_after_s": { "type": "integer" },
+        },
+    })
+}
+
+fn ingest_report_schema() -> Value {
+    let refused = json!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["index", "reason"],
+            "properties": { "index": { "type": "integer" }, "reason": { "type": "string" } },
+        },
+    });
+    json!({
+        "type": "object",
+        "required": ["table", "records", "accepted", "rejected", "quarantined", "versions", "seconds"],
+        "properties": {
+            "table": { "type": "string" },
+            "records": { "type": "integer" },
+            "accepted": { "type": "integer" },
+            "rejected": refused,
+            "quarantined": refused,
+            "versions": { "type": "object" },
+            "seconds": { "type": "number" },
+        },
+    })
+}
