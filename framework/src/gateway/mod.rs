@@ -326,10 +326,36 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+/// Runs a handler's work, turning a panic (a bug) into a 500 problem instead of a dropped
+/// connection; the panic itself goes to the server's log.
+async fn guarded(
+    work: impl std::future::Future<Output = Result<Response, Problem>> + Send,
+) -> Result<Response, Problem> {
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(Problem::internal(
+                "the gateway failed on this request (a bug: its log has the details)",
+            ))
+        })
+}
+
 async fn read_route(
     State(gateway): State<Arc<Gateway>>,
     Path((route, table)): Path<(String, String)>,
     Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    guarded(read_table(gateway, route, table, params, headers)).await
+}
+
+async fn read_table(
+    gateway: Arc<Gateway>,
+    route: String,
+    table: String,
+    params: Vec<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let Some(layer) = read::layer_of(&route) else {
@@ -398,6 +424,15 @@ async fn ingest_route(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    guarded(ingest_table(gateway, table, headers, body)).await
+}
+
+async fn ingest_table(
+    gateway: Arc<Gateway>,
+    table: String,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
     let config = gateway.table(&table)?.clone();
     gateway
         .tokens
@@ -428,4 +463,26 @@ async fn ingest_route(
     let records = ingest::parse_body(content_type, &body)?;
     let report = ingest::ingest(&gateway, &config, records).await?;
     Ok(Json(report).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    #[tokio::test]
+    async fn a_panic_in_a_handler_is_a_500_problem() {
+        let failing = async {
+            if std::hint::black_box(true) {
+                panic!("a bug");
+            }
+            Ok(().into_response())
+        };
+        let problem = super::guarded(failing).await.unwrap_err();
+        assert_eq!(problem.status, 500);
+        assert!(
+            problem.detail.contains("a bug: its log"),
+            "{}",
+            problem.detail
+        );
+    }
 }
