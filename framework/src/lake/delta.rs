@@ -374,24 +374,29 @@ impl Lake {
             return Ok(None);
         };
         let version = delta.version().unwrap_or(0) as i64;
+        Self::register_loaded(ctx, layer, table, name, &delta).await?;
+        Ok(Some(version))
+    }
+
+    /// Registers the loaded snapshot `delta` of `table` under `name` in `ctx`.
+    async fn register_loaded(
+        ctx: &SessionContext,
+        layer: Layer,
+        table: &str,
+        name: &str,
+        delta: &DeltaTable,
+    ) -> Result<()> {
+        let query = |source| Error::Query {
+            layer,
+            table: table.to_owned(),
+            source: Box::new(source),
+        };
         delta
             .update_datafusion_session(&ctx.state())
             .map_err(Self::delta_err(layer, table))?;
-        let provider = delta
-            .table_provider()
-            .await
-            .map_err(|source| Error::Query {
-                layer,
-                table: table.to_owned(),
-                source: Box::new(source),
-            })?;
-        ctx.register_table(name, provider)
-            .map_err(|source| Error::Query {
-                layer,
-                table: table.to_owned(),
-                source: Box::new(source),
-            })?;
-        Ok(Some(version))
+        let provider = delta.table_provider().await.map_err(query)?;
+        ctx.register_table(name, provider).map_err(query)?;
+        Ok(())
     }
 
     /// Registers the table as of `version` (the latest when `None`) under `name` in `ctx` and
@@ -416,20 +421,7 @@ impl Lake {
             .load()
             .await
             .map_err(Self::delta_err(layer, table))?;
-        let provider = delta
-            .table_provider()
-            .await
-            .map_err(|source| Error::Query {
-                layer,
-                table: table.to_owned(),
-                source: Box::new(source),
-            })?;
-        ctx.register_table(name, provider)
-            .map_err(|source| Error::Query {
-                layer,
-                table: table.to_owned(),
-                source: Box::new(source),
-            })?;
+        Self::register_loaded(ctx, layer, table, name, &delta).await?;
         Ok(Some(version))
     }
 
