@@ -34,6 +34,12 @@ impl EmbeddedLog {
         self.root.join(topic)
     }
 
+    /// A file kept beside the topic's partitions, about its offsets (the gateway's
+    /// idempotency keys): it goes wherever the topic goes.
+    pub fn sidecar(&self, topic: &str, name: &str) -> PathBuf {
+        self.topic_dir(topic).join(name)
+    }
+
     fn io(topic: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
         move |source| Error::Io {
             topic: topic.to_owned(),
@@ -110,9 +116,39 @@ impl EmbeddedLog {
         )
     }
 
+    /// The number of messages and where the next block starts, when the partition's tail is
+    /// whole: the last index entry points to a block that holds the last indexed message and
+    /// ends where the log ends. Reads 8 bytes of the index and one block header, whatever the
+    /// partition's size (an append after many small ones stays cheap).
+    fn clean_tail(&self, topic: &str, partition: u32) -> Result<Option<(u64, u64)>> {
+        let (log_path, idx_path) = self.paths(topic, partition);
+        let idx_len = fs::metadata(&idx_path).map_err(Self::io(topic))?.len();
+        let log_len = fs::metadata(&log_path).map_err(Self::io(topic))?.len();
+        if idx_len == 0 {
+            return Ok((log_len == 0).then_some((0, 0)));
+        }
+        if idx_len % 8 != 0 {
+            return Ok(None);
+        }
+        let mut idx = File::open(&idx_path).map_err(Self::io(topic))?;
+        let last = read_at(&mut idx, idx_len - 8, 8).map_err(Self::io(topic))?;
+        let start = u64::from_le_bytes(last.try_into().expect("8 bytes"));
+        let mut log = File::open(&log_path).map_err(Self::io(topic))?;
+        Ok(
+            read_block_header(&mut log, start, log_len).and_then(|header| {
+                let whole = header.first + u64::from(header.count) == idx_len / 8
+                    && start + header.len() == log_len;
+                whole.then_some((idx_len / 8, log_len))
+            }),
+        )
+    }
+
     /// Reads the index, repairing a torn tail: returns the number of messages and where the
     /// next block starts.
     fn recover(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
+        if let Some(tail) = self.clean_tail(topic, partition)? {
+            return Ok(tail);
+        }
         let (log_path, idx_path) = self.paths(topic, partition);
         let bytes = fs::read(&idx_path).map_err(Self::io(topic))?;
         let mut starts: Vec<u64> = bytes

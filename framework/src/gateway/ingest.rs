@@ -10,6 +10,7 @@
 //! quarantine table, like any message: the response lists both by record index. The response
 //! comes once the accepted records are visible in silver and gold, with the versions written.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use deltalake::arrow::array::{AsArray, RecordBatch};
@@ -17,12 +18,14 @@ use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Int64Type};
 use serde_json::{Map, Value};
 
-use crate::bus::{Batch, Bus, partition_for};
+use crate::bus::{Batch, partition_for};
 use crate::idcard::Table;
 use crate::lake::{Lake, Layer, collect_batches, session};
 use crate::offsets::{OFFSET, PARTITION};
 
 use super::Gateway;
+use super::keys::Idempotency;
+use super::lanes::{Appended, Position};
 use super::problem::Problem;
 
 /// What an ingest did, as the response tells it.
@@ -34,8 +37,47 @@ pub struct IngestReport {
     pub accepted: usize,
     pub rejected: Vec<Refused>,
     pub quarantined: Vec<Refused>,
+    /// Where each record landed on the topic, in request order.
+    pub offsets: Vec<Position>,
+    /// The answer to an earlier request with the same `Idempotency-Key`: nothing was appended.
+    pub replayed: bool,
     /// Delta versions after the run: bronze, silver and each gold model that reads the table.
     pub versions: serde_json::Value,
+    pub seconds: f64,
+}
+
+impl IngestReport {
+    pub fn new(
+        table: &str,
+        records: usize,
+        appended: Appended,
+        rejected: Vec<Refused>,
+        quarantined: Vec<Refused>,
+        versions: Value,
+        started: Instant,
+    ) -> Self {
+        Self {
+            table: table.to_owned(),
+            records,
+            accepted: records - rejected.len() - quarantined.len(),
+            rejected,
+            quarantined,
+            offsets: appended.positions,
+            replayed: appended.replayed,
+            versions,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// What `/ingest_fast` answers once the records are durable (202): where they landed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DurableReport {
+    pub table: String,
+    pub records: usize,
+    pub durable: bool,
+    pub offsets: Vec<Position>,
+    pub replayed: bool,
     pub seconds: f64,
 }
 
@@ -93,11 +135,15 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Value>,
     }
 }
 
-/// The messages of `records` for `table`'s topic, each with its partition.
-fn messages(table: &Table, records: &[Value], partitions: u32) -> (Batch, Vec<u32>) {
+/// Adds the messages of `records` for `table`'s topic to `batch`; returns each one's partition.
+pub fn push_messages(
+    table: &Table,
+    records: &[Value],
+    partitions: u32,
+    batch: &mut Batch,
+) -> Vec<u32> {
     let now = chrono::Utc::now();
     let timestamp = crate::source::rfc3339_micros(now);
-    let mut batch = Batch::default();
     let mut partition_of = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
         let (key, value) = match record {
@@ -123,73 +169,44 @@ fn messages(table: &Table, records: &[Value], partitions: u32) -> (Batch, Vec<u3
             // Not an object: bronze rejects it with the reason, like any unreadable message.
             other => (format!("_broken:{}", i + 1), other.to_string()),
         };
-        let partition = partition_for(key.as_bytes(), partitions);
-        partition_of.push(partition);
+        partition_of.push(partition_for(key.as_bytes(), partitions));
         batch.push(key.as_bytes(), value.as_bytes(), now.timestamp_millis());
     }
-    (batch, partition_of)
+    partition_of
 }
 
-/// Sends `records` to the topic; returns each record's `(partition, offset)`. The embedded log
-/// only: its end offsets, read under the producer lease, are where the batch lands.
-fn send(bus: &Bus, table: &Table, records: &[Value]) -> Result<Vec<(u32, u64)>, Problem> {
-    let Bus::Embedded(log) = bus else {
-        return Err(Problem::unavailable(
-            "/ingest runs on the embedded log for now; this gateway's bus is Kafka",
-        )
-        .with_hint("start `framework serve` without --bus kafka://..."));
-    };
-    let topic = table.topic();
-    let bus_err = |e: crate::bus::Error| Problem::internal(format!("topic {topic}: {e}"));
-    let partitions = bus
-        .ensure_topic(topic, table.config.topic.partitions)
-        .map_err(bus_err)?;
-    let (batch, partition_of) = messages(table, records, partitions);
-    let _lease = bus.producer_lease(topic).map_err(bus_err)?;
-    let mut next: Vec<u64> = (0..partitions)
-        .map(|p| log.end_offset(topic, p))
-        .collect::<Result<_, _>>()
-        .map_err(bus_err)?;
-    bus.send(topic, &batch).map_err(bus_err)?;
-    Ok(partition_of
-        .into_iter()
-        .map(|p| {
-            let offset = next[p as usize];
-            next[p as usize] += 1;
-            (p, offset)
-        })
-        .collect())
+/// Checks the number of records of a request.
+pub fn check_count(records: &[Value], max: usize) -> Result<(), Problem> {
+    if records.is_empty() {
+        return Err(Problem::bad_request("the request holds no record"));
+    }
+    if records.len() > max {
+        return Err(Problem::too_large(format!(
+            "{} records; a request holds at most {max}",
+            records.len()
+        )));
+    }
+    Ok(())
 }
 
-/// Runs one request: send, then the pipeline for the table, then what was kept out and the
-/// versions written.
+/// Runs one request: append, then the pipeline for the table (checks included), then what was
+/// kept out and the versions written.
 pub async fn ingest(
     gateway: &std::sync::Arc<Gateway>,
     table: &Table,
     records: Vec<Value>,
+    idempotency: Option<Idempotency>,
 ) -> Result<IngestReport, Problem> {
     let started = Instant::now();
     let name = table.name().to_owned();
-    if records.is_empty() {
-        return Err(Problem::bad_request("the request holds no record"));
-    }
-    if records.len() > gateway.limits.max_records {
-        return Err(Problem::too_large(format!(
-            "{} records; a request holds at most {}",
-            records.len(),
-            gateway.limits.max_records
-        )));
-    }
+    check_count(&records, gateway.limits.max_records)?;
+    let count = records.len();
+    let appended = gateway
+        .lanes(table)?
+        .append(records, idempotency, false)
+        .await?;
     // One pipeline run per table at a time in this process (the lake's leases guard the rest).
     let _turn = gateway.turn(&name).await;
-    let bus = gateway.bus.clone();
-    let owned = table.clone();
-    let positions = {
-        let records = records.clone();
-        tokio::task::spawn_blocking(move || send(&bus, &owned, &records))
-            .await
-            .map_err(|e| Problem::internal(format!("sending to the topic: {e}")))??
-    };
     // The pipeline on a blocking thread of its own (its future borrows across awaits in ways
     // the handler's `Send` bound cannot see through).
     let report = {
@@ -215,92 +232,103 @@ pub async fn ingest(
         .map_err(|e| Problem::internal(format!("running the pipeline for {name}: {e}")))?
     };
     if let Some(failure) = &report.failure {
-        return Err(Problem::internal(format!(
-            "the pipeline for {name} stopped: {failure}"
+        return Err(Problem::unprocessable(format!(
+            "the records are on the topic and in bronze (offsets {}), but the quality checks stopped the pipeline for {name}: {failure}",
+            offsets_text(&appended.positions)
         )));
     }
-    let rejected = refused(
-        &gateway.lake,
-        Layer::Reject,
+    let positions = &appended.positions.clone();
+    let rejected = reasons_at(&gateway.lake, Layer::Reject, table, positions).await?;
+    let quarantined = reasons_at(&gateway.lake, Layer::Quarantine, table, positions).await?;
+    let models: Vec<String> = report.models.iter().map(|m| m.model.clone()).collect();
+    let versions = versions(&gateway.lake, &name, &models).await?;
+    Ok(IngestReport::new(
         &name,
-        "_reason",
-        table.topic(),
-        &positions,
-    )
-    .await?;
-    let quarantined = refused(
-        &gateway.lake,
-        Layer::Quarantine,
-        &name,
-        "_failed_rule",
-        table.topic(),
-        &positions,
-    )
-    .await?;
-    let mut gold = serde_json::Map::new();
-    for model in &report.models {
-        if let Some(stats) = gateway
-            .lake
-            .stats(Layer::Gold, &model.model)
-            .await
-            .map_err(|e| Problem::internal(e.to_string()))?
-        {
-            gold.insert(model.model.clone(), stats.version.into());
-        }
-    }
-    let mut layers = Vec::new();
-    for layer in [Layer::Bronze, Layer::Silver] {
-        let stats = gateway
-            .lake
-            .stats(layer, &name)
-            .await
-            .map_err(|e| Problem::internal(e.to_string()))?;
-        layers.push(stats.map(|s| s.version));
-    }
-    let versions = serde_json::json!({
-        "bronze": layers[0],
-        "silver": layers[1],
-        "gold": gold,
-    });
-    Ok(IngestReport {
-        table: name.clone(),
-        records: records.len(),
-        accepted: records.len() - rejected.len() - quarantined.len(),
-        rejected,
-        quarantined,
+        count,
+        appended,
+        by_index(positions, &rejected),
+        by_index(positions, &quarantined),
         versions,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        started,
+    ))
 }
 
-/// The rows of `layer` (reject or quarantine) at the request's positions, by record index,
-/// with the value of `reason_column`.
-async fn refused(
+fn offsets_text(positions: &[Position]) -> String {
+    let shown: Vec<String> = positions
+        .iter()
+        .take(5)
+        .map(|p| format!("{}:{}", p.partition, p.offset))
+        .collect();
+    let more = positions.len().saturating_sub(5);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Delta versions of `table`'s bronze and silver and of `models` in gold.
+pub async fn versions(lake: &Lake, table: &str, models: &[String]) -> Result<Value, Problem> {
+    let internal = |e: crate::lake::Error| Problem::internal(e.to_string());
+    let mut gold = serde_json::Map::new();
+    for model in models {
+        if let Some(version) = lake.version(Layer::Gold, model).await.map_err(internal)? {
+            gold.insert(model.clone(), version.into());
+        }
+    }
+    Ok(serde_json::json!({
+        "bronze": lake.version(Layer::Bronze, table).await.map_err(internal)?,
+        "silver": lake.version(Layer::Silver, table).await.map_err(internal)?,
+        "gold": gold,
+    }))
+}
+
+/// The records at `positions` found in `reasons`, by their index in the request.
+pub fn by_index(positions: &[Position], reasons: &HashMap<Position, String>) -> Vec<Refused> {
+    positions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, at)| {
+            reasons.get(at).map(|reason| Refused {
+                index,
+                reason: reason.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The rows of `layer` (reject or quarantine) of `table` at `positions`, with their reason
+/// (`_reason`, `_failed_rule`).
+pub async fn reasons_at(
     lake: &Lake,
     layer: Layer,
-    table: &str,
-    reason_column: &str,
-    topic: &str,
-    positions: &[(u32, u64)],
-) -> Result<Vec<Refused>, Problem> {
+    table: &Table,
+    positions: &[Position],
+) -> Result<HashMap<Position, String>, Problem> {
+    let name = table.name();
     let ctx = session();
     let internal = |e: &dyn std::fmt::Display| {
-        Problem::internal(format!("reading {}/{table}: {e}", layer.dir()))
+        Problem::internal(format!("reading {}/{name}: {e}", layer.dir()))
     };
-    if !lake
-        .register(&ctx, layer, table, "t")
-        .await
-        .map_err(|e| internal(&e))?
+    let mut out = HashMap::new();
+    if positions.is_empty()
+        || !lake
+            .register(&ctx, layer, name, "t")
+            .await
+            .map_err(|e| internal(&e))?
     {
-        return Ok(Vec::new());
+        return Ok(out);
     }
-    let (min, max) = positions
-        .iter()
-        .fold((u64::MAX, 0), |(lo, hi), &(_, o)| (lo.min(o), hi.max(o)));
-    let topic_filter = if layer == Layer::Reject {
-        format!("_topic = '{}' AND ", topic.replace('\'', "''"))
+    let (min, max) = positions.iter().fold((u64::MAX, 0), |(lo, hi), p| {
+        (lo.min(p.offset), hi.max(p.offset))
+    });
+    let (reason_column, topic_filter) = if layer == Layer::Reject {
+        (
+            "_reason",
+            format!("_topic = '{}' AND ", table.topic().replace('\'', "''")),
+        )
     } else {
-        String::new()
+        ("_failed_rule", String::new())
     };
     let sql = format!(
         "SELECT DISTINCT {PARTITION}, {OFFSET}, CAST({reason_column} AS VARCHAR) AS reason FROM t \
@@ -308,10 +336,10 @@ async fn refused(
     );
     let frame = ctx.sql(&sql).await.map_err(|e| internal(&e))?;
     let batches: Vec<RecordBatch> = collect_batches(frame).await.map_err(|e| internal(&e))?;
-    let mut out = Vec::new();
     let as_type = |batch: &RecordBatch, i: usize, to: &DataType| {
         cast(batch.column(i), to).map_err(|e| internal(&e))
     };
+    let wanted: std::collections::HashSet<&Position> = positions.iter().collect();
     for batch in &batches {
         let partitions = as_type(batch, 0, &DataType::Int64)?;
         let offsets = as_type(batch, 1, &DataType::Int64)?;
@@ -320,19 +348,15 @@ async fn refused(
         let offsets = offsets.as_primitive::<Int64Type>();
         let reasons = reasons.as_string::<i32>();
         for row in 0..batch.num_rows() {
-            let at = (partitions.value(row), offsets.value(row));
-            if let Some(index) = positions
-                .iter()
-                .position(|&(p, o)| (i64::from(p), o as i64) == at)
-            {
-                out.push(Refused {
-                    index,
-                    reason: reasons.value(row).to_owned(),
-                });
+            let at = Position {
+                partition: partitions.value(row) as u32,
+                offset: offsets.value(row) as u64,
+            };
+            if wanted.contains(&at) {
+                out.entry(at)
+                    .or_insert_with(|| reasons.value(row).to_owned());
             }
         }
     }
-    out.sort_by_key(|r| r.index);
-    out.dedup_by_key(|r| r.index);
     Ok(out)
 }

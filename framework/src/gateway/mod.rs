@@ -8,6 +8,8 @@
 
 pub mod auth;
 pub mod ingest;
+pub mod keys;
+pub mod lanes;
 pub mod openapi;
 pub mod problem;
 pub mod read;
@@ -71,6 +73,8 @@ pub struct Gateway {
     openapi: serde_json::Value,
     ingests: tokio::sync::Semaphore,
     turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each table's committer and refresher, started on its first ingest.
+    lanes: std::sync::Mutex<HashMap<String, lanes::Lanes>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -103,6 +107,36 @@ impl Gateway {
             tokens,
             limits,
             turns: std::sync::Mutex::new(HashMap::new()),
+            lanes: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `table`'s lanes, started on first use (see [`lanes`]).
+    fn lanes(self: &Arc<Self>, table: &crate::idcard::Table) -> Result<lanes::Lanes, Problem> {
+        let mut all = self.lanes.lock().expect("the lanes map is never poisoned");
+        if let Some(found) = all.get(table.name()) {
+            return Ok(found.clone());
+        }
+        let started = lanes::Lanes::start(self, table).map_err(|e| {
+            Problem::internal(format!("starting the lanes of {}: {e}", table.name()))
+        })?;
+        all.insert(table.name().to_owned(), started.clone());
+        Ok(started)
+    }
+
+    /// Brings every table whose topic holds messages up to date in the background: what was
+    /// acknowledged as durable before a crash becomes visible without a new request.
+    fn catch_up(self: &Arc<Self>) {
+        let Bus::Embedded(log) = &self.bus else {
+            return;
+        };
+        for table in &self.project.tables {
+            let has_messages = log.partitions(table.topic()).is_ok_and(|partitions| {
+                (0..partitions).any(|p| log.end_offset(table.topic(), p).is_ok_and(|end| end > 0))
+            });
+            if has_messages && let Ok(lanes) = self.lanes(table) {
+                lanes.kick();
+            }
         }
     }
 
@@ -153,6 +187,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/stats", get(stats))
         .route("/openapi.json", get(openapi_route))
         .route("/ingest/{table}", post(ingest_route))
+        .route("/ingest_fast/{table}", post(ingest_fast_route))
         .route("/quality/results", get(quality_results))
         .route("/{layer}/{table}", get(read_route))
         .fallback(not_found)
@@ -166,6 +201,7 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    gateway.catch_up();
     axum::serve(listener, app(gateway))
         .with_graceful_shutdown(shutdown)
         .await
@@ -201,6 +237,7 @@ async fn index(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
             routes.push(format!("GET /{layer}/{table}"));
         }
         routes.push(format!("POST /ingest/{table}"));
+        routes.push(format!("POST /ingest_fast/{table}"));
     }
     for model in &models {
         routes.push(format!("GET /curated/{model}"));
@@ -424,15 +461,82 @@ async fn ingest_route(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    guarded(ingest_table(gateway, table, headers, body)).await
+    guarded(ingest_table(gateway, table, None, headers, body)).await
 }
 
-async fn ingest_table(
-    gateway: Arc<Gateway>,
-    table: String,
+async fn ingest_fast_route(
+    State(gateway): State<Arc<Gateway>>,
+    Path(table): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    let wait = match params
+        .iter()
+        .find(|(k, _)| k == "wait")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("durable") => Wait::Durable,
+        Some("visible") => Wait::Visible,
+        Some(other) => {
+            return Err(Problem::bad_request(format!(
+                "wait={other}: not a known acknowledgement"
+            ))
+            .with_hint("wait=durable (the default: 202 once on the topic) or wait=visible (200 once in silver and gold)"));
+        }
+    };
+    if let Some((unknown, _)) = params.iter().find(|(k, _)| k != "wait") {
+        return Err(
+            Problem::bad_request(format!("unknown parameter `{unknown}`"))
+                .with_hint("/ingest_fast takes `wait=durable|visible`"),
+        );
+    }
+    guarded(ingest_table(gateway, table, Some(wait), headers, body)).await
+}
+
+/// When `/ingest_fast` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// 202 once the records are synced on the topic.
+    Durable,
+    /// 200 once they are in silver and gold.
+    Visible,
+}
+
+/// Longest `Idempotency-Key` taken.
+const MAX_KEY_LEN: usize = 255;
+
+/// The request's `Idempotency-Key`, for `table` and this body.
+fn idempotency(
+    headers: &HeaderMap,
+    table: &str,
+    body: &[u8],
+) -> Result<Option<keys::Idempotency>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "the Idempotency-Key header must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(keys::Idempotency::new(table, key, body)))
+}
+
+/// `/ingest` (`wait` = `None`: the pipeline with its checks, in the request) and
+/// `/ingest_fast` (group commit; the refresher makes the records visible).
+async fn ingest_table(
+    gateway: Arc<Gateway>,
+    table: String,
+    wait: Option<Wait>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let started = std::time::Instant::now();
     let config = gateway.table(&table)?.clone();
     gateway
         .tokens
@@ -461,8 +565,42 @@ async fn ingest_table(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let records = ingest::parse_body(content_type, &body)?;
-    let report = ingest::ingest(&gateway, &config, records).await?;
-    Ok(Json(report).into_response())
+    let idempotency = idempotency(&headers, &table, &body)?;
+    let Some(wait) = wait else {
+        let report = ingest::ingest(&gateway, &config, records, idempotency).await?;
+        return Ok(Json(report).into_response());
+    };
+    ingest::check_count(&records, gateway.limits.max_records)?;
+    let count = records.len();
+    let lanes = gateway.lanes(&config)?;
+    let appended = lanes.append(records, idempotency, true).await?;
+    match wait {
+        Wait::Durable => Ok((
+            StatusCode::ACCEPTED,
+            Json(ingest::DurableReport {
+                table,
+                records: count,
+                durable: true,
+                offsets: appended.positions,
+                replayed: appended.replayed,
+                seconds: started.elapsed().as_secs_f64(),
+            }),
+        )
+            .into_response()),
+        Wait::Visible => {
+            let visible = lanes.visible(appended.positions.clone()).await?;
+            Ok(Json(ingest::IngestReport::new(
+                &table,
+                count,
+                appended,
+                visible.rejected,
+                visible.quarantined,
+                visible.versions,
+                started,
+            ))
+            .into_response())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub fn document(project: &Project, models: &Models) -> Value {
     let mut schemas = Map::new();
     schemas.insert("Problem".into(), problem_schema());
     schemas.insert("IngestReport".into(), ingest_report_schema());
+    schemas.insert("DurableReport".into(), durable_report_schema());
     for table in &project.tables {
         let name = table.name();
         let record = format!("{name}_record");
@@ -39,7 +40,11 @@ pub fn document(project: &Project, models: &Models) -> Value {
         }
         paths.insert(
             format!("/ingest/{name}"),
-            json!({ "post": ingest_operation(table, &record) }),
+            json!({ "post": ingest_operation(table, &record, false) }),
+        );
+        paths.insert(
+            format!("/ingest_fast/{name}"),
+            json!({ "post": ingest_operation(table, &record, true) }),
         );
     }
     for model in &models.models {
@@ -151,17 +156,58 @@ fn read_operation(id: &str, summary: &str, table: Option<&Table>) -> Value {
     })
 }
 
-fn ingest_operation(table: &Table, record: &str) -> Value {
+fn ingest_operation(table: &Table, record: &str, fast: bool) -> Value {
     let records = json!({
         "type": "object",
         "required": ["records"],
         "additionalProperties": false,
         "properties": { "records": { "type": "array", "items": { "$ref": format!("#/components/schemas/{record}") } } },
     });
+    let report = json!({ "application/json": { "schema": { "$ref": "#/components/schemas/IngestReport" } } });
+    let mut responses = json!({
+        "400": problem_response("the body is not JSON or holds no record, or a bad parameter or Idempotency-Key"),
+        "401": problem_response("a bearer token is needed"),
+        "403": problem_response("the token lacks the ingest scope"),
+        "404": problem_response("no such table"),
+        "413": problem_response("the body or the number of records is over the limit"),
+        "415": problem_response("an unsupported Content-Type"),
+        "422": problem_response("the Idempotency-Key was used with another body, or quality checks stopped the pipeline"),
+        "429": problem_response("too many ingests in flight; retry after Retry-After seconds"),
+    });
+    let mut parameters = vec![json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "description": "a retry with the same key and body appends nothing and answers the first request's offsets",
+        "schema": { "type": "string", "maxLength": 255 },
+    })];
+    let summary = if fast {
+        responses["200"] = json!({ "description": "(wait=visible) the records are visible in /staging and /curated; the refused ones are listed", "content": report });
+        responses["202"] = json!({
+            "description": "the records are durable on the topic (group commit); they become visible shortly",
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DurableReport" } } },
+        });
+        parameters.push(json!({
+            "name": "wait",
+            "in": "query",
+            "description": "durable (default): 202 once synced on the topic; visible: 200 once in silver and gold",
+            "schema": { "type": "string", "enum": ["durable", "visible"] },
+        }));
+        format!(
+            "send {} records to the topic in a group commit; bronze, silver and gold follow",
+            table.name()
+        )
+    } else {
+        responses["200"] = json!({ "description": "the records are visible in /staging and /curated; the refused ones are listed", "content": report });
+        format!(
+            "send {} records through topic, bronze, silver, the gold models that read it and the checks",
+            table.name()
+        )
+    };
     json!({
-        "operationId": format!("ingest_{}", table.name()),
-        "summary": format!("send {} records through topic, bronze, silver and the gold models that read it", table.name()),
+        "operationId": format!("{}_{}", if fast { "ingest_fast" } else { "ingest" }, table.name()),
+        "summary": summary,
         "security": [{ "bearer": [] }],
+        "parameters": parameters,
         "requestBody": {
             "required": true,
             "content": {
@@ -169,19 +215,7 @@ fn ingest_operation(table: &Table, record: &str) -> Value {
                 "application/x-ndjson": { "schema": { "type": "string" } },
             },
         },
-        "responses": {
-            "200": {
-                "description": "the records are visible in /staging and /curated; the refused ones are listed",
-                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/IngestReport" } } },
-            },
-            "400": problem_response("the body is not JSON or holds no record"),
-            "401": problem_response("a bearer token is needed"),
-            "403": problem_response("the token lacks the ingest scope"),
-            "404": problem_response("no such table"),
-            "413": problem_response("the body or the number of records is over the limit"),
-            "415": problem_response("an unsupported Content-Type"),
-            "429": problem_response("too many ingests in flight; retry after Retry-After seconds"),
-        },
+        "responses": responses,
     })
 }
 
@@ -241,6 +275,33 @@ fn problem_schema() -> Value {
     })
 }
 
+fn offsets_schema() -> Value {
+    json!({
+        "type": "array",
+        "description": "where each record landed on the topic, in request order",
+        "items": {
+            "type": "object",
+            "required": ["partition", "offset"],
+            "properties": { "partition": { "type": "integer" }, "offset": { "type": "integer" } },
+        },
+    })
+}
+
+fn durable_report_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["table", "records", "durable", "offsets", "replayed", "seconds"],
+        "properties": {
+            "table": { "type": "string" },
+            "records": { "type": "integer" },
+            "durable": { "type": "boolean" },
+            "offsets": offsets_schema(),
+            "replayed": { "type": "boolean" },
+            "seconds": { "type": "number" },
+        },
+    })
+}
+
 fn ingest_report_schema() -> Value {
     let refused = json!({
         "type": "array",
@@ -252,13 +313,15 @@ fn ingest_report_schema() -> Value {
     });
     json!({
         "type": "object",
-        "required": ["table", "records", "accepted", "rejected", "quarantined", "versions", "seconds"],
+        "required": ["table", "records", "accepted", "rejected", "quarantined", "offsets", "replayed", "versions", "seconds"],
         "properties": {
             "table": { "type": "string" },
             "records": { "type": "integer" },
             "accepted": { "type": "integer" },
             "rejected": refused,
             "quarantined": refused,
+            "offsets": offsets_schema(),
+            "replayed": { "type": "boolean" },
             "versions": { "type": "object" },
             "seconds": { "type": "number" },
         },

@@ -206,6 +206,15 @@ impl Lake {
         }
     }
 
+    /// The table's latest version, `None` when nothing was ever written there.
+    pub async fn version(&self, layer: Layer, table: &str) -> Result<Option<i64>> {
+        Ok(self
+            .open(layer, table)
+            .await?
+            .and_then(|delta| delta.version())
+            .map(|v| v as i64))
+    }
+
     /// A handle for writing, whether or not the table exists yet.
     async fn handle(&self, layer: Layer, table: &str) -> Result<DeltaTable> {
         if let Root::Local(_) = self.root {

@@ -2,10 +2,12 @@
 
 mod deliveries;
 mod inspect;
+mod refresh;
 mod report;
 mod run;
 
 pub use inspect::rejects;
+pub use refresh::{Refreshed, refresh};
 pub use report::{TableReport, peak_rss_mib, render_summary};
 pub use run::{RunOptions, RunReport, Stage, run};
 

@@ -1,0 +1,302 @@
+//! Idempotency keys of a table's ingests, kept durably beside its topic.
+//!
+//! A retried request with the same `Idempotency-Key` (and the same body) answers what the first
+//! one did, with the same offsets, and appends nothing. The keys of one group commit are one
+//! line of `<topic>/gateway-keys.jsonl`, written and synced *before* the group's messages:
+//! `{"at", "check": {partition, offset, digest}, "keys": [{key, body, positions}]}`, where
+//! `check` names the group's first message and the BLAKE3 digest of its value. A crash between
+//! the line and the append leaves a line whose message is not in the log (or is another one):
+//! on open, the last group line is checked against the log and dropped when it does not match,
+//! and a failed append writes a `void` line at once, so every line before the last is backed by
+//! its messages. Keys live [`TTL`]; older lines are dropped when the file is opened.
+//!
+//! Keys are stored as SHA-256 digests of the table name and the key, bodies as digests too.
+//! One gateway process per lake keeps the keys (two gateways on one lake do not see each
+//! other's keys).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bus::EmbeddedLog;
+
+/// How long a key is remembered.
+pub const TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A request's key and body, as digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub body: String,
+}
+
+impl Idempotency {
+    pub fn new(table: &str, key: &str, body: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(table.as_bytes());
+        hasher.update([0]);
+        hasher.update(key.as_bytes());
+        Self {
+            key: hex(&hasher.finalize()),
+            body: hex(&Sha256::digest(body)),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first message of a group commit, to tell whether the group reached the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub partition: u32,
+    pub offset: u64,
+    pub digest: String,
+}
+
+impl Check {
+    pub fn new(partition: u32, offset: u64, value: &[u8]) -> Self {
+        Self {
+            partition,
+            offset,
+            digest: blake3::hash(value).to_hex().to_string(),
+        }
+    }
+}
+
+/// One key of a group line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Keyed {
+    pub key: String,
+    pub body: String,
+    pub positions: Vec<(u32, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    at: i64,
+    check: Check,
+    #[serde(default)]
+    keys: Vec<Keyed>,
+    #[serde(default)]
+    void: bool,
+}
+
+/// What a key is known for.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub body: String,
+    pub positions: Vec<(u32, u64)>,
+}
+
+/// The keys of one topic, in memory, and the file they are kept in.
+#[derive(Debug)]
+pub struct Keys {
+    path: PathBuf,
+    file: File,
+    known: HashMap<String, Known>,
+}
+
+impl Keys {
+    /// Opens the topic's keys: drops lines older than [`TTL`] and a last group line that the
+    /// log does not back (see the module's doc). Called under the producer lease.
+    pub fn open(log: &EmbeddedLog, topic: &str) -> std::io::Result<Self> {
+        let path = log.sidecar(topic, "gateway-keys.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let oldest = chrono::Utc::now().timestamp() - TTL.as_secs() as i64;
+        // A torn last line (a crash while writing it) does not parse: it is left out.
+        let mut lines: Vec<Line> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let count = text.lines().count();
+        let voided: Vec<Check> = lines
+            .iter()
+            .filter(|l| l.void)
+            .map(|l| l.check.clone())
+            .collect();
+        lines.retain(|l| !l.void && !voided.contains(&l.check));
+        if let Some(last) = lines.last()
+            && !backed(log, topic, &last.check)
+        {
+            lines.pop();
+        }
+        lines.retain(|l| l.at >= oldest);
+        if lines.len() != count {
+            // Rewritten whole, then renamed over: the file is never half old, half new.
+            let tmp = path.with_extension("jsonl.tmp");
+            let mut out = File::create(&tmp)?;
+            for line in &lines {
+                serde_json::to_writer(&mut out, line)?;
+                out.write_all(b"\n")?;
+            }
+            out.sync_data()?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        let mut known = HashMap::new();
+        for line in lines {
+            for keyed in line.keys {
+                known.insert(
+                    keyed.key,
+                    Known {
+                        body: keyed.body,
+                        positions: keyed.positions,
+                    },
+                );
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self { path, file, known })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Known> {
+        self.known.get(key)
+    }
+
+    /// Writes and syncs a group's keys, before its messages are appended.
+    pub fn begin(&mut self, check: &Check, keys: &[Keyed]) -> std::io::Result<()> {
+        self.write(&Line {
+            at: chrono::Utc::now().timestamp(),
+            check: check.clone(),
+            keys: keys.to_vec(),
+            void: false,
+        })?;
+        for keyed in keys {
+            self.known.insert(
+                keyed.key.clone(),
+                Known {
+                    body: keyed.body.clone(),
+                    positions: keyed.positions.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Forgets a group whose append failed.
+    pub fn void(&mut self, check: &Check, keys: &[Keyed]) -> std::io::Result<()> {
+        for keyed in keys {
+            self.known.remove(&keyed.key);
+        }
+        self.write(&Line {
+            at: chrono::Utc::now().timestamp(),
+            check: check.clone(),
+            keys: Vec::new(),
+            void: true,
+        })
+    }
+
+    fn write(&mut self, line: &Line) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line)?;
+        bytes.push(b'\n');
+        self.file.write_all(&bytes)?;
+        self.file.sync_data()
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// Whether the message `check` names is in the log with that value.
+fn backed(log: &EmbeddedLog, topic: &str, check: &Check) -> bool {
+    log.read(topic, check.partition, check.offset, 1)
+        .ok()
+        .and_then(|messages| messages.into_iter().next())
+        .is_some_and(|m| Check::new(check.partition, check.offset, &m.value) == *check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Batch;
+
+    fn log_with_topic(dir: &std::path::Path) -> EmbeddedLog {
+        let log = EmbeddedLog::new(dir.to_owned());
+        log.ensure_topic("t", 1).unwrap();
+        log
+    }
+
+    fn keyed(key: &str) -> Keyed {
+        Keyed {
+            key: key.into(),
+            body: "b".into(),
+            positions: vec![(0, 0)],
+        }
+    }
+
+    #[test]
+    fn a_group_whose_messages_reached_the_log_is_remembered_and_one_that_did_not_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_with_topic(dir.path());
+        let mut keys = Keys::open(&log, "t").unwrap();
+        // Group 1: its line, then its message.
+        keys.begin(&Check::new(0, 0, b"one"), &[keyed("k1")])
+            .unwrap();
+        let mut batch = Batch::default();
+        batch.push(b"a", b"one", 0);
+        log.append("t", &batch).unwrap();
+        // Group 2: its line, then a crash before the append.
+        keys.begin(&Check::new(0, 1, b"two"), &[keyed("k2")])
+            .unwrap();
+        drop(keys);
+        let keys = Keys::open(&log, "t").unwrap();
+        assert!(keys.get("k1").is_some());
+        assert!(
+            keys.get("k2").is_none(),
+            "a group not in the log is forgotten"
+        );
+        // Another producer's message at that offset does not bring it back.
+        let mut batch = Batch::default();
+        batch.push(b"a", b"someone else", 0);
+        log.append("t", &batch).unwrap();
+        let keys = Keys::open(&log, "t").unwrap();
+        assert!(keys.get("k2").is_none());
+        assert!(keys.get("k1").is_some());
+    }
+
+    #[test]
+    fn a_voided_group_and_a_torn_line_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_with_topic(dir.path());
+        let mut keys = Keys::open(&log, "t").unwrap();
+        let mut batch = Batch::default();
+        batch.push(b"a", b"one", 0);
+        keys.begin(&Check::new(0, 0, b"one"), &[keyed("k1")])
+            .unwrap();
+        log.append("t", &batch).unwrap();
+        let check = Check::new(0, 1, b"two");
+        keys.begin(&check, &[keyed("k2")]).unwrap();
+        keys.void(&check, &[keyed("k2")]).unwrap();
+        assert!(keys.get("k2").is_none());
+        let path = keys.path().to_owned();
+        drop(keys);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"at\":1,\"che")
+            .unwrap();
+        let keys = Keys::open(&log, "t").unwrap();
+        assert!(keys.get("k1").is_some());
+        assert!(keys.get("k2").is_none());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn a_key_is_scoped_to_its_table_and_a_body_is_told_apart() {
+        let a = Idempotency::new("orders", "k", b"{}");
+        assert_eq!(a, Idempotency::new("orders", "k", b"{}"));
+        assert_ne!(a.key, Idempotency::new("customers", "k", b"{}").key);
+        assert_ne!(a.body, Idempotency::new("orders", "k", b"{ }").body);
+    }
+}

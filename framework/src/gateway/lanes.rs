@@ -1,0 +1,469 @@
+//! Each table's two lanes in the gateway: a committer that appends ingested records to the
+//! table's topic, and a refresher that brings bronze, silver and gold up to date from it.
+//!
+//! The committer is one thread per table. The requests that arrive while it writes wait in its
+//! queue, and its next append takes all of them at once (up to [`GROUP_RECORDS`] records): one
+//! block and one sync per partition for the whole group, whatever the number of requests (a
+//! group commit). It records the group's `Idempotency-Key`s first ([`super::keys`]), and answers
+//! each request with the offsets of its records once they are synced.
+//!
+//! The refresher is one thread per table too. Each time it wakes it takes everything in its
+//! queue and runs [`crate::pipeline::refresh`] once for all of it, so that concurrent requests
+//! share one bronze, one silver and one gold commit; requests that wait for visibility are
+//! answered after that run, with their rejected and quarantined records.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bus::{Batch, Bus};
+use crate::idcard::Table;
+
+use super::Gateway;
+use super::ingest::{self, Refused};
+use super::keys::{Check, Idempotency, Keyed, Keys};
+use super::problem::Problem;
+
+/// Records one group commit takes at most.
+pub const GROUP_RECORDS: usize = 50_000;
+
+/// Where one record landed on the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// What an append answers: where each record landed, and whether this is the answer to an
+/// earlier request with the same `Idempotency-Key` (nothing appended this time).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub positions: Vec<Position>,
+    pub replayed: bool,
+}
+
+/// What a request waiting for visibility learns once bronze, silver and gold hold its records.
+#[derive(Debug, Clone)]
+pub struct Visible {
+    pub rejected: Vec<Refused>,
+    pub quarantined: Vec<Refused>,
+    /// Delta versions after the refresh: bronze, silver and the gold models that read the table.
+    pub versions: Value,
+}
+
+struct Append {
+    records: Vec<Value>,
+    idempotency: Option<Idempotency>,
+    /// Hand the table to the refresher afterwards (`/ingest_fast`); `/ingest` runs the pipeline
+    /// itself.
+    refresh: bool,
+    reply: oneshot::Sender<Result<Appended, Problem>>,
+}
+
+enum Refresh {
+    /// New records are on the topic.
+    Kick,
+    /// Answer once these positions are visible.
+    Wait {
+        positions: Vec<Position>,
+        reply: oneshot::Sender<Result<Visible, Problem>>,
+    },
+}
+
+/// A table's two lanes.
+#[derive(Debug, Clone)]
+pub struct Lanes {
+    appends: mpsc::UnboundedSender<Append>,
+    refreshes: mpsc::UnboundedSender<Refresh>,
+}
+
+impl std::fmt::Debug for Append {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Append")
+            .field("records", &self.records.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Refresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kick => "Kick",
+            Self::Wait { .. } => "Wait",
+        })
+    }
+}
+
+fn gone() -> Problem {
+    Problem::unavailable("the gateway is shutting down")
+}
+
+impl Lanes {
+    /// Starts `table`'s committer and refresher threads; they end when the lanes are dropped.
+    pub fn start(gateway: &Arc<Gateway>, table: &Table) -> std::io::Result<Self> {
+        let (appends, append_queue) = mpsc::unbounded_channel();
+        let (refreshes, refresh_queue) = mpsc::unbounded_channel();
+        let name = table.name().to_owned();
+        {
+            let (bus, table, refreshes) = (gateway.bus.clone(), table.clone(), refreshes.clone());
+            std::thread::Builder::new()
+                .name(format!("commit-{name}"))
+                .spawn(move || committer(&bus, &table, append_queue, &refreshes))?;
+        }
+        {
+            let (gateway, table) = (Arc::downgrade(gateway), table.clone());
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name(format!("refresh-{name}"))
+                .spawn(move || refresher(&gateway, &table, refresh_queue, &runtime))?;
+        }
+        Ok(Self { appends, refreshes })
+    }
+
+    /// Appends `records` to the topic (with the group that is forming); answers once they are
+    /// synced. `refresh`: hand the table to the refresher afterwards.
+    pub async fn append(
+        &self,
+        records: Vec<Value>,
+        idempotency: Option<Idempotency>,
+        refresh: bool,
+    ) -> Result<Appended, Problem> {
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .send(Append {
+                records,
+                idempotency,
+                refresh,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Answers once the records at `positions` (already on the topic) are in bronze, silver and
+    /// the gold models that read the table.
+    pub async fn visible(&self, positions: Vec<Position>) -> Result<Visible, Problem> {
+        let (reply, answer) = oneshot::channel();
+        self.refreshes
+            .send(Refresh::Wait { positions, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Has the refresher bring the table up to date (what a crash left on the topic).
+    pub fn kick(&self) {
+        let _ = self.refreshes.send(Refresh::Kick);
+    }
+}
+
+/// The committer thread: one group commit per wake-up.
+fn committer(
+    bus: &Bus,
+    table: &Table,
+    mut queue: mpsc::UnboundedReceiver<Append>,
+    refreshes: &mpsc::UnboundedSender<Refresh>,
+) {
+    let mut keys: Option<Keys> = None;
+    // A group whose append failed and whose keys could not be voided: the keys file no longer
+    // tells what is on the topic, so nothing more is appended until a restart re-reads it.
+    let mut broken: Option<String> = None;
+    while let Some(first) = queue.blocking_recv() {
+        let mut records = first.records.len();
+        let mut group = vec![first];
+        while records < GROUP_RECORDS {
+            match queue.try_recv() {
+                Ok(next) => {
+                    records += next.records.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let refresh = group.iter().any(|a| a.refresh);
+        if let Some(reason) = &broken {
+            for append in group {
+                let _ =
+                    append
+                        .reply
+                        .send(Err(Problem::unavailable(reason.clone())
+                            .with_hint("restart `framework serve`")));
+            }
+            continue;
+        }
+        if let Err(reason) = commit_group(bus, table, &mut keys, group) {
+            tracing::error!("{reason}");
+            broken = Some(reason);
+        }
+        if refresh {
+            let _ = refreshes.send(Refresh::Kick);
+        }
+    }
+}
+
+/// A request of a group, once its records have positions.
+struct Placed {
+    reply: oneshot::Sender<Result<Appended, Problem>>,
+    positions: Vec<Position>,
+    /// An earlier request of the same group had its key and body.
+    replayed: bool,
+}
+
+/// Appends one group and answers each of its requests. `Err` only when the keys file can no
+/// longer be trusted (see [`committer`]).
+fn commit_group(
+    bus: &Bus,
+    table: &Table,
+    keys: &mut Option<Keys>,
+    group: Vec<Append>,
+) -> Result<(), String> {
+    let fail_all = |group: Vec<Append>, problem: Problem| {
+        for append in group {
+            let _ = append.reply.send(Err(problem.clone()));
+        }
+    };
+    let Bus::Embedded(log) = bus else {
+        fail_all(
+            group,
+            Problem::unavailable(
+                "ingests run on the embedded log for now; this gateway's bus is Kafka",
+            )
+            .with_hint("start `framework serve` without --bus kafka://..."),
+        );
+        return Ok(());
+    };
+    let topic = table.topic();
+    let bus_problem = |e: &dyn std::fmt::Display| Problem::internal(format!("topic {topic}: {e}"));
+    let partitions = match bus.ensure_topic(topic, table.config.topic.partitions) {
+        Ok(partitions) => partitions,
+        Err(e) => {
+            fail_all(group, bus_problem(&e));
+            return Ok(());
+        }
+    };
+    let _lease = match bus.producer_lease(topic) {
+        Ok(lease) => lease,
+        Err(e) => {
+            fail_all(group, bus_problem(&e));
+            return Ok(());
+        }
+    };
+    if keys.is_none() {
+        match Keys::open(log, topic) {
+            Ok(opened) => *keys = Some(opened),
+            Err(e) => {
+                fail_all(
+                    group,
+                    bus_problem(&format!("reading its idempotency keys: {e}")),
+                );
+                return Ok(());
+            }
+        }
+    }
+    let keys = keys.as_mut().expect("opened above");
+    let mut next: Vec<u64> = match (0..partitions).map(|p| log.end_offset(topic, p)).collect() {
+        Ok(next) => next,
+        Err(e) => {
+            fail_all(group, bus_problem(&e));
+            return Ok(());
+        }
+    };
+    let mut batch = Batch::default();
+    let mut placed: Vec<Placed> = Vec::new();
+    let mut keyed: Vec<Keyed> = Vec::new();
+    // Keys of this group, for a retry that arrives while the first request is still queued.
+    let mut in_group: HashMap<String, (String, Vec<Position>)> = HashMap::new();
+    for append in group {
+        if let Some(id) = &append.idempotency {
+            let earlier = keys
+                .get(&id.key)
+                .map(|k| (k.body.clone(), to_positions(&k.positions), true))
+                .or_else(|| {
+                    in_group
+                        .get(&id.key)
+                        .map(|(body, positions)| (body.clone(), positions.clone(), false))
+                });
+            if let Some((body, positions, durable)) = earlier {
+                if body != id.body {
+                    let _ = append.reply.send(Err(Problem::unprocessable(
+                        "this Idempotency-Key was used before with another body",
+                    )
+                    .with_hint("use a new key for a new batch; a retry sends the same body")));
+                } else if durable {
+                    let _ = append.reply.send(Ok(Appended {
+                        positions,
+                        replayed: true,
+                    }));
+                } else {
+                    placed.push(Placed {
+                        reply: append.reply,
+                        positions,
+                        replayed: true,
+                    });
+                }
+                continue;
+            }
+        }
+        let positions = ingest::push_messages(table, &append.records, partitions, &mut batch)
+            .into_iter()
+            .map(|partition| {
+                let offset = next[partition as usize];
+                next[partition as usize] += 1;
+                Position { partition, offset }
+            })
+            .collect::<Vec<_>>();
+        if let Some(id) = append.idempotency {
+            in_group.insert(id.key.clone(), (id.body.clone(), positions.clone()));
+            keyed.push(Keyed {
+                key: id.key,
+                body: id.body,
+                positions: positions.iter().map(|p| (p.partition, p.offset)).collect(),
+            });
+        }
+        placed.push(Placed {
+            reply: append.reply,
+            positions,
+            replayed: false,
+        });
+    }
+    let Some(first) = batch.iter().next() else {
+        // Every request was a replay.
+        for p in placed {
+            let _ = p.reply.send(Ok(Appended {
+                positions: p.positions,
+                replayed: p.replayed,
+            }));
+        }
+        return Ok(());
+    };
+    let at = placed[0].positions[0];
+    let check = Check::new(at.partition, at.offset, first.value);
+    let answer = |placed: Vec<Placed>, problem: Option<Problem>| {
+        for p in placed {
+            let _ = p.reply.send(match &problem {
+                Some(problem) => Err(problem.clone()),
+                None => Ok(Appended {
+                    positions: p.positions,
+                    replayed: p.replayed,
+                }),
+            });
+        }
+    };
+    if !keyed.is_empty()
+        && let Err(e) = keys.begin(&check, &keyed)
+    {
+        answer(
+            placed,
+            Some(bus_problem(&format!("recording the idempotency keys: {e}"))),
+        );
+        return Ok(());
+    }
+    match bus.send(topic, &batch) {
+        Ok(_) => {
+            answer(placed, None);
+            Ok(())
+        }
+        Err(e) => {
+            answer(
+                placed,
+                Some(bus_problem(&e).with_hint(
+                    "the append failed part way or not at all; some records may be on the topic",
+                )),
+            );
+            if keyed.is_empty() {
+                return Ok(());
+            }
+            keys.void(&check, &keyed).map_err(|void| {
+                format!("topic {topic}: an append failed ({e}) and its idempotency keys could not be voided ({void})")
+            })
+        }
+    }
+}
+
+fn to_positions(pairs: &[(u32, u64)]) -> Vec<Position> {
+    pairs
+        .iter()
+        .map(|&(partition, offset)| Position { partition, offset })
+        .collect()
+}
+
+/// The refresher thread: one refresh per wake-up, for everything queued.
+fn refresher(
+    gateway: &Weak<Gateway>,
+    table: &Table,
+    mut queue: mpsc::UnboundedReceiver<Refresh>,
+    runtime: &tokio::runtime::Handle,
+) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut waits = Vec::new();
+        let mut take = |refresh| {
+            if let Refresh::Wait { positions, reply } = refresh {
+                waits.push((positions, reply));
+            }
+        };
+        take(first);
+        while let Ok(next) = queue.try_recv() {
+            take(next);
+        }
+        let Some(gateway) = gateway.upgrade() else {
+            break;
+        };
+        let positions: Vec<&[Position]> = waits.iter().map(|(p, _)| p.as_slice()).collect();
+        let outcome = runtime.block_on(refresh_visible(&gateway, table, &positions));
+        match outcome {
+            Ok(visible) => {
+                for ((_, reply), visible) in waits.into_iter().zip(visible) {
+                    let _ = reply.send(Ok(visible));
+                }
+            }
+            Err(problem) => {
+                tracing::warn!("refreshing {}: {}", table.name(), problem.detail);
+                for (_, reply) in waits {
+                    let _ = reply.send(Err(problem.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the refresh, then tells each waiting request what was kept out of its records and the
+/// versions written.
+async fn refresh_visible(
+    gateway: &Gateway,
+    table: &Table,
+    waits: &[&[Position]],
+) -> Result<Vec<Visible>, Problem> {
+    let name = table.name();
+    let refreshed = crate::pipeline::refresh(
+        &gateway.project,
+        &gateway.models,
+        table,
+        &gateway.bus,
+        &gateway.lake,
+    )
+    .await
+    .map_err(|e| {
+        Problem::internal(format!("bringing {name} up to date: {e}")).with_hint(
+            "the records are durable on the topic; the next successful run makes them visible",
+        )
+    })?;
+    if waits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all: Vec<Position> = waits.iter().flat_map(|w| w.iter().copied()).collect();
+    let rejected =
+        ingest::reasons_at(&gateway.lake, crate::lake::Layer::Reject, table, &all).await?;
+    let quarantined =
+        ingest::reasons_at(&gateway.lake, crate::lake::Layer::Quarantine, table, &all).await?;
+    let models: Vec<String> = refreshed.models.iter().map(|m| m.model.clone()).collect();
+    let versions = ingest::versions(&gateway.lake, name, &models).await?;
+    Ok(waits
+        .iter()
+        .map(|positions| Visible {
+            rejected: ingest::by_index(positions, &rejected),
+            quarantined: ingest::by_index(positions, &quarantined),
+            versions: versions.clone(),
+        })
+        .collect())
+}

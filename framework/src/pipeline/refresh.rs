@@ -1,0 +1,49 @@
+//! One table brought up to date from its topic, as the gateway's ingests need it: bronze,
+//! silver, then the gold models that read the table. No producing and no quality suites: those
+//! are the batch run's (`framework run`, `framework test`).
+
+use std::collections::BTreeSet;
+
+use crate::bronze::{self, BronzeOptions};
+use crate::bus::Bus;
+use crate::gold::{self, BuildOptions, ModelReport, Models};
+use crate::idcard::{Project, Table};
+use crate::lake::Lake;
+use crate::silver::{self, SilverOptions};
+
+use super::Result;
+
+/// What a refresh wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Refreshed {
+    /// Messages bronze consumed.
+    pub consumed: u64,
+    pub rejected: u64,
+    pub quarantined: u64,
+    pub models: Vec<ModelReport>,
+}
+
+/// Consumes what is on `table`'s topic past bronze's offsets into bronze and silver, then
+/// builds the gold models that read the table (those whose inputs did not change are kept).
+pub async fn refresh(
+    project: &Project,
+    models: &Models,
+    table: &Table,
+    bus: &Bus,
+    lake: &Lake,
+) -> Result<Refreshed> {
+    let bronze = bronze::ingest(bus, lake, table, &BronzeOptions::default(), &|_, _| {}).await?;
+    let silver = silver::refine(lake, project, table, &SilverOptions::default()).await?;
+    let mut selected: BTreeSet<String> =
+        gold::select(models, &[format!("source:{}+", table.name())])?;
+    for (model, _) in gold::missing_sources(lake, models, &selected).await? {
+        selected.remove(&model);
+    }
+    let models = gold::build(lake, models, &selected, &BuildOptions::default()).await?;
+    Ok(Refreshed {
+        consumed: bronze.messages,
+        rejected: bronze.rejected,
+        quarantined: silver.quarantined,
+        models,
+    })
+}
