@@ -13,6 +13,7 @@
 //! answered after that run, with their rejected and quarantined records.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use serde_json::Value;
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{Batch, Bus};
 use crate::idcard::Table;
+use crate::lake::Layer;
 
 use super::Gateway;
 use super::ingest::{self, Refused};
@@ -28,6 +30,11 @@ use super::problem::Problem;
 
 /// Records one group commit takes at most.
 pub const GROUP_RECORDS: usize = 50_000;
+
+/// Every this many refreshes, bronze and silver of the table are compacted ...
+const COMPACT_EVERY: u64 = 16;
+/// ... when they hold more than this many files (each refresh adds a few small ones).
+const COMPACT_ABOVE: usize = 32;
 
 /// Where one record landed on the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -62,12 +69,15 @@ struct Append {
     reply: oneshot::Sender<Result<Appended, Problem>>,
 }
 
+/// Work for the refresher. `seq`: the count of appends (see [`Lanes`]) the item needs
+/// covered; a refresh that started after that many appends covers it.
 enum Refresh {
     /// New records are on the topic.
-    Kick,
+    Kick { seq: u64 },
     /// Answer once these positions are visible.
     Wait {
         positions: Vec<Position>,
+        seq: u64,
         reply: oneshot::Sender<Result<Visible, Problem>>,
     },
 }
@@ -77,6 +87,10 @@ enum Refresh {
 pub struct Lanes {
     appends: mpsc::UnboundedSender<Append>,
     refreshes: mpsc::UnboundedSender<Refresh>,
+    /// Appends the committer has made: the refresher skips a refresh when one that started
+    /// after the appends an item needs has already run (a kick that arrives after the wait
+    /// it came with, say).
+    appended: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Append {
@@ -90,7 +104,7 @@ impl std::fmt::Debug for Append {
 impl std::fmt::Debug for Refresh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Kick => "Kick",
+            Self::Kick { .. } => "Kick",
             Self::Wait { .. } => "Wait",
         })
     }
@@ -106,20 +120,27 @@ impl Lanes {
         let (appends, append_queue) = mpsc::unbounded_channel();
         let (refreshes, refresh_queue) = mpsc::unbounded_channel();
         let name = table.name().to_owned();
+        let appended = Arc::new(AtomicU64::new(0));
         {
             let (bus, table, refreshes) = (gateway.bus.clone(), table.clone(), refreshes.clone());
+            let appended = appended.clone();
             std::thread::Builder::new()
                 .name(format!("commit-{name}"))
-                .spawn(move || committer(&bus, &table, append_queue, &refreshes))?;
+                .spawn(move || committer(&bus, &table, append_queue, &refreshes, &appended))?;
         }
         {
             let (gateway, table) = (Arc::downgrade(gateway), table.clone());
             let runtime = tokio::runtime::Handle::current();
+            let appended = appended.clone();
             std::thread::Builder::new()
                 .name(format!("refresh-{name}"))
-                .spawn(move || refresher(&gateway, &table, refresh_queue, &runtime))?;
+                .spawn(move || refresher(&gateway, &table, refresh_queue, &runtime, &appended))?;
         }
-        Ok(Self { appends, refreshes })
+        Ok(Self {
+            appends,
+            refreshes,
+            appended,
+        })
     }
 
     /// Appends `records` to the topic (with the group that is forming); answers once they are
@@ -144,17 +165,32 @@ impl Lanes {
 
     /// Answers once the records at `positions` (already on the topic) are in bronze, silver and
     /// the gold models that read the table.
-    pub async fn visible(&self, positions: Vec<Position>) -> Result<Visible, Problem> {
+    /// `replayed`: the records were appended before (maybe by an earlier process), so a
+    /// refresh runs whatever this process has covered.
+    pub async fn visible(
+        &self,
+        positions: Vec<Position>,
+        replayed: bool,
+    ) -> Result<Visible, Problem> {
         let (reply, answer) = oneshot::channel();
+        let seq = if replayed {
+            u64::MAX
+        } else {
+            self.appended.load(Ordering::SeqCst)
+        };
         self.refreshes
-            .send(Refresh::Wait { positions, reply })
+            .send(Refresh::Wait {
+                positions,
+                seq,
+                reply,
+            })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
     /// Has the refresher bring the table up to date (what a crash left on the topic).
     pub fn kick(&self) {
-        let _ = self.refreshes.send(Refresh::Kick);
+        let _ = self.refreshes.send(Refresh::Kick { seq: u64::MAX });
     }
 }
 
@@ -164,6 +200,7 @@ fn committer(
     table: &Table,
     mut queue: mpsc::UnboundedReceiver<Append>,
     refreshes: &mpsc::UnboundedSender<Refresh>,
+    appended: &AtomicU64,
 ) {
     let mut keys: Option<Keys> = None;
     // A group whose append failed and whose keys could not be voided: the keys file no longer
@@ -192,12 +229,13 @@ fn committer(
             }
             continue;
         }
-        if let Err(reason) = commit_group(bus, table, &mut keys, group) {
+        if let Err(reason) = commit_group(bus, table, &mut keys, group, appended) {
             tracing::error!("{reason}");
             broken = Some(reason);
         }
         if refresh {
-            let _ = refreshes.send(Refresh::Kick);
+            let seq = appended.load(Ordering::SeqCst);
+            let _ = refreshes.send(Refresh::Kick { seq });
         }
     }
 }
@@ -217,6 +255,7 @@ fn commit_group(
     table: &Table,
     keys: &mut Option<Keys>,
     group: Vec<Append>,
+    appended: &AtomicU64,
 ) -> Result<(), String> {
     let fail_all = |group: Vec<Append>, problem: Problem| {
         for append in group {
@@ -361,6 +400,7 @@ fn commit_group(
     }
     match bus.send(topic, &batch) {
         Ok(_) => {
+            appended.fetch_add(1, Ordering::SeqCst);
             answer(placed, None);
             Ok(())
         }
@@ -394,11 +434,22 @@ fn refresher(
     table: &Table,
     mut queue: mpsc::UnboundedReceiver<Refresh>,
     runtime: &tokio::runtime::Handle,
+    appended: &AtomicU64,
 ) {
+    // Appends covered by the last refresh that succeeded.
+    let mut covered = 0;
+    let mut refreshes: u64 = 0;
     while let Some(first) = queue.blocking_recv() {
         let mut waits = Vec::new();
-        let mut take = |refresh| {
-            if let Refresh::Wait { positions, reply } = refresh {
+        let mut needed = 0;
+        let mut take = |refresh| match refresh {
+            Refresh::Kick { seq } => needed = needed.max(seq),
+            Refresh::Wait {
+                positions,
+                seq,
+                reply,
+            } => {
+                needed = needed.max(seq);
                 waits.push((positions, reply));
             }
         };
@@ -410,7 +461,14 @@ fn refresher(
             break;
         };
         let positions: Vec<&[Position]> = waits.iter().map(|(p, _)| p.as_slice()).collect();
-        let outcome = runtime.block_on(refresh_visible(&gateway, table, &positions));
+        let run = needed > covered;
+        let starts_at = appended.load(Ordering::SeqCst);
+        let outcome = runtime.block_on(refresh_visible(&gateway, table, &positions, run));
+        if run && outcome.is_ok() {
+            covered = starts_at;
+            refreshes += 1;
+        }
+        let compact = run && outcome.is_ok() && refreshes.is_multiple_of(COMPACT_EVERY);
         match outcome {
             Ok(visible) => {
                 for ((_, reply), visible) in waits.into_iter().zip(visible) {
@@ -424,6 +482,21 @@ fn refresher(
                 }
             }
         }
+        if compact {
+            // After the answers: the next refresh waits for it, not this one's requests.
+            for layer in [Layer::Bronze, Layer::Silver] {
+                match runtime.block_on(gateway.lake.compact(layer, table.name(), COMPACT_ABOVE)) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(
+                        table = table.name(),
+                        %layer,
+                        removed,
+                        "refresh: small files compacted"
+                    ),
+                    Err(e) => tracing::warn!("compacting {layer}/{}: {e}", table.name()),
+                }
+            }
+        }
     }
 }
 
@@ -433,30 +506,34 @@ async fn refresh_visible(
     gateway: &Gateway,
     table: &Table,
     waits: &[&[Position]],
+    run: bool,
 ) -> Result<Vec<Visible>, Problem> {
     let name = table.name();
-    let refreshed = crate::pipeline::refresh(
-        &gateway.project,
-        &gateway.models,
-        table,
-        &gateway.bus,
-        &gateway.lake,
-    )
-    .await
-    .map_err(|e| {
-        Problem::internal(format!("bringing {name} up to date: {e}")).with_hint(
-            "the records are durable on the topic; the next successful run makes them visible",
+    if run {
+        crate::pipeline::refresh(
+            &gateway.project,
+            &gateway.models,
+            table,
+            &gateway.bus,
+            &gateway.lake,
         )
-    })?;
+        .await
+        .map_err(|e| {
+            Problem::internal(format!("bringing {name} up to date: {e}")).with_hint(
+                "the records are durable on the topic; the next successful run makes them visible",
+            )
+        })?;
+    }
     if waits.is_empty() {
         return Ok(Vec::new());
     }
     let all: Vec<Position> = waits.iter().flat_map(|w| w.iter().copied()).collect();
-    let rejected =
-        ingest::reasons_at(&gateway.lake, crate::lake::Layer::Reject, table, &all).await?;
-    let quarantined =
-        ingest::reasons_at(&gateway.lake, crate::lake::Layer::Quarantine, table, &all).await?;
-    let models: Vec<String> = refreshed.models.iter().map(|m| m.model.clone()).collect();
+    let rejected = ingest::reasons_at(&gateway.lake, Layer::Reject, table, &all).await?;
+    let quarantined = ingest::reasons_at(&gateway.lake, Layer::Quarantine, table, &all).await?;
+    let models: Vec<String> = crate::gold::select(&gateway.models, &[format!("source:{name}+")])
+        .map_err(|e| Problem::internal(e.to_string()))?
+        .into_iter()
+        .collect();
     let versions = ingest::versions(&gateway.lake, name, &models).await?;
     Ok(waits
         .iter()

@@ -588,7 +588,9 @@ async fn ingest_table(
         )
             .into_response()),
         Wait::Visible => {
-            let visible = lanes.visible(appended.positions.clone()).await?;
+            let visible = lanes
+                .visible(appended.positions.clone(), appended.replayed)
+                .await?;
             Ok(Json(ingest::IngestReport::new(
                 &table,
                 count,

@@ -32,14 +32,25 @@ pub async fn refresh(
     bus: &Bus,
     lake: &Lake,
 ) -> Result<Refreshed> {
+    let started = std::time::Instant::now();
     let bronze = bronze::ingest(bus, lake, table, &BronzeOptions::default(), &|_, _| {}).await?;
+    let bronze_s = started.elapsed().as_secs_f64();
     let silver = silver::refine(lake, project, table, &SilverOptions::default()).await?;
+    let silver_s = started.elapsed().as_secs_f64() - bronze_s;
     let mut selected: BTreeSet<String> =
         gold::select(models, &[format!("source:{}+", table.name())])?;
     for (model, _) in gold::missing_sources(lake, models, &selected).await? {
         selected.remove(&model);
     }
     let models = gold::build(lake, models, &selected, &BuildOptions::default()).await?;
+    tracing::debug!(
+        table = table.name(),
+        messages = bronze.messages,
+        bronze_s,
+        silver_s,
+        gold_s = started.elapsed().as_secs_f64() - bronze_s - silver_s,
+        "refresh: done"
+    );
     Ok(Refreshed {
         consumed: bronze.messages,
         rejected: bronze.rejected,

@@ -1,0 +1,168 @@
+"""Gateway benchmark: latency and throughput of /ingest, /ingest_fast and ?wait=visible.
+
+Usage: gateway_bench.py CONFIG_JSON, where CONFIG_JSON is {"command": [framework, ..., --lake,
+LAKE], "orders_csv": CSV, "sequential": 30, "concurrent_s": 10, "clients": 16}.
+
+Starts `framework serve` on a lake the caller loaded, then for batches of 1 and 10 `orders`
+records (new order ids, the sample's other values), sequentially (`sequential` requests) and with
+`clients` concurrent clients (for `concurrent_s` seconds), measures each route's p50/p95/p99
+latency and records per second, one keep-alive connection per client (http.client). The
+server's RSS is read from /proc at the start and the end of each concurrent run. Prints a
+Markdown table and a JSON line.
+"""
+
+import csv
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+config = json.loads(sys.argv[1])
+TOKEN = "bench-token"
+ROUTES = [
+    ("/ingest", "/ingest/orders"),
+    ("/ingest_fast (durable)", "/ingest_fast/orders"),
+    ("/ingest_fast?wait=visible", "/ingest_fast/orders?wait=visible"),
+]
+template = list(csv.DictReader(open(config["orders_csv"])))
+
+
+def start():
+    env = dict(os.environ, FRAMEWORK_GATEWAY_TOKEN=TOKEN)
+    cmd = config["command"] + ["serve", "--addr", "127.0.0.1:0", "--max-ingests", "256"]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    line = [None]
+    reader = threading.Thread(target=lambda: line.__setitem__(0, process.stdout.readline().decode()))
+    reader.start()
+    reader.join(60)
+    if not line[0] or "http://" not in line[0]:
+        process.kill()
+        raise SystemExit(f"framework serve printed no address within 60 s: {line[0]!r}")
+    host, port = line[0].split("http://")[1].split()[0].split(":")
+    return process, host, int(port)
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def body(n, counter):
+    records = []
+    for _ in range(n):
+        row = dict(template[next(counter) % len(template)])
+        row["order_id"] = uuid.uuid4().hex
+        records.append(row)
+    return json.dumps({"records": records}).encode()
+
+
+class Client:
+    def __init__(self, host, port):
+        self.connection = http.client.HTTPConnection(host, port, timeout=300)
+
+    def post(self, path, payload):
+        started = time.perf_counter()
+        self.connection.request(
+            "POST",
+            path,
+            body=payload,
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {TOKEN}",
+                "Idempotency-Key": uuid.uuid4().hex,
+            },
+        )
+        response = self.connection.getresponse()
+        response.read()
+        if response.status not in (200, 202):
+            raise SystemExit(f"{path}: status {response.status}")
+        return time.perf_counter() - started
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000
+
+
+def counter_from(start):
+    n = start
+    while True:
+        yield n
+        n += 1
+
+
+def sequential(host, port, path, size):
+    client = Client(host, port)
+    counter = counter_from(0)
+    latencies = []
+    started = time.perf_counter()
+    for _ in range(config["sequential"]):
+        latencies.append(client.post(path, body(size, counter)))
+    wall = time.perf_counter() - started
+    return latencies, len(latencies) * size / wall
+
+
+def concurrent(host, port, pid, path, size):
+    latencies = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + config["concurrent_s"]
+    errors = []
+
+    def run(n):
+        try:
+            client = Client(host, port)
+            counter = counter_from(n * 1_000_000)
+            while time.perf_counter() < deadline:
+                elapsed = client.post(path, body(size, counter))
+                with lock:
+                    latencies.append(elapsed)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    rss_before = rss_mib(pid)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(config["clients"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    wall = time.perf_counter() - started
+    if errors:
+        raise SystemExit(f"{path}: {errors[0]}")
+    return latencies, len(latencies) * size / wall, (rss_before, rss_mib(pid))
+
+
+process, host, port = start()
+rows = []
+try:
+    # Warm-up: the lanes and the first refresh.
+    Client(host, port).post("/ingest_fast/orders?wait=visible", body(1, counter_from(0)))
+    for size in (1, 10):
+        for name, path in ROUTES:
+            latencies, rate = sequential(host, port, path, size)
+            rows.append((name, size, "sequential", latencies, rate, None))
+            time.sleep(1)
+            latencies, rate, rss = concurrent(host, port, process.pid, path, size)
+            rows.append((name, size, f"{config['clients']} clients", latencies, rate, rss))
+            time.sleep(1)
+finally:
+    process.kill()
+    process.wait(30)
+
+print("| route | batch | clients | requests | p50 ms | p95 ms | p99 ms | records/s | server RSS MiB (start -> end) |")
+print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+out = []
+for name, size, mode, latencies, rate, rss in rows:
+    p = [percentile(latencies, q) for q in (50, 95, 99)]
+    memory = f"{rss[0]:.0f} -> {rss[1]:.0f}" if rss else ""
+    print(f"| {name} | {size} | {mode} | {len(latencies)} | {p[0]:.1f} | {p[1]:.1f} | {p[2]:.1f} | {rate:.0f} | {memory} |")
+    out.append({"route": name, "batch": size, "mode": mode, "requests": len(latencies),
+                "p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2], "records_per_s": rate, "rss_mib": rss})
+print(json.dumps(out))
