@@ -358,6 +358,14 @@ fn load(idcards: &std::path::Path) -> Result<Project> {
         .map_err(|d| anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), idcards.display()))
 }
 
+/// The idcards, the gold models and the quality suites the command line names.
+fn load_all(cli: &Global) -> Result<(Project, Models, Checks)> {
+    let project = load(&cli.idcards)?;
+    let models = load_models(&cli.models, &cli.vars, &project)?;
+    let checks = load_checks(&cli.expectations, &project, &models)?;
+    Ok((project, models, checks))
+}
+
 fn load_checks(dir: &std::path::Path, project: &Project, models: &Models) -> Result<Checks> {
     Checks::load(dir, project, models).map_err(|d| {
         anyhow::anyhow!(
@@ -485,9 +493,7 @@ fn serve(
         bus,
         ..
     } = env;
-    let project = load(&cli.idcards)?;
-    let models = load_models(&cli.models, &cli.vars, &project)?;
-    let checks = load_checks(&cli.expectations, &project, &models)?;
+    let (project, models, checks) = load_all(cli)?;
     let env_token = std::env::var("FRAMEWORK_GATEWAY_TOKEN").ok();
     let tokens = crate::gateway::auth::Tokens::load(tokens.as_deref(), env_token.as_deref())?;
     let writes = if tokens.any() {
@@ -666,9 +672,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         idle_ms,
         report,
     } = args;
-    let project = load(&cli.idcards)?;
-    let models = load_models(&cli.models, &cli.vars, &project)?;
-    let checks = load_checks(&cli.expectations, &project, &models)?;
+    let (project, models, checks) = load_all(cli)?;
     let tables = if all { Vec::new() } else { table };
     let options = RunOptions {
         data,
@@ -795,9 +799,7 @@ fn test(env: &Env, layer: Option<SuiteLayer>, suite: Vec<String>) -> Result<()> 
     let Env {
         cli, runtime, lake, ..
     } = env;
-    let project = load(&cli.idcards)?;
-    let models = load_models(&cli.models, &cli.vars, &project)?;
-    let checks = load_checks(&cli.expectations, &project, &models)?;
+    let (_, _, checks) = load_all(cli)?;
     let selected: Vec<&quality::Check> = checks
         .checks
         .iter()

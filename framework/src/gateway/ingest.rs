@@ -237,17 +237,21 @@ pub async fn ingest(
             offsets_text(&appended.positions)
         )));
     }
-    let positions = &appended.positions.clone();
+    let positions = &appended.positions;
     let rejected = reasons_at(&gateway.lake, Layer::Reject, table, positions).await?;
     let quarantined = reasons_at(&gateway.lake, Layer::Quarantine, table, positions).await?;
+    let (rejected, quarantined) = (
+        by_index(positions, &rejected),
+        by_index(positions, &quarantined),
+    );
     let models: Vec<String> = report.models.iter().map(|m| m.model.clone()).collect();
     let versions = versions(&gateway.lake, &name, &models).await?;
     Ok(IngestReport::new(
         &name,
         count,
         appended,
-        by_index(positions, &rejected),
-        by_index(positions, &quarantined),
+        rejected,
+        quarantined,
         versions,
         started,
     ))
