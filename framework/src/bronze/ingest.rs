@@ -84,31 +84,50 @@ async fn ingest_partitions(
         .map_err(bus_err)?;
     let cursor = Cursor::new(Stage::Bronze, topic, partitions);
     let committed = stored_offsets(lake, name, &cursor).await?;
-    // The batches to commit, in order: (partition, first offset, one past the last).
-    let mut plan = Vec::new();
+    // The slices to read, in order: (partition, first offset, one past the last).
+    let mut slices = Vec::new();
     for partition in 0..partitions {
         let mut from = committed.next(partition) as u64;
         let end = log.end_offset(topic, partition).map_err(bus_err)?;
         while from < end {
             let to = end.min(from + options.batch_size as u64);
-            plan.push((partition, from, to));
+            slices.push((partition, from, to));
             from = to;
         }
     }
-    let total: u64 = plan.iter().map(|(_, from, to)| to - from).sum();
+    // The commits: consecutive slices up to `batch_size` messages share one (a few messages
+    // on each of several partitions, as the gateway brings them, are one commit, not one per
+    // partition).
+    let mut plan: Vec<Vec<(u32, u64, u64)>> = Vec::new();
+    for slice in slices {
+        let size = |step: &Vec<(u32, u64, u64)>| step.iter().map(|(_, f, t)| t - f).sum::<u64>();
+        match plan.last_mut() {
+            Some(step) if size(step) + (slice.2 - slice.1) <= options.batch_size as u64 => {
+                step.push(slice);
+            }
+            _ => plan.push(vec![slice]),
+        }
+    }
+    let total: u64 = plan.iter().flatten().map(|(_, from, to)| to - from).sum();
     let mut stats = BronzeStats::default();
     progress(0, total);
     // Pipeline: the next batch is read and typed on a blocking thread while this one is written.
-    let prepare = |&(partition, from, to): &(u32, u64, u64)| {
-        let (log, table, topic) = (log.clone(), table.clone(), topic.to_owned());
+    let prepare = |step: &Vec<(u32, u64, u64)>| {
+        let (log, table, topic, step) =
+            (log.clone(), table.clone(), topic.to_owned(), step.clone());
         tokio::task::spawn_blocking(move || {
-            let messages = log.read(&topic, partition, from, (to - from) as usize)?;
-            let parsed = parse_messages(&table, &topic, &messages, Utc::now());
-            Ok::<_, crate::bus::Error>((messages.len(), parsed))
+            let mut count = 0;
+            let mut parts = Vec::new();
+            for (partition, from, to) in step {
+                let messages = log.read(&topic, partition, from, (to - from) as usize)?;
+                count += messages.len();
+                parts.push(parse_messages(&table, &topic, &messages, Utc::now()));
+            }
+            Ok::<_, crate::bus::Error>((count, super::parse::concat(parts)))
         })
     };
     let mut upcoming = plan.first().map(prepare);
-    for (i, &(partition, _, batch_end)) in plan.iter().enumerate() {
+    for (i, step_slices) in plan.iter().enumerate() {
         let step = Instant::now();
         let job = upcoming.take().expect("a job per planned batch");
         upcoming = plan.get(i + 1).map(prepare);
@@ -125,11 +144,13 @@ async fn ingest_partitions(
         })?;
         let waited_s = step.elapsed().as_secs_f64();
         let mut ends = cursor.ends();
-        ends.reach(partition, batch_end as i64);
+        for &(partition, _, slice_end) in step_slices {
+            ends.reach(partition, slice_end as i64);
+        }
         let stored = store(lake, name, &parsed, &ends).await?;
         tracing::debug!(
             table = name,
-            partition,
+            partitions = step_slices.len(),
             messages = count,
             waited_s,
             write_s = step.elapsed().as_secs_f64() - waited_s,

@@ -72,6 +72,30 @@ pub struct Parsed {
     pub rejects: RecordBatch,
 }
 
+/// The parsed batches of several partitions as one (a single part is passed through).
+pub fn concat(parts: Vec<Result<Parsed, ArrowError>>) -> Result<Parsed, ArrowError> {
+    let parts: Vec<Parsed> = parts.into_iter().collect::<Result<_, _>>()?;
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().expect("one part"));
+    }
+    let Some(first) = parts.first() else {
+        return Err(ArrowError::InvalidArgumentError(
+            "no batch to concatenate".into(),
+        ));
+    };
+    let (rows_schema, rejects_schema) = (first.rows.schema(), first.rejects.schema());
+    Ok(Parsed {
+        rows: deltalake::arrow::compute::concat_batches(
+            &rows_schema,
+            parts.iter().map(|p| &p.rows),
+        )?,
+        rejects: deltalake::arrow::compute::concat_batches(
+            &rejects_schema,
+            parts.iter().map(|p| &p.rejects),
+        )?,
+    })
+}
+
 /// Types the messages of one partition batch: each message's cells read as text, the columns
 /// typed, the metadata columns added, then the batch split into rows and rejects.
 pub fn parse_messages(

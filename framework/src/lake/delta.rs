@@ -102,6 +102,9 @@ enum Root {
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: Root,
+    /// The latest snapshot each table was opened at, shared by the clones of this `Lake`: the
+    /// next open reads only the commits after it (see [`Lake::open`]).
+    snapshots: std::sync::Arc<std::sync::Mutex<HashMap<(Layer, String), DeltaTable>>>,
 }
 
 impl Lake {
@@ -109,6 +112,7 @@ impl Lake {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: Root::Local(root.into()),
+            snapshots: Default::default(),
         }
     }
 
@@ -131,6 +135,7 @@ impl Lake {
                 url: location.trim_end_matches('/').to_owned(),
                 options,
             },
+            snapshots: Default::default(),
         }
     }
 
@@ -189,21 +194,66 @@ impl Lake {
         }
     }
 
-    /// The table, or `None` when nothing was ever written there.
+    /// The table at its latest version, or `None` when nothing was ever written there.
+    ///
+    /// A table opened before by this `Lake` (or a clone) is brought forward from that snapshot:
+    /// only the log's newer commits are listed and read, and only their file actions applied
+    /// (delta-rs' incremental update), instead of reading the checkpoint and replaying the log.
+    /// A snapshot that cannot be brought forward is dropped and the table loaded afresh.
     pub async fn open(&self, layer: Layer, table: &str) -> Result<Option<DeltaTable>> {
         if let Root::Local(_) = self.root
             && !has_commit(&self.table_path(layer, table).join("_delta_log"))
         {
+            self.forget(layer, table);
             return Ok(None);
         }
+        let key = (layer, table.to_owned());
+        let cached = self
+            .snapshots
+            .lock()
+            .expect("the snapshot cache is never poisoned")
+            .get(&key)
+            .cloned();
+        if let Some(mut delta) = cached {
+            if delta.update_incremental(None).await.is_ok() {
+                self.remember(key, &delta);
+                return Ok(Some(delta));
+            }
+            self.forget(layer, table);
+        }
         match self.builder(layer, table)?.load().await {
-            Ok(delta) => Ok(delta.version().is_some().then_some(delta)),
+            Ok(delta) if delta.version().is_some() => {
+                self.remember(key, &delta);
+                Ok(Some(delta))
+            }
+            Ok(_) => Ok(None),
             // On an object store, a table that was never written has no log to find.
             Err(DeltaTableError::NotATable(_)) if matches!(self.root, Root::Remote { .. }) => {
                 Ok(None)
             }
             Err(e) => Err(Self::delta_err(layer, table)(e)),
         }
+    }
+
+    fn remember(&self, key: (Layer, String), delta: &DeltaTable) {
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .expect("the snapshot cache is never poisoned");
+        // A newer snapshot stored meanwhile by another task stays.
+        let newer = snapshots
+            .get(&key)
+            .is_some_and(|kept| kept.version() > delta.version());
+        if !newer {
+            snapshots.insert(key, delta.clone());
+        }
+    }
+
+    fn forget(&self, layer: Layer, table: &str) {
+        self.snapshots
+            .lock()
+            .expect("the snapshot cache is never poisoned")
+            .remove(&(layer, table.to_owned()));
     }
 
     /// The table's latest version, `None` when nothing was ever written there.
