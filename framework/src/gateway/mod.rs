@@ -7,6 +7,7 @@
 //! [`serve`] runs it on a listener until the shutdown future completes.
 
 pub mod auth;
+pub mod docs;
 pub mod ingest;
 pub mod keys;
 pub mod lanes;
@@ -71,6 +72,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// `/openapi.json`, generated from the idcards and models at start-up.
     openapi: serde_json::Value,
+    /// `/docs`, the same as an HTML page.
+    docs: String,
     ingests: tokio::sync::Semaphore,
     turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Each table's committer and refresher, started on its first ingest.
@@ -96,8 +99,10 @@ impl Gateway {
         tokens: Tokens,
         limits: Limits,
     ) -> Self {
+        let openapi = openapi::document(&project, &models);
         Self {
-            openapi: openapi::document(&project, &models),
+            docs: docs::page(&openapi),
+            openapi,
             ingests: tokio::sync::Semaphore::new(limits.max_ingests.max(1)),
             project,
             models,
@@ -186,6 +191,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/ready", get(ready))
         .route("/stats", get(stats))
         .route("/openapi.json", get(openapi_route))
+        .route("/docs", get(docs_route))
         .route("/ingest/{table}", post(ingest_route))
         .route("/ingest_fast/{table}", post(ingest_fast_route))
         .route("/quality/results", get(quality_results))
@@ -227,17 +233,23 @@ async fn index(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
         .collect();
     let mut routes: Vec<String> = vec![
         "GET /openapi.json".into(),
+        "GET /docs".into(),
         "GET /health".into(),
         "GET /ready".into(),
         "GET /stats".into(),
         "GET /quality/results".into(),
     ];
-    for table in &tables {
-        for layer in ["raw", "staging", "rejects", "quarantine"] {
-            routes.push(format!("GET /{layer}/{table}"));
+    for table in &gateway.project.tables {
+        let (name, exposure) = (table.name(), &table.config.gateway);
+        if exposure.read {
+            for layer in ["raw", "staging", "rejects", "quarantine"] {
+                routes.push(format!("GET /{layer}/{name}"));
+            }
         }
-        routes.push(format!("POST /ingest/{table}"));
-        routes.push(format!("POST /ingest_fast/{table}"));
+        if exposure.ingest {
+            routes.push(format!("POST /ingest/{name}"));
+            routes.push(format!("POST /ingest_fast/{name}"));
+        }
     }
     for model in &models {
         routes.push(format!("GET /curated/{model}"));
@@ -252,6 +264,10 @@ async fn index(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
 
 async fn openapi_route(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
     Json(gateway.openapi.clone())
+}
+
+async fn docs_route(State(gateway): State<Arc<Gateway>>) -> axum::response::Html<String> {
+    axum::response::Html(gateway.docs.clone())
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -399,16 +415,29 @@ async fn read_table(
         return Err(Problem::not_found(format!("no route /{route}"))
             .with_hint("GET /raw|staging|curated|rejects|quarantine/{table}; GET / lists them"));
     };
+    // The idcard that owns the table (a `latest_by` table is its idcard's).
+    let owner = gateway
+        .project
+        .tables
+        .iter()
+        .find(|t| t.name() == table || t.config.latest_by.iter().any(|l| l.name == table));
     let known = if layer == Layer::Gold {
         gateway.models.get(&table).is_some()
     } else {
-        gateway.project.table(&table).is_some()
-            || gateway
-                .project
-                .tables
-                .iter()
-                .any(|t| t.config.latest_by.iter().any(|l| l.name == table))
+        owner.is_some()
     };
+    if let Some(owner) = owner
+        && layer != Layer::Gold
+        && !owner.config.gateway.read
+    {
+        return Err(Problem::not_found(format!(
+            "/{route}/{table}: the table is not exposed for reading"
+        ))
+        .with_hint(format!(
+            "its idcard ({}) says `gateway: {{read: false}}`",
+            owner.file.display()
+        )));
+    }
     if !known {
         let names = if layer == Layer::Gold {
             gateway.models.names().join(", ")
@@ -423,12 +452,21 @@ async fn read_table(
     gateway
         .tokens
         .allow(authorization(&headers), Scope::Read, &table)?;
+    let shown = match owner {
+        Some(owner) if layer != Layer::Gold => {
+            let exposure = owner.config.gateway.clone();
+            let key = owner.key().to_vec();
+            read::Shown::Some(Box::new(move |column: &str| exposure.shows(column, &key)))
+        }
+        _ => read::Shown::All,
+    };
     read::read(
         &gateway.lake,
         read::ReadRequest {
             layer,
             table,
             params,
+            shown,
         },
         &headers,
     )
@@ -449,6 +487,7 @@ async fn quality_results(
             layer: Layer::Quality,
             table: "results".to_owned(),
             params,
+            shown: read::Shown::All,
         },
         &headers,
     )
@@ -538,6 +577,16 @@ async fn ingest_table(
 ) -> Result<Response, Problem> {
     let started = std::time::Instant::now();
     let config = gateway.table(&table)?.clone();
+    if !config.config.gateway.ingest {
+        return Err(
+            Problem::not_found(format!("table `{table}` does not take records")).with_hint(
+                format!(
+                    "its idcard ({}) says `gateway: {{ingest: false}}`",
+                    config.file.display()
+                ),
+            ),
+        );
+    }
     gateway
         .tokens
         .allow(authorization(&headers), Scope::Ingest, &table)?;

@@ -20,7 +20,21 @@ pub fn document(project: &Project, models: &Models) -> Value {
     for table in &project.tables {
         let name = table.name();
         let record = format!("{name}_record");
-        schemas.insert(record.clone(), record_schema(table));
+        let exposure = &table.config.gateway;
+        if exposure.ingest {
+            schemas.insert(record.clone(), record_schema(table));
+            paths.insert(
+                format!("/ingest/{name}"),
+                json!({ "post": ingest_operation(table, &record, false) }),
+            );
+            paths.insert(
+                format!("/ingest_fast/{name}"),
+                json!({ "post": ingest_operation(table, &record, true) }),
+            );
+        }
+        if !exposure.read {
+            continue;
+        }
         for (route, what) in [
             ("raw", "bronze: every message that arrived, typed"),
             ("staging", "silver: one current row per key"),
@@ -38,14 +52,6 @@ pub fn document(project: &Project, models: &Models) -> Value {
                 json!({ "get": read_operation(&format!("{route}_{name}"), &format!("{name}, {what}"), Some(table)) }),
             );
         }
-        paths.insert(
-            format!("/ingest/{name}"),
-            json!({ "post": ingest_operation(table, &record, false) }),
-        );
-        paths.insert(
-            format!("/ingest_fast/{name}"),
-            json!({ "post": ingest_operation(table, &record, true) }),
-        );
     }
     for model in &models.models {
         if matches!(
@@ -87,6 +93,14 @@ pub fn document(project: &Project, models: &Models) -> Value {
             }}),
         );
     }
+    paths.insert(
+        "/docs".into(),
+        json!({ "get": {
+            "operationId": "docs",
+            "summary": "this document as an HTML page",
+            "responses": { "200": { "description": "OK", "content": { "text/html": { "schema": { "type": "string" } } } } },
+        }}),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -118,7 +132,9 @@ fn read_operation(id: &str, summary: &str, table: Option<&Table>) -> Value {
         json!({ "name": "as_of_version", "in": "query", "description": "read this Delta version (the X-Delta-Version of an earlier page)", "schema": { "type": "integer", "minimum": 0 } }),
         json!({ "name": "format", "in": "query", "description": "instead of Accept", "schema": { "type": "string", "enum": ["json", "ndjson", "csv", "arrow", "parquet"] } }),
     ];
-    for column in table.map(|t| t.columns.as_slice()).unwrap_or_default() {
+    let filterable = table.map(|t| t.columns.as_slice()).unwrap_or_default();
+    let shown = |name: &str| table.is_none_or(|t| t.config.gateway.shows(name, t.key()));
+    for column in filterable.iter().filter(|c| shown(&c.name)) {
         parameters.push(json!({
             "name": column.name,
             "in": "query",

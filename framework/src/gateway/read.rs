@@ -105,6 +105,24 @@ pub struct ReadRequest {
     pub layer: Layer,
     pub table: String,
     pub params: Vec<(String, String)>,
+    /// The columns the table's idcard lets reads show.
+    pub shown: Shown,
+}
+
+/// Which columns of a table a read may show, select, filter and sort on; the others are as
+/// good as absent.
+pub enum Shown {
+    All,
+    Some(Box<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl Shown {
+    fn shows(&self, column: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Some(shows) => shows(column),
+        }
+    }
 }
 
 /// Runs a read and encodes the rows in the negotiated format.
@@ -117,6 +135,7 @@ pub async fn read(
         layer,
         table,
         params,
+        shown,
     } = request;
     let mut options = Options::default();
     let mut filters: Vec<(String, &'static str, String)> = Vec::new();
@@ -182,7 +201,17 @@ pub async fn read(
                 .with_hint("run the pipeline for it first (`framework run --table ...`)"),
         );
     };
-    let frame = ctx.table("t").await.map_err(|e| internal(&e))?;
+    let mut frame = ctx.table("t").await.map_err(|e| internal(&e))?;
+    if let Shown::Some(_) = shown {
+        let all = frame.schema().as_arrow().clone();
+        let names: Vec<&str> = all
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|name| shown.shows(name))
+            .collect();
+        frame = frame.select_columns(&names).map_err(|e| internal(&e))?;
+    }
     let schema = frame.schema().as_arrow().clone();
     let known = |column: &str| -> Result<(), Problem> {
         if schema.field_with_name(column).is_ok() {
@@ -218,7 +247,6 @@ pub async fn read(
             None => expr,
         });
     }
-    let mut frame = frame;
     if let Some(predicate) = predicate {
         frame = frame.filter(predicate).map_err(|e| internal(&e))?;
     }

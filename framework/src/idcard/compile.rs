@@ -559,6 +559,22 @@ fn check_project(
                 }
             }
         }
+        if let Some(exposed) = &config.gateway.columns {
+            let enriched: Vec<String> = config
+                .enrich
+                .iter()
+                .flat_map(|e| e.columns.iter().map(|c| enrich_column_names(c).1))
+                .collect();
+            for (i, column) in exposed.iter().enumerate() {
+                if !names.contains(column.as_str()) && !enriched.contains(column) {
+                    diag(
+                        &format!("/gateway/columns/{i}"),
+                        format!("column `{column}` is neither in the schema nor enriched"),
+                        Some(format!("use one of: {}", column_list())),
+                    );
+                }
+            }
+        }
         tables.push(Table {
             config: config.clone(),
             file: file.clone(),

@@ -63,6 +63,9 @@ pub struct IdcardConfig {
     /// Orchestration hints for generated DAGs.
     #[serde(default)]
     pub schedule: Option<ScheduleConfig>,
+    /// How `framework serve` exposes the table (by default: every route, every column).
+    #[serde(default)]
+    pub gateway: GatewayConfig,
     /// How `framework produce` simulates a live stream.
     #[serde(default)]
     pub producer: ProducerConfig,
@@ -330,6 +333,50 @@ pub struct ScheduleConfig {
     /// Retries of a failed task.
     #[serde(default)]
     pub retries: Option<u32>,
+}
+
+/// How `framework serve` exposes the table.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Serve `GET /raw`, `/staging`, `/rejects` and `/quarantine` for the table (and its
+    /// `latest_by` tables). When `false` those routes answer 404.
+    #[serde(default = "default_true")]
+    pub read: bool,
+    /// Take records on `POST /ingest` and `/ingest_fast`. When `false` those routes answer 404.
+    #[serde(default = "default_true")]
+    pub ingest: bool,
+    /// Columns reads may return, filter and sort on (schema or enrichment columns); the others
+    /// are not served. Bookkeeping columns (`_topic`, `_offset`, ...) stay, except the reject
+    /// table's raw `_payload` and, unless every key column is listed, `_key`. Absent: every
+    /// column.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            read: true,
+            ingest: true,
+            columns: None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Whether reads may show `column` of the table whose key is `key`.
+    pub fn shows(&self, column: &str, key: &[String]) -> bool {
+        let Some(columns) = &self.columns else {
+            return true;
+        };
+        match column {
+            "_payload" => false,
+            "_key" => key.iter().all(|k| columns.contains(k)),
+            bookkeeping if bookkeeping.starts_with('_') => true,
+            named => columns.iter().any(|c| c == named),
+        }
+    }
 }
 
 /// Live-stream simulation of `framework produce`.

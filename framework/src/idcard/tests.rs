@@ -174,6 +174,38 @@ fn a_topic_needs_at_least_one_partition() {
     assert!(out.contains("topic.partitions"), "{out}");
 }
 
+#[test]
+fn gateway_columns_must_be_columns_of_the_table() {
+    let ok = check(&format!(
+        "{GOOD}gateway: {{ read: true, ingest: false, columns: [id] }}\n"
+    ));
+    assert_eq!(ok, "ok");
+    let out = check(&format!("{GOOD}gateway: {{ columns: [id, amuont] }}\n"));
+    assert!(
+        out.contains("things.yaml:12:")
+            && out.contains("gateway.columns[1]: column `amuont` is neither in the schema")
+            && out.contains("hint: use one of: id, amount"),
+        "{out}"
+    );
+}
+
+#[test]
+fn gateway_exposure_hides_payload_and_a_partly_hidden_key() {
+    let exposure = config::GatewayConfig {
+        read: true,
+        ingest: true,
+        columns: Some(vec!["id".into(), "amount".into()]),
+    };
+    let key = ["id".to_owned(), "zip".to_owned()];
+    assert!(exposure.shows("amount", &key));
+    assert!(!exposure.shows("zip", &key));
+    assert!(exposure.shows("_offset", &key));
+    assert!(!exposure.shows("_payload", &key));
+    assert!(!exposure.shows("_key", &key));
+    assert!(exposure.shows("_key", &key[..1]));
+    assert!(config::GatewayConfig::default().shows("_payload", &key));
+}
+
 mod properties {
     use proptest::prelude::*;
 

@@ -29,7 +29,11 @@ impl Drop for Server {
 
 /// Starts `framework serve` on a free port over `lake`, with `extra` arguments.
 fn serve(lake: &Path, extra: &[&str]) -> Server {
-    let mut cmd = framework(lake);
+    serve_with(framework(lake), extra)
+}
+
+/// Starts `framework serve` on a free port with `cmd`'s global options and `extra` arguments.
+fn serve_with(mut cmd: Command, extra: &[&str]) -> Server {
     cmd.args(["serve", "--addr", "127.0.0.1:0"])
         .args(extra)
         .env("FRAMEWORK_GATEWAY_TOKEN", TOKEN)
@@ -274,6 +278,149 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
     assert_ne!(
         pinned[1]["headers"]["x-delta-version"], version,
         "no new version"
+    );
+}
+
+#[test]
+fn an_idcards_gateway_section_hides_its_routes_and_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    // The same project, with sellers showing two columns and the category translation not
+    // exposed at all.
+    let cards = dir.path().join("idcards");
+    copy_dir(&idcards(), &cards);
+    let append = |file: &str, section: &str| {
+        let path = cards.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{section}")).unwrap();
+    };
+    append(
+        "sellers.yaml",
+        "gateway:\n  columns: [seller_id, seller_state]\n",
+    );
+    append(
+        "category_translation.yaml",
+        "gateway: { read: false, ingest: false }\n",
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_framework"));
+    cmd.arg("--idcards")
+        .arg(&cards)
+        .arg("--models")
+        .arg(repo().join("models"))
+        .arg("--expectations")
+        .arg(repo().join("expectations"))
+        .arg("--lake")
+        .arg(&lake);
+    let server = serve_with(cmd, &[]);
+    let seller = &csv_rows("olist_sellers_dataset.csv")[0];
+    let id = &seller["seller_id"];
+    let post = |path: &str| {
+        json!({
+            "url": format!("{}{path}", server.base),
+            "method": "POST",
+            "headers": { "Authorization": format!("Bearer {TOKEN}"), "Content-Type": "application/json" },
+            "body": "{\"records\": [{\"product_category_name\": \"x\", \"product_category_name_english\": \"y\"}]}",
+        })
+    };
+    let mut requests = vec![
+        get(
+            &server,
+            &format!("/staging/sellers?seller_id={id}"),
+            "application/json",
+        ),
+        get(&server, "/raw/sellers?limit=1", "application/json"),
+        get(
+            &server,
+            "/staging/sellers?seller_city=campinas",
+            "application/json",
+        ),
+        get(
+            &server,
+            "/staging/sellers?columns=seller_city",
+            "application/json",
+        ),
+        get(&server, "/raw/category_translation", "application/json"),
+        get(&server, "/staging/category_translation", "application/json"),
+        post("/ingest/category_translation"),
+        post("/ingest_fast/category_translation"),
+        get(&server, "/", "application/json"),
+    ];
+    let mut openapi = get(&server, "/openapi.json", "application/json");
+    openapi["validate_openapi"] = json!(true);
+    requests.push(openapi);
+    requests.push(get(&server, "/docs", "text/html"));
+    let responses = http(&requests);
+
+    let docs = responses[10]["body"].as_str().expect("an HTML page");
+    assert_eq!(
+        responses[10]["headers"]["content-type"],
+        "text/html; charset=utf-8"
+    );
+    assert!(
+        docs.contains("<code>POST /ingest_fast/sellers</code>"),
+        "{docs}"
+    );
+    assert!(docs.contains("<code>seller_state</code>") && !docs.contains("category_translation"));
+    let rows = responses[0]["body"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{}", responses[0]);
+    let row = rows[0].as_object().unwrap();
+    let named: Vec<&str> = row
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with('_'))
+        .collect();
+    assert_eq!(named, ["seller_id", "seller_state"], "{row:?}");
+    assert_eq!(row["seller_id"], *id);
+    assert_eq!(row["seller_state"], seller["seller_state"]);
+    let raw = responses[1]["body"][0].as_object().expect("a bronze row");
+    assert!(
+        !raw.contains_key("seller_city") && !raw.contains_key("seller_zip_code_prefix"),
+        "{raw:?}"
+    );
+    assert!(
+        raw.contains_key("_offset") && raw.contains_key("_key"),
+        "{raw:?}"
+    );
+    for i in [2, 3] {
+        assert_eq!(responses[i]["status"], 400, "{}", responses[i]);
+        assert!(
+            responses[i]["body"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no column `seller_city`"),
+            "{}",
+            responses[i]
+        );
+    }
+    for response in &responses[4..8] {
+        assert_eq!(response["status"], 404, "{response}");
+        let hint = response["body"]["hint"].as_str().unwrap_or_default();
+        assert!(hint.contains("category_translation.yaml"), "{response}");
+    }
+    let routes: Vec<&str> = responses[8]["body"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(routes.contains(&"GET /staging/sellers"), "{routes:?}");
+    assert!(
+        !routes.iter().any(|r| r.contains("category_translation")),
+        "{routes:?}"
+    );
+    let spec = &responses[9];
+    assert_eq!(spec["openapi_valid"], true, "{}", spec["openapi_error"]);
+    let paths = spec["body"]["paths"].as_object().unwrap();
+    assert!(!paths.keys().any(|p| p.contains("category_translation")));
+    let filters: Vec<&str> = paths["/staging/sellers"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        filters.contains(&"seller_state") && !filters.contains(&"seller_city"),
+        "{filters:?}"
     );
 }
 
