@@ -1,13 +1,16 @@
 """Gateway benchmark: latency and throughput of /ingest, /ingest_fast and ?wait=visible.
 
 Usage: gateway_bench.py CONFIG_JSON, where CONFIG_JSON is {"command": [framework, ..., --lake,
-LAKE], "orders_csv": CSV, "sequential": 30, "concurrent_s": 10, "clients": 16}.
+LAKE], "peer_command": [python, bench/peer_fastapi.py, ...], "orders_csv": CSV, "sequential":
+30, "concurrent_s": 10, "clients": 16}.
 
 Starts `framework serve` on a lake the caller loaded, then for batches of 1 and 10 `orders`
 records (new order ids, the sample's other values), sequentially (`sequential` requests) and with
 `clients` concurrent clients (for `concurrent_s` seconds), measures each route's p50/p95/p99
 latency and records per second, one keep-alive connection per client (http.client). The
-server's RSS is read from /proc at the start and the end of each concurrent run. Prints a
+server's RSS is read from /proc at the start and the end of each concurrent run. Then the same
+for the peer (bench/peer_fastapi.py: FastAPI + pandas + deltalake + DuckDB, on its own lake of the
+same size), whose POST /ingest/orders answers once silver and gold show the records. Prints a
 Markdown table and a JSON line.
 """
 
@@ -31,17 +34,17 @@ ROUTES = [
 template = list(csv.DictReader(open(config["orders_csv"])))
 
 
-def start():
-    env = dict(os.environ, FRAMEWORK_GATEWAY_TOKEN=TOKEN)
-    cmd = config["command"] + ["serve", "--addr", "127.0.0.1:0", "--max-ingests", "256"]
+def start(cmd, env):
+    """Starts a server that prints `... http://HOST:PORT` on its first line of stdout and waits
+    until it accepts connections."""
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     line = [None]
     reader = threading.Thread(target=lambda: line.__setitem__(0, process.stdout.readline().decode()))
     reader.start()
-    reader.join(60)
+    reader.join(120)
     if not line[0] or "http://" not in line[0]:
         process.kill()
-        raise SystemExit(f"framework serve printed no address within 60 s: {line[0]!r}")
+        raise SystemExit(f"{cmd[0]} printed no address within 120 s: {line[0]!r}")
     host, port = line[0].split("http://")[1].split()[0].split(":")
     return process, host, int(port)
 
@@ -139,22 +142,34 @@ def concurrent(host, port, pid, path, size):
     return latencies, len(latencies) * size / wall, (rss_before, rss_mib(pid))
 
 
-process, host, port = start()
+def measure(process, host, port, routes, warm_up):
+    rows = []
+    try:
+        # Warm-up: the lanes and the first refresh (the peer: its imports and first query).
+        Client(host, port).post(warm_up, body(1, counter_from(0)))
+        for size in (1, 10):
+            for name, path in routes:
+                latencies, rate = sequential(host, port, path, size)
+                rows.append((name, size, "sequential", latencies, rate, None))
+                time.sleep(1)
+                latencies, rate, rss = concurrent(host, port, process.pid, path, size)
+                rows.append((name, size, f"{config['clients']} clients", latencies, rate, rss))
+                time.sleep(1)
+    finally:
+        process.kill()
+        process.wait(30)
+    return rows
+
+
 rows = []
-try:
-    # Warm-up: the lanes and the first refresh.
-    Client(host, port).post("/ingest_fast/orders?wait=visible", body(1, counter_from(0)))
-    for size in (1, 10):
-        for name, path in ROUTES:
-            latencies, rate = sequential(host, port, path, size)
-            rows.append((name, size, "sequential", latencies, rate, None))
-            time.sleep(1)
-            latencies, rate, rss = concurrent(host, port, process.pid, path, size)
-            rows.append((name, size, f"{config['clients']} clients", latencies, rate, rss))
-            time.sleep(1)
-finally:
-    process.kill()
-    process.wait(30)
+env = dict(os.environ, FRAMEWORK_GATEWAY_TOKEN=TOKEN)
+cmd = config["command"] + ["serve", "--addr", "127.0.0.1:0", "--max-ingests", "256"]
+process, host, port = start(cmd, env)
+rows += measure(process, host, port, ROUTES, "/ingest_fast/orders?wait=visible")
+if config.get("peer_command"):
+    process, host, port = start(config["peer_command"], dict(os.environ))
+    rows += measure(process, host, port, [("peer: FastAPI + pandas + deltalake + DuckDB", "/ingest/orders")],
+                    "/ingest/orders")
 
 print("| route | batch | clients | requests | p50 ms | p95 ms | p99 ms | records/s | server RSS MiB (start -> end) |")
 print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -253,5 +253,9 @@ summary = {
     "problems": problems[:20],
     "problem_count": len(problems),
 }
-print(json.dumps(summary))
-sys.exit(1 if problems else 0)
+print(json.dumps(summary), flush=True)
+sys.stderr.flush()
+# Straight out: the interpreter's teardown with client threads still parked (daemons) and the
+# deltalake/pyarrow native threads alive sometimes aborts ("terminate called without an active
+# exception") after the audit is done and printed.
+os._exit(1 if problems else 0)
