@@ -228,6 +228,12 @@ impl EmbeddedLog {
             idx.write_all(&index).map_err(Self::io(topic))?;
             idx.sync_data().map_err(Self::io(topic))?;
             counts[partition as usize] = frames.len() as u64;
+            if by_partition[partition as usize + 1..]
+                .iter()
+                .any(|f| !f.is_empty())
+            {
+                crate::fault::crash_point("log-between-partitions");
+            }
         }
         Ok(counts)
     }

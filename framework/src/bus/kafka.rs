@@ -25,11 +25,17 @@ use super::{Batch, Bytes, Error, Message, Result, partition_for};
 /// How long metadata and admin requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Where each message of a batch landed (partition, offset), by its index; `None` until its
+/// delivery report came.
+type Placed = Vec<Option<(u32, u64)>>;
+
 /// Records what the broker acknowledged: the last offset per (topic, partition), and failures.
 #[derive(Debug, Default)]
 struct Deliveries {
     last: Mutex<HashMap<(String, i32), i64>>,
     failed: Mutex<Vec<String>>,
+    /// While a [`KafkaBus::send_placed`] runs: where each of its messages landed, by index.
+    placed: Mutex<Option<Placed>>,
 }
 
 impl ClientContext for Tracker {}
@@ -50,11 +56,17 @@ impl Tracker {
 }
 
 impl ProducerContext for Tracker {
-    type DeliveryOpaque = ();
+    /// The message's index in its batch.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
         match result {
             Ok(message) => {
+                if let Some(placed) = self.0.placed.lock().expect("not poisoned").as_mut()
+                    && let Some(slot) = placed.get_mut(index)
+                {
+                    *slot = Some((message.partition() as u32, message.offset().max(0) as u64));
+                }
                 let mut last = self.0.last.lock().expect("not poisoned");
                 let entry = last
                     .entry((message.topic().to_owned(), message.partition()))
@@ -206,6 +218,28 @@ impl KafkaBus {
     /// Sends records (idempotent producer, batched), waits until the broker acknowledged all of
     /// them; returns how many went to each partition.
     pub fn send(&self, topic: &str, records: &Batch) -> Result<Vec<u64>> {
+        self.send_batch(topic, records, false)
+            .map(|(counts, _)| counts)
+    }
+
+    /// Sends records as [`Self::send`] does; returns where each one landed, in batch order (the
+    /// offsets from the broker's delivery reports).
+    pub fn send_placed(&self, topic: &str, records: &Batch) -> Result<Vec<(u32, u64)>> {
+        let (_, placed) = self.send_batch(topic, records, true)?;
+        placed
+            .into_iter()
+            .enumerate()
+            .map(|(i, at)| {
+                at.ok_or_else(|| Error::Delivery {
+                    topic: topic.to_owned(),
+                    count: 1,
+                    first: format!("no delivery report for message {i} of the batch"),
+                })
+            })
+            .collect()
+    }
+
+    fn send_batch(&self, topic: &str, records: &Batch, place: bool) -> Result<(Vec<u64>, Placed)> {
         let partitions = self.partitions(topic)?;
         let mut guard = self.producer.lock().expect("not poisoned");
         if guard.is_none() {
@@ -223,6 +257,8 @@ impl KafkaBus {
             *guard = Some(producer);
         }
         let producer = guard.as_ref().expect("just created");
+        *self.tracker.0.placed.lock().expect("not poisoned") =
+            place.then(|| vec![None; records.len()]);
         let mut counts = vec![0; partitions as usize];
         for (i, record) in records.iter().enumerate() {
             if i % 1024 == 0 {
@@ -230,7 +266,7 @@ impl KafkaBus {
                 producer.poll(Duration::ZERO);
             }
             let partition = partition_for(record.key, partitions);
-            let mut next = BaseRecord::to(topic)
+            let mut next = BaseRecord::with_opaque_to(topic, i)
                 .key(record.key)
                 .payload(record.value)
                 .partition(partition as i32)
@@ -250,6 +286,14 @@ impl KafkaBus {
         producer
             .flush(Duration::from_secs(60))
             .map_err(|e| kafka(topic, e))?;
+        let placed = self
+            .tracker
+            .0
+            .placed
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default();
         let failed = std::mem::take(&mut *self.tracker.0.failed.lock().expect("not poisoned"));
         if let Some(first) = failed.first() {
             return Err(Error::Delivery {
@@ -258,7 +302,7 @@ impl KafkaBus {
                 first: first.clone(),
             });
         }
-        Ok(counts)
+        Ok((counts, placed))
     }
 
     /// Joins the consumer group `group` on `topic`. Each partition the group assigns to this

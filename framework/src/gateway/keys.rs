@@ -3,12 +3,15 @@
 //! A retried request with the same `Idempotency-Key` (and the same body) answers what the first
 //! one did, with the same offsets, and appends nothing. The keys of one group commit are one
 //! line of `<topic>/gateway-keys.jsonl`, written and synced *before* the group's messages:
-//! `{"at", "check": {partition, offset, digest}, "keys": [{key, body, positions}]}`, where
-//! `check` names the group's first message and the BLAKE3 digest of its value. A crash between
-//! the line and the append leaves a line whose message is not in the log (or is another one):
-//! on open, the last group line is checked against the log and dropped when it does not match,
-//! and a failed append writes a `void` line at once, so every line before the last is backed by
-//! its messages. Keys live [`TTL`]; older lines are dropped when the file is opened.
+//! `{"at", "checks": [{partition, offset, digest}], "keys": [{key, body, positions}]}`, where
+//! `checks` names the group's first message in each partition it appends to, with the BLAKE3
+//! digest of its value. The log appends a group one partition after the other, so a crash (or
+//! a failed append) can leave a line whose messages reached the log in all, none or some of its
+//! partitions. Only the last line can be in doubt: it is checked against the log when the keys
+//! are opened (at start-up, and again after a failed append). None there: the line is dropped,
+//! and a retry appends the request. Some there: the line stays with the partitions that `missing`
+//! names, and a retry appends exactly the request's records of those partitions, so no record
+//! is lost and none is appended twice. Keys live [`TTL`]; older lines are dropped on open.
 //!
 //! Keys are stored as SHA-256 digests of the table name and the key, bodies as digests too.
 //! One gateway process per lake keeps the keys (two gateways on one lake do not see each
@@ -80,11 +83,12 @@ pub struct Keyed {
 #[derive(Debug, Serialize, Deserialize)]
 struct Line {
     at: i64,
-    check: Check,
+    checks: Vec<Check>,
     #[serde(default)]
     keys: Vec<Keyed>,
-    #[serde(default)]
-    void: bool,
+    /// Partitions of `checks` whose messages did not reach the log (see the module's doc).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<u32>,
 }
 
 /// What a key is known for.
@@ -92,6 +96,8 @@ struct Line {
 pub struct Known {
     pub body: String,
     pub positions: Vec<(u32, u64)>,
+    /// Partitions whose records of the request are not on the log: a retry appends them.
+    pub missing: Vec<u32>,
 }
 
 /// The keys of one topic, in memory, and the file they are kept in.
@@ -103,8 +109,8 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// Opens the topic's keys: drops lines older than [`TTL`] and a last group line that the
-    /// log does not back (see the module's doc). Called under the producer lease.
+    /// Opens the topic's keys: drops lines older than [`TTL`] and settles the last line against
+    /// the log (see the module's doc). Called under the producer lease.
     pub fn open(log: &EmbeddedLog, topic: &str) -> std::io::Result<Self> {
         let path = log.sidecar(topic, "gateway-keys.jsonl");
         let text = match std::fs::read_to_string(&path) {
@@ -118,20 +124,25 @@ impl Keys {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        let count = text.lines().count();
-        let voided: Vec<Check> = lines
-            .iter()
-            .filter(|l| l.void)
-            .map(|l| l.check.clone())
-            .collect();
-        lines.retain(|l| !l.void && !voided.contains(&l.check));
-        if let Some(last) = lines.last()
-            && !backed(log, topic, &last.check)
-        {
-            lines.pop();
+        let mut changed = lines.len() != text.lines().count();
+        if let Some(last) = lines.last_mut() {
+            let missing: Vec<u32> = last
+                .checks
+                .iter()
+                .filter(|check| !backed(log, topic, check))
+                .map(|check| check.partition)
+                .collect();
+            if missing.len() == last.checks.len() {
+                lines.pop();
+                changed = true;
+            } else if missing != last.missing {
+                last.missing = missing;
+                changed = true;
+            }
         }
+        let before = lines.len();
         lines.retain(|l| l.at >= oldest);
-        if lines.len() != count {
+        if changed || lines.len() != before {
             // Rewritten whole, then renamed over: the file is never half old, half new.
             let tmp = path.with_extension("jsonl.tmp");
             let mut out = File::create(&tmp)?;
@@ -145,11 +156,19 @@ impl Keys {
         let mut known = HashMap::new();
         for line in lines {
             for keyed in line.keys {
+                // The request's own partitions among those missing.
+                let missing = line
+                    .missing
+                    .iter()
+                    .copied()
+                    .filter(|p| keyed.positions.iter().any(|(q, _)| q == p))
+                    .collect();
                 known.insert(
                     keyed.key,
                     Known {
                         body: keyed.body,
                         positions: keyed.positions,
+                        missing,
                     },
                 );
             }
@@ -162,13 +181,14 @@ impl Keys {
         self.known.get(key)
     }
 
-    /// Writes and syncs a group's keys, before its messages are appended.
-    pub fn begin(&mut self, check: &Check, keys: &[Keyed]) -> std::io::Result<()> {
+    /// Writes and syncs a group's keys, before its messages are appended. `checks` names the
+    /// group's first message in each partition it appends to.
+    pub fn begin(&mut self, checks: &[Check], keys: &[Keyed]) -> std::io::Result<()> {
         self.write(&Line {
             at: chrono::Utc::now().timestamp(),
-            check: check.clone(),
+            checks: checks.to_vec(),
             keys: keys.to_vec(),
-            void: false,
+            missing: Vec::new(),
         })?;
         for keyed in keys {
             self.known.insert(
@@ -176,23 +196,11 @@ impl Keys {
                 Known {
                     body: keyed.body.clone(),
                     positions: keyed.positions.clone(),
+                    missing: Vec::new(),
                 },
             );
         }
         Ok(())
-    }
-
-    /// Forgets a group whose append failed.
-    pub fn void(&mut self, check: &Check, keys: &[Keyed]) -> std::io::Result<()> {
-        for keyed in keys {
-            self.known.remove(&keyed.key);
-        }
-        self.write(&Line {
-            at: chrono::Utc::now().timestamp(),
-            check: check.clone(),
-            keys: Vec::new(),
-            void: true,
-        })
     }
 
     fn write(&mut self, line: &Line) -> std::io::Result<()> {
@@ -218,35 +226,39 @@ fn backed(log: &EmbeddedLog, topic: &str, check: &Check) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::Batch;
+    use crate::bus::{Batch, partition_for};
 
-    fn log_with_topic(dir: &std::path::Path) -> EmbeddedLog {
+    fn log_with_topic(dir: &std::path::Path, partitions: u32) -> EmbeddedLog {
         let log = EmbeddedLog::new(dir.to_owned());
-        log.ensure_topic("t", 1).unwrap();
+        log.ensure_topic("t", partitions).unwrap();
         log
     }
 
-    fn keyed(key: &str) -> Keyed {
+    fn keyed(key: &str, positions: &[(u32, u64)]) -> Keyed {
         Keyed {
             key: key.into(),
             body: "b".into(),
-            positions: vec![(0, 0)],
+            positions: positions.to_vec(),
         }
+    }
+
+    fn append(log: &EmbeddedLog, key: &[u8], value: &[u8]) {
+        let mut batch = Batch::default();
+        batch.push(key, value, 0);
+        log.append("t", &batch).unwrap();
     }
 
     #[test]
     fn a_group_whose_messages_reached_the_log_is_remembered_and_one_that_did_not_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let log = log_with_topic(dir.path());
+        let log = log_with_topic(dir.path(), 1);
         let mut keys = Keys::open(&log, "t").unwrap();
         // Group 1: its line, then its message.
-        keys.begin(&Check::new(0, 0, b"one"), &[keyed("k1")])
+        keys.begin(&[Check::new(0, 0, b"one")], &[keyed("k1", &[(0, 0)])])
             .unwrap();
-        let mut batch = Batch::default();
-        batch.push(b"a", b"one", 0);
-        log.append("t", &batch).unwrap();
+        append(&log, b"a", b"one");
         // Group 2: its line, then a crash before the append.
-        keys.begin(&Check::new(0, 1, b"two"), &[keyed("k2")])
+        keys.begin(&[Check::new(0, 1, b"two")], &[keyed("k2", &[(0, 1)])])
             .unwrap();
         drop(keys);
         let keys = Keys::open(&log, "t").unwrap();
@@ -256,28 +268,58 @@ mod tests {
             "a group not in the log is forgotten"
         );
         // Another producer's message at that offset does not bring it back.
-        let mut batch = Batch::default();
-        batch.push(b"a", b"someone else", 0);
-        log.append("t", &batch).unwrap();
+        append(&log, b"a", b"someone else");
         let keys = Keys::open(&log, "t").unwrap();
         assert!(keys.get("k2").is_none());
         assert!(keys.get("k1").is_some());
     }
 
     #[test]
-    fn a_voided_group_and_a_torn_line_are_left_out() {
+    fn a_group_that_reached_some_of_its_partitions_names_the_missing_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let log = log_with_topic(dir.path());
+        let log = log_with_topic(dir.path(), 2);
+        // A key on each partition.
+        let on = |partition: u32| {
+            (0u8..=255)
+                .map(|b| vec![b'k', b])
+                .find(|k| partition_for(k, 2) == partition)
+                .unwrap()
+        };
         let mut keys = Keys::open(&log, "t").unwrap();
-        let mut batch = Batch::default();
-        batch.push(b"a", b"one", 0);
-        keys.begin(&Check::new(0, 0, b"one"), &[keyed("k1")])
+        let checks = [Check::new(0, 0, b"zero"), Check::new(1, 0, b"one")];
+        keys.begin(
+            &checks,
+            &[
+                keyed("both", &[(0, 0), (1, 0)]),
+                keyed("first", &[(0, 1)]),
+                keyed("second", &[(1, 1)]),
+            ],
+        )
+        .unwrap();
+        // A crash after partition 0's block, before partition 1's.
+        append(&log, &on(0), b"zero");
+        drop(keys);
+        let keys = Keys::open(&log, "t").unwrap();
+        assert_eq!(keys.get("both").unwrap().missing, [1]);
+        assert!(keys.get("first").unwrap().missing.is_empty());
+        assert_eq!(keys.get("second").unwrap().missing, [1]);
+        // Settled once, written down: the same answer on the next open.
+        let path = keys.path().to_owned();
+        drop(keys);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"missing\":[1]"), "{text}");
+        let keys = Keys::open(&log, "t").unwrap();
+        assert_eq!(keys.get("both").unwrap().missing, [1]);
+    }
+
+    #[test]
+    fn a_torn_line_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_with_topic(dir.path(), 1);
+        let mut keys = Keys::open(&log, "t").unwrap();
+        keys.begin(&[Check::new(0, 0, b"one")], &[keyed("k1", &[(0, 0)])])
             .unwrap();
-        log.append("t", &batch).unwrap();
-        let check = Check::new(0, 1, b"two");
-        keys.begin(&check, &[keyed("k2")]).unwrap();
-        keys.void(&check, &[keyed("k2")]).unwrap();
-        assert!(keys.get("k2").is_none());
+        append(&log, b"a", b"one");
         let path = keys.path().to_owned();
         drop(keys);
         std::fs::OpenOptions::new()
@@ -288,7 +330,6 @@ mod tests {
             .unwrap();
         let keys = Keys::open(&log, "t").unwrap();
         assert!(keys.get("k1").is_some());
-        assert!(keys.get("k2").is_none());
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::{Batch, Bus};
+use crate::bus::{Batch, Bus, partition_for};
 use crate::idcard::Table;
 use crate::lake::Layer;
 
@@ -203,9 +203,6 @@ fn committer(
     appended: &AtomicU64,
 ) {
     let mut keys: Option<Keys> = None;
-    // A group whose append failed and whose keys could not be voided: the keys file no longer
-    // tells what is on the topic, so nothing more is appended until a restart re-reads it.
-    let mut broken: Option<String> = None;
     while let Some(first) = queue.blocking_recv() {
         let mut records = first.records.len();
         let mut group = vec![first];
@@ -219,20 +216,7 @@ fn committer(
             }
         }
         let refresh = group.iter().any(|a| a.refresh);
-        if let Some(reason) = &broken {
-            for append in group {
-                let _ =
-                    append
-                        .reply
-                        .send(Err(Problem::unavailable(reason.clone())
-                            .with_hint("restart `framework serve`")));
-            }
-            continue;
-        }
-        if let Err(reason) = commit_group(bus, table, &mut keys, group, appended) {
-            tracing::error!("{reason}");
-            broken = Some(reason);
-        }
+        commit_group(bus, table, &mut keys, group, appended);
         if refresh {
             let seq = appended.load(Ordering::SeqCst);
             let _ = refreshes.send(Refresh::Kick { seq });
@@ -248,29 +232,18 @@ struct Placed {
     replayed: bool,
 }
 
-/// Appends one group and answers each of its requests. `Err` only when the keys file can no
-/// longer be trusted (see [`committer`]).
+/// Appends one group and answers each of its requests.
 fn commit_group(
     bus: &Bus,
     table: &Table,
     keys: &mut Option<Keys>,
     group: Vec<Append>,
     appended: &AtomicU64,
-) -> Result<(), String> {
+) {
     let fail_all = |group: Vec<Append>, problem: Problem| {
         for append in group {
             let _ = append.reply.send(Err(problem.clone()));
         }
-    };
-    let Bus::Embedded(log) = bus else {
-        fail_all(
-            group,
-            Problem::unavailable(
-                "ingests run on the embedded log for now; this gateway's bus is Kafka",
-            )
-            .with_hint("start `framework serve` without --bus kafka://..."),
-        );
-        return Ok(());
     };
     let topic = table.topic();
     let bus_problem = |e: &dyn std::fmt::Display| Problem::internal(format!("topic {topic}: {e}"));
@@ -278,14 +251,21 @@ fn commit_group(
         Ok(partitions) => partitions,
         Err(e) => {
             fail_all(group, bus_problem(&e));
-            return Ok(());
+            return;
+        }
+    };
+    let log = match bus {
+        Bus::Embedded(log) => log,
+        Bus::Kafka(kafka) => {
+            send_to_kafka(kafka, table, partitions, group, appended);
+            return;
         }
     };
     let _lease = match bus.producer_lease(topic) {
         Ok(lease) => lease,
         Err(e) => {
             fail_all(group, bus_problem(&e));
-            return Ok(());
+            return;
         }
     };
     if keys.is_none() {
@@ -296,17 +276,23 @@ fn commit_group(
                     group,
                     bus_problem(&format!("reading its idempotency keys: {e}")),
                 );
-                return Ok(());
+                return;
             }
         }
     }
-    let keys = keys.as_mut().expect("opened above");
-    let mut next: Vec<u64> = match (0..partitions).map(|p| log.end_offset(topic, p)).collect() {
-        Ok(next) => next,
+    let opened = keys.as_mut().expect("opened above");
+    let starts: Vec<u64> = match (0..partitions).map(|p| log.end_offset(topic, p)).collect() {
+        Ok(starts) => starts,
         Err(e) => {
             fail_all(group, bus_problem(&e));
-            return Ok(());
+            return;
         }
+    };
+    let mut next = starts.clone();
+    let mut place = |partition: u32| {
+        let offset = next[partition as usize];
+        next[partition as usize] += 1;
+        Position { partition, offset }
     };
     let mut batch = Batch::default();
     let mut placed: Vec<Placed> = Vec::new();
@@ -314,70 +300,75 @@ fn commit_group(
     // Keys of this group, for a retry that arrives while the first request is still queued.
     let mut in_group: HashMap<String, (String, Vec<Position>)> = HashMap::new();
     for append in group {
-        if let Some(id) = &append.idempotency {
-            let earlier = keys
-                .get(&id.key)
-                .map(|k| (k.body.clone(), to_positions(&k.positions), true))
-                .or_else(|| {
-                    in_group
-                        .get(&id.key)
-                        .map(|(body, positions)| (body.clone(), positions.clone(), false))
+        let Some(id) = &append.idempotency else {
+            let positions = ingest::push_messages(table, &append.records, partitions, &mut batch)
+                .into_iter()
+                .map(&mut place)
+                .collect();
+            placed.push(Placed {
+                reply: append.reply,
+                positions,
+                replayed: false,
+            });
+            continue;
+        };
+        if let Some((body, positions)) = in_group.get(&id.key) {
+            if *body != id.body {
+                let _ = append.reply.send(Err(reused_key()));
+            } else {
+                placed.push(Placed {
+                    reply: append.reply,
+                    positions: positions.clone(),
+                    replayed: true,
                 });
-            if let Some((body, positions, durable)) = earlier {
-                if body != id.body {
-                    let _ = append.reply.send(Err(Problem::unprocessable(
-                        "this Idempotency-Key was used before with another body",
-                    )
-                    .with_hint("use a new key for a new batch; a retry sends the same body")));
-                } else if durable {
-                    let _ = append.reply.send(Ok(Appended {
-                        positions,
-                        replayed: true,
-                    }));
-                } else {
-                    placed.push(Placed {
-                        reply: append.reply,
-                        positions,
-                        replayed: true,
-                    });
-                }
+            }
+            continue;
+        }
+        let positions = match opened.get(&id.key) {
+            Some(known) if known.body != id.body => {
+                let _ = append.reply.send(Err(reused_key()));
                 continue;
             }
-        }
-        let positions = ingest::push_messages(table, &append.records, partitions, &mut batch)
-            .into_iter()
-            .map(|partition| {
-                let offset = next[partition as usize];
-                next[partition as usize] += 1;
-                Position { partition, offset }
-            })
-            .collect::<Vec<_>>();
-        if let Some(id) = append.idempotency {
-            in_group.insert(id.key.clone(), (id.body.clone(), positions.clone()));
-            keyed.push(Keyed {
-                key: id.key,
-                body: id.body,
-                positions: positions.iter().map(|p| (p.partition, p.offset)).collect(),
-            });
-        }
+            Some(known) if known.missing.is_empty() => {
+                let _ = append.reply.send(Ok(Appended {
+                    positions: to_positions(&known.positions),
+                    replayed: true,
+                }));
+                continue;
+            }
+            // An earlier attempt reached some partitions only: append the records of the others.
+            Some(known) => {
+                let mut scratch = Batch::default();
+                let partition_of =
+                    ingest::push_messages(table, &append.records, partitions, &mut scratch);
+                let mut positions = to_positions(&known.positions);
+                for ((message, partition), position) in
+                    scratch.iter().zip(partition_of).zip(&mut positions)
+                {
+                    if known.missing.contains(&partition) {
+                        batch.push(message.key, message.value, message.timestamp_ms);
+                        *position = place(partition);
+                    }
+                }
+                positions
+            }
+            None => ingest::push_messages(table, &append.records, partitions, &mut batch)
+                .into_iter()
+                .map(&mut place)
+                .collect::<Vec<_>>(),
+        };
+        in_group.insert(id.key.clone(), (id.body.clone(), positions.clone()));
+        keyed.push(Keyed {
+            key: id.key.clone(),
+            body: id.body.clone(),
+            positions: positions.iter().map(|p| (p.partition, p.offset)).collect(),
+        });
         placed.push(Placed {
             reply: append.reply,
             positions,
             replayed: false,
         });
     }
-    let Some(first) = batch.iter().next() else {
-        // Every request was a replay.
-        for p in placed {
-            let _ = p.reply.send(Ok(Appended {
-                positions: p.positions,
-                replayed: p.replayed,
-            }));
-        }
-        return Ok(());
-    };
-    let at = placed[0].positions[0];
-    let check = Check::new(at.partition, at.offset, first.value);
     let answer = |placed: Vec<Placed>, problem: Option<Problem>| {
         for p in placed {
             let _ = p.reply.send(match &problem {
@@ -389,36 +380,97 @@ fn commit_group(
             });
         }
     };
+    if batch.is_empty() {
+        // Every request was a replay.
+        answer(placed, None);
+        return;
+    }
+    // The group's first message in each partition it appends to.
+    let mut checks: Vec<Check> = Vec::new();
+    for message in batch.iter() {
+        let partition = partition_for(message.key, partitions);
+        if !checks.iter().any(|c| c.partition == partition) {
+            checks.push(Check::new(
+                partition,
+                starts[partition as usize],
+                message.value,
+            ));
+        }
+    }
     if !keyed.is_empty()
-        && let Err(e) = keys.begin(&check, &keyed)
+        && let Err(e) = opened.begin(&checks, &keyed)
     {
         answer(
             placed,
             Some(bus_problem(&format!("recording the idempotency keys: {e}"))),
         );
-        return Ok(());
+        // What the file holds now is settled against the log when it is opened again.
+        *keys = None;
+        return;
     }
-    match bus.send(topic, &batch) {
-        Ok(_) => {
-            appended.fetch_add(1, Ordering::SeqCst);
-            answer(placed, None);
-            Ok(())
-        }
+    let sent = bus.send(topic, &batch);
+    // Some partitions may hold their records even when the append failed.
+    appended.fetch_add(1, Ordering::SeqCst);
+    match sent {
+        Ok(_) => answer(placed, None),
         Err(e) => {
             answer(
                 placed,
                 Some(bus_problem(&e).with_hint(
-                    "the append failed part way or not at all; some records may be on the topic",
+                    "the append failed part way or not at all; retry with the same \
+                     Idempotency-Key to append exactly what is missing",
                 )),
             );
-            if keyed.is_empty() {
-                return Ok(());
-            }
-            keys.void(&check, &keyed).map_err(|void| {
-                format!("topic {topic}: an append failed ({e}) and its idempotency keys could not be voided ({void})")
-            })
+            // The group's line is settled against the log (all, some or none of its partitions)
+            // when the keys are opened for the next group.
+            *keys = None;
         }
     }
+}
+
+/// A group on Kafka: one batch through the idempotent producer, each request answered with
+/// where the broker put its records (from the delivery reports). Requests with an
+/// `Idempotency-Key` do not get here (see [`super::ingest_table`]).
+fn send_to_kafka(
+    kafka: &crate::bus::KafkaBus,
+    table: &Table,
+    partitions: u32,
+    group: Vec<Append>,
+    appended: &AtomicU64,
+) {
+    let topic = table.topic();
+    let mut batch = Batch::default();
+    let counts: Vec<usize> = group
+        .iter()
+        .map(|append| ingest::push_messages(table, &append.records, partitions, &mut batch).len())
+        .collect();
+    let sent = kafka.send_placed(topic, &batch);
+    appended.fetch_add(1, Ordering::SeqCst);
+    match sent {
+        Ok(placed) => {
+            let mut placed = to_positions(&placed).into_iter();
+            for (append, count) in group.into_iter().zip(counts) {
+                let _ = append.reply.send(Ok(Appended {
+                    positions: placed.by_ref().take(count).collect(),
+                    replayed: false,
+                }));
+            }
+        }
+        Err(e) => {
+            let problem = Problem::unavailable(format!("topic {topic}: {e}")).with_hint(
+                "the brokers did not acknowledge every record; some may be on the topic, \
+                 and a resend may store those twice in bronze (silver keeps one row per key)",
+            );
+            for append in group {
+                let _ = append.reply.send(Err(problem.clone()));
+            }
+        }
+    }
+}
+
+fn reused_key() -> Problem {
+    Problem::unprocessable("this Idempotency-Key was used before with another body")
+        .with_hint("use a new key for a new batch; a retry sends the same body")
 }
 
 fn to_positions(pairs: &[(u32, u64)]) -> Vec<Position> {

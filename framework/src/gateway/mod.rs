@@ -132,13 +132,15 @@ impl Gateway {
     /// Brings every table whose topic holds messages up to date in the background: what was
     /// acknowledged as durable before a crash becomes visible without a new request.
     fn catch_up(self: &Arc<Self>) {
-        let Bus::Embedded(log) = &self.bus else {
-            return;
-        };
         for table in &self.project.tables {
-            let has_messages = log.partitions(table.topic()).is_ok_and(|partitions| {
-                (0..partitions).any(|p| log.end_offset(table.topic(), p).is_ok_and(|end| end > 0))
-            });
+            let has_messages = match &self.bus {
+                Bus::Embedded(log) => log.partitions(table.topic()).is_ok_and(|partitions| {
+                    (0..partitions)
+                        .any(|p| log.end_offset(table.topic(), p).is_ok_and(|end| end > 0))
+                }),
+                // Every existing topic: its refresh reads what bronze has not stored, if any.
+                Bus::Kafka(kafka) => kafka.partitions(table.topic()).is_ok(),
+            };
             if has_messages && let Ok(lanes) = self.lanes(table) {
                 lanes.kick();
             }
@@ -207,7 +209,9 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    gateway.catch_up();
+    // In the background: on Kafka each table's probe is a request to the brokers.
+    let catching_up = gateway.clone();
+    tokio::task::spawn_blocking(move || catching_up.catch_up());
     axum::serve(listener, app(gateway))
         .with_graceful_shutdown(shutdown)
         .await
@@ -615,6 +619,16 @@ async fn ingest_table(
         .and_then(|v| v.to_str().ok());
     let records = ingest::parse_body(content_type, &body)?;
     let idempotency = idempotency(&headers, &table, &body)?;
+    if idempotency.is_some() && matches!(gateway.bus, Bus::Kafka(_)) {
+        return Err(Problem::unprocessable(
+            "Idempotency-Key is not supported on a Kafka bus yet: the gateway keeps its keys \
+             beside the embedded log's topics",
+        )
+        .with_hint(
+            "send without the header (a resend after a lost answer may then store the records \
+             twice in bronze; silver keeps one row per key), or serve on the embedded log",
+        ));
+    }
     let Some(wait) = wait else {
         let report = ingest::ingest(&gateway, &config, records, idempotency).await?;
         return Ok(Json(report).into_response());

@@ -620,6 +620,239 @@ fn ingest_fast_acknowledges_durable_then_visible_and_a_retried_key_appends_nothi
     assert_eq!(raw[0]["_offset"], offsets[0]["offset"]);
 }
 
+/// The gateway on a Kafka bus (a real Tansu broker): `/ingest` and `/ingest_fast` put the
+/// records on the topic through the idempotent producer and answer where the broker put them;
+/// bronze holds them exactly there, silver the good ones, the reject table the bad one; an
+/// Idempotency-Key is refused with a hint (the keys live beside the embedded log's topics).
+#[test]
+fn ingests_on_a_kafka_bus_land_where_the_broker_put_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = crate::kafka::Broker::start(dir.path());
+    let lake = dir.path().join("lake");
+    let mut load = framework(&lake);
+    load.args(["--bus", &broker.url(), "run", "--all", "--data"])
+        .arg(sample());
+    ok(load);
+    let mut cmd = framework(&lake);
+    cmd.args(["--bus", &broker.url()]);
+    let server = serve_with(cmd, &[]);
+    let seller = |id: &str, city: &str| json!({ "seller_id": id, "seller_zip_code_prefix": "01001", "seller_city": city, "seller_state": "SP" });
+    let post = |route: &str, records: Value, key: Option<&str>| {
+        let mut headers = json!({
+            "Content-Type": "application/json",
+            "Authorization": format!("Bearer {TOKEN}"),
+        });
+        if let Some(key) = key {
+            headers["Idempotency-Key"] = json!(key);
+        }
+        json!({
+            "url": format!("{}{route}", server.base),
+            "method": "POST",
+            "headers": headers,
+            "body": json!({ "records": records }).to_string(),
+        })
+    };
+    let responses = http(&[
+        post(
+            "/ingest/sellers",
+            json!([seller("kgw-1", "campinas"), { "seller_id": "kgw-2", "colour": "red" }, seller("kgw-3", "santos")]),
+            None,
+        ),
+        post(
+            "/ingest_fast/sellers",
+            json!([seller("kgw-4", "osasco")]),
+            None,
+        ),
+        post(
+            "/ingest_fast/sellers?wait=visible",
+            json!([seller("kgw-5", "guarulhos")]),
+            None,
+        ),
+        post(
+            "/ingest_fast/sellers",
+            json!([seller("kgw-6", "x")]),
+            Some("k"),
+        ),
+        get(
+            &server,
+            "/raw/sellers?seller_id.gte=kgw-&seller_id.lt=kgw-z&columns=seller_id,_partition,_offset&order_by=seller_id",
+            "application/json",
+        ),
+        get(
+            &server,
+            "/staging/sellers?seller_id.gte=kgw-&seller_id.lt=kgw-z&columns=seller_id,seller_city&order_by=seller_id",
+            "application/json",
+        ),
+        get(
+            &server,
+            "/rejects/sellers?columns=_partition,_offset,_reason&order_by=-_offset&limit=1",
+            "application/json",
+        ),
+    ]);
+    let ingest = &responses[0];
+    assert_eq!(ingest["status"], 200, "{ingest}");
+    assert_eq!(ingest["body"]["accepted"], 2, "{ingest}");
+    assert_eq!(ingest["body"]["rejected"][0]["index"], 1, "{ingest}");
+    let durable = &responses[1];
+    assert_eq!(durable["status"], 202, "{durable}");
+    let visible = &responses[2];
+    assert_eq!(visible["status"], 200, "{visible}");
+    assert_eq!(visible["body"]["accepted"], 1, "{visible}");
+    let keyed = &responses[3];
+    assert_eq!(keyed["status"], 422, "{keyed}");
+    assert!(
+        keyed["body"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("embedded log"),
+        "{keyed}"
+    );
+    // Where the broker put each record, as the answers said.
+    let at = |response: &Value, i: usize| response["body"]["offsets"][i].clone();
+    let raw: Vec<(String, Value)> = responses[4]["body"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", responses[4]))
+        .iter()
+        .map(|r| {
+            (
+                r["seller_id"].as_str().unwrap().to_owned(),
+                json!({ "partition": r["_partition"], "offset": r["_offset"] }),
+            )
+        })
+        .collect();
+    assert_eq!(
+        raw,
+        vec![
+            ("kgw-1".to_owned(), at(ingest, 0)),
+            ("kgw-3".to_owned(), at(ingest, 2)),
+            ("kgw-4".to_owned(), at(durable, 0)),
+            ("kgw-5".to_owned(), at(visible, 0)),
+        ],
+        "bronze"
+    );
+    assert_eq!(
+        responses[5]["body"],
+        json!([
+            { "seller_id": "kgw-1", "seller_city": "campinas" },
+            { "seller_id": "kgw-3", "seller_city": "santos" },
+            { "seller_id": "kgw-4", "seller_city": "osasco" },
+            { "seller_id": "kgw-5", "seller_city": "guarulhos" },
+        ]),
+        "{}",
+        responses[5]
+    );
+    let reject = &responses[6]["body"][0];
+    assert_eq!(
+        json!({ "partition": reject["_partition"], "offset": reject["_offset"] }),
+        at(ingest, 1),
+        "{reject}"
+    );
+    assert!(
+        reject["_reason"].as_str().unwrap().contains("colour"),
+        "{reject}"
+    );
+}
+
+/// The embedded log appends a group one partition after the other. A crash after the first
+/// partition's block (crash point `log-between-partitions`), then a retry with the same
+/// Idempotency-Key after a restart: the retry appends exactly the records that did not reach
+/// the log, so bronze and silver hold each record once, at the offsets the retry answers.
+#[test]
+fn a_crash_between_the_partitions_of_a_group_then_a_retry_leaves_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let ids: Vec<String> = (0..12).map(|i| format!("split-{i:02}")).collect();
+    let body = json!({ "records": ids.iter().map(|id| json!({
+        "customer_id": id,
+        "customer_unique_id": format!("person-{id}"),
+        "customer_zip_code_prefix": "01001",
+        "customer_city": "sao paulo",
+        "customer_state": "SP",
+    })).collect::<Vec<_>>() });
+    let post = |server: &Server, query: &str| {
+        json!({
+            "url": format!("{}/ingest_fast/customers{query}", server.base),
+            "method": "POST",
+            "headers": {
+                "Content-Type": "application/json",
+                "Authorization": format!("Bearer {TOKEN}"),
+                "Idempotency-Key": "split-batch",
+            },
+            "body": body.to_string(),
+        })
+    };
+    let mut crashing = framework(&lake);
+    crashing.env("FRAMEWORK_CRASH_AT", "log-between-partitions");
+    let mut server = serve_with(crashing, &[]);
+    let cut = http(&[post(&server, "")]);
+    assert_eq!(
+        cut[0]["status"],
+        Value::Null,
+        "no answer expected: {}",
+        cut[0]
+    );
+    let exit = wait_within(&mut server.child, Duration::from_secs(30))
+        .expect("the server aborts at the crash point");
+    assert!(!exit.success());
+    drop(server);
+
+    let server = serve(&lake, &[]);
+    let responses = http(&[
+        post(&server, "?wait=visible"),
+        post(&server, ""),
+        get(
+            &server,
+            "/raw/customers?customer_id.gte=split-&customer_id.lt=split-z&columns=customer_id,_partition,_offset&order_by=customer_id&limit=100",
+            "application/json",
+        ),
+        get(
+            &server,
+            "/staging/customers?customer_id.gte=split-&customer_id.lt=split-z&columns=customer_id&order_by=customer_id&limit=100",
+            "application/json",
+        ),
+    ]);
+    let retry = &responses[0];
+    assert_eq!(retry["status"], 200, "{retry}");
+    assert_eq!(retry["body"]["accepted"], 12, "{retry}");
+    let offsets = retry["body"]["offsets"].as_array().unwrap().clone();
+    assert_eq!(offsets.len(), 12, "{retry}");
+    let partitions: std::collections::BTreeSet<u64> = offsets
+        .iter()
+        .map(|o| o["partition"].as_u64().unwrap())
+        .collect();
+    assert!(
+        partitions.len() > 1,
+        "the batch must span partitions: {retry}"
+    );
+    // A second retry appends nothing and answers the same offsets.
+    assert_eq!(responses[1]["status"], 202, "{}", responses[1]);
+    assert_eq!(responses[1]["body"]["replayed"], true, "{}", responses[1]);
+    assert_eq!(responses[1]["body"]["offsets"], json!(offsets));
+    let raw: Vec<(String, Value)> = responses[2]["body"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", responses[2]))
+        .iter()
+        .map(|r| {
+            (
+                r["customer_id"].as_str().unwrap().to_owned(),
+                json!({ "partition": r["_partition"], "offset": r["_offset"] }),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, Value)> = ids.iter().cloned().zip(offsets).collect();
+    assert_eq!(
+        raw, expected,
+        "bronze holds each record once, where the retry said"
+    );
+    let staged: Vec<&str> = responses[3]["body"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["customer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(staged, ids);
+}
+
 /// 32 clients on /ingest, /ingest_fast and /ingest_fast?wait=visible for 30 s, then ten SIGKILLs
 /// of the server under the same load, each followed by a restart; clients resend what got no
 /// answer with the same Idempotency-Key. The Python `deltalake` reader then finds every

@@ -3,11 +3,12 @@
 Takes a JSON list of requests (`url`, optional `method`, `headers`, `body`) as its argument,
 sends each with urllib, decodes each body by its Content-Type with the standard library (json,
 csv) or pyarrow (Arrow IPC stream, Parquet), and prints a JSON list of
-`{status, headers, body}`; a request with `validate_openapi` also gets `openapi_valid` from
-openapi-spec-validator.
+`{status, headers, body}` (`{status: null, error}` when no answer came); a request with
+`validate_openapi` also gets `openapi_valid` from openapi-spec-validator.
 """
 
 import csv
+import http.client
 import io
 import json
 import sys
@@ -32,6 +33,9 @@ def send(request):
             status, headers, raw = response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         status, headers, raw = error.code, dict(error.headers), error.read()
+    except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as error:
+        # No answer at all (the server went away): the caller decides what that means.
+        return {"status": None, "error": repr(error)}
     kind = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
     kind = kind.split(";")[0].strip()
     if kind in ("application/json", "application/problem+json"):
