@@ -69,7 +69,7 @@ fn operation_section(out: &mut String, openapi: &Value, method: &str, path: &str
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&text(&parameter["name"])),
                 escape(&text(&parameter["in"])),
-                escape(&text(&parameter["schema"]["type"])),
+                escape(&schema_type(&parameter["schema"])),
                 escape(&text(&parameter["description"]))
             );
         }
@@ -105,8 +105,18 @@ fn operation_section(out: &mut String, openapi: &Value, method: &str, path: &str
     }
 }
 
-/// A JSON Schema's type as text (`string`, `string | null`, ...).
+/// A JSON Schema's type as text (`string`, `string | null`, `integer | "all"`, ...).
 fn schema_type(schema: &Value) -> String {
+    if let Some(choices) = schema["anyOf"].as_array() {
+        return choices
+            .iter()
+            .map(|choice| match &choice["const"] {
+                Value::Null => schema_type(choice),
+                value => value.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" | ");
+    }
     match &schema["type"] {
         Value::Array(types) => types.iter().map(text).collect::<Vec<_>>().join(" | "),
         other => text(other),

@@ -8,8 +8,6 @@ use crate::gold::{Materialized, Models};
 use crate::idcard::ColumnType;
 use crate::idcard::{Project, Table};
 
-use super::read::MAX_LIMIT;
-
 /// The document.
 pub fn document(project: &Project, models: &Models) -> Value {
     let mut paths = Map::new();
@@ -127,7 +125,7 @@ fn read_operation(id: &str, summary: &str, table: Option<&Table>) -> Value {
     let mut parameters = vec![
         json!({ "name": "columns", "in": "query", "description": "columns to return, comma-separated", "schema": { "type": "string" } }),
         json!({ "name": "order_by", "in": "query", "description": "columns to sort by, comma-separated; `-` before a column sorts it descending", "schema": { "type": "string" } }),
-        json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": MAX_LIMIT, "default": 100 } }),
+        json!({ "name": "limit", "in": "query", "description": "rows to return at most, or `all` (the body is streamed)", "schema": { "anyOf": [{ "type": "integer", "minimum": 0 }, { "const": "all" }], "default": 100 } }),
         json!({ "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } }),
         json!({ "name": "as_of_version", "in": "query", "description": "read this Delta version (the X-Delta-Version of an earlier page)", "schema": { "type": "integer", "minimum": 0 } }),
         json!({ "name": "format", "in": "query", "description": "instead of Accept", "schema": { "type": "string", "enum": ["json", "ndjson", "csv", "arrow", "parquet"] } }),
@@ -150,10 +148,9 @@ fn read_operation(id: &str, summary: &str, table: Option<&Table>) -> Value {
         "parameters": parameters,
         "responses": {
             "200": {
-                "description": "the rows, at most `limit`",
+                "description": "the rows, at most `limit`, streamed",
                 "headers": {
                     "X-Delta-Version": { "description": "the Delta version read", "schema": { "type": "integer" } },
-                    "X-Row-Count": { "description": "rows in this response", "schema": { "type": "integer" } },
                 },
                 "content": {
                     "application/json": { "schema": rows },

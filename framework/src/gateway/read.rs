@@ -4,11 +4,12 @@
 //!
 //! Query parameters: `columns=a,b`; `<column>=<value>` (equality) and `<column>.gt|gte|lt|lte|ne=
 //! <value>` (ranges), each value cast to the column's type; `order_by=a,-b` (`-` descending);
-//! `limit` (default 100, at most [`MAX_LIMIT`]) and `offset`; `as_of_version=N` pins a version.
-//! The response carries the version read in `X-Delta-Version`, so the next page can pin it
-//! (`as_of_version`) and see the same table whatever commits in between. Formats by `Accept`
-//! (or `format=`): JSON (an array of objects, the default), NDJSON, CSV, Arrow IPC stream,
-//! Parquet.
+//! `limit` (default 100, or `all`) and `offset`; `as_of_version=N` pins a version. The response
+//! carries the version read in `X-Delta-Version`, so the next page can pin it (`as_of_version`)
+//! and see the same table whatever commits in between. Formats by `Accept` (or `format=`): JSON
+//! (an array of objects, the default), NDJSON, CSV, Arrow IPC stream, Parquet. The body is
+//! streamed: each batch DataFusion yields is encoded and sent as it comes ([`Encoder`]), so a
+//! whole table (`limit=all`) goes out in bounded memory (a sort still holds what it sorts).
 
 use std::collections::BTreeMap;
 
@@ -22,12 +23,13 @@ use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::logical_expr::SortExpr;
 use deltalake::datafusion::prelude::{Expr, col, lit};
 
-use crate::lake::{Lake, Layer, collect_batches, session};
+use deltalake::arrow::{csv, ipc, json};
+use deltalake::datafusion::execution::SendableRecordBatchStream;
+use deltalake::parquet::arrow::ArrowWriter;
+
+use crate::lake::{Lake, Layer, session};
 
 use super::problem::Problem;
-
-/// Rows one request returns at most.
-pub const MAX_LIMIT: usize = 10_000;
 
 /// Rows a request returns when it names no `limit`.
 const DEFAULT_LIMIT: usize = 100;
@@ -151,7 +153,8 @@ pub async fn read(
                 );
             }
             "order_by" => options.order_by = value,
-            "limit" => options.limit = number(&name, &value)?,
+            "limit" if value == "all" => options.limit = None,
+            "limit" => options.limit = Some(number(&name, &value)?),
             "offset" => options.offset = number(&name, &value)?,
             "as_of_version" => options.version = Some(number(&name, &value)? as i64),
             "format" => options.format = Some(value),
@@ -165,13 +168,6 @@ pub async fn read(
                 filters.push((column, op, value));
             }
         }
-    }
-    if options.limit > MAX_LIMIT {
-        return Err(Problem::bad_request(format!(
-            "limit {} is over the most a request returns, {MAX_LIMIT}",
-            options.limit
-        ))
-        .with_hint("page with offset and as_of_version (the X-Delta-Version of the first page)"));
     }
     let format = Format::negotiate(
         options.format.as_deref(),
@@ -275,28 +271,186 @@ pub async fn read(
         frame = frame.select_columns(&names).map_err(|e| internal(&e))?;
     }
     frame = frame
-        .limit(options.offset, Some(options.limit))
+        .limit(options.offset, options.limit)
         .map_err(|e| internal(&e))?;
     let out_schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
-    let batches = collect_batches(frame).await.map_err(|e| internal(&e))?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let body = encode(format, &out_schema, &batches).map_err(|e| internal(&e))?;
-    let mut response = body.into_response();
+    let batches = frame.execute_stream().await.map_err(|e| internal(&e))?;
+    let (encoder, head) = Encoder::new(format, &out_schema).map_err(|e| internal(&e))?;
+    let what = format!("{}/{table}", layer.dir());
+    let mut response =
+        axum::body::Body::from_stream(streamed(what, head, encoder, batches)).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.media_type()),
     );
     h.insert("x-delta-version", HeaderValue::from(version));
-    h.insert("x-row-count", HeaderValue::from(rows as u64));
     Ok(response)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body's chunks: `head`, then each batch as it comes, then the format's end. An error
+/// after the first chunk can only cut the body short (the status is sent): it is logged, and
+/// the client sees an incomplete body (a JSON array without its `]`, a Parquet file without
+/// its footer, an Arrow stream without its end marker).
+fn streamed(
+    what: String,
+    head: Vec<u8>,
+    encoder: Encoder,
+    batches: SendableRecordBatchStream,
+) -> impl futures::Stream<Item = Result<Vec<u8>, BoxError>> + Send {
+    use futures::StreamExt;
+    let first = futures::stream::once(async move { Ok(head) });
+    let rest = futures::stream::unfold((Some(encoder), batches), move |(encoder, mut batches)| {
+        let what = what.clone();
+        async move {
+            let mut encoder = encoder?;
+            let chunk = match batches.next().await {
+                Some(Ok(batch)) => encoder.batch(&batch),
+                Some(Err(e)) => Err(e.into()),
+                None => return Some((encoder.finish(), (None, batches))),
+            };
+            let chunk = chunk.inspect_err(|e| {
+                tracing::warn!("reading {what}: {e}; the response is cut short");
+            });
+            let next = chunk.is_ok().then_some(encoder);
+            Some((chunk, (next, batches)))
+        }
+    });
+    first
+        .chain(rest)
+        .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
+}
+
+/// Encodes rows in a format one batch at a time: each call returns the bytes ready to send.
+pub enum Encoder {
+    /// `[`, the rows separated by commas, `]`.
+    Json {
+        rows: usize,
+    },
+    Ndjson,
+    Csv {
+        schema: SchemaRef,
+        header: bool,
+    },
+    Arrow(ipc::writer::StreamWriter<Vec<u8>>),
+    Parquet(ArrowWriter<Vec<u8>>),
+}
+
+/// Rows a Parquet row group of a response holds at most: bytes go out once a group is full.
+const PARQUET_ROW_GROUP: usize = 65_536;
+
+impl Encoder {
+    /// The encoder and the bytes that open the body.
+    pub fn new(format: Format, schema: &SchemaRef) -> Result<(Self, Vec<u8>), BoxError> {
+        Ok(match format {
+            Format::Json => (Self::Json { rows: 0 }, b"[".to_vec()),
+            Format::Ndjson => (Self::Ndjson, Vec::new()),
+            Format::Csv => (
+                Self::Csv {
+                    schema: schema.clone(),
+                    header: false,
+                },
+                Vec::new(),
+            ),
+            Format::Arrow => {
+                let mut writer = ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+                let head = std::mem::take(writer.get_mut());
+                (Self::Arrow(writer), head)
+            }
+            Format::Parquet => {
+                let properties = deltalake::parquet::file::properties::WriterProperties::builder()
+                    .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP))
+                    .build();
+                let mut writer =
+                    ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
+                let head = std::mem::take(writer.inner_mut());
+                (Self::Parquet(writer), head)
+            }
+        })
+    }
+
+    /// The bytes of one batch.
+    pub fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, BoxError> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(match self {
+            Self::Json { rows } => {
+                let lines = ndjson(batch)?;
+                let mut out = Vec::with_capacity(lines.len() + 1);
+                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    if *rows > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(line);
+                    *rows += 1;
+                }
+                out
+            }
+            Self::Ndjson => ndjson(batch)?,
+            Self::Csv { header, .. } => {
+                let mut out = Vec::new();
+                csv::WriterBuilder::new()
+                    .with_header(!*header)
+                    .build(&mut out)
+                    .write(batch)?;
+                *header = true;
+                out
+            }
+            // The drained buffers: the writers keep their own byte counts for the footers.
+            Self::Arrow(writer) => {
+                writer.write(batch)?;
+                std::mem::take(writer.get_mut())
+            }
+            Self::Parquet(writer) => {
+                writer.write(batch)?;
+                std::mem::take(writer.inner_mut())
+            }
+        })
+    }
+
+    /// The bytes that close the body.
+    pub fn finish(self) -> Result<Vec<u8>, BoxError> {
+        Ok(match self {
+            Self::Json { .. } => b"]".to_vec(),
+            Self::Ndjson => Vec::new(),
+            // An empty result still names its columns.
+            Self::Csv {
+                schema,
+                header: false,
+            } => {
+                let mut out = Vec::new();
+                csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out)
+                    .write(&RecordBatch::new_empty(schema))?;
+                out
+            }
+            Self::Csv { .. } => Vec::new(),
+            Self::Arrow(mut writer) => {
+                writer.finish()?;
+                std::mem::take(writer.get_mut())
+            }
+            Self::Parquet(writer) => writer.into_inner()?,
+        })
+    }
+}
+
+fn ndjson(batch: &RecordBatch) -> Result<Vec<u8>, BoxError> {
+    let mut writer = json::LineDelimitedWriter::new(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner())
 }
 
 #[derive(Debug)]
 struct Options {
     columns: Option<Vec<String>>,
     order_by: String,
-    limit: usize,
+    /// `None`: every row (`limit=all`).
+    limit: Option<usize>,
     offset: usize,
     version: Option<i64>,
     format: Option<String>,
@@ -307,7 +461,7 @@ impl Default for Options {
         Self {
             columns: None,
             order_by: String::new(),
-            limit: DEFAULT_LIMIT,
+            limit: Some(DEFAULT_LIMIT),
             offset: 0,
             version: None,
             format: None,
@@ -344,61 +498,6 @@ fn typed_value(
     };
     let cast = cast_with_options(&text, data_type, &options).map_err(|e| e.to_string())?;
     ScalarValue::try_from_array(&cast, 0).map_err(|e| e.to_string())
-}
-
-/// The rows in `format`.
-pub fn encode(
-    format: Format,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
-    use deltalake::arrow::{csv, ipc, json};
-    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
-    Ok(match format {
-        Format::Json => {
-            let mut writer = json::ArrayWriter::new(Vec::new());
-            writer.write_batches(&batches)?;
-            writer.finish()?;
-            let out = writer.into_inner();
-            // An empty result is an empty array, not an empty body.
-            if out.is_empty() { b"[]".to_vec() } else { out }
-        }
-        Format::Ndjson => {
-            let mut writer = json::LineDelimitedWriter::new(Vec::new());
-            writer.write_batches(&batches)?;
-            writer.finish()?;
-            writer.into_inner()
-        }
-        Format::Csv => {
-            let mut out = Vec::new();
-            {
-                let mut writer = csv::WriterBuilder::new().with_header(true).build(&mut out);
-                if batches.is_empty() {
-                    writer.write(&RecordBatch::new_empty(schema.clone()))?;
-                }
-                for batch in &batches {
-                    writer.write(batch)?;
-                }
-            }
-            out
-        }
-        Format::Arrow => {
-            let mut writer = ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
-            for batch in &batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-            writer.into_inner()?
-        }
-        Format::Parquet => {
-            let mut writer =
-                deltalake::parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), None)?;
-            for batch in &batches {
-                writer.write(batch)?;
-            }
-            writer.into_inner()?
-        }
-    })
 }
 
 /// The layer a read route names.

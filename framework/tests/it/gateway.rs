@@ -150,7 +150,7 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
     requests.push(get(&server, "/health", "application/json"));
     requests.push(get(&server, "/ready", "application/json"));
     // Errors: unknown table, unknown column, a value of the wrong type, a format not served,
-    // a limit over the maximum, a route that does not exist.
+    // a limit that is not a number, a route that does not exist.
     requests.push(get(&server, "/staging/nope", "application/json"));
     requests.push(get(
         &server,
@@ -165,13 +165,18 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
     requests.push(get(&server, "/staging/orders", "image/png"));
     requests.push(get(
         &server,
-        "/staging/orders?limit=1000000",
+        "/staging/orders?limit=ten",
         "application/json",
     ));
     requests.push(get(&server, "/nowhere", "application/json"));
     let mut openapi = get(&server, "/openapi.json", "application/json");
     openapi["validate_openapi"] = json!(true);
     requests.push(openapi);
+    // A whole table (several batches), streamed, in every format; an empty result in each.
+    let all = "/raw/products?limit=all&columns=product_id&order_by=product_id";
+    requests.extend(formats.iter().map(|f| get(&server, all, f)));
+    let none = "/staging/orders?order_id=none&columns=order_id";
+    requests.extend(formats.iter().map(|f| get(&server, none, f)));
     let responses = http(&requests);
     let spec = &responses[17];
     assert_eq!(spec["openapi_valid"], true, "{}", spec["openapi_error"]);
@@ -252,8 +257,37 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
         "filter `payment_value`: `abc` is not a Decimal128(18, 2)",
     );
     problem(14, 406, "image/png");
-    problem(15, 400, "limit 1000000");
+    problem(15, 400, "`limit=ten`: not a whole number");
     problem(16, 404, "no such route");
+
+    let mut whole: Vec<String> = csv_rows("olist_products_dataset.csv")
+        .iter()
+        .map(|p| p["product_id"].clone())
+        .collect();
+    whole.sort();
+    assert!(
+        whole.len() > 3 * 8192,
+        "the table must span several batches"
+    );
+    for (format, response) in formats.iter().zip(&responses[18..23]) {
+        assert_eq!(response["status"], 200, "{format}: {}", response["status"]);
+        let got: Vec<&str> = response["body"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{format}: {response}"))
+            .iter()
+            .map(|r| r["product_id"].as_str().unwrap())
+            .collect();
+        assert!(
+            got == whole,
+            "{format}: {} rows of {}",
+            got.len(),
+            whole.len()
+        );
+    }
+    for (format, response) in formats.iter().zip(&responses[23..28]) {
+        assert_eq!(response["status"], 200, "{format}: {response}");
+        assert_eq!(response["body"], json!([]), "{format}: {response}");
+    }
 
     // A pinned version reads the same rows after a later commit.
     let version = responses[0]["headers"]["x-delta-version"]
