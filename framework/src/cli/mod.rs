@@ -318,6 +318,10 @@ struct RunArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        // Before any thread starts: the option is a plain global of the allocator.
+        crate::gateway::return_freed_memory_promptly();
+    }
     let mut filter = cli.global.log.clone();
     if !cli.global.log.contains("rdkafka") {
         filter.push_str(",librdkafka=off,rdkafka=off");
