@@ -288,7 +288,80 @@ fn commit_group(
             return;
         }
     };
-    let mut next = starts.clone();
+    let Placement {
+        batch,
+        placed,
+        keyed,
+    } = place_group(table, partitions, &starts, opened, group);
+    let answer = |placed: Vec<Placed>, problem: Option<Problem>| {
+        for p in placed {
+            let _ = p.reply.send(match &problem {
+                Some(problem) => Err(problem.clone()),
+                None => Ok(Appended {
+                    positions: p.positions,
+                    replayed: p.replayed,
+                }),
+            });
+        }
+    };
+    if batch.is_empty() {
+        // Every request was a replay.
+        answer(placed, None);
+        return;
+    }
+    if !keyed.is_empty()
+        && let Err(e) = opened.begin(
+            &first_in_each_partition(&batch, partitions, &starts),
+            &keyed,
+        )
+    {
+        answer(
+            placed,
+            Some(bus_problem(&format!("recording the idempotency keys: {e}"))),
+        );
+        // What the file holds now is settled against the log when it is opened again.
+        *keys = None;
+        return;
+    }
+    let sent = bus.send(topic, &batch);
+    // Some partitions may hold their records even when the append failed.
+    appended.fetch_add(1, Ordering::SeqCst);
+    match sent {
+        Ok(_) => answer(placed, None),
+        Err(e) => {
+            answer(
+                placed,
+                Some(bus_problem(&e).with_hint(
+                    "the append failed part way or not at all; retry with the same \
+                     Idempotency-Key to append exactly what is missing",
+                )),
+            );
+            // The group's line is settled against the log (all, some or none of its partitions)
+            // when the keys are opened for the next group.
+            *keys = None;
+        }
+    }
+}
+
+/// A group's messages, where each lands, and the keys to record before the append.
+struct Placement {
+    batch: Batch,
+    /// The requests to answer once the batch is appended.
+    placed: Vec<Placed>,
+    keyed: Vec<Keyed>,
+}
+
+/// Places the records of a group from `starts`, the partitions' ends. Requests answered by their
+/// key alone (a replay, a key reused with another body) are answered here; a retry of a group
+/// that reached some partitions only appends the records of the others (see [`super::keys`]).
+fn place_group(
+    table: &Table,
+    partitions: u32,
+    starts: &[u64],
+    keys: &Keys,
+    group: Vec<Append>,
+) -> Placement {
+    let mut next = starts.to_vec();
     let mut place = |partition: u32| {
         let offset = next[partition as usize];
         next[partition as usize] += 1;
@@ -324,7 +397,7 @@ fn commit_group(
             }
             continue;
         }
-        let positions = match opened.get(&id.key) {
+        let positions = match keys.get(&id.key) {
             Some(known) if known.body != id.body => {
                 let _ = append.reply.send(Err(reused_key()));
                 continue;
@@ -369,23 +442,15 @@ fn commit_group(
             replayed: false,
         });
     }
-    let answer = |placed: Vec<Placed>, problem: Option<Problem>| {
-        for p in placed {
-            let _ = p.reply.send(match &problem {
-                Some(problem) => Err(problem.clone()),
-                None => Ok(Appended {
-                    positions: p.positions,
-                    replayed: p.replayed,
-                }),
-            });
-        }
-    };
-    if batch.is_empty() {
-        // Every request was a replay.
-        answer(placed, None);
-        return;
+    Placement {
+        batch,
+        placed,
+        keyed,
     }
-    // The group's first message in each partition it appends to.
+}
+
+/// The group's first message in each partition it appends to, where it will land.
+fn first_in_each_partition(batch: &Batch, partitions: u32, starts: &[u64]) -> Vec<Check> {
     let mut checks: Vec<Check> = Vec::new();
     for message in batch.iter() {
         let partition = partition_for(message.key, partitions);
@@ -397,35 +462,7 @@ fn commit_group(
             ));
         }
     }
-    if !keyed.is_empty()
-        && let Err(e) = opened.begin(&checks, &keyed)
-    {
-        answer(
-            placed,
-            Some(bus_problem(&format!("recording the idempotency keys: {e}"))),
-        );
-        // What the file holds now is settled against the log when it is opened again.
-        *keys = None;
-        return;
-    }
-    let sent = bus.send(topic, &batch);
-    // Some partitions may hold their records even when the append failed.
-    appended.fetch_add(1, Ordering::SeqCst);
-    match sent {
-        Ok(_) => answer(placed, None),
-        Err(e) => {
-            answer(
-                placed,
-                Some(bus_problem(&e).with_hint(
-                    "the append failed part way or not at all; retry with the same \
-                     Idempotency-Key to append exactly what is missing",
-                )),
-            );
-            // The group's line is settled against the log (all, some or none of its partitions)
-            // when the keys are opened for the next group.
-            *keys = None;
-        }
-    }
+    checks
 }
 
 /// A group on Kafka: one batch through the idempotent producer, each request answered with

@@ -88,6 +88,23 @@ fn get(server: &Server, path: &str, accept: &str) -> Value {
     })
 }
 
+/// A JSON `POST` of `body` to `route` with the token, and an `Idempotency-Key` when given.
+fn post_json(server: &Server, route: &str, body: &Value, key: Option<&str>) -> Value {
+    let mut headers = json!({
+        "Content-Type": "application/json",
+        "Authorization": format!("Bearer {TOKEN}"),
+    });
+    if let Some(key) = key {
+        headers["Idempotency-Key"] = json!(key);
+    }
+    json!({
+        "url": format!("{}{route}", server.base),
+        "method": "POST",
+        "headers": headers,
+        "body": body.to_string(),
+    })
+}
+
 /// The rows of a CSV file of the sample as maps.
 fn csv_rows(file: &str) -> Vec<BTreeMap<String, String>> {
     let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
@@ -563,19 +580,7 @@ fn ingest_fast_acknowledges_durable_then_visible_and_a_retried_key_appends_nothi
     let lake = loaded_lake(dir.path());
     let server = serve(&lake, &[]);
     let post = |query: &str, body: &Value, key: Option<&str>| {
-        let mut headers = json!({
-            "Content-Type": "application/json",
-            "Authorization": format!("Bearer {TOKEN}"),
-        });
-        if let Some(key) = key {
-            headers["Idempotency-Key"] = json!(key);
-        }
-        json!({
-            "url": format!("{}/ingest_fast/sellers{query}", server.base),
-            "method": "POST",
-            "headers": headers,
-            "body": body.to_string(),
-        })
+        post_json(&server, &format!("/ingest_fast/sellers{query}"), body, key)
     };
     let first = json!({ "records": [
         { "seller_id": "fast-1", "seller_zip_code_prefix": "1001", "seller_city": "sao paulo", "seller_state": "SP" },
@@ -672,19 +677,7 @@ fn ingests_on_a_kafka_bus_land_where_the_broker_put_them() {
     let server = serve_with(cmd, &[]);
     let seller = |id: &str, city: &str| json!({ "seller_id": id, "seller_zip_code_prefix": "01001", "seller_city": city, "seller_state": "SP" });
     let post = |route: &str, records: Value, key: Option<&str>| {
-        let mut headers = json!({
-            "Content-Type": "application/json",
-            "Authorization": format!("Bearer {TOKEN}"),
-        });
-        if let Some(key) = key {
-            headers["Idempotency-Key"] = json!(key);
-        }
-        json!({
-            "url": format!("{}{route}", server.base),
-            "method": "POST",
-            "headers": headers,
-            "body": json!({ "records": records }).to_string(),
-        })
+        post_json(&server, route, &json!({ "records": records }), key)
     };
     let responses = http(&[
         post(
@@ -804,16 +797,8 @@ fn a_crash_between_the_partitions_of_a_group_then_a_retry_leaves_each_record_onc
         "customer_state": "SP",
     })).collect::<Vec<_>>() });
     let post = |server: &Server, query: &str| {
-        json!({
-            "url": format!("{}/ingest_fast/customers{query}", server.base),
-            "method": "POST",
-            "headers": {
-                "Content-Type": "application/json",
-                "Authorization": format!("Bearer {TOKEN}"),
-                "Idempotency-Key": "split-batch",
-            },
-            "body": body.to_string(),
-        })
+        let route = format!("/ingest_fast/customers{query}");
+        post_json(server, &route, &body, Some("split-batch"))
     };
     let mut crashing = framework(&lake);
     crashing.env("FRAMEWORK_CRASH_AT", "log-between-partitions");
