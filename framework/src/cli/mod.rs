@@ -123,14 +123,18 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Serve the HTTP gateway: every layer's tables to read, POST /ingest/{table}, /health,
-    /// /ready and /stats. Writes need a bearer token: FRAMEWORK_GATEWAY_TOKEN (one token, every
-    /// scope) or a --tokens file; without either, reads are open and writes refused.
+    /// Serve the HTTP gateway: every layer's tables to read (streamed; GET /docs lists the
+    /// routes), POST /ingest/{table} and /ingest_fast/{table}, /health, /ready and /stats, on
+    /// the embedded log or a Kafka bus (--bus). Writes need a bearer token:
+    /// FRAMEWORK_GATEWAY_TOKEN (one token, every scope) or a --tokens file; without either,
+    /// reads are open and writes refused.
     #[command(after_help = "Examples:
   FRAMEWORK_GATEWAY_TOKEN=$(openssl rand -hex 16) framework serve
   framework serve --addr 0.0.0.0:8080 --tokens /etc/framework/tokens.yaml
   curl 'localhost:8080/staging/orders?order_status=delivered&limit=5'    (no token set: reads open)
   curl -H \"Authorization: Bearer $TOKEN\" -H 'Accept: text/csv' 'localhost:8080/curated/gold_daily_sales?order_by=-order_date'
+  curl -H 'Accept: application/x-ndjson' 'localhost:8080/staging/orders?limit=all' > orders.ndjson    (a whole table, streamed)
+  framework --bus kafka://localhost:9092 serve    (ingests go to the Kafka topics)
   curl -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\n       -d '{\"records\": [{\"seller_id\": \"s1\", \"seller_zip_code_prefix\": \"01001\", \"seller_city\": \"sao paulo\", \"seller_state\": \"SP\"}]}' \\\n       localhost:8080/ingest/sellers")]
     Serve {
         /// Address to listen on (port 0: any free port, printed at start).

@@ -43,12 +43,20 @@ pub async fn refresh(
         selected.remove(&model);
     }
     let models = gold::build(lake, models, &selected, &BuildOptions::default()).await?;
+    let per_model: Vec<String> = models
+        .iter()
+        .map(|m| {
+            let kept = if m.unchanged { " kept" } else { "" };
+            format!("{} {:.3}s{kept}", m.model, m.seconds)
+        })
+        .collect();
     tracing::debug!(
         table = table.name(),
         messages = bronze.messages,
         bronze_s,
         silver_s,
         gold_s = started.elapsed().as_secs_f64() - bronze_s - silver_s,
+        models = per_model.join(", "),
         "refresh: done"
     );
     Ok(Refreshed {
