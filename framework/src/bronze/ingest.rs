@@ -182,6 +182,7 @@ struct Stored {
 /// Stores a parsed batch: rejects first, then rows, each commit advancing the partitions' offsets
 /// to `ends` and skipping what an earlier commit of those partitions already holds.
 async fn store(lake: &Lake, table: &str, parsed: &super::Parsed, ends: &Ends) -> Result<Stored> {
+    crate::fault::stall_point("bronze-before-store");
     let rejects = if parsed.rejects.num_rows() > 0 {
         lake.append_past(Layer::Reject, table, &parsed.rejects, &[], ends)
             .await?
@@ -352,7 +353,6 @@ async fn store_polled(
             }
         })?;
     drop(messages);
-    crate::fault::stall_point("bronze-before-store");
     let counts = store(&lake, name, &parsed, &ends).await?;
     crate::fault::crash_point("bronze-after-commit");
     Ok(StoredPoll {

@@ -215,6 +215,24 @@ impl KafkaBus {
         Ok(count)
     }
 
+    /// Where each partition of `topic` ends (the offset its next message takes) as far as this
+    /// process can tell: the broker's high watermark, or past the last message this process
+    /// produced to it, whichever is further.
+    pub fn topic_ends(&self, topic: &str) -> Result<Vec<u64>> {
+        let partitions = self.partitions(topic)?;
+        self.with_admin(topic, |admin| {
+            (0..partitions)
+                .map(|p| {
+                    let (_, high) = admin
+                        .inner()
+                        .fetch_watermarks(topic, p as i32, REQUEST_TIMEOUT)
+                        .map_err(|e| kafka(topic, e))?;
+                    Ok((high.max(0) as u64).max(self.tracker.delivered_end(topic, p)))
+                })
+                .collect()
+        })
+    }
+
     /// Sends records (idempotent producer, batched), waits until the broker acknowledged all of
     /// them; returns how many went to each partition.
     pub fn send(&self, topic: &str, records: &Batch) -> Result<Vec<u64>> {

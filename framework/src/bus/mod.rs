@@ -289,6 +289,16 @@ impl Bus {
         }
     }
 
+    /// Where each partition of an existing topic ends: the offset its next message takes.
+    pub fn ends(&self, topic: &str) -> Result<Vec<u64>> {
+        match self {
+            Self::Embedded(log) => (0..log.partitions(topic)?)
+                .map(|p| log.end_offset(topic, p))
+                .collect(),
+            Self::Kafka(kafka) => kafka.topic_ends(topic),
+        }
+    }
+
     /// Appends a batch; returns how many messages went to each partition.
     pub fn send(&self, topic: &str, records: &Batch) -> Result<Vec<u64>> {
         match self {

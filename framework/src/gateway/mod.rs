@@ -375,6 +375,7 @@ async fn stats(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_json::V
                 serde_json::to_value(stats).unwrap_or_default(),
             );
         }
+        layers.insert("lag".to_owned(), lag(&gateway, table).await?);
         tables.insert(table.name().to_owned(), layers.into());
     }
     let mut models = serde_json::Map::new();
@@ -393,6 +394,42 @@ async fn stats(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_json::V
     Ok(Json(
         serde_json::json!({ "tables": tables, "gold": models }),
     ))
+}
+
+/// What bronze has not stored yet of the table's topic, per partition and in all: the topic's
+/// end against the offsets bronze recorded. `null` when the topic does not exist yet.
+async fn lag(
+    gateway: &Gateway,
+    table: &crate::idcard::Table,
+) -> Result<serde_json::Value, Problem> {
+    let topic = table.topic().to_owned();
+    let bus = gateway.bus.clone();
+    // A Kafka bus asks the brokers: off the async threads.
+    let ends = tokio::task::spawn_blocking(move || bus.ends(&topic))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let Ok(ends) = ends else {
+        return Ok(serde_json::Value::Null);
+    };
+    let cursor = crate::offsets::Cursor::new(
+        crate::offsets::Stage::Bronze,
+        table.topic(),
+        ends.len() as u32,
+    );
+    let stored = cursor
+        .read(&gateway.lake, Layer::Bronze, table.name())
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let partitions: Vec<serde_json::Value> = ends
+        .iter()
+        .enumerate()
+        .map(|(p, &end)| {
+            let stored = stored.next(p as u32).max(0) as u64;
+            serde_json::json!({ "partition": p, "end": end, "stored": stored, "lag": end.saturating_sub(stored) })
+        })
+        .collect();
+    let total: u64 = partitions.iter().filter_map(|p| p["lag"].as_u64()).sum();
+    Ok(serde_json::json!({ "messages": total, "partitions": partitions }))
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

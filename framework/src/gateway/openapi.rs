@@ -76,7 +76,7 @@ pub fn document(project: &Project, models: &Models) -> Value {
         (
             "/stats",
             "stats",
-            "per table and layer, and per gold model: version, files, bytes, rows, latest commit",
+            "per table and layer, and per gold model: version, files, bytes, rows, latest commit; per table, the messages on its topic bronze has not stored (lag)",
         ),
     ] {
         paths.insert(

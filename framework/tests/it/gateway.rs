@@ -715,6 +715,7 @@ fn ingests_on_a_kafka_bus_land_where_the_broker_put_them() {
             "/rejects/sellers?columns=_partition,_offset,_reason&order_by=-_offset&limit=1",
             "application/json",
         ),
+        get(&server, "/stats", "application/json"),
     ]);
     let ingest = &responses[0];
     assert_eq!(ingest["status"], 200, "{ingest}");
@@ -777,6 +778,43 @@ fn ingests_on_a_kafka_bus_land_where_the_broker_put_them() {
     assert!(
         reject["_reason"].as_str().unwrap().contains("colour"),
         "{reject}"
+    );
+    // The topic ends one past the last record, from the broker; bronze stored all of it.
+    let lag = &responses[7]["body"]["tables"]["sellers"]["lag"];
+    let end = at(visible, 0)["offset"].as_u64().unwrap() + 1;
+    assert_eq!(
+        lag,
+        &json!({ "messages": 0, "partitions": [{ "partition": 0, "end": end, "stored": end, "lag": 0 }] }),
+        "{lag}"
+    );
+}
+
+/// `/stats` tells what bronze has not stored of each topic: with bronze held before its store
+/// (stall point `bronze-before-store`), a durable ingest of two records is a lag of two.
+#[test]
+fn stats_shows_the_messages_bronze_has_not_stored_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let mut stalled = framework(&lake);
+    stalled.env("FRAMEWORK_STALL_AT", "bronze-before-store");
+    let server = serve_with(stalled, &[]);
+    let records = json!({ "records": [
+        { "seller_id": "lag-1", "seller_zip_code_prefix": "01001", "seller_city": "x", "seller_state": "SP" },
+        { "seller_id": "lag-2", "seller_zip_code_prefix": "01001", "seller_city": "y", "seller_state": "SP" },
+    ]});
+    let responses = http(&[
+        post_json(&server, "/ingest_fast/sellers", &records, None),
+        get(&server, "/stats", "application/json"),
+    ]);
+    assert_eq!(responses[0]["status"], 202, "{}", responses[0]);
+    let first = responses[0]["body"]["offsets"][0]["offset"]
+        .as_u64()
+        .unwrap();
+    let lag = &responses[1]["body"]["tables"]["sellers"]["lag"];
+    assert_eq!(
+        lag,
+        &json!({ "messages": 2, "partitions": [{ "partition": 0, "end": first + 2, "stored": first, "lag": 2 }] }),
+        "{lag}"
     );
 }
 
