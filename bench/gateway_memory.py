@@ -1,0 +1,93 @@
+"""Gateway memory under load: the server's resident memory every 10 s while 16 clients post
+batches of 10 `orders` records, then 5 s after the load stops.
+
+Usage: gateway_memory.py FRAMEWORK LAKE SECONDS [ROUTE]
+  FRAMEWORK  the framework binary; LAKE a lake loaded with the sample (`framework --lake LAKE
+  run --all`), which the run changes (copy it to compare two binaries on the same start);
+  ROUTE      default /ingest_fast/orders?wait=visible.
+Prints one line per sample: seconds, RSS MiB, records acknowledged, files under silver/orders.
+"""
+
+import csv
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+binary, lake, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+route = sys.argv[4] if len(sys.argv) > 4 else "/ingest_fast/orders?wait=visible"
+CLIENTS = 16
+here = os.path.dirname(os.path.abspath(__file__))
+orders = os.path.join(here, "..", "data", "olist_sample", "olist_orders_dataset.csv")
+template = list(csv.DictReader(open(orders)))
+
+server = subprocess.Popen(
+    [binary, "--lake", lake, "serve", "--addr", "127.0.0.1:0"],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    env=dict(os.environ, FRAMEWORK_GATEWAY_TOKEN="bench-token"),
+)
+line = server.stdout.readline().decode()
+if "http://" not in line:
+    server.kill()
+    raise SystemExit(f"{binary} printed no address: {line!r}")
+host, port = line.split("http://")[1].split()[0].split(":")
+
+
+def rss_mib():
+    with open(f"/proc/{server.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+
+
+deadline = time.time() + seconds
+acknowledged = [0]
+errors = []
+
+
+def client(n):
+    connection = http.client.HTTPConnection(host, int(port), timeout=300)
+    i = n * 1_000_000
+    while time.time() < deadline:
+        records = []
+        for _ in range(10):
+            row = dict(template[i % len(template)])
+            row["order_id"] = uuid.uuid4().hex
+            records.append(row)
+            i += 1
+        connection.request(
+            "POST",
+            route,
+            body=json.dumps({"records": records}),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer bench-token"},
+        )
+        response = connection.getresponse()
+        response.read()
+        if response.status not in (200, 202):
+            errors.append(response.status)
+            return
+        acknowledged[0] += len(records)
+
+
+try:
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    started = time.time()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(10)
+        files = sum(len(f) for _, _, f in os.walk(os.path.join(lake, "silver", "orders")))
+        print(f"{time.time() - started:5.0f} s  rss {rss_mib()} MiB  records {acknowledged[0]}  "
+              f"silver/orders files {files}", flush=True)
+    time.sleep(5)
+    print(f"5 s after the load: rss {rss_mib()} MiB", flush=True)
+    if errors:
+        raise SystemExit(f"{route}: status {errors[0]}")
+finally:
+    server.kill()
+    server.wait(30)
