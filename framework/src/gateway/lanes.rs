@@ -281,7 +281,7 @@ fn commit_group(
         }
     }
     let opened = keys.as_mut().expect("opened above");
-    let starts: Vec<u64> = match (0..partitions).map(|p| log.end_offset(topic, p)).collect() {
+    let starts = match bus.ends(topic) {
         Ok(starts) => starts,
         Err(e) => {
             fail_all(group, bus_problem(&e));
@@ -373,19 +373,9 @@ fn place_group(
     // Keys of this group, for a retry that arrives while the first request is still queued.
     let mut in_group: HashMap<String, (String, Vec<Position>)> = HashMap::new();
     for append in group {
-        let Some(id) = &append.idempotency else {
-            let positions = ingest::push_messages(table, &append.records, partitions, &mut batch)
-                .into_iter()
-                .map(&mut place)
-                .collect();
-            placed.push(Placed {
-                reply: append.reply,
-                positions,
-                replayed: false,
-            });
-            continue;
-        };
-        if let Some((body, positions)) = in_group.get(&id.key) {
+        if let Some(id) = &append.idempotency
+            && let Some((body, positions)) = in_group.get(&id.key)
+        {
             if *body != id.body {
                 let _ = append.reply.send(Err(reused_key()));
             } else {
@@ -397,12 +387,13 @@ fn place_group(
             }
             continue;
         }
-        let positions = match keys.get(&id.key) {
-            Some(known) if known.body != id.body => {
+        let known = (append.idempotency.as_ref()).and_then(|id| Some((id, keys.get(&id.key)?)));
+        let positions = match known {
+            Some((id, known)) if known.body != id.body => {
                 let _ = append.reply.send(Err(reused_key()));
                 continue;
             }
-            Some(known) if known.missing.is_empty() => {
+            Some((_, known)) if known.missing.is_empty() => {
                 let _ = append.reply.send(Ok(Appended {
                     positions: to_positions(&known.positions),
                     replayed: true,
@@ -410,7 +401,7 @@ fn place_group(
                 continue;
             }
             // An earlier attempt reached some partitions only: append the records of the others.
-            Some(known) => {
+            Some((_, known)) => {
                 let mut scratch = Batch::default();
                 let partition_of =
                     ingest::push_messages(table, &append.records, partitions, &mut scratch);
@@ -430,12 +421,14 @@ fn place_group(
                 .map(&mut place)
                 .collect::<Vec<_>>(),
         };
-        in_group.insert(id.key.clone(), (id.body.clone(), positions.clone()));
-        keyed.push(Keyed {
-            key: id.key.clone(),
-            body: id.body.clone(),
-            positions: positions.iter().map(|p| (p.partition, p.offset)).collect(),
-        });
+        if let Some(id) = append.idempotency {
+            in_group.insert(id.key.clone(), (id.body.clone(), positions.clone()));
+            keyed.push(Keyed {
+                key: id.key,
+                body: id.body,
+                positions: positions.iter().map(|p| (p.partition, p.offset)).collect(),
+            });
+        }
         placed.push(Placed {
             reply: append.reply,
             positions,

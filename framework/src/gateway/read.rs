@@ -325,15 +325,9 @@ fn streamed(
 
 /// Encodes rows in a format one batch at a time: each call returns the bytes ready to send.
 pub enum Encoder {
-    /// `[`, the rows separated by commas, `]`.
-    Json {
-        rows: usize,
-    },
-    Ndjson,
-    Csv {
-        schema: SchemaRef,
-        header: bool,
-    },
+    Json(json::ArrayWriter<Vec<u8>>),
+    Ndjson(json::LineDelimitedWriter<Vec<u8>>),
+    Csv { schema: SchemaRef, header: bool },
     Arrow(ipc::writer::StreamWriter<Vec<u8>>),
     Parquet(ArrowWriter<Vec<u8>>),
 }
@@ -345,8 +339,11 @@ impl Encoder {
     /// The encoder and the bytes that open the body.
     pub fn new(format: Format, schema: &SchemaRef) -> Result<(Self, Vec<u8>), BoxError> {
         Ok(match format {
-            Format::Json => (Self::Json { rows: 0 }, b"[".to_vec()),
-            Format::Ndjson => (Self::Ndjson, Vec::new()),
+            Format::Json => (Self::Json(json::ArrayWriter::new(Vec::new())), Vec::new()),
+            Format::Ndjson => (
+                Self::Ndjson(json::LineDelimitedWriter::new(Vec::new())),
+                Vec::new(),
+            ),
             Format::Csv => (
                 Self::Csv {
                     schema: schema.clone(),
@@ -377,19 +374,6 @@ impl Encoder {
             return Ok(Vec::new());
         }
         Ok(match self {
-            Self::Json { rows } => {
-                let lines = ndjson(batch)?;
-                let mut out = Vec::with_capacity(lines.len() + 1);
-                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    if *rows > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(line);
-                    *rows += 1;
-                }
-                out
-            }
-            Self::Ndjson => ndjson(batch)?,
             Self::Csv { header, .. } => {
                 let mut out = Vec::new();
                 csv::WriterBuilder::new()
@@ -399,7 +383,16 @@ impl Encoder {
                 *header = true;
                 out
             }
-            // The drained buffers: the writers keep their own byte counts for the footers.
+            // The drained buffers: the writers keep their own state (the JSON array's commas,
+            // the footers' byte counts).
+            Self::Json(writer) => {
+                writer.write(batch)?;
+                std::mem::take(writer.get_mut())
+            }
+            Self::Ndjson(writer) => {
+                writer.write(batch)?;
+                std::mem::take(writer.get_mut())
+            }
             Self::Arrow(writer) => {
                 writer.write(batch)?;
                 std::mem::take(writer.get_mut())
@@ -414,8 +407,15 @@ impl Encoder {
     /// The bytes that close the body.
     pub fn finish(self) -> Result<Vec<u8>, BoxError> {
         Ok(match self {
-            Self::Json { .. } => b"]".to_vec(),
-            Self::Ndjson => Vec::new(),
+            // `[` too when no row came, so an empty result is `[]`.
+            Self::Json(mut writer) => {
+                writer.finish()?;
+                writer.into_inner()
+            }
+            Self::Ndjson(mut writer) => {
+                writer.finish()?;
+                writer.into_inner()
+            }
             // An empty result still names its columns.
             Self::Csv {
                 schema,
@@ -436,13 +436,6 @@ impl Encoder {
             Self::Parquet(writer) => writer.into_inner()?,
         })
     }
-}
-
-fn ndjson(batch: &RecordBatch) -> Result<Vec<u8>, BoxError> {
-    let mut writer = json::LineDelimitedWriter::new(Vec::new());
-    writer.write(batch)?;
-    writer.finish()?;
-    Ok(writer.into_inner())
 }
 
 #[derive(Debug)]
