@@ -23,6 +23,7 @@ pub mod gold;
 pub mod idcard;
 pub mod lake;
 pub mod lease;
+pub mod memory;
 pub mod offsets;
 pub mod pipeline;
 pub mod quality;

@@ -322,9 +322,10 @@ struct RunArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts: both are process-wide settings.
+    crate::memory::without_transparent_huge_pages();
     if matches!(cli.command, Command::Serve { .. }) {
-        // Before any thread starts: the option is a plain global of the allocator.
-        crate::gateway::return_freed_memory_promptly();
+        crate::memory::return_freed_memory_promptly();
     }
     let mut filter = cli.global.log.clone();
     if !cli.global.log.contains("rdkafka") {

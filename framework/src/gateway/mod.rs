@@ -202,24 +202,6 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// mimalloc's `purge_delay` option (its index in mimalloc's option enum, v2 and v3 alike; a
-/// unit test checks it against the option's documented default).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Makes the allocator (mimalloc, the binary's) give freed memory back to the OS at once
-/// instead of after a delay (1 s in mimalloc v3) that only passes when the freeing thread
-/// allocates again: in a
-/// long-running gateway many threads (tokio workers, the tables' lanes) go idle holding what
-/// they freed. Measured on the sample lake with 16 clients on `?wait=visible` for 60-90 s: the
-/// resident memory grew from 0.4 to 1.6 GiB and stayed there when idle; with this, it stays
-/// near 0.3-0.5 GiB and falls to 0.2 GiB when idle, at the same rate of records. Called once,
-/// before any thread starts.
-#[allow(unsafe_code)] // the one FFI call of the crate: mimalloc has no safe option setter
-pub fn return_freed_memory_promptly() {
-    // SAFETY: sets one integer option of the allocator; called before other threads exist.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
-}
-
 /// Serves `app` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -725,20 +707,6 @@ async fn ingest_table(
 #[cfg(test)]
 mod tests {
     use axum::response::IntoResponse;
-
-    #[test]
-    #[allow(unsafe_code)]
-    fn the_allocator_option_the_gateway_sets_is_the_purge_delay() {
-        // Its default is 1000 (ms) in mimalloc v3, which libmimalloc-sys builds (10 in v2);
-        // its neighbours' are 0 or 1.
-        // SAFETY: reads one integer option of the allocator.
-        let value = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert!(
-            value == 1000 || value == 10,
-            "mimalloc's option {} is not purge_delay: {value}",
-            super::MI_OPTION_PURGE_DELAY
-        );
-    }
 
     #[tokio::test]
     async fn a_panic_in_a_handler_is_a_500_problem() {

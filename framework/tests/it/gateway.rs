@@ -818,6 +818,21 @@ fn stats_shows_the_messages_bronze_has_not_stored_yet() {
     );
 }
 
+/// The engine turns transparent huge pages off for its process (see `framework::memory`): the
+/// kernel reports it in the process's status.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_engine_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("lake"), &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .expect("a kernel that reports THP_enabled (Linux 5.0+)");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
 /// The embedded log appends a group one partition after the other. A crash after the first
 /// partition's block (crash point `log-between-partitions`), then a retry with the same
 /// Idempotency-Key after a restart: the retry appends exactly the records that did not reach
