@@ -242,11 +242,8 @@ async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Ou
         }
         rule => {
             let flagged = flagged_sql(&relation, rule);
-            // One scan: the failing rows and all rows.
             let batches = ctx
-                .sql(&format!(
-                    "SELECT count(*) FILTER (WHERE _failed), count(*) FROM ({flagged})"
-                ))
+                .sql(&counting_sql(&relation, rule, &flagged))
                 .await
                 .map_err(query)?
                 .collect()
@@ -282,7 +279,29 @@ async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Ou
     Ok(outcome)
 }
 
-/// `SELECT *, <failed> AS _failed FROM relation` for a row-level rule.
+/// One query giving the failing rows and all rows of a row-level rule. Uniqueness is counted by
+/// a hash aggregate on the rule's columns only (the rows whose values occur more than once);
+/// the window of [`flagged_sql`] would sort the whole table with every column (at scale 1 the
+/// silver suite took 0.65 s that way). Other rules: one scan of [`flagged_sql`].
+fn counting_sql(relation: &str, rule: &Rule, flagged: &str) -> String {
+    match rule {
+        Rule::Unique { columns } => {
+            let cols = columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "SELECT CAST(coalesce(sum(_n), 0) AS BIGINT), (SELECT count(*) FROM {relation}) \
+                 FROM (SELECT count(*) AS _n FROM {relation} GROUP BY {cols} HAVING count(*) > 1)"
+            )
+        }
+        _ => format!("SELECT count(*) FILTER (WHERE _failed), count(*) FROM ({flagged})"),
+    }
+}
+
+/// `SELECT *, <failed> AS _failed FROM relation` for a row-level rule (for uniqueness, also
+/// what the failing keys are sampled from: slow, but only when some fail).
 fn flagged_sql(relation: &str, rule: &Rule) -> String {
     let predicate = |e: ExpectationConfig| format!("NOT coalesce({}, false)", passes(&e));
     let base = |column: &str| ExpectationConfig {

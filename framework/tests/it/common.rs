@@ -190,6 +190,22 @@ pub fn csv_count(file: &str, column: &str, keep: impl Fn(&str) -> bool) -> u64 {
         .count() as u64
 }
 
+/// Rows of a sample CSV whose `column` holds a value that occurs in more than one row.
+pub fn csv_repeated(file: &str, column: &str) -> u64 {
+    let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
+    let at = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == column)
+        .unwrap();
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    for record in reader.records() {
+        *seen.entry(record.unwrap()[at].to_owned()).or_default() += 1;
+    }
+    seen.values().filter(|n| **n > 1).sum()
+}
+
 /// A copy of the repo's idcards in `dir/idcards` with `from` replaced by `to` in `file` (the
 /// text must be there).
 pub fn idcards_with(dir: &Path, file: &str, from: &str, to: &str) -> PathBuf {

@@ -123,7 +123,14 @@ checks:
         str::is_empty,
     );
     assert_eq!(failing("not_null"), undelivered);
-    assert!(failing("unique") > 0 && failing("compound_unique") > 0);
+    // Silver holds every sample row of both tables: the rows sharing their order_id.
+    let repeated = csv_repeated("olist_order_payments_dataset.csv", "order_id");
+    assert!(repeated > 0);
+    assert_eq!(failing("unique"), repeated);
+    assert_eq!(
+        failing("compound_unique"),
+        csv_repeated("olist_order_items_dataset.csv", "order_id")
+    );
     let pricey = csv_count("olist_order_items_dataset.csv", "price", |p| {
         p.parse::<f64>().unwrap() > 100.0
     });
