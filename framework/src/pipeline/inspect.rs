@@ -13,12 +13,7 @@ use super::{Error, Result};
 /// total of each.
 pub async fn rejects(lake: &Lake, table: &Table, limit: usize) -> Result<String> {
     let mut out = String::new();
-    let key = table
-        .key()
-        .iter()
-        .map(|k| crate::silver::sql::ident(k))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let key = crate::silver::sql::ident_list(table.key());
     for (layer, title, columns) in [
         (
             Layer::Reject,

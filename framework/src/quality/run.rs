@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::idcard::Action;
 use crate::idcard::config::{ExpectationConfig, Range};
 use crate::lake::{Lake, Layer, session};
-use crate::silver::sql::{ident, passes};
+use crate::silver::sql::{ident, ident_list, passes};
 
 use super::compile::{Check, Rule};
 use super::config::SuiteLayer;
@@ -286,11 +286,7 @@ async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Ou
 fn counting_sql(relation: &str, rule: &Rule, flagged: &str) -> String {
     match rule {
         Rule::Unique { columns } => {
-            let cols = columns
-                .iter()
-                .map(|c| ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let cols = ident_list(columns);
             format!(
                 "SELECT CAST(coalesce(sum(_n), 0) AS BIGINT), (SELECT count(*) FROM {relation}) \
                  FROM (SELECT count(*) AS _n FROM {relation} GROUP BY {cols} HAVING count(*) > 1)"
@@ -334,11 +330,7 @@ fn flagged_sql(relation: &str, rule: &Rule) -> String {
             ..base(column)
         }),
         Rule::Unique { columns } => {
-            let cols = columns
-                .iter()
-                .map(|c| ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let cols = ident_list(columns);
             format!("count(*) OVER (PARTITION BY {cols}) > 1")
         }
         Rule::InRelation {

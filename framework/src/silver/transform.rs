@@ -17,7 +17,7 @@ use crate::idcard::{Action, Mode, Project, Table};
 use crate::lake::{Lake, Layer, collect_batches, session};
 use crate::offsets::{Cursor, OFFSET, PARTITION, Stage};
 
-use super::sql::{ident, key_match, literal, normalised, passes, row_rules, rule_name};
+use super::sql::{ident, ident_list, key_match, literal, normalised, passes, row_rules, rule_name};
 use super::{Error, Result};
 
 /// What a silver run did.
@@ -432,12 +432,7 @@ async fn enriched_sql(
                 MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).map_err(query)?;
             ctx.register_table(&dim, Arc::new(empty)).map_err(query)?;
         }
-        let on_cols = enrich
-            .on
-            .values()
-            .map(|c| ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let on_cols = ident_list(enrich.on.values());
         let condition = enrich
             .on
             .iter()

@@ -174,9 +174,9 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Rows of a sample CSV whose `column` passes `keep` (read with the csv crate: an independent
-/// count).
-pub fn csv_count(file: &str, column: &str, keep: impl Fn(&str) -> bool) -> u64 {
+/// The values of `column` in a sample CSV, row by row (read with the csv crate: independent of
+/// the engine's reader).
+pub fn csv_values(file: &str, column: &str) -> Vec<String> {
     let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
     let at = reader
         .headers()
@@ -186,22 +186,20 @@ pub fn csv_count(file: &str, column: &str, keep: impl Fn(&str) -> bool) -> u64 {
         .unwrap();
     reader
         .records()
-        .filter(|r| keep(&r.as_ref().unwrap()[at]))
-        .count() as u64
+        .map(|r| r.unwrap()[at].to_owned())
+        .collect()
+}
+
+/// Rows of a sample CSV whose `column` passes `keep`.
+pub fn csv_count(file: &str, column: &str, keep: impl Fn(&str) -> bool) -> u64 {
+    csv_values(file, column).iter().filter(|v| keep(v)).count() as u64
 }
 
 /// Rows of a sample CSV whose `column` holds a value that occurs in more than one row.
 pub fn csv_repeated(file: &str, column: &str) -> u64 {
-    let mut reader = csv::Reader::from_path(sample().join(file)).unwrap();
-    let at = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .position(|h| h == column)
-        .unwrap();
     let mut seen = std::collections::HashMap::<String, u64>::new();
-    for record in reader.records() {
-        *seen.entry(record.unwrap()[at].to_owned()).or_default() += 1;
+    for value in csv_values(file, column) {
+        *seen.entry(value).or_default() += 1;
     }
     seen.values().filter(|n| **n > 1).sum()
 }
