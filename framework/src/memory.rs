@@ -21,14 +21,6 @@ pub fn without_transparent_huge_pages() {
     }
 }
 
-/// Whether transparent huge pages are off for this process (`None`: the kernel does not say).
-pub fn transparent_huge_pages_are_off() -> Option<bool> {
-    #[cfg(target_os = "linux")]
-    return rustix::thread::transparent_huge_pages_are_disabled().ok();
-    #[cfg(not(target_os = "linux"))]
-    None
-}
-
 /// Makes the allocator (mimalloc, the binary's) give freed memory back to the OS at once
 /// instead of after a delay (1 s in mimalloc v3) that only passes when the freeing thread
 /// allocates again: in a long-running gateway many threads (tokio workers, the tables' lanes)

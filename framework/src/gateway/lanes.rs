@@ -387,7 +387,10 @@ fn place_group(
             }
             continue;
         }
-        let known = (append.idempotency.as_ref()).and_then(|id| Some((id, keys.get(&id.key)?)));
+        let known = append
+            .idempotency
+            .as_ref()
+            .and_then(|id| Some((id, keys.get(&id.key)?)));
         let positions = match known {
             Some((id, known)) if known.body != id.body => {
                 let _ = append.reply.send(Err(reused_key()));

@@ -134,9 +134,10 @@ impl Gateway {
     fn catch_up(self: &Arc<Self>) {
         for table in &self.project.tables {
             let has_messages = match &self.bus {
-                Bus::Embedded(_) => {
-                    (self.bus.ends(table.topic())).is_ok_and(|ends| ends.iter().any(|&end| end > 0))
-                }
+                Bus::Embedded(_) => self
+                    .bus
+                    .ends(table.topic())
+                    .is_ok_and(|ends| ends.iter().any(|&end| end > 0)),
                 // Every existing topic: its refresh reads what bronze has not stored, if any.
                 Bus::Kafka(kafka) => kafka.partitions(table.topic()).is_ok(),
             };
