@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::bus::{Bus, EmbeddedLog, GroupMember, KafkaBus};
+use crate::bus::{Bus, Chunk, EmbeddedLog, GroupMember, KafkaBus};
 use crate::idcard::Table;
 use crate::lake::{Lake, Layer};
 use crate::offsets::{Cursor, Ends, Offsets, Stage};
 
-use super::parse::parse_messages;
+use super::parse::{parse_columns, parse_messages};
 use super::{Error, Result};
 
 /// Bronze settings (runtime, not part of the idcard).
@@ -119,9 +119,19 @@ async fn ingest_partitions(
             let mut count = 0;
             let mut parts = Vec::new();
             for (partition, from, to) in step {
-                let messages = log.read(&topic, partition, from, (to - from) as usize)?;
-                count += messages.len();
-                parts.push(parse_messages(&table, &topic, &messages, Utc::now()));
+                for chunk in log.read_chunks(&topic, partition, from, (to - from) as usize)? {
+                    count += chunk.len();
+                    parts.push(match &chunk {
+                        Chunk::Messages(messages) => {
+                            parse_messages(&table, &topic, messages, Utc::now())
+                        }
+                        Chunk::Columns {
+                            partition,
+                            first,
+                            batch,
+                        } => parse_columns(&table, &topic, *partition, *first, batch, Utc::now()),
+                    });
+                }
             }
             Ok::<_, crate::bus::Error>((count, super::parse::concat(parts)))
         })

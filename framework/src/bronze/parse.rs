@@ -13,7 +13,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
-use crate::bus::Message;
+use crate::bus::{Message, columns};
 use crate::idcard::{ColumnType, Table};
 use crate::offsets::{OFFSET, PARTITION};
 
@@ -104,16 +104,172 @@ pub fn parse_messages(
     messages: &[Message],
     now: DateTime<Utc>,
 ) -> Result<Parsed, ArrowError> {
-    let mut text = read_cells(table, messages);
+    let text = read_cells(table, messages);
+    let mut keys =
+        StringBuilder::with_capacity(messages.len(), messages.iter().map(|m| m.key.len()).sum());
+    for message in messages {
+        keys.append_value(String::from_utf8_lossy(&message.key));
+    }
+    let ids = Ids {
+        topic,
+        keys: keys.finish(),
+        partitions: messages.iter().map(|m| m.partition as i32).collect(),
+        offsets: messages.iter().map(|m| m.offset as i64).collect(),
+    };
+    split(table, text, ids, now, &|i| {
+        String::from_utf8_lossy(&messages[i].value).into_owned()
+    })
+}
+
+/// Types a block of messages as columns ([`crate::bus::columns`]) as [`parse_messages`] types
+/// the same messages one by one, without reading any JSON: the idcard's columns are taken by
+/// name, typed a column at a time.
+pub fn parse_columns(
+    table: &Table,
+    topic: &str,
+    partition: u32,
+    first: u64,
+    batch: &RecordBatch,
+    now: DateTime<Utc>,
+) -> Result<Parsed, ArrowError> {
+    let text = cells_of_columns(table, batch);
+    let n = batch.num_rows();
+    let ids = Ids {
+        topic,
+        keys: columns::keys(batch).clone(),
+        partitions: Int32Array::from(vec![partition as i32; n]),
+        offsets: Int64Array::from_iter_values((first..first + n as u64).map(|o| o as i64)),
+    };
+    split(table, text, ids, now, &|i| {
+        let mut value = Vec::new();
+        columns::write_value(&mut value, batch, i);
+        String::from_utf8_lossy(&value).into_owned()
+    })
+}
+
+/// Where a batch's messages come from: topic, key, partition and offset of each.
+struct Ids<'a> {
+    topic: &'a str,
+    keys: StringArray,
+    partitions: Int32Array,
+    offsets: Int64Array,
+}
+
+/// Types the text columns, adds the metadata columns and splits the batch into rows and
+/// rejects (`payload`: message `i`'s value as text).
+fn split(
+    table: &Table,
+    mut text: Text,
+    ids: Ids<'_>,
+    now: DateTime<Utc>,
+    payload: &dyn Fn(usize) -> String,
+) -> Result<Parsed, ArrowError> {
     let mut columns = type_columns(table, text.columns, &mut text.reasons)?;
-    let meta = Meta::of(topic, messages, text.timestamps, text.lines, now);
+    let meta = Meta::of(ids, text.timestamps, text.lines, now);
     columns.extend(meta.columns());
     let all = RecordBatch::try_new(bronze_schema(table), columns)?;
     let good: BooleanArray = text.reasons.iter().map(|r| Some(r.is_none())).collect();
     Ok(Parsed {
         rows: filter_record_batch(&all, &good)?,
-        rejects: rejects(messages, &text.reasons, &meta)?,
+        rejects: rejects(payload, &text.reasons, &meta)?,
     })
+}
+
+/// A block's cells as text columns, with the reasons the JSON reading of the same messages
+/// ([`super::message::read`]) would give: a broken record's `_error`, an unknown field, an
+/// `_ingestion_timestamp` that is not RFC 3339.
+fn cells_of_columns(table: &Table, batch: &RecordBatch) -> Text {
+    let n = batch.num_rows();
+    let mut reasons: Vec<Option<String>> = vec![None; n];
+    let mut found: Vec<Option<&StringArray>> = vec![None; table.columns.len()];
+    let (mut timestamps, mut lines, mut errors) = (None, None, None);
+    let mut unknown: Vec<(&str, &StringArray)> = Vec::new();
+    for (name, column) in columns::fields(batch) {
+        match name {
+            "_raw" => {}
+            "_error" => errors = Some(column),
+            "_ingestion_timestamp" => timestamps = Some(column),
+            "_source_line" => lines = Some(column),
+            name => match table.columns.iter().position(|c| c.name == name) {
+                Some(at) => found[at] = Some(column),
+                None => unknown.push((name, column)),
+            },
+        }
+    }
+    if let Some(errors) = errors {
+        for (i, reason) in reasons.iter_mut().enumerate() {
+            if errors.is_valid(i) {
+                let error = errors.value(i);
+                *reason = Some(if error.is_empty() {
+                    "broken source record".to_owned()
+                } else {
+                    error.to_owned()
+                });
+            }
+        }
+    }
+    for (name, column) in unknown {
+        // A metadata field is written only where set; any other field is in every message.
+        let metadata = name.starts_with('_');
+        for (i, reason) in reasons.iter_mut().enumerate() {
+            if reason.is_none() && (!metadata || column.is_valid(i)) {
+                *reason = Some(format!(
+                    "unknown field `{name}` (not in the idcard's schema)"
+                ));
+            }
+        }
+    }
+    let message_times = columns::timestamps(batch);
+    let mut micros: Vec<i64> = message_times.values().iter().map(|ms| ms * 1000).collect();
+    if let Some(texts) = timestamps {
+        // Messages of one produced batch share their timestamp text: parsed once.
+        let mut last: Option<(&str, i64)> = None;
+        for (i, text) in texts.iter().enumerate() {
+            let Some(text) = text.filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            match last {
+                Some((seen, at)) if seen == text => micros[i] = at,
+                _ => match DateTime::parse_from_rfc3339(text) {
+                    Ok(at) => {
+                        micros[i] = at.timestamp_micros();
+                        last = Some((text, micros[i]));
+                    }
+                    Err(e) => {
+                        if reasons[i].is_none() {
+                            reasons[i] = Some(format!(
+                                "_ingestion_timestamp {text:?} is not RFC 3339: {e}"
+                            ));
+                        }
+                    }
+                },
+            }
+        }
+    }
+    let lines = match lines {
+        Some(texts) => texts
+            .iter()
+            .map(|t| t.and_then(|t| t.parse().ok()))
+            .collect(),
+        None => vec![None; n],
+    };
+    let columns = found
+        .into_iter()
+        .map(|column| match column {
+            // An empty text is null, as in a JSON message.
+            Some(column) if (0..n).any(|i| column.is_valid(i) && column.value_length(i) == 0) => {
+                column.iter().map(|v| v.filter(|v| !v.is_empty())).collect()
+            }
+            Some(column) => column.clone(),
+            None => StringArray::new_null(n),
+        })
+        .collect();
+    Text {
+        columns,
+        reasons,
+        timestamps: micros,
+        lines,
+    }
 }
 
 /// The messages of a batch as text columns, before typing.
@@ -259,18 +415,8 @@ struct Meta {
 }
 
 impl Meta {
-    fn of(
-        topic: &str,
-        messages: &[Message],
-        timestamps: Vec<i64>,
-        lines: Vec<Option<i64>>,
-        now: DateTime<Utc>,
-    ) -> Self {
-        let n = messages.len();
-        let mut keys = StringBuilder::with_capacity(n, messages.iter().map(|m| m.key.len()).sum());
-        for message in messages {
-            keys.append_value(String::from_utf8_lossy(&message.key));
-        }
+    fn of(ids: Ids<'_>, timestamps: Vec<i64>, lines: Vec<Option<i64>>, now: DateTime<Utc>) -> Self {
+        let n = ids.keys.len();
         let dates = Date32Array::from(
             timestamps
                 .iter()
@@ -281,10 +427,10 @@ impl Meta {
             timestamps: TimestampMicrosecondArray::from(timestamps).with_timezone("UTC"),
             ingested_at: TimestampMicrosecondArray::from(vec![now.timestamp_micros(); n])
                 .with_timezone("UTC"),
-            topic: messages.iter().map(|_| Some(topic)).collect(),
-            partitions: messages.iter().map(|m| m.partition as i32).collect(),
-            offsets: messages.iter().map(|m| m.offset as i64).collect(),
-            keys: keys.finish(),
+            topic: StringArray::from_iter_values(std::iter::repeat_n(ids.topic, n)),
+            partitions: ids.partitions,
+            offsets: ids.offsets,
+            keys: ids.keys,
             lines: Int64Array::from(lines),
             dates,
         }
@@ -308,20 +454,17 @@ impl Meta {
 /// The rejected messages, in reject schema. Rejects are rare: their columns are built from the
 /// rejected rows only.
 fn rejects(
-    messages: &[Message],
+    payload: &dyn Fn(usize) -> String,
     reasons: &[Option<String>],
     meta: &Meta,
 ) -> Result<RecordBatch, ArrowError> {
-    let rejected: Vec<usize> = (0..messages.len())
+    let rejected: Vec<usize> = (0..reasons.len())
         .filter(|i| reasons[*i].is_some())
         .collect();
     let indices =
         deltalake::arrow::array::UInt32Array::from_iter_values(rejected.iter().map(|i| *i as u32));
     let take = |array: &dyn Array| deltalake::arrow::compute::take(array, &indices, None);
-    let payloads: StringArray = rejected
-        .iter()
-        .map(|i| Some(String::from_utf8_lossy(&messages[*i].value).into_owned()))
-        .collect();
+    let payloads: StringArray = rejected.iter().map(|i| Some(payload(*i))).collect();
     let reason_col: StringArray = rejected.iter().map(|i| reasons[*i].clone()).collect();
     RecordBatch::try_new(
         reject_schema(),

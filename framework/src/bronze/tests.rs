@@ -247,3 +247,104 @@ mod fast_path {
         }
     }
 }
+
+mod columns {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::bus::{Chunk, Columns};
+
+    /// A cell: empty, null, a valid value of one of the types, or anything.
+    fn cell() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            Just(String::new()),
+            Just("1.50".to_owned()),
+            Just("31/12/2017".to_owned()),
+            Just("2017-02-27 11:33:35".to_owned()),
+            ".{0,6}",
+        ])
+    }
+
+    /// A message as the producer sends it: a row (with an `_ingestion_timestamp` that may not be
+    /// RFC 3339, or none) or a broken record.
+    #[derive(Debug, Clone)]
+    enum Sent {
+        Row {
+            cells: Vec<Option<String>>,
+            timestamp: Option<String>,
+        },
+        Broken {
+            raw: String,
+            error: String,
+        },
+    }
+
+    fn sent() -> impl Strategy<Value = Sent> {
+        prop_oneof![
+            6 => (
+                prop::collection::vec(cell(), 4),
+                prop::option::of(prop_oneof![
+                    Just("2026-01-01T00:00:00.000000Z".to_owned()),
+                    Just("2026-01-01T00:00:01.000000Z".to_owned()),
+                    Just("yesterday".to_owned()),
+                ])
+            )
+                .prop_map(|(cells, timestamp)| Sent::Row { cells, timestamp }),
+            1 => (".{0,6}", prop_oneof![Just(String::new()), ".{1,6}"])
+                .prop_map(|(raw, error)| Sent::Broken { raw, error }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A block of columns is typed exactly as the JSON messages it stands for: the same
+        /// rows, and the same rejects with the same reasons and payloads (broken records, an
+        /// unknown field, timestamps that are not RFC 3339, empty texts as null).
+        #[test]
+        fn a_block_of_columns_types_as_its_json_messages_do(
+            sent in prop::collection::vec(sent(), 1..24),
+            unknown in prop::option::of(prop_oneof![Just("colour"), Just("_colour")]),
+        ) {
+            let table = table();
+            let mut fields = vec!["_raw", "_error", "id", "amount", "at", "day"];
+            fields.extend(unknown);
+            fields.extend(["_source_line", "_ingestion_timestamp"]);
+            let mut columns = Columns::new(&fields, 1, sent.len());
+            for (line, message) in sent.iter().enumerate() {
+                let line = line.to_string();
+                let mut cells: Vec<Option<&str>> = match message {
+                    Sent::Row { cells, .. } => [None, None]
+                        .into_iter()
+                        .chain(cells.iter().map(|c| c.as_deref()))
+                        .collect(),
+                    Sent::Broken { raw, error } => {
+                        vec![Some(raw.as_str()), Some(error.as_str()), None, None, None, None]
+                    }
+                };
+                if unknown.is_some() {
+                    cells.push((line.len() % 2 == 0).then_some("blue"));
+                }
+                let timestamp = match message {
+                    Sent::Row { timestamp, .. } => timestamp.as_deref(),
+                    Sent::Broken { .. } => Some("2026-01-01T00:00:00.000000Z"),
+                };
+                cells.extend([Some(line.as_str()), timestamp]);
+                columns.push(1_000 + line.len() as i64, &format!("k{line}"), cells);
+            }
+            let batch = columns.finish().remove(0);
+            let now = chrono::Utc::now();
+            let chunk = Chunk::Columns { partition: 0, first: 10, batch: batch.clone() };
+            let messages = chunk.into_messages();
+            let by_json = parse_messages(&table, "raw_t", &messages, now).unwrap();
+            let by_columns =
+                super::super::parse::parse_columns(&table, "raw_t", 0, 10, &batch, now).unwrap();
+            prop_assert_eq!(&by_columns.rows, &by_json.rows);
+            prop_assert_eq!(&by_columns.rejects, &by_json.rejects);
+            prop_assert_eq!(
+                by_json.rows.num_rows() + by_json.rejects.num_rows(),
+                sent.len()
+            );
+        }
+    }
+}

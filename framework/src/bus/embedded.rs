@@ -3,9 +3,10 @@
 //! `p<N>.log` holds one block per append to the partition, back to back, as a Kafka record batch
 //! does: a header ([`BLOCK_HEADER`] bytes: `u32` compressed length, `u32` raw length, `u32`
 //! message count, `u32` format, `u64` offset of the first message, the first 16 bytes of the
-//! BLAKE3 hash of the compressed bytes), then the messages LZ4-compressed. A message inside is a
-//! frame: `u32` length of the rest, `i64` timestamp, `u32` key length, key, value. JSON messages
-//! shrink about 3.4x (scale 1), and the bytes that an append syncs to disk with them.
+//! BLAKE3 hash of the compressed bytes), then the messages LZ4-compressed, in one of two formats:
+//! frames (`u32` length of the rest, `i64` timestamp, `u32` key length, key, value: any message,
+//! one at a time, as the gateway appends them) or columns (one Arrow IPC stream of one record
+//! batch, [`super::columns`]: a producer's bulk appends). A partition may hold both.
 //!
 //! `p<N>.idx` holds, per offset, the `u64` byte position where that message's block starts. An
 //! append writes and syncs the block first, then the index entries, so the index never points
@@ -17,7 +18,63 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::{Batch, Bytes, Error, Message, Result, frames, partition_for};
+use deltalake::arrow::record_batch::RecordBatch;
+
+use super::{Batch, Bytes, Error, Message, Result, columns, frames, partition_for};
+
+/// What a read returns, block by block: framed messages, or a block of columns (its rows from
+/// `first` on, sliced to the offsets asked for).
+#[derive(Debug)]
+pub enum Chunk {
+    Messages(Vec<Message>),
+    Columns {
+        partition: u32,
+        first: u64,
+        batch: RecordBatch,
+    },
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        match self {
+            Chunk::Messages(messages) => messages.len(),
+            Chunk::Columns { batch, .. } => batch.num_rows(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The messages one by one (a block of columns rendered as JSON values).
+    pub fn into_messages(self) -> Vec<Message> {
+        match self {
+            Chunk::Messages(messages) => messages,
+            Chunk::Columns {
+                partition,
+                first,
+                batch,
+            } => {
+                let mut framed = Batch::default();
+                columns::to_frames(&batch, &mut framed);
+                let bytes = Bytes::from(framed.bytes);
+                (first..)
+                    .zip(frames(&bytes))
+                    .map(|(offset, frame)| {
+                        let frame = frame.expect("a batch holds whole frames");
+                        Message {
+                            partition,
+                            offset,
+                            timestamp_ms: frame.timestamp_ms,
+                            key: bytes.slice_ref(frame.key),
+                            value: bytes.slice_ref(frame.value),
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
 
 /// The file-backed log rooted at a folder.
 #[derive(Debug, Clone)]
@@ -96,7 +153,7 @@ impl EmbeddedLog {
             topic: topic.to_owned(),
         })?;
         let format = fs::read_to_string(dir.join("format")).unwrap_or_default();
-        if format.trim() != LOG_FORMAT {
+        if !READS.contains(&format.trim()) {
             return Err(Error::LogFormat {
                 topic: topic.to_owned(),
                 dir,
@@ -197,20 +254,76 @@ impl EmbeddedLog {
         Ok((index_len, log_end))
     }
 
+    /// Appends framed messages, each partition's share as one block.
     pub fn append(&self, topic: &str, batch: &Batch) -> Result<Vec<u64>> {
         let partitions = self.partitions(topic)?;
         let mut by_partition: Vec<Vec<&[u8]>> = vec![Vec::new(); partitions as usize];
         for message in batch.iter() {
             by_partition[partition_for(message.key, partitions) as usize].push(message.frame);
         }
-        let mut counts = vec![0; partitions as usize];
-        for (partition, frames) in by_partition.iter().enumerate() {
-            if frames.is_empty() {
+        let blocks = by_partition
+            .iter()
+            .map(|frames| (!frames.is_empty()).then(|| (frames.len(), frames.concat())))
+            .collect();
+        self.append_blocks(topic, FORMAT_FRAMES, blocks)
+    }
+
+    /// Appends messages as columns, one record batch per partition ([`super::Columns::finish`]),
+    /// each non-empty one as one block.
+    pub fn append_columns(&self, topic: &str, parts: &[RecordBatch]) -> Result<Vec<u64>> {
+        let partitions = self.partitions(topic)?;
+        if parts.len() != partitions as usize {
+            return Err(Error::PartitionCount {
+                topic: topic.to_owned(),
+                declared: parts.len() as u32,
+                actual: partitions,
+            });
+        }
+        self.upgrade_format(topic)?;
+        let blocks = parts
+            .iter()
+            .map(|batch| {
+                if batch.num_rows() == 0 {
+                    return Ok(None);
+                }
+                columns::check(batch)
+                    .map_err(|reason| Self::io(topic)(std::io::Error::other(reason)))?;
+                let raw = columns::encode(batch)
+                    .map_err(|e| Self::io(topic)(std::io::Error::other(e)))?;
+                Ok(Some((batch.num_rows(), raw)))
+            })
+            .collect::<Result<_>>()?;
+        self.append_blocks(topic, FORMAT_COLUMNS, blocks)
+    }
+
+    /// Marks a topic written by the version before blocks of columns as this version's: that
+    /// version would take such a block for a torn write and cut it off.
+    fn upgrade_format(&self, topic: &str) -> Result<()> {
+        let path = self.topic_dir(topic).join("format");
+        let format = fs::read_to_string(&path).map_err(Self::io(topic))?;
+        if format.trim() != LOG_FORMAT {
+            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+            fs::write(&tmp, LOG_FORMAT).map_err(Self::io(topic))?;
+            fs::rename(&tmp, &path).map_err(Self::io(topic))?;
+        }
+        Ok(())
+    }
+
+    /// Appends one block per partition that has one: `(messages, raw bytes)` in `format`.
+    fn append_blocks(
+        &self,
+        topic: &str,
+        format: u32,
+        blocks: Vec<Option<(usize, Vec<u8>)>>,
+    ) -> Result<Vec<u64>> {
+        let mut counts = vec![0; blocks.len()];
+        for (partition, block) in blocks.iter().enumerate() {
+            let Some((count, raw)) = block else {
                 continue;
-            }
+            };
             let partition = partition as u32;
             let (first, start) = self.recover(topic, partition)?;
-            let block = encode_block(frames, first);
+            let block = encode_block(raw, *count, format, first);
             let (log_path, idx_path) = self.paths(topic, partition);
             let mut log = OpenOptions::new()
                 .append(true)
@@ -218,7 +331,7 @@ impl EmbeddedLog {
                 .map_err(Self::io(topic))?;
             log.write_all(&block).map_err(Self::io(topic))?;
             log.sync_data().map_err(Self::io(topic))?;
-            let index: Vec<u8> = std::iter::repeat_n(start.to_le_bytes(), frames.len())
+            let index: Vec<u8> = std::iter::repeat_n(start.to_le_bytes(), *count)
                 .flatten()
                 .collect();
             let mut idx = OpenOptions::new()
@@ -227,11 +340,8 @@ impl EmbeddedLog {
                 .map_err(Self::io(topic))?;
             idx.write_all(&index).map_err(Self::io(topic))?;
             idx.sync_data().map_err(Self::io(topic))?;
-            counts[partition as usize] = frames.len() as u64;
-            if by_partition[partition as usize + 1..]
-                .iter()
-                .any(|f| !f.is_empty())
-            {
+            counts[partition as usize] = *count as u64;
+            if blocks[partition as usize + 1..].iter().any(Option::is_some) {
                 crate::fault::crash_point("log-between-partitions");
             }
         }
@@ -245,6 +355,8 @@ impl EmbeddedLog {
         Ok(len / 8)
     }
 
+    /// Up to `max` messages of a partition from `offset` on, one by one (blocks of columns
+    /// rendered as JSON values).
     pub fn read(
         &self,
         topic: &str,
@@ -252,6 +364,18 @@ impl EmbeddedLog {
         offset: u64,
         max: usize,
     ) -> Result<Vec<Message>> {
+        let chunks = self.read_chunks(topic, partition, offset, max)?;
+        Ok(chunks.into_iter().flat_map(Chunk::into_messages).collect())
+    }
+
+    /// Up to `max` messages of a partition from `offset` on, block by block as stored.
+    pub fn read_chunks(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<Chunk>> {
         let end = self.end_offset(topic, partition)?;
         if offset >= end || max == 0 {
             return Ok(Vec::new());
@@ -275,9 +399,10 @@ impl EmbeddedLog {
         let mut log = File::open(&log_path).map_err(Self::io(topic))?;
         let log_len = log.metadata().map_err(Self::io(topic))?.len();
         let wanted = offset..offset + count;
-        let mut out = Vec::with_capacity(count as usize);
+        let mut out = Vec::with_capacity(starts.len());
+        let mut read = 0;
         for start in starts {
-            let at = offset + out.len() as u64;
+            let at = offset + read;
             let header = read_block_header(&mut log, start, log_len)
                 .ok_or_else(|| corrupt(at, "block header past the end of the log"))?;
             let body = read_at(
@@ -294,29 +419,54 @@ impl EmbeddedLog {
                 Ok(n) if n == raw.len() => {}
                 _ => return Err(corrupt(at, "block does not decompress")),
             }
-            let raw = Bytes::from(raw);
-            let mut in_block = 0;
-            for (message, frame) in (header.first..).zip(frames(&raw)) {
-                let frame = frame.map_err(|reason| corrupt(message, reason))?;
-                in_block += 1;
-                if wanted.contains(&message) {
-                    out.push(Message {
-                        partition,
-                        offset: message,
-                        timestamp_ms: frame.timestamp_ms,
-                        key: raw.slice_ref(frame.key),
-                        value: raw.slice_ref(frame.value),
-                    });
-                }
-            }
-            if in_block != header.count {
-                return Err(corrupt(
+            let miscounted = || {
+                corrupt(
                     at,
                     "block holds another number of messages than its header says",
-                ));
-            }
+                )
+            };
+            // The block's messages that were asked for.
+            let from = wanted.start.max(header.first);
+            let to = wanted.end.min(header.first + u64::from(header.count));
+            let chunk = if header.format == FORMAT_COLUMNS {
+                let batch = columns::decode(raw).map_err(|reason| corrupt(at, &reason))?;
+                if batch.num_rows() != header.count as usize {
+                    return Err(miscounted());
+                }
+                Chunk::Columns {
+                    partition,
+                    first: from,
+                    batch: batch.slice(
+                        (from - header.first) as usize,
+                        to.saturating_sub(from) as usize,
+                    ),
+                }
+            } else {
+                let raw = Bytes::from(raw);
+                let mut messages = Vec::with_capacity(to.saturating_sub(from) as usize);
+                let mut in_block = 0;
+                for (message, frame) in (header.first..).zip(frames(&raw)) {
+                    let frame = frame.map_err(|reason| corrupt(message, reason))?;
+                    in_block += 1;
+                    if wanted.contains(&message) {
+                        messages.push(Message {
+                            partition,
+                            offset: message,
+                            timestamp_ms: frame.timestamp_ms,
+                            key: raw.slice_ref(frame.key),
+                            value: raw.slice_ref(frame.value),
+                        });
+                    }
+                }
+                if in_block != header.count {
+                    return Err(miscounted());
+                }
+                Chunk::Messages(messages)
+            };
+            read += chunk.len() as u64;
+            out.push(chunk);
         }
-        if out.len() as u64 != count {
+        if read != count {
             return Err(corrupt(
                 offset,
                 "the index and the blocks disagree on the messages",
@@ -326,19 +476,26 @@ impl EmbeddedLog {
     }
 }
 
-/// The log format of the topics this version writes, in each topic's `format` file.
-const LOG_FORMAT: &str = "blocks-lz4-1";
+/// The log format of the topics this version writes, in each topic's `format` file: blocks of
+/// frames or of columns.
+const LOG_FORMAT: &str = "blocks-lz4-2";
+
+/// The log formats this version reads: its own, and the one before (blocks of frames only).
+const READS: [&str; 2] = ["blocks-lz4-1", LOG_FORMAT];
 
 /// Bytes of a block header.
 pub const BLOCK_HEADER: usize = 4 + 4 + 4 + 4 + 8 + 16;
 
-/// The one block format so far: LZ4 block compression.
-const FORMAT_LZ4: u32 = 1;
+/// Blocks of framed messages, LZ4 block compression.
+const FORMAT_FRAMES: u32 = 1;
+/// Blocks of messages as columns (an Arrow IPC stream), LZ4 block compression.
+const FORMAT_COLUMNS: u32 = 2;
 
 struct BlockHeader {
     compressed: u32,
     raw: u32,
     count: u32,
+    format: u32,
     first: u64,
     hash: [u8; 16],
 }
@@ -350,15 +507,14 @@ impl BlockHeader {
     }
 }
 
-/// `frames` as one block whose first message has offset `first`.
-fn encode_block(frames: &[&[u8]], first: u64) -> Vec<u8> {
-    let raw: Vec<u8> = frames.concat();
-    let body = lz4_flex::block::compress(&raw);
+/// `raw`, `count` messages in `format`, as one block whose first message has offset `first`.
+fn encode_block(raw: &[u8], count: usize, format: u32, first: u64) -> Vec<u8> {
+    let body = lz4_flex::block::compress(raw);
     let mut block = Vec::with_capacity(BLOCK_HEADER + body.len());
-    for field in [body.len(), raw.len(), frames.len()] {
+    for field in [body.len(), raw.len(), count] {
         block.extend_from_slice(&(field as u32).to_le_bytes());
     }
-    block.extend_from_slice(&FORMAT_LZ4.to_le_bytes());
+    block.extend_from_slice(&format.to_le_bytes());
     block.extend_from_slice(&first.to_le_bytes());
     block.extend_from_slice(&blake3::hash(&body).as_bytes()[..16]);
     block.extend_from_slice(&body);
@@ -375,10 +531,12 @@ fn read_block_header(log: &mut File, start: u64, log_len: u64) -> Option<BlockHe
         compressed: u32_at(0),
         raw: u32_at(4),
         count: u32_at(8),
+        format: u32_at(12),
         first: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
         hash: bytes[24..40].try_into().expect("16 bytes"),
     };
-    (u32_at(12) == FORMAT_LZ4 && start + header.len() <= log_len).then_some(header)
+    ([FORMAT_FRAMES, FORMAT_COLUMNS].contains(&header.format) && start + header.len() <= log_len)
+        .then_some(header)
 }
 
 /// `len` bytes of `file` from `position`.

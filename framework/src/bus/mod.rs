@@ -1,6 +1,7 @@
 //! The topic bus between producers and bronze: the embedded log (the default, no server) or
 //! Kafka, behind the same [`Bus`] enum.
 
+pub mod columns;
 mod embedded;
 mod kafka;
 #[cfg(test)]
@@ -10,7 +11,8 @@ use std::path::PathBuf;
 
 pub use bytes::Bytes;
 
-pub use embedded::EmbeddedLog;
+pub use columns::Columns;
+pub use embedded::{Chunk, EmbeddedLog};
 pub use kafka::{GroupMember, KafkaBus, StartOffsets};
 
 /// Errors of the bus.
@@ -24,7 +26,7 @@ pub enum Error {
     #[error("topic {topic} does not exist")]
     UnknownTopic { topic: String },
     #[error(
-        "topic {topic}: the embedded log at {} has format {found:?}, written by another version of the framework (this one reads and writes blocks-lz4-1)\n  hint: consume it with the version that wrote it, or delete that folder and produce again",
+        "topic {topic}: the embedded log at {} has format {found:?}, written by another version of the framework (this one reads blocks-lz4-1 and blocks-lz4-2, and writes blocks-lz4-2)\n  hint: consume it with the version that wrote it, or delete that folder and produce again",
         dir.display()
     )]
     LogFormat {
@@ -100,8 +102,6 @@ pub struct Record {
 pub struct Batch {
     bytes: Vec<u8>,
     len: usize,
-    /// Where the last frame starts in `bytes`.
-    last: usize,
 }
 
 /// One framed message.
@@ -153,13 +153,6 @@ fn frame_at(bytes: &[u8]) -> Result<Framed<'_>, &'static str> {
 }
 
 impl Batch {
-    pub fn with_capacity(bytes: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(bytes),
-            ..Self::default()
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
@@ -184,7 +177,6 @@ impl Batch {
         let body_len = self.bytes.len() - start - 4;
         self.bytes[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
         self.bytes[start + 12..start + 16].copy_from_slice(&(key_len as u32).to_le_bytes());
-        self.last = start;
         self.len += 1;
     }
 
@@ -194,16 +186,6 @@ impl Batch {
             |out| out.extend_from_slice(key),
             |out| out.extend_from_slice(value),
         );
-    }
-
-    /// Sends the last message once more (a simulated duplicate).
-    pub fn repeat_last(&mut self) {
-        if self.len > 0 {
-            let end = self.bytes.len();
-            self.bytes.extend_from_within(self.last..end);
-            self.last = end;
-            self.len += 1;
-        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Framed<'_>> {
@@ -304,6 +286,23 @@ impl Bus {
         match self {
             Self::Embedded(log) => log.append(topic, records),
             Self::Kafka(kafka) => kafka.send(topic, records),
+        }
+    }
+
+    /// Appends messages as columns (and empties `columns`): on the embedded log as they are,
+    /// one block per partition; on Kafka as JSON messages. Returns how many messages went to
+    /// each partition.
+    pub fn send_columns(&self, topic: &str, columns: &mut Columns) -> Result<Vec<u64>> {
+        let parts = columns.finish();
+        match self {
+            Self::Embedded(log) => log.append_columns(topic, &parts),
+            Self::Kafka(kafka) => {
+                let mut frames = Batch::default();
+                for part in &parts {
+                    columns::to_frames(part, &mut frames);
+                }
+                kafka.send(topic, &frames)
+            }
         }
     }
 }

@@ -2,10 +2,12 @@
 //! messages (timestamp moved into the past), duplicates (sent twice) and, when streaming, a random
 //! pause between messages. All randomness comes from `--seed`, so runs are reproducible.
 //!
-//! Message value: a JSON object with one field per schema column (cells as strings, empty cells
-//! as null), plus `_ingestion_timestamp` (RFC 3339, UTC) and `_source_line`. A broken source
-//! record travels as `{"_raw": ..., "_error": ...}` so that bronze can reject it with its reason.
-//! Key: the primary-key cells joined by `|`.
+//! Message value: one text field per schema column (empty cells as null), plus `_source_line`
+//! and `_ingestion_timestamp` (RFC 3339, UTC). A broken source record travels with `_raw` and
+//! `_error` set (and null cells) so that bronze can reject it with its reason. Key: the
+//! primary-key cells joined by `|`. Messages are built as columns ([`Columns`]): blocks of
+//! Arrow columns on the embedded log, `{"<column>":"<text>"|null,...,"_source_line":"<n>",
+//! "_ingestion_timestamp":"<text>"}` on Kafka.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 #[cfg(test)]
 use crate::bus::Record;
-use crate::bus::{Batch, Bus};
+use crate::bus::{Bus, Columns};
 use crate::idcard::Table;
 
 use super::Result;
@@ -53,8 +55,6 @@ pub struct ProduceStats {
 
 /// Messages per append in bulk mode (each append syncs the log once per partition).
 const BATCH: usize = 100_000;
-/// Room for a batch's messages, so that the buffer rarely grows.
-const BATCH_BYTES: usize = BATCH * 256;
 
 /// Produces `table`'s source file from `data_dir` onto its topic, record by record (memory stays
 /// flat whatever the file's size). `progress` gets the source bytes read and the file's size.
@@ -69,7 +69,7 @@ pub fn produce(
     let path = data_dir.join(&table.config.source.path);
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
     let mut records = CsvRecords::open(table, &path)?;
-    bus.ensure_topic(table.topic(), table.config.topic.partitions)?;
+    let partitions = bus.ensure_topic(table.topic(), table.config.topic.partitions)?;
     let _lease = bus.producer_lease(table.topic())?;
     let faithful = crate::idcard::config::ProducerConfig {
         late_fraction: 0.0,
@@ -84,28 +84,28 @@ pub fn produce(
     let late_fraction = simulation.late_fraction.clamp(0.0, 1.0);
     let duplicate_fraction = simulation.duplicate_fraction.clamp(0.0, 1.0);
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ fnv(table.name().as_bytes()));
-    let encoder = Encoder::new(table);
+    let mut encoder = Encoder::new(table);
     let mut stats = ProduceStats::default();
     // Reading and encoding here, appending on a second thread: the two overlap.
     let send_s = std::thread::scope(|scope| {
-        let (batches, to_send) = std::sync::mpsc::sync_channel::<Batch>(1);
+        let (batches, to_send) = std::sync::mpsc::sync_channel::<Columns>(1);
         let sender = scope.spawn(move || {
             let mut busy = 0.0;
-            for batch in to_send {
+            for mut batch in to_send {
                 let sending = Instant::now();
-                bus.send(table.topic(), &batch)?;
+                bus.send_columns(table.topic(), &mut batch)?;
                 busy += sending.elapsed().as_secs_f64();
             }
             Ok::<_, super::Error>(busy)
         });
-        let handed = |pending: &mut Batch, stats: &mut ProduceStats, read: u64| {
+        let handed = |pending: &mut Columns, stats: &mut ProduceStats, read: u64| {
             stats.messages += pending.len() as u64;
-            let batch = std::mem::replace(pending, Batch::with_capacity(BATCH_BYTES));
+            let batch = std::mem::replace(pending, pending.empty_like(BATCH));
             progress(read, size);
             // Fails only when the sender stopped on an error, which joining it returns.
             batches.send(batch).is_ok()
         };
-        let mut pending = Batch::with_capacity(BATCH_BYTES);
+        let mut pending = encoder.columns(partitions, BATCH);
         let mut clock = Clock::now();
         let read = loop {
             if options
@@ -126,17 +126,20 @@ pub fn produce(
                 at -= Duration::from_secs(rng.random_range(lo..=hi.max(lo)));
                 stats.late += 1;
             }
-            if at == clock.at {
-                encoder.encode(&mut pending, &record, &clock.text, at);
+            let late_text;
+            let timestamp = if at == clock.at {
+                &clock.text
             } else {
-                encoder.encode(&mut pending, &record, &rfc3339_micros(at), at);
-            }
+                late_text = rfc3339_micros(at);
+                &late_text
+            };
+            encoder.encode(&mut pending, &record, timestamp, at);
             if matches!(record, RecordRef::Broken { .. }) {
                 stats.broken += 1;
             }
             if duplicate_fraction > 0.0 && rng.random_bool(duplicate_fraction) {
                 stats.duplicates += 1;
-                pending.repeat_last();
+                encoder.encode(&mut pending, &record, timestamp, at);
             }
             if options.delay || pending.len() >= BATCH {
                 if !handed(&mut pending, &mut stats, records.position()) {
@@ -194,94 +197,103 @@ impl Clock {
     }
 }
 
-/// Writes messages of one table: the JSON field names are encoded once.
+/// Turns source records of one table into messages as columns.
 pub struct Encoder {
-    /// `"name":` per schema column, then the metadata fields.
-    names: Vec<Vec<u8>>,
+    /// The value's fields: `_raw`, `_error`, the schema's columns, `_source_line`,
+    /// `_ingestion_timestamp`.
+    fields: Vec<String>,
     /// Schema position of each key column.
     key: Vec<usize>,
+    /// The key and the line number of the record at hand.
+    key_text: String,
+    line_text: String,
 }
 
 impl Encoder {
     pub fn new(table: &Table) -> Self {
-        let name = |n: &str| {
-            let mut out = Vec::with_capacity(n.len() + 3);
-            json_string(&mut out, n.as_bytes());
-            out.push(b':');
-            out
-        };
+        let mut fields = vec!["_raw".to_owned(), "_error".to_owned()];
+        fields.extend(table.columns.iter().map(|c| c.name.clone()));
+        fields.extend(["_source_line".to_owned(), "_ingestion_timestamp".to_owned()]);
         Self {
-            names: table.columns.iter().map(|c| name(&c.name)).collect(),
+            fields,
             key: table
                 .key()
                 .iter()
                 .map(|k| table.columns.iter().position(|c| &c.name == k).unwrap_or(0))
                 .collect(),
+            key_text: String::new(),
+            line_text: String::new(),
         }
+    }
+
+    /// An empty batch of this table's messages for a topic of `partitions` partitions.
+    pub fn columns(&self, partitions: u32, rows: usize) -> Columns {
+        let fields: Vec<&str> = self.fields.iter().map(String::as_str).collect();
+        let key: Vec<&str> = self.key.iter().map(|&at| fields[2 + at]).collect();
+        Columns::new(&fields, partitions, rows).key_of(&key, "|")
     }
 
     /// Appends one source record to `batch` as a message sent at `at` (`timestamp`: `at` as
     /// RFC 3339 text).
     pub fn encode(
-        &self,
-        batch: &mut Batch,
+        &mut self,
+        batch: &mut Columns,
         record: &RecordRef<'_>,
         timestamp: &str,
         at: DateTime<Utc>,
     ) {
-        let key = |key: &mut Vec<u8>| match record {
+        use std::fmt::Write as _;
+        self.line_text.clear();
+        write!(self.line_text, "{}", record.line()).expect("writing to a String");
+        self.key_text.clear();
+        let meta = [Some(self.line_text.as_str()), Some(timestamp)];
+        match record {
             RecordRef::Row { record, order, .. } => {
+                // The reader checked that every cell is UTF-8.
+                let cell = |column: usize| {
+                    order
+                        .get(column)
+                        .and_then(|&at| std::str::from_utf8(&record[at]).ok())
+                        .unwrap_or("")
+                };
                 for (i, &column) in self.key.iter().enumerate() {
                     if i > 0 {
-                        key.push(b'|');
+                        self.key_text.push('|');
                     }
-                    key.extend_from_slice(order.get(column).map_or(&[][..], |&at| &record[at]));
+                    self.key_text.push_str(cell(column));
                 }
+                let cells =
+                    (0..order.len()).map(|column| Some(cell(column)).filter(|c| !c.is_empty()));
+                batch.push(
+                    at.timestamp_millis(),
+                    &self.key_text,
+                    [None, None].into_iter().chain(cells).chain(meta),
+                );
             }
-            RecordRef::Broken { line, .. } => {
-                key.extend_from_slice(format!("_broken:{line}").as_bytes());
+            RecordRef::Broken {
+                line, raw, reason, ..
+            } => {
+                write!(self.key_text, "_broken:{line}").expect("writing to a String");
+                let nulls = std::iter::repeat_n(None, self.fields.len() - 4);
+                batch.push(
+                    at.timestamp_millis(),
+                    &self.key_text,
+                    [Some(raw.as_str()), Some(reason.as_str())]
+                        .into_iter()
+                        .chain(nulls)
+                        .chain(meta),
+                );
             }
-        };
-        let value = |value: &mut Vec<u8>| {
-            use std::io::Write as _;
-            value.push(b'{');
-            match record {
-                RecordRef::Row { record, order, .. } => {
-                    for (name, &at) in self.names.iter().zip(order.iter()) {
-                        value.extend_from_slice(name);
-                        match &record[at] {
-                            b"" => value.extend_from_slice(b"null"),
-                            cell => json_string(value, cell),
-                        }
-                        value.push(b',');
-                    }
-                }
-                RecordRef::Broken { raw, reason, .. } => {
-                    for (name, text) in [("_raw", raw.as_str()), ("_error", reason.as_str())] {
-                        json_string(value, name.as_bytes());
-                        value.push(b':');
-                        json_string(value, text.as_bytes());
-                        value.push(b',');
-                    }
-                }
-            }
-            write!(
-                value,
-                "\"_source_line\":\"{}\",\"_ingestion_timestamp\":\"{timestamp}\"}}",
-                record.line()
-            )
-            .expect("writing to a Vec");
-        };
-        batch.push_with(at.timestamp_millis(), key, value);
+        }
     }
 }
 
 #[cfg(test)]
 /// One source row as a message (for tests and one-off callers; `produce` reuses an [`Encoder`]).
 pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
-    let encoder = Encoder::new(table);
+    let mut encoder = Encoder::new(table);
     let timestamp = rfc3339_micros(at);
-    let mut batch = Batch::default();
+    let mut batch = encoder.columns(1, 1);
     match row {
         SourceRow::Row { line, cells } => {
             let mut record = ::csv::ByteRecord::new();
@@ -305,45 +317,16 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
             encoder.encode(&mut batch, &row, &timestamp, at);
         }
     }
-    let message = batch.iter().next().expect("one message");
+    let mut frames = crate::bus::Batch::default();
+    for part in batch.finish() {
+        crate::bus::columns::to_frames(&part, &mut frames);
+    }
+    let message = frames.iter().next().expect("one message");
     Record {
         key: message.key.to_vec(),
         value: message.value.to_vec(),
         timestamp_ms: message.timestamp_ms,
     }
-}
-
-/// Appends `text` (valid UTF-8) as a JSON string.
-fn json_string(out: &mut Vec<u8>, text: &[u8]) {
-    out.push(b'"');
-    // Most cells need no escape: one pass that the compiler vectorises, then one copy.
-    if !text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.extend_from_slice(text);
-        out.push(b'"');
-        return;
-    }
-    let mut start = 0;
-    for (i, &byte) in text.iter().enumerate() {
-        let escaped: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&text[start..i]);
-                out.extend_from_slice(format!("\\u{byte:04x}").as_bytes());
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&text[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
-    }
-    out.extend_from_slice(&text[start..]);
-    out.push(b'"');
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
