@@ -140,9 +140,10 @@ pub fn parse_columns(
         partitions: Int32Array::from(vec![partition as i32; n]),
         offsets: Int64Array::from_iter_values((first..first + n as u64).map(|o| o as i64)),
     };
+    let values = columns::Values::new(batch);
     split(table, text, ids, now, &|i| {
         let mut value = Vec::new();
-        columns::write_value(&mut value, batch, i);
+        values.write(&mut value, i);
         String::from_utf8_lossy(&value).into_owned()
     })
 }

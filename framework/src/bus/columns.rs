@@ -3,7 +3,7 @@
 //! they are pushed: `_timestamp_ms` (the message time), `_key`, then one text column per value
 //! field. The embedded log stores each partition's share as one Arrow IPC block (no JSON
 //! written or parsed, a log about half the size); Kafka gets the same messages rendered as
-//! JSON ([`write_value`]), one per row.
+//! JSON ([`Values`]), one per row.
 //!
 //! Where each key is the given value fields joined by a separator ([`Columns::key_of`]), as a
 //! producer's keys are, a block stores only the keys that are not (a broken record's): the key
@@ -199,38 +199,59 @@ pub fn fields(batch: &RecordBatch) -> impl Iterator<Item = (&str, &StringArray)>
         .map(|(field, column)| (field.name().as_str(), column.as_string()))
 }
 
-/// Appends row `row`'s value as JSON (see the module's documentation).
-pub fn write_value(out: &mut Vec<u8>, batch: &RecordBatch, row: usize) {
-    out.push(b'{');
-    let mut first = true;
-    for (name, column) in fields(batch) {
-        let set = column.is_valid(row);
-        if !set && name.starts_with('_') {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        json_string(out, name.as_bytes());
-        out.push(b':');
-        if set {
-            json_string(out, column.value(row).as_bytes());
-        } else {
-            out.extend_from_slice(b"null");
-        }
+/// Writes rows of one batch as JSON values (see the module's documentation): the field names
+/// encoded and the columns looked up once per batch, not per row.
+pub struct Values<'a> {
+    /// Per value field: `"name":`, whether it is metadata, and its column.
+    fields: Vec<(Vec<u8>, bool, &'a StringArray)>,
+}
+
+impl<'a> Values<'a> {
+    pub fn new(batch: &'a RecordBatch) -> Self {
+        let fields = fields(batch)
+            .map(|(name, column)| {
+                let mut encoded = Vec::with_capacity(name.len() + 3);
+                json_string(&mut encoded, name.as_bytes());
+                encoded.push(b':');
+                (encoded, name.starts_with('_'), column)
+            })
+            .collect();
+        Self { fields }
     }
-    out.push(b'}');
+
+    /// Appends row `row`'s value.
+    pub fn write(&self, out: &mut Vec<u8>, row: usize) {
+        out.push(b'{');
+        let mut first = true;
+        for (name, metadata, column) in &self.fields {
+            let set = column.is_valid(row);
+            if !set && *metadata {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(name);
+            if set {
+                json_string(out, column.value(row).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        out.push(b'}');
+    }
 }
 
 /// Appends the rows of `batch` to `frames` as framed messages with JSON values.
 pub fn to_frames(batch: &RecordBatch, frames: &mut Batch) {
     let (times, keys) = (timestamps(batch), keys(batch));
+    let values = Values::new(batch);
     for row in 0..batch.num_rows() {
         frames.push_with(
             times.value(row),
             |key| key.extend_from_slice(keys.value(row).as_bytes()),
-            |value| write_value(value, batch, row),
+            |value| values.write(value, row),
         );
     }
 }
