@@ -168,6 +168,7 @@ pub fn check(batch: &RecordBatch) -> Result<(), String> {
         && batch.column(0).null_count() == 0
         && fields[1].name() == KEY
         && fields[1].data_type() == &DataType::Utf8
+        && batch.column(1).null_count() == 0
         && fields[HEAD..]
             .iter()
             .all(|f| f.data_type() == &DataType::Utf8);
@@ -267,9 +268,11 @@ fn declared_key(batch: &RecordBatch) -> Option<(Vec<usize>, String)> {
         .get(KEY_FIELDS)?
         .split(',')
         .map(|p| {
-            p.parse()
-                .ok()
-                .filter(|&p: &usize| p >= HEAD && p < batch.num_columns())
+            p.parse().ok().filter(|&p: &usize| {
+                p >= HEAD
+                    && p < batch.num_columns()
+                    && batch.column(p).data_type() == &DataType::Utf8
+            })
         })
         .collect::<Option<Vec<usize>>>()?;
     Some((positions, metadata.get(KEY_SEPARATOR)?.clone()))

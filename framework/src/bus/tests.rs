@@ -356,3 +356,52 @@ fn keys_that_join_declared_fields_are_not_stored_twice_and_read_back_whole() {
         .collect();
     assert_eq!(keys, sent);
 }
+
+#[test]
+fn a_block_of_columns_that_breaks_the_layout_is_an_error_not_a_panic() {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{Int64Array, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::arrow::record_batch::RecordBatch;
+
+    let block = |key_fields: &str, third: Arc<dyn deltalake::arrow::array::Array>| {
+        let metadata = [
+            ("framework.key_fields".to_owned(), key_fields.to_owned()),
+            ("framework.key_separator".to_owned(), "|".to_owned()),
+        ];
+        let schema = Schema::new(vec![
+            Field::new("_timestamp_ms", DataType::Int64, false),
+            Field::new("_key", DataType::Utf8, true),
+            Field::new("a", third.data_type().clone(), true),
+        ])
+        .with_metadata(metadata.into());
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(StringArray::from(vec![None, Some("k")])),
+                third,
+            ],
+        )
+        .unwrap();
+        let mut writer =
+            deltalake::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), batch.schema_ref())
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.into_inner().unwrap()
+    };
+    // A declared key over a text field: the missing key is joined again.
+    let text: Arc<dyn deltalake::arrow::array::Array> =
+        Arc::new(StringArray::from(vec![Some("x"), None]));
+    let batch = columns::decode(block("2", text)).unwrap();
+    assert_eq!(columns::keys(&batch).value(0), "x");
+    // Over a field that is not text, or a field that is not there: the key stays missing.
+    let number: Arc<dyn deltalake::arrow::array::Array> = Arc::new(Int64Array::from(vec![1, 2]));
+    let text: Arc<dyn deltalake::arrow::array::Array> =
+        Arc::new(StringArray::from(vec![Some("x"), None]));
+    for bytes in [block("2", number), block("7", text)] {
+        let err = columns::decode(bytes).unwrap_err();
+        assert!(err.contains("_key"), "{err}");
+    }
+}
