@@ -90,6 +90,14 @@ fn plain_string(bytes: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(&body[..end]).ok()?, &body[end + 1..]))
 }
 
+/// The reason of a broken source record whose `_error` is empty or null.
+pub const BROKEN: &str = "broken source record";
+
+/// The reason of a message with a field the idcard does not declare.
+pub fn unknown_field(name: &str) -> String {
+    format!("unknown field `{name}` (not in the idcard's schema)")
+}
+
 /// Reads one message.
 pub fn read<'a>(table: &Table, bytes: &'a [u8]) -> Result<Fields<'a>, Rejected> {
     let unreadable = |reason: String| Rejected {
@@ -109,7 +117,7 @@ pub fn read<'a>(table: &Table, bytes: &'a [u8]) -> Result<Fields<'a>, Rejected> 
     let reason = if let Some(error) = outcome.error {
         error.into_owned()
     } else if let Some(name) = outcome.unknown {
-        format!("unknown field `{name}` (not in the idcard's schema)")
+        unknown_field(&name)
     } else if let Some((name, kind)) = outcome.not_scalar {
         format!("column `{name}`: expected a scalar, got {kind}")
     } else {
@@ -185,9 +193,7 @@ impl<'de> Visitor<'de> for MessageVisitor<'_> {
                 (None, "_source_line") => {
                     outcome.fields.source_line = value.and_then(|v| v.parse().ok());
                 }
-                (None, "_error") => {
-                    outcome.error = value.or(Some(Cow::Borrowed("broken source record")))
-                }
+                (None, "_error") => outcome.error = value.or(Some(Cow::Borrowed(BROKEN))),
                 (None, other) => {
                     outcome.unknown.get_or_insert_with(|| other.to_owned());
                 }

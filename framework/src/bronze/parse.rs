@@ -202,7 +202,7 @@ fn cells_of_columns(table: &Table, batch: &RecordBatch) -> Text {
             if errors.is_valid(i) {
                 let error = errors.value(i);
                 *reason = Some(if error.is_empty() {
-                    "broken source record".to_owned()
+                    super::message::BROKEN.to_owned()
                 } else {
                     error.to_owned()
                 });
@@ -214,36 +214,23 @@ fn cells_of_columns(table: &Table, batch: &RecordBatch) -> Text {
         let metadata = name.starts_with('_');
         for (i, reason) in reasons.iter_mut().enumerate() {
             if reason.is_none() && (!metadata || column.is_valid(i)) {
-                *reason = Some(format!(
-                    "unknown field `{name}` (not in the idcard's schema)"
-                ));
+                *reason = Some(super::message::unknown_field(name));
             }
         }
     }
     let message_times = columns::timestamps(batch);
     let mut micros: Vec<i64> = message_times.values().iter().map(|ms| ms * 1000).collect();
     if let Some(texts) = timestamps {
-        // Messages of one produced batch share their timestamp text: parsed once.
-        let mut last: Option<(&str, i64)> = None;
+        let mut times = IngestionTimes::default();
         for (i, text) in texts.iter().enumerate() {
             let Some(text) = text.filter(|t| !t.is_empty()) else {
                 continue;
             };
-            match last {
-                Some((seen, at)) if seen == text => micros[i] = at,
-                _ => match DateTime::parse_from_rfc3339(text) {
-                    Ok(at) => {
-                        micros[i] = at.timestamp_micros();
-                        last = Some((text, micros[i]));
-                    }
-                    Err(e) => {
-                        if reasons[i].is_none() {
-                            reasons[i] = Some(format!(
-                                "_ingestion_timestamp {text:?} is not RFC 3339: {e}"
-                            ));
-                        }
-                    }
-                },
+            match times.micros(text) {
+                Ok(at) => micros[i] = at,
+                Err(reason) => {
+                    reasons[i].get_or_insert(reason);
+                }
             }
         }
     }
@@ -298,36 +285,25 @@ fn read_cells(table: &Table, messages: &[Message]) -> Text {
     let mut lines = Vec::with_capacity(n);
     let layout = super::message::Layout::new(table);
     let mut cells = Vec::with_capacity(table.columns.len());
-    // Messages of one produced batch share their timestamp text: parsed once.
-    let mut last_timestamp: Option<(&str, i64)> = None;
+    let mut times = IngestionTimes::default();
     for (i, message) in messages.iter().enumerate() {
-        if let Some((text, line)) = super::message::read_fast(&layout, &message.value, &mut cells) {
-            let micros = match last_timestamp {
-                Some((last, micros)) if last == text => Some(micros),
-                _ => DateTime::parse_from_rfc3339(text)
-                    .ok()
-                    .map(|t| t.timestamp_micros()),
-            };
-            if let Some(micros) = micros {
-                last_timestamp = Some((text, micros));
-                for (builder, cell) in columns.iter_mut().zip(&cells) {
-                    builder.append_option(*cell);
-                }
-                timestamps.push(micros);
-                lines.push(Some(line));
-                continue;
+        // A timestamp that is not RFC 3339 is left to the full reading, which gives the reason.
+        if let Some((text, line)) = super::message::read_fast(&layout, &message.value, &mut cells)
+            && let Ok(micros) = times.micros(text)
+        {
+            for (builder, cell) in columns.iter_mut().zip(&cells) {
+                builder.append_option(*cell);
             }
+            timestamps.push(micros);
+            lines.push(Some(line));
+            continue;
         }
         let fields = super::message::read(table, &message.value).and_then(|fields| {
             let timestamp = match &fields.timestamp {
-                Some(text) => Some(
-                    DateTime::parse_from_rfc3339(text)
-                        .map_err(|e| Rejected {
-                            reason: format!("_ingestion_timestamp {text:?} is not RFC 3339: {e}"),
-                            source_line: fields.source_line,
-                        })?
-                        .timestamp_micros(),
-                ),
+                Some(text) => Some(ingestion_micros(text).map_err(|reason| Rejected {
+                    reason,
+                    source_line: fields.source_line,
+                })?),
                 None => None,
             };
             Ok((fields, timestamp))
@@ -356,6 +332,33 @@ fn read_cells(table: &Table, messages: &[Message]) -> Text {
         timestamps,
         lines,
     }
+}
+
+/// `_ingestion_timestamp` texts as microseconds. Messages of one produced batch share their
+/// text: it is parsed once.
+#[derive(Default)]
+struct IngestionTimes<'a> {
+    last: Option<(&'a str, i64)>,
+}
+
+impl<'a> IngestionTimes<'a> {
+    fn micros(&mut self, text: &'a str) -> Result<i64, String> {
+        match self.last {
+            Some((seen, at)) if seen == text => Ok(at),
+            _ => {
+                let at = ingestion_micros(text)?;
+                self.last = Some((text, at));
+                Ok(at)
+            }
+        }
+    }
+}
+
+/// An `_ingestion_timestamp` text as microseconds, or why the message is rejected.
+fn ingestion_micros(text: &str) -> Result<i64, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.timestamp_micros())
+        .map_err(|e| format!("_ingestion_timestamp {text:?} is not RFC 3339: {e}"))
 }
 
 /// Types each text column as its idcard column says; a value that does not parse, a null in a

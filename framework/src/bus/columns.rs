@@ -49,14 +49,18 @@ struct Part {
 }
 
 impl Part {
-    fn new(fields: usize, rows: usize) -> Self {
-        Self {
-            timestamps: Vec::with_capacity(rows),
-            keys: StringBuilder::with_capacity(rows, rows * 16),
-            fields: (0..fields)
-                .map(|_| StringBuilder::with_capacity(rows, rows * 12))
-                .collect(),
-        }
+    /// Empty parts for `partitions` partitions, with room for `rows` messages among them.
+    fn per_partition(fields: usize, partitions: usize, rows: usize) -> Vec<Self> {
+        let rows = rows / partitions;
+        (0..partitions)
+            .map(|_| Self {
+                timestamps: Vec::with_capacity(rows),
+                keys: StringBuilder::with_capacity(rows, rows * 16),
+                fields: (0..fields)
+                    .map(|_| StringBuilder::with_capacity(rows, rows * 12))
+                    .collect(),
+            })
+            .collect()
     }
 }
 
@@ -69,12 +73,9 @@ impl Columns {
             Field::new(KEY, DataType::Utf8, false),
         ];
         schema.extend(fields.iter().map(|f| Field::new(*f, DataType::Utf8, true)));
-        let partitions = partitions.max(1) as usize;
         Self {
             schema: Arc::new(Schema::new(schema)),
-            parts: (0..partitions)
-                .map(|_| Part::new(fields.len(), rows / partitions))
-                .collect(),
+            parts: Part::per_partition(fields.len(), partitions.max(1) as usize, rows),
             len: 0,
         }
     }
@@ -98,12 +99,9 @@ impl Columns {
     /// The same fields and partitions, empty.
     pub fn empty_like(&self, rows: usize) -> Self {
         let fields = self.schema.fields().len() - HEAD;
-        let partitions = self.parts.len();
         Self {
             schema: self.schema.clone(),
-            parts: (0..partitions)
-                .map(|_| Part::new(fields, rows / partitions))
-                .collect(),
+            parts: Part::per_partition(fields, self.parts.len(), rows),
             len: 0,
         }
     }
@@ -244,17 +242,21 @@ impl<'a> Values<'a> {
     }
 }
 
-/// Appends the rows of `batch` to `frames` as framed messages with JSON values.
-pub fn to_frames(batch: &RecordBatch, frames: &mut Batch) {
-    let (times, keys) = (timestamps(batch), keys(batch));
-    let values = Values::new(batch);
-    for row in 0..batch.num_rows() {
-        frames.push_with(
-            times.value(row),
-            |key| key.extend_from_slice(keys.value(row).as_bytes()),
-            |value| values.write(value, row),
-        );
+/// The rows of `batches` as framed messages with JSON values, in order.
+pub fn to_frames(batches: &[RecordBatch]) -> Batch {
+    let mut frames = Batch::default();
+    for batch in batches {
+        let (times, keys) = (timestamps(batch), keys(batch));
+        let values = Values::new(batch);
+        for row in 0..batch.num_rows() {
+            frames.push_with(
+                times.value(row),
+                |key| key.extend_from_slice(keys.value(row).as_bytes()),
+                |value| values.write(value, row),
+            );
+        }
     }
+    frames
 }
 
 /// Schema metadata: positions of the fields a key joins, and the separator.

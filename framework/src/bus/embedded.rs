@@ -55,9 +55,7 @@ impl Chunk {
                 first,
                 batch,
             } => {
-                let mut framed = Batch::default();
-                columns::to_frames(&batch, &mut framed);
-                let bytes = Bytes::from(framed.bytes);
+                let bytes = Bytes::from(columns::to_frames(&[batch]).bytes);
                 (first..)
                     .zip(frames(&bytes))
                     .map(|(offset, frame)| {
@@ -123,18 +121,8 @@ impl EmbeddedLog {
         }
         // The partition count is written last: a topic exists once this file does. Two
         // producers may create the topic at once: each writes its own files and renames them.
-        for (file, content) in [
-            ("format", LOG_FORMAT.to_owned()),
-            ("partitions", partitions.to_string()),
-        ] {
-            let tmp = dir.join(format!(
-                "{file}.{}-{:x}.tmp",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            fs::write(&tmp, content).map_err(Self::io(topic))?;
-            fs::rename(&tmp, dir.join(file)).map_err(Self::io(topic))?;
-        }
+        self.replace_file(topic, "format", LOG_FORMAT)?;
+        self.replace_file(topic, "partitions", &partitions.to_string())?;
         Ok(partitions)
     }
 
@@ -302,11 +290,22 @@ impl EmbeddedLog {
         let path = self.topic_dir(topic).join("format");
         let format = fs::read_to_string(&path).map_err(Self::io(topic))?;
         if format.trim() != LOG_FORMAT {
-            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-            fs::write(&tmp, LOG_FORMAT).map_err(Self::io(topic))?;
-            fs::rename(&tmp, &path).map_err(Self::io(topic))?;
+            self.replace_file(topic, "format", LOG_FORMAT)?;
         }
         Ok(())
+    }
+
+    /// Writes `content` as the topic's file `file` at once (a temporary file of this writer's
+    /// own, renamed): a reader or another writer never sees it half written.
+    fn replace_file(&self, topic: &str, file: &str, content: &str) -> Result<()> {
+        let dir = self.topic_dir(topic);
+        let tmp = dir.join(format!(
+            "{file}.{}-{:x}.tmp",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        fs::write(&tmp, content).map_err(Self::io(topic))?;
+        fs::rename(&tmp, dir.join(file)).map_err(Self::io(topic))
     }
 
     /// Appends one block per partition that has one: `(messages, raw bytes)` in `format`.

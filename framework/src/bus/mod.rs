@@ -296,13 +296,7 @@ impl Bus {
         let parts = columns.finish();
         match self {
             Self::Embedded(log) => log.append_columns(topic, &parts),
-            Self::Kafka(kafka) => {
-                let mut frames = Batch::default();
-                for part in &parts {
-                    columns::to_frames(part, &mut frames);
-                }
-                kafka.send(topic, &frames)
-            }
+            Self::Kafka(kafka) => kafka.send(topic, &columns::to_frames(&parts)),
         }
     }
 }

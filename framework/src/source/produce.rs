@@ -197,6 +197,11 @@ impl Clock {
     }
 }
 
+/// The value's fields before the schema's columns (set for a broken record only) and after
+/// them.
+const BEFORE: [&str; 2] = ["_raw", "_error"];
+const AFTER: [&str; 2] = ["_source_line", "_ingestion_timestamp"];
+
 /// Turns source records of one table into messages as columns.
 pub struct Encoder {
     /// The value's fields: `_raw`, `_error`, the schema's columns, `_source_line`,
@@ -211,9 +216,12 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(table: &Table) -> Self {
-        let mut fields = vec!["_raw".to_owned(), "_error".to_owned()];
-        fields.extend(table.columns.iter().map(|c| c.name.clone()));
-        fields.extend(["_source_line".to_owned(), "_ingestion_timestamp".to_owned()]);
+        let fields = BEFORE
+            .iter()
+            .map(|f| (*f).to_owned())
+            .chain(table.columns.iter().map(|c| c.name.clone()))
+            .chain(AFTER.iter().map(|f| (*f).to_owned()))
+            .collect();
         Self {
             fields,
             key: table
@@ -229,7 +237,11 @@ impl Encoder {
     /// An empty batch of this table's messages for a topic of `partitions` partitions.
     pub fn columns(&self, partitions: u32, rows: usize) -> Columns {
         let fields: Vec<&str> = self.fields.iter().map(String::as_str).collect();
-        let key: Vec<&str> = self.key.iter().map(|&at| fields[2 + at]).collect();
+        let key: Vec<&str> = self
+            .key
+            .iter()
+            .map(|&at| fields[BEFORE.len() + at])
+            .collect();
         Columns::new(&fields, partitions, rows).key_of(&key, "|")
     }
 
@@ -267,14 +279,15 @@ impl Encoder {
                 batch.push(
                     at.timestamp_millis(),
                     &self.key_text,
-                    [None, None].into_iter().chain(cells).chain(meta),
+                    BEFORE.map(|_| None).into_iter().chain(cells).chain(meta),
                 );
             }
             RecordRef::Broken {
                 line, raw, reason, ..
             } => {
                 write!(self.key_text, "_broken:{line}").expect("writing to a String");
-                let nulls = std::iter::repeat_n(None, self.fields.len() - 4);
+                let cells = self.fields.len() - BEFORE.len() - AFTER.len();
+                let nulls = std::iter::repeat_n(None, cells);
                 batch.push(
                     at.timestamp_millis(),
                     &self.key_text,
@@ -317,10 +330,7 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
             encoder.encode(&mut batch, &row, &timestamp, at);
         }
     }
-    let mut frames = crate::bus::Batch::default();
-    for part in batch.finish() {
-        crate::bus::columns::to_frames(&part, &mut frames);
-    }
+    let frames = crate::bus::columns::to_frames(&batch.finish());
     let message = frames.iter().next().expect("one message");
     Record {
         key: message.key.to_vec(),
