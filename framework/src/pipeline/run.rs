@@ -111,33 +111,7 @@ pub async fn run(
         bars.clone(),
         ingested,
     ));
-    let mut reports = Vec::new();
-    let mut refined = Ok(());
-    for table in &selected {
-        let Some(mut report) = to_refine.recv().await else {
-            break;
-        };
-        run.skipped.extend(report.produce_skipped.clone());
-        if options.until >= Stage::Silver {
-            let spinner = bars
-                .add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
-            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-            let stats = match silver::refine(lake, project, table, &options.silver_options).await {
-                Ok(stats) => stats,
-                Err(e) => {
-                    refined = Err(e);
-                    break;
-                }
-            };
-            spinner.finish_and_clear();
-            report.quarantined = stats.quarantined;
-            report.dropped = stats.dropped;
-            report.warnings = stats.warnings.values().sum();
-            report.silver = stats.rows_after;
-            report.silver_s = stats.seconds;
-        }
-        reports.push(report);
-    }
+    let refined = refine_lane(&selected, &mut to_refine, project, lake, options, &bars).await;
     // After an error here, the other lanes find their channel closed once their current table
     // is done, and stop (aborting them would cut a write short as the runtime shuts down).
     drop(to_refine);
@@ -148,7 +122,8 @@ pub async fn run(
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }
-    refined?;
+    let (reports, skipped) = refined?;
+    run.skipped.extend(skipped);
     run.phases.push((
         "produce, bronze, silver".into(),
         started.elapsed().as_secs_f64(),
@@ -179,6 +154,101 @@ pub async fn run(
         check_layers(lake, checks, &[SuiteLayer::Gold], &built, &run_id, &mut run).await?;
     }
     Ok(run)
+}
+
+/// How many tables are refined into silver at once. Two keep both cores busy while a large
+/// table's silver runs (the other tables' silver no longer queues behind it); more would add
+/// memory (each holds a window of its delivery) for cores this machine does not have.
+const SILVER_AT_ONCE: usize = 2;
+
+/// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] at a time;
+/// a table waits for the silver of the tables it enriches from when they are in this run.
+/// Returns the reports in the run's table order and the produce stage's notes. After an error
+/// no table is started and those running are waited for (aborting one would cut a write
+/// short); the first error is returned.
+async fn refine_lane(
+    selected: &[crate::idcard::Table],
+    to_refine: &mut tokio::sync::mpsc::Receiver<TableReport>,
+    project: &Project,
+    lake: &Lake,
+    options: &RunOptions,
+    bars: &MultiProgress,
+) -> Result<(Vec<TableReport>, Vec<String>)> {
+    let position = |name: &str| selected.iter().position(|t| t.name() == name);
+    let project = std::sync::Arc::new(project.clone());
+    let mut reports: Vec<Option<TableReport>> = vec![None; selected.len()];
+    let mut skipped = Vec::new();
+    // Ingested, not started: waiting for a slot or for a table they enrich from.
+    let mut waiting: Vec<(usize, TableReport)> = Vec::new();
+    let mut running = tokio::task::JoinSet::new();
+    let mut closed = false;
+    let mut failed: Option<Error> = None;
+    loop {
+        while failed.is_none() && running.len() < SILVER_AT_ONCE {
+            let ready = waiting.iter().position(|(i, _)| {
+                selected[*i]
+                    .depends_on
+                    .iter()
+                    .all(|dim| position(dim).is_none_or(|d| reports[d].is_some()))
+            });
+            let Some(ready) = ready else { break };
+            let (i, report) = waiting.remove(ready);
+            if options.until < Stage::Silver {
+                reports[i] = Some(report);
+                continue;
+            }
+            let table = selected[i].clone();
+            let spinner = bars
+                .add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            let (lake, project, silver_options) = (
+                lake.clone(),
+                project.clone(),
+                options.silver_options.clone(),
+            );
+            running.spawn(async move {
+                let stats = silver::refine(&lake, &project, &table, &silver_options).await;
+                spinner.finish_and_clear();
+                (i, report, stats)
+            });
+        }
+        if running.is_empty() && (closed || failed.is_some()) {
+            // What still waits can only wait for a table that never came: a lane before
+            // this one stopped, and the run reports its error.
+            break;
+        }
+        tokio::select! {
+            message = to_refine.recv(), if !closed && failed.is_none() => match message {
+                Some(report) => {
+                    skipped.extend(report.produce_skipped.clone());
+                    let i = position(&report.table).expect("the lanes carry the run's tables");
+                    waiting.push((i, report));
+                }
+                None => closed = true,
+            },
+            Some(joined) = running.join_next() => {
+                let (i, mut report, stats) =
+                    joined.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+                match stats {
+                    Ok(stats) => {
+                        report.quarantined = stats.quarantined;
+                        report.dropped = stats.dropped;
+                        report.warnings = stats.warnings.values().sum();
+                        report.silver = stats.rows_after;
+                        report.silver_s = stats.seconds;
+                        reports[i] = Some(report);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e.into());
+                    }
+                }
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((reports.into_iter().flatten().collect(), skipped)),
+    }
 }
 
 /// Produces each of `tables` in turn (when the run produces), handing each table's report to

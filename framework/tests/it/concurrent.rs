@@ -208,3 +208,60 @@ fn a_run_racing_a_producer_on_the_same_table_stores_every_message_once() {
         distinct_keys_from_csv(&sample(), &project(), "orders")
     );
 }
+
+/// Silver refines two tables at once, but a table still waits for the silver of the tables it
+/// enriches from: products' silver is held for 2 s before its commit while order_items' bronze
+/// comes in, and every item whose product has a category must still carry it.
+#[test]
+fn silver_of_a_table_waits_for_the_dimensions_it_enriches_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--until", "silver", "--data"])
+        .arg(sample())
+        .args(["--table", "category_translation", "--table", "products"])
+        .args(["--table", "order_items"])
+        .env("FRAMEWORK_PAUSE_AT", "silver-before-merge:products=2000");
+    let out = ok(run);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pause point silver-before-merge:products"),
+        "the pause was not taken"
+    );
+    let categories: BTreeMap<String, String> = batch_rows(&batches(
+        &lake,
+        Layer::Silver,
+        "products",
+        "SELECT product_id || '|' || product_category_name FROM t WHERE product_category_name IS NOT NULL",
+    ))
+    .into_iter()
+    .filter_map(|row| {
+        let (id, category) = row.split_once('|')?;
+        Some((id.to_owned(), category.to_owned()))
+    })
+    .collect();
+    assert!(
+        categories.len() > 100,
+        "products: {} categories",
+        categories.len()
+    );
+    let items = batch_rows(&batches(
+        &lake,
+        Layer::Silver,
+        "order_items",
+        "SELECT product_id || '|' || coalesce(product_category_name, '<none>') FROM t",
+    ));
+    let wrong: Vec<&String> = items
+        .iter()
+        .filter(|row| {
+            let (id, got) = row.split_once('|').unwrap();
+            categories.get(id).is_some_and(|want| want != got)
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} items lack their product's category, e.g. {:?}",
+        wrong.len(),
+        items.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+}
