@@ -25,6 +25,7 @@ pub mod lake;
 pub mod lease;
 pub mod memory;
 pub mod offsets;
+pub mod pii;
 pub mod pipeline;
 pub mod quality;
 pub mod silver;

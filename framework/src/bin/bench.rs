@@ -59,6 +59,10 @@ struct Args {
     /// The Tansu broker binary for `--kafka` (`tansu` on the PATH when unset).
     #[arg(long, env = "FRAMEWORK_TEST_TANSU")]
     tansu: Option<PathBuf>,
+    /// The cost of PII encryption instead: values/s of each mode, and `run --all` on the same
+    /// data with the idcards' `pii:` entries and without them (alternated, best of two).
+    #[arg(long, conflicts_with_all = ["gold_only", "kafka"])]
+    pii: bool,
 }
 
 /// Seconds per stage and peak memory of one run.
@@ -103,6 +107,9 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.work)?;
     if args.kafka {
         return kafka(&exe, &repo, &args);
+    }
+    if args.pii {
+        return pii(&exe, &repo, &args);
     }
     let mut lines = vec![
         "| data | rows | engine | produce rows/s | bronze rows/s | silver rows/s | 1st delivery s | again, unchanged s | 1% delivery s | peak MiB |".to_owned(),
@@ -623,4 +630,82 @@ fn run_peer(
         out.push(figures);
     }
     Ok(out)
+}
+
+/// `--pii`: encryption per million values, then `run --all` with and without PII.
+fn pii(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
+    use framework::pii::PiiMode;
+    use framework::pii::keyset::{Keyset, RootKey};
+    let (root, _) = RootKey::generate();
+    let mut keyset = Keyset::new("bench");
+    keyset.add_key("bench", std::slice::from_ref(&root));
+    let keys = keyset.unlock(Path::new("bench"), &[root])?;
+    let values: Vec<String> = (0..1_000_000)
+        .map(|i| format!("customer city {i:07}"))
+        .collect();
+    println!(
+        "| mode | values | seconds | values/s | ns/value |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    for mode in [PiiMode::Deterministic, PiiMode::Randomized] {
+        let started = Instant::now();
+        let mut bytes = 0;
+        for v in &values {
+            bytes += keys.encrypt("bench", mode, v.as_bytes())?.len();
+        }
+        let s = started.elapsed().as_secs_f64();
+        std::hint::black_box(bytes);
+        println!(
+            "| {} (no cache) | {} | {s:.3} | {:.0} | {:.0} |",
+            mode.name(),
+            values.len(),
+            values.len() as f64 / s,
+            s * 1e9 / values.len() as f64
+        );
+    }
+    // The idcards without their `pii:` entries.
+    let plain = args.work.join("idcards-no-pii");
+    fresh(&plain)?;
+    std::fs::create_dir_all(&plain)?;
+    let strip = regex::Regex::new(r"(?m)^pii:.*\n(?:[ \t]+.*\n)*")?;
+    for entry in std::fs::read_dir(repo.join("idcards"))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let text = if path.extension().is_some_and(|e| e == "yaml") {
+            strip.replace_all(&text, "").into_owned()
+        } else {
+            text
+        };
+        std::fs::write(plain.join(path.file_name().expect("a file")), text)?;
+    }
+    println!(
+        "\n| data | run --all, PII on (s) | PII off (s) | cost |\n| --- | ---: | ---: | ---: |"
+    );
+    for scale in &args.scales {
+        let (label, data) = data_for(exe, repo, &args.work, *scale)?;
+        let mut best = [f64::MAX, f64::MAX];
+        for _ in 0..2 {
+            for (i, idcards) in [repo.join("idcards"), plain.clone()].iter().enumerate() {
+                let lake = args.work.join(format!("lake-pii-{scale}-{i}"));
+                fresh(&lake)?;
+                let mut cmd = Command::new(exe);
+                cmd.arg("--idcards").arg(idcards);
+                cmd.arg("--models").arg(repo.join("models"));
+                cmd.arg("--expectations").arg(repo.join("expectations"));
+                cmd.arg("--lake").arg(&lake);
+                cmd.args(["run", "--all", "--data"]).arg(&data);
+                cmd.stdout(Stdio::null());
+                let started = Instant::now();
+                run(&mut cmd)?;
+                best[i] = best[i].min(started.elapsed().as_secs_f64());
+                fresh(&lake)?;
+            }
+        }
+        println!(
+            "| {label} | {:.2} | {:.2} | {:+.1}% |",
+            best[0],
+            best[1],
+            (best[0] / best[1] - 1.0) * 100.0
+        );
+    }
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! The `framework` binary: a thin shell over the library.
 
+mod keys;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -265,6 +267,24 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// The environment's keyset of PII data keys (`keys/<env>.keyset.json` beside the idcards
+    /// folder, or FRAMEWORK_KEYSET): data keys per domain, wrapped under root keys from
+    /// FRAMEWORK_ROOT_KEY or FRAMEWORK_ROOT_KEY_FILE (on `dev`, a laptop key under
+    /// ~/.config/framework is made on first use). No key material is ever printed.
+    #[command(after_help = "Examples:
+  framework keys create                                   dev: keyset and data keys for the idcards' domains
+  framework keys new-root --out ~/.secrets/prod-eu.key    a root key file (mode 0600)
+  FRAMEWORK_ROOT_KEY_FILE=~/.secrets/prod-eu.key framework keys create --env prod
+  FRAMEWORK_ROOT_KEY_FILE=~/.secrets/prod-eu.key framework keys rewrap --env prod --add-root-file ~/.secrets/prod-us.key
+  framework keys rotate --domain location                 new values use a new key id; old ones still decrypt
+  framework keys list --env prod")]
+    Keys {
+        /// Environment (dev, prod, ...): which keyset and which root keys.
+        #[arg(long, env = "FRAMEWORK_ENV", default_value = "dev", global = true)]
+        env: String,
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 /// The flags of `framework run`.
@@ -365,6 +385,13 @@ pub fn main() -> ExitCode {
 fn load(idcards: &std::path::Path) -> Result<Project> {
     idcard::load_dir(idcards)
         .map_err(|d| anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), idcards.display()))
+}
+
+/// The data keys of the idcards' PII columns (`keys/<env>.keyset.json` beside the idcards
+/// folder unless FRAMEWORK_KEYSET says otherwise).
+fn keyring(cli: &Global, project: &Project) -> Result<std::sync::Arc<crate::pii::Keyring>> {
+    let dir = cli.idcards.parent().unwrap_or(std::path::Path::new(""));
+    Ok(crate::pii::keyring(project, dir)?)
 }
 
 /// The idcards, the gold models and the quality suites the command line names.
@@ -485,6 +512,14 @@ fn execute(
             project: project_file,
         } => generate_dags(&env, out, check, project_file),
         Command::GenerateData { scale, out, seed } => generate_data(scale, out, seed),
+        Command::Keys {
+            env: environment,
+            command,
+        } => {
+            let project = load(&env.cli.idcards)?;
+            let dir = env.cli.idcards.parent().unwrap_or(std::path::Path::new(""));
+            keys::run(command, &environment, &project, dir)
+        }
     }
 }
 
@@ -510,15 +545,19 @@ fn serve(
     } else {
         "no token configured: reads open, writes refused (set FRAMEWORK_GATEWAY_TOKEN)"
     };
-    let gateway = std::sync::Arc::new(crate::gateway::Gateway::new(
-        project,
-        models,
-        checks,
-        lake.clone(),
-        bus.clone(),
-        tokens,
-        limits,
-    ));
+    let keys = keyring(cli, &project)?;
+    let gateway = std::sync::Arc::new(
+        crate::gateway::Gateway::new(
+            project,
+            models,
+            checks,
+            lake.clone(),
+            bus.clone(),
+            tokens,
+            limits,
+        )
+        .with_keys(keys),
+    );
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -632,6 +671,7 @@ fn produce(
         simulate: true,
         seed,
         limit,
+        keys: keyring(cli, &project)?,
     };
     let bar = indicatif::ProgressBar::new(0);
     if !progress {
@@ -682,6 +722,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         report,
     } = args;
     let (project, models, checks) = load_all(cli)?;
+    let keys = keyring(cli, &project)?;
     let tables = if all { Vec::new() } else { table };
     let options = RunOptions {
         data,
@@ -692,6 +733,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
             simulate,
             seed,
             limit: None,
+            keys: keys.clone(),
         },
         bronze_options: BronzeOptions {
             batch_size,
@@ -706,6 +748,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
             full_refresh,
             progress,
             threads: threads.into(),
+            keys,
         },
     };
     let reports = runtime.block_on(pipeline::run(
@@ -784,10 +827,17 @@ fn build(
     let project = load(&cli.idcards)?;
     let models = load_models(&cli.models, &cli.vars, &project)?;
     let selected = gold::select(&models, &select)?;
+    // Gold reads what is in the lake: without this environment's keys it still builds, and a
+    // model calling pii_decrypt fails saying the key is missing.
+    let keys = keyring(cli, &project).unwrap_or_else(|e| {
+        tracing::debug!("no PII keys for this build: {e}");
+        std::sync::Arc::default()
+    });
     let options = BuildOptions {
         full_refresh,
         progress,
         threads: threads.into(),
+        keys,
     };
     let started = std::time::Instant::now();
     let reports = runtime.block_on(gold::build(lake, &models, &selected, &options))?;

@@ -11,6 +11,7 @@
 //! comes once the accepted records are visible in silver and gold, with the versions written.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use deltalake::arrow::array::{AsArray, RecordBatch};
@@ -22,6 +23,8 @@ use crate::bus::{Batch, partition_for};
 use crate::idcard::Table;
 use crate::lake::{Lake, Layer, collect_batches, session};
 use crate::offsets::{OFFSET, PARTITION};
+use crate::pii::Keyring;
+use crate::pii::edge::{Edge, Outcome};
 
 use super::Gateway;
 use super::keys::Idempotency;
@@ -136,43 +139,121 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Value>,
 }
 
 /// Adds the messages of `records` for `table`'s topic to `batch`; returns each one's partition.
+/// PII columns are encrypted here, as the CSV producer does ([`crate::pii::edge`]); a record
+/// that breaks an edge expectation goes on as a reject, its text encrypted.
 pub fn push_messages(
     table: &Table,
+    keys: &Arc<Keyring>,
     records: &[Value],
     partitions: u32,
     batch: &mut Batch,
 ) -> Vec<u32> {
     let now = chrono::Utc::now();
     let timestamp = crate::source::rfc3339_micros(now);
+    let mut edge = Edge::new(table, keys);
     let mut partition_of = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
-        let (key, value) = match record {
-            Value::Object(fields) => {
-                let key = table
-                    .key()
-                    .iter()
-                    .map(|k| match fields.get(k) {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(Value::Null) | None => String::new(),
-                        Some(other) => other.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("|");
-                let mut message: Map<String, Value> = fields.clone();
-                message.insert("_source_line".into(), Value::String((i + 1).to_string()));
-                message.insert(
-                    "_ingestion_timestamp".into(),
-                    Value::String(timestamp.clone()),
-                );
-                (key, Value::Object(message).to_string())
-            }
+        let line = Value::String((i + 1).to_string());
+        let broken = |reason: String, edge: &Edge| {
+            let raw = edge
+                .seal_raw(&record.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            let mut message = Map::new();
+            message.insert("_raw".into(), Value::String(raw));
+            message.insert("_error".into(), Value::String(reason));
+            message.insert("_source_line".into(), line.clone());
+            message.insert(
+                "_ingestion_timestamp".into(),
+                Value::String(timestamp.clone()),
+            );
+            (
+                format!("_broken:{}", i + 1),
+                Value::Object(message).to_string(),
+            )
+        };
+        let (key, value) = match (record, &mut edge) {
+            (Value::Object(fields), Some(edge)) => match protect(table, edge, i, fields) {
+                Ok(message) => message_of(table, message, &line, &timestamp),
+                Err(reason) => broken(reason, edge),
+            },
+            (Value::Object(fields), None) => message_of(table, fields.clone(), &line, &timestamp),
+            (_, Some(edge)) => broken(format!("record {}: expected a JSON object", i + 1), edge),
             // Not an object: bronze rejects it with the reason, like any unreadable message.
-            other => (format!("_broken:{}", i + 1), other.to_string()),
+            (other, None) => (format!("_broken:{}", i + 1), other.to_string()),
         };
         partition_of.push(partition_for(key.as_bytes(), partitions));
         batch.push(key.as_bytes(), value.as_bytes(), now.timestamp_millis());
     }
     partition_of
+}
+
+/// `fields` with their PII values encrypted, or the reason the record is a reject.
+fn protect(
+    table: &Table,
+    edge: &mut Edge,
+    index: usize,
+    fields: &Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
+    let columns = &table.columns;
+    // The PII cells as text, as bronze would read them (a number or a bool as its JSON text);
+    // an array or an object cannot be a string cell: a reject, sealed like any.
+    let mut texts: Vec<Option<String>> = vec![None; columns.len()];
+    for (at, column) in columns.iter().enumerate().filter(|(_, c)| c.pii.is_some()) {
+        texts[at] = match fields.get(&column.name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
+            Some(Value::Array(_) | Value::Object(_)) => {
+                return Err(format!(
+                    "column `{}`: expected a text value, got a nested value",
+                    column.name
+                ));
+            }
+            Some(other) => Some(other.to_string()),
+        };
+    }
+    let outcome = edge
+        .protect((index + 1) as u64, |at| texts[at].as_deref())
+        .map_err(|e| e.to_string())?;
+    if let Outcome::Reject(reason) = outcome {
+        return Err(reason);
+    }
+    let mut message = fields.clone();
+    for (at, column) in columns.iter().enumerate() {
+        if let Some(slot) = edge.slot(at)
+            && message.contains_key(&column.name)
+        {
+            let sealed = edge
+                .cell(slot)
+                .map_or(Value::Null, |c| Value::String(c.to_owned()));
+            message.insert(column.name.clone(), sealed);
+        }
+    }
+    Ok(message)
+}
+
+/// The key and value of a record's message.
+fn message_of(
+    table: &Table,
+    mut message: Map<String, Value>,
+    line: &Value,
+    timestamp: &str,
+) -> (String, String) {
+    let key = table
+        .key()
+        .iter()
+        .map(|k| match message.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("|");
+    message.insert("_source_line".into(), line.clone());
+    message.insert(
+        "_ingestion_timestamp".into(),
+        Value::String(timestamp.to_owned()),
+    );
+    (key, Value::Object(message).to_string())
 }
 
 /// Checks the number of records of a request.

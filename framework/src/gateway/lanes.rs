@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bus::{Batch, Bus, partition_for};
 use crate::idcard::Table;
 use crate::lake::Layer;
+use crate::pii::Keyring;
 
 use super::Gateway;
 use super::ingest::{self, Refused};
@@ -123,10 +124,13 @@ impl Lanes {
         let appended = Arc::new(AtomicU64::new(0));
         {
             let (bus, table, refreshes) = (gateway.bus.clone(), table.clone(), refreshes.clone());
+            let pii = gateway.keys.clone();
             let appended = appended.clone();
             std::thread::Builder::new()
                 .name(format!("commit-{name}"))
-                .spawn(move || committer(&bus, &table, append_queue, &refreshes, &appended))?;
+                .spawn(move || {
+                    committer(&bus, &table, &pii, append_queue, &refreshes, &appended)
+                })?;
         }
         {
             let (gateway, table) = (Arc::downgrade(gateway), table.clone());
@@ -198,6 +202,7 @@ impl Lanes {
 fn committer(
     bus: &Bus,
     table: &Table,
+    pii: &Arc<Keyring>,
     mut queue: mpsc::UnboundedReceiver<Append>,
     refreshes: &mpsc::UnboundedSender<Refresh>,
     appended: &AtomicU64,
@@ -216,7 +221,7 @@ fn committer(
             }
         }
         let refresh = group.iter().any(|a| a.refresh);
-        commit_group(bus, table, &mut keys, group, appended);
+        commit_group(bus, table, pii, &mut keys, group, appended);
         if refresh {
             let seq = appended.load(Ordering::SeqCst);
             let _ = refreshes.send(Refresh::Kick { seq });
@@ -236,6 +241,7 @@ struct Placed {
 fn commit_group(
     bus: &Bus,
     table: &Table,
+    pii: &Arc<Keyring>,
     keys: &mut Option<Keys>,
     group: Vec<Append>,
     appended: &AtomicU64,
@@ -257,7 +263,7 @@ fn commit_group(
     let log = match bus {
         Bus::Embedded(log) => log,
         Bus::Kafka(kafka) => {
-            send_to_kafka(kafka, table, partitions, group, appended);
+            send_to_kafka(kafka, table, pii, partitions, group, appended);
             return;
         }
     };
@@ -292,7 +298,7 @@ fn commit_group(
         batch,
         placed,
         keyed,
-    } = place_group(table, partitions, &starts, opened, group);
+    } = place_group(table, pii, partitions, &starts, opened, group);
     let answer = |placed: Vec<Placed>, problem: Option<Problem>| {
         for p in placed {
             let _ = p.reply.send(match &problem {
@@ -356,6 +362,7 @@ struct Placement {
 /// that reached some partitions only appends the records of the others (see [`super::keys`]).
 fn place_group(
     table: &Table,
+    pii: &Arc<Keyring>,
     partitions: u32,
     starts: &[u64],
     keys: &Keys,
@@ -407,7 +414,7 @@ fn place_group(
             Some((_, known)) => {
                 let mut scratch = Batch::default();
                 let partition_of =
-                    ingest::push_messages(table, &append.records, partitions, &mut scratch);
+                    ingest::push_messages(table, pii, &append.records, partitions, &mut scratch);
                 let mut positions = to_positions(&known.positions);
                 for ((message, partition), position) in
                     scratch.iter().zip(partition_of).zip(&mut positions)
@@ -419,7 +426,7 @@ fn place_group(
                 }
                 positions
             }
-            None => ingest::push_messages(table, &append.records, partitions, &mut batch)
+            None => ingest::push_messages(table, pii, &append.records, partitions, &mut batch)
                 .into_iter()
                 .map(&mut place)
                 .collect::<Vec<_>>(),
@@ -467,6 +474,7 @@ fn first_in_each_partition(batch: &Batch, partitions: u32, starts: &[u64]) -> Ve
 fn send_to_kafka(
     kafka: &crate::bus::KafkaBus,
     table: &Table,
+    pii: &Arc<Keyring>,
     partitions: u32,
     group: Vec<Append>,
     appended: &AtomicU64,
@@ -475,7 +483,9 @@ fn send_to_kafka(
     let mut batch = Batch::default();
     let counts: Vec<usize> = group
         .iter()
-        .map(|append| ingest::push_messages(table, &append.records, partitions, &mut batch).len())
+        .map(|append| {
+            ingest::push_messages(table, pii, &append.records, partitions, &mut batch).len()
+        })
         .collect();
     let sent = kafka.send_placed(topic, &batch);
     appended.fetch_add(1, Ordering::SeqCst);

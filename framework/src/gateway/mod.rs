@@ -70,6 +70,8 @@ pub struct Gateway {
     pub bus: Bus,
     pub tokens: Tokens,
     pub limits: Limits,
+    /// The data keys of PII columns, encrypted before the topic as the producer does.
+    pub keys: Arc<crate::pii::Keyring>,
     /// `/openapi.json`, generated from the idcards and models at start-up.
     openapi: serde_json::Value,
     /// `/docs`, the same as an HTML page.
@@ -105,6 +107,7 @@ impl Gateway {
             openapi,
             ingests: tokio::sync::Semaphore::new(limits.max_ingests.max(1)),
             project,
+            keys: Arc::default(),
             models,
             checks,
             lake,
@@ -114,6 +117,12 @@ impl Gateway {
             turns: std::sync::Mutex::new(HashMap::new()),
             lanes: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The data keys PII columns are encrypted with (none by default: a project without PII).
+    pub fn with_keys(mut self, keys: Arc<crate::pii::Keyring>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// `table`'s lanes, started on first use (see [`lanes`]).
@@ -167,12 +176,16 @@ impl Gateway {
                 simulate: false,
                 seed: 0,
                 limit: None,
+                keys: self.keys.clone(),
             },
             bronze_options: BronzeOptions::default(),
             silver_options: SilverOptions::default(),
             until: Stage::Gold,
             progress: false,
-            build_options: BuildOptions::default(),
+            build_options: BuildOptions {
+                keys: self.keys.clone(),
+                ..BuildOptions::default()
+            },
         }
     }
 

@@ -27,6 +27,8 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Stored models of one dependency wave built at once (each holds its joins in memory).
     pub threads: usize,
+    /// The keys `pii_decrypt(column)` decrypts with (none: it fails, naming the missing key).
+    pub keys: std::sync::Arc<crate::pii::Keyring>,
 }
 
 impl Default for BuildOptions {
@@ -35,6 +37,7 @@ impl Default for BuildOptions {
             full_refresh: false,
             progress: false,
             threads: 2,
+            keys: std::sync::Arc::default(),
         }
     }
 }
@@ -66,6 +69,7 @@ pub async fn build(
     // One gold build at a time: models read each other's tables.
     let _lease = lake.lease(Layer::Gold, "_build").await?;
     let ctx = session();
+    crate::pii::udf::register(&ctx, &options.keys);
     let mut needed: BTreeSet<&str> = BTreeSet::new();
     for name in selected {
         needed.insert(name);

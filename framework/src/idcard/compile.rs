@@ -359,8 +359,10 @@ fn check_project(
                 nullable: column.nullable,
                 format: column.format.clone(),
                 pad_left: column.pad_left.map(|w| (w, pad_char)),
+                pii: None,
             });
         }
+        check_pii(config, &mut columns, &mut diag);
         let column_list = || {
             config
                 .schema
@@ -473,6 +475,16 @@ fn check_project(
             }
             let other_names: HashSet<&str> = other.schema.iter().map(|c| c.name.as_str()).collect();
             for (mine, theirs) in &enrich.on {
+                if pii_of(config, mine) != pii_of(other, theirs) {
+                    diag(
+                        &format!("/enrich/{i}/on/{}", escape(mine)),
+                        format!(
+                            "join column `{mine}` and `{}.{theirs}` are not encrypted alike, so no row would match",
+                            enrich.from
+                        ),
+                        Some("give both the same `pii:` entry (mode: deterministic, one domain), or neither".into()),
+                    );
+                }
                 if !names.contains(mine.as_str()) {
                     diag(
                         &format!("/enrich/{i}/on/{}", escape(mine)),
@@ -583,6 +595,78 @@ fn check_project(
         });
     }
     order_by_dependencies(tables, parsed, out)
+}
+
+/// A column's PII mode and domain, as its idcard declares them.
+fn pii_of<'a>(config: &'a IdcardConfig, column: &str) -> Option<(crate::pii::PiiMode, &'a str)> {
+    config
+        .pii
+        .iter()
+        .find(|p| p.column == column)
+        .map(|p| (p.mode, p.domain.as_str()))
+}
+
+/// Checks the `pii:` entries and marks their columns.
+fn check_pii(
+    config: &IdcardConfig,
+    columns: &mut [Column],
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) {
+    let mut seen = HashSet::new();
+    for (i, pii) in config.pii.iter().enumerate() {
+        let at = format!("/pii/{i}/column");
+        if !seen.insert(pii.column.as_str()) {
+            diag(
+                &at,
+                format!("column `{}` is listed twice", pii.column),
+                None,
+            );
+            continue;
+        }
+        let Some(column) = columns.iter_mut().find(|c| c.name == pii.column) else {
+            let names: Vec<&str> = config.schema.iter().map(|c| c.name.as_str()).collect();
+            diag(
+                &at,
+                format!("column `{}` is not in the schema", pii.column),
+                Some(format!("use one of: {}", names.join(", "))),
+            );
+            continue;
+        };
+        if column.data_type != ColumnType::String {
+            diag(
+                &at,
+                format!(
+                    "PII column `{}` is {}: an encrypted value is text",
+                    column.name,
+                    column.data_type.name()
+                ),
+                Some("declare the column as `type: string`".into()),
+            );
+        }
+        if pii.domain.trim().is_empty() {
+            diag(
+                &format!("/pii/{i}/domain"),
+                "the key domain is empty".into(),
+                None,
+            );
+        }
+        let compared = config.key.contains(&pii.column)
+            || config.latest_by.iter().any(|l| l.key.contains(&pii.column));
+        if compared && pii.mode != crate::pii::PiiMode::Deterministic {
+            diag(
+                &format!("/pii/{i}/mode"),
+                format!(
+                    "`{}` is a key column: randomized values never compare equal",
+                    pii.column
+                ),
+                Some("use `mode: deterministic`".into()),
+            );
+        }
+        column.pii = Some(super::model::ColumnPii {
+            mode: pii.mode,
+            domain: pii.domain.clone(),
+        });
+    }
 }
 
 /// The columns an enrichment brings: `(name in the other table, name here)`.

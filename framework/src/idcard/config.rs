@@ -312,15 +312,28 @@ pub struct LatestByConfig {
     pub key: Vec<String>,
 }
 
-/// A column with personal data.
+/// A column with personal data, encrypted in place at the edge (before the topic): the
+/// ciphertext replaces the value in the same string column.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PiiConfig {
-    /// Column (or dotted path into a nested column).
+    /// The column (a `string` column of the schema).
     pub column: String,
-    /// Classification, e.g. `location`, `contact`, `identifier`.
+    /// `deterministic` (AES-256-SIV: equal values give equal ciphertexts, so keys, joins, dedup
+    /// and MERGE work; leaks equality and frequency) or `randomized` (AES-256-GCM, a random
+    /// nonce per value). Key, `latest_by` and enrichment join columns must be deterministic.
+    pub mode: crate::pii::PiiMode,
+    /// Key domain: the data keys this column is encrypted with. Columns that are joined or
+    /// compared with each other must share a domain (and be deterministic).
+    #[serde(default = "default_pii_domain")]
+    pub domain: String,
+    /// Classification, e.g. `location`, `contact`, `identifier`, `free_text`.
     #[serde(default)]
     pub classification: Option<String>,
+}
+
+fn default_pii_domain() -> String {
+    "default".to_owned()
 }
 
 /// Orchestration hints.

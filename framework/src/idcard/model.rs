@@ -61,6 +61,19 @@ impl Table {
             .collect()
     }
 
+    /// The expectations silver checks: those on a PII column ran at the edge, on the plaintext.
+    pub fn silver_expectations(&self) -> impl Iterator<Item = &super::config::ExpectationConfig> {
+        self.config
+            .expectations
+            .iter()
+            .filter(|e| self.column(&e.column).is_none_or(|c| c.pii.is_none()))
+    }
+
+    /// Whether any column is encrypted at the edge.
+    pub fn has_pii(&self) -> bool {
+        self.columns.iter().any(|c| c.pii.is_some())
+    }
+
     pub fn arrow_schema(&self) -> Arc<Schema> {
         Arc::new(Schema::new(self.arrow_fields()))
     }
@@ -76,6 +89,15 @@ pub struct Column {
     pub format: Option<String>,
     /// Left-pad to this width with this character.
     pub pad_left: Option<(u32, char)>,
+    /// Encrypted in place at the edge (the idcard's `pii:` entry).
+    pub pii: Option<ColumnPii>,
+}
+
+/// How a PII column is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPii {
+    pub mode: crate::pii::PiiMode,
+    pub domain: String,
 }
 
 /// Column types an idcard can declare.

@@ -260,3 +260,39 @@ schedule: { cron: \"0 6 * * *\", retries: 2 }
         }
     }
 }
+
+#[test]
+fn pii_entries_are_checked_where_they_stand() {
+    let ok = format!("{GOOD}pii:\n  - {{ column: id, mode: deterministic, domain: ids }}\n");
+    assert_eq!(check(&ok), "ok");
+    let project = compile(&[(PathBuf::from("idcards/things.yaml"), ok)]).unwrap();
+    let id = project.tables[0].column("id").unwrap();
+    assert_eq!(
+        id.pii,
+        Some(model::ColumnPii {
+            mode: crate::pii::PiiMode::Deterministic,
+            domain: "ids".into()
+        })
+    );
+    // A randomized key never compares equal; a decimal cannot hold ciphertext; unknown column;
+    // no mode.
+    let bad = format!(
+        "{GOOD}pii:\n  - {{ column: id, mode: randomized }}\n  - {{ column: amount, mode: deterministic }}\n  - {{ column: nope, mode: deterministic }}\n"
+    );
+    let text = check(&bad);
+    assert!(text.contains("things.yaml:14:"), "{text}");
+    assert!(
+        text.contains("`id` is a key column: randomized values never compare equal"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PII column `amount` is decimal(10,2): an encrypted value is text"),
+        "{text}"
+    );
+    assert!(
+        text.contains("column `nope` is not in the schema"),
+        "{text}"
+    );
+    let no_mode = format!("{GOOD}pii:\n  - {{ column: id }}\n");
+    assert!(check(&no_mode).contains("mode"), "{}", check(&no_mode));
+}

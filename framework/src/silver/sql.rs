@@ -35,7 +35,8 @@ pub fn key_match(key: &[String], left: &str, right: &str) -> String {
 pub fn normalised(table: &Table, column: &str) -> String {
     let c = table.column(column).expect("column exists");
     match c.pad_left {
-        Some((width, pad)) if c.data_type == ColumnType::String => format!(
+        // A PII column was padded at the edge, before encryption.
+        Some((width, pad)) if c.data_type == ColumnType::String && c.pii.is_none() => format!(
             "CASE WHEN {id} IS NULL THEN NULL WHEN character_length({id}) >= {width} THEN {id} ELSE lpad({id}, {width}, {p}) END AS {id}",
             id = ident(column),
             p = literal(&pad.to_string())
@@ -111,7 +112,7 @@ pub fn row_rules(table: &Table) -> Vec<(String, String, Action)> {
             .join(" AND "),
         Action::Quarantine,
     )];
-    for expectation in &table.config.expectations {
+    for expectation in table.silver_expectations() {
         if expectation.action != Action::Warn {
             rules.push((
                 rule_name(expectation),

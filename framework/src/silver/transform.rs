@@ -282,9 +282,7 @@ async fn refine_batch(
 
     // warn: count only.
     for expectation in table
-        .config
-        .expectations
-        .iter()
+        .silver_expectations()
         .filter(|e| e.action == Action::Warn)
     {
         let n = scalar_count(

@@ -34,6 +34,8 @@ pub enum Error {
     UnknownColumn { path: PathBuf, column: String },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Pii(#[from] crate::pii::edge::EdgeError),
     #[error(
         "{path}: the file holds a header and no rows, and table `{table}` is FULL: each delivery replaces the whole table, so this one would empty it\n  hint: nothing was sent and silver keeps the last snapshot; check the export that wrote the file"
     )]

@@ -18,8 +18,12 @@ use rand_chacha::ChaCha8Rng;
 
 #[cfg(test)]
 use crate::bus::Record;
+use std::sync::Arc;
+
 use crate::bus::{Bus, Columns};
 use crate::idcard::Table;
+use crate::pii::Keyring;
+use crate::pii::edge::{Edge, EdgeError, Outcome};
 
 use super::Result;
 #[cfg(test)]
@@ -38,6 +42,8 @@ pub struct ProduceOptions {
     pub seed: u64,
     /// Stop after this many source rows.
     pub limit: Option<usize>,
+    /// The data keys of the table's PII columns (empty when no idcard declares PII).
+    pub keys: Arc<Keyring>,
 }
 
 /// What a produce run did.
@@ -84,7 +90,7 @@ pub fn produce(
     let late_fraction = simulation.late_fraction.clamp(0.0, 1.0);
     let duplicate_fraction = simulation.duplicate_fraction.clamp(0.0, 1.0);
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ fnv(table.name().as_bytes()));
-    let mut encoder = Encoder::new(table);
+    let mut encoder = Encoder::new(table, &options.keys);
     let mut stats = ProduceStats::default();
     // Reading and encoding here, appending on a second thread: the two overlap.
     let send_s = std::thread::scope(|scope| {
@@ -133,13 +139,17 @@ pub fn produce(
                 late_text = rfc3339_micros(at);
                 &late_text
             };
-            encoder.encode(&mut pending, &record, timestamp, at);
+            if let Err(e) = encoder.encode(&mut pending, &record, timestamp, at) {
+                break Err(e.into());
+            }
             if matches!(record, RecordRef::Broken { .. }) {
                 stats.broken += 1;
             }
             if duplicate_fraction > 0.0 && rng.random_bool(duplicate_fraction) {
                 stats.duplicates += 1;
-                encoder.encode(&mut pending, &record, timestamp, at);
+                if let Err(e) = encoder.encode(&mut pending, &record, timestamp, at) {
+                    break Err(e.into());
+                }
             }
             if options.delay || pending.len() >= BATCH {
                 if !handed(&mut pending, &mut stats, records.position()) {
@@ -171,6 +181,14 @@ pub fn produce(
         sent
     })?;
     stats.seconds = started.elapsed().as_secs_f64();
+    for (rule, rows) in encoder.edge_warnings().into_iter().flatten() {
+        tracing::warn!(
+            table = table.name(),
+            rule,
+            rows,
+            "rows break a warn expectation on a PII column (checked at the edge)"
+        );
+    }
     tracing::debug!(
         table = table.name(),
         seconds = stats.seconds,
@@ -212,15 +230,23 @@ pub struct Encoder {
     /// The key and the line number of the record at hand.
     key_text: String,
     line_text: String,
+    /// The table's PII columns, encrypted here, before the topic (none: `None`).
+    edge: Option<Edge>,
+    /// Per schema column, its slot in the edge when it is a PII column.
+    slots: Vec<Option<usize>>,
 }
 
 impl Encoder {
-    pub fn new(table: &Table) -> Self {
+    pub fn new(table: &Table, keys: &Arc<Keyring>) -> Self {
         let fields = BEFORE
             .iter()
             .map(|f| (*f).to_owned())
             .chain(table.columns.iter().map(|c| c.name.clone()))
             .chain(AFTER.iter().map(|f| (*f).to_owned()))
+            .collect();
+        let edge = Edge::new(table, keys);
+        let slots = (0..table.columns.len())
+            .map(|at| edge.as_ref().and_then(|e| e.slot(at)))
             .collect();
         Self {
             fields,
@@ -231,7 +257,14 @@ impl Encoder {
                 .collect(),
             key_text: String::new(),
             line_text: String::new(),
+            edge,
+            slots,
         }
+    }
+
+    /// Rows that broke a `warn` expectation on a PII column (checked here), per rule.
+    pub fn edge_warnings(&self) -> Option<&std::collections::BTreeMap<String, u64>> {
+        self.edge.as_ref().map(|e| &e.warnings)
     }
 
     /// An empty batch of this table's messages for a topic of `partitions` partitions.
@@ -246,36 +279,59 @@ impl Encoder {
     }
 
     /// Appends one source record to `batch` as a message sent at `at` (`timestamp`: `at` as
-    /// RFC 3339 text).
+    /// RFC 3339 text). Fails only on a PII column's `fail` expectation or a missing data key.
     pub fn encode(
         &mut self,
         batch: &mut Columns,
         record: &RecordRef<'_>,
         timestamp: &str,
         at: DateTime<Utc>,
-    ) {
+    ) -> Result<(), EdgeError> {
         use std::fmt::Write as _;
         self.line_text.clear();
         write!(self.line_text, "{}", record.line()).expect("writing to a String");
         self.key_text.clear();
         let meta = [Some(self.line_text.as_str()), Some(timestamp)];
         match record {
-            RecordRef::Row { record, order, .. } => {
+            RecordRef::Row {
+                record: fields,
+                order,
+                line,
+            } => {
                 // The reader checked that every cell is UTF-8.
                 let cell = |column: usize| {
                     order
                         .get(column)
-                        .and_then(|&at| std::str::from_utf8(&record[at]).ok())
+                        .and_then(|&at| std::str::from_utf8(&fields[at]).ok())
                         .unwrap_or("")
+                };
+                if let Some(edge) = &mut self.edge
+                    && let Outcome::Reject(reason) =
+                        edge.protect(*line, |c| Some(cell(c)).filter(|c| !c.is_empty()))?
+                {
+                    let raw = fields
+                        .iter()
+                        .map(String::from_utf8_lossy)
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let raw = edge.seal_raw(&raw)?;
+                    write!(self.key_text, "_broken:{line}").expect("writing to a String");
+                    push_broken(&self.fields, batch, &self.key_text, &raw, &reason, meta, at);
+                    return Ok(());
+                }
+                let edge = self.edge.as_ref();
+                let slots = &self.slots;
+                let value = |column: usize| match (edge, slots[column]) {
+                    (Some(edge), Some(slot)) => edge.cell(slot),
+                    _ => Some(cell(column)).filter(|c| !c.is_empty()),
                 };
                 for (i, &column) in self.key.iter().enumerate() {
                     if i > 0 {
                         self.key_text.push('|');
                     }
-                    self.key_text.push_str(cell(column));
+                    self.key_text.push_str(value(column).unwrap_or(""));
                 }
-                let cells =
-                    (0..order.len()).map(|column| Some(cell(column)).filter(|c| !c.is_empty()));
+                let cells = (0..order.len()).map(value);
                 batch.push(
                     at.timestamp_millis(),
                     &self.key_text,
@@ -286,25 +342,47 @@ impl Encoder {
                 line, raw, reason, ..
             } => {
                 write!(self.key_text, "_broken:{line}").expect("writing to a String");
-                let cells = self.fields.len() - BEFORE.len() - AFTER.len();
-                let nulls = std::iter::repeat_n(None, cells);
-                batch.push(
-                    at.timestamp_millis(),
-                    &self.key_text,
-                    [Some(raw.as_str()), Some(reason.as_str())]
-                        .into_iter()
-                        .chain(nulls)
-                        .chain(meta),
-                );
+                let sealed;
+                let raw = match &self.edge {
+                    Some(edge) => {
+                        sealed = edge.seal_raw(raw)?;
+                        sealed.as_str()
+                    }
+                    None => raw.as_str(),
+                };
+                push_broken(&self.fields, batch, &self.key_text, raw, reason, meta, at);
             }
         }
+        Ok(())
     }
+}
+
+/// Appends a record that goes on as a reject: its text and the reason, null cells.
+fn push_broken(
+    fields: &[String],
+    batch: &mut Columns,
+    key: &str,
+    raw: &str,
+    reason: &str,
+    meta: [Option<&str>; 2],
+    at: DateTime<Utc>,
+) {
+    let cells = fields.len() - BEFORE.len() - AFTER.len();
+    let nulls = std::iter::repeat_n(None, cells);
+    batch.push(
+        at.timestamp_millis(),
+        key,
+        [Some(raw), Some(reason)]
+            .into_iter()
+            .chain(nulls)
+            .chain(meta),
+    );
 }
 
 #[cfg(test)]
 /// One source row as a message (for tests and one-off callers; `produce` reuses an [`Encoder`]).
 pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
-    let mut encoder = Encoder::new(table);
+    let mut encoder = Encoder::new(table, &Arc::default());
     let timestamp = rfc3339_micros(at);
     let mut batch = encoder.columns(1, 1);
     match row {
@@ -319,7 +397,9 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
                 record: &record,
                 order: &order,
             };
-            encoder.encode(&mut batch, &row, &timestamp, at);
+            encoder
+                .encode(&mut batch, &row, &timestamp, at)
+                .expect("no PII");
         }
         SourceRow::Broken { line, raw, reason } => {
             let row = RecordRef::Broken {
@@ -327,7 +407,9 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
                 raw: raw.clone(),
                 reason: reason.clone(),
             };
-            encoder.encode(&mut batch, &row, &timestamp, at);
+            encoder
+                .encode(&mut batch, &row, &timestamp, at)
+                .expect("no PII");
         }
     }
     let frames = crate::bus::columns::to_frames(&batch.finish());

@@ -319,7 +319,9 @@ fn a_model_is_kept_when_nothing_it_reads_changed_and_built_when_something_did() 
     let first = gold_snapshot(&lake);
 
     // Every row again: silver commits only offsets, except the FULL table category_translation,
-    // replaced by each delivery, which gold_product_analytics reads.
+    // replaced by each delivery, which gold_product_analytics reads, and reviews, whose
+    // randomized PII column gets new ciphertexts (same plaintexts), which
+    // gold_seller_performance reads: both are built again, to the same rows.
     let mut again = framework(&lake);
     again
         .args(["run", "--all", "--resend", "--data"])
@@ -335,7 +337,7 @@ fn a_model_is_kept_when_nothing_it_reads_changed_and_built_when_something_did() 
         ("gold_daily_sales", true),
         ("gold_delivery_performance", true),
         ("gold_product_analytics", false),
-        ("gold_seller_performance", true),
+        ("gold_seller_performance", false),
     ]
     .into_iter()
     .map(|(m, k)| (m.to_owned(), k))

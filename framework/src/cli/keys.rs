@@ -1,0 +1,207 @@
+//! `framework keys`: the environment's keyset of PII data keys.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::idcard::Project;
+use crate::pii::KeysetOptions;
+use crate::pii::keyset::{self, Keyset, RootKey};
+
+/// What `framework keys` does.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Make the environment's keyset if missing, and a data key for every PII domain of the
+    /// idcards that has none (wrapped under the root keys at hand).
+    Create,
+    /// Add a new data key to a domain and make it the one new values are encrypted with; values
+    /// written before still decrypt, by their key id.
+    Rotate {
+        /// The key domain (an idcard `pii:` entry's `domain`).
+        #[arg(long)]
+        domain: String,
+    },
+    /// Wrap every data key under another root key too, so an environment (or cloud) holding only
+    /// that root key reads the data; or drop a root key's wrappings.
+    Rewrap {
+        /// File with the other root key (base64 of 32 bytes), e.g. made by `keys new-root`.
+        #[arg(long, conflicts_with = "remove_root")]
+        add_root_file: Option<PathBuf>,
+        /// Fingerprint of a root key whose wrappings go (a key wrapped by nothing else is kept).
+        #[arg(long)]
+        remove_root: Option<String>,
+    },
+    /// Write a new random root key to a file (mode 0600); keep it out of the repository.
+    NewRoot {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The keyset's domains, data key ids, the primary one and the root keys that wrap each
+    /// (fingerprints only; no key material is ever shown).
+    List,
+}
+
+/// Runs a `keys` command for `environment` over the idcards of `project` (beside `project_dir`).
+pub fn run(
+    command: KeysCommand,
+    environment: &str,
+    project: &Project,
+    project_dir: &Path,
+) -> Result<()> {
+    let mut options = KeysetOptions::from_env(project_dir);
+    if options.environment != environment {
+        options = KeysetOptions {
+            path: std::env::var_os("FRAMEWORK_KEYSET").map_or_else(
+                || {
+                    project_dir
+                        .join("keys")
+                        .join(format!("{environment}.keyset.json"))
+                },
+                PathBuf::from,
+            ),
+            environment: environment.to_owned(),
+        };
+    }
+    match command {
+        KeysCommand::Create => {
+            let roots = keyset::root_keys(&options, true)?;
+            let domains = crate::pii::domains(project);
+            let (_, added) = keyset::ensure(&options, domains.keys(), &roots)?;
+            println!(
+                "{}: environment `{environment}`, {} domain(s) added{}; wrapped under root key(s) {}",
+                options.path.display(),
+                added.len(),
+                if added.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", added.join(", "))
+                },
+                fingerprints(&roots)
+            );
+        }
+        KeysCommand::Rotate { domain } => {
+            let roots = keyset::root_keys(&options, false)?;
+            let id = keyset::update(&options, |keyset| {
+                if !keyset.domains.contains_key(&domain) {
+                    return Err(keyset::Error::UnknownDomain {
+                        path: options.path.clone(),
+                        domain: domain.clone(),
+                        known: keyset
+                            .domains
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                // Check the root keys at hand open the keyset before adding to it.
+                keyset.unlock(&options.path, &roots)?;
+                Ok(keyset.add_key(&domain, &roots))
+            })?;
+            println!(
+                "{}: domain `{domain}` now encrypts with data key {id}; older keys still decrypt",
+                options.path.display()
+            );
+        }
+        KeysCommand::Rewrap {
+            add_root_file,
+            remove_root,
+        } => match (add_root_file, remove_root) {
+            (Some(file), None) => {
+                let roots = keyset::root_keys(&options, false)?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let new_root = RootKey::parse(
+                    text.lines().next().unwrap_or_default(),
+                    &file.display().to_string(),
+                    Some(1),
+                )?;
+                let added = keyset::update(&options, |keyset| {
+                    keyset.rewrap(&options.path, &roots, &new_root)
+                })?;
+                println!(
+                    "{}: {added} data key(s) now also wrapped under root key {}",
+                    options.path.display(),
+                    new_root.fingerprint()
+                );
+            }
+            (None, Some(fingerprint)) => {
+                let dropped = keyset::update(&options, |keyset| {
+                    let orphans: Vec<u32> = keyset
+                        .domains
+                        .values()
+                        .flat_map(|d| &d.keys)
+                        .filter(|k| k.wrapped.iter().all(|w| w.root == fingerprint))
+                        .map(|k| k.id)
+                        .collect();
+                    if !orphans.is_empty() {
+                        return Err(keyset::Error::Parse {
+                            path: options.path.clone(),
+                            message: format!(
+                                "data key(s) {orphans:?} are wrapped under root key {fingerprint} only; removing it would lose them (rewrap under another root key first)"
+                            ),
+                        });
+                    }
+                    Ok(keyset.drop_root(&fingerprint))
+                })?;
+                println!(
+                    "{}: {dropped} wrapping(s) under root key {fingerprint} removed",
+                    options.path.display()
+                );
+            }
+            _ => bail!("say --add-root-file FILE or --remove-root FINGERPRINT"),
+        },
+        KeysCommand::NewRoot { out } => {
+            if out.exists() {
+                bail!(
+                    "{} exists; a root key file is never overwritten (data keys wrapped under it would be lost)",
+                    out.display()
+                );
+            }
+            let key = keyset::make_root_file(&out)?;
+            println!(
+                "{}: new root key {} (mode 0600; keep it out of the repository)",
+                out.display(),
+                key.fingerprint()
+            );
+        }
+        KeysCommand::List => {
+            let Some(keyset) = Keyset::load(&options.path)? else {
+                bail!(
+                    "{}: no keyset for environment `{environment}`\n  hint: `framework keys create --env {environment}`",
+                    options.path.display()
+                );
+            };
+            println!(
+                "{} (environment `{}`)",
+                options.path.display(),
+                keyset.environment
+            );
+            for (name, domain) in &keyset.domains {
+                for key in &domain.keys {
+                    let roots: Vec<&str> = key.wrapped.iter().map(|w| w.root.as_str()).collect();
+                    println!(
+                        "  {name:<16} key {:>10}{}  created {}  wrapped under {}",
+                        key.id,
+                        if key.id == domain.primary {
+                            " (primary)"
+                        } else {
+                            "          "
+                        },
+                        key.created,
+                        roots.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fingerprints(roots: &[RootKey]) -> String {
+    roots
+        .iter()
+        .map(RootKey::fingerprint)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

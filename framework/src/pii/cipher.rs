@@ -1,0 +1,236 @@
+//! The two encryption modes and the wire format of an encrypted value.
+//!
+//! An encrypted value is the base64 text (standard alphabet, no padding) of
+//! `[mode: 1 byte][data key id: 4 bytes, big endian][ciphertext]`, where the mode byte is `1`
+//! for deterministic (AES-256-SIV, RFC 5297: the synthetic IV, then the ciphertext) and `2` for
+//! randomized (AES-256-GCM: a random 96-bit nonce, then the ciphertext and its tag). The key
+//! domain's name is the associated data of both, so a value moved to a column of another domain
+//! does not decrypt. The id names the data key, so old values still decrypt after a rotation.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use aes_siv::siv::Aes256Siv;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD as BASE64;
+use rand::RngCore as _;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How a PII column is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiMode {
+    /// AES-256-SIV: equal plaintexts give equal ciphertexts (keys, joins, dedup and MERGE still
+    /// work); it leaks equality and frequency, so only for columns that need it.
+    Deterministic,
+    /// AES-256-GCM with a random nonce: equal plaintexts give different ciphertexts.
+    Randomized,
+}
+
+impl PiiMode {
+    fn tag(self) -> u8 {
+        match self {
+            Self::Deterministic => 1,
+            Self::Randomized => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deterministic => "deterministic",
+            Self::Randomized => "randomized",
+        }
+    }
+}
+
+/// Bytes of a data key: 64 for AES-256-SIV (two AES-256 keys), then 32 for AES-256-GCM.
+pub const DATA_KEY_BYTES: usize = 96;
+const HEADER: usize = 5;
+const NONCE: usize = 12;
+
+/// Why a value does not encrypt or decrypt. Never carries key material or the value.
+#[derive(Debug, thiserror::Error)]
+pub enum CipherError {
+    #[error("no data key for PII domain `{domain}` in the keyset")]
+    UnknownDomain { domain: String },
+    #[error(
+        "a value of PII domain `{domain}` is not an encrypted value (not base64 of this wire format)"
+    )]
+    NotCiphertext { domain: String },
+    #[error(
+        "a value of PII domain `{domain}` was encrypted with data key {key_id}, which the keyset does not hold"
+    )]
+    UnknownKey { domain: String, key_id: u32 },
+    #[error(
+        "a value of PII domain `{domain}` does not decrypt with data key {key_id} (tampered, or from another domain)"
+    )]
+    Failed { domain: String, key_id: u32 },
+}
+
+/// One unwrapped data key.
+pub struct DataKey {
+    id: u32,
+    siv: [u8; 64],
+    gcm: Aes256Gcm,
+}
+
+impl DataKey {
+    pub fn new(id: u32, material: &[u8; DATA_KEY_BYTES]) -> Self {
+        let mut siv = [0u8; 64];
+        siv.copy_from_slice(&material[..64]);
+        let gcm = Aes256Gcm::new_from_slice(&material[64..]).expect("32 bytes make an AES-256 key");
+        Self { id, siv, gcm }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataKey({})", self.id)
+    }
+}
+
+/// The data keys of one domain: the primary encrypts, any decrypts.
+#[derive(Debug)]
+pub struct DomainKeys {
+    pub primary: u32,
+    pub keys: HashMap<u32, DataKey>,
+}
+
+/// The unwrapped data keys of a run, per domain.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    pub environment: String,
+    pub domains: HashMap<String, DomainKeys>,
+}
+
+impl Keyring {
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(domain)
+    }
+
+    /// The data key id new values of `domain` are encrypted with.
+    pub fn primary(&self, domain: &str) -> Option<u32> {
+        self.domains.get(domain).map(|d| d.primary)
+    }
+
+    /// `plaintext` encrypted under `domain`'s primary key, as wire-format text.
+    pub fn encrypt(
+        &self,
+        domain: &str,
+        mode: PiiMode,
+        plaintext: &[u8],
+    ) -> Result<String, CipherError> {
+        let keys = self
+            .domains
+            .get(domain)
+            .ok_or_else(|| CipherError::UnknownDomain {
+                domain: domain.to_owned(),
+            })?;
+        let key = keys
+            .keys
+            .get(&keys.primary)
+            .ok_or_else(|| CipherError::UnknownKey {
+                domain: domain.to_owned(),
+                key_id: keys.primary,
+            })?;
+        let failed = || CipherError::Failed {
+            domain: domain.to_owned(),
+            key_id: key.id,
+        };
+        let mut wire = Vec::with_capacity(HEADER + NONCE + plaintext.len() + 16);
+        wire.push(mode.tag());
+        wire.extend_from_slice(&key.id.to_be_bytes());
+        match mode {
+            PiiMode::Deterministic => {
+                let mut siv = Aes256Siv::new((&key.siv).into());
+                let sealed = siv
+                    .encrypt([domain.as_bytes()], plaintext)
+                    .map_err(|_| failed())?;
+                wire.extend_from_slice(&sealed);
+            }
+            PiiMode::Randomized => {
+                let mut nonce = [0u8; NONCE];
+                rand::rng().fill_bytes(&mut nonce);
+                let sealed = key
+                    .gcm
+                    .encrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: plaintext,
+                            aad: domain.as_bytes(),
+                        },
+                    )
+                    .map_err(|_| failed())?;
+                wire.extend_from_slice(&nonce);
+                wire.extend_from_slice(&sealed);
+            }
+        }
+        Ok(BASE64.encode(wire))
+    }
+
+    /// The plaintext of a wire-format `text` of any domain: the key id names the domain (ids
+    /// are unique across a keyset). `None` when no key of this keyring made it.
+    pub fn decrypt_any(&self, text: &str) -> Option<Vec<u8>> {
+        let wire = BASE64.decode(text).ok()?;
+        let key_id = u32::from_be_bytes(wire.get(1..HEADER)?.try_into().ok()?);
+        let (domain, _) = self
+            .domains
+            .iter()
+            .find(|(_, keys)| keys.keys.contains_key(&key_id))?;
+        self.decrypt(domain, text).ok()
+    }
+
+    /// The plaintext of a wire-format `text` of `domain` (either mode, any of its keys).
+    pub fn decrypt(&self, domain: &str, text: &str) -> Result<Vec<u8>, CipherError> {
+        let not_ciphertext = || CipherError::NotCiphertext {
+            domain: domain.to_owned(),
+        };
+        let wire = BASE64.decode(text).map_err(|_| not_ciphertext())?;
+        if wire.len() < HEADER {
+            return Err(not_ciphertext());
+        }
+        let key_id = u32::from_be_bytes(wire[1..HEADER].try_into().expect("four bytes"));
+        let keys = self
+            .domains
+            .get(domain)
+            .ok_or_else(|| CipherError::UnknownDomain {
+                domain: domain.to_owned(),
+            })?;
+        let key = keys
+            .keys
+            .get(&key_id)
+            .ok_or_else(|| CipherError::UnknownKey {
+                domain: domain.to_owned(),
+                key_id,
+            })?;
+        let failed = || CipherError::Failed {
+            domain: domain.to_owned(),
+            key_id,
+        };
+        let body = &wire[HEADER..];
+        match wire[0] {
+            1 => {
+                let mut siv = Aes256Siv::new((&key.siv).into());
+                siv.decrypt([domain.as_bytes()], body).map_err(|_| failed())
+            }
+            2 if body.len() >= NONCE => key
+                .gcm
+                .decrypt(
+                    Nonce::from_slice(&body[..NONCE]),
+                    Payload {
+                        msg: &body[NONCE..],
+                        aad: domain.as_bytes(),
+                    },
+                )
+                .map_err(|_| failed()),
+            _ => Err(not_ciphertext()),
+        }
+    }
+}

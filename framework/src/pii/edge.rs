@@ -1,0 +1,266 @@
+//! What happens to a table's PII cells at the edge, before a message reaches the topic: the
+//! column's `pad_left`, then the idcard's expectations on that column (they need the plaintext,
+//! so they run here and not in silver), then encryption in place.
+//!
+//! A row that breaks an edge expectation whose action is `drop` or `quarantine` becomes a reject
+//! (bronze's reject table, with the rule in the reason); `warn` counts; `fail` stops the
+//! producer. The text of a rejected or broken record of a table with PII is encrypted whole
+//! (randomized, under the domain of the table's first PII column), so no reject payload holds
+//! plaintext either.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use regex::Regex;
+
+use super::cipher::{CipherError, Keyring, PiiMode};
+use crate::idcard::config::ExpectationConfig;
+use crate::idcard::{Action, Table};
+
+/// Why the edge cannot pass a record on.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(
+        "table `{table}`, record {record}: expectation `{rule}` failed (action fail; checked before encryption, the value is not shown)"
+    )]
+    Fail {
+        table: String,
+        record: u64,
+        rule: String,
+    },
+    #[error("table `{table}`, column `{column}`: {source}")]
+    Cipher {
+        table: String,
+        column: String,
+        source: CipherError,
+    },
+}
+
+/// What became of one record at the edge.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its PII cells are encrypted (in [`Edge::cells`]).
+    Pass,
+    /// It breaks a `drop` or `quarantine` rule: it goes on as a reject with this reason.
+    Reject(String),
+}
+
+enum Test {
+    NotNull,
+    InSet(Vec<String>),
+    Matches(Regex),
+}
+
+struct Rule {
+    name: String,
+    action: Action,
+    test: Test,
+}
+
+impl Rule {
+    fn new(expectation: &ExpectationConfig) -> Option<Self> {
+        let test = if expectation.not_null == Some(true) {
+            Test::NotNull
+        } else if let Some(values) = &expectation.in_set {
+            Test::InSet(values.clone())
+        } else if let Some(pattern) = &expectation.matches {
+            // The idcard compiler checked the pattern.
+            Test::Matches(Regex::new(pattern).ok()?)
+        } else {
+            return None;
+        };
+        Some(Self {
+            name: crate::silver::sql::rule_name(expectation),
+            action: expectation.action,
+            test,
+        })
+    }
+
+    /// As silver's SQL does: a null passes every rule but `not_null`.
+    fn passes(&self, value: Option<&str>) -> bool {
+        match (&self.test, value) {
+            (Test::NotNull, v) => v.is_some(),
+            (_, None) => true,
+            (Test::InSet(values), Some(v)) => values.iter().any(|x| x == v),
+            (Test::Matches(re), Some(v)) => re.is_match(v),
+        }
+    }
+}
+
+struct PiiColumn {
+    /// Position in the schema.
+    at: usize,
+    name: String,
+    pad: Option<(u32, char)>,
+    mode: PiiMode,
+    domain: String,
+    rules: Vec<Rule>,
+    /// Deterministic only: plaintext -> ciphertext, so a repeated value (a city, a zip code) is
+    /// encrypted once.
+    cache: HashMap<String, Arc<str>>,
+}
+
+/// Deterministic ciphertexts remembered per column.
+const CACHE_LIMIT: usize = 200_000;
+
+/// A table's edge: its PII columns and the keys to encrypt them.
+pub struct Edge {
+    table: String,
+    columns: Vec<PiiColumn>,
+    /// Domain of a rejected or broken record's whole text.
+    raw_domain: String,
+    keyring: Arc<Keyring>,
+    /// The encrypted cells of the record at hand, one per PII column (`None`: null).
+    cells: Vec<Option<Arc<str>>>,
+    plain: String,
+    /// Rows that broke a `warn` rule, per rule.
+    pub warnings: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Edge({})", self.table)
+    }
+}
+
+impl Edge {
+    /// The edge of `table`, or `None` when it has no PII column.
+    pub fn new(table: &Table, keyring: &Arc<Keyring>) -> Option<Self> {
+        let columns: Vec<PiiColumn> = table
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(at, c)| {
+                let pii = c.pii.as_ref()?;
+                Some(PiiColumn {
+                    at,
+                    name: c.name.clone(),
+                    pad: c.pad_left,
+                    mode: pii.mode,
+                    domain: pii.domain.clone(),
+                    rules: table
+                        .config
+                        .expectations
+                        .iter()
+                        .filter(|e| e.column == c.name)
+                        .filter_map(Rule::new)
+                        .collect(),
+                    cache: HashMap::new(),
+                })
+            })
+            .collect();
+        let raw_domain = columns.first()?.domain.clone();
+        Some(Self {
+            table: table.name().to_owned(),
+            cells: vec![None; columns.len()],
+            columns,
+            raw_domain,
+            keyring: keyring.clone(),
+            plain: String::new(),
+            warnings: BTreeMap::new(),
+        })
+    }
+
+    /// Whether the column at schema position `at` is encrypted here; its slot in [`Self::cell`].
+    pub fn slot(&self, at: usize) -> Option<usize> {
+        self.columns.iter().position(|c| c.at == at)
+    }
+
+    /// The encrypted cell of PII column `slot` for the record last passed to [`Self::protect`].
+    pub fn cell(&self, slot: usize) -> Option<&str> {
+        self.cells[slot].as_deref()
+    }
+
+    /// Pads, checks and encrypts the PII cells of one record (`cell(at)`: the text of the
+    /// column at schema position `at`, `None` for null; `record`: its line or index, for errors).
+    pub fn protect<'a>(
+        &mut self,
+        record: u64,
+        cell: impl Fn(usize) -> Option<&'a str>,
+    ) -> Result<Outcome, EdgeError> {
+        for slot in 0..self.columns.len() {
+            let column = &mut self.columns[slot];
+            let value = cell(column.at);
+            self.plain.clear();
+            let value = value.map(|v| {
+                match column.pad {
+                    Some((width, pad)) if (v.chars().count() as u32) < width => {
+                        for _ in 0..width - v.chars().count() as u32 {
+                            self.plain.push(pad);
+                        }
+                    }
+                    _ => {}
+                }
+                self.plain.push_str(v);
+                self.plain.as_str()
+            });
+            for rule in &column.rules {
+                if rule.passes(value) {
+                    continue;
+                }
+                match rule.action {
+                    Action::Warn => *self.warnings.entry(rule.name.clone()).or_default() += 1,
+                    Action::Fail => {
+                        return Err(EdgeError::Fail {
+                            table: self.table.clone(),
+                            record,
+                            rule: rule.name.clone(),
+                        });
+                    }
+                    Action::Drop | Action::Quarantine => {
+                        return Ok(Outcome::Reject(format!(
+                            "expectation `{}` failed (action {}; checked at the edge, before encryption)",
+                            rule.name,
+                            rule.action.name()
+                        )));
+                    }
+                }
+            }
+            let encrypted = match value {
+                None => None,
+                Some(plain) => Some(encrypt_cell(&self.keyring, column, plain).map_err(
+                    |source| EdgeError::Cipher {
+                        table: self.table.clone(),
+                        column: column.name.clone(),
+                        source,
+                    },
+                )?),
+            };
+            self.cells[slot] = encrypted;
+        }
+        Ok(Outcome::Pass)
+    }
+
+    /// The whole text of a rejected or broken record, encrypted (randomized).
+    pub fn seal_raw(&self, raw: &str) -> Result<String, EdgeError> {
+        self.keyring
+            .encrypt(&self.raw_domain, PiiMode::Randomized, raw.as_bytes())
+            .map_err(|source| EdgeError::Cipher {
+                table: self.table.clone(),
+                column: "_raw".to_owned(),
+                source,
+            })
+    }
+}
+
+fn encrypt_cell(
+    keyring: &Keyring,
+    column: &mut PiiColumn,
+    plain: &str,
+) -> Result<Arc<str>, CipherError> {
+    if column.mode == PiiMode::Deterministic
+        && let Some(hit) = column.cache.get(plain)
+    {
+        return Ok(hit.clone());
+    }
+    let sealed: Arc<str> = keyring
+        .encrypt(&column.domain, column.mode, plain.as_bytes())?
+        .into();
+    if column.mode == PiiMode::Deterministic {
+        if column.cache.len() >= CACHE_LIMIT {
+            column.cache.clear();
+        }
+        column.cache.insert(plain.to_owned(), sealed.clone());
+    }
+    Ok(sealed)
+}

@@ -1,0 +1,56 @@
+//! `pii_decrypt(column)` in gold SQL: the plaintext of an encrypted value, when this run holds
+//! the key its key id names (either mode, any domain); a run without it fails with an error that
+//! says so, rather than returning ciphertext as if it were data.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
+use deltalake::datafusion::common::ScalarValue;
+use deltalake::datafusion::error::DataFusionError;
+use deltalake::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+use deltalake::datafusion::prelude::SessionContext;
+
+use super::Keyring;
+
+/// Registers `pii_decrypt` in `ctx`, decrypting with `keys`.
+pub fn register(ctx: &SessionContext, keys: &Arc<Keyring>) {
+    let keys = keys.clone();
+    let decrypt = Arc::new(move |args: &[ColumnarValue]| {
+        let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let text = cast(&arrays[0], &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let mut out = StringBuilder::with_capacity(text.len(), text.value_data().len());
+        for i in 0..text.len() {
+            if text.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            let Some(plain) = keys.decrypt_any(text.value(i)) else {
+                return Err(DataFusionError::Execution(
+                    "pii_decrypt: a value this run cannot decrypt (no key for its key id in this \
+                     environment's keyset, or not an encrypted value)\n  hint: set the \
+                     environment's root key (FRAMEWORK_ROOT_KEY or FRAMEWORK_ROOT_KEY_FILE) and \
+                     FRAMEWORK_ENV"
+                        .to_owned(),
+                ));
+            };
+            out.append_value(String::from_utf8_lossy(&plain));
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+        } else {
+            ColumnarValue::Array(array)
+        })
+    });
+    ctx.register_udf(create_udf(
+        "pii_decrypt",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        decrypt,
+    ));
+}
