@@ -26,6 +26,8 @@ use super::problem::Problem;
 pub enum Scope {
     Read,
     Ingest,
+    /// See a table's PII columns decrypted (with `read`).
+    Pii,
 }
 
 impl Scope {
@@ -33,6 +35,7 @@ impl Scope {
         match self {
             Self::Read => "read",
             Self::Ingest => "ingest",
+            Self::Pii => "pii",
         }
     }
 }
@@ -92,11 +95,11 @@ impl Tokens {
                 for scope in &entry.scopes {
                     let known = scope == "*"
                         || scope.split_once(':').is_some_and(|(kind, table)| {
-                            matches!(kind, "read" | "ingest") && !table.is_empty()
+                            matches!(kind, "read" | "ingest" | "pii") && !table.is_empty()
                         });
                     if !known {
                         return Err(err(format!(
-                            "entry {i} (`{}`): scope `{scope}` is not `read:<table>`, `ingest:<table>` or `*`",
+                            "entry {i} (`{}`): scope `{scope}` is not `read:<table>`, `ingest:<table>`, `pii:<table>` or `*`",
                             entry.name
                         )));
                     }
@@ -133,6 +136,9 @@ impl Tokens {
         if !self.any() {
             return match scope {
                 Scope::Read => Ok(None),
+                Scope::Pii => Err(Problem::unauthorized(
+                    "decrypted PII needs a bearer token with the `pii` scope",
+                )),
                 Scope::Ingest => Err(Problem::unauthorized(
                     "writes need a bearer token, and this gateway has none configured",
                 )
@@ -217,6 +223,13 @@ mod tests {
             Some("loader".to_owned())
         );
         assert!(tokens.allow(bearer, Scope::Read, "customers").is_ok());
+        // Reading is not seeing PII in clear: that is its own scope.
+        assert!(tokens.allow(bearer, Scope::Pii, "customers").is_err());
+        assert!(
+            Tokens::default()
+                .allow(None, Scope::Pii, "customers")
+                .is_err()
+        );
         assert_eq!(
             tokens
                 .allow(bearer, Scope::Ingest, "customers")

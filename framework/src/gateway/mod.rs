@@ -514,6 +514,23 @@ async fn read_table(
         }
         _ => read::Shown::All,
     };
+    // The table's PII columns, shown decrypted to a caller holding its `pii` scope.
+    let decrypt = match owner {
+        Some(owner)
+            if matches!(layer, Layer::Bronze | Layer::Silver)
+                && gateway
+                    .tokens
+                    .allow(authorization(&headers), Scope::Pii, &table)
+                    .is_ok() =>
+        {
+            let columns = pii_columns(&gateway.project, owner);
+            (!columns.is_empty()).then(|| read::Decrypt {
+                keys: gateway.keys.clone(),
+                columns,
+            })
+        }
+        _ => None,
+    };
     read::read(
         &gateway.lake,
         read::ReadRequest {
@@ -521,10 +538,40 @@ async fn read_table(
             table,
             params,
             shown,
+            decrypt,
         },
         &headers,
     )
     .await
+}
+
+/// The encrypted columns of `table`'s tables: its own PII columns and those its enrichment
+/// brings from another table's PII columns; each with its domain when deterministic.
+fn pii_columns(
+    project: &Project,
+    table: &crate::idcard::Table,
+) -> std::collections::BTreeMap<String, Option<String>> {
+    use crate::pii::PiiMode;
+    let entry = |pii: &crate::idcard::model::ColumnPii| {
+        (pii.mode == PiiMode::Deterministic).then(|| pii.domain.clone())
+    };
+    let mut columns: std::collections::BTreeMap<String, Option<String>> = table
+        .columns
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), entry(c.pii.as_ref()?))))
+        .collect();
+    for enrich in &table.config.enrich {
+        let Some(from) = project.table(&enrich.from) else {
+            continue;
+        };
+        for column in &enrich.columns {
+            let (source, target) = crate::idcard::compile::enrich_column_names(column);
+            if let Some(pii) = from.column(&source).and_then(|c| c.pii.as_ref()) {
+                columns.insert(target, entry(pii));
+            }
+        }
+    }
+    columns
 }
 
 async fn quality_results(
@@ -542,6 +589,7 @@ async fn quality_results(
             table: "results".to_owned(),
             params,
             shown: read::Shown::All,
+            decrypt: None,
         },
         &headers,
     )

@@ -109,6 +109,16 @@ pub struct ReadRequest {
     pub params: Vec<(String, String)>,
     /// The columns the table's idcard lets reads show.
     pub shown: Shown,
+    /// Set when the caller holds the table's `pii` scope: its PII columns are shown decrypted.
+    pub decrypt: Option<Decrypt>,
+}
+
+/// The PII columns a read decrypts, and the keys.
+pub struct Decrypt {
+    pub keys: std::sync::Arc<crate::pii::Keyring>,
+    /// Column -> its domain when deterministic (an equality filter on it is encrypted and
+    /// compared with the stored ciphertext), `None` when randomized (no filter on it).
+    pub columns: BTreeMap<String, Option<String>>,
 }
 
 /// Which columns of a table a read may show, select, filter and sort on; the others are as
@@ -138,6 +148,7 @@ pub async fn read(
         table,
         params,
         shown,
+        decrypt,
     } = request;
     let mut options = Options::default();
     let mut filters: Vec<(String, &'static str, String)> = Vec::new();
@@ -174,6 +185,9 @@ pub async fn read(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     )?;
     let ctx = session();
+    if let Some(decrypt) = &decrypt {
+        crate::pii::udf::register(&ctx, &decrypt.keys);
+    }
     let internal = |e: &dyn std::fmt::Display| {
         Problem::internal(format!("reading {}/{table}: {e}", layer.dir()))
     };
@@ -223,6 +237,25 @@ pub async fn read(
     for (column, op, value) in &filters {
         known(column)?;
         let field = schema.field_with_name(column).expect("checked");
+        let sealed;
+        let value = match decrypt
+            .as_ref()
+            .and_then(|d| Some((d, d.columns.get(column)?)))
+        {
+            None => value,
+            Some((d, Some(domain))) if matches!(*op, "=" | "<>") => {
+                sealed = d
+                    .keys
+                    .encrypt(domain, crate::pii::PiiMode::Deterministic, value.as_bytes())
+                    .map_err(|e| internal(&e))?;
+                &sealed
+            }
+            Some(_) => {
+                return Err(Problem::bad_request(format!(
+                    "filter `{column}`: a PII column is stored encrypted; only an equality (or `.ne`) filter on a deterministic one can be answered"
+                )));
+            }
+        };
         let typed = typed_value(value, field.data_type()).map_err(|reason| {
             Problem::bad_request(format!(
                 "filter `{column}`: `{value}` is not a {}: {reason}",
@@ -273,6 +306,24 @@ pub async fn read(
     frame = frame
         .limit(options.offset, options.limit)
         .map_err(|e| internal(&e))?;
+    if let Some(decrypt) = &decrypt {
+        use deltalake::datafusion::execution::FunctionRegistry as _;
+        let udf = ctx.udf("pii_decrypt").map_err(|e| internal(&e))?;
+        let exprs: Vec<Expr> = frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = col(format!("\"{}\"", f.name().replace('"', "\"\"")));
+                if decrypt.columns.contains_key(f.name()) {
+                    udf.call(vec![c]).alias(f.name())
+                } else {
+                    c
+                }
+            })
+            .collect();
+        frame = frame.select(exprs).map_err(|e| internal(&e))?;
+    }
     let out_schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.execute_stream().await.map_err(|e| internal(&e))?;
     let (encoder, head) = Encoder::new(format, &out_schema).map_err(|e| internal(&e))?;

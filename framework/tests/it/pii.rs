@@ -472,3 +472,98 @@ fn a_second_environment_with_only_another_root_key_reads_the_data_and_a_wrong_ke
     }
     let _ = project;
 }
+
+/// The data key id of a wire-format value.
+fn key_id(sealed: &str) -> u32 {
+    use base64::Engine as _;
+    let wire = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(sealed)
+        .unwrap();
+    u32::from_be_bytes(wire[1..5].try_into().unwrap())
+}
+
+#[test]
+fn after_a_rotation_new_values_use_the_new_key_and_old_ones_still_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyset = dir.path().join("stage.keyset.json");
+    let root = dir.path().join("root.key");
+    let lake = dir.path().join("lake");
+    let cmd = || {
+        let mut cmd = framework(&lake);
+        cmd.env("FRAMEWORK_ENV", "stage")
+            .env("FRAMEWORK_KEYSET", &keyset)
+            .env_remove("FRAMEWORK_ROOT_KEY")
+            .env("FRAMEWORK_ROOT_KEY_FILE", &root);
+        cmd
+    };
+    for args in [
+        vec!["keys", "new-root", "--out", root.to_str().unwrap()],
+        vec!["keys", "create"],
+    ] {
+        let mut c = cmd();
+        c.args(&args);
+        ok(c);
+    }
+    let mut first = cmd();
+    first
+        .args(["run", "--table", "sellers", "--data"])
+        .arg(sample());
+    ok(first);
+    let mut rotate = cmd();
+    rotate.args(["keys", "rotate", "--domain", "location"]);
+    let out = ok(rotate);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("now encrypts with data key"), "{said}");
+    // A second delivery: one new seller.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("olist_sellers_dataset.csv"),
+        "seller_id,seller_zip_code_prefix,seller_city,seller_state\nrotated-seller,4321,campinas,SP\n",
+    )
+    .unwrap();
+    let mut second = cmd();
+    second
+        .args(["run", "--table", "sellers", "--data"])
+        .arg(&data);
+    ok(second);
+    let mut list = cmd();
+    list.args(["keys", "list"]);
+    let listed = String::from_utf8_lossy(&ok(list).stdout).to_string();
+    assert!(
+        listed.contains("(primary)") && listed.matches("location").count() == 2,
+        "{listed}"
+    );
+
+    let file = framework::pii::keyset::Keyset::load(&keyset)
+        .unwrap()
+        .unwrap();
+    let roots = framework::pii::keyset::root_keys_from_file(&root).unwrap();
+    let keys = file.unlock(&keyset, &roots).unwrap();
+    let newest = file.domains["location"].primary;
+    let sellers = batches(
+        &lake,
+        Layer::Silver,
+        "sellers",
+        "SELECT seller_id, seller_zip_code_prefix FROM t",
+    );
+    let (mut old, mut new) = (0, 0);
+    for batch in &sellers {
+        let (ids, zips) = (strings(batch, 0), strings(batch, 1));
+        for r in 0..batch.num_rows() {
+            let sealed = zips[r].as_deref().unwrap();
+            let plain = String::from_utf8(keys.decrypt("location", sealed).unwrap()).unwrap();
+            assert_eq!(plain.len(), 5, "{plain}");
+            if ids[r].as_deref() == Some("rotated-seller") {
+                assert_eq!(plain, "04321");
+                assert_eq!(key_id(sealed), newest, "the new value uses the new key");
+                new += 1;
+            } else {
+                assert_ne!(key_id(sealed), newest, "an old value keeps its key");
+                old += 1;
+            }
+        }
+    }
+    assert_eq!(new, 1);
+    assert!(old > 50, "{old} sellers from before the rotation");
+}
