@@ -120,6 +120,22 @@ impl Keyring {
         self.domains.get(domain).map(|d| d.primary)
     }
 
+    /// Data key `key_id` of `domain`.
+    fn key(&self, domain: &str, key_id: u32) -> Result<&DataKey, CipherError> {
+        let keys = self
+            .domains
+            .get(domain)
+            .ok_or_else(|| CipherError::UnknownDomain {
+                domain: domain.to_owned(),
+            })?;
+        keys.keys
+            .get(&key_id)
+            .ok_or_else(|| CipherError::UnknownKey {
+                domain: domain.to_owned(),
+                key_id,
+            })
+    }
+
     /// `plaintext` encrypted under `domain`'s primary key, as wire-format text.
     pub fn encrypt(
         &self,
@@ -127,19 +143,12 @@ impl Keyring {
         mode: PiiMode,
         plaintext: &[u8],
     ) -> Result<String, CipherError> {
-        let keys = self
-            .domains
-            .get(domain)
+        let primary = self
+            .primary(domain)
             .ok_or_else(|| CipherError::UnknownDomain {
                 domain: domain.to_owned(),
             })?;
-        let key = keys
-            .keys
-            .get(&keys.primary)
-            .ok_or_else(|| CipherError::UnknownKey {
-                domain: domain.to_owned(),
-                key_id: keys.primary,
-            })?;
+        let key = self.key(domain, primary)?;
         let failed = || CipherError::Failed {
             domain: domain.to_owned(),
             key_id: key.id,
@@ -197,19 +206,7 @@ impl Keyring {
             return Err(not_ciphertext());
         }
         let key_id = u32::from_be_bytes(wire[1..HEADER].try_into().expect("four bytes"));
-        let keys = self
-            .domains
-            .get(domain)
-            .ok_or_else(|| CipherError::UnknownDomain {
-                domain: domain.to_owned(),
-            })?;
-        let key = keys
-            .keys
-            .get(&key_id)
-            .ok_or_else(|| CipherError::UnknownKey {
-                domain: domain.to_owned(),
-                key_id,
-            })?;
+        let key = self.key(domain, key_id)?;
         let failed = || CipherError::Failed {
             domain: domain.to_owned(),
             key_id,
