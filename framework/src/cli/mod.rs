@@ -683,13 +683,14 @@ fn produce(
     })?;
     bar.finish_and_clear();
     println!(
-        "produced {} messages for {} rows to {} ({} late, {} duplicated, {} broken) in {:.2}s",
+        "produced {} messages for {} rows to {} ({} late, {} duplicated, {} broken, {} warned at the edge) in {:.2}s",
         stats.messages,
         stats.rows_read,
         table.topic(),
         stats.late,
         stats.duplicates,
         stats.broken,
+        stats.warnings,
         stats.seconds
     );
     Ok(())

@@ -246,7 +246,8 @@ async fn refine_lane(
                     Ok(stats) => {
                         report.quarantined = stats.quarantined;
                         report.dropped = stats.dropped;
-                        report.warnings = stats.warnings.values().sum();
+                        // Plus the edge's (PII columns), counted when the table was produced.
+                        report.warnings += stats.warnings.values().sum::<u64>();
                         report.silver = stats.rows_after;
                         report.silver_s = stats.seconds;
                         reports[i] = Some(report);
@@ -322,6 +323,7 @@ async fn produce_lane(
                 deliveries::record(&lake, &delivery, stats.messages).await?;
                 report.rows_read = stats.rows_read;
                 report.produced = stats.messages;
+                report.warnings = stats.warnings;
                 report.produce_s = stats.seconds;
             }
         }

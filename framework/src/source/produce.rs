@@ -56,6 +56,8 @@ pub struct ProduceStats {
     pub late: u64,
     pub duplicates: u64,
     pub broken: u64,
+    /// Rows that broke a `warn` expectation on a PII column (checked here, at the edge).
+    pub warnings: u64,
     pub seconds: f64,
 }
 
@@ -182,6 +184,7 @@ pub fn produce(
     })?;
     stats.seconds = started.elapsed().as_secs_f64();
     for (rule, rows) in encoder.edge_warnings().into_iter().flatten() {
+        stats.warnings += rows;
         tracing::warn!(
             table = table.name(),
             rule,

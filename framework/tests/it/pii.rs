@@ -568,3 +568,43 @@ fn after_a_rotation_new_values_use_the_new_key_and_old_ones_still_decrypt() {
     assert_eq!(new, 1);
     assert!(old > 50, "{old} sellers from before the rotation");
 }
+
+#[test]
+fn a_warn_rule_on_a_pii_column_is_counted_at_the_edge_and_keeps_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let idcards = idcards_with(
+        dir.path(),
+        "customers.yaml",
+        "{ column: customer_zip_code_prefix, matches: '^[0-9]{5}$', action: quarantine }",
+        "{ column: customer_zip_code_prefix, matches: '^[0-9]{5}$', action: warn }",
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("olist_customers_dataset.csv"),
+        "customer_id,customer_unique_id,customer_zip_code_prefix,customer_city,customer_state\n\
+         w1,p1,01001,sao paulo,SP\n\
+         w2,p2,ABCDE,sao paulo,SP\n",
+    )
+    .unwrap();
+    let lake = dir.path().join("lake");
+    let report = dir.path().join("report.json");
+    let mut run = framework(&lake);
+    run.arg("--idcards").arg(&idcards);
+    run.args(["run", "--table", "customers", "--until", "silver", "--data"])
+        .arg(&data)
+        .arg("--report")
+        .arg(&report);
+    ok(run);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let customers = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "customers")
+        .unwrap();
+    assert_eq!(customers["warnings"], 1, "{customers}");
+    assert_eq!(customers["rejected"], 0, "{customers}");
+    assert_eq!(customers["silver"], 2, "{customers}");
+}
