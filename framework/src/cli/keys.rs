@@ -48,20 +48,7 @@ pub fn run(
     project: &Project,
     project_dir: &Path,
 ) -> Result<()> {
-    let mut options = KeysetOptions::from_env(project_dir);
-    if options.environment != environment {
-        options = KeysetOptions {
-            path: std::env::var_os("FRAMEWORK_KEYSET").map_or_else(
-                || {
-                    project_dir
-                        .join("keys")
-                        .join(format!("{environment}.keyset.json"))
-                },
-                PathBuf::from,
-            ),
-            environment: environment.to_owned(),
-        };
-    }
+    let options = KeysetOptions::for_environment(project_dir, environment);
     match command {
         KeysCommand::Create => {
             let roots = keyset::root_keys(&options, true)?;
@@ -135,11 +122,10 @@ pub fn run(
                         .map(|k| k.id)
                         .collect();
                     if !orphans.is_empty() {
-                        return Err(keyset::Error::Parse {
+                        return Err(keyset::Error::WouldLose {
                             path: options.path.clone(),
-                            message: format!(
-                                "data key(s) {orphans:?} are wrapped under root key {fingerprint} only; removing it would lose them (rewrap under another root key first)"
-                            ),
+                            fingerprint: fingerprint.clone(),
+                            keys: format!("{orphans:?}"),
                         });
                     }
                     Ok(keyset.drop_root(&fingerprint))

@@ -390,8 +390,12 @@ fn load(idcards: &std::path::Path) -> Result<Project> {
 /// The data keys of the idcards' PII columns (`keys/<env>.keyset.json` beside the idcards
 /// folder unless FRAMEWORK_KEYSET says otherwise).
 fn keyring(cli: &Global, project: &Project) -> Result<std::sync::Arc<crate::pii::Keyring>> {
-    let dir = cli.idcards.parent().unwrap_or(std::path::Path::new(""));
-    Ok(crate::pii::keyring(project, dir)?)
+    Ok(crate::pii::keyring(project, project_dir(cli))?)
+}
+
+/// The folder that holds the idcards folder (and `keys/`).
+fn project_dir(cli: &Global) -> &std::path::Path {
+    cli.idcards.parent().unwrap_or(std::path::Path::new(""))
 }
 
 /// The idcards, the gold models and the quality suites the command line names.
@@ -517,8 +521,7 @@ fn execute(
             command,
         } => {
             let project = load(&env.cli.idcards)?;
-            let dir = env.cli.idcards.parent().unwrap_or(std::path::Path::new(""));
-            keys::run(command, &environment, &project, dir)
+            keys::run(command, &environment, &project, project_dir(&env.cli))
         }
     }
 }

@@ -11,7 +11,6 @@
 //! comes once the accepted records are visible in silver and gold, with the versions written.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use deltalake::arrow::array::{AsArray, RecordBatch};
@@ -23,7 +22,6 @@ use crate::bus::{Batch, partition_for};
 use crate::idcard::Table;
 use crate::lake::{Lake, Layer, collect_batches, session};
 use crate::offsets::{OFFSET, PARTITION};
-use crate::pii::Keyring;
 use crate::pii::edge::{Edge, Outcome};
 
 use super::Gateway;
@@ -139,18 +137,18 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Value>,
 }
 
 /// Adds the messages of `records` for `table`'s topic to `batch`; returns each one's partition.
-/// PII columns are encrypted here, as the CSV producer does ([`crate::pii::edge`]); a record
-/// that breaks an edge expectation goes on as a reject, its text encrypted.
+/// PII columns are encrypted here by `edge` (the table's, [`crate::pii::edge`]), as the CSV
+/// producer does; a record that breaks an edge expectation goes on as a reject, its text
+/// encrypted.
 pub fn push_messages(
     table: &Table,
-    keys: &Arc<Keyring>,
+    edge: &mut Option<Edge>,
     records: &[Value],
     partitions: u32,
     batch: &mut Batch,
 ) -> Vec<u32> {
     let now = chrono::Utc::now();
     let timestamp = crate::source::rfc3339_micros(now);
-    let mut edge = Edge::new(table, keys);
     let mut partition_of = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
         let line = Value::String((i + 1).to_string());
@@ -171,7 +169,7 @@ pub fn push_messages(
                 Value::Object(message).to_string(),
             )
         };
-        let (key, value) = match (record, &mut edge) {
+        let (key, value) = match (record, &mut *edge) {
             (Value::Object(fields), Some(edge)) => match protect(table, edge, i, fields) {
                 Ok(message) => message_of(table, message, &line, &timestamp),
                 Err(reason) => broken(reason, edge),

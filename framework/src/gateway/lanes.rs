@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bus::{Batch, Bus, partition_for};
 use crate::idcard::Table;
 use crate::lake::Layer;
-use crate::pii::Keyring;
+use crate::pii::{Edge, Keyring};
 
 use super::Gateway;
 use super::ingest::{self, Refused};
@@ -208,6 +208,9 @@ fn committer(
     appended: &AtomicU64,
 ) {
     let mut keys: Option<Keys> = None;
+    // The table's PII columns are encrypted here, before the topic; one edge serves every group
+    // (its rules compiled once, its deterministic ciphertexts remembered across requests).
+    let mut edge = Edge::new(table, pii);
     while let Some(first) = queue.blocking_recv() {
         let mut records = first.records.len();
         let mut group = vec![first];
@@ -221,7 +224,7 @@ fn committer(
             }
         }
         let refresh = group.iter().any(|a| a.refresh);
-        commit_group(bus, table, pii, &mut keys, group, appended);
+        commit_group(bus, table, &mut edge, &mut keys, group, appended);
         if refresh {
             let seq = appended.load(Ordering::SeqCst);
             let _ = refreshes.send(Refresh::Kick { seq });
@@ -241,7 +244,7 @@ struct Placed {
 fn commit_group(
     bus: &Bus,
     table: &Table,
-    pii: &Arc<Keyring>,
+    edge: &mut Option<Edge>,
     keys: &mut Option<Keys>,
     group: Vec<Append>,
     appended: &AtomicU64,
@@ -263,7 +266,7 @@ fn commit_group(
     let log = match bus {
         Bus::Embedded(log) => log,
         Bus::Kafka(kafka) => {
-            send_to_kafka(kafka, table, pii, partitions, group, appended);
+            send_to_kafka(kafka, table, edge, partitions, group, appended);
             return;
         }
     };
@@ -298,7 +301,7 @@ fn commit_group(
         batch,
         placed,
         keyed,
-    } = place_group(table, pii, partitions, &starts, opened, group);
+    } = place_group(table, edge, partitions, &starts, opened, group);
     let answer = |placed: Vec<Placed>, problem: Option<Problem>| {
         for p in placed {
             let _ = p.reply.send(match &problem {
@@ -362,7 +365,7 @@ struct Placement {
 /// that reached some partitions only appends the records of the others (see [`super::keys`]).
 fn place_group(
     table: &Table,
-    pii: &Arc<Keyring>,
+    edge: &mut Option<Edge>,
     partitions: u32,
     starts: &[u64],
     keys: &Keys,
@@ -414,7 +417,7 @@ fn place_group(
             Some((_, known)) => {
                 let mut scratch = Batch::default();
                 let partition_of =
-                    ingest::push_messages(table, pii, &append.records, partitions, &mut scratch);
+                    ingest::push_messages(table, edge, &append.records, partitions, &mut scratch);
                 let mut positions = to_positions(&known.positions);
                 for ((message, partition), position) in
                     scratch.iter().zip(partition_of).zip(&mut positions)
@@ -426,7 +429,7 @@ fn place_group(
                 }
                 positions
             }
-            None => ingest::push_messages(table, pii, &append.records, partitions, &mut batch)
+            None => ingest::push_messages(table, edge, &append.records, partitions, &mut batch)
                 .into_iter()
                 .map(&mut place)
                 .collect::<Vec<_>>(),
@@ -474,7 +477,7 @@ fn first_in_each_partition(batch: &Batch, partitions: u32, starts: &[u64]) -> Ve
 fn send_to_kafka(
     kafka: &crate::bus::KafkaBus,
     table: &Table,
-    pii: &Arc<Keyring>,
+    edge: &mut Option<Edge>,
     partitions: u32,
     group: Vec<Append>,
     appended: &AtomicU64,
@@ -484,7 +487,7 @@ fn send_to_kafka(
     let counts: Vec<usize> = group
         .iter()
         .map(|append| {
-            ingest::push_messages(table, pii, &append.records, partitions, &mut batch).len()
+            ingest::push_messages(table, edge, &append.records, partitions, &mut batch).len()
         })
         .collect();
     let sent = kafka.send_placed(topic, &batch);

@@ -69,11 +69,6 @@ impl Table {
             .filter(|e| self.column(&e.column).is_none_or(|c| c.pii.is_none()))
     }
 
-    /// Whether any column is encrypted at the edge.
-    pub fn has_pii(&self) -> bool {
-        self.columns.iter().any(|c| c.pii.is_some())
-    }
-
     pub fn arrow_schema(&self) -> Arc<Schema> {
         Arc::new(Schema::new(self.arrow_fields()))
     }

@@ -84,10 +84,6 @@ impl DataKey {
         let gcm = Aes256Gcm::new_from_slice(&material[64..]).expect("32 bytes make an AES-256 key");
         Self { id, siv, gcm }
     }
-
-    pub fn id(&self) -> u32 {
-        self.id
-    }
 }
 
 impl fmt::Debug for DataKey {

@@ -110,6 +110,8 @@ pub struct Edge {
     /// Domain of a rejected or broken record's whole text.
     raw_domain: String,
     keyring: Arc<Keyring>,
+    /// Per schema column, its slot in `columns` when it is a PII column.
+    slots: Vec<Option<usize>>,
     /// The encrypted cells of the record at hand, one per PII column (`None`: null).
     cells: Vec<Option<Arc<str>>>,
     plain: String,
@@ -150,7 +152,12 @@ impl Edge {
             })
             .collect();
         let raw_domain = columns.first()?.domain.clone();
+        let mut slots = vec![None; table.columns.len()];
+        for (slot, column) in columns.iter().enumerate() {
+            slots[column.at] = Some(slot);
+        }
         Some(Self {
+            slots,
             table: table.name().to_owned(),
             cells: vec![None; columns.len()],
             columns,
@@ -163,7 +170,7 @@ impl Edge {
 
     /// Whether the column at schema position `at` is encrypted here; its slot in [`Self::cell`].
     pub fn slot(&self, at: usize) -> Option<usize> {
-        self.columns.iter().position(|c| c.at == at)
+        self.slots.get(at).copied().flatten()
     }
 
     /// The encrypted cell of PII column `slot` for the record last passed to [`Self::protect`].
@@ -183,13 +190,9 @@ impl Edge {
             let value = cell(column.at);
             self.plain.clear();
             let value = value.map(|v| {
-                match column.pad {
-                    Some((width, pad)) if (v.chars().count() as u32) < width => {
-                        for _ in 0..width - v.chars().count() as u32 {
-                            self.plain.push(pad);
-                        }
-                    }
-                    _ => {}
+                if let Some((width, pad)) = column.pad {
+                    let short = (width as usize).saturating_sub(v.chars().count());
+                    self.plain.extend(std::iter::repeat_n(pad, short));
                 }
                 self.plain.push_str(v);
                 self.plain.as_str()

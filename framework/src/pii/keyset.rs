@@ -71,6 +71,14 @@ pub enum Error {
         domain: String,
         used_by: String,
     },
+    #[error(
+        "{path}: data key(s) {keys} are wrapped under root key {fingerprint} only; removing it would lose them\n  hint: `framework keys rewrap --add-root-file FILE` wraps them under another root key first"
+    )]
+    WouldLose {
+        path: PathBuf,
+        fingerprint: String,
+        keys: String,
+    },
     #[error("{path}: no domain `{domain}` to rotate (the keyset has: {known})")]
     UnknownDomain {
         path: PathBuf,
@@ -160,6 +168,12 @@ impl KeysetOptions {
             .ok()
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "dev".to_owned());
+        Self::for_environment(project, &environment)
+    }
+
+    /// `environment`'s keyset: `FRAMEWORK_KEYSET`, else `keys/<environment>.keyset.json` under
+    /// `project`.
+    pub fn for_environment(project: &Path, environment: &str) -> Self {
         let path = std::env::var_os("FRAMEWORK_KEYSET").map_or_else(
             || {
                 project
@@ -168,7 +182,10 @@ impl KeysetOptions {
             },
             PathBuf::from,
         );
-        Self { environment, path }
+        Self {
+            environment: environment.to_owned(),
+            path,
+        }
     }
 
     fn is_dev(&self) -> bool {

@@ -235,8 +235,6 @@ pub struct Encoder {
     line_text: String,
     /// The table's PII columns, encrypted here, before the topic (none: `None`).
     edge: Option<Edge>,
-    /// Per schema column, its slot in the edge when it is a PII column.
-    slots: Vec<Option<usize>>,
 }
 
 impl Encoder {
@@ -248,9 +246,6 @@ impl Encoder {
             .chain(AFTER.iter().map(|f| (*f).to_owned()))
             .collect();
         let edge = Edge::new(table, keys);
-        let slots = (0..table.columns.len())
-            .map(|at| edge.as_ref().and_then(|e| e.slot(at)))
-            .collect();
         Self {
             fields,
             key: table
@@ -261,7 +256,6 @@ impl Encoder {
             key_text: String::new(),
             line_text: String::new(),
             edge,
-            slots,
         }
     }
 
@@ -323,10 +317,9 @@ impl Encoder {
                     return Ok(());
                 }
                 let edge = self.edge.as_ref();
-                let slots = &self.slots;
-                let value = |column: usize| match (edge, slots[column]) {
-                    (Some(edge), Some(slot)) => edge.cell(slot),
-                    _ => Some(cell(column)).filter(|c| !c.is_empty()),
+                let value = |column: usize| match edge.and_then(|e| Some((e, e.slot(column)?))) {
+                    Some((edge, slot)) => edge.cell(slot),
+                    None => Some(cell(column)).filter(|c| !c.is_empty()),
                 };
                 for (i, &column) in self.key.iter().enumerate() {
                     if i > 0 {
