@@ -175,6 +175,19 @@ impl<'de> Visitor<'de> for MessageVisitor<'_> {
                     }
                 },
             };
+            if let Some(at) = cell
+                && columns[at].data_type.is_nested()
+            {
+                // A nested value as JSON text: this producer's (a string holding the JSON) or
+                // another's (the JSON value itself).
+                outcome.fields.cells[at] = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(text) if text.is_empty() => None,
+                    serde_json::Value::String(text) => Some(Cow::Owned(text)),
+                    other => Some(Cow::Owned(other.to_string())),
+                };
+                continue;
+            }
             let value = map.next_value::<Cell<'de>>()?;
             let value = match value {
                 Cell::Text(text) if text.is_empty() => None,

@@ -9,11 +9,13 @@
 
 mod ingest;
 mod message;
+mod nested;
 mod parse;
 #[cfg(test)]
 mod tests;
 
 pub use ingest::{BronzeOptions, BronzeStats, ingest};
+pub use nested::json_kind;
 pub use parse::{Parsed, bronze_schema, parse_messages};
 
 /// Errors of bronze ingestion.

@@ -370,7 +370,11 @@ fn type_columns(
 ) -> Result<Vec<ArrayRef>, ArrowError> {
     let mut typed: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + META.len());
     for (column, text) in table.columns.iter().zip(text) {
-        let array = type_column(column.data_type, column.format.as_deref(), &text)?;
+        if column.data_type.is_nested() {
+            typed.push(super::nested::type_column(column, &text, reasons)?);
+            continue;
+        }
+        let array = type_column(&column.data_type, column.format.as_deref(), &text)?;
         for (i, reason) in reasons.iter_mut().enumerate() {
             if reason.is_some() {
                 continue;
@@ -487,7 +491,7 @@ fn rejects(
 
 /// Casts text to the column type; a value that does not parse becomes null (caught by the caller).
 fn type_column(
-    data_type: ColumnType,
+    data_type: &ColumnType,
     format: Option<&str>,
     text: &StringArray,
 ) -> Result<ArrayRef, ArrowError> {

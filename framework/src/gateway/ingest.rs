@@ -195,11 +195,19 @@ fn protect(
     let columns = &table.columns;
     // The PII cells as text, as bronze would read them (a number or a bool as its JSON text);
     // an array or an object cannot be a string cell: a reject, sealed like any.
+    // A nested column with PII leaves goes as its JSON text.
     let mut texts: Vec<Option<String>> = vec![None; columns.len()];
-    for (at, column) in columns.iter().enumerate().filter(|(_, c)| c.pii.is_some()) {
+    for (at, column) in columns
+        .iter()
+        .enumerate()
+        .filter(|(at, _)| edge.slot(*at).is_some())
+    {
         texts[at] = match fields.get(&column.name) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
+            Some(nested @ (Value::Array(_) | Value::Object(_))) if column.data_type.is_nested() => {
+                Some(nested.to_string())
+            }
             Some(Value::Array(_) | Value::Object(_)) => {
                 return Err(format!(
                     "column `{}`: expected a text value, got a nested value",
@@ -220,9 +228,13 @@ fn protect(
         if let Some(slot) = edge.slot(at)
             && message.contains_key(&column.name)
         {
-            let sealed = edge
-                .cell(slot)
-                .map_or(Value::Null, |c| Value::String(c.to_owned()));
+            let sealed = match edge.cell(slot) {
+                None => Value::Null,
+                Some(json) if column.data_type.is_nested() => {
+                    serde_json::from_str(json).map_err(|e| e.to_string())?
+                }
+                Some(text) => Value::String(text.to_owned()),
+            };
             message.insert(column.name.clone(), sealed);
         }
     }

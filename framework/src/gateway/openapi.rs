@@ -234,42 +234,70 @@ fn ingest_operation(table: &Table, record: &str, fast: bool) -> Value {
 
 /// A table's record as its idcard declares it (what /ingest takes).
 fn record_schema(table: &Table) -> Value {
+    let fields = table
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), &c.data_type, c.nullable));
+    let mut schema = object_schema(fields);
+    schema["description"] = table.config.description.clone().into();
+    schema
+}
+
+/// An object of named, typed fields (a record or a struct value).
+fn object_schema<'a>(fields: impl Iterator<Item = (&'a str, &'a ColumnType, bool)>) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
-    for column in &table.columns {
-        let mut schema = match column.data_type {
-            ColumnType::String => json!({ "type": "string" }),
-            ColumnType::Int => json!({ "type": "integer" }),
-            ColumnType::Double => json!({ "type": "number" }),
-            ColumnType::Decimal { precision, scale } => json!({
-                "type": ["number", "string"],
-                "description": format!("decimal({precision},{scale})"),
-            }),
-            ColumnType::Timestamp => json!({ "type": "string", "format": "date-time" }),
-            ColumnType::Date => json!({ "type": "string", "format": "date" }),
-            ColumnType::Bool => json!({ "type": "boolean" }),
-        };
-        if column.nullable {
-            let kinds = match schema["type"].take() {
-                Value::Array(mut kinds) => {
-                    kinds.push("null".into());
-                    kinds
-                }
-                kind => vec![kind, "null".into()],
-            };
-            schema["type"] = Value::Array(kinds);
-        } else {
-            required.push(column.name.clone());
+    for (name, data_type, nullable) in fields {
+        let schema = value_schema(data_type);
+        if !nullable {
+            required.push(name.to_owned());
         }
-        properties.insert(column.name.clone(), schema);
+        properties.insert(
+            name.to_owned(),
+            if nullable { or_null(schema) } else { schema },
+        );
     }
     json!({
         "type": "object",
-        "description": table.config.description,
         "properties": properties,
         "required": required,
         "additionalProperties": false,
     })
+}
+
+/// The JSON Schema of one value of `data_type`.
+fn value_schema(data_type: &ColumnType) -> Value {
+    match data_type {
+        ColumnType::String => json!({ "type": "string" }),
+        ColumnType::Int => json!({ "type": "integer" }),
+        ColumnType::Double => json!({ "type": "number" }),
+        ColumnType::Decimal { precision, scale } => json!({
+            "type": ["number", "string"],
+            "description": format!("decimal({precision},{scale})"),
+        }),
+        ColumnType::Timestamp => json!({ "type": "string", "format": "date-time" }),
+        ColumnType::Date => json!({ "type": "string", "format": "date" }),
+        ColumnType::Bool => json!({ "type": "boolean" }),
+        ColumnType::Struct(fields) => object_schema(
+            fields
+                .iter()
+                .map(|f| (f.name.as_str(), &f.data_type, f.nullable)),
+        ),
+        ColumnType::List(item) => json!({ "type": "array", "items": or_null(value_schema(item)) }),
+    }
+}
+
+/// `schema` that also admits null.
+fn or_null(mut schema: Value) -> Value {
+    let kinds = match schema["type"].take() {
+        Value::Array(mut kinds) => {
+            kinds.push("null".into());
+            kinds
+        }
+        kind => vec![kind, "null".into()],
+    };
+    schema["type"] = Value::Array(kinds);
+    schema
 }
 
 fn problem_schema() -> Value {

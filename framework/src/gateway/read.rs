@@ -325,6 +325,23 @@ pub async fn read(
         frame = frame.select(exprs).map_err(|e| internal(&e))?;
     }
     let out_schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
+    if format == Format::Csv {
+        let nested: Vec<&str> = out_schema
+            .fields()
+            .iter()
+            .filter(|f| f.data_type().is_nested())
+            .map(|f| f.name().as_str())
+            .collect();
+        if !nested.is_empty() {
+            return Err(Problem::not_acceptable(format!(
+                "CSV cannot hold the nested columns {} of `{table}`",
+                nested.join(", ")
+            ))
+            .with_hint(
+                "ask for JSON, NDJSON, Arrow or Parquet, or leave them out with ?columns=",
+            ));
+        }
+    }
     let batches = frame.execute_stream().await.map_err(|e| internal(&e))?;
     let (encoder, head) = Encoder::new(format, &out_schema).map_err(|e| internal(&e))?;
     let what = format!("{}/{table}", layer.dir());

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use jsonschema::error::ValidationErrorKind;
 
@@ -334,12 +334,7 @@ fn check_project(
                     None,
                 );
             }
-            let Some(data_type) = ColumnType::parse(&column.data_type) else {
-                diag(
-                    &format!("/schema/{i}/type"),
-                    format!("unknown type `{}`", column.data_type),
-                    Some(format!("use one of {TYPE_NAMES}")),
-                );
+            let Some(data_type) = column_type(column, &format!("/schema/{i}"), &mut diag) else {
                 continue;
             };
             let pad_char = column.pad_char.chars().next().unwrap_or('0');
@@ -360,6 +355,7 @@ fn check_project(
                 format: column.format.clone(),
                 pad_left: column.pad_left.map(|w| (w, pad_char)),
                 pii: None,
+                nested_pii: Vec::new(),
             });
         }
         check_pii(config, &mut columns, &mut diag);
@@ -379,13 +375,7 @@ fn check_project(
             );
         }
         for (i, key) in config.key.iter().enumerate() {
-            if !names.contains(key.as_str()) {
-                diag(
-                    &format!("/key/{i}"),
-                    format!("key column `{key}` is not in the schema"),
-                    Some(format!("use one of: {}", column_list())),
-                );
-            }
+            check_scalar_column(&columns, key, "key column", &format!("/key/{i}"), &mut diag);
         }
         if !names.contains(config.sequence_by.as_str())
             && !MESSAGE_COLUMNS.contains(&config.sequence_by.as_str())
@@ -422,13 +412,6 @@ fn check_project(
                     Some("e.g. \",\" or \";\"".into()),
                 );
             }
-        }
-        if config.source.format == super::config::SourceFormat::Json {
-            diag(
-                "/source/format",
-                "JSON sources are not supported yet".into(),
-                Some("convert the file to CSV, or use `format: csv`".into()),
-            );
         }
         if let Some(condition) = &config.delete_when {
             if config.mode != super::config::Mode::Diff {
@@ -485,13 +468,13 @@ fn check_project(
                         Some("give both the same `pii:` entry (mode: deterministic, one domain), or neither".into()),
                     );
                 }
-                if !names.contains(mine.as_str()) {
-                    diag(
-                        &format!("/enrich/{i}/on/{}", escape(mine)),
-                        format!("join column `{mine}` is not in this table's schema"),
-                        None,
-                    );
-                }
+                check_scalar_column(
+                    &columns,
+                    mine,
+                    "join column",
+                    &format!("/enrich/{i}/on/{}", escape(mine)),
+                    &mut diag,
+                );
                 if !other_names.contains(theirs.as_str()) {
                     diag(
                         &format!("/enrich/{i}/on/{}", escape(mine)),
@@ -535,20 +518,28 @@ fn check_project(
                     Some("use one of not_null, in_set, between, matches".into()),
                 );
             }
-            match columns.iter().find(|c| c.name == expectation.column) {
-                None => diag(
-                    &format!("/expectations/{i}/column"),
-                    format!("column `{}` is not in the schema", expectation.column),
-                    Some(format!("use one of: {}", column_list())),
-                ),
-                Some(column) if expectation.between.is_some() && !column.data_type.is_numeric() => {
-                    diag(
-                        &format!("/expectations/{i}/between"),
-                        format!("`between` needs a numeric column, `{}` is not", column.name),
-                        None,
-                    )
+            match expectation_type(&columns, &expectation.column) {
+                Err((message, hint)) => {
+                    diag(&format!("/expectations/{i}/column"), message, hint);
                 }
-                Some(_) => {}
+                Ok(data_type) if expectation.between.is_some() && !data_type.is_numeric() => diag(
+                    &format!("/expectations/{i}/between"),
+                    format!(
+                        "`between` needs a numeric column, `{}` is not",
+                        expectation.column
+                    ),
+                    None,
+                ),
+                Ok(data_type) if data_type.is_nested() && expectation.not_null.is_none() => diag(
+                    &format!("/expectations/{i}/column"),
+                    format!(
+                        "`{}` is {}: only `not_null` applies to a nested value",
+                        expectation.column,
+                        data_type.name()
+                    ),
+                    Some("check one of its fields, e.g. `column: address.zip`".into()),
+                ),
+                Ok(_) => {}
             }
             if let Some(pattern) = &expectation.matches
                 && let Err(err) = regex::Regex::new(pattern)
@@ -562,13 +553,8 @@ fn check_project(
         }
         for (i, latest) in config.latest_by.iter().enumerate() {
             for (j, key) in latest.key.iter().enumerate() {
-                if !names.contains(key.as_str()) {
-                    diag(
-                        &format!("/latest_by/{i}/key/{j}"),
-                        format!("column `{key}` is not in the schema"),
-                        Some(format!("use one of: {}", column_list())),
-                    );
-                }
+                let at = format!("/latest_by/{i}/key/{j}");
+                check_scalar_column(&columns, key, "column", &at, &mut diag);
             }
         }
         if let Some(exposed) = &config.gateway.columns {
@@ -606,7 +592,158 @@ fn pii_of<'a>(config: &'a IdcardConfig, column: &str) -> Option<(crate::pii::Pii
         .map(|p| (p.mode, p.domain.as_str()))
 }
 
-/// Checks the `pii:` entries and marks their columns.
+/// The type a column declares (recursively for `struct` and `list<...>`), or `None` after a
+/// diagnostic. `pointer` is the column's JSON pointer in the idcard.
+fn column_type(
+    column: &super::config::ColumnConfig,
+    pointer: &str,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) -> Option<ColumnType> {
+    fn parse(
+        text: &str,
+        column: &super::config::ColumnConfig,
+        pointer: &str,
+        diag: &mut impl FnMut(&str, String, Option<String>),
+    ) -> Option<ColumnType> {
+        let text = text.trim();
+        if let Some(item) = text.strip_prefix("list<").and_then(|t| t.strip_suffix('>')) {
+            return Some(ColumnType::List(Arc::new(parse(
+                item, column, pointer, diag,
+            )?)));
+        }
+        if text == "struct" {
+            if column.fields.is_empty() {
+                diag(
+                    &format!("{pointer}/type"),
+                    format!("struct column `{}` declares no fields", column.name),
+                    Some("list them under `fields:`, each like a column".into()),
+                );
+                return None;
+            }
+            let mut names = HashSet::new();
+            let mut fields = Vec::new();
+            for (j, field) in column.fields.iter().enumerate() {
+                let at = format!("{pointer}/fields/{j}");
+                if !names.insert(field.name.as_str()) {
+                    diag(
+                        &format!("{at}/name"),
+                        format!("duplicate field `{}`", field.name),
+                        None,
+                    );
+                }
+                for (set, what) in [
+                    (field.format.is_some(), "format"),
+                    (field.pad_left.is_some(), "pad_left"),
+                ] {
+                    if set {
+                        diag(
+                            &format!("{at}/{what}"),
+                            format!("`{what}` applies to top-level columns only"),
+                            Some("a nested timestamp or date is ISO 8601 text".into()),
+                        );
+                    }
+                }
+                fields.push(super::model::NestedField {
+                    name: field.name.clone(),
+                    data_type: column_type(field, &at, diag)?,
+                    nullable: field.nullable,
+                });
+            }
+            return Some(ColumnType::Struct(fields.into()));
+        }
+        let Some(scalar) = ColumnType::parse(text) else {
+            diag(
+                &format!("{pointer}/type"),
+                format!("unknown type `{text}`"),
+                Some(format!("use one of {TYPE_NAMES}")),
+            );
+            return None;
+        };
+        Some(scalar)
+    }
+    let data_type = parse(&column.data_type, column, pointer, diag)?;
+    let holds_struct = {
+        let mut at = &data_type;
+        while let ColumnType::List(item) = at {
+            at = item;
+        }
+        matches!(at, ColumnType::Struct(_))
+    };
+    if !column.fields.is_empty() && !holds_struct {
+        diag(
+            &format!("{pointer}/fields"),
+            format!(
+                "`fields` belongs to a struct, `{}` is {}",
+                column.name,
+                data_type.name()
+            ),
+            Some("declare `type: struct` or `type: list<struct>`".into()),
+        );
+    }
+    Some(data_type)
+}
+
+/// Checks that `name` is a top-level scalar column (a key, a `latest_by` key, a join column).
+fn check_scalar_column(
+    columns: &[Column],
+    name: &str,
+    what: &str,
+    pointer: &str,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) {
+    match columns.iter().find(|c| c.name == name) {
+        Some(column) if column.data_type.is_nested() => diag(
+            pointer,
+            format!(
+                "`{name}` is {}: a key or join column holds one value",
+                column.data_type.name()
+            ),
+            Some("use a scalar column".into()),
+        ),
+        Some(_) => {}
+        None if name.contains(['.', '[']) => diag(
+            pointer,
+            format!(
+                "`{name}` is a path into a nested column: keys and joins take top-level columns"
+            ),
+            Some("lift the field to a top-level column in the source".into()),
+        ),
+        None => {
+            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+            diag(
+                pointer,
+                format!("{what} `{name}` is not in the schema"),
+                Some(format!("use one of: {}", names.join(", "))),
+            );
+        }
+    }
+}
+
+/// The type an expectation checks: a column, or a path through struct fields.
+fn expectation_type<'a>(
+    columns: &'a [Column],
+    path: &str,
+) -> Result<&'a ColumnType, (String, Option<String>)> {
+    let names = || {
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        Some(format!("use one of: {}", names.join(", ")))
+    };
+    let Some((name, steps)) = super::model::parse_path(path) else {
+        return Err((format!("`{path}` is not a column or a path"), names()));
+    };
+    let Some(column) = columns.iter().find(|c| c.name == name) else {
+        return Err((format!("column `{name}` is not in the schema"), names()));
+    };
+    if steps.contains(&super::model::Step::Each) {
+        return Err((
+            format!("`{path}` reaches into a list: an expectation checks one value per row"),
+            Some("check a struct field (`address.zip`) or the whole list (`not_null`)".into()),
+        ));
+    }
+    super::model::type_at(&column.data_type, &steps).map_err(|e| (format!("`{path}`: {e}"), None))
+}
+
+/// Checks the `pii:` entries and marks their columns and nested leaves.
 fn check_pii(
     config: &IdcardConfig,
     columns: &mut [Column],
@@ -623,25 +760,42 @@ fn check_pii(
             );
             continue;
         }
-        let Some(column) = columns.iter_mut().find(|c| c.name == pii.column) else {
+        let Some((name, steps)) = super::model::parse_path(&pii.column) else {
+            diag(
+                &at,
+                format!("`{}` is not a column or a path", pii.column),
+                Some("e.g. `zip`, `address.zip`, `contacts[].email`".into()),
+            );
+            continue;
+        };
+        let Some(column) = columns.iter_mut().find(|c| c.name == name) else {
             let names: Vec<&str> = config.schema.iter().map(|c| c.name.as_str()).collect();
             diag(
                 &at,
-                format!("column `{}` is not in the schema", pii.column),
+                format!("column `{name}` is not in the schema"),
                 Some(format!("use one of: {}", names.join(", "))),
             );
             continue;
         };
-        if column.data_type != ColumnType::String {
-            diag(
+        match super::model::type_at(&column.data_type, &steps) {
+            Err(e) => {
+                diag(&at, format!("`{}`: {e}", pii.column), None);
+                continue;
+            }
+            Ok(ColumnType::String) => {}
+            Ok(other) => diag(
                 &at,
                 format!(
-                    "PII column `{}` is {}: an encrypted value is text",
-                    column.name,
-                    column.data_type.name()
+                    "PII `{}` is {}: an encrypted value is text",
+                    pii.column,
+                    other.name()
                 ),
-                Some("declare the column as `type: string`".into()),
-            );
+                Some(if other.is_nested() {
+                    "name its string leaves, e.g. `address.zip` or `contacts[].email`".into()
+                } else {
+                    "declare it as `type: string`".into()
+                }),
+            ),
         }
         if pii.domain.trim().is_empty() {
             diag(
@@ -662,10 +816,19 @@ fn check_pii(
                 Some("use `mode: deterministic`".into()),
             );
         }
-        column.pii = Some(super::model::ColumnPii {
+        let marked = super::model::ColumnPii {
             mode: pii.mode,
             domain: pii.domain.clone(),
-        });
+        };
+        if steps.is_empty() {
+            column.pii = Some(marked);
+        } else {
+            column.nested_pii.push(super::model::NestedPii {
+                path: pii.column.clone(),
+                steps,
+                pii: marked,
+            });
+        }
     }
 }
 

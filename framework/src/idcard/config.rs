@@ -98,7 +98,7 @@ pub struct SourceConfig {
 pub enum SourceFormat {
     /// Comma-separated values (RFC 4180, quoted fields may span lines).
     Csv,
-    /// One JSON object per line.
+    /// JSON Lines (one object per line) or one JSON array of objects; values may nest.
     Json,
 }
 
@@ -173,9 +173,15 @@ const fn default_partitions() -> u32 {
 pub struct ColumnConfig {
     /// Column name in bronze and silver.
     pub name: String,
-    /// Type: `string`, `int`, `double`, `decimal(p,s)`, `timestamp`, `date` or `bool`.
+    /// Type: `string`, `int`, `double`, `decimal(p,s)`, `timestamp`, `date`, `bool`, `struct`
+    /// (named `fields`) or `list<T>` of any of these (`list<struct>` takes `fields` too).
     #[serde(rename = "type")]
     pub data_type: String,
+    /// The fields of a `struct` or `list<struct>` column, each declared like a column (a field
+    /// may itself be a struct or a list). A nested timestamp or date is ISO 8601; `format` and
+    /// `pad_left` apply to top-level columns only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<ColumnConfig>,
     /// Whether the column may be empty; a null in a non-nullable column makes the message a reject.
     #[serde(default = "default_true")]
     pub nullable: bool,
@@ -246,7 +252,7 @@ pub struct ExpectationConfig {
     /// Rule name, recorded with quarantined rows (defaults to `<column>_<rule>`).
     #[serde(default)]
     pub name: Option<String>,
-    /// Column checked.
+    /// Column checked, or a path to a field inside a struct column (`address.zip`).
     pub column: String,
     /// The value must not be null.
     #[serde(default)]
@@ -317,7 +323,9 @@ pub struct LatestByConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PiiConfig {
-    /// The column (a `string` column of the schema).
+    /// The column (a `string` column of the schema) or a path to a string leaf inside a nested
+    /// column: `address.zip` (a struct's field), `contacts[].email` (that field in every element
+    /// of a list), `tags[]` (every element of a list of strings).
     pub column: String,
     /// `deterministic` (AES-256-SIV: equal values give equal ciphertexts, so keys, joins, dedup
     /// and MERGE work; leaks equality and frequency) or `randomized` (AES-256-GCM, a random

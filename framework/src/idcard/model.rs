@@ -66,7 +66,16 @@ impl Table {
         self.config
             .expectations
             .iter()
-            .filter(|e| self.column(&e.column).is_none_or(|c| c.pii.is_none()))
+            .filter(|e| !self.is_pii(&e.column))
+    }
+
+    /// Whether `path` (a column or a path into one) is encrypted at the edge.
+    pub fn is_pii(&self, path: &str) -> bool {
+        self.column(path).is_some_and(|c| c.pii.is_some())
+            || self
+                .columns
+                .iter()
+                .any(|c| c.nested_pii.iter().any(|n| n.path == path))
     }
 
     pub fn arrow_schema(&self) -> Arc<Schema> {
@@ -86,6 +95,82 @@ pub struct Column {
     pub pad_left: Option<(u32, char)>,
     /// Encrypted in place at the edge (the idcard's `pii:` entry).
     pub pii: Option<ColumnPii>,
+    /// Leaves inside a nested column encrypted in place at the edge (`pii:` entries whose
+    /// column is a path such as `address.zip` or `contacts[].email`).
+    pub nested_pii: Vec<NestedPii>,
+}
+
+/// A PII leaf inside a nested column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NestedPii {
+    /// The path as written in the idcard (`contacts[].email`).
+    pub path: String,
+    /// The steps below the column.
+    pub steps: Vec<Step>,
+    pub pii: ColumnPii,
+}
+
+/// One step of a path below a column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Into a struct's field.
+    Field(String),
+    /// Into every element of a list (`[]`).
+    Each,
+}
+
+/// A path as written in an idcard (`address.zip`, `contacts[].email`, `tags[]`): the column and
+/// the steps below it; `None` when it is not a path's spelling.
+pub fn parse_path(text: &str) -> Option<(&str, Vec<Step>)> {
+    let mut steps = Vec::new();
+    let mut column = None;
+    for segment in text.split('.') {
+        let mut name = segment;
+        let mut each = 0;
+        while let Some(rest) = name.strip_suffix("[]") {
+            name = rest;
+            each += 1;
+        }
+        if name.is_empty() || name.contains(['[', ']']) {
+            return None;
+        }
+        match column {
+            None => column = Some(name),
+            Some(_) => steps.push(Step::Field(name.to_owned())),
+        }
+        steps.extend(std::iter::repeat_n(Step::Each, each));
+    }
+    Some((column?, steps))
+}
+
+/// The type at `steps` below a column of type `root`, or why the path does not fit it.
+pub fn type_at<'a>(root: &'a ColumnType, steps: &[Step]) -> Result<&'a ColumnType, String> {
+    let mut at = root;
+    for step in steps {
+        at = match (step, at) {
+            (Step::Field(name), ColumnType::Struct(fields)) => {
+                &fields
+                    .iter()
+                    .find(|f| &f.name == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                        format!("no field `{name}` (fields: {})", names.join(", "))
+                    })?
+                    .data_type
+            }
+            (Step::Each, ColumnType::List(item)) => item,
+            (Step::Field(name), other) => {
+                return Err(format!(
+                    "`.{name}` reaches into {}, not a struct",
+                    other.name()
+                ));
+            }
+            (Step::Each, other) => {
+                return Err(format!("`[]` reaches into {}, not a list", other.name()));
+            }
+        };
+    }
+    Ok(at)
 }
 
 /// How a PII column is encrypted.
@@ -96,22 +181,38 @@ pub struct ColumnPii {
 }
 
 /// Column types an idcard can declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnType {
     String,
     Int,
     Double,
-    Decimal { precision: u8, scale: i8 },
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
     Timestamp,
     Date,
     Bool,
+    /// Named fields (`type: struct` with `fields:`).
+    Struct(Arc<[NestedField]>),
+    /// Values of one type (`type: list<...>`); an element may be null.
+    List(Arc<ColumnType>),
+}
+
+/// A field of a struct type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NestedField {
+    pub name: String,
+    pub data_type: ColumnType,
+    pub nullable: bool,
 }
 
 /// What `type:` accepts, for hints.
-pub const TYPE_NAMES: &str = "string, int, double, decimal(p,s), timestamp, date, bool";
+pub const TYPE_NAMES: &str =
+    "string, int, double, decimal(p,s), timestamp, date, bool, struct (with `fields:`), list<...>";
 
 impl ColumnType {
-    /// Parses an idcard type name.
+    /// Parses an idcard type name of a scalar type.
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim();
         Some(match text {
@@ -134,28 +235,50 @@ impl ColumnType {
         })
     }
 
-    /// The Arrow (and so Delta) type.
-    pub fn arrow(self) -> DataType {
+    /// The Arrow (and so Delta) type. Nested fields are nullable in Arrow: bronze checks the
+    /// idcard's nullability and rejects the message that breaks it.
+    pub fn arrow(&self) -> DataType {
         match self {
+            Self::Struct(fields) => DataType::Struct(
+                fields
+                    .iter()
+                    .map(|f| Field::new(&f.name, f.data_type.arrow(), true))
+                    .collect(),
+            ),
+            Self::List(item) => DataType::List(Arc::new(Field::new("item", item.arrow(), true))),
             Self::String => DataType::Utf8,
             Self::Int => DataType::Int64,
             Self::Double => DataType::Float64,
-            Self::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+            Self::Decimal { precision, scale } => DataType::Decimal128(*precision, *scale),
             Self::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Self::Date => DataType::Date32,
             Self::Bool => DataType::Boolean,
         }
     }
 
-    pub fn is_numeric(self) -> bool {
+    pub fn is_numeric(&self) -> bool {
         matches!(self, Self::Int | Self::Double | Self::Decimal { .. })
     }
 }
 
 impl ColumnType {
-    /// The idcard spelling of the type.
-    pub fn name(self) -> String {
+    /// Whether the type holds other values (struct or list).
+    pub fn is_nested(&self) -> bool {
+        matches!(self, Self::Struct(_) | Self::List(_))
+    }
+
+    /// The idcard spelling of the type (a struct with its fields).
+    pub fn name(&self) -> String {
         match self {
+            Self::Struct(fields) => format!(
+                "struct<{}>",
+                fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.name, f.data_type.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Self::List(item) => format!("list<{}>", item.name()),
             Self::String => "string".into(),
             Self::Int => "int".into(),
             Self::Double => "double".into(),

@@ -36,7 +36,7 @@ fn the_shipped_schema_matches_the_rust_types() {
 fn the_repo_idcards_are_valid() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../idcards");
     let project = load_dir(&dir).unwrap_or_else(|d| panic!("{d}"));
-    assert_eq!(project.tables.len(), 9);
+    assert_eq!(project.tables.len(), 10);
     let order = project.names();
     let at = |n: &str| order.iter().position(|t| *t == n).unwrap();
     assert!(at("category_translation") < at("products"));
@@ -130,11 +130,110 @@ fn composite_key_and_type_parsing() {
 }
 
 #[test]
-fn json_sources_are_refused_until_they_are_read() {
-    let out = check(&GOOD.replace("format: csv", "format: json"));
+fn nested_types_compile_to_a_type_tree_and_paths_are_checked_where_they_stand() {
+    let nested = "  - name: address
+    type: struct
+    fields:
+      - { name: zip, type: string, nullable: false }
+      - { name: floor, type: int }
+  - name: contacts
+    type: list<struct>
+    fields:
+      - { name: email, type: string }
+  - { name: tags, type: list<string> }
+";
+    let good = GOOD
+        .replace("format: csv", "format: json")
+        .replace("key: [id]", &format!("{}key: [id]", nested))
+        + "pii:\n  - { column: address.zip, mode: deterministic }\n  - { column: 'contacts[].email', mode: randomized }\n  - { column: 'tags[]', mode: randomized }\nexpectations:\n  - { column: address.floor, between: { min: 0 }, action: warn }\n";
+    let project = compile(&[(PathBuf::from("idcards/things.yaml"), good.clone())])
+        .unwrap_or_else(|d| panic!("{d}"));
+    let table = &project.tables[0];
+    let address = table.column("address").unwrap();
+    assert_eq!(address.data_type.name(), "struct<zip: string, floor: int>");
+    assert_eq!(
+        address.nested_pii[0].steps,
+        [model::Step::Field("zip".into())]
+    );
+    let contacts = table.column("contacts").unwrap();
+    assert_eq!(contacts.data_type.name(), "list<struct<email: string>>");
+    assert_eq!(
+        contacts.nested_pii[0].steps,
+        [model::Step::Each, model::Step::Field("email".into())]
+    );
+    assert!(table.is_pii("tags[]") && table.is_pii("contacts[].email") && !table.is_pii("tags"));
+
+    let bad = |from: &str, to: &str| check(&good.replace(from, to));
+    for (from, to, message) in [
+        ("type: struct", "type: strukt", "unknown type `strukt`"),
+        (
+            "type: list<string>",
+            "type: list<strin>",
+            "unknown type `strin`",
+        ),
+        (
+            "- { name: tags, type: list<string> }",
+            "- { name: tags, type: struct }",
+            "struct column `tags` declares no fields",
+        ),
+        (
+            "- { name: zip, type: string, nullable: false }",
+            "- { name: zip, type: string, pad_left: 5 }",
+            "`pad_left` applies to top-level columns only",
+        ),
+        (
+            "column: address.zip,",
+            "column: address.city,",
+            "`address.city`: no field `city` (fields: zip, floor)",
+        ),
+        (
+            "column: address.zip,",
+            "column: address.floor,",
+            "PII `address.floor` is int: an encrypted value is text",
+        ),
+        (
+            "column: 'contacts[].email',",
+            "column: 'contacts.email',",
+            "`.email` reaches into list<struct<email: string>>, not a struct",
+        ),
+        (
+            "column: 'tags[]',",
+            "column: 'address[]',",
+            "`[]` reaches into struct<zip: string, floor: int>, not a list",
+        ),
+        (
+            "column: address.floor, between",
+            "column: 'contacts[].email', between",
+            "reaches into a list: an expectation checks one value per row",
+        ),
+        (
+            "column: address.floor, between: { min: 0 }",
+            "column: address, matches: x",
+            "only `not_null` applies to a nested value",
+        ),
+        (
+            "key: [id]",
+            "key: [address]",
+            "`address` is struct<zip: string, floor: int>: a key or join column holds one value",
+        ),
+        (
+            "key: [id]",
+            "key: [address.zip]",
+            "`address.zip` is a path into a nested column: keys and joins take top-level columns",
+        ),
+    ] {
+        let out = bad(from, to);
+        assert!(out.contains(message), "{to}: {out}");
+        assert!(out.contains("things.yaml:"), "{out}");
+    }
+    let fields_on_a_scalar = good.replace(
+        "- { name: tags, type: list<string> }",
+        "- name: tags\n    type: string\n    fields: [{ name: x, type: int }]",
+    );
     assert!(
-        out.contains("things.yaml:3:3: source.format: JSON sources are not supported yet"),
-        "{out}"
+        check(&fields_on_a_scalar).contains("`fields` belongs to a struct, `tags` is string"),
+        "{}",
+        check(&fields_on_a_scalar)
     );
 }
 
@@ -286,7 +385,7 @@ fn pii_entries_are_checked_where_they_stand() {
         "{text}"
     );
     assert!(
-        text.contains("PII column `amount` is decimal(10,2): an encrypted value is text"),
+        text.contains("PII `amount` is decimal(10,2): an encrypted value is text"),
         "{text}"
     );
     assert!(

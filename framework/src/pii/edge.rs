@@ -15,6 +15,7 @@ use regex::Regex;
 
 use super::cipher::{CipherError, Keyring, PiiMode};
 use crate::idcard::config::ExpectationConfig;
+use crate::idcard::model::Step;
 use crate::idcard::{Action, Table};
 
 /// Why the edge cannot pass a record on.
@@ -103,6 +104,22 @@ struct PiiColumn {
 /// Deterministic ciphertexts remembered per column.
 const CACHE_LIMIT: usize = 200_000;
 
+/// A nested column with PII leaves: its value (JSON text) is parsed, each leaf checked and
+/// encrypted in place, and written back with its shape unchanged.
+struct NestedColumn {
+    /// Position in the schema.
+    at: usize,
+    name: String,
+    leaves: Vec<Leaf>,
+}
+
+/// One PII path inside a nested column.
+struct Leaf {
+    steps: Vec<Step>,
+    /// Padding is for top-level columns; the rules and the cipher are a column's.
+    column: PiiColumn,
+}
+
 /// A table's edge: its PII columns and the keys to encrypt them.
 pub struct Edge {
     table: String,
@@ -110,9 +127,12 @@ pub struct Edge {
     /// Domain of a rejected or broken record's whole text.
     raw_domain: String,
     keyring: Arc<Keyring>,
-    /// Per schema column, its slot in `columns` when it is a PII column.
+    /// Nested columns with PII leaves; their slots follow `columns`'.
+    nested: Vec<NestedColumn>,
+    /// Per schema column, its slot when it is a PII column or holds PII leaves.
     slots: Vec<Option<usize>>,
-    /// The encrypted cells of the record at hand, one per PII column (`None`: null).
+    /// The encrypted cells of the record at hand, one per slot (`None`: null); a nested
+    /// column's is its JSON text with the leaves encrypted.
     cells: Vec<Option<Arc<str>>>,
     plain: String,
     /// Rows that broke a `warn` rule, per rule.
@@ -128,39 +148,73 @@ impl std::fmt::Debug for Edge {
 impl Edge {
     /// The edge of `table`, or `None` when it has no PII column.
     pub fn new(table: &Table, keyring: &Arc<Keyring>) -> Option<Self> {
+        let rules = |path: &str| -> Vec<Rule> {
+            table
+                .config
+                .expectations
+                .iter()
+                .filter(|e| e.column == path)
+                .filter_map(Rule::new)
+                .collect()
+        };
+        let pii_column =
+            |at: usize, name: &str, pad, pii: &crate::idcard::model::ColumnPii| PiiColumn {
+                at,
+                name: name.to_owned(),
+                pad,
+                mode: pii.mode,
+                domain: pii.domain.clone(),
+                rules: rules(name),
+                cache: HashMap::new(),
+            };
         let columns: Vec<PiiColumn> = table
             .columns
             .iter()
             .enumerate()
-            .filter_map(|(at, c)| {
-                let pii = c.pii.as_ref()?;
-                Some(PiiColumn {
-                    at,
-                    name: c.name.clone(),
-                    pad: c.pad_left,
-                    mode: pii.mode,
-                    domain: pii.domain.clone(),
-                    rules: table
-                        .config
-                        .expectations
-                        .iter()
-                        .filter(|e| e.column == c.name)
-                        .filter_map(Rule::new)
-                        .collect(),
-                    cache: HashMap::new(),
-                })
+            .filter_map(|(at, c)| Some(pii_column(at, &c.name, c.pad_left, c.pii.as_ref()?)))
+            .collect();
+        let nested: Vec<NestedColumn> = table
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.nested_pii.is_empty())
+            .map(|(at, c)| NestedColumn {
+                at,
+                name: c.name.clone(),
+                leaves: c
+                    .nested_pii
+                    .iter()
+                    .map(|leaf| Leaf {
+                        steps: leaf.steps.clone(),
+                        column: pii_column(at, &leaf.path, None, &leaf.pii),
+                    })
+                    .collect(),
             })
             .collect();
-        let raw_domain = columns.first()?.domain.clone();
+        let raw_domain = columns
+            .first()
+            .or_else(|| {
+                nested
+                    .first()
+                    .and_then(|n| n.leaves.first())
+                    .map(|l| &l.column)
+            })?
+            .domain
+            .clone();
         let mut slots = vec![None; table.columns.len()];
-        for (slot, column) in columns.iter().enumerate() {
-            slots[column.at] = Some(slot);
+        let ats = columns
+            .iter()
+            .map(|c| c.at)
+            .chain(nested.iter().map(|n| n.at));
+        for (slot, at) in ats.enumerate() {
+            slots[at] = Some(slot);
         }
         Some(Self {
             slots,
             table: table.name().to_owned(),
-            cells: vec![None; columns.len()],
+            cells: vec![None; columns.len() + nested.len()],
             columns,
+            nested,
             raw_domain,
             keyring: keyring.clone(),
             plain: String::new(),
@@ -197,27 +251,10 @@ impl Edge {
                 self.plain.push_str(v);
                 self.plain.as_str()
             });
-            for rule in &column.rules {
-                if rule.passes(value) {
-                    continue;
-                }
-                match rule.action {
-                    Action::Warn => *self.warnings.entry(rule.name.clone()).or_default() += 1,
-                    Action::Fail => {
-                        return Err(EdgeError::Fail {
-                            table: self.table.clone(),
-                            record,
-                            rule: rule.name.clone(),
-                        });
-                    }
-                    Action::Drop | Action::Quarantine => {
-                        return Ok(Outcome::Reject(format!(
-                            "expectation `{}` failed (action {}; checked at the edge, before encryption)",
-                            rule.name,
-                            rule.action.name()
-                        )));
-                    }
-                }
+            if let Some(reason) =
+                check_rules(&self.table, record, column, value, &mut self.warnings)?
+            {
+                return Ok(Outcome::Reject(reason));
             }
             let encrypted = match value {
                 None => None,
@@ -231,6 +268,64 @@ impl Edge {
             };
             self.cells[slot] = encrypted;
         }
+        for n in 0..self.nested.len() {
+            let slot = self.columns.len() + n;
+            let nested = &mut self.nested[n];
+            let Some(text) = cell(nested.at) else {
+                self.cells[slot] = None;
+                continue;
+            };
+            let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) else {
+                return Ok(Outcome::Reject(format!(
+                    "column `{}`: not JSON (a column with PII leaves is checked at the edge)",
+                    nested.name
+                )));
+            };
+            for leaf in &mut nested.leaves {
+                let mut found = Vec::new();
+                collect_leaves(&mut value, &leaf.steps, &mut found);
+                // A leaf that is not there (a missing field, a null struct) is a null to the rules.
+                if found.is_empty()
+                    && let Some(reason) =
+                        check_rules(&self.table, record, &leaf.column, None, &mut self.warnings)?
+                {
+                    return Ok(Outcome::Reject(reason));
+                }
+                for target in found {
+                    let plain = match &*target {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::String(text) => Some(text.clone()),
+                        other => {
+                            return Ok(Outcome::Reject(format!(
+                                "column `{}`: at `{}`: expected a string (an encrypted leaf), found {}",
+                                nested.name,
+                                leaf.column.name,
+                                crate::bronze::json_kind(other)
+                            )));
+                        }
+                    };
+                    if let Some(reason) = check_rules(
+                        &self.table,
+                        record,
+                        &leaf.column,
+                        plain.as_deref(),
+                        &mut self.warnings,
+                    )? {
+                        return Ok(Outcome::Reject(reason));
+                    }
+                    if let Some(plain) = plain {
+                        let sealed = encrypt_cell(&self.keyring, &mut leaf.column, &plain)
+                            .map_err(|source| EdgeError::Cipher {
+                                table: self.table.clone(),
+                                column: leaf.column.name.clone(),
+                                source,
+                            })?;
+                        *target = serde_json::Value::String(sealed.to_string());
+                    }
+                }
+            }
+            self.cells[slot] = Some(value.to_string().into());
+        }
         Ok(Outcome::Pass)
     }
 
@@ -243,6 +338,64 @@ impl Edge {
                 column: "_raw".to_owned(),
                 source,
             })
+    }
+}
+
+/// Checks `value` of `column` against its rules: a `warn` is counted, a `fail` is an error, a
+/// `drop` or `quarantine` gives the reason the record becomes a reject.
+fn check_rules(
+    table: &str,
+    record: u64,
+    column: &PiiColumn,
+    value: Option<&str>,
+    warnings: &mut BTreeMap<String, u64>,
+) -> Result<Option<String>, EdgeError> {
+    for rule in &column.rules {
+        if rule.passes(value) {
+            continue;
+        }
+        match rule.action {
+            Action::Warn => *warnings.entry(rule.name.clone()).or_default() += 1,
+            Action::Fail => {
+                return Err(EdgeError::Fail {
+                    table: table.to_owned(),
+                    record,
+                    rule: rule.name.clone(),
+                });
+            }
+            Action::Drop | Action::Quarantine => {
+                return Ok(Some(format!(
+                    "expectation `{}` failed (action {}; checked at the edge, before encryption)",
+                    rule.name,
+                    rule.action.name()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The values at `steps` below `value` (every element of a list at `[]`); a missing field or a
+/// null on the way has none.
+fn collect_leaves<'v>(
+    value: &'v mut serde_json::Value,
+    steps: &[Step],
+    out: &mut Vec<&'v mut serde_json::Value>,
+) {
+    match steps.split_first() {
+        None => out.push(value),
+        Some((Step::Field(name), rest)) => {
+            if let Some(inner) = value.as_object_mut().and_then(|o| o.get_mut(name)) {
+                collect_leaves(inner, rest, out);
+            }
+        }
+        Some((Step::Each, rest)) => {
+            if let Some(items) = value.as_array_mut() {
+                for item in items {
+                    collect_leaves(item, rest, out);
+                }
+            }
+        }
     }
 }
 

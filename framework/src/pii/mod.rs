@@ -33,12 +33,17 @@ pub fn domains(project: &Project) -> BTreeMap<String, Vec<String>> {
     let mut domains: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for table in &project.tables {
         for column in &table.columns {
-            if let Some(pii) = &column.pii {
-                domains.entry(pii.domain.clone()).or_default().push(format!(
-                    "{}.{}",
-                    table.name(),
-                    column.name
-                ));
+            let nested = column.nested_pii.iter().map(|n| (&n.pii, n.path.as_str()));
+            for (pii, path) in column
+                .pii
+                .iter()
+                .map(|p| (p, column.name.as_str()))
+                .chain(nested)
+            {
+                domains
+                    .entry(pii.domain.clone())
+                    .or_default()
+                    .push(format!("{}.{path}", table.name()));
             }
         }
     }

@@ -8,6 +8,22 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A column or a path through struct fields (`address.zip`) as a SQL expression.
+pub fn path_expr(path: &str) -> String {
+    match crate::idcard::model::parse_path(path) {
+        Some((column, steps)) if !steps.is_empty() => {
+            steps.iter().fold(ident(column), |inner, step| match step {
+                crate::idcard::model::Step::Field(name) => {
+                    format!("get_field({inner}, {})", literal(name))
+                }
+                // The idcard compiler refuses list steps where a path becomes SQL.
+                crate::idcard::model::Step::Each => inner,
+            })
+        }
+        _ => ident(path),
+    }
+}
+
 /// `"a", "b", "c"`: names as a comma-separated list of identifiers.
 pub fn ident_list<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
     names
@@ -64,7 +80,7 @@ pub fn rule_name(expectation: &ExpectationConfig) -> String {
 
 /// SQL that is true when a row passes. A null passes every rule but `not_null`.
 pub fn passes(expectation: &ExpectationConfig) -> String {
-    let id = ident(&expectation.column);
+    let id = path_expr(&expectation.column);
     if expectation.not_null == Some(true) {
         return format!("{id} IS NOT NULL");
     }

@@ -1,11 +1,56 @@
 //! Sources: reading the idcard's input files into rows, and producing them onto the bus.
 
 mod csv;
+mod json;
 pub(crate) mod produce;
 #[cfg(test)]
 mod tests;
 
 pub use self::csv::{CsvRecords, RecordRef, SourceRow};
+pub use self::json::JsonRecords;
+
+use crate::idcard::Table;
+use crate::idcard::config::SourceFormat;
+
+/// A table's source file read record by record, in the idcard's format.
+pub enum Records {
+    Csv(CsvRecords<std::io::BufReader<std::fs::File>>),
+    Json(JsonRecords),
+}
+
+impl Records {
+    /// Opens `path` as `table`'s idcard says.
+    pub fn open(table: &Table, path: &std::path::Path) -> Result<Self> {
+        Ok(match table.config.source.format {
+            SourceFormat::Csv => Self::Csv(CsvRecords::open(table, path)?),
+            SourceFormat::Json => Self::Json(JsonRecords::open(table, path)?),
+        })
+    }
+
+    /// The next record, or `None` at the end of the file.
+    pub fn next_record(&mut self) -> Result<Option<RecordRef<'_>>> {
+        match self {
+            Self::Csv(records) => records.next_record(),
+            Self::Json(records) => records.next_record(),
+        }
+    }
+
+    /// How far reading is, in the unit of [`Self::size`].
+    pub fn position(&self) -> u64 {
+        match self {
+            Self::Csv(records) => records.position(),
+            Self::Json(records) => records.position(),
+        }
+    }
+
+    /// What [`Self::position`] runs up to when it is not the file's size in bytes.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Self::Csv(_) => None,
+            Self::Json(records) => records.size(),
+        }
+    }
+}
 pub use produce::{ProduceOptions, ProduceStats, produce, rfc3339_micros};
 
 use std::path::PathBuf;

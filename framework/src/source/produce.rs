@@ -28,7 +28,7 @@ use crate::pii::edge::{Edge, EdgeError, Outcome};
 use super::Result;
 #[cfg(test)]
 use super::SourceRow;
-use super::csv::{CsvRecords, RecordRef};
+use super::csv::RecordRef;
 
 /// How to produce.
 #[derive(Debug, Clone)]
@@ -75,8 +75,10 @@ pub fn produce(
 ) -> Result<ProduceStats> {
     let started = Instant::now();
     let path = data_dir.join(&table.config.source.path);
-    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-    let mut records = CsvRecords::open(table, &path)?;
+    let mut records = super::Records::open(table, &path)?;
+    let size = records
+        .size()
+        .unwrap_or_else(|| std::fs::metadata(&path).map_or(0, |m| m.len()));
     let partitions = bus.ensure_topic(table.topic(), table.config.topic.partitions)?;
     let _lease = bus.producer_lease(table.topic())?;
     let faithful = crate::idcard::config::ProducerConfig {

@@ -1,5 +1,6 @@
 //! Synthetic Olist data: the nine CSV files of the "Brazilian E-Commerce Public Dataset by
-//! Olist" (Kaggle `olistbr/brazilian-ecommerce`), at any scale, for benchmarks and scale tests.
+//! Olist" (Kaggle `olistbr/brazilian-ecommerce`), at any scale, for benchmarks and scale tests,
+//! and the nested JSON feed `customer_profiles.jsonl` derived from the customers ([`profiles`]).
 //!
 //! The output mimics the real files byte for byte where it matters: file names, headers
 //! (including the misspelt `product_name_lenght` / `product_description_lenght` and the UTF-8
@@ -23,6 +24,7 @@ mod catalog;
 mod geo;
 mod orders;
 mod places;
+pub mod profiles;
 mod reviews;
 mod sales;
 mod util;
@@ -51,7 +53,7 @@ fn scaled(base: f64, scale: f64, floor: usize) -> usize {
     ((base * scale).round() as usize).max(floor)
 }
 
-/// Generates the nine Olist CSV files into `out` (created if missing) at `scale` (1.0 ≈ the
+/// Generates the nine Olist CSV files and the profiles feed into `out` (created if missing) at `scale` (1.0 ≈ the
 /// Kaggle dataset; any positive finite value, e.g. 0.01) from `seed`.
 ///
 /// Every item points at an existing order, product and seller; every order at an existing
@@ -89,6 +91,10 @@ pub fn generate(scale: f64, seed: u64, out: &Path) -> io::Result<GenerateStats> 
     record("olist_orders_dataset.csv", orders.len() as u64);
     let mut zips = orders::customers(&orders, seed, &places, out)?;
     record("olist_customers_dataset.csv", orders.len() as u64);
+    record(
+        profiles::FILE,
+        profiles::derive(&out.join("olist_customers_dataset.csv"), seed, out)?,
+    );
 
     let (totals, n_items) = sales::items(&orders, &products, &sellers, seed, out)?;
     record("olist_order_items_dataset.csv", n_items);

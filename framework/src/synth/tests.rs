@@ -92,7 +92,11 @@ fn headers_match_the_real_files() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, HEADERS.iter().map(|(n, _)| n.to_string()).collect());
+    let expected = HEADERS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain([super::profiles::FILE]);
+    assert_eq!(names, expected.map(str::to_owned).collect());
 }
 
 #[test]
@@ -100,7 +104,7 @@ fn stats_and_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let stats = generate(0.01, 7, dir.path()).unwrap();
     let rows: HashMap<&str, u64> = stats.files.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 10);
     assert_eq!(rows["olist_orders_dataset.csv"], 994);
     assert_eq!(rows["olist_customers_dataset.csv"], 994);
     assert_eq!(rows["olist_sellers_dataset.csv"], 50);
@@ -111,7 +115,10 @@ fn stats_and_sizes() {
     let geo = rows["olist_geolocation_dataset.csv"];
     assert_eq!(geo, 10_002);
     for (name, n) in &stats.files {
-        if name != "product_category_name_translation.csv" {
+        if name == super::profiles::FILE {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert_eq!(text.lines().count() as u64, *n, "{name}");
+        } else if name != "product_category_name_translation.csv" {
             assert_eq!(records(dir.path(), name).len() as u64, *n, "{name}");
         }
     }
@@ -243,9 +250,36 @@ fn same_seed_same_bytes() {
 fn fractional_scales_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let stats = generate(0.00037, 1, dir.path()).unwrap();
-    assert_eq!(stats.files.len(), 9);
+    assert_eq!(stats.files.len(), 10);
     assert!(stats.files.iter().all(|(_, n)| *n > 0));
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert!(generate(bad, 1, dir.path()).is_err());
     }
+}
+
+/// The sample's profiles feed is what `profiles::derive` makes of the sample's customers
+/// (`FRAMEWORK_WRITE_SAMPLE=1` rewrites it after a change to the generator).
+#[test]
+fn the_samples_profiles_are_derived_from_its_customers() {
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/olist_sample");
+    let dir = tempfile::tempdir().unwrap();
+    let n = super::profiles::derive(&sample.join("olist_customers_dataset.csv"), 42, dir.path())
+        .unwrap();
+    let made = std::fs::read(dir.path().join(super::profiles::FILE)).unwrap();
+    let committed = sample.join(super::profiles::FILE);
+    if std::env::var_os("FRAMEWORK_WRITE_SAMPLE").is_some() {
+        std::fs::write(&committed, &made).unwrap();
+    }
+    assert_eq!(n, 2970, "one profile per customer_unique_id of the sample");
+    assert!(
+        std::fs::read(&committed).unwrap() == made,
+        "{} is not what the generator makes; rerun with FRAMEWORK_WRITE_SAMPLE=1",
+        committed.display()
+    );
+    let first: serde_json::Value =
+        serde_json::from_slice(made.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(
+        first["address"]["zip_code_prefix"].as_str().map(str::len),
+        Some(5)
+    );
 }

@@ -270,6 +270,23 @@ pub fn distinct_keys_from_csv(data: &Path, project: &Project, table: &str) -> u6
 /// each as its cells joined by `|`.
 pub fn keys_from_csv(data: &Path, project: &Project, table: &str) -> HashSet<String> {
     let t = project.table(table).unwrap();
+    if t.config.source.format == framework::idcard::config::SourceFormat::Json {
+        // JSON Lines with scalar keys, read with serde_json.
+        let text = std::fs::read_to_string(data.join(&t.config.source.path)).unwrap();
+        return text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let row: serde_json::Value = serde_json::from_str(l).unwrap();
+                let cells: Vec<String> = t
+                    .key()
+                    .iter()
+                    .map(|k| row[k.as_str()].as_str().unwrap_or_default().to_owned())
+                    .collect();
+                cells.join("|")
+            })
+            .collect();
+    }
     let bytes = std::fs::read(data.join(&t.config.source.path)).unwrap();
     let bytes = bytes
         .strip_prefix(b"\xEF\xBB\xBF")

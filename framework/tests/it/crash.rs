@@ -111,7 +111,7 @@ fn sample_with_quarantined_orders(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&data).unwrap();
     for entry in std::fs::read_dir(sample()).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "csv") {
+        if path.extension().is_some_and(|e| e == "csv" || e == "jsonl") {
             std::fs::copy(&path, data.join(path.file_name().unwrap())).unwrap();
         }
     }

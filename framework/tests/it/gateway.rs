@@ -1006,3 +1006,77 @@ fn a_gateway_killed_under_load_loses_and_duplicates_nothing() {
     assert!(retried > 0, "{summary}");
     eprintln!("{summary}");
 }
+
+#[test]
+fn a_nested_table_ingests_and_reads_back_in_its_shape_and_csv_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--table", "customer_profiles", "--data"])
+        .arg(sample());
+    ok(run);
+    let server = serve(&lake, &[]);
+    let profile = json!({
+        "customer_unique_id": "gw-profile-1",
+        "updated_at": "2018-05-01T10:00:00Z",
+        "address": { "zip_code_prefix": "01001", "city": "sao paulo", "state": "SP" },
+        "contacts": [{ "kind": "email", "value": "gw@example.com", "verified": true }],
+        "preferences": { "newsletter": true, "channels": ["email"] },
+        "tags": ["gateway"],
+    });
+    let mut broken = profile.clone();
+    broken["customer_unique_id"] = json!("gw-profile-2");
+    broken["contacts"][0]["kind"] = Value::Null;
+    let responses = http(&[
+        post_json(
+            &server,
+            "/ingest/customer_profiles",
+            &json!({ "records": [profile, broken] }),
+            None,
+        ),
+        get(
+            &server,
+            "/staging/customer_profiles?customer_unique_id=gw-profile-1&columns=customer_unique_id,address,contacts,preferences,tags",
+            "application/json",
+        ),
+        get(&server, "/staging/customer_profiles?limit=1", "text/csv"),
+        get(
+            &server,
+            "/staging/customer_profiles?columns=customer_unique_id&customer_unique_id=gw-profile-1",
+            "text/csv",
+        ),
+    ]);
+    let report = &responses[0];
+    assert_eq!(report["status"], 200, "{report}");
+    assert_eq!(report["body"]["accepted"], 1, "{report}");
+    assert_eq!(
+        report["body"]["rejected"][0]["reason"],
+        "column `contacts`: at `contacts[0].kind`: null in a non-nullable field",
+        "{report}"
+    );
+    // The shape is kept; nested PII leaves are shown as stored (ciphertext): the gateway
+    // decrypts top-level PII columns only.
+    let row = &responses[1]["body"][0];
+    assert_eq!(
+        row["preferences"],
+        json!({ "newsletter": true, "channels": ["email"] }),
+        "{row}"
+    );
+    assert_eq!(row["tags"], json!(["gateway"]), "{row}");
+    assert_eq!(row["address"]["state"], "SP", "{row}");
+    assert_eq!(row["contacts"][0]["kind"], "email", "{row}");
+    let sealed = row["contacts"][0]["value"].as_str().unwrap();
+    assert!(!sealed.contains("gw@example.com"), "{row}");
+    let keys = framework::pii::keyring(&project(), &repo()).unwrap();
+    assert_eq!(keys.decrypt_any(sealed).unwrap(), b"gw@example.com");
+    let zip = row["address"]["zip_code_prefix"].as_str().unwrap();
+    assert_eq!(keys.decrypt_any(zip).unwrap(), b"01001");
+
+    assert_eq!(responses[2]["status"], 406, "{}", responses[2]);
+    let detail = responses[2]["body"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("CSV cannot hold the nested columns address, contacts, preferences, tags"),
+        "{detail}"
+    );
+    assert_eq!(responses[3]["status"], 200, "{}", responses[3]);
+}

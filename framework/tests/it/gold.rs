@@ -150,6 +150,7 @@ fn sample_before(cutoff: &str, out: &Path) {
         "olist_products_dataset.csv",
         "olist_sellers_dataset.csv",
         "product_category_name_translation.csv",
+        "customer_profiles.jsonl",
     ] {
         std::fs::copy(sample().join(file), out.join(file)).unwrap();
     }

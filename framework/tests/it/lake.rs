@@ -60,12 +60,57 @@ fn silver_content(lake: &std::path::Path, table: &str) -> String {
         .map(|k| format!("\"{k}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    query(
-        lake,
-        Layer::Silver,
-        table,
-        &format!("SELECT * EXCLUDE (_sequence, _partition, _offset) FROM t ORDER BY {order}"),
-    )
+    let sql = format!("SELECT * EXCLUDE (_sequence, _partition, _offset) FROM t ORDER BY {order}");
+    let leaves: Vec<_> = t
+        .columns
+        .iter()
+        .flat_map(|c| c.nested_pii.iter().map(move |n| (c.name.as_str(), n)))
+        .filter(|(_, n)| n.pii.mode == framework::pii::PiiMode::Randomized)
+        .collect();
+    if !leaves.is_empty() {
+        // Randomized leaves inside nested columns: the rows as JSON with those leaves decrypted.
+        let keys = framework::pii::keyring(&project, &repo()).unwrap();
+        let batches = batches(lake, Layer::Silver, table, &sql);
+        let mut writer = deltalake::arrow::json::ArrayWriter::new(Vec::new());
+        for batch in &batches {
+            writer.write(batch).unwrap();
+        }
+        writer.finish().unwrap();
+        let mut rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&writer.into_inner()).unwrap();
+        fn open(
+            value: &mut serde_json::Value,
+            steps: &[framework::idcard::model::Step],
+            f: &dyn Fn(&str) -> String,
+        ) {
+            use framework::idcard::model::Step;
+            match steps.split_first() {
+                None => {
+                    if let Some(text) = value.as_str() {
+                        *value = f(text).into();
+                    }
+                }
+                Some((Step::Field(name), rest)) => {
+                    if let Some(inner) = value.get_mut(name) {
+                        open(inner, rest, f);
+                    }
+                }
+                Some((Step::Each, rest)) => {
+                    for item in value.as_array_mut().into_iter().flatten() {
+                        open(item, rest, f);
+                    }
+                }
+            }
+        }
+        let decrypt = |text: &str| String::from_utf8(keys.decrypt_any(text).unwrap()).unwrap();
+        for row in &mut rows {
+            for (column, leaf) in &leaves {
+                open(&mut row[*column], &leaf.steps, &decrypt);
+            }
+        }
+        return serde_json::to_string_pretty(&rows).unwrap();
+    }
+    query(lake, Layer::Silver, table, &sql)
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod gold;
 mod kafka;
 mod lake;
 mod modes;
+mod nested;
 mod pii;
 mod quality;
 mod s3;

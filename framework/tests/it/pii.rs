@@ -6,7 +6,7 @@ use std::path::Path;
 
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::DataType;
+use deltalake::arrow::datatypes::{DataType, Field};
 use framework::bus::EmbeddedLog;
 use framework::lake::{Lake, Layer};
 
@@ -44,6 +44,15 @@ fn plaintexts(data: &Path) -> HashSet<String> {
     let mut secret = HashSet::new();
     let mut public = HashSet::new();
     for table in &project.tables {
+        if table.config.source.format == framework::idcard::config::SourceFormat::Json {
+            json_plaintexts(
+                table,
+                &data.join(&table.config.source.path),
+                &mut secret,
+                &mut public,
+            );
+            continue;
+        }
         let (header, rows) = read_csv(&data.join(&table.config.source.path));
         for (i, name) in header.iter().enumerate() {
             let column = table.column(name);
@@ -73,6 +82,51 @@ fn plaintexts(data: &Path) -> HashSet<String> {
     }
     secret.retain(|v| !public.contains(v) && v.len() >= 4);
     secret
+}
+
+/// A JSON Lines source's string leaves: those at a PII column or path are secret, others public.
+fn json_plaintexts(
+    table: &framework::idcard::Table,
+    path: &Path,
+    secret: &mut HashSet<String>,
+    public: &mut HashSet<String>,
+) {
+    fn leaves(value: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::String(s) => out.push((at.to_owned(), s.clone())),
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    leaves(item, &format!("{at}[]"), out);
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for (name, inner) in fields {
+                    let below = if at.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{at}.{name}")
+                    };
+                    leaves(inner, &below, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(path).unwrap();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let mut found = Vec::new();
+        leaves(&value, "", &mut found);
+        for (at, text) in found {
+            if table.is_pii(&at) {
+                secret.insert(text);
+            } else {
+                public.insert(text);
+            }
+        }
+    }
 }
 
 /// The plaintexts to look for: each as a whole cell, and quoted as a JSON string inside a text
@@ -119,14 +173,13 @@ fn scan_files(dir: &Path, secrets: &Secrets, found: &mut Vec<String>) {
                 .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
+                let mut texts = Vec::new();
                 for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-                    if !matches!(
-                        field.data_type(),
-                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                    ) {
-                        continue;
-                    }
-                    let text = cast(column, &DataType::Utf8).unwrap();
+                    string_leaves(field.name(), column, &mut texts);
+                }
+                for (name, column) in texts {
+                    let field = Field::new(name, DataType::Utf8, true);
+                    let text = cast(&column, &DataType::Utf8).unwrap();
                     let text = text.as_string::<i32>();
                     for i in 0..text.len() {
                         if text.is_valid(i)
@@ -148,6 +201,29 @@ fn scan_files(dir: &Path, secrets: &Secrets, found: &mut Vec<String>) {
                 found.push(format!("{}: {hit:?}", entry.display()));
             }
         }
+    }
+}
+
+/// The string arrays in `column`, also inside structs and lists, each with its path.
+fn string_leaves(
+    name: &str,
+    column: &deltalake::arrow::array::ArrayRef,
+    out: &mut Vec<(String, deltalake::arrow::array::ArrayRef)>,
+) {
+    match column.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            out.push((name.to_owned(), column.clone()));
+        }
+        DataType::Struct(fields) => {
+            let structs = column.as_struct();
+            for (field, inner) in fields.iter().zip(structs.columns()) {
+                string_leaves(&format!("{name}.{}", field.name()), inner, out);
+            }
+        }
+        DataType::List(_) => {
+            string_leaves(&format!("{name}[]"), column.as_list::<i32>().values(), out);
+        }
+        _ => {}
     }
 }
 

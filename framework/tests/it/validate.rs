@@ -8,7 +8,7 @@ fn validate_passes_on_the_repo_idcards() {
     let mut cmd = framework(dir.path());
     cmd.arg("validate");
     let out = ok(cmd);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("9 idcards valid"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10 idcards valid"));
 }
 
 #[test]
