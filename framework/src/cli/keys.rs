@@ -39,14 +39,27 @@ pub enum KeysCommand {
     /// The keyset's domains, data key ids, the primary one and the root keys that wrap each
     /// (fingerprints only; no key material is ever shown).
     List,
+    /// After a rotation: rewrite the lake's tables (bronze, reject, silver, quarantine and
+    /// silver's extra tables) so every value is under its domain's primary key again, which a
+    /// deterministic column needs for equality across the rotation. Values already under the
+    /// primary key and strings that are not ciphertext are left alone; a table with nothing to
+    /// rewrite gets no commit. Gold is derived: rebuild it after (`framework build --full-refresh`).
+    ReEncrypt {
+        /// Table (idcard name) to rewrite; repeat for several (default: every table).
+        #[arg(long)]
+        table: Vec<String>,
+    },
 }
 
-/// Runs a `keys` command for `environment` over the idcards of `project` (beside `project_dir`).
+/// Runs a `keys` command for `environment` over the idcards of `project` (beside `project_dir`)
+/// and, for `re-encrypt`, the tables of `lake`.
 pub fn run(
     command: KeysCommand,
     environment: &str,
     project: &Project,
     project_dir: &Path,
+    lake: &crate::lake::Lake,
+    runtime: &tokio::runtime::Runtime,
 ) -> Result<()> {
     let options = KeysetOptions::for_environment(project_dir, environment);
     match command {
@@ -179,6 +192,48 @@ pub fn run(
                     );
                 }
             }
+        }
+        KeysCommand::ReEncrypt { table } => {
+            let keys = keyset::open(&options, &crate::pii::domains(project))?;
+            for name in &table {
+                if project.table(name).is_none() {
+                    bail!(
+                        "unknown table `{name}`\n  hint: tables with an idcard: {}",
+                        project.names().join(", ")
+                    );
+                }
+            }
+            let mut total = 0;
+            for t in project
+                .tables
+                .iter()
+                .filter(|t| table.is_empty() || table.iter().any(|n| n == t.name()))
+            {
+                for (layer, name) in crate::pii::reencrypt::targets(t) {
+                    let done = runtime.block_on(crate::pii::reencrypt::table(
+                        lake,
+                        &keys,
+                        t.name(),
+                        layer,
+                        &name,
+                    ))?;
+                    if done.values > 0 {
+                        println!(
+                            "{layer}/{name}: {} value(s) encrypted again under the primary keys",
+                            done.values
+                        );
+                    }
+                    total += done.values;
+                }
+            }
+            println!(
+                "re-encrypted {total} value(s); every value is under its domain's primary key{}",
+                if total > 0 {
+                    "\n  hint: gold tables that copy a PII column keep the old ciphertext until rebuilt: `framework build --full-refresh`"
+                } else {
+                    ""
+                }
+            );
         }
     }
     Ok(())

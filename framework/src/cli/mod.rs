@@ -277,6 +277,7 @@ enum Command {
   FRAMEWORK_ROOT_KEY_FILE=~/.secrets/prod-eu.key framework keys create --env prod
   FRAMEWORK_ROOT_KEY_FILE=~/.secrets/prod-eu.key framework keys rewrap --env prod --add-root-file ~/.secrets/prod-us.key
   framework keys rotate --domain location                 new values use a new key id; old ones still decrypt
+  framework keys re-encrypt                               then rewrite the lake under the new key
   framework keys list --env prod")]
     Keys {
         /// Environment (dev, prod, ...): which keyset and which root keys.
@@ -446,7 +447,12 @@ fn execute(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let lake = Lake::at(&cli.lake.to_string_lossy());
+    // Tables holding ciphertext are created without statistics on those columns (idcards that
+    // do not load are reported by the command itself).
+    let stats_off = idcard::load_dir(&cli.idcards)
+        .map(|project| crate::pii::stats_off(&project))
+        .unwrap_or_default();
+    let lake = Lake::at(&cli.lake.to_string_lossy()).without_stats_on(stats_off);
     let bus_dir = match lake.bus_dir() {
         Some(dir) => dir,
         None if cli.bus == "embedded" => bail!(
@@ -521,7 +527,14 @@ fn execute(
             command,
         } => {
             let project = load(&env.cli.idcards)?;
-            keys::run(command, &environment, &project, project_dir(&env.cli))
+            keys::run(
+                command,
+                &environment,
+                &project,
+                project_dir(&env.cli),
+                &env.lake,
+                &env.runtime,
+            )
         }
     }
 }

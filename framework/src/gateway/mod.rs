@@ -524,9 +524,16 @@ async fn read_table(
                     .is_ok() =>
         {
             let columns = pii_columns(&gateway.project, owner);
-            (!columns.is_empty()).then(|| read::Decrypt {
+            let nested: Vec<String> = owner
+                .columns
+                .iter()
+                .filter(|c| !c.nested_pii.is_empty())
+                .map(|c| c.name.clone())
+                .collect();
+            (!columns.is_empty() || !nested.is_empty()).then(|| read::Decrypt {
                 keys: gateway.keys.clone(),
                 columns,
+                nested,
             })
         }
         _ => None,
@@ -551,27 +558,14 @@ fn pii_columns(
     project: &Project,
     table: &crate::idcard::Table,
 ) -> std::collections::BTreeMap<String, Option<String>> {
-    use crate::pii::PiiMode;
-    let entry = |pii: &crate::idcard::model::ColumnPii| {
-        (pii.mode == PiiMode::Deterministic).then(|| pii.domain.clone())
-    };
-    let mut columns: std::collections::BTreeMap<String, Option<String>> = table
-        .columns
-        .iter()
-        .filter_map(|c| Some((c.name.clone(), entry(c.pii.as_ref()?))))
-        .collect();
-    for enrich in &table.config.enrich {
-        let Some(from) = project.table(&enrich.from) else {
-            continue;
-        };
-        for column in &enrich.columns {
-            let (source, target) = crate::idcard::compile::enrich_column_names(column);
-            if let Some(pii) = from.column(&source).and_then(|c| c.pii.as_ref()) {
-                columns.insert(target, entry(pii));
-            }
-        }
-    }
-    columns
+    crate::pii::encrypted_columns(project, table)
+        .into_iter()
+        .map(|(name, pii)| {
+            let domain =
+                (pii.mode == crate::pii::PiiMode::Deterministic).then(|| pii.domain.clone());
+            (name, domain)
+        })
+        .collect()
 }
 
 async fn quality_results(

@@ -119,6 +119,8 @@ pub struct Decrypt {
     /// Column -> its domain when deterministic (an equality filter on it is encrypted and
     /// compared with the stored ciphertext), `None` when randomized (no filter on it).
     pub columns: BTreeMap<String, Option<String>>,
+    /// Nested columns with PII leaves: their ciphertext leaves are shown decrypted.
+    pub nested: Vec<String>,
 }
 
 /// Which columns of a table a read may show, select, filter and sort on; the others are as
@@ -342,7 +344,10 @@ pub async fn read(
             ));
         }
     }
-    let batches = frame.execute_stream().await.map_err(|e| internal(&e))?;
+    let mut batches = frame.execute_stream().await.map_err(|e| internal(&e))?;
+    if let Some(decrypt) = decrypt.filter(|d| !d.nested.is_empty()) {
+        batches = decrypt_nested(batches, decrypt);
+    }
     let (encoder, head) = Encoder::new(format, &out_schema).map_err(|e| internal(&e))?;
     let what = format!("{}/{table}", layer.dir());
     let mut response =
@@ -362,6 +367,35 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// after the first chunk can only cut the body short (the status is sent): it is logged, and
 /// the client sees an incomplete body (a JSON array without its `]`, a Parquet file without
 /// its footer, an Arrow stream without its end marker).
+/// `batches` with the ciphertext leaves of `decrypt`'s nested columns decrypted (a string that
+/// is not a value of the keyring stays as it is).
+fn decrypt_nested(
+    batches: SendableRecordBatchStream,
+    decrypt: Decrypt,
+) -> SendableRecordBatchStream {
+    use deltalake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use futures::StreamExt;
+    let schema = batches.schema();
+    let open = move |batch: RecordBatch| -> deltalake::datafusion::error::Result<RecordBatch> {
+        let mut columns = batch.columns().to_vec();
+        for (i, field) in batch.schema().fields().iter().enumerate() {
+            if decrypt.nested.contains(field.name()) {
+                columns[i] = crate::pii::cells::map_strings(&columns[i], &mut |text| {
+                    Ok(decrypt
+                        .keys
+                        .decrypt_any(text)
+                        .map(|plain| String::from_utf8_lossy(&plain).into_owned()))
+                })?;
+            }
+        }
+        Ok(RecordBatch::try_new(batch.schema(), columns)?)
+    };
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        batches.map(move |batch| batch.and_then(&open)),
+    ))
+}
+
 fn streamed(
     what: String,
     head: Vec<u8>,

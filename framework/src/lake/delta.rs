@@ -105,14 +105,40 @@ pub struct Lake {
     /// The latest snapshot each table was opened at, shared by the clones of this `Lake`: the
     /// next open reads only the commits after it (see [`Lake::open`]).
     snapshots: std::sync::Arc<std::sync::Mutex<HashMap<(Layer, String), DeltaTable>>>,
+    /// Per table name, columns left out of the Delta statistics of the tables it creates (they
+    /// hold ciphertext: min and max of it serve no query); see [`Lake::without_stats_on`].
+    stats_off: std::sync::Arc<HashMap<String, Vec<String>>>,
 }
 
 impl Lake {
+    /// This lake, creating each table named in `columns` with the property
+    /// `delta.dataSkippingStatsColumns` set to its other columns, so the Delta log keeps no
+    /// statistics of those (a table that exists keeps its properties).
+    #[must_use]
+    pub fn without_stats_on(mut self, columns: HashMap<String, Vec<String>>) -> Self {
+        self.stats_off = std::sync::Arc::new(columns);
+        self
+    }
+
+    /// The `delta.dataSkippingStatsColumns` of a new `table` whose rows look like `batch`.
+    fn stats_columns(&self, table: &str, batch: Option<&RecordBatch>) -> Option<String> {
+        let off = self.stats_off.get(table)?;
+        let schema = batch?.schema();
+        let on: Vec<&str> = schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|name| !off.iter().any(|o| o == name))
+            .collect();
+        Some(on.join(","))
+    }
+
     /// The lake in a local folder.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: Root::Local(root.into()),
             snapshots: Default::default(),
+            stats_off: Default::default(),
         }
     }
 
@@ -136,6 +162,7 @@ impl Lake {
                 options,
             },
             snapshots: Default::default(),
+            stats_off: Default::default(),
         }
     }
 
@@ -358,6 +385,7 @@ impl Lake {
         overwrite: bool,
     ) -> Result<()> {
         let delta = self.handle(layer, table).await?;
+        let stats = self.stats_columns(table, batches.first());
         commit(
             delta,
             batches,
@@ -365,6 +393,7 @@ impl Lake {
             txns,
             overwrite,
             Retry::ByDelta,
+            stats,
         )
         .await
         .map_err(Self::delta_err(layer, table))
@@ -407,7 +436,18 @@ impl Lake {
             let fresh = recorded.rows_past(batch).map_err(|e| err()(e.into()))?;
             let rows = fresh.num_rows();
             let versions_s = opening.elapsed().as_secs_f64() - open_s;
-            match commit(delta, vec![fresh], partition_by, txns, false, Retry::Ours).await {
+            let stats = self.stats_columns(table, Some(&fresh));
+            match commit(
+                delta,
+                vec![fresh],
+                partition_by,
+                txns,
+                false,
+                Retry::Ours,
+                stats,
+            )
+            .await
+            {
                 Ok(()) => {
                     tracing::debug!(
                         %layer,
@@ -675,7 +715,9 @@ async fn commit(
     txns: Vec<(String, i64)>,
     overwrite: bool,
     retry: Retry,
+    stats_columns: Option<String>,
 ) -> Result<(), DeltaTableError> {
+    let creating = delta.version().is_none();
     let mut commit = CommitProperties::default().with_application_transactions(
         txns.into_iter()
             .map(|(app, version)| Transaction::new(app, version))
@@ -699,6 +741,9 @@ async fn commit(
     }
     if !partition_by.is_empty() {
         write = write.with_partition_columns(partition_by.iter().map(|c| (*c).to_owned()));
+    }
+    if creating && let Some(columns) = stats_columns {
+        write = write.with_configuration([("delta.dataSkippingStatsColumns", Some(columns))]);
     }
     write.await?;
     Ok(())

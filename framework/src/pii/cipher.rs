@@ -192,6 +192,29 @@ impl Keyring {
         self.decrypt(domain, text).ok()
     }
 
+    /// `text` encrypted again, in its mode, under its domain's primary key, when it is a value
+    /// this keyring made under an older key. `None` for anything else: a value already under
+    /// the primary key, or a string that is not one of ours (it does not parse as the wire
+    /// format, names no key here, or fails authentication), which is left as it is.
+    pub fn reencrypt(&self, text: &str) -> Option<Result<String, CipherError>> {
+        let wire = BASE64.decode(text).ok()?;
+        let mode = match *wire.first()? {
+            1 => PiiMode::Deterministic,
+            2 => PiiMode::Randomized,
+            _ => return None,
+        };
+        let key_id = u32::from_be_bytes(wire.get(1..HEADER)?.try_into().ok()?);
+        let (domain, keys) = self
+            .domains
+            .iter()
+            .find(|(_, keys)| keys.keys.contains_key(&key_id))?;
+        if keys.primary == key_id {
+            return None;
+        }
+        let plain = self.decrypt(domain, text).ok()?;
+        Some(self.encrypt(domain, mode, &plain))
+    }
+
     /// The plaintext of a wire-format `text` of `domain` (either mode, any of its keys).
     pub fn decrypt(&self, domain: &str, text: &str) -> Result<Vec<u8>, CipherError> {
         let not_ciphertext = || CipherError::NotCiphertext {

@@ -10,9 +10,11 @@
 //! - [`edge`]: what the producer and the gateway do to a table's PII cells (pad, the PII
 //!   columns' expectations on the plaintext, encrypt).
 
+pub mod cells;
 pub mod cipher;
 pub mod edge;
 pub mod keyset;
+pub mod reencrypt;
 pub mod udf;
 
 #[cfg(test)]
@@ -48,6 +50,66 @@ pub fn domains(project: &Project) -> BTreeMap<String, Vec<String>> {
         }
     }
     domains
+}
+
+/// The top-level columns of `table`'s rows that hold ciphertext of a whole value, each with
+/// how it is encrypted: its own PII columns and those its enrichment copies from another
+/// table's PII columns (nested columns with PII leaves are not listed: their leaves are).
+pub fn encrypted_columns<'p>(
+    project: &'p Project,
+    table: &'p crate::idcard::Table,
+) -> BTreeMap<String, &'p crate::idcard::model::ColumnPii> {
+    let mut columns: BTreeMap<String, &crate::idcard::model::ColumnPii> = table
+        .columns
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), c.pii.as_ref()?)))
+        .collect();
+    for enrich in &table.config.enrich {
+        let Some(from) = project.table(&enrich.from) else {
+            continue;
+        };
+        for column in &enrich.columns {
+            let (source, target) = crate::idcard::compile::enrich_column_names(column);
+            if let Some(pii) = from.column(&source).and_then(|c| c.pii.as_ref()) {
+                columns.insert(target, pii);
+            }
+        }
+    }
+    columns
+}
+
+/// Per lake table name, the columns whose Delta statistics are left out because they hold
+/// ciphertext: [`encrypted_columns`], nested columns with PII leaves, and a reject payload
+/// (sealed whole for a table with PII); `latest_by` and tombstone tables as their owner.
+pub fn stats_off(project: &Project) -> std::collections::HashMap<String, Vec<String>> {
+    let mut out = std::collections::HashMap::new();
+    for table in &project.tables {
+        let mut columns: Vec<String> = encrypted_columns(project, table).into_keys().collect();
+        columns.extend(
+            table
+                .columns
+                .iter()
+                .filter(|c| !c.nested_pii.is_empty())
+                .map(|c| c.name.clone()),
+        );
+        if columns.is_empty() {
+            continue;
+        }
+        if table
+            .columns
+            .iter()
+            .any(|c| c.pii.is_some() || !c.nested_pii.is_empty())
+        {
+            columns.push("_payload".to_owned());
+        }
+        let names = std::iter::once(table.name().to_owned())
+            .chain(std::iter::once(format!("{}__tombstones", table.name())))
+            .chain(table.config.latest_by.iter().map(|l| l.name.clone()));
+        for name in names {
+            out.insert(name, columns.clone());
+        }
+    }
+    out
 }
 
 /// The keyring of a run over `project` (idcards under `project_dir`): empty when no idcard

@@ -1054,8 +1054,8 @@ fn a_nested_table_ingests_and_reads_back_in_its_shape_and_csv_is_refused_clearly
         "column `contacts`: at `contacts[0].kind`: null in a non-nullable field",
         "{report}"
     );
-    // The shape is kept; nested PII leaves are shown as stored (ciphertext): the gateway
-    // decrypts top-level PII columns only.
+    // The shape is kept; this token holds the `pii` scope, so the nested PII leaves are shown
+    // decrypted, while the lake holds their ciphertext.
     let row = &responses[1]["body"][0];
     assert_eq!(
         row["preferences"],
@@ -1063,14 +1063,26 @@ fn a_nested_table_ingests_and_reads_back_in_its_shape_and_csv_is_refused_clearly
         "{row}"
     );
     assert_eq!(row["tags"], json!(["gateway"]), "{row}");
-    assert_eq!(row["address"]["state"], "SP", "{row}");
-    assert_eq!(row["contacts"][0]["kind"], "email", "{row}");
-    let sealed = row["contacts"][0]["value"].as_str().unwrap();
-    assert!(!sealed.contains("gw@example.com"), "{row}");
-    let keys = framework::pii::keyring(&project(), &repo()).unwrap();
-    assert_eq!(keys.decrypt_any(sealed).unwrap(), b"gw@example.com");
-    let zip = row["address"]["zip_code_prefix"].as_str().unwrap();
-    assert_eq!(keys.decrypt_any(zip).unwrap(), b"01001");
+    assert_eq!(
+        row["address"],
+        json!({ "zip_code_prefix": "01001", "city": "sao paulo", "state": "SP" }),
+        "{row}"
+    );
+    assert_eq!(
+        row["contacts"],
+        json!([{ "kind": "email", "value": "gw@example.com", "verified": true }]),
+        "{row}"
+    );
+    let stored = query(
+        &lake,
+        framework::lake::Layer::Silver,
+        "customer_profiles",
+        "SELECT get_field(contacts[1], 'value') AS v, get_field(address, 'city') AS c FROM t WHERE customer_unique_id = 'gw-profile-1'",
+    );
+    assert!(
+        !stored.contains("gw@example.com") && !stored.contains("sao paulo"),
+        "{stored}"
+    );
 
     assert_eq!(responses[2]["status"], 406, "{}", responses[2]);
     let detail = responses[2]["body"]["detail"].as_str().unwrap();
