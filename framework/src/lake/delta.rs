@@ -120,15 +120,21 @@ impl Lake {
         self
     }
 
-    /// The `delta.dataSkippingStatsColumns` of a new `table` whose rows look like `batch`.
-    fn stats_columns(&self, table: &str, batch: Option<&RecordBatch>) -> Option<String> {
+    /// The `delta.dataSkippingStatsColumns` of a new `table` whose rows look like `batch`
+    /// (partition columns are not in the files: they have no statistics to keep).
+    fn stats_columns(
+        &self,
+        table: &str,
+        batch: Option<&RecordBatch>,
+        partition_by: &[&str],
+    ) -> Option<String> {
         let off = self.stats_off.get(table)?;
         let schema = batch?.schema();
         let on: Vec<&str> = schema
             .fields()
             .iter()
             .map(|f| f.name().as_str())
-            .filter(|name| !off.iter().any(|o| o == name))
+            .filter(|name| !off.iter().any(|o| o == name) && !partition_by.contains(name))
             .collect();
         Some(on.join(","))
     }
@@ -385,7 +391,7 @@ impl Lake {
         overwrite: bool,
     ) -> Result<()> {
         let delta = self.handle(layer, table).await?;
-        let stats = self.stats_columns(table, batches.first());
+        let stats = self.stats_columns(table, batches.first(), partition_by);
         commit(
             delta,
             batches,
@@ -436,7 +442,7 @@ impl Lake {
             let fresh = recorded.rows_past(batch).map_err(|e| err()(e.into()))?;
             let rows = fresh.num_rows();
             let versions_s = opening.elapsed().as_secs_f64() - open_s;
-            let stats = self.stats_columns(table, Some(&fresh));
+            let stats = self.stats_columns(table, Some(&fresh), partition_by);
             match commit(
                 delta,
                 vec![fresh],

@@ -82,7 +82,7 @@ pub enum Error {
     #[error(transparent)]
     Pii(#[from] crate::pii::edge::EdgeError),
     #[error(
-        "{path}: the file holds a header and no rows, and table `{table}` is FULL: each delivery replaces the whole table, so this one would empty it\n  hint: nothing was sent and silver keeps the last snapshot; check the export that wrote the file"
+        "{path}: the file holds no rows, and table `{table}` is FULL: each delivery replaces the whole table, so this one would empty it\n  hint: nothing was sent and silver keeps the last snapshot; check the export that wrote the file"
     )]
     EmptySnapshot { path: PathBuf, table: String },
     #[error(transparent)]
