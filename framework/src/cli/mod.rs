@@ -394,6 +394,13 @@ fn keyring(cli: &Global, project: &Project) -> Result<std::sync::Arc<crate::pii:
     Ok(crate::pii::keyring(project, project_dir(cli))?)
 }
 
+/// The lake as a run over `project` writes it: tables holding ciphertext are created without
+/// statistics on those columns ([`crate::pii::stats_off`]).
+fn writing(lake: &Lake, project: &Project) -> Lake {
+    lake.clone()
+        .without_stats_on(crate::pii::stats_off(project))
+}
+
 /// The folder that holds the idcards folder (and `keys/`).
 fn project_dir(cli: &Global) -> &std::path::Path {
     cli.idcards.parent().unwrap_or(std::path::Path::new(""))
@@ -447,12 +454,7 @@ fn execute(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Tables holding ciphertext are created without statistics on those columns (idcards that
-    // do not load are reported by the command itself).
-    let stats_off = idcard::load_dir(&cli.idcards)
-        .map(|project| crate::pii::stats_off(&project))
-        .unwrap_or_default();
-    let lake = Lake::at(&cli.lake.to_string_lossy()).without_stats_on(stats_off);
+    let lake = Lake::at(&cli.lake.to_string_lossy());
     let bus_dir = match lake.bus_dir() {
         Some(dir) => dir,
         None if cli.bus == "embedded" => bail!(
@@ -562,17 +564,10 @@ fn serve(
         "no token configured: reads open, writes refused (set FRAMEWORK_GATEWAY_TOKEN)"
     };
     let keys = keyring(cli, &project)?;
+    let lake = writing(lake, &project);
     let gateway = std::sync::Arc::new(
-        crate::gateway::Gateway::new(
-            project,
-            models,
-            checks,
-            lake.clone(),
-            bus.clone(),
-            tokens,
-            limits,
-        )
-        .with_keys(keys),
+        crate::gateway::Gateway::new(project, models, checks, lake, bus.clone(), tokens, limits)
+            .with_keys(keys),
     );
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -739,6 +734,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         report,
     } = args;
     let (project, models, checks) = load_all(cli)?;
+    let lake = &writing(lake, &project);
     let keys = keyring(cli, &project)?;
     let tables = if all { Vec::new() } else { table };
     let options = RunOptions {

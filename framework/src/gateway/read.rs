@@ -380,12 +380,15 @@ fn decrypt_nested(
         let mut columns = batch.columns().to_vec();
         for (i, field) in batch.schema().fields().iter().enumerate() {
             if decrypt.nested.contains(field.name()) {
-                columns[i] = crate::pii::cells::map_strings(&columns[i], &mut |text| {
-                    Ok(decrypt
-                        .keys
-                        .decrypt_any(text)
-                        .map(|plain| String::from_utf8_lossy(&plain).into_owned()))
-                })?;
+                columns[i] = crate::pii::cells::map_strings::<deltalake::arrow::error::ArrowError>(
+                    &columns[i],
+                    &mut |text| {
+                        Ok(decrypt
+                            .keys
+                            .decrypt_any(text)
+                            .map(|plain| String::from_utf8_lossy(&plain).into_owned()))
+                    },
+                )?;
             }
         }
         Ok(RecordBatch::try_new(batch.schema(), columns)?)

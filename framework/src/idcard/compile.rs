@@ -359,14 +359,6 @@ fn check_project(
             });
         }
         check_pii(config, &mut columns, &mut diag);
-        let column_list = || {
-            config
-                .schema
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         if config.key.is_empty() {
             diag(
                 "/key",
@@ -375,7 +367,14 @@ fn check_project(
             );
         }
         for (i, key) in config.key.iter().enumerate() {
-            check_scalar_column(&columns, key, "key column", &format!("/key/{i}"), &mut diag);
+            check_scalar_column(
+                config,
+                &columns,
+                key,
+                "key column",
+                &format!("/key/{i}"),
+                &mut diag,
+            );
         }
         if !names.contains(config.sequence_by.as_str())
             && !MESSAGE_COLUMNS.contains(&config.sequence_by.as_str())
@@ -388,7 +387,7 @@ fn check_project(
                 ),
                 Some(format!(
                     "use `_ingestion_timestamp` or one of: {}",
-                    column_list()
+                    column_list(config)
                 )),
             );
         }
@@ -397,7 +396,7 @@ fn check_project(
                 diag(
                     "/source/rename",
                     format!("rename target `{rename}` (entry {i}) is not in the schema"),
-                    Some(format!("use one of: {}", column_list())),
+                    use_one_of(config),
                 );
             }
         }
@@ -469,6 +468,7 @@ fn check_project(
                     );
                 }
                 check_scalar_column(
+                    config,
                     &columns,
                     mine,
                     "join column",
@@ -518,7 +518,7 @@ fn check_project(
                     Some("use one of not_null, in_set, between, matches".into()),
                 );
             }
-            match expectation_type(&columns, &expectation.column) {
+            match expectation_type(config, &columns, &expectation.column) {
                 Err((message, hint)) => {
                     diag(&format!("/expectations/{i}/column"), message, hint);
                 }
@@ -554,7 +554,7 @@ fn check_project(
         for (i, latest) in config.latest_by.iter().enumerate() {
             for (j, key) in latest.key.iter().enumerate() {
                 let at = format!("/latest_by/{i}/key/{j}");
-                check_scalar_column(&columns, key, "column", &at, &mut diag);
+                check_scalar_column(config, &columns, key, "column", &at, &mut diag);
             }
         }
         if let Some(exposed) = &config.gateway.columns {
@@ -568,7 +568,7 @@ fn check_project(
                     diag(
                         &format!("/gateway/columns/{i}"),
                         format!("column `{column}` is neither in the schema nor enriched"),
-                        Some(format!("use one of: {}", column_list())),
+                        use_one_of(config),
                     );
                 }
             }
@@ -683,8 +683,20 @@ fn column_type(
     Some(data_type)
 }
 
+/// The columns an idcard declares, for hints.
+fn column_list(config: &IdcardConfig) -> String {
+    let names: Vec<&str> = config.schema.iter().map(|c| c.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// The hint naming the columns an idcard declares.
+fn use_one_of(config: &IdcardConfig) -> Option<String> {
+    Some(format!("use one of: {}", column_list(config)))
+}
+
 /// Checks that `name` is a top-level scalar column (a key, a `latest_by` key, a join column).
 fn check_scalar_column(
+    config: &IdcardConfig,
     columns: &[Column],
     name: &str,
     what: &str,
@@ -708,31 +720,31 @@ fn check_scalar_column(
             ),
             Some("lift the field to a top-level column in the source".into()),
         ),
-        None => {
-            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-            diag(
-                pointer,
-                format!("{what} `{name}` is not in the schema"),
-                Some(format!("use one of: {}", names.join(", "))),
-            );
-        }
+        None => diag(
+            pointer,
+            format!("{what} `{name}` is not in the schema"),
+            use_one_of(config),
+        ),
     }
 }
 
 /// The type an expectation checks: a column, or a path through struct fields.
 fn expectation_type<'a>(
+    config: &IdcardConfig,
     columns: &'a [Column],
     path: &str,
 ) -> Result<&'a ColumnType, (String, Option<String>)> {
-    let names = || {
-        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-        Some(format!("use one of: {}", names.join(", ")))
-    };
     let Some((name, steps)) = super::model::parse_path(path) else {
-        return Err((format!("`{path}` is not a column or a path"), names()));
+        return Err((
+            format!("`{path}` is not a column or a path"),
+            use_one_of(config),
+        ));
     };
     let Some(column) = columns.iter().find(|c| c.name == name) else {
-        return Err((format!("column `{name}` is not in the schema"), names()));
+        return Err((
+            format!("column `{name}` is not in the schema"),
+            use_one_of(config),
+        ));
     };
     if steps.contains(&super::model::Step::Each) {
         return Err((
@@ -769,11 +781,10 @@ fn check_pii(
             continue;
         };
         let Some(column) = columns.iter_mut().find(|c| c.name == name) else {
-            let names: Vec<&str> = config.schema.iter().map(|c| c.name.as_str()).collect();
             diag(
                 &at,
                 format!("column `{name}` is not in the schema"),
-                Some(format!("use one of: {}", names.join(", "))),
+                use_one_of(config),
             );
             continue;
         };

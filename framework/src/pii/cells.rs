@@ -12,13 +12,13 @@ use deltalake::arrow::error::ArrowError;
 
 /// `array` with each string `s` for which `f(s)` is `Some(t)` replaced by `t`; the types are
 /// kept (dictionaries are left alone: they hold partition values, not ciphertext).
-pub fn map_strings(
+pub fn map_strings<E: From<ArrowError>>(
     array: &ArrayRef,
-    f: &mut dyn FnMut(&str) -> Result<Option<String>, ArrowError>,
-) -> Result<ArrayRef, ArrowError> {
+    f: &mut dyn FnMut(&str) -> Result<Option<String>, E>,
+) -> Result<ArrayRef, E> {
     Ok(match array.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let text = cast(array, &DataType::Utf8)?;
+            let text = cast(array, &DataType::Utf8).map_err(E::from)?;
             let text = text.as_string::<i32>();
             let mut changed = false;
             let mut out = Vec::with_capacity(text.len());
@@ -37,7 +37,7 @@ pub fn map_strings(
             if !changed {
                 return Ok(array.clone());
             }
-            cast(&StringArray::from(out), array.data_type())?
+            cast(&StringArray::from(out), array.data_type()).map_err(E::from)?
         }
         DataType::Struct(_) => {
             let structs = array.as_struct();
@@ -46,20 +46,22 @@ pub fn map_strings(
                 .iter()
                 .map(|c| map_strings(c, f))
                 .collect::<Result<Vec<_>, _>>()?;
-            Arc::new(StructArray::try_new(
-                structs.fields().clone(),
-                children,
-                structs.nulls().cloned(),
-            )?)
+            Arc::new(
+                StructArray::try_new(structs.fields().clone(), children, structs.nulls().cloned())
+                    .map_err(E::from)?,
+            )
         }
         DataType::List(field) => {
             let lists = array.as_list::<i32>();
-            Arc::new(ListArray::try_new(
-                field.clone(),
-                lists.offsets().clone(),
-                map_strings(lists.values(), f)?,
-                lists.nulls().cloned(),
-            )?)
+            Arc::new(
+                ListArray::try_new(
+                    field.clone(),
+                    lists.offsets().clone(),
+                    map_strings(lists.values(), f)?,
+                    lists.nulls().cloned(),
+                )
+                .map_err(E::from)?,
+            )
         }
         _ => array.clone(),
     })

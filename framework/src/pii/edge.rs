@@ -256,17 +256,10 @@ impl Edge {
             {
                 return Ok(Outcome::Reject(reason));
             }
-            let encrypted = match value {
+            self.cells[slot] = match value {
                 None => None,
-                Some(plain) => Some(encrypt_cell(&self.keyring, column, plain).map_err(
-                    |source| EdgeError::Cipher {
-                        table: self.table.clone(),
-                        column: column.name.clone(),
-                        source,
-                    },
-                )?),
+                Some(plain) => Some(encrypt_cell(&self.table, &self.keyring, column, plain)?),
             };
-            self.cells[slot] = encrypted;
         }
         for n in 0..self.nested.len() {
             let slot = self.columns.len() + n;
@@ -314,12 +307,8 @@ impl Edge {
                         return Ok(Outcome::Reject(reason));
                     }
                     if let Some(plain) = plain {
-                        let sealed = encrypt_cell(&self.keyring, &mut leaf.column, &plain)
-                            .map_err(|source| EdgeError::Cipher {
-                                table: self.table.clone(),
-                                column: leaf.column.name.clone(),
-                                source,
-                            })?;
+                        let sealed =
+                            encrypt_cell(&self.table, &self.keyring, &mut leaf.column, &plain)?;
                         *target = serde_json::Value::String(sealed.to_string());
                     }
                 }
@@ -399,18 +388,26 @@ fn collect_leaves<'v>(
     }
 }
 
+/// `plain` of `column` (a column or a nested leaf of `table`) encrypted; a deterministic
+/// ciphertext is remembered.
 fn encrypt_cell(
+    table: &str,
     keyring: &Keyring,
     column: &mut PiiColumn,
     plain: &str,
-) -> Result<Arc<str>, CipherError> {
+) -> Result<Arc<str>, EdgeError> {
     if column.mode == PiiMode::Deterministic
         && let Some(hit) = column.cache.get(plain)
     {
         return Ok(hit.clone());
     }
     let sealed: Arc<str> = keyring
-        .encrypt(&column.domain, column.mode, plain.as_bytes())?
+        .encrypt(&column.domain, column.mode, plain.as_bytes())
+        .map_err(|source| EdgeError::Cipher {
+            table: table.to_owned(),
+            column: column.name.clone(),
+            source,
+        })?
         .into();
     if column.mode == PiiMode::Deterministic {
         if column.cache.len() >= CACHE_LIMIT {

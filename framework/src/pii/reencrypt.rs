@@ -136,22 +136,13 @@ fn rewrite(array: &ArrayRef, keys: &Keyring, values: &mut u64) -> Result<ArrayRe
         DataType::Dictionary(_, value) => cast(array, value)?,
         _ => array.clone(),
     };
-    let mut failed = None;
-    let out = super::cells::map_strings(&array, &mut |text| match keys.reencrypt(text) {
+    super::cells::map_strings(&array, &mut |text| match keys.reencrypt(text) {
         None => Ok(None),
-        Some(Ok(sealed)) => {
+        Some(sealed) => {
             *values += 1;
-            Ok(Some(sealed))
+            sealed.map(Some).map_err(Failure::Cipher)
         }
-        Some(Err(e)) => {
-            failed = Some(e);
-            Err(ArrowError::ComputeError("re-encryption failed".into()))
-        }
-    });
-    match (out, failed) {
-        (_, Some(e)) => Err(Failure::Cipher(e)),
-        (out, None) => Ok(out?),
-    }
+    })
 }
 
 enum Failure {

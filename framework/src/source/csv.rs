@@ -230,7 +230,8 @@ pub fn parse_csv(table: &Table, path: &Path, bytes: &[u8]) -> Result<Vec<SourceR
     Ok(rows)
 }
 
-fn file_name(path: &Path) -> String {
+/// The file name of `path`, for messages (`orders.csv:12: ...`).
+pub(super) fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

@@ -96,7 +96,7 @@ impl JsonRecords {
             record: ::csv::ByteRecord::new(),
             order: (0..columns.len()).collect(),
             path: path.into(),
-            file_name: path_name(path),
+            file_name: super::csv::file_name(path),
             cells: vec![String::new(); columns.len()],
             columns,
             rename: table.config.source.rename.clone(),
@@ -219,13 +219,6 @@ impl JsonRecords {
         }
         Parsed::Row
     }
-}
-
-fn path_name(path: &Path) -> String {
-    PathBuf::from(path).file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
 }
 
 /// The elements of a JSON array (the file's text, which starts with `[` after blanks), each
