@@ -127,7 +127,12 @@ fn main() -> Result<()> {
             gold_lines.extend(gold(&exe, &repo, &lake, &label, &args)?.0);
             continue;
         }
-        let small = one_percent(&data, &args.work.join(format!("data-{scale}-1pct")))?;
+        let small = one_percent(
+            &exe,
+            &data,
+            &args.work,
+            &args.work.join(format!("data-{scale}-1pct")),
+        )?;
         let ours = run_ours(&exe, &repo, [&data, &data, &small], &lake)?;
         if args.profile {
             profiles.push(profile(&label, &ours));
@@ -172,28 +177,213 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// A data folder with the first 1% of each source file's records (at least one): a small
-/// delivery of rows the lake already holds, for the incremental figure.
-fn one_percent(data: &Path, out: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(out)?;
-    for entry in std::fs::read_dir(data)? {
-        let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "csv") {
-            continue;
+/// How a changed row of a source file differs from the row the lake holds: one column gets a
+/// value that is still valid for its idcard (so the row is applied, not quarantined).
+enum Change {
+    /// The column takes this value.
+    Set(&'static str, &'static str),
+    /// The column's text gets this suffix (a latitude with one more digit is a new
+    /// geolocation key: that table is APPEND, where a change is a new row).
+    Append(&'static str, &'static str),
+}
+
+impl Change {
+    fn column(&self) -> &'static str {
+        match self {
+            Change::Set(column, _) | Change::Append(column, _) => column,
         }
+    }
+
+    /// The changed value of a field that held `old`.
+    fn apply(&self, old: &[u8]) -> Vec<u8> {
+        match self {
+            Change::Set(_, value) => value.as_bytes().to_vec(),
+            Change::Append(_, suffix) => [old, suffix.as_bytes()].concat(),
+        }
+    }
+}
+
+/// Per source file, the change its changed rows carry.
+const CHANGES: &[(&str, Change)] = &[
+    (
+        "olist_orders_dataset.csv",
+        Change::Set("order_status", "canceled"),
+    ),
+    (
+        "olist_order_items_dataset.csv",
+        Change::Set("freight_value", "9.99"),
+    ),
+    (
+        "olist_order_payments_dataset.csv",
+        Change::Set("payment_installments", "2"),
+    ),
+    (
+        "olist_order_reviews_dataset.csv",
+        Change::Set("review_score", "3"),
+    ),
+    (
+        "olist_products_dataset.csv",
+        Change::Set("product_photos_qty", "2"),
+    ),
+    (
+        "olist_customers_dataset.csv",
+        Change::Set("customer_state", "SP"),
+    ),
+    (
+        "olist_sellers_dataset.csv",
+        Change::Set("seller_state", "SP"),
+    ),
+    (
+        "olist_geolocation_dataset.csv",
+        Change::Append("geolocation_lat", "1"),
+    ),
+    (
+        "product_category_name_translation.csv",
+        Change::Append("product_category_name_english", "_2"),
+    ),
+];
+
+/// The FULL table's file: each delivery is the whole table, so it is sent whole (1% of its
+/// rows changed) rather than cut to 1%.
+const FULL_FILE: &str = "product_category_name_translation.csv";
+
+/// Orders at scale 1 (`generate-data`), to size the new rows of a delivery to its data.
+const ORDERS_AT_SCALE_1: f64 = 99_441.0;
+
+/// A data folder for the incremental figure: 1% new and changed rows of each source file. Half
+/// of it is the first 0.5% of the file's records with one column changed ([`CHANGES`]), the
+/// other half new keys (`generate-data` with another seed, sized to 0.5% of `data`'s orders;
+/// the new rows refer to each other, so new items have their new orders, products and
+/// sellers; their timestamps moved after `data`'s last order, see [`new_orders_shift`]). The
+/// FULL table's file is sent whole with 1% of its rows changed.
+fn one_percent(exe: &Path, data: &Path, work: &Path, out: &Path) -> Result<PathBuf> {
+    let read = |path: &Path| -> Result<Vec<csv::ByteRecord>> {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_path(&path)?;
-        let records: Vec<csv::ByteRecord> = reader.byte_records().collect::<Result<_, _>>()?;
-        let keep = 1 + (records.len().saturating_sub(1) / 100).max(1);
-        let mut writer = csv::Writer::from_path(out.join(path.file_name().context("a file")?))?;
-        for record in records.iter().take(keep) {
-            writer.write_byte_record(record)?;
+            .from_path(path)?;
+        Ok(reader.byte_records().collect::<Result<_, _>>()?)
+    };
+    let orders = read(&data.join("olist_orders_dataset.csv"))?
+        .len()
+        .saturating_sub(1);
+    let scale = 0.005 * orders as f64 / ORDERS_AT_SCALE_1;
+    let new_dir = work.join(format!("new-rows-{scale:.6}"));
+    if !new_dir.join("olist_orders_dataset.csv").exists() {
+        run(Command::new(exe)
+            .args([
+                "generate-data",
+                "--seed",
+                "4242",
+                "--scale",
+                &format!("{scale:.6}"),
+                "--out",
+            ])
+            .arg(&new_dir)
+            .stdout(Stdio::null()))?;
+    }
+    let shift = new_orders_shift(data, &new_dir)?;
+    std::fs::create_dir_all(out)?;
+    for (file, change) in CHANGES {
+        let records = read(&data.join(file))?;
+        let Some((header, rows)) = records.split_first() else {
+            bail!("{} is empty", data.join(file).display());
+        };
+        let column = change.column();
+        let at = header
+            .iter()
+            .position(|h| h == column.as_bytes())
+            .with_context(|| format!("{file} has no column {column}"))?;
+        let changed = |record: &csv::ByteRecord| -> csv::ByteRecord {
+            record
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i == at { change.apply(v) } else { v.to_vec() })
+                .collect()
+        };
+        let mut writer = csv::Writer::from_path(out.join(file))?;
+        writer.write_byte_record(header)?;
+        if *file == FULL_FILE {
+            let change = rows.len().div_ceil(100);
+            for (i, record) in rows.iter().enumerate() {
+                let record = if i < change {
+                    changed(record)
+                } else {
+                    record.clone()
+                };
+                writer.write_byte_record(&record)?;
+            }
+            writer.flush()?;
+            continue;
+        }
+        for record in rows.iter().take(rows.len().div_ceil(200)) {
+            writer.write_byte_record(&changed(record))?;
+        }
+        // The new rows, in this file's column order.
+        let generated = read(&new_dir.join(file))?;
+        if let Some((new_header, new_rows)) = generated.split_first() {
+            let order: Vec<usize> = header
+                .iter()
+                .map(|h| {
+                    new_header.iter().position(|n| n == h).with_context(|| {
+                        format!("generated {file} lacks a column of {}", data.display())
+                    })
+                })
+                .collect::<Result<_>>()?;
+            for record in new_rows {
+                let record: csv::ByteRecord = order
+                    .iter()
+                    .map(|&i| later(record.get(i).unwrap_or_default(), shift))
+                    .collect();
+                writer.write_byte_record(&record)?;
+            }
         }
         writer.flush()?;
     }
     Ok(out.to_path_buf())
+}
+
+/// The timestamps of source files: `2017-10-02 10:56:33`.
+const TIMESTAMP: &str = "%Y-%m-%d %H:%M:%S";
+
+/// How far the new rows' timestamps move so that the first new order is placed a day after
+/// the last order of `data`: new orders are recent, as in a real delivery (the generator
+/// spreads its orders over the Olist years; all of a row's timestamps move together).
+fn new_orders_shift(data: &Path, new_dir: &Path) -> Result<chrono::TimeDelta> {
+    let purchases = |path: &Path| -> Result<Vec<chrono::NaiveDateTime>> {
+        let mut reader = csv::Reader::from_path(path)?;
+        let at = reader
+            .headers()?
+            .iter()
+            .position(|h| h == "order_purchase_timestamp")
+            .with_context(|| format!("{} has no order_purchase_timestamp", path.display()))?;
+        Ok(reader
+            .records()
+            .filter_map(|r| r.ok())
+            .filter_map(|r| chrono::NaiveDateTime::parse_from_str(r.get(at)?, TIMESTAMP).ok())
+            .collect())
+    };
+    let last = purchases(&data.join("olist_orders_dataset.csv"))?
+        .into_iter()
+        .max();
+    let first = purchases(&new_dir.join("olist_orders_dataset.csv"))?
+        .into_iter()
+        .min();
+    Ok(match (last, first) {
+        (Some(last), Some(first)) => chrono::TimeDelta::days((last - first).num_days() + 1),
+        _ => chrono::TimeDelta::zero(),
+    })
+}
+
+/// `value` moved `shift` later when it is a timestamp, as it is otherwise.
+fn later(value: &[u8], shift: chrono::TimeDelta) -> Vec<u8> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| chrono::NaiveDateTime::parse_from_str(text, TIMESTAMP).ok())
+        .map_or_else(
+            || value.to_vec(),
+            |at| (at + shift).format(TIMESTAMP).to_string().into_bytes(),
+        )
 }
 
 /// Seconds per table and stage, and per phase, of each delivery of our run.

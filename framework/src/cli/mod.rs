@@ -754,6 +754,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         },
         silver_options: SilverOptions {
             batch_size: silver_batch_size,
+            keys: keys.clone(),
         },
         until,
         progress,

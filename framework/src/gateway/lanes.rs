@@ -614,6 +614,7 @@ async fn refresh_visible(
             table,
             &gateway.bus,
             &gateway.lake,
+            &gateway.keys,
         )
         .await
         .map_err(|e| {

@@ -179,7 +179,10 @@ impl Gateway {
                 keys: self.keys.clone(),
             },
             bronze_options: BronzeOptions::default(),
-            silver_options: SilverOptions::default(),
+            silver_options: SilverOptions {
+                keys: self.keys.clone(),
+                ..SilverOptions::default()
+            },
             until: Stage::Gold,
             progress: false,
             build_options: BuildOptions {

@@ -11,7 +11,7 @@ use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{Lake, Layer, collect_batches, session};
+use crate::lake::{Changes, Lake, Layer, collect_batches, session};
 use crate::silver::sql::{ident, key_match};
 
 use super::config::Materialized;
@@ -155,13 +155,20 @@ pub async fn build(
                 let reads = Reads::of(models, model, &versions, &rebuilt);
                 async move {
                     let reads = reads?;
-                    if !options.full_refresh
-                        && let Some(reads) = &reads
-                        && reads.unchanged_since_built(lake, model).await?
-                    {
+                    let since = match &reads {
+                        Some(reads) if !options.full_refresh => {
+                            reads.since_built(lake, model).await?
+                        }
+                        _ => Changes::Rewritten,
+                    };
+                    if since == Changes::None {
                         return keep(lake, ctx, models, model).await;
                     }
-                    let report = materialize(lake, ctx, models, model, options, reads).await?;
+                    // An incremental model recomputes its recent rows (the lookback) and merges
+                    // them: that covers rows added, not rows an input updated or deleted, which
+                    // may belong to any older row of the model. Then it is built in full.
+                    let full = options.full_refresh || since == Changes::Rewritten;
+                    let report = materialize(lake, ctx, models, model, full, reads).await?;
                     crate::fault::crash_point(&format!("gold-after:{}", model.name));
                     Ok::<_, Error>((report, None))
                 }
@@ -355,23 +362,26 @@ impl Reads {
             .collect()
     }
 
-    /// Whether `model`'s table was last built from the same SQL and from versions of the same
-    /// tables with no data change since.
-    async fn unchanged_since_built(&self, lake: &Lake, model: &Model) -> Result<bool> {
+    /// How `model`'s inputs changed since its table was last built: [`Changes::None`] when built
+    /// from the same SQL and from versions of the same tables with no data change since
+    /// ([`Changes::Rewritten`] when the SQL differs or the last build recorded no reads).
+    async fn since_built(&self, lake: &Lake, model: &Model) -> Result<Changes> {
         let apps: Vec<String> = self.txns().into_iter().map(|(app, _)| app).collect();
         let built = lake.txn_versions(Layer::Gold, &model.name, &apps).await?;
         if built.get(SQL_APP) != Some(&self.sql_hash) {
-            return Ok(false);
+            return Ok(Changes::Rewritten);
         }
+        let mut changes = Changes::None;
         for (app, layer, table, version) in &self.tables {
             let Some(&from) = built.get(app) else {
-                return Ok(false);
+                return Ok(Changes::Rewritten);
             };
-            if lake.data_changed(*layer, table, from, *version).await? {
-                return Ok(false);
+            changes = changes.max(lake.changes(*layer, table, from, *version).await?);
+            if changes == Changes::Rewritten {
+                break;
             }
         }
-        Ok(true)
+        Ok(changes)
     }
 }
 
@@ -419,7 +429,7 @@ async fn materialize(
     ctx: &SessionContext,
     models: &Models,
     model: &Model,
-    options: &BuildOptions,
+    full: bool,
     reads: Option<Reads>,
 ) -> Result<ModelReport> {
     let started = Instant::now();
@@ -427,13 +437,13 @@ async fn materialize(
     let relation = model.relation();
     let query = |source| query_error(models, model, source);
     // Only an incremental run reads the model's own table (`this`): a table model, or any
-    // model under --full-refresh, is replaced whole without loading the old one.
-    let existing =
-        if model.config.materialized == Materialized::Incremental && !options.full_refresh {
-            lake.open(Layer::Gold, &model.name).await?
-        } else {
-            None
-        };
+    // model built in `full` (--full-refresh, or inputs rewritten), is replaced whole without
+    // loading the old one.
+    let existing = if model.config.materialized == Materialized::Incremental && !full {
+        lake.open(Layer::Gold, &model.name).await?
+    } else {
+        None
+    };
     let incremental = existing.is_some();
     if existing.is_some() {
         lake.register(ctx, Layer::Gold, &model.name, &relation)

@@ -584,9 +584,8 @@ impl Lake {
     }
 
     /// Whether a commit of `table` after version `since`, up to `until`, added, removed or
-    /// reshaped data; a commit that only records offsets (`txn`) does not. True as well when
-    /// `until` is older than `since`, a commit in between cannot be read, or more than
-    /// [`CHANGE_SCAN`] commits lie between (rebuilding is then cheaper than reading them).
+    /// reshaped data; a commit that only records offsets (`txn`) does not (see
+    /// [`Lake::changes`]).
     pub async fn data_changed(
         &self,
         layer: Layer,
@@ -594,16 +593,31 @@ impl Lake {
         since: i64,
         until: i64,
     ) -> Result<bool> {
+        Ok(self.changes(layer, table, since, until).await? != Changes::None)
+    }
+
+    /// How the commits of `table` after version `since`, up to `until`, changed its data.
+    /// [`Changes::Rewritten`] as well when `until` is older than `since`, a commit in between
+    /// cannot be read, or more than [`CHANGE_SCAN`] commits lie between (rebuilding is then
+    /// cheaper than reading them).
+    pub async fn changes(
+        &self,
+        layer: Layer,
+        table: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Changes> {
         if until == since {
-            return Ok(false);
+            return Ok(Changes::None);
         }
         if until < since || until - since > CHANGE_SCAN {
-            return Ok(true);
+            return Ok(Changes::Rewritten);
         }
         let delta = self
             .builder(layer, table)?
             .build()
             .map_err(Self::delta_err(layer, table))?;
+        let mut changes = Changes::None;
         for version in since + 1..=until {
             let entry = delta
                 .log_store()
@@ -611,13 +625,14 @@ impl Lake {
                 .await
                 .map_err(Self::delta_err(layer, table))?;
             let Some(bytes) = entry else {
-                return Ok(true);
+                return Ok(Changes::Rewritten);
             };
-            if commit_changes_data(&bytes) {
-                return Ok(true);
+            changes = changes.max(commit_changes(&bytes));
+            if changes == Changes::Rewritten {
+                break;
             }
         }
-        Ok(false)
+        Ok(changes)
     }
 
     /// Hours since the table's latest commit (`None` when it does not exist).
@@ -661,26 +676,47 @@ pub struct TableStats {
     pub last_operation: Option<String>,
 }
 
-/// Commits [`Lake::data_changed`] reads at most before it answers "changed" unread.
+/// Commits [`Lake::changes`] reads at most before it answers "changed" unread.
 pub const CHANGE_SCAN: i64 = 50;
 
-/// Whether a commit file (JSON lines, one action each) holds an action other than `txn` and
-/// `commitInfo`: `add`, `remove`, `metaData`, `protocol`, ... (an unreadable line counts too).
-fn commit_changes_data(bytes: &[u8]) -> bool {
+/// How commits changed a table's data, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Changes {
+    /// Only `txn` and `commitInfo` actions (an unchanged re-delivery records offsets), or files
+    /// a compaction rewrote (`dataChange: false`).
+    None,
+    /// Rows added (`add` actions) and nothing removed: the rows there before are all there.
+    Appended,
+    /// Rows removed or replaced (`remove` actions: a MERGE's update or delete, an overwrite),
+    /// or the table reshaped (`metaData`, `protocol`), or an unreadable line.
+    Rewritten,
+}
+
+/// What a commit file (JSON lines, one action each) did to the table's data.
+fn commit_changes(bytes: &[u8]) -> Changes {
     bytes
         .split(|&b| b == b'\n')
         .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-        .any(|line| {
+        .map(|line| {
             match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) {
-                // A compaction's files say `dataChange: false`.
-                Ok(action) => action.iter().any(|(kind, body)| {
-                    kind != "txn"
-                        && kind != "commitInfo"
-                        && body.get("dataChange") != Some(&serde_json::Value::Bool(false))
-                }),
-                Err(_) => true,
+                Ok(action) => action
+                    .iter()
+                    .map(|(kind, body)| match kind.as_str() {
+                        "txn" | "commitInfo" => Changes::None,
+                        // A compaction's files say `dataChange: false`.
+                        _ if body.get("dataChange") == Some(&serde_json::Value::Bool(false)) => {
+                            Changes::None
+                        }
+                        "add" => Changes::Appended,
+                        _ => Changes::Rewritten,
+                    })
+                    .max()
+                    .unwrap_or(Changes::None),
+                Err(_) => Changes::Rewritten,
             }
         })
+        .max()
+        .unwrap_or(Changes::None)
 }
 
 /// The transaction versions of `apps` in `delta`'s snapshot (absent ids are left out).

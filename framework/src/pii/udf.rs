@@ -1,10 +1,11 @@
 //! `pii_decrypt(column)` in gold SQL: the plaintext of an encrypted value, when this run holds
 //! the key its key id names (either mode, any domain); a run without it fails with an error that
-//! says so, rather than returning ciphertext as if it were data.
+//! says so, rather than returning ciphertext as if it were data. `pii_same(a, b)` for silver:
+//! whether two values of a randomized column hold the same plaintext.
 
 use std::sync::Arc;
 
-use deltalake::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringBuilder};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
 use deltalake::datafusion::common::ScalarValue;
@@ -52,5 +53,51 @@ pub fn register(ctx: &SessionContext, keys: &Arc<Keyring>) {
         DataType::Utf8,
         Volatility::Immutable,
         decrypt,
+    ));
+}
+
+/// Registers `pii_same(a, b)` in `ctx`: true when both are null, or equal, or both decrypt with
+/// `keys` to the same plaintext; false otherwise (a value these keys cannot open counts as
+/// different). A randomized column's ciphertext changes at every encryption, so an unchanged row
+/// sent again compares equal only by its plaintext.
+pub fn register_same(ctx: &SessionContext, keys: &Arc<Keyring>) {
+    let keys = keys.clone();
+    let same = Arc::new(move |args: &[ColumnarValue]| {
+        let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let (a, b) = (
+            cast(&arrays[0], &DataType::Utf8)?,
+            cast(&arrays[1], &DataType::Utf8)?,
+        );
+        let (a, b) = (a.as_string::<i32>(), b.as_string::<i32>());
+        let result: BooleanArray = (0..a.len())
+            .map(|i| {
+                Some(match (a.is_null(i), b.is_null(i)) {
+                    (true, true) => true,
+                    (false, false) => {
+                        let (x, y) = (a.value(i), b.value(i));
+                        x == y
+                            || keys
+                                .decrypt_any(x)
+                                .zip(keys.decrypt_any(y))
+                                .is_some_and(|(x, y)| x == y)
+                    }
+                    _ => false,
+                })
+            })
+            .collect();
+        let array: ArrayRef = Arc::new(result);
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+        } else {
+            ColumnarValue::Array(array)
+        })
+    });
+    ctx.register_udf(create_udf(
+        "pii_same",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Boolean,
+        Volatility::Immutable,
+        same,
     ));
 }

@@ -3,12 +3,14 @@
 //! are the batch run's (`framework run`, `framework test`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::bronze::{self, BronzeOptions};
 use crate::bus::Bus;
 use crate::gold::{self, BuildOptions, ModelReport, Models};
 use crate::idcard::{Project, Table};
 use crate::lake::Lake;
+use crate::pii::Keyring;
 use crate::silver::{self, SilverOptions};
 
 use super::Result;
@@ -25,24 +27,35 @@ pub struct Refreshed {
 
 /// Consumes what is on `table`'s topic past bronze's offsets into bronze and silver, then
 /// builds the gold models that read the table (those whose inputs did not change are kept).
+/// `keys` are the run's PII keys (silver compares randomized columns by plaintext with them,
+/// gold's `pii_decrypt` decrypts with them).
 pub async fn refresh(
     project: &Project,
     models: &Models,
     table: &Table,
     bus: &Bus,
     lake: &Lake,
+    keys: &Arc<Keyring>,
 ) -> Result<Refreshed> {
     let started = std::time::Instant::now();
     let bronze = bronze::ingest(bus, lake, table, &BronzeOptions::default(), &|_, _| {}).await?;
     let bronze_s = started.elapsed().as_secs_f64();
-    let silver = silver::refine(lake, project, table, &SilverOptions::default()).await?;
+    let silver_options = SilverOptions {
+        keys: keys.clone(),
+        ..SilverOptions::default()
+    };
+    let silver = silver::refine(lake, project, table, &silver_options).await?;
     let silver_s = started.elapsed().as_secs_f64() - bronze_s;
     let mut selected: BTreeSet<String> =
         gold::select(models, &[format!("source:{}+", table.name())])?;
     for (model, _) in gold::missing_sources(lake, models, &selected).await? {
         selected.remove(&model);
     }
-    let models = gold::build(lake, models, &selected, &BuildOptions::default()).await?;
+    let build_options = BuildOptions {
+        keys: keys.clone(),
+        ..BuildOptions::default()
+    };
+    let models = gold::build(lake, models, &selected, &build_options).await?;
     let per_model: Vec<String> = models
         .iter()
         .map(|m| {

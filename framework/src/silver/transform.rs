@@ -45,12 +45,17 @@ pub struct SilverOptions {
     /// refined in several commits, so memory stays bounded whatever its size. A FULL table's
     /// delivery replaces silver, so it is always one commit.
     pub batch_size: u64,
+    /// The data keys of PII columns: an unchanged row sent again has a new ciphertext in each
+    /// randomized column, and silver tells it from a change by the plaintext (without the key,
+    /// such a row counts as changed and is rewritten).
+    pub keys: Arc<crate::pii::Keyring>,
 }
 
 impl Default for SilverOptions {
     fn default() -> Self {
         Self {
             batch_size: 500_000,
+            keys: Arc::default(),
         }
     }
 }
@@ -138,6 +143,7 @@ async fn refine_leased(
         let ctx = session();
         ctx.register_table("bronze", bronze.clone())
             .map_err(query)?;
+        crate::pii::udf::register_same(&ctx, &options.keys);
         refine_batch(
             lake, project, table, &ctx, &cursor, &checks, &filter, txns, &mut stats,
         )
@@ -533,6 +539,15 @@ async fn apply(
     let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
         return Ok(());
     };
+    if let Some(whole) = rewrite_whole(ctx, table, &target, &changes, &columns).await? {
+        lake.write(Layer::Silver, name, whole, &[], txns, true)
+            .await?;
+        return Ok(());
+    }
+    let changes = ctx
+        .read_batches(changes.rows)
+        .and_then(|rows| rows.drop_columns(&["_matched"]))
+        .map_err(query)?;
     let on = key_match(table.key(), "target", "source");
     let commit = CommitProperties::default().with_application_transactions(
         txns.into_iter()
@@ -581,6 +596,87 @@ async fn apply(
     Ok(())
 }
 
+/// The rows of a DIFF batch that change stored keys, and the new keys beside them.
+struct Changed {
+    /// The batch's columns, `_delete`, and `_matched` (the key is stored).
+    rows: Vec<RecordBatch>,
+    /// Rows whose key is stored: updates and deletes.
+    matched: usize,
+}
+
+/// A MERGE rewrites each target file that holds a changed key, and keys spread over the files
+/// at random: `n` changed keys leave a file of `f` untouched with probability about e^(-n/f),
+/// so from this many changes per file on (5% untouched) it rewrites nearly every file anyway.
+const CHANGES_PER_FILE_TO_REWRITE: usize = 3;
+
+/// Stored rows up to which such a table is rewritten whole in memory; a larger one is merged.
+const REWRITE_ROWS_MAX: u64 = 2_000_000;
+
+/// Silver after the batch's changes, for a table the MERGE would rewrite nearly whole anyway
+/// (see [`CHANGES_PER_FILE_TO_REWRITE`]): the stored rows whose key the batch does not update
+/// or delete, and the batch's rows that are not deletes, to replace the table in one overwrite
+/// commit. Cheaper than the MERGE it stands for: the stored rows are read once and written once,
+/// with no join over every target column. `None` when the MERGE should run.
+async fn rewrite_whole(
+    ctx: &SessionContext,
+    table: &Table,
+    target: &deltalake::DeltaTable,
+    changes: &Changed,
+    columns: &[String],
+) -> Result<Option<Vec<RecordBatch>>> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    let (files, rows) = target.snapshot().map_or((0, None), |snapshot| {
+        snapshot
+            .log_data()
+            .iter()
+            .fold((0usize, Some(0u64)), |(files, rows), file| {
+                (
+                    files + 1,
+                    rows.zip(file.num_records()).map(|(a, b)| a + b as u64),
+                )
+            })
+    });
+    if files == 0
+        || changes.matched < CHANGES_PER_FILE_TO_REWRITE * files
+        || rows.is_none_or(|rows| rows > REWRITE_ROWS_MAX)
+    {
+        return Ok(None);
+    }
+    let schema = changes.rows[0].schema();
+    ctx.register_table(
+        "changes",
+        Arc::new(MemTable::try_new(schema, vec![changes.rows.clone()]).map_err(query)?),
+    )
+    .map_err(query)?;
+    let list = columns
+        .iter()
+        .map(|c| ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let on = key_match(table.key(), "t", "c");
+    let whole = collect(
+        ctx,
+        &format!(
+            "SELECT {list} FROM stored t \
+             WHERE NOT EXISTS (SELECT 1 FROM changes c WHERE c._matched AND {on}) \
+             UNION ALL SELECT {list} FROM changes WHERE NOT _delete"
+        ),
+    )
+    .await
+    .map_err(query)?;
+    tracing::debug!(
+        table = name,
+        files,
+        updated = changes.matched,
+        "silver: rewritten whole instead of merged"
+    );
+    Ok(Some(whole))
+}
+
 /// The rows of a DIFF batch that change silver: keys it lacks (unless deleted), and keys whose
 /// row is newer than the stored one and differs from it in a column or deletes it. An unchanged
 /// re-delivery leaves the stored row, its `_sequence` included, as it is (the usual "update only
@@ -594,7 +690,7 @@ async fn changed_rows(
     rows: DataFrame,
     columns: &[String],
     txns: &[(String, i64)],
-) -> Result<Option<DataFrame>> {
+) -> Result<Option<Changed>> {
     let name = table.name();
     let query = |source| Error::Query {
         table: name.to_owned(),
@@ -606,7 +702,14 @@ async fn changed_rows(
     let same = columns
         .iter()
         .filter(|c| !matches!(c.as_str(), "_sequence" | PARTITION | OFFSET))
-        .map(|c| format!("(b.{id} IS NOT DISTINCT FROM t.{id})", id = ident(c)))
+        .map(|c| {
+            let id = ident(c);
+            if randomized(table, c) {
+                format!("pii_same(b.{id}, t.{id})")
+            } else {
+                format!("(b.{id} IS NOT DISTINCT FROM t.{id})")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" AND ");
     let newer =
@@ -630,11 +733,15 @@ async fn changed_rows(
                 .map_or(0, |c| c.as_boolean().true_count())
         })
         .sum::<usize>();
-    let ctx_rows = ctx.read_batches(changes).map_err(query)?;
     if matched > 0 {
-        return Ok(Some(ctx_rows.drop_columns(&["_matched"]).map_err(query)?));
+        return Ok(Some(Changed {
+            rows: changes,
+            matched,
+        }));
     }
-    let new = ctx_rows
+    let new = ctx
+        .read_batches(changes)
+        .map_err(query)?
         .drop_columns(&["_matched", "_delete"])
         .map_err(query)?
         .collect()
@@ -643,6 +750,15 @@ async fn changed_rows(
     lake.write(Layer::Silver, name, new, &[], txns.to_vec(), false)
         .await?;
     Ok(None)
+}
+
+/// Whether `column` is a top-level string column encrypted in randomized mode (its ciphertext
+/// differs at every encryption of one plaintext).
+fn randomized(table: &Table, column: &str) -> bool {
+    table
+        .column(column)
+        .and_then(|c| c.pii.as_ref())
+        .is_some_and(|p| p.mode == crate::pii::PiiMode::Randomized)
 }
 
 /// DIFF with `delete_when`: records the batch's deletes in `silver/<table>__tombstones` (exactly

@@ -438,3 +438,96 @@ fn diff_deletes_obey_the_sequence_rule_and_a_deleted_key_stays_deleted_for_older
         ["a | Anew | 5", "b | Bob | 1", "c | Cyd | 3", "d | Dot | 2"]
     );
 }
+
+/// The operation (`WRITE`, `MERGE`, ...) of the latest commit of silver `accounts`.
+fn last_commit_operation(project: &Project) -> String {
+    let log = project.lake().join("silver/accounts/_delta_log");
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    let text = std::fs::read_to_string(commits.last().unwrap()).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find_map(|action| {
+            action["commitInfo"]["operation"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap()
+}
+
+#[test]
+fn diff_changes_to_most_of_a_small_table_rewrite_it_whole_with_the_merge_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::with(
+        dir.path(),
+        "DIFF",
+        "  - { name: op, type: string }\n",
+        "delete_when: \"op = 'D'\"\n",
+    );
+    let deliver =
+        |rows: &[&str]| succeeded(project.deliver_with_header("id,name,version,op", rows));
+    deliver(&[
+        "a,Ann,1,I",
+        "b,Bob,1,I",
+        "c,Cid,1,I",
+        "d,Dan,1,I",
+        "e,Eve,1,I",
+        "f,Fay,1,I",
+        "g,Gus,1,I",
+        "h,Hal,1,I",
+    ]);
+    let sequence_of = |id: &str| {
+        query(
+            &project.lake(),
+            Layer::Silver,
+            "accounts",
+            &format!("SELECT CAST(_sequence AS VARCHAR) FROM t WHERE id = '{id}'"),
+        )
+    };
+    let d = sequence_of("d");
+    // Five stored keys change (newer versions of a, e and f, a newer delete of c, the same
+    // sequence with other content for g: the later arrival wins) in a table of one file: the
+    // MERGE would rewrite that file, so silver is rewritten whole. The rules are the MERGE's:
+    // an older version (b) is ignored, an unchanged newer row (d) leaves the stored one as it
+    // is, a new key (i) is inserted, a delete of a key never stored (j) inserts nothing.
+    deliver(&[
+        "a,Anna,2,I",
+        "b,Bobby,0,I",
+        "c,,2,D",
+        "d,Dan,1,I",
+        "e,Eva,2,I",
+        "f,Faye,3,I",
+        "g,Guy,1,I",
+        "i,Ivy,1,I",
+        "j,,1,D",
+    ]);
+    assert_eq!(last_commit_operation(&project), "WRITE");
+    assert_eq!(
+        project.silver(),
+        [
+            "a | Anna | 2",
+            "b | Bob | 1",
+            "d | Dan | 1",
+            "e | Eva | 2",
+            "f | Faye | 3",
+            "g | Guy | 1",
+            "h | Hal | 1",
+            "i | Ivy | 1"
+        ]
+    );
+    assert_eq!(
+        sequence_of("d"),
+        d,
+        "an unchanged row keeps its stored sequence"
+    );
+    // Fewer changes than that: merged, same rules (a deleted key stays deleted for an older
+    // version).
+    deliver(&["a,Ann,3,I", "c,Cid,1,I"]);
+    assert_eq!(last_commit_operation(&project), "MERGE");
+    assert_eq!(project.silver()[0], "a | Ann | 3");
+    assert_eq!(project.silver().len(), 8);
+}
