@@ -21,6 +21,24 @@ pub fn without_transparent_huge_pages() {
     }
 }
 
+/// How long (ms) freed memory stays with the allocator before it goes back to the OS in a batch
+/// command (`run`, `build`, ...), where mimalloc's default is 1000. At scale 10 (`run --all`,
+/// 2026-12-04, one run each): 1000 ms -> 64.1 s and a peak of 2.51 GiB; 200 ms -> 63.0 s,
+/// 2.09 GiB; 100 ms -> 61.5 s, 1.89 GiB; 50 ms -> 62.1 s, 1.86 GiB; 10 ms -> 79.3 s, 1.58 GiB;
+/// 0 -> 88.3 s, 1.50 GiB (the system time doubles: pages given back and faulted in again).
+/// At scale 1, 1000 vs 100 ms alternated twice: 6.28 / 5.92 s vs 6.75 / 5.59 s, peak
+/// 883-937 vs 761-765 MiB. So 100 ms: the memory a stage freed goes back before the next stage
+/// grows, and the pages a stage reuses within 0.1 s stay.
+const BATCH_PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+/// Sets the batch commands' purge delay ([`BATCH_PURGE_DELAY_MS`]). Called once, before any
+/// thread starts.
+#[allow(unsafe_code)] // mimalloc has no safe option setter
+pub fn return_freed_memory_soon() {
+    // SAFETY: sets one integer option of the allocator; called before other threads exist.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, BATCH_PURGE_DELAY_MS) }
+}
+
 /// Makes the allocator (mimalloc, the binary's) give freed memory back to the OS at once
 /// instead of after a delay (1 s in mimalloc v3) that only passes when the freeing thread
 /// allocates again: in a long-running gateway many threads (tokio workers, the tables' lanes)
@@ -28,7 +46,7 @@ pub fn without_transparent_huge_pages() {
 /// `?wait=visible` for 60-90 s: the resident memory grew from 0.4 to 1.6 GiB and stayed there
 /// when idle; with this, it stays near 0.3-0.5 GiB and falls to 0.2 GiB when idle, at the same
 /// rate of records. Called once, before any thread starts.
-#[allow(unsafe_code)] // the one FFI call of the crate: mimalloc has no safe option setter
+#[allow(unsafe_code)] // mimalloc has no safe option setter
 pub fn return_freed_memory_promptly() {
     // SAFETY: sets one integer option of the allocator; called before other threads exist.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }

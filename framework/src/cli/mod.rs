@@ -347,6 +347,8 @@ pub fn main() -> ExitCode {
     crate::memory::without_transparent_huge_pages();
     if matches!(cli.command, Command::Serve { .. }) {
         crate::memory::return_freed_memory_promptly();
+    } else {
+        crate::memory::return_freed_memory_soon();
     }
     let mut filter = cli.global.log.clone();
     if !cli.global.log.contains("rdkafka") {
