@@ -527,6 +527,30 @@ fn to_positions(pairs: &[(u32, u64)]) -> Vec<Position> {
 }
 
 /// The refresher thread: one refresh per wake-up, for everything queued.
+/// Background refreshes (after durable appends, nobody waiting) start at most this often: under
+/// a stream of `/ingest_fast` requests each refresh (bronze, silver, the gold models reading
+/// the table) would otherwise follow the last at once and take CPU from the ingests. A request
+/// waiting for visibility does not wait for it.
+const BACKGROUND_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// A request waiting for visibility: its records' positions and where to answer.
+type Waiting = (Vec<Position>, oneshot::Sender<Result<Visible, Problem>>);
+
+/// Adds a refresher's work item to the waits and the appends needed.
+fn take(refresh: Refresh, waits: &mut Vec<Waiting>, needed: &mut u64) {
+    match refresh {
+        Refresh::Kick { seq } => *needed = (*needed).max(seq),
+        Refresh::Wait {
+            positions,
+            seq,
+            reply,
+        } => {
+            *needed = (*needed).max(seq);
+            waits.push((positions, reply));
+        }
+    }
+}
+
 fn refresher(
     gateway: &Weak<Gateway>,
     table: &Table,
@@ -537,23 +561,31 @@ fn refresher(
     // Appends covered by the last refresh that succeeded.
     let mut covered = 0;
     let mut refreshes: u64 = 0;
+    let mut last_end: Option<std::time::Instant> = None;
     while let Some(first) = queue.blocking_recv() {
         let mut waits = Vec::new();
         let mut needed = 0;
-        let mut take = |refresh| match refresh {
-            Refresh::Kick { seq } => needed = needed.max(seq),
-            Refresh::Wait {
-                positions,
-                seq,
-                reply,
-            } => {
-                needed = needed.max(seq);
-                waits.push((positions, reply));
-            }
-        };
-        take(first);
+        take(first, &mut waits, &mut needed);
         while let Ok(next) = queue.try_recv() {
-            take(next);
+            take(next, &mut waits, &mut needed);
+        }
+        // Nobody waits: a background refresh after durable appends. It starts at most every
+        // BACKGROUND_REFRESH_EVERY, taking what arrives meanwhile, unless a request that waits
+        // for visibility comes first.
+        if let Some(ready_at) = last_end.map(|end| end + BACKGROUND_REFRESH_EVERY) {
+            while waits.is_empty() {
+                let Some(left) = ready_at.checked_duration_since(std::time::Instant::now()) else {
+                    break;
+                };
+                // The timer is made inside the runtime: this thread is not one of its workers.
+                match runtime.block_on(async { tokio::time::timeout(left, queue.recv()).await }) {
+                    Ok(Some(next)) => take(next, &mut waits, &mut needed),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            while let Ok(next) = queue.try_recv() {
+                take(next, &mut waits, &mut needed);
+            }
         }
         let Some(gateway) = gateway.upgrade() else {
             break;
@@ -562,6 +594,9 @@ fn refresher(
         let run = needed > covered;
         let starts_at = appended.load(Ordering::SeqCst);
         let outcome = runtime.block_on(refresh_visible(&gateway, table, &positions, run));
+        if run {
+            last_end = Some(std::time::Instant::now());
+        }
         if run && outcome.is_ok() {
             covered = starts_at;
             refreshes += 1;

@@ -607,6 +607,49 @@ fn ingest_runs_the_pipeline_lists_the_refused_records_and_checks_tokens_and_limi
 }
 
 #[test]
+fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &[]);
+    // Three durable requests one after the other: the first starts a background refresh at
+    // once, the later ones wait for the next (background refreshes are paced).
+    let requests: Vec<Value> = (1..=3)
+        .map(|i| {
+            let body = json!({ "records": [
+                { "seller_id": format!("bg-{i}"), "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
+            ]});
+            post_json(&server, "/ingest_fast/sellers", &body, None)
+        })
+        .collect();
+    for response in http(&requests) {
+        assert_eq!(response["status"], 202, "{response}");
+    }
+    let started = std::time::Instant::now();
+    let staged = || {
+        http(&[get(
+            &server,
+            "/staging/sellers?seller_id.gte=bg-&seller_id.lt=bg-9&order_by=seller_id&columns=seller_id",
+            "application/json",
+        )])
+        .remove(0)["body"]
+            .clone()
+    };
+    let expected =
+        json!([{ "seller_id": "bg-1" }, { "seller_id": "bg-2" }, { "seller_id": "bg-3" }]);
+    let mut seen = staged();
+    while seen != expected && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = staged();
+    }
+    assert_eq!(
+        seen,
+        expected,
+        "durable records not visible {:?} after their acknowledgement",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn ingest_fast_acknowledges_durable_then_visible_and_a_retried_key_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let lake = loaded_lake(dir.path());
