@@ -40,12 +40,7 @@ pub fn register(ctx: &SessionContext, keys: &Arc<Keyring>) {
             };
             out.append_value(String::from_utf8_lossy(&plain));
         }
-        let array: ArrayRef = Arc::new(out.finish());
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
-        } else {
-            ColumnarValue::Array(array)
-        })
+        columnar(Arc::new(out.finish()), scalar)
     });
     ctx.register_udf(create_udf(
         "pii_decrypt",
@@ -86,12 +81,7 @@ pub fn register_same(ctx: &SessionContext, keys: &Arc<Keyring>) {
                 })
             })
             .collect();
-        let array: ArrayRef = Arc::new(result);
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
-        } else {
-            ColumnarValue::Array(array)
-        })
+        columnar(Arc::new(result), scalar)
     });
     ctx.register_udf(create_udf(
         "pii_same",
@@ -100,4 +90,13 @@ pub fn register_same(ctx: &SessionContext, keys: &Arc<Keyring>) {
         Volatility::Immutable,
         same,
     ));
+}
+
+/// A UDF's result: `array`, or its one value when every argument was a scalar.
+fn columnar(array: ArrayRef, scalar: bool) -> deltalake::datafusion::error::Result<ColumnarValue> {
+    Ok(if scalar {
+        ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+    } else {
+        ColumnarValue::Array(array)
+    })
 }

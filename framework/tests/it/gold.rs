@@ -166,6 +166,16 @@ fn run_report(lake: &Path, data: &Path, report: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
 }
 
+/// The report of `model` in a run's `--report` JSON.
+fn model_report<'r>(report: &'r serde_json::Value, model: &str) -> &'r serde_json::Value {
+    report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == model)
+        .unwrap_or_else(|| panic!("no report of {model}: {report}"))
+}
+
 #[test]
 fn incremental_runs_reruns_and_full_rebuilds_give_the_same_gold() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,12 +187,7 @@ fn incremental_runs_reruns_and_full_rebuilds_give_the_same_gold() {
     run_report(&lake, &early, &dir.path().join("r1.json"));
     let before = rows(&lake, Layer::Gold, "gold_daily_sales");
     let report = run_report(&lake, &sample(), &dir.path().join("r2.json"));
-    let daily = report["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["model"] == "gold_daily_sales")
-        .unwrap();
+    let daily = model_report(&report, "gold_daily_sales");
     assert_eq!(daily["incremental"], true, "{daily}");
     let computed = daily["rows_computed"].as_u64().unwrap();
     let total = daily["rows"].as_u64().unwrap();
@@ -247,12 +252,7 @@ fn rows_an_input_updates_build_an_incremental_model_in_full_and_gold_stays_right
     assert_eq!(canceled, 10);
 
     let report = run_report(&lake, &changed, &dir.path().join("r2.json"));
-    let daily = report["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["model"] == "gold_daily_sales")
-        .unwrap();
+    let daily = model_report(&report, "gold_daily_sales");
     assert_eq!(daily["incremental"], false, "{daily}");
     assert_eq!(daily["unchanged"], false, "{daily}");
     let now = gold_snapshot(&lake);

@@ -49,6 +49,21 @@ sequence_by: version
         }
     }
 
+    /// A DIFF table with an `op` column whose `D` rows are deletes ([`Self::deliver_ops`]).
+    fn with_deletes(dir: &Path) -> Self {
+        Self::with(
+            dir,
+            "DIFF",
+            "  - { name: op, type: string }\n",
+            "delete_when: \"op = 'D'\"\n",
+        )
+    }
+
+    /// Delivers `id,name,version,op` rows to a [`Self::with_deletes`] table; the run succeeds.
+    fn deliver_ops(&self, rows: &[&str]) {
+        succeeded(self.deliver_with_header("id,name,version,op", rows));
+    }
+
     /// Delivers `rows` (CSV lines after the header) and runs the table up to silver.
     fn deliver(&self, rows: &[&str]) -> std::process::Output {
         self.deliver_with_header("id,name,version", rows)
@@ -83,6 +98,27 @@ sequence_by: version
         self.dir.join("lake")
     }
 
+    /// The stored `_sequence` of `id` in silver, in microseconds (compared as a number: text
+    /// would put `...:00.2Z` after `...:00.25Z`).
+    fn sequence_of(&self, id: &str) -> i64 {
+        let text = query(
+            &self.lake(),
+            Layer::Silver,
+            "accounts",
+            &format!("SELECT CAST(_sequence AS BIGINT) FROM t WHERE id = '{id}'"),
+        );
+        // A one-cell table: the header, then the value.
+        text.lines()
+            .filter(|line| line.starts_with('|'))
+            .nth(1)
+            .and_then(|line| {
+                line.trim_matches(|c: char| c == '|' || c.is_whitespace())
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("the sequence of {id}: {text:?}"))
+    }
+
     /// Silver as `id | name | version` lines, sorted.
     fn silver(&self) -> Vec<String> {
         batch_rows(&batches(
@@ -113,8 +149,8 @@ const FIRST: &[&str] = &[
 /// (`c`), the same sequence again with other content (`d`) and a new key (`e`).
 const SECOND: &[&str] = &["a,Anna,2", "b,Bobby,0", "c,Cid,2", "d,Dot,1", "e,Eve,1"];
 
-/// The kinds of action (`add`, `remove`, `txn`, ...) of the latest commit of silver `accounts`.
-fn last_commit_actions(project: &Project) -> Vec<String> {
+/// The actions of the latest commit of silver `accounts`, one JSON object each.
+fn last_commit(project: &Project) -> Vec<serde_json::Value> {
     let log = project.lake().join("silver/accounts/_delta_log");
     let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
         .unwrap()
@@ -123,17 +159,33 @@ fn last_commit_actions(project: &Project) -> Vec<String> {
         .collect();
     commits.sort();
     let text = std::fs::read_to_string(commits.last().unwrap()).unwrap();
-    let mut kinds: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let action: serde_json::Value = serde_json::from_str(line).unwrap();
-            action.as_object().unwrap().keys().next().unwrap().clone()
-        })
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The kinds of action (`add`, `remove`, `txn`, ...) of the latest commit of silver `accounts`.
+fn last_commit_actions(project: &Project) -> Vec<String> {
+    let mut kinds: Vec<String> = last_commit(project)
+        .iter()
+        .map(|action| action.as_object().unwrap().keys().next().unwrap().clone())
         .filter(|kind| kind != "commitInfo")
         .collect();
     kinds.sort();
     kinds.dedup();
     kinds
+}
+
+/// The operation (`WRITE`, `MERGE`, ...) of the latest commit of silver `accounts`.
+fn last_commit_operation(project: &Project) -> String {
+    last_commit(project)
+        .iter()
+        .find_map(|action| {
+            action["commitInfo"]["operation"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap()
 }
 
 #[test]
@@ -144,14 +196,7 @@ fn diff_ordered_by_arrival_commits_only_the_rows_that_change_silver() {
     let idcard = dir.path().join("idcards/accounts.yaml");
     let text = std::fs::read_to_string(&idcard).unwrap();
     std::fs::write(&idcard, text.replace("sequence_by: version\n", "")).unwrap();
-    let sequence_of = |id: &str| {
-        query(
-            &project.lake(),
-            Layer::Silver,
-            "accounts",
-            &format!("SELECT CAST(_sequence AS VARCHAR) FROM t WHERE id = '{id}'"),
-        )
-    };
+    let sequence_of = |id: &str| project.sequence_of(id);
     let first = ["a,Ann,1", "b,Bob,1", "c,Cid,1"];
     succeeded(project.deliver(&first));
     let (a, b) = (sequence_of("a"), sequence_of("b"));
@@ -163,7 +208,7 @@ fn diff_ordered_by_arrival_commits_only_the_rows_that_change_silver() {
         ["a | Ann | 1", "b | Bob | 1", "c | Cid | 1"]
     );
     assert_eq!(last_commit_actions(&project), ["txn"]);
-    assert_eq!((sequence_of("a"), sequence_of("b")), (a.clone(), b.clone()));
+    assert_eq!((sequence_of("a"), sequence_of("b")), (a, b));
     // New keys only: a plain append, no file rewritten.
     succeeded(project.deliver(&["a,Ann,1", "d,Dan,1"]));
     assert_eq!(last_commit_actions(&project), ["add", "txn"]);
@@ -410,14 +455,8 @@ fn full_replaces_the_table_by_each_delivered_snapshot_and_refuses_an_empty_one()
 #[test]
 fn diff_deletes_obey_the_sequence_rule_and_a_deleted_key_stays_deleted_for_older_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let project = Project::with(
-        dir.path(),
-        "DIFF",
-        "  - { name: op, type: string }\n",
-        "delete_when: \"op = 'D'\"\n",
-    );
-    let deliver =
-        |rows: &[&str]| succeeded(project.deliver_with_header("id,name,version,op", rows));
+    let project = Project::with_deletes(dir.path());
+    let deliver = |rows: &[&str]| project.deliver_ops(rows);
     deliver(&["a,Ann,1,I", "b,Bob,1,I", "c,Cid,1,I"]);
     assert_eq!(
         project.silver(),
@@ -439,37 +478,11 @@ fn diff_deletes_obey_the_sequence_rule_and_a_deleted_key_stays_deleted_for_older
     );
 }
 
-/// The operation (`WRITE`, `MERGE`, ...) of the latest commit of silver `accounts`.
-fn last_commit_operation(project: &Project) -> String {
-    let log = project.lake().join("silver/accounts/_delta_log");
-    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    commits.sort();
-    let text = std::fs::read_to_string(commits.last().unwrap()).unwrap();
-    text.lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-        .find_map(|action| {
-            action["commitInfo"]["operation"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .unwrap()
-}
-
 #[test]
 fn diff_changes_to_most_of_a_small_table_rewrite_it_whole_with_the_merge_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let project = Project::with(
-        dir.path(),
-        "DIFF",
-        "  - { name: op, type: string }\n",
-        "delete_when: \"op = 'D'\"\n",
-    );
-    let deliver =
-        |rows: &[&str]| succeeded(project.deliver_with_header("id,name,version,op", rows));
+    let project = Project::with_deletes(dir.path());
+    let deliver = |rows: &[&str]| project.deliver_ops(rows);
     deliver(&[
         "a,Ann,1,I",
         "b,Bob,1,I",
@@ -480,14 +493,7 @@ fn diff_changes_to_most_of_a_small_table_rewrite_it_whole_with_the_merge_rules()
         "g,Gus,1,I",
         "h,Hal,1,I",
     ]);
-    let sequence_of = |id: &str| {
-        query(
-            &project.lake(),
-            Layer::Silver,
-            "accounts",
-            &format!("SELECT CAST(_sequence AS VARCHAR) FROM t WHERE id = '{id}'"),
-        )
-    };
+    let sequence_of = |id: &str| project.sequence_of(id);
     let d = sequence_of("d");
     // Five stored keys change (newer versions of a, e and f, a newer delete of c, the same
     // sequence with other content for g: the later arrival wins) in a table of one file: the
