@@ -33,10 +33,8 @@ const BATCH_PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// Sets the batch commands' purge delay ([`BATCH_PURGE_DELAY_MS`]). Called once, before any
 /// thread starts.
-#[allow(unsafe_code)] // mimalloc has no safe option setter
 pub fn return_freed_memory_soon() {
-    // SAFETY: sets one integer option of the allocator; called before other threads exist.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, BATCH_PURGE_DELAY_MS) }
+    set_purge_delay(BATCH_PURGE_DELAY_MS);
 }
 
 /// Makes the allocator (mimalloc, the binary's) give freed memory back to the OS at once
@@ -46,10 +44,15 @@ pub fn return_freed_memory_soon() {
 /// `?wait=visible` for 60-90 s: the resident memory grew from 0.4 to 1.6 GiB and stayed there
 /// when idle; with this, it stays near 0.3-0.5 GiB and falls to 0.2 GiB when idle, at the same
 /// rate of records. Called once, before any thread starts.
-#[allow(unsafe_code)] // mimalloc has no safe option setter
 pub fn return_freed_memory_promptly() {
+    set_purge_delay(0);
+}
+
+/// mimalloc's `purge_delay`, in ms. Called once, before any thread starts.
+#[allow(unsafe_code)] // the one FFI call of the crate: mimalloc has no safe option setter
+fn set_purge_delay(ms: std::ffi::c_long) {
     // SAFETY: sets one integer option of the allocator; called before other threads exist.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) }
 }
 
 #[cfg(test)]

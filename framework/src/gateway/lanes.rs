@@ -526,7 +526,6 @@ fn to_positions(pairs: &[(u32, u64)]) -> Vec<Position> {
         .collect()
 }
 
-/// The refresher thread: one refresh per wake-up, for everything queued.
 /// Background refreshes (after durable appends, nobody waiting) start at most this often: under
 /// a stream of `/ingest_fast` requests each refresh (bronze, silver, the gold models reading
 /// the table) would otherwise follow the last at once and take CPU from the ingests. A request
@@ -551,6 +550,7 @@ fn take(refresh: Refresh, waits: &mut Vec<Waiting>, needed: &mut u64) {
     }
 }
 
+/// The refresher thread: one refresh per wake-up, for everything queued.
 fn refresher(
     gateway: &Weak<Gateway>,
     table: &Table,

@@ -166,8 +166,9 @@ pub async fn build(
                     }
                     // An incremental model recomputes its recent rows (the lookback) and merges
                     // them: that covers rows added, not rows an input updated or deleted, which
-                    // may belong to any older row of the model. Then it is built in full.
-                    let full = options.full_refresh || since == Changes::Rewritten;
+                    // may belong to any older row of the model. Then (and under --full-refresh,
+                    // which counts as rewritten) it is built in full.
+                    let full = since == Changes::Rewritten;
                     let report = materialize(lake, ctx, models, model, full, reads).await?;
                     crate::fault::crash_point(&format!("gold-after:{}", model.name));
                     Ok::<_, Error>((report, None))

@@ -562,13 +562,7 @@ impl Lake {
             return Ok(None);
         };
         let err = Self::delta_err(layer, table);
-        let snapshot = delta.snapshot().map_err(err)?;
-        let (mut files, mut bytes, mut rows) = (0u64, 0u64, Some(0u64));
-        for file in snapshot.log_data().iter() {
-            files += 1;
-            bytes += file.size().max(0) as u64;
-            rows = rows.zip(file.num_records()).map(|(a, b)| a + b as u64);
-        }
+        let LiveFiles { files, bytes, rows } = LiveFiles::of(delta.snapshot().map_err(err)?);
         let last = match futures::StreamExt::next(&mut delta.history(Some(1))).await {
             Some(commit) => Some(commit.map_err(Self::delta_err(layer, table))?),
             None => None,
@@ -674,6 +668,34 @@ pub struct TableStats {
     /// Milliseconds since the epoch.
     pub last_commit_ms: Option<i64>,
     pub last_operation: Option<String>,
+}
+
+/// The live files of a table's snapshot: how many, their bytes, and their rows when every
+/// file's statistics give its count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveFiles {
+    pub files: u64,
+    pub bytes: u64,
+    pub rows: Option<u64>,
+}
+
+impl LiveFiles {
+    pub fn of(snapshot: &deltalake::table::state::DeltaTableState) -> Self {
+        snapshot.log_data().iter().fold(
+            Self {
+                rows: Some(0),
+                ..Self::default()
+            },
+            |totals, file| Self {
+                files: totals.files + 1,
+                bytes: totals.bytes + file.size().max(0) as u64,
+                rows: totals
+                    .rows
+                    .zip(file.num_records())
+                    .map(|(a, b)| a + b as u64),
+            },
+        )
+    }
 }
 
 /// Commits [`Lake::changes`] reads at most before it answers "changed" unread.

@@ -3,7 +3,9 @@
 
 mod delta;
 
-pub use delta::{Changes, Lake, Layer, TableStats, TxnVersions, collect_batches, session};
+pub use delta::{
+    Changes, Lake, Layer, LiveFiles, TableStats, TxnVersions, collect_batches, session,
+};
 
 /// Errors of lake IO.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use deltalake::kernel::transaction::CommitProperties;
 
 use crate::idcard::compile::enrich_column_names;
 use crate::idcard::{Action, Mode, Project, Table};
-use crate::lake::{Lake, Layer, collect_batches, session};
+use crate::lake::{Lake, Layer, LiveFiles, collect_batches, session};
 use crate::offsets::{Cursor, OFFSET, PARTITION, Stage};
 
 use super::sql::{ident, ident_list, key_match, literal, normalised, passes, row_rules, rule_name};
@@ -607,7 +607,7 @@ struct Changed {
 /// A MERGE rewrites each target file that holds a changed key, and keys spread over the files
 /// at random: `n` changed keys leave a file of `f` untouched with probability about e^(-n/f),
 /// so from this many changes per file on (5% untouched) it rewrites nearly every file anyway.
-const CHANGES_PER_FILE_TO_REWRITE: usize = 3;
+const CHANGES_PER_FILE_TO_REWRITE: u64 = 3;
 
 /// Stored rows up to which such a table is rewritten whole in memory; a larger one is merged.
 const REWRITE_ROWS_MAX: u64 = 2_000_000;
@@ -629,19 +629,11 @@ async fn rewrite_whole(
         table: name.to_owned(),
         source,
     };
-    let (files, rows) = target.snapshot().map_or((0, None), |snapshot| {
-        snapshot
-            .log_data()
-            .iter()
-            .fold((0usize, Some(0u64)), |(files, rows), file| {
-                (
-                    files + 1,
-                    rows.zip(file.num_records()).map(|(a, b)| a + b as u64),
-                )
-            })
-    });
+    let LiveFiles { files, rows, .. } = target
+        .snapshot()
+        .map_or_else(|_| LiveFiles::default(), LiveFiles::of);
     if files == 0
-        || changes.matched < CHANGES_PER_FILE_TO_REWRITE * files
+        || (changes.matched as u64) < CHANGES_PER_FILE_TO_REWRITE * files
         || rows.is_none_or(|rows| rows > REWRITE_ROWS_MAX)
     {
         return Ok(None);
@@ -652,11 +644,7 @@ async fn rewrite_whole(
         Arc::new(MemTable::try_new(schema, vec![changes.rows.clone()]).map_err(query)?),
     )
     .map_err(query)?;
-    let list = columns
-        .iter()
-        .map(|c| ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = ident_list(columns);
     let on = key_match(table.key(), "t", "c");
     let whole = collect(
         ctx,
