@@ -412,6 +412,11 @@ struct Assignment {
     partitions: Option<BTreeSet<u32>>,
     /// Read position per assigned partition.
     next: HashMap<u32, Position>,
+    /// One past the last offset this member handed out, per partition it ever held. Kept over
+    /// revocations: the caller stores what it was handed, so a partition given back to this
+    /// member resumes here when the stored offsets (the start) are behind, rather than hand
+    /// the same messages out twice (within one poll, both copies would be stored).
+    handed: HashMap<u32, u64>,
     /// A failed start-offset lookup during a rebalance.
     error: Option<String>,
 }
@@ -560,7 +565,8 @@ impl Member {
         match (self.start)(&partitions) {
             Ok(starts) => {
                 for &p in &partitions {
-                    let offset = starts.get(&p).copied().unwrap_or(0);
+                    let stored = starts.get(&p).copied().unwrap_or(0);
+                    let offset = stored.max(state.handed.get(&p).copied().unwrap_or(0));
                     if let Err(e) = tpl.set_partition_offset(
                         &self.topic,
                         p as i32,
@@ -708,6 +714,7 @@ impl GroupMember {
                             );
                         }
                     }
+                    state.handed.insert(partition, offset + 1);
                     drop(state);
                     out.push(Message {
                         partition,
