@@ -48,7 +48,7 @@ COPY expectations ./expectations
 COPY data/olist_sample ./data/olist_sample
 # ./lake is the default lake (no FRAMEWORK_LAKE): writable by the runtime user. docker-compose.yml
 # sets FRAMEWORK_LAKE=s3://lakehouse/olist (MinIO); /lake is a spare mount point for a local lake.
-RUN mkdir -p /opt/olist/lake /opt/olist/keys /lake && chown olist:olist /opt/olist/lake /opt/olist/keys && chmod 1777 /lake
+RUN mkdir -p /opt/olist/lake /opt/olist/keys /opt/olist/gateway-state /lake && chown olist:olist /opt/olist/lake /opt/olist/keys /opt/olist/gateway-state && chmod 1777 /lake
 ENV FRAMEWORK_IDCARDS=/opt/olist/idcards \
     FRAMEWORK_MODELS=/opt/olist/models \
     FRAMEWORK_EXPECTATIONS=/opt/olist/expectations \

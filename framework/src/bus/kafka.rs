@@ -15,12 +15,16 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{Batch, Bytes, Error, Message, Result, partition_for};
+
+/// The message header that carries a record's idempotency tag (see
+/// [`crate::gateway`]'s Kafka keys): bronze does not read headers.
+pub const TAG_HEADER: &str = "framework-idempotency";
 
 /// How long metadata and admin requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -113,6 +117,23 @@ fn kafka(topic: &str, source: KafkaError) -> Error {
         topic: topic.to_owned(),
         source,
     }
+}
+
+/// The [`TAG_HEADER`] tags read from a topic ([`KafkaBus::tags`]).
+#[derive(Debug, Default)]
+pub struct Tags {
+    /// The tagged records, in each partition's order.
+    pub found: Vec<Tag>,
+    /// Where each partition ended (the next offset), by partition.
+    pub ends: Vec<u64>,
+}
+
+/// One tagged record's place and tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub partition: u32,
+    pub offset: u64,
+    pub value: String,
 }
 
 impl KafkaBus {
@@ -236,14 +257,20 @@ impl KafkaBus {
     /// Sends records (idempotent producer, batched), waits until the broker acknowledged all of
     /// them; returns how many went to each partition.
     pub fn send(&self, topic: &str, records: &Batch) -> Result<Vec<u64>> {
-        self.send_batch(topic, records, false)
+        self.send_batch(topic, records, None)
             .map(|(counts, _)| counts)
     }
 
-    /// Sends records as [`Self::send`] does; returns where each one landed, in batch order (the
-    /// offsets from the broker's delivery reports).
-    pub fn send_placed(&self, topic: &str, records: &Batch) -> Result<Vec<(u32, u64)>> {
-        let (_, placed) = self.send_batch(topic, records, true)?;
+    /// Sends records as [`Self::send`] does, each with its [`TAG_HEADER`] header when `tags`
+    /// gives one (by index; `tags` may be shorter than the batch); returns where each one landed,
+    /// in batch order (the offsets from the broker's delivery reports).
+    pub fn send_placed(
+        &self,
+        topic: &str,
+        records: &Batch,
+        tags: &[Option<String>],
+    ) -> Result<Vec<(u32, u64)>> {
+        let (_, placed) = self.send_batch(topic, records, Some(tags))?;
         placed
             .into_iter()
             .enumerate()
@@ -257,7 +284,15 @@ impl KafkaBus {
             .collect()
     }
 
-    fn send_batch(&self, topic: &str, records: &Batch, place: bool) -> Result<(Vec<u64>, Placed)> {
+    /// `placed`: tell where each message landed, and send the tags given (see
+    /// [`Self::send_placed`]).
+    fn send_batch(
+        &self,
+        topic: &str,
+        records: &Batch,
+        placed: Option<&[Option<String>]>,
+    ) -> Result<(Vec<u64>, Placed)> {
+        let (place, tags) = (placed.is_some(), placed.unwrap_or_default());
         let partitions = self.partitions(topic)?;
         let mut guard = self.producer.lock().expect("not poisoned");
         if guard.is_none() {
@@ -289,6 +324,12 @@ impl KafkaBus {
                 .payload(record.value)
                 .partition(partition as i32)
                 .timestamp(record.timestamp_ms);
+            if let Some(Some(tag)) = tags.get(i) {
+                next = next.headers(OwnedHeaders::new().insert(Header {
+                    key: TAG_HEADER,
+                    value: Some(tag.as_bytes()),
+                }));
+            }
             loop {
                 match producer.send(next) {
                     Ok(()) => break,
@@ -365,6 +406,56 @@ impl KafkaBus {
             "bronze: reading every partition outside the group"
         );
         Ok(member)
+    }
+
+    /// The [`TAG_HEADER`] tags on `topic` from `from` (the next offset of each partition, by
+    /// partition) to the partitions' ends, in each partition's order. Read outside any group,
+    /// with bronze's proof that each partition was read to its end; more than `limit` for it is
+    /// an error.
+    pub fn tags(&self, topic: &str, from: &[u64], limit: Duration) -> Result<Tags> {
+        let partitions = from.len() as u32;
+        let starts = from.to_vec();
+        let start: StartOffsets = Box::new(move |ps| {
+            Ok(ps
+                .iter()
+                .map(|&p| (p, starts.get(p as usize).copied().unwrap_or(0)))
+                .collect())
+        });
+        let member = self.read_all(topic, "framework-gateway-keys", partitions, start)?;
+        let all: Vec<u32> = (0..partitions).collect();
+        let ends = member.ends(&all)?;
+        let started = Instant::now();
+        let mut found = Vec::new();
+        loop {
+            let tags = member.poll_map(
+                10_000,
+                Duration::from_millis(100),
+                Duration::from_millis(10),
+                |m| {
+                    let headers = m.headers()?;
+                    let tag = headers.iter().find(|h| h.key == TAG_HEADER)?.value?;
+                    Some(Tag {
+                        partition: m.partition() as u32,
+                        offset: m.offset() as u64,
+                        value: String::from_utf8_lossy(tag).into_owned(),
+                    })
+                },
+            )?;
+            found.extend(tags);
+            if member.caught_up(&ends)? {
+                return Ok(Tags { found, ends });
+            }
+            if started.elapsed() > limit {
+                return Err(Error::Group {
+                    topic: topic.to_owned(),
+                    reason: format!(
+                        "reading the idempotency tags: the partitions were not read to their \
+                         ends {ends:?} within {} s",
+                        limit.as_secs()
+                    ),
+                });
+            }
+        }
     }
 
     /// A bronze consumer of `topic` in `group`, not yet subscribed nor assigned.
@@ -663,6 +754,26 @@ impl GroupMember {
     /// Up to `max` messages from the assigned partitions: waits up to `wait` for the first, then
     /// takes what keeps arriving without a pause longer than `linger`.
     pub fn poll(&self, max: usize, wait: Duration, linger: Duration) -> Result<Vec<Message>> {
+        self.poll_map(max, wait, linger, |m| {
+            Some(Message {
+                partition: m.partition() as u32,
+                offset: m.offset() as u64,
+                timestamp_ms: m.timestamp().to_millis().unwrap_or_default(),
+                key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+                value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            })
+        })
+    }
+
+    /// As [`Self::poll`], keeping what `map` makes of each message it takes (every message
+    /// counts for the positions, whatever `map` answers).
+    fn poll_map<T>(
+        &self,
+        max: usize,
+        wait: Duration,
+        linger: Duration,
+        map: impl Fn(&BorrowedMessage<'_>) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let mut out = Vec::new();
         let started = Instant::now();
         let mut last = Instant::now();
@@ -716,13 +827,7 @@ impl GroupMember {
                     }
                     state.handed.insert(partition, offset + 1);
                     drop(state);
-                    out.push(Message {
-                        partition,
-                        offset: m.offset() as u64,
-                        timestamp_ms: m.timestamp().to_millis().unwrap_or_default(),
-                        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
-                        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                    });
+                    out.extend(map(&m));
                 }
                 Some(Err(e)) => return Err(kafka(&self.topic, e)),
                 None => {}

@@ -13,7 +13,7 @@ pub use bytes::Bytes;
 
 pub use columns::Columns;
 pub use embedded::{Chunk, EmbeddedLog};
-pub use kafka::{GroupMember, KafkaBus, StartOffsets};
+pub use kafka::{GroupMember, KafkaBus, StartOffsets, TAG_HEADER, Tag, Tags};
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]

@@ -154,6 +154,11 @@ enum Command {
         /// Ingest requests in flight at once (429 with Retry-After above).
         #[arg(long, default_value_t = 64)]
         max_ingests: usize,
+        /// Folder for the gateway's own files (on a Kafka bus, the Idempotency-Keys it has
+        /// seen); default `_gateway` in a local lake. Needed for Idempotency-Key on Kafka with a
+        /// lake on an object store.
+        #[arg(long, env = "FRAMEWORK_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Produce (in bulk; each source row once unless --simulate) -> bronze -> silver for some
     /// tables or all of them, each layer's checks, then the gold models that read them.
@@ -496,10 +501,12 @@ fn execute(
             max_body_bytes,
             max_records,
             max_ingests,
+            state_dir,
         } => serve(
             &env,
             &addr,
             tokens,
+            state_dir,
             crate::gateway::Limits {
                 max_body_bytes,
                 max_records,
@@ -548,6 +555,7 @@ fn serve(
     env: &Env,
     addr: &str,
     tokens: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     limits: crate::gateway::Limits,
 ) -> Result<()> {
     let Env {
@@ -569,7 +577,8 @@ fn serve(
     let lake = writing(lake, &project);
     let gateway = std::sync::Arc::new(
         crate::gateway::Gateway::new(project, models, checks, lake, bus.clone(), tokens, limits)
-            .with_keys(keys),
+            .with_keys(keys)
+            .with_state_dir(state_dir),
     );
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -26,6 +26,7 @@ use crate::pii::{Edge, Keyring};
 
 use super::Gateway;
 use super::ingest::{self, Refused};
+use super::kafka_keys::{self, KafkaKeys};
 use super::keys::{Check, Idempotency, Keyed, Keys};
 use super::problem::Problem;
 
@@ -126,10 +127,23 @@ impl Lanes {
             let (bus, table, refreshes) = (gateway.bus.clone(), table.clone(), refreshes.clone());
             let pii = gateway.keys.clone();
             let appended = appended.clone();
+            let state_dir = gateway.state_dir.clone();
             std::thread::Builder::new()
                 .name(format!("commit-{name}"))
                 .spawn(move || {
-                    committer(&bus, &table, &pii, append_queue, &refreshes, &appended)
+                    let mut keys = TopicKeys {
+                        state_dir,
+                        ..TopicKeys::default()
+                    };
+                    committer(
+                        &bus,
+                        &table,
+                        &pii,
+                        &mut keys,
+                        append_queue,
+                        &refreshes,
+                        &appended,
+                    )
                 })?;
         }
         {
@@ -198,16 +212,25 @@ impl Lanes {
     }
 }
 
+/// A table's idempotency keys, read on first need: beside its topic on the embedded log, under
+/// the gateway's state folder on Kafka.
+#[derive(Debug, Default)]
+struct TopicKeys {
+    embedded: Option<Keys>,
+    kafka: Option<KafkaKeys>,
+    state_dir: Option<std::path::PathBuf>,
+}
+
 /// The committer thread: one group commit per wake-up.
 fn committer(
     bus: &Bus,
     table: &Table,
     pii: &Arc<Keyring>,
+    keys: &mut TopicKeys,
     mut queue: mpsc::UnboundedReceiver<Append>,
     refreshes: &mpsc::UnboundedSender<Refresh>,
     appended: &AtomicU64,
 ) {
-    let mut keys: Option<Keys> = None;
     // The table's PII columns are encrypted here, before the topic; one edge serves every group
     // (its rules compiled once, its deterministic ciphertexts remembered across requests).
     let mut edge = Edge::new(table, pii);
@@ -224,7 +247,7 @@ fn committer(
             }
         }
         let refresh = group.iter().any(|a| a.refresh);
-        commit_group(bus, table, &mut edge, &mut keys, group, appended);
+        commit_group(bus, table, &mut edge, keys, group, appended);
         if refresh {
             let seq = appended.load(Ordering::SeqCst);
             let _ = refreshes.send(Refresh::Kick { seq });
@@ -245,7 +268,7 @@ fn commit_group(
     bus: &Bus,
     table: &Table,
     edge: &mut Option<Edge>,
-    keys: &mut Option<Keys>,
+    topic_keys: &mut TopicKeys,
     group: Vec<Append>,
     appended: &AtomicU64,
 ) {
@@ -266,10 +289,11 @@ fn commit_group(
     let log = match bus {
         Bus::Embedded(log) => log,
         Bus::Kafka(kafka) => {
-            send_to_kafka(kafka, table, edge, partitions, group, appended);
+            send_to_kafka(kafka, table, edge, partitions, group, topic_keys, appended);
             return;
         }
     };
+    let keys = &mut topic_keys.embedded;
     let _lease = match bus.producer_lease(topic) {
         Ok(lease) => lease,
         Err(e) => {
@@ -471,46 +495,199 @@ fn first_in_each_partition(batch: &Batch, partitions: u32, starts: &[u64]) -> Ve
     checks
 }
 
+/// A request of a group on Kafka, while its group is sent.
+struct Sending {
+    reply: oneshot::Sender<Result<Appended, Problem>>,
+    idempotency: Option<Idempotency>,
+    /// Where each record landed, by index; `None` until the broker acknowledges it.
+    positions: Vec<Option<(u32, u64)>>,
+    /// The records this send appends: (index in the request, index in the batch).
+    sent: Vec<(usize, usize)>,
+    /// Later requests of the group with the same key and body, answered as replays.
+    followers: Vec<oneshot::Sender<Result<Appended, Problem>>>,
+}
+
+impl Sending {
+    /// Answers the request and its followers.
+    fn answer(self, result: Result<(), Problem>) {
+        let positions: Vec<(u32, u64)> = self.positions.iter().flatten().copied().collect();
+        let answer = |replayed| {
+            result.clone().map(|()| Appended {
+                positions: to_positions(&positions),
+                replayed,
+            })
+        };
+        for follower in self.followers {
+            let _ = follower.send(answer(true));
+        }
+        let _ = self.reply.send(answer(false));
+    }
+}
+
 /// A group on Kafka: one batch through the idempotent producer, each request answered with
-/// where the broker put its records (from the delivery reports). Requests with an
-/// `Idempotency-Key` do not get here (see [`super::ingest_table`]).
+/// where the broker put its records (from the delivery reports). Keyed requests are settled
+/// against `keys` first and their records tagged ([`super::kafka_keys`]); the group's keys are
+/// recorded once the broker acknowledged it.
 fn send_to_kafka(
     kafka: &crate::bus::KafkaBus,
     table: &Table,
     edge: &mut Option<Edge>,
     partitions: u32,
     group: Vec<Append>,
+    topic_keys: &mut TopicKeys,
     appended: &AtomicU64,
 ) {
+    let TopicKeys {
+        kafka: keys,
+        state_dir,
+        ..
+    } = topic_keys;
     let topic = table.topic();
+    let problem = |e: &dyn std::fmt::Display| Problem::unavailable(format!("topic {topic}: {e}"));
+    if keys.is_none() && group.iter().any(|a| a.idempotency.is_some()) {
+        let opened = match state_dir {
+            Some(dir) => KafkaKeys::open(kafka, topic, partitions, dir),
+            None => Err("no state folder for the keys".to_owned()),
+        };
+        match opened {
+            Ok(opened) => *keys = Some(opened),
+            Err(e) => {
+                let problem = problem(&format!("reading its idempotency keys: {e}"));
+                for append in group {
+                    let _ = append.reply.send(Err(problem.clone()));
+                }
+                return;
+            }
+        }
+    }
     let mut batch = Batch::default();
-    let counts: Vec<usize> = group
+    let mut tags: Vec<Option<String>> = Vec::new();
+    let mut sending: Vec<Sending> = Vec::new();
+    for append in group {
+        let Append {
+            records,
+            idempotency,
+            reply,
+            ..
+        } = append;
+        // The same key earlier in this group (a retry while the first is queued): answered
+        // with the first.
+        if let Some(id) = &idempotency
+            && let Some(first) = sending
+                .iter_mut()
+                .find(|s| s.idempotency.as_ref().is_some_and(|o| o.key == id.key))
+        {
+            if first
+                .idempotency
+                .as_ref()
+                .is_some_and(|o| o.body == id.body)
+            {
+                first.followers.push(reply);
+            } else {
+                let _ = reply.send(Err(reused_key()));
+            }
+            continue;
+        }
+        let known = idempotency
+            .as_ref()
+            .and_then(|id| Some((id, keys.as_ref()?.get(&id.key)?.clone())));
+        let positions = match known {
+            Some((id, known)) if known.body != id.body => {
+                let _ = reply.send(Err(reused_key()));
+                continue;
+            }
+            Some((_, known)) if known.whole() => {
+                let positions = known
+                    .positions
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect::<Vec<_>>();
+                let _ = reply.send(Ok(Appended {
+                    positions: to_positions(&positions),
+                    replayed: true,
+                }));
+                continue;
+            }
+            Some((_, known)) => known.positions,
+            None => vec![None; records.len()],
+        };
+        let mut scratch = Batch::default();
+        ingest::push_messages(table, edge, &records, partitions, &mut scratch);
+        let mut sent = Vec::new();
+        for (index, message) in scratch.iter().enumerate() {
+            if positions.get(index).is_some_and(Option::is_some) {
+                continue;
+            }
+            sent.push((index, batch.len()));
+            batch.push(message.key, message.value, message.timestamp_ms);
+            tags.push(
+                idempotency
+                    .as_ref()
+                    .map(|id| kafka_keys::tag(id, index, records.len())),
+            );
+        }
+        sending.push(Sending {
+            reply,
+            idempotency,
+            positions,
+            sent,
+            followers: Vec::new(),
+        });
+    }
+    if batch.is_empty() {
+        // Only requests with no records left.
+        for s in sending {
+            s.answer(Ok(()));
+        }
+        return;
+    }
+    let sent = kafka.send_placed(topic, &batch, &tags);
+    appended.fetch_add(1, Ordering::SeqCst);
+    let placed = match sent {
+        Ok(placed) => placed,
+        Err(e) => {
+            let problem = problem(&e).with_hint(
+                "the brokers did not acknowledge every record; retry with the same \
+                 Idempotency-Key to append exactly what is missing (without one, a resend may \
+                 store some records twice in bronze; silver keeps one row per key)",
+            );
+            for s in sending {
+                s.answer(Err(problem.clone()));
+            }
+            // Read again, with what reached the topic, before the next keyed group.
+            *keys = None;
+            return;
+        }
+    };
+    for s in &mut sending {
+        for &(index, at) in &s.sent {
+            s.positions[index] = Some(placed[at]);
+        }
+    }
+    let done: Vec<(String, kafka_keys::Known)> = sending
         .iter()
-        .map(|append| {
-            ingest::push_messages(table, edge, &append.records, partitions, &mut batch).len()
+        .filter_map(|s| {
+            let id = s.idempotency.as_ref()?;
+            Some((
+                id.key.clone(),
+                kafka_keys::Known {
+                    body: id.body.clone(),
+                    positions: s.positions.clone(),
+                },
+            ))
         })
         .collect();
-    let sent = kafka.send_placed(topic, &batch);
-    appended.fetch_add(1, Ordering::SeqCst);
-    match sent {
-        Ok(placed) => {
-            let mut placed = to_positions(&placed).into_iter();
-            for (append, count) in group.into_iter().zip(counts) {
-                let _ = append.reply.send(Ok(Appended {
-                    positions: placed.by_ref().take(count).collect(),
-                    replayed: false,
-                }));
-            }
-        }
-        Err(e) => {
-            let problem = Problem::unavailable(format!("topic {topic}: {e}")).with_hint(
-                "the brokers did not acknowledge every record; some may be on the topic, \
-                 and a resend may store those twice in bronze (silver keeps one row per key)",
-            );
-            for append in group {
-                let _ = append.reply.send(Err(problem.clone()));
-            }
-        }
+    if !done.is_empty()
+        && let Some(opened) = keys.as_mut()
+        && let Err(e) = opened.done(done)
+    {
+        // The records are on the topic with their tags: the next open reads them from there.
+        tracing::warn!("recording the idempotency keys of {topic}: {e}");
+        *keys = None;
+    }
+    for s in sending {
+        s.answer(Ok(()));
     }
 }
 

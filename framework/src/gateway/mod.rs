@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod docs;
 pub mod ingest;
+pub mod kafka_keys;
 pub mod keys;
 pub mod lanes;
 pub mod openapi;
@@ -72,6 +73,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// The data keys of PII columns, encrypted before the topic as the producer does.
     pub keys: Arc<crate::pii::Keyring>,
+    /// The gateway's own files (on a Kafka bus, the idempotency keys; see [`kafka_keys`]).
+    pub state_dir: Option<std::path::PathBuf>,
     /// `/openapi.json`, generated from the idcards and models at start-up.
     openapi: serde_json::Value,
     /// `/docs`, the same as an HTML page.
@@ -108,6 +111,7 @@ impl Gateway {
             ingests: tokio::sync::Semaphore::new(limits.max_ingests.max(1)),
             project,
             keys: Arc::default(),
+            state_dir: lake.local_root().map(|root| root.join("_gateway")),
             models,
             checks,
             lake,
@@ -122,6 +126,15 @@ impl Gateway {
     /// The data keys PII columns are encrypted with (none by default: a project without PII).
     pub fn with_keys(mut self, keys: Arc<crate::pii::Keyring>) -> Self {
         self.keys = keys;
+        self
+    }
+
+    /// Keeps the gateway's own files in `dir` (default: `_gateway` in a local lake, none for a
+    /// lake on an object store).
+    pub fn with_state_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        if dir.is_some() {
+            self.state_dir = dir;
+        }
         self
     }
 
@@ -714,15 +727,13 @@ async fn ingest_table(
         .and_then(|v| v.to_str().ok());
     let records = ingest::parse_body(content_type, &body)?;
     let idempotency = idempotency(&headers, &table, &body)?;
-    if idempotency.is_some() && matches!(gateway.bus, Bus::Kafka(_)) {
+    if idempotency.is_some() && matches!(gateway.bus, Bus::Kafka(_)) && gateway.state_dir.is_none()
+    {
         return Err(Problem::unprocessable(
-            "Idempotency-Key is not supported on a Kafka bus yet: the gateway keeps its keys \
-             beside the embedded log's topics",
+            "Idempotency-Key on a Kafka bus needs a local folder for the gateway's keys, and \
+             the lake is on an object store",
         )
-        .with_hint(
-            "send without the header (a resend after a lost answer may then store the records \
-             twice in bronze; silver keeps one row per key), or serve on the embedded log",
-        ));
+        .with_hint("start the gateway with --state-dir DIR (a persistent local folder)"));
     }
     let Some(wait) = wait else {
         let report = ingest::ingest(&gateway, &config, records, idempotency).await?;

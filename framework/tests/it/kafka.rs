@@ -92,7 +92,7 @@ impl Broker {
 
     /// The URL with a short consumer-group session, so that the group notices a killed member
     /// within seconds (librdkafka settings ride on the URL's query).
-    fn fast_group_url(&self) -> String {
+    pub(crate) fn fast_group_url(&self) -> String {
         format!(
             "{}?session.timeout.ms=2000&heartbeat.interval.ms=500",
             self.url()

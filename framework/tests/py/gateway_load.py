@@ -138,6 +138,7 @@ PATHS = ["/ingest_fast/orders", "/ingest_fast/orders?wait=visible", "/ingest/ord
 stop = threading.Event()
 lock = threading.Lock()
 sent = {}  # order_id -> "good" | "bad"
+placed = {}  # order_id -> (route, attempts, the answer's offset): told with a problem
 stats = {p: {"requests": 0, "records": 0, "retried": 0, "replayed": 0} for p in PATHS}
 latencies = {p: [] for p in PATHS}
 failures = []
@@ -160,8 +161,9 @@ def client(n):
                 failures.append(f"{path}: {len(body['offsets'])} offsets for {len(records)} records")
                 return
             with lock:
-                for r in records:
+                for r, at in zip(records, body["offsets"]):
                     sent[r["order_id"]] = "bad" if r["order_purchase_timestamp"] == "not a time" else "good"
+                    placed[r["order_id"]] = (path, attempts, at)
                 s = stats[path]
                 s["requests"] += 1
                 s["records"] += len(records)
@@ -208,7 +210,14 @@ server.kill()
 
 from deltalake import DeltaTable  # noqa: E402
 
-bronze = DeltaTable(os.path.join(LAKE, "bronze/orders")).to_pyarrow_table(columns=["order_id"])
+bronze = DeltaTable(os.path.join(LAKE, "bronze/orders")).to_pyarrow_table(
+    columns=["order_id", "_partition", "_offset"]
+)
+bronze_at = {}
+for order_id, partition, offset in zip(
+    *(bronze.column(c).to_pylist() for c in ["order_id", "_partition", "_offset"])
+):
+    bronze_at.setdefault(order_id, []).append((partition, offset))
 silver = DeltaTable(os.path.join(LAKE, "silver/orders")).to_pyarrow_table(columns=["order_id"])
 reject_path = os.path.join(LAKE, "reject/orders")
 rejects = (
@@ -234,7 +243,11 @@ for order_id, kind in sent.items():
     want_bronze, want_rejects = (1, 0) if kind == "good" else (0, 1)
     got = (in_bronze.get(order_id, 0), in_silver.get(order_id, 0), in_rejects.get(order_id, 0))
     if got != (want_bronze, want_bronze, want_rejects):
-        problems.append(f"{order_id} ({kind}): bronze {got[0]}, silver {got[1]}, rejects {got[2]}")
+        problems.append(
+            f"{order_id} ({kind}): bronze {got[0]}, silver {got[1]}, rejects {got[2]}; "
+            f"sent (route, attempts, answer) {placed.get(order_id)}, "
+            f"in bronze at {bronze_at.get(order_id)}"
+        )
 import csv  # noqa: E402
 
 sample = {row["order_id"] for row in csv.DictReader(open(config["sample_orders"]))}
