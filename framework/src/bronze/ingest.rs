@@ -22,6 +22,12 @@ pub struct BronzeOptions {
     /// has caught up with the partitions the group assigned it (it also checks whenever the
     /// stream pauses).
     pub idle: Duration,
+    /// Kafka: read every partition outside the consumer group from the start, instead of
+    /// joining it. For a process that is its tables' one bronze reader (the gateway): after a
+    /// restart, the group would hold the partitions with the dead process's member until its
+    /// session ends, and a refresh would wait for that or for the take-over
+    /// ([`TAKE_OVER_AFTER`]). Exactly once either way: the offsets live in bronze's commits.
+    pub outside_group: bool,
 }
 
 impl Default for BronzeOptions {
@@ -29,6 +35,7 @@ impl Default for BronzeOptions {
         Self {
             batch_size: 100_000,
             idle: Duration::from_secs(1),
+            outside_group: false,
         }
     }
 }
@@ -258,10 +265,14 @@ async fn ingest_group(
                 .collect())
         })
     };
-    let mut member = kafka
-        .join(topic, &group_id(name), start())
-        .map_err(bus_err)?;
-    let mut outside_group = false;
+    let mut outside_group = options.outside_group;
+    let mut member = if outside_group {
+        // Leaving nothing to wait for; looking up the start offsets reads the Delta log.
+        tokio::task::block_in_place(|| kafka.read_all(topic, &group_id(name), partitions, start()))
+    } else {
+        kafka.join(topic, &group_id(name), start())
+    }
+    .map_err(bus_err)?;
     let mut stats = BronzeStats::default();
     progress(0, 0);
     let mut watch = Watch::default();

@@ -762,6 +762,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         bronze_options: BronzeOptions {
             batch_size,
             idle: std::time::Duration::from_millis(idle_ms),
+            ..BronzeOptions::default()
         },
         silver_options: SilverOptions {
             batch_size: silver_batch_size,

@@ -191,7 +191,11 @@ impl Gateway {
                 limit: None,
                 keys: self.keys.clone(),
             },
-            bronze_options: BronzeOptions::default(),
+            // As the refresher's (see `pipeline::refresh`).
+            bronze_options: BronzeOptions {
+                outside_group: true,
+                ..BronzeOptions::default()
+            },
             silver_options: SilverOptions {
                 keys: self.keys.clone(),
                 ..SilverOptions::default()
