@@ -657,15 +657,18 @@ impl Member {
             Ok(starts) => {
                 for &p in &partitions {
                     let stored = starts.get(&p).copied().unwrap_or(0);
-                    let offset = stored.max(state.handed.get(&p).copied().unwrap_or(0));
+                    // Fetched from the stored offset (a fetch from the middle of a record batch
+                    // can come back empty from some brokers, Tansu 0.6, with nothing after the
+                    // batch to prove the position by), taken from past what was handed out.
+                    let resume = stored.max(state.handed.get(&p).copied().unwrap_or(0));
                     if let Err(e) = tpl.set_partition_offset(
                         &self.topic,
                         p as i32,
-                        Offset::Offset(offset as i64),
+                        Offset::Offset(stored as i64),
                     ) {
                         state.error = Some(format!("positioning partition {p}: {e}"));
                     }
-                    state.next.insert(p, Position::at(offset));
+                    state.next.insert(p, Position::at(resume));
                 }
             }
             Err(e) => state.error = Some(e),
