@@ -312,6 +312,8 @@ impl KafkaBus {
         let producer = guard.as_ref().expect("just created");
         *self.tracker.0.placed.lock().expect("not poisoned") =
             place.then(|| vec![None; records.len()]);
+        // Failures are this batch's only.
+        self.tracker.0.failed.lock().expect("not poisoned").clear();
         let mut counts = vec![0; partitions as usize];
         for (i, record) in records.iter().enumerate() {
             if i % 1024 == 0 {
@@ -337,7 +339,13 @@ impl KafkaBus {
                         next = back;
                         producer.poll(Duration::from_millis(5));
                     }
-                    Err((err, _)) => return Err(kafka(topic, err)),
+                    Err((err, _)) => {
+                        // What was queued before this message still goes out: wait for it,
+                        // so the caller's next look at the topic (a retry's) sees it, and no
+                        // delivery report of this batch lands in the next one's.
+                        let _ = producer.flush(Duration::from_secs(60));
+                        return Err(kafka(topic, err));
+                    }
                 }
             }
             counts[partition as usize] += 1;

@@ -592,7 +592,10 @@ fn send_to_kafka(
             .as_ref()
             .and_then(|id| Some((id, keys.as_ref()?.get(&id.key)?.clone())));
         let positions = match known {
-            Some((id, known)) if known.body != id.body => {
+            // Another body, or (from a foreign tag or an edited keys file) another count.
+            Some((id, known))
+                if known.body != id.body || known.positions.len() != records.len() =>
+            {
                 let _ = reply.send(Err(reused_key()));
                 continue;
             }
@@ -662,7 +665,9 @@ fn send_to_kafka(
     };
     for s in &mut sending {
         for &(index, at) in &s.sent {
-            s.positions[index] = Some(placed[at]);
+            if let (Some(slot), Some(&place)) = (s.positions.get_mut(index), placed.get(at)) {
+                *slot = Some(place);
+            }
         }
     }
     let done: Vec<(String, kafka_keys::Known)> = sending
