@@ -40,6 +40,17 @@ impl Default for BronzeOptions {
     }
 }
 
+impl BronzeOptions {
+    /// The defaults for a process that is its tables' one bronze reader (the gateway: its
+    /// refresher and `/ingest`): every partition read outside the group.
+    pub fn sole_reader() -> Self {
+        Self {
+            outside_group: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// What a bronze run did.
 #[derive(Debug, Clone, Default)]
 pub struct BronzeStats {

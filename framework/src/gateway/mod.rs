@@ -191,11 +191,7 @@ impl Gateway {
                 limit: None,
                 keys: self.keys.clone(),
             },
-            // As the refresher's (see `pipeline::refresh`).
-            bronze_options: BronzeOptions {
-                outside_group: true,
-                ..BronzeOptions::default()
-            },
+            bronze_options: BronzeOptions::sole_reader(),
             silver_options: SilverOptions {
                 keys: self.keys.clone(),
                 ..SilverOptions::default()

@@ -40,11 +40,8 @@ pub async fn refresh(
     let started = std::time::Instant::now();
     // The gateway reads its tables' topics alone: outside the consumer group, so a restart
     // does not wait for the last process's member to time out.
-    let bronze_options = BronzeOptions {
-        outside_group: true,
-        ..BronzeOptions::default()
-    };
-    let bronze = bronze::ingest(bus, lake, table, &bronze_options, &|_, _| {}).await?;
+    let bronze =
+        bronze::ingest(bus, lake, table, &BronzeOptions::sole_reader(), &|_, _| {}).await?;
     let bronze_s = started.elapsed().as_secs_f64();
     let silver_options = SilverOptions {
         keys: keys.clone(),
