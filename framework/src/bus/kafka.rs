@@ -124,8 +124,11 @@ fn kafka(topic: &str, source: KafkaError) -> Error {
 pub struct Tags {
     /// The tagged records, in each partition's order.
     pub found: Vec<Tag>,
-    /// Where each partition ended (the next offset), by partition.
+    /// Where each partition was read to (the next offset), by partition: its end when
+    /// `complete`, else how far the read got.
     pub ends: Vec<u64>,
+    /// Every partition was read to its end (`false`: the time limit came first).
+    pub complete: bool,
 }
 
 /// One tagged record's place and tag.
@@ -175,6 +178,17 @@ impl KafkaBus {
             *guard = Some(self.config(&[]).create().map_err(|e| kafka(topic, e))?);
         }
         f(guard.as_ref().expect("just created"))
+    }
+
+    /// The largest message the producer sends (librdkafka's `message.max.bytes`, from the bus
+    /// URL's settings or its default); a larger one is refused before it is queued.
+    pub fn max_message_bytes(&self) -> usize {
+        self.settings
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "message.max.bytes")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(1_000_000)
     }
 
     /// Creates the topic with `partitions` partitions unless it exists; returns its partition count.
@@ -418,8 +432,8 @@ impl KafkaBus {
 
     /// The [`TAG_HEADER`] tags on `topic` from `from` (the next offset of each partition, by
     /// partition) to the partitions' ends, in each partition's order. Read outside any group,
-    /// with bronze's proof that each partition was read to its end; more than `limit` for it is
-    /// an error.
+    /// with bronze's proof that each partition was read to its end. Past `limit`, what was read
+    /// so far (`complete: false`; the caller goes on from its `ends` another time).
     pub fn tags(&self, topic: &str, from: &[u64], limit: Duration) -> Result<Tags> {
         let partitions = from.len() as u32;
         let starts = from.to_vec();
@@ -451,16 +465,24 @@ impl KafkaBus {
             )?;
             found.extend(tags);
             if member.caught_up(&ends)? {
-                return Ok(Tags { found, ends });
+                return Ok(Tags {
+                    found,
+                    ends,
+                    complete: true,
+                });
             }
             if started.elapsed() > limit {
-                return Err(Error::Group {
-                    topic: topic.to_owned(),
-                    reason: format!(
-                        "reading the idempotency tags: the partitions were not read to their \
-                         ends {ends:?} within {} s",
-                        limit.as_secs()
-                    ),
+                // How far each partition was read, so that the caller can go on from there.
+                let handed = member.state().handed.clone();
+                let ends = from
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &start)| handed.get(&(p as u32)).map_or(start, |&h| h.max(start)))
+                    .collect();
+                return Ok(Tags {
+                    found,
+                    ends,
+                    complete: false,
                 });
             }
         }

@@ -219,6 +219,8 @@ struct TopicKeys {
     embedded: Option<Keys>,
     kafka: Option<KafkaKeys>,
     state_dir: Option<std::path::PathBuf>,
+    /// The Kafka keys were opened (or tried) once in this process.
+    kafka_tried: bool,
 }
 
 /// The committer thread: one group commit per wake-up.
@@ -540,26 +542,46 @@ fn send_to_kafka(
     let TopicKeys {
         kafka: keys,
         state_dir,
+        kafka_tried,
         ..
     } = topic_keys;
     let topic = table.topic();
     let problem = |e: &dyn std::fmt::Display| Problem::unavailable(format!("topic {topic}: {e}"));
-    if keys.is_none() && group.iter().any(|a| a.idempotency.is_some()) {
-        let opened = match state_dir {
-            Some(dir) => KafkaKeys::open(kafka, topic, partitions, dir),
-            None => Err("no state folder for the keys".to_owned()),
-        };
-        match opened {
+    // Opened at the table's first group (so that every group after it advances the file's
+    // ends), and again at the first keyed request after a failed send.
+    let mut group = group;
+    if keys.is_none()
+        && let Some(dir) = state_dir
+        && (!*kafka_tried || group.iter().any(|a| a.idempotency.is_some()))
+    {
+        *kafka_tried = true;
+        match KafkaKeys::open(kafka, topic, partitions, dir) {
             Ok(opened) => *keys = Some(opened),
             Err(e) => {
-                let problem = problem(&format!("reading its idempotency keys: {e}"));
-                for append in group {
+                tracing::warn!("gateway: reading the idempotency keys of {topic}: {e}");
+                let problem = problem(&format!("reading its idempotency keys: {e}"))
+                    .with_hint("retry the request with the same Idempotency-Key");
+                // Requests without a key do not need them.
+                let (keyed, plain): (Vec<_>, Vec<_>) =
+                    group.into_iter().partition(|a| a.idempotency.is_some());
+                for append in keyed {
                     let _ = append.reply.send(Err(problem.clone()));
                 }
-                return;
+                group = plain;
             }
         }
     }
+    if state_dir.is_none() {
+        let (keyed, plain): (Vec<_>, Vec<_>) =
+            group.into_iter().partition(|a| a.idempotency.is_some());
+        for append in keyed {
+            let _ = append
+                .reply
+                .send(Err(problem(&"no state folder for the idempotency keys")));
+        }
+        group = plain;
+    }
+    let max_bytes = kafka.max_message_bytes();
     let mut batch = Batch::default();
     let mut tags: Vec<Option<String>> = Vec::new();
     let mut sending: Vec<Sending> = Vec::new();
@@ -570,6 +592,8 @@ fn send_to_kafka(
             reply,
             ..
         } = append;
+        // What the tags and the keys file hold (the keys are open: unkeyed otherwise, above).
+        let idempotency = idempotency.and_then(|id| Some(keys.as_ref()?.seal(&id)));
         // The same key earlier in this group (a retry while the first is queued): answered
         // with the first.
         if let Some(id) = &idempotency
@@ -617,6 +641,10 @@ fn send_to_kafka(
         };
         let mut scratch = Batch::default();
         ingest::push_messages(table, edge, &records, partitions, &mut scratch);
+        if let Some(problem) = oversized(&scratch, max_bytes) {
+            let _ = reply.send(Err(problem));
+            continue;
+        }
         let mut sent = Vec::new();
         for (index, message) in scratch.iter().enumerate() {
             if positions.get(index).is_some_and(Option::is_some) {
@@ -683,9 +711,8 @@ fn send_to_kafka(
             ))
         })
         .collect();
-    if !done.is_empty()
-        && let Some(opened) = keys.as_mut()
-        && let Err(e) = opened.done(done)
+    if let Some(opened) = keys.as_mut()
+        && let Err(e) = opened.placed(&placed, done)
     {
         // The records are on the topic with their tags: the next open reads them from there.
         tracing::warn!("recording the idempotency keys of {topic}: {e}");
@@ -694,6 +721,28 @@ fn send_to_kafka(
     for s in sending {
         s.answer(Ok(()));
     }
+}
+
+/// A 413 for a request one of whose messages is larger than the producer sends (librdkafka
+/// would refuse it, and with it the whole group).
+fn oversized(messages: &Batch, max_bytes: usize) -> Option<Problem> {
+    // Room for the record's framing and the idempotency tag.
+    const OVERHEAD: usize = 512;
+    let (index, size) = messages
+        .iter()
+        .map(|m| m.key.len() + m.value.len() + OVERHEAD)
+        .enumerate()
+        .find(|&(_, size)| size > max_bytes)?;
+    Some(
+        Problem::too_large(format!(
+            "record {index} is {size} bytes as a message; the Kafka producer sends at most \
+             {max_bytes} bytes (message.max.bytes)"
+        ))
+        .with_hint(
+            "split the record, or raise message.max.bytes in the bus URL \
+             (kafka://host:port?message.max.bytes=N) and the brokers' limit with it",
+        ),
+    )
 }
 
 fn reused_key() -> Problem {

@@ -68,9 +68,11 @@ fn serve_with(mut cmd: Command, extra: &[&str]) -> Server {
 /// Sends `requests` with the Python client; returns `{status, headers, body}` per request.
 fn http(requests: &[Value]) -> Vec<Value> {
     let script = repo().join("framework/tests/py/http_client.py");
+    // In a file: a large body exceeds the argument list's limit.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), Value::Array(requests.to_vec()).to_string()).unwrap();
     let mut cmd = Command::new(python());
-    cmd.arg(script)
-        .arg(Value::Array(requests.to_vec()).to_string());
+    cmd.arg(script).arg(format!("@{}", file.path().display()));
     let out = output_within(cmd, Duration::from_secs(300));
     assert!(
         out.status.success(),
@@ -892,11 +894,24 @@ fn idempotency_keys_on_kafka_survive_a_lost_keys_line_and_a_partial_send(
         "{}",
         again[0]
     );
+    // A group without keys moves the keys file's ends too (a second after the last line), so
+    // the topic read on the next open starts past it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let unkeyed = json!({ "records": [{ "seller_id": "kgw-7", "seller_zip_code_prefix": "01001", "seller_city": "x", "seller_state": "SP" }] });
+    let plain = http(&[post_json(&server, "/ingest_fast/sellers", &unkeyed, None)]);
+    assert_eq!(plain[0]["status"], 202, "{}", plain[0]);
+    let keys_file = lake.join("_gateway/gateway-keys/raw_sellers.jsonl");
+    let text = std::fs::read_to_string(&keys_file).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let placed = &plain[0]["body"]["offsets"][0];
+    assert_eq!(
+        last["ends"][placed["partition"].as_u64().unwrap() as usize],
+        placed["offset"].as_u64().unwrap() + 1,
+        "the keys file's ends past the unkeyed group: {text}"
+    );
     drop(server);
     // The keys file as a crash right after the acknowledgement leaves it: without the request,
     // its `ends` before the request's record.
-    let keys_file = lake.join("_gateway/gateway-keys/raw_sellers.jsonl");
-    assert!(keys_file.exists(), "{}", keys_file.display());
     let before = first["offsets"][0]["offset"].as_u64().unwrap();
     std::fs::write(
         &keys_file,
@@ -917,7 +932,15 @@ fn idempotency_keys_on_kafka_survive_a_lost_keys_line_and_a_partial_send(
     let second = all.iter().nth(1).unwrap();
     let mut half = Batch::default();
     half.push(second.key, second.value, second.timestamp_ms);
-    let id = Idempotency::new("payments", "kp", payments.to_string().as_bytes());
+    // Tags carry the digests sealed with the state dir's secret.
+    let secret: [u8; 32] = std::fs::read(lake.join("_gateway/gateway-keys/secret"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let id = kafka_keys::seal(
+        &secret,
+        &Idempotency::new("payments", "kp", payments.to_string().as_bytes()),
+    );
     let kafka = KafkaBus::new(broker.url().trim_start_matches("kafka://"), Vec::new());
     // The keys file of the attempt that sent it: the topic's ends before it.
     let ends = kafka.topic_ends("raw_payments").unwrap();
@@ -932,7 +955,6 @@ fn idempotency_keys_on_kafka_survive_a_lost_keys_line_and_a_partial_send(
     let early = kafka
         .send_placed("raw_payments", &half, &[Some(kafka_keys::tag(&id, 1, 3))])
         .unwrap()[0];
-
     let mut cmd = framework(lake);
     cmd.args(["--bus", &broker.url()]);
     let server = serve_with(cmd, &[]);
@@ -960,7 +982,23 @@ fn idempotency_keys_on_kafka_survive_a_lost_keys_line_and_a_partial_send(
             "/raw/payments?order_id.gte=kgw-p&order_id.lt=kgw-q&columns=order_id,_partition,_offset&order_by=order_id",
             "application/json",
         ),
+        // A record larger than the producer sends: a 413 of its own request.
+        post_json(
+            &server,
+            "/ingest_fast/sellers",
+            &json!({ "records": [{ "seller_id": "kgw-big", "seller_zip_code_prefix": "01001", "seller_city": "x".repeat(1_100_000), "seller_state": "SP" }] }),
+            None,
+        ),
     ]);
+    let big = &responses[5];
+    assert_eq!(big["status"], 413, "{big}");
+    assert!(
+        big["body"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("message.max.bytes"),
+        "{big}"
+    );
     let replay = &responses[0];
     assert_eq!(replay["status"], 200, "{replay}");
     assert_eq!(

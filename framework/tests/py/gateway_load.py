@@ -267,6 +267,12 @@ summary = {
     "problem_count": len(problems),
 }
 print(json.dumps(summary), flush=True)
+if problems:
+    # The gateway's own warnings, for the reader of a failed run (its log dies with the temp dir).
+    server.log.flush()
+    with open(os.path.join(LAKE, "..", "serve.log"), "rb") as f:
+        lines = [l for l in f.read().decode(errors="replace").splitlines() if "WARN" in l or "ERROR" in l]
+    print("serve.log, warnings and errors (last 40):", *lines[-40:], sep="\n", file=sys.stderr)
 sys.stderr.flush()
 # Straight out: the interpreter's teardown with client threads still parked (daemons) and the
 # deltalake/pyarrow native threads alive sometimes aborts ("terminate called without an active

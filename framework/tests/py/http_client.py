@@ -68,4 +68,9 @@ def send(request):
     }
 
 
-print(json.dumps([send(r) for r in json.loads(sys.argv[1])], default=str))
+# The requests as JSON, or `@path` of a file holding them (a large body exceeds argv's limit).
+arg = sys.argv[1]
+if arg.startswith("@"):
+    with open(arg[1:], encoding="utf-8") as f:
+        arg = f.read()
+print(json.dumps([send(r) for r in json.loads(arg)], default=str))
