@@ -92,7 +92,7 @@ struct Line {
 }
 
 /// What a key is known for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
     pub body: String,
     pub positions: Vec<(u32, u64)>,

@@ -378,6 +378,83 @@ fn commit_group(
     }
 }
 
+/// What a request's `Idempotency-Key` asks of its group: the rules both buses share (the
+/// embedded log's keys, [`super::keys`], and Kafka's, [`super::kafka_keys`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict<K> {
+    /// No key, or a key not seen before: append every record.
+    Fresh,
+    /// The same key and body earlier in this group (a retry while the first is queued): answered
+    /// with that request, by its index in the group.
+    Follows(usize),
+    /// Known whole: answered with where its records are; nothing appended.
+    Replay(K),
+    /// Known in part (an earlier attempt reached the topic with some records only): the rest
+    /// is appended.
+    Complete(K),
+    /// The key was used with another body (or, from a foreign tag or an edited keys file,
+    /// another record count): a 422.
+    Reused,
+}
+
+/// What a bus's keys know of a request.
+trait Settled {
+    fn body(&self) -> &str;
+    fn records(&self) -> usize;
+    /// Every record of the request is on the topic.
+    fn whole(&self) -> bool;
+}
+
+impl Settled for super::keys::Known {
+    fn body(&self) -> &str {
+        &self.body
+    }
+    fn records(&self) -> usize {
+        self.positions.len()
+    }
+    fn whole(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+impl Settled for kafka_keys::Known {
+    fn body(&self) -> &str {
+        &self.body
+    }
+    fn records(&self) -> usize {
+        self.positions.len()
+    }
+    fn whole(&self) -> bool {
+        kafka_keys::Known::whole(self)
+    }
+}
+
+/// The verdict on a request of `records` records with key `id`: `earlier`, the index and body
+/// of a request of this group with the same key; `known`, what the keys hold of it.
+fn verdict<'k, K: Settled>(
+    id: Option<&Idempotency>,
+    earlier: Option<(usize, &str)>,
+    known: Option<&'k K>,
+    records: usize,
+) -> Verdict<&'k K> {
+    let Some(id) = id else {
+        return Verdict::Fresh;
+    };
+    if let Some((first, body)) = earlier {
+        return if body == id.body {
+            Verdict::Follows(first)
+        } else {
+            Verdict::Reused
+        };
+    }
+    match known {
+        None => Verdict::Fresh,
+        Some(k) if k.body() != id.body || k.records() != records => Verdict::Reused,
+        Some(k) if k.whole() => Verdict::Replay(k),
+        Some(k) => Verdict::Complete(k),
+    }
+}
+
 /// A group's messages, where each lands, and the keys to record before the append.
 struct Placement {
     batch: Batch,
@@ -406,33 +483,30 @@ fn place_group(
     let mut batch = Batch::default();
     let mut placed: Vec<Placed> = Vec::new();
     let mut keyed: Vec<Keyed> = Vec::new();
-    // Keys of this group, for a retry that arrives while the first request is still queued.
-    let mut in_group: HashMap<String, (String, Vec<Position>)> = HashMap::new();
+    // Keys of this group (index in `placed`, body), for a retry that arrives while the first
+    // request is still queued.
+    let mut in_group: HashMap<String, (usize, String)> = HashMap::new();
     for append in group {
-        if let Some(id) = &append.idempotency
-            && let Some((body, positions)) = in_group.get(&id.key)
-        {
-            if *body != id.body {
-                let _ = append.reply.send(Err(reused_key()));
-            } else {
-                placed.push(Placed {
-                    reply: append.reply,
-                    positions: positions.clone(),
-                    replayed: true,
-                });
-            }
-            continue;
-        }
-        let known = append
-            .idempotency
-            .as_ref()
-            .and_then(|id| Some((id, keys.get(&id.key)?)));
-        let positions = match known {
-            Some((id, known)) if known.body != id.body => {
+        let id = append.idempotency.as_ref();
+        let earlier = id
+            .and_then(|id| in_group.get(&id.key))
+            .map(|(first, body)| (*first, body.as_str()));
+        let known = id.and_then(|id| keys.get(&id.key));
+        let positions = match verdict(id, earlier, known, append.records.len()) {
+            Verdict::Reused => {
                 let _ = append.reply.send(Err(reused_key()));
                 continue;
             }
-            Some((_, known)) if known.missing.is_empty() => {
+            Verdict::Follows(first) => {
+                let positions = placed[first].positions.clone();
+                placed.push(Placed {
+                    reply: append.reply,
+                    positions,
+                    replayed: true,
+                });
+                continue;
+            }
+            Verdict::Replay(known) => {
                 let _ = append.reply.send(Ok(Appended {
                     positions: to_positions(&known.positions),
                     replayed: true,
@@ -440,7 +514,7 @@ fn place_group(
                 continue;
             }
             // An earlier attempt reached some partitions only: append the records of the others.
-            Some((_, known)) => {
+            Verdict::Complete(known) => {
                 let mut scratch = Batch::default();
                 let partition_of =
                     ingest::push_messages(table, edge, &append.records, partitions, &mut scratch);
@@ -455,13 +529,15 @@ fn place_group(
                 }
                 positions
             }
-            None => ingest::push_messages(table, edge, &append.records, partitions, &mut batch)
-                .into_iter()
-                .map(&mut place)
-                .collect::<Vec<_>>(),
+            Verdict::Fresh => {
+                ingest::push_messages(table, edge, &append.records, partitions, &mut batch)
+                    .into_iter()
+                    .map(&mut place)
+                    .collect::<Vec<_>>()
+            }
         };
         if let Some(id) = append.idempotency {
-            in_group.insert(id.key.clone(), (id.body.clone(), positions.clone()));
+            in_group.insert(id.key.clone(), (placed.len(), id.body.clone()));
             keyed.push(Keyed {
                 key: id.key,
                 body: id.body,
@@ -594,50 +670,36 @@ fn send_to_kafka(
         } = append;
         // What the tags and the keys file hold (the keys are open: unkeyed otherwise, above).
         let idempotency = idempotency.and_then(|id| Some(keys.as_ref()?.seal(&id)));
-        // The same key earlier in this group (a retry while the first is queued): answered
-        // with the first.
-        if let Some(id) = &idempotency
-            && let Some(first) = sending
-                .iter_mut()
-                .find(|s| s.idempotency.as_ref().is_some_and(|o| o.key == id.key))
-        {
-            if first
-                .idempotency
-                .as_ref()
-                .is_some_and(|o| o.body == id.body)
-            {
-                first.followers.push(reply);
-            } else {
-                let _ = reply.send(Err(reused_key()));
-            }
-            continue;
-        }
+        let earlier = idempotency.as_ref().and_then(|id| {
+            sending.iter().enumerate().find_map(|(i, s)| {
+                let other = s.idempotency.as_ref()?;
+                (other.key == id.key).then_some((i, other.body.as_str()))
+            })
+        });
         let known = idempotency
             .as_ref()
-            .and_then(|id| Some((id, keys.as_ref()?.get(&id.key)?.clone())));
-        let positions = match known {
-            // Another body, or (from a foreign tag or an edited keys file) another count.
-            Some((id, known))
-                if known.body != id.body || known.positions.len() != records.len() =>
-            {
+            .and_then(|id| keys.as_ref()?.get(&id.key));
+        let positions = match verdict(idempotency.as_ref(), earlier, known, records.len()) {
+            Verdict::Reused => {
                 let _ = reply.send(Err(reused_key()));
                 continue;
             }
-            Some((_, known)) if known.whole() => {
-                let positions = known
-                    .positions
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .collect::<Vec<_>>();
+            Verdict::Follows(first) => {
+                sending[first].followers.push(reply);
+                continue;
+            }
+            Verdict::Replay(known) => {
+                let positions: Vec<(u32, u64)> =
+                    known.positions.iter().flatten().copied().collect();
                 let _ = reply.send(Ok(Appended {
                     positions: to_positions(&positions),
                     replayed: true,
                 }));
                 continue;
             }
-            Some((_, known)) => known.positions,
-            None => vec![None; records.len()],
+            // Some records reached the topic in an earlier attempt: the others are appended.
+            Verdict::Complete(known) => known.positions.clone(),
+            Verdict::Fresh => vec![None; records.len()],
         };
         let mut scratch = Batch::default();
         ingest::push_messages(table, edge, &records, partitions, &mut scratch);
@@ -908,4 +970,73 @@ async fn refresh_visible(
             versions: versions.clone(),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(body: &str, positions: Vec<Option<(u32, u64)>>) -> kafka_keys::Known {
+        kafka_keys::Known {
+            body: body.into(),
+            positions,
+        }
+    }
+
+    #[test]
+    fn a_key_decides_by_the_same_rules_on_both_buses() {
+        let id = Idempotency {
+            key: "k".into(),
+            body: "b".into(),
+        };
+        let whole = known("b", vec![Some((0, 1)), Some((1, 4))]);
+        let part = known("b", vec![Some((0, 1)), None]);
+        let other = known("c", vec![Some((0, 1)), Some((1, 4))]);
+        let none: Option<&kafka_keys::Known> = None;
+        assert_eq!(
+            verdict(None, None, Some(&whole), 2),
+            Verdict::Fresh,
+            "no key"
+        );
+        assert_eq!(
+            verdict(Some(&id), None, none, 2),
+            Verdict::Fresh,
+            "a new key"
+        );
+        assert_eq!(
+            verdict(Some(&id), Some((3, "b")), Some(&whole), 2),
+            Verdict::Follows(3),
+            "the same key and body earlier in the group comes first"
+        );
+        assert_eq!(verdict(Some(&id), Some((3, "x")), none, 2), Verdict::Reused);
+        assert_eq!(
+            verdict(Some(&id), None, Some(&whole), 2),
+            Verdict::Replay(&whole)
+        );
+        assert_eq!(
+            verdict(Some(&id), None, Some(&part), 2),
+            Verdict::Complete(&part)
+        );
+        assert_eq!(verdict(Some(&id), None, Some(&other), 2), Verdict::Reused);
+        assert_eq!(
+            verdict(Some(&id), None, Some(&whole), 3),
+            Verdict::Reused,
+            "another record count"
+        );
+        // The embedded log's keys: whole when no partition is missing.
+        let embedded = |missing: Vec<u32>| super::super::keys::Known {
+            body: "b".into(),
+            positions: vec![(0, 1), (1, 4)],
+            missing,
+        };
+        let (all, some) = (embedded(vec![]), embedded(vec![1]));
+        assert_eq!(
+            verdict(Some(&id), None, Some(&all), 2),
+            Verdict::Replay(&all)
+        );
+        assert_eq!(
+            verdict(Some(&id), None, Some(&some), 2),
+            Verdict::Complete(&some)
+        );
+    }
 }

@@ -453,6 +453,7 @@ async fn materialize(
     let sql = models.render(model, incremental).map_err(Error::Models)?;
     let frame = ctx.sql(&sql).await.map_err(query)?;
     let batches = collect_batches(frame).await.map_err(query)?;
+    let query_s = started.elapsed().as_secs_f64();
     let schema = batches[0].schema();
     let rows_computed = batches.iter().map(|b| b.num_rows() as u64).sum();
     let rows = match existing {
@@ -487,6 +488,13 @@ async fn materialize(
             rows_computed
         }
     };
+    tracing::debug!(
+        model = model.name,
+        query_s,
+        write_s = started.elapsed().as_secs_f64() - query_s,
+        rows,
+        "gold: model built"
+    );
     Ok(ModelReport {
         model: model.name.clone(),
         materialized: model.config.materialized,
