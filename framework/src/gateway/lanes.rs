@@ -604,8 +604,8 @@ impl Sending {
 
 /// A group on Kafka: one batch through the idempotent producer, each request answered with
 /// where the broker put its records (from the delivery reports). Keyed requests are settled
-/// against `keys` first and their records tagged ([`super::kafka_keys`]); the group's keys are
-/// recorded once the broker acknowledged it.
+/// against the keys first and their records tagged ([`super::kafka_keys`]); the group's keys
+/// are recorded once the broker acknowledged it.
 fn send_to_kafka(
     kafka: &crate::bus::KafkaBus,
     table: &Table,
@@ -615,48 +615,137 @@ fn send_to_kafka(
     topic_keys: &mut TopicKeys,
     appended: &AtomicU64,
 ) {
+    let topic = table.topic();
+    let group = with_kafka_keys(kafka, topic, partitions, group, topic_keys);
+    let keys = &mut topic_keys.kafka;
+    let Gathered {
+        batch,
+        tags,
+        mut sending,
+    } = gather(kafka, table, edge, partitions, group, keys.as_ref());
+    if batch.is_empty() {
+        // Only requests with no records left.
+        for s in sending {
+            s.answer(Ok(()));
+        }
+        return;
+    }
+    let sent = kafka.send_placed(topic, &batch, &tags);
+    appended.fetch_add(1, Ordering::SeqCst);
+    let placed = match sent {
+        Ok(placed) => placed,
+        Err(e) => {
+            let problem = Problem::unavailable(format!("topic {topic}: {e}")).with_hint(
+                "the brokers did not acknowledge every record; retry with the same \
+                 Idempotency-Key to append exactly what is missing (without one, a resend may \
+                 store some records twice in bronze; silver keeps one row per key)",
+            );
+            for s in sending {
+                s.answer(Err(problem.clone()));
+            }
+            // Read again, with what reached the topic, before the next keyed group.
+            *keys = None;
+            return;
+        }
+    };
+    for s in &mut sending {
+        for &(index, at) in &s.sent {
+            if let (Some(slot), Some(&place)) = (s.positions.get_mut(index), placed.get(at)) {
+                *slot = Some(place);
+            }
+        }
+    }
+    let done: Vec<(String, kafka_keys::Known)> = sending
+        .iter()
+        .filter_map(|s| {
+            let id = s.idempotency.as_ref()?;
+            Some((
+                id.key.clone(),
+                kafka_keys::Known {
+                    body: id.body.clone(),
+                    positions: s.positions.clone(),
+                },
+            ))
+        })
+        .collect();
+    if let Some(opened) = keys.as_mut()
+        && let Err(e) = opened.placed(&placed, done)
+    {
+        // The records are on the topic with their tags: the next open reads them from there.
+        tracing::warn!("recording the idempotency keys of {topic}: {e}");
+        *keys = None;
+    }
+    for s in sending {
+        s.answer(Ok(()));
+    }
+}
+
+/// Opens the topic's Kafka keys when the group needs them: at the table's first group (so that
+/// every group after it moves the keys file's ends), and at the first keyed request after a
+/// failed send. Returns the group less the keyed requests that cannot be served without them
+/// (answered here with a 503).
+fn with_kafka_keys(
+    kafka: &crate::bus::KafkaBus,
+    topic: &str,
+    partitions: u32,
+    group: Vec<Append>,
+    topic_keys: &mut TopicKeys,
+) -> Vec<Append> {
     let TopicKeys {
         kafka: keys,
         state_dir,
         kafka_tried,
         ..
     } = topic_keys;
-    let topic = table.topic();
-    let problem = |e: &dyn std::fmt::Display| Problem::unavailable(format!("topic {topic}: {e}"));
-    // Opened at the table's first group (so that every group after it advances the file's
-    // ends), and again at the first keyed request after a failed send.
-    let mut group = group;
-    if keys.is_none()
-        && let Some(dir) = state_dir
-        && (!*kafka_tried || group.iter().any(|a| a.idempotency.is_some()))
-    {
-        *kafka_tried = true;
-        match KafkaKeys::open(kafka, topic, partitions, dir) {
-            Ok(opened) => *keys = Some(opened),
-            Err(e) => {
-                tracing::warn!("gateway: reading the idempotency keys of {topic}: {e}");
-                let problem = problem(&format!("reading its idempotency keys: {e}"))
-                    .with_hint("retry the request with the same Idempotency-Key");
-                // Requests without a key do not need them.
-                let (keyed, plain): (Vec<_>, Vec<_>) =
-                    group.into_iter().partition(|a| a.idempotency.is_some());
-                for append in keyed {
-                    let _ = append.reply.send(Err(problem.clone()));
+    let keyed_needed = group.iter().any(|a| a.idempotency.is_some());
+    let failure = match state_dir {
+        Some(_) if keys.is_some() || (*kafka_tried && !keyed_needed) => return group,
+        Some(dir) => {
+            *kafka_tried = true;
+            match KafkaKeys::open(kafka, topic, partitions, dir) {
+                Ok(opened) => {
+                    *keys = Some(opened);
+                    return group;
                 }
-                group = plain;
+                Err(e) => {
+                    tracing::warn!("gateway: reading the idempotency keys of {topic}: {e}");
+                    Problem::unavailable(format!(
+                        "topic {topic}: reading its idempotency keys: {e}"
+                    ))
+                    .with_hint("retry the request with the same Idempotency-Key")
+                }
             }
         }
+        None => Problem::unavailable(format!(
+            "topic {topic}: no state folder for the idempotency keys"
+        )),
+    };
+    // Requests without a key do not need them.
+    let (keyed, plain): (Vec<_>, Vec<_>) = group.into_iter().partition(|a| a.idempotency.is_some());
+    for append in keyed {
+        let _ = append.reply.send(Err(failure.clone()));
     }
-    if state_dir.is_none() {
-        let (keyed, plain): (Vec<_>, Vec<_>) =
-            group.into_iter().partition(|a| a.idempotency.is_some());
-        for append in keyed {
-            let _ = append
-                .reply
-                .send(Err(problem(&"no state folder for the idempotency keys")));
-        }
-        group = plain;
-    }
+    plain
+}
+
+/// A group's batch for Kafka, with each record's tag and what each request sends.
+struct Gathered {
+    batch: Batch,
+    tags: Vec<Option<String>>,
+    sending: Vec<Sending>,
+}
+
+/// Gathers a group's records into one batch by the key rules ([`verdict`]); requests answered
+/// without sending (a replay, a follower, a reused key, a record too large) are answered here.
+/// `keys` is open whenever the group holds a keyed request (see [`with_kafka_keys`]).
+fn gather(
+    kafka: &crate::bus::KafkaBus,
+    table: &Table,
+    edge: &mut Option<Edge>,
+    partitions: u32,
+    group: Vec<Append>,
+    keys: Option<&KafkaKeys>,
+) -> Gathered {
     let max_bytes = kafka.max_message_bytes();
     let mut batch = Batch::default();
     let mut tags: Vec<Option<String>> = Vec::new();
@@ -668,17 +757,15 @@ fn send_to_kafka(
             reply,
             ..
         } = append;
-        // What the tags and the keys file hold (the keys are open: unkeyed otherwise, above).
-        let idempotency = idempotency.and_then(|id| Some(keys.as_ref()?.seal(&id)));
+        // What the tags and the keys file hold.
+        let idempotency = idempotency.and_then(|id| Some(keys?.seal(&id)));
         let earlier = idempotency.as_ref().and_then(|id| {
             sending.iter().enumerate().find_map(|(i, s)| {
                 let other = s.idempotency.as_ref()?;
                 (other.key == id.key).then_some((i, other.body.as_str()))
             })
         });
-        let known = idempotency
-            .as_ref()
-            .and_then(|id| keys.as_ref()?.get(&id.key));
+        let known = idempotency.as_ref().and_then(|id| keys?.get(&id.key));
         let positions = match verdict(idempotency.as_ref(), earlier, known, records.len()) {
             Verdict::Reused => {
                 let _ = reply.send(Err(reused_key()));
@@ -728,60 +815,10 @@ fn send_to_kafka(
             followers: Vec::new(),
         });
     }
-    if batch.is_empty() {
-        // Only requests with no records left.
-        for s in sending {
-            s.answer(Ok(()));
-        }
-        return;
-    }
-    let sent = kafka.send_placed(topic, &batch, &tags);
-    appended.fetch_add(1, Ordering::SeqCst);
-    let placed = match sent {
-        Ok(placed) => placed,
-        Err(e) => {
-            let problem = problem(&e).with_hint(
-                "the brokers did not acknowledge every record; retry with the same \
-                 Idempotency-Key to append exactly what is missing (without one, a resend may \
-                 store some records twice in bronze; silver keeps one row per key)",
-            );
-            for s in sending {
-                s.answer(Err(problem.clone()));
-            }
-            // Read again, with what reached the topic, before the next keyed group.
-            *keys = None;
-            return;
-        }
-    };
-    for s in &mut sending {
-        for &(index, at) in &s.sent {
-            if let (Some(slot), Some(&place)) = (s.positions.get_mut(index), placed.get(at)) {
-                *slot = Some(place);
-            }
-        }
-    }
-    let done: Vec<(String, kafka_keys::Known)> = sending
-        .iter()
-        .filter_map(|s| {
-            let id = s.idempotency.as_ref()?;
-            Some((
-                id.key.clone(),
-                kafka_keys::Known {
-                    body: id.body.clone(),
-                    positions: s.positions.clone(),
-                },
-            ))
-        })
-        .collect();
-    if let Some(opened) = keys.as_mut()
-        && let Err(e) = opened.placed(&placed, done)
-    {
-        // The records are on the topic with their tags: the next open reads them from there.
-        tracing::warn!("recording the idempotency keys of {topic}: {e}");
-        *keys = None;
-    }
-    for s in sending {
-        s.answer(Ok(()));
+    Gathered {
+        batch,
+        tags,
+        sending,
     }
 }
 

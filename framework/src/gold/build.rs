@@ -452,6 +452,7 @@ async fn materialize(
     }
     let sql = models.render(model, incremental).map_err(Error::Models)?;
     let frame = ctx.sql(&sql).await.map_err(query)?;
+    let plan_s = started.elapsed().as_secs_f64();
     let batches = collect_batches(frame).await.map_err(query)?;
     let query_s = started.elapsed().as_secs_f64();
     let schema = batches[0].schema();
@@ -490,6 +491,7 @@ async fn materialize(
     };
     tracing::debug!(
         model = model.name,
+        plan_s,
         query_s,
         write_s = started.elapsed().as_secs_f64() - query_s,
         rows,
