@@ -24,8 +24,8 @@
 //!
 //! Each key lives [`TTL`] from when it was first recorded (older ones are dropped on open and
 //! while serving; the file is rewritten when most of it is dead). The file is a cache of the
-//! topic's tags, read from where it ends: without it (a new state dir) the keys start empty at
-//! the topic's current ends. A topic deleted and made again needs its keys file deleted too (the
+//! topic's tags, read from where it ends: without it (a new state dir), or without the secret
+//! its digests were sealed with, the keys start empty at the topic's current ends. A topic deleted and made again needs its keys file deleted too (the
 //! file's ends cannot be told from the topic's: some brokers report a partition's end seconds
 //! late, past offsets they have acknowledged). One gateway process per topic keeps the keys.
 //!
@@ -142,6 +142,7 @@ impl KafkaKeys {
         let opening = Instant::now();
         let dir = state_dir.join("gateway-keys");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        sync_dir(&dir)?;
         let (secret, new_secret) = secret(&dir.join("secret"))?;
         let path = dir.join(format!("{}.jsonl", file_name(topic)));
         let io = |e: std::io::Error| format!("{}: {e}", path.display());
@@ -226,9 +227,13 @@ impl KafkaKeys {
         seal(&self.secret, id)
     }
 
-    /// What is known of a sealed key.
+    /// What is known of a sealed key that has not expired.
     pub fn get(&self, key: &str) -> Option<&Known> {
-        self.known.get(key).map(|kept| &kept.known)
+        let oldest = chrono::Utc::now().timestamp() - TTL.as_secs() as i64;
+        self.known
+            .get(key)
+            .filter(|kept| kept.at >= oldest)
+            .map(|kept| &kept.known)
     }
 
     /// Records an acknowledged group: `placed`, where the broker put each of its records, and
@@ -362,6 +367,7 @@ fn rewrite(path: &Path, known: &HashMap<String, Kept>, ends: &[u64]) -> Result<F
     out.write_all(&bytes).map_err(io)?;
     out.sync_data().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(path)?;
     OpenOptions::new().append(true).open(path).map_err(io)
 }
 
@@ -402,16 +408,47 @@ fn secret(path: &Path) -> Result<([u8; 32], bool), String> {
             rand::rngs::OsRng
                 .try_fill_bytes(&mut secret)
                 .map_err(|e| format!("random bytes for {}: {e}", path.display()))?;
+            // Written whole and synced under another name, then linked in place: a crash never
+            // leaves a short secret, and of two processes making one at once, one wins and the
+            // other reads it.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
+            options.write(true).create(true).truncate(true);
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(path).map_err(io)?;
+            let mut file = options.open(&tmp).map_err(io)?;
             file.write_all(&secret).map_err(io)?;
             file.sync_all().map_err(io)?;
-            Ok((secret, true))
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    sync_dir(path)?;
+                    Ok((secret, true))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => secret_of(path),
+                Err(e) => Err(io(e)),
+            }
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// The secret another process made at `path` first.
+fn secret_of(path: &Path) -> Result<([u8; 32], bool), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("{}: not a secret of 32 bytes", path.display()))?;
+    Ok((secret, false))
+}
+
+/// Syncs the folder holding `path`, so that a file made or renamed there survives a power loss.
+fn sync_dir(path: &Path) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Adds what is known of `key` (a request's records found apart, or lines that each hold part);

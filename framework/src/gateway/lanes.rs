@@ -681,8 +681,8 @@ fn send_to_kafka(
 }
 
 /// Opens the topic's Kafka keys when the group needs them: at the table's first group (so that
-/// every group after it moves the keys file's ends), and at the first keyed request after a
-/// failed send. Returns the group less the keyed requests that cannot be served without them
+/// every group after it moves the keys file's ends), and at the first keyed request after they
+/// were closed (a failed send, a failed write of the keys file, or a failed open). Returns the group less the keyed requests that cannot be served without them
 /// (answered here with a 503).
 fn with_kafka_keys(
     kafka: &crate::bus::KafkaBus,
@@ -758,7 +758,17 @@ fn gather(
             ..
         } = append;
         // What the tags and the keys file hold.
-        let idempotency = idempotency.and_then(|id| Some(keys?.seal(&id)));
+        let idempotency = match (idempotency, keys) {
+            (Some(id), Some(keys)) => Some(keys.seal(&id)),
+            (None, _) => None,
+            // Not expected: `with_kafka_keys` answers these. Never sent as if it had no key.
+            (Some(_), None) => {
+                let _ = reply.send(Err(Problem::unavailable(
+                    "the idempotency keys are not open; retry with the same Idempotency-Key",
+                )));
+                continue;
+            }
+        };
         let earlier = idempotency.as_ref().and_then(|id| {
             sending.iter().enumerate().find_map(|(i, s)| {
                 let other = s.idempotency.as_ref()?;
@@ -790,13 +800,15 @@ fn gather(
         };
         let mut scratch = Batch::default();
         ingest::push_messages(table, edge, &records, partitions, &mut scratch);
-        if let Some(problem) = oversized(&scratch, max_bytes) {
+        // The records still to send (an earlier attempt may have placed some).
+        let unsent = |index: usize| !positions.get(index).is_some_and(Option::is_some);
+        if let Some(problem) = oversized(&scratch, max_bytes, unsent) {
             let _ = reply.send(Err(problem));
             continue;
         }
         let mut sent = Vec::new();
         for (index, message) in scratch.iter().enumerate() {
-            if positions.get(index).is_some_and(Option::is_some) {
+            if !unsent(index) {
                 continue;
             }
             sent.push((index, batch.len()));
@@ -824,14 +836,18 @@ fn gather(
 
 /// A 413 for a request one of whose messages is larger than the producer sends (librdkafka
 /// would refuse it, and with it the whole group).
-fn oversized(messages: &Batch, max_bytes: usize) -> Option<Problem> {
+fn oversized(
+    messages: &Batch,
+    max_bytes: usize,
+    to_send: impl Fn(usize) -> bool,
+) -> Option<Problem> {
     // Room for the record's framing and the idempotency tag.
     const OVERHEAD: usize = 512;
     let (index, size) = messages
         .iter()
         .map(|m| m.key.len() + m.value.len() + OVERHEAD)
         .enumerate()
-        .find(|&(_, size)| size > max_bytes)?;
+        .find(|&(index, size)| size > max_bytes && to_send(index))?;
     Some(
         Problem::too_large(format!(
             "record {index} is {size} bytes as a message; the Kafka producer sends at most \
