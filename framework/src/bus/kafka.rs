@@ -125,8 +125,8 @@ pub struct Tags {
     /// The tagged records, in each partition's order.
     pub found: Vec<Tag>,
     /// Where each partition was read to (the next offset), by partition: its end as the broker
-    /// reported it (asked again until it stops moving) when `complete`, else how far the read
-    /// got.
+    /// reported it, or past it when a fetch brought more, when `complete`; else how far the
+    /// read got.
     pub ends: Vec<u64>,
     /// Every partition was read to its end (`false`: the time limit came first).
     pub complete: bool,
@@ -446,7 +446,7 @@ impl KafkaBus {
         });
         let member = self.read_all(topic, "framework-gateway-keys", partitions, start)?;
         let all: Vec<u32> = (0..partitions).collect();
-        let mut ends = member.ends(&all)?;
+        let ends = member.ends(&all)?;
         let started = Instant::now();
         let mut found = Vec::new();
         let tag_of = |m: &BorrowedMessage<'_>| {
@@ -466,37 +466,20 @@ impl KafkaBus {
                 .map(|(p, &start)| handed.get(&(p as u32)).map_or(start, |&h| h.max(start)))
                 .collect()
         };
-        let mut chase: Option<Instant> = None;
         loop {
             let wait = Duration::from_millis(100);
+            // A fetch brings whole record batches, and every record it brings is taken: a broker
+            // that reports a partition's end inside its last batch (Tansu: one past the batch's
+            // first offset) still has the batch read whole.
             found.extend(member.poll_map(10_000, wait, Duration::from_millis(10), tag_of)?);
             if member.caught_up(&ends)? {
-                // Some brokers report a partition's end late, behind offsets they acknowledged:
-                // read on while the end moves, or while a fetch past it still brings records.
-                let again = member.ends(&all)?;
-                let more = member.poll_map(10_000, 2 * wait, Duration::from_millis(10), tag_of)?;
-                let past = read_to(&member);
-                // A topic others keep writing to moves on forever: chase it two seconds at most.
-                let chasing = chase.get_or_insert_with(|| Instant::now() + Duration::from_secs(2));
-                let settled = more.is_empty()
-                    && again.iter().zip(&ends).all(|(now, before)| now <= before)
-                    && past.iter().zip(&ends).all(|(read, end)| read <= end);
-                if settled || Instant::now() > *chasing {
-                    found.extend(more);
-                    let ends = ends.iter().zip(&past).map(|(e, r)| *e.max(r)).collect();
-                    return Ok(Tags {
-                        found,
-                        ends,
-                        complete: true,
-                    });
-                }
-                found.extend(more);
-                ends = ends
-                    .iter()
-                    .zip(again.iter().zip(&past))
-                    .map(|(end, (now, read))| *end.max(now).max(read))
-                    .collect();
-                continue;
+                let read = read_to(&member);
+                let ends = ends.iter().zip(&read).map(|(e, r)| *e.max(r)).collect();
+                return Ok(Tags {
+                    found,
+                    ends,
+                    complete: true,
+                });
             }
             if started.elapsed() > limit {
                 // How far each partition was read, so that the caller can go on from there.

@@ -955,6 +955,37 @@ fn idempotency_keys_on_kafka_survive_a_lost_keys_line_and_a_partial_send(
     let early = kafka
         .send_placed("raw_payments", &half, &[Some(kafka_keys::tag(&id, 1, 3))])
         .unwrap()[0];
+    // Three sellers of one request acknowledged in one batch, the last on the topic, whose keys
+    // line a crash lost (the file's ends are still before them, see above). Tansu reports a
+    // partition's end as one past the first offset of its last batch: the open must read the
+    // batch whole to find the three tags, or the retry appends two of them again.
+    let sellers = json!({ "records": [
+        { "seller_id": "kgw-8", "seller_zip_code_prefix": "01001", "seller_city": "x", "seller_state": "SP" },
+        { "seller_id": "kgw-9", "seller_zip_code_prefix": "01001", "seller_city": "x", "seller_state": "SP" },
+        { "seller_id": "kgw-10", "seller_zip_code_prefix": "01001", "seller_city": "x", "seller_state": "SP" },
+    ] });
+    let seller_id = kafka_keys::seal(
+        &secret,
+        &Idempotency::new("sellers", "k3", sellers.to_string().as_bytes()),
+    );
+    let mut three = Batch::default();
+    let seller_records: Vec<Value> = sellers["records"].as_array().unwrap().clone();
+    framework::gateway::ingest::push_messages(
+        project.table("sellers").unwrap(),
+        &mut None,
+        &seller_records,
+        1,
+        &mut three,
+    );
+    let three_tags: Vec<Option<String>> = (0..3)
+        .map(|i| Some(kafka_keys::tag(&seller_id, i, 3)))
+        .collect();
+    let landed: Vec<Value> = kafka
+        .send_placed("raw_sellers", &three, &three_tags)
+        .unwrap()
+        .into_iter()
+        .map(|(partition, offset)| json!({ "partition": partition, "offset": offset }))
+        .collect();
     let mut cmd = framework(lake);
     cmd.args(["--bus", &broker.url()]);
     let server = serve_with(cmd, &[]);
@@ -982,6 +1013,7 @@ fn idempotency_keys_on_kafka_survive_a_lost_keys_line_and_a_partial_send(
             "/raw/payments?order_id.gte=kgw-p&order_id.lt=kgw-q&columns=order_id,_partition,_offset&order_by=order_id",
             "application/json",
         ),
+        post_json(&server, "/ingest_fast/sellers", &sellers, Some("k3")),
         // A record larger than the producer sends: a 413 of its own request.
         post_json(
             &server,
@@ -990,7 +1022,14 @@ fn idempotency_keys_on_kafka_survive_a_lost_keys_line_and_a_partial_send(
             None,
         ),
     ]);
-    let big = &responses[5];
+    let found = &responses[5];
+    assert_eq!(found["status"], 202, "{found}");
+    assert_eq!(
+        (&found["body"]["replayed"], &found["body"]["offsets"]),
+        (&json!(true), &json!(landed)),
+        "the three records found past the broker's reported end: {found}"
+    );
+    let big = &responses[6];
     assert_eq!(big["status"], 413, "{big}");
     assert!(
         big["body"]["detail"]
