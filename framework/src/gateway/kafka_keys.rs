@@ -19,7 +19,8 @@
 //! past `ends` for tags: a request found whole there is remembered as appended (a retry is a
 //! replay); one found in part keeps the positions of the records that landed, and a retry
 //! appends exactly the others, by index. No acknowledged or half-sent record is appended twice,
-//! none is lost. A read of the topic cut by [`SCAN_LIMIT`] keeps its progress in the file and
+//! none is lost. A read of the topic cut by its time limit ([`SCAN_LIMIT`] for a keyed request,
+//! [`EAGER_SCAN_LIMIT`] when nothing waits on it) keeps its progress in the file and
 //! goes on from there at the next open.
 //!
 //! Each key lives [`TTL`] from when it was first recorded (older ones are dropped on open and
@@ -50,6 +51,11 @@ const MAX_TAGGED: usize = 1 << 20;
 
 /// Longest read of the topic's tags on one open.
 pub const SCAN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Longest read of the topic's tags on an open that no keyed request waits for (the table's
+/// first group): requests without a key wait for it, and a long backlog is read on at the next
+/// keyed request.
+pub const EAGER_SCAN_LIMIT: Duration = Duration::from_secs(5);
 
 /// A line that records only how far the topic is accounted for is written at most this often.
 const ENDS_EVERY: Duration = Duration::from_secs(1);
@@ -132,12 +138,13 @@ pub struct KafkaKeys {
 impl KafkaKeys {
     /// Opens `topic`'s keys under `state_dir`: the file, then the topic's tags past it (see
     /// the module's doc). Blocking (reads the topic). A read of the topic cut by
-    /// [`SCAN_LIMIT`] is an error that keeps its progress.
+    /// `limit` is an error that keeps its progress.
     pub fn open(
         kafka: &KafkaBus,
         topic: &str,
         partitions: u32,
         state_dir: &Path,
+        limit: Duration,
     ) -> Result<Self, String> {
         let opening = Instant::now();
         let dir = state_dir.join("gateway-keys");
@@ -161,9 +168,7 @@ impl KafkaKeys {
             // No file: the topic's tags start now.
             None => kafka.topic_ends(topic).map_err(|e| e.to_string())?,
         };
-        let tags = kafka
-            .tags(topic, &from, SCAN_LIMIT)
-            .map_err(|e| e.to_string())?;
+        let tags = kafka.tags(topic, &from, limit).map_err(|e| e.to_string())?;
         let mut ends: Vec<u64> = from
             .iter()
             .zip(&tags.ends)
@@ -216,7 +221,7 @@ impl KafkaKeys {
                 "the topic's tags were read from {from:?} to {:?}, not to its ends, within {} s; \
                  the next keyed request goes on from there",
                 keys.ends,
-                SCAN_LIMIT.as_secs()
+                limit.as_secs()
             ));
         }
         Ok(keys)

@@ -702,7 +702,12 @@ fn with_kafka_keys(
         Some(_) if keys.is_some() || (*kafka_tried && !keyed_needed) => return group,
         Some(dir) => {
             *kafka_tried = true;
-            match KafkaKeys::open(kafka, topic, partitions, dir) {
+            let limit = if keyed_needed {
+                kafka_keys::SCAN_LIMIT
+            } else {
+                kafka_keys::EAGER_SCAN_LIMIT
+            };
+            match KafkaKeys::open(kafka, topic, partitions, dir, limit) {
                 Ok(opened) => {
                     *keys = Some(opened);
                     return group;
