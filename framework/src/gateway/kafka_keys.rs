@@ -96,6 +96,15 @@ struct Line {
     ends: Vec<u64>,
 }
 
+impl Line {
+    /// The line as the file holds it: JSON and a newline.
+    fn to_bytes(&self) -> serde_json::Result<Vec<u8>> {
+        let mut bytes = serde_json::to_vec(self)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}
+
 /// A key in memory: when it was first recorded, and what is known of it.
 #[derive(Debug, Clone)]
 struct Kept {
@@ -161,8 +170,7 @@ impl KafkaKeys {
             Err(e) => return Err(io(e)),
         };
         let now = chrono::Utc::now().timestamp();
-        let oldest = now - TTL.as_secs() as i64;
-        let (mut known, filed) = read_lines(&text, partitions, oldest);
+        let (mut known, filed) = read_lines(&text, partitions, oldest());
         let from = match filed {
             Some(ends) => ends,
             // No file: the topic's tags start now.
@@ -234,10 +242,9 @@ impl KafkaKeys {
 
     /// What is known of a sealed key that has not expired.
     pub fn get(&self, key: &str) -> Option<&Known> {
-        let oldest = chrono::Utc::now().timestamp() - TTL.as_secs() as i64;
         self.known
             .get(key)
-            .filter(|kept| kept.at >= oldest)
+            .filter(|kept| kept.at >= oldest())
             .map(|kept| &kept.known)
     }
 
@@ -249,11 +256,9 @@ impl KafkaKeys {
         placed: &[(u32, u64)],
         keys: Vec<(String, Known)>,
     ) -> std::io::Result<()> {
-        let advanced = keys
-            .iter()
-            .flat_map(|(_, known)| known.positions.iter().flatten())
-            .chain(placed);
-        for &(partition, offset) in advanced {
+        // The keys' other positions (records an earlier attempt placed) lie before the ends
+        // already: the line that recorded them, or the open that found their tags, moved them.
+        for &(partition, offset) in placed {
             if let Some(end) = self.ends.get_mut(partition as usize)
                 && offset + 1 > *end
             {
@@ -281,9 +286,7 @@ impl KafkaKeys {
             keys: entries,
             ends: self.ends.clone(),
         };
-        let mut bytes = serde_json::to_vec(&line)?;
-        bytes.push(b'\n');
-        self.file.write_all(&bytes)?;
+        self.file.write_all(&line.to_bytes()?)?;
         self.file.sync_data()?;
         (self.unwritten, self.written) = (false, Instant::now());
         self.appended += 1 + line.keys.len();
@@ -306,7 +309,7 @@ impl KafkaKeys {
             return Ok(());
         }
         self.pruned = Instant::now();
-        let oldest = chrono::Utc::now().timestamp() - TTL.as_secs() as i64;
+        let oldest = oldest();
         self.known.retain(|_, kept| kept.at >= oldest);
         if self.appended > 4096 + 2 * self.known.len() {
             self.file =
@@ -315,10 +318,11 @@ impl KafkaKeys {
         }
         Ok(())
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+/// The time (seconds since the epoch) before which a key has expired.
+fn oldest() -> i64 {
+    chrono::Utc::now().timestamp() - TTL.as_secs() as i64
 }
 
 /// The live keys and the ends of a keys file's lines (`None` for ends: no line).
@@ -367,9 +371,8 @@ fn rewrite(path: &Path, known: &HashMap<String, Kept>, ends: &[u64]) -> Result<F
             .collect(),
         ends: ends.to_vec(),
     };
-    let mut bytes = serde_json::to_vec(&line).map_err(|e| io(e.into()))?;
-    bytes.push(b'\n');
-    out.write_all(&bytes).map_err(io)?;
+    out.write_all(&line.to_bytes().map_err(|e| io(e.into()))?)
+        .map_err(io)?;
     out.sync_data().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     sync_dir(path)?;
@@ -397,17 +400,7 @@ fn secret(path: &Path) -> Result<([u8; 32], bool), String> {
     use rand::TryRngCore;
     let io = |e: std::io::Error| format!("{}: {e}", path.display());
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                format!(
-                    "{}: not a secret of 32 bytes ({} bytes); delete it to make a new one \
-                     (the keys sealed with it are then forgotten)",
-                    path.display(),
-                    bytes.len()
-                )
-            })?;
-            Ok((secret, false))
-        }
+        Ok(bytes) => Ok((parse_secret(path, &bytes)?, false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
             rand::rngs::OsRng
@@ -430,7 +423,11 @@ fn secret(path: &Path) -> Result<([u8; 32], bool), String> {
                     sync_dir(path)?;
                     Ok((secret, true))
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => secret_of(path),
+                // Another process made it first: its secret serves.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let bytes = std::fs::read(path).map_err(io)?;
+                    Ok((parse_secret(path, &bytes)?, false))
+                }
                 Err(e) => Err(io(e)),
             }
         }
@@ -438,14 +435,16 @@ fn secret(path: &Path) -> Result<([u8; 32], bool), String> {
     }
 }
 
-/// The secret another process made at `path` first.
-fn secret_of(path: &Path) -> Result<([u8; 32], bool), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let secret = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("{}: not a secret of 32 bytes", path.display()))?;
-    Ok((secret, false))
+/// The secret read from `path`.
+fn parse_secret(path: &Path, bytes: &[u8]) -> Result<[u8; 32], String> {
+    bytes.try_into().map_err(|_| {
+        format!(
+            "{}: not a secret of 32 bytes ({} bytes); delete it to make a new one \
+             (the keys sealed with it are then forgotten)",
+            path.display(),
+            bytes.len()
+        )
+    })
 }
 
 /// Syncs the folder holding `path`, so that a file made or renamed there survives a power loss.
