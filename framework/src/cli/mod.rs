@@ -148,8 +148,8 @@ enum Command {
         /// Largest request body, in bytes (413 above).
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         max_body_bytes: usize,
-        /// Most records in one ingest request (413 above).
-        #[arg(long, default_value_t = 10_000)]
+        /// Most records in one ingest request (413 above; 1 to 100000).
+        #[arg(long, default_value_t = 10_000, value_parser = records_limit)]
         max_records: usize,
         /// Ingest requests in flight at once (429 with Retry-After above).
         #[arg(long, default_value_t = 64)]
@@ -551,6 +551,15 @@ fn execute(
 }
 
 /// `framework serve`: the gateway on `addr` until Ctrl-C or SIGTERM.
+/// `--max-records`: a count from 1 to the gateway's ceiling.
+fn records_limit(value: &str) -> std::result::Result<usize, String> {
+    let ceiling = crate::gateway::RECORDS_CEILING;
+    match value.parse::<usize>() {
+        Ok(n) if (1..=ceiling).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {ceiling}")),
+    }
+}
+
 fn serve(
     env: &Env,
     addr: &str,

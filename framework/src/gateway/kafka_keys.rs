@@ -46,8 +46,8 @@ use serde::{Deserialize, Serialize};
 use super::keys::{Idempotency, TTL};
 use crate::bus::{KafkaBus, Tag};
 
-/// Most records a tag may count (far above the gateway's per-request limit).
-const MAX_TAGGED: usize = 1 << 20;
+/// Most records a tag may count: a request holds no more.
+const MAX_TAGGED: usize = super::RECORDS_CEILING;
 
 /// Longest read of the topic's tags on one open.
 pub const SCAN_LIMIT: Duration = Duration::from_secs(120);
@@ -196,6 +196,16 @@ impl KafkaKeys {
             let Some((key, body, index, count)) = parse_tag(value) else {
                 continue;
             };
+            found += 1;
+            // The request's other records fill the same positions (one allocation per key).
+            if let Some(have) = known.get_mut(key)
+                && have.known.body == body
+                && have.known.positions.len() == count
+            {
+                have.known.positions[index] = Some((*partition, *offset));
+                have.at = have.at.min(now);
+                continue;
+            }
             let mut positions = vec![None; count];
             positions[index] = Some((*partition, *offset));
             let known_now = Known {
@@ -203,7 +213,6 @@ impl KafkaKeys {
                 positions,
             };
             merge(&mut known, key.to_owned(), now, known_now);
-            found += 1;
         }
         tracing::info!(
             topic,

@@ -41,12 +41,16 @@ use crate::source::ProduceOptions;
 use auth::{Scope, Tokens};
 use problem::Problem;
 
+/// The most records one ingest request may hold, whatever `--max-records` says: a Kafka tag
+/// counting more is not the gateway's, and the keys read back from a topic are sized by it.
+pub const RECORDS_CEILING: usize = 100_000;
+
 /// Limits of the gateway.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Bytes of a request body (413 above).
     pub max_body_bytes: usize,
-    /// Records of one ingest request (413 above).
+    /// Records of one ingest request (413 above); at most [`RECORDS_CEILING`].
     pub max_records: usize,
     /// Ingest requests in flight at once (429 with `Retry-After` above).
     pub max_ingests: usize,

@@ -477,6 +477,24 @@ fn an_idcards_gateway_section_hides_its_routes_and_columns() {
     );
 }
 
+/// `--max-records` is bounded: a request's record count sizes what the gateway reads back of a
+/// Kafka topic's tags, so a limit past the ceiling (or zero) is refused at start, naming the range.
+#[test]
+fn serve_refuses_a_record_limit_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in ["0", "100001", "many"] {
+        let mut cmd = framework(dir.path());
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--max-records", value]);
+        let out = output_within(cmd, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{value}: {stderr}");
+        assert!(
+            stderr.contains("--max-records") && stderr.contains("from 1 to 100000"),
+            "{value}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn ingest_runs_the_pipeline_lists_the_refused_records_and_checks_tokens_and_limits() {
     let dir = tempfile::tempdir().unwrap();
