@@ -49,6 +49,18 @@ pub enum KeysCommand {
         #[arg(long)]
         table: Vec<String>,
     },
+    /// Crypto-shredding: erase a subject's keys in a domain (for `pii:` entries with a
+    /// `subject:`), so that its values, wherever they were copied (topic, bronze, silver, gold,
+    /// older Delta versions), no longer decrypt; `pii_decrypt` gives null for them. Keep backups
+    /// of the subject key files in mind: a copy made before still holds the key.
+    Forget {
+        /// The key domain (the `pii:` entry's `domain`).
+        #[arg(long)]
+        domain: String,
+        /// The subject, as its subject column holds it (e.g. a `customer_unique_id`).
+        #[arg(long)]
+        subject: String,
+    },
 }
 
 /// Runs a `keys` command for `environment` over the idcards of `project` (beside `project_dir`)
@@ -191,6 +203,34 @@ pub fn run(
                         roots.join(", ")
                     );
                 }
+            }
+        }
+        KeysCommand::Forget { domain, subject } => {
+            let domains = crate::pii::domains(project);
+            let keyring = keyset::open(&options, &domains)?;
+            let keys = keyring.domains.get(&domain).with_context(|| {
+                format!(
+                    "no PII domain `{domain}` in {} (domains: {})",
+                    options.path.display(),
+                    keyring
+                        .domains
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            let erased = keyring.subjects.forget(&domain, keys, &subject)?;
+            // The subject is not echoed: it may itself identify a person.
+            if erased == 0 {
+                println!(
+                    "domain `{domain}`: no key for that subject (never seen, or already forgotten)"
+                );
+            } else {
+                println!(
+                    "domain `{domain}`: erased {erased} subject key(s); the subject's values no \
+                     longer decrypt (pii_decrypt gives null)"
+                );
             }
         }
         KeysCommand::ReEncrypt { table } => {

@@ -550,7 +550,6 @@ fn execute(
     }
 }
 
-/// `framework serve`: the gateway on `addr` until Ctrl-C or SIGTERM.
 /// `--max-records`: a count from 1 to the gateway's ceiling.
 fn records_limit(value: &str) -> std::result::Result<usize, String> {
     let ceiling = crate::gateway::RECORDS_CEILING;
@@ -560,6 +559,7 @@ fn records_limit(value: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// `framework serve`: the gateway on `addr` until Ctrl-C or SIGTERM.
 fn serve(
     env: &Env,
     addr: &str,

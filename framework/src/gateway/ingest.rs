@@ -197,11 +197,7 @@ fn protect(
     // an array or an object cannot be a string cell: a reject, sealed like any.
     // A nested column with PII leaves goes as its JSON text.
     let mut texts: Vec<Option<String>> = vec![None; columns.len()];
-    for (at, column) in columns
-        .iter()
-        .enumerate()
-        .filter(|(at, _)| edge.slot(*at).is_some())
-    {
+    for (at, column) in columns.iter().enumerate().filter(|(at, _)| edge.reads(*at)) {
         texts[at] = match fields.get(&column.name) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),

@@ -344,6 +344,11 @@ fn commit_group(
         answer(placed, None);
         return;
     }
+    // The subject keys of the group's records are on disk before the records are appended.
+    if let Some(Err(e)) = edge.as_ref().map(Edge::sync) {
+        answer(placed, Some(Problem::internal(e.to_string())));
+        return;
+    }
     if !keyed.is_empty()
         && let Err(e) = opened.begin(
             &first_in_each_partition(&batch, partitions, &starts),
@@ -627,6 +632,14 @@ fn send_to_kafka(
         // Only requests with no records left.
         for s in sending {
             s.answer(Ok(()));
+        }
+        return;
+    }
+    // The subject keys of the group's records are on disk before the records are sent.
+    if let Some(Err(e)) = edge.as_ref().map(Edge::sync) {
+        let problem = Problem::internal(e.to_string());
+        for s in sending {
+            s.answer(Err(problem.clone()));
         }
         return;
     }

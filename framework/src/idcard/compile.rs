@@ -780,6 +780,44 @@ fn check_pii(
             );
             continue;
         };
+        if let Some(subject) = &pii.subject {
+            let at = format!("/pii/{i}/subject");
+            if pii.mode != crate::pii::PiiMode::Randomized {
+                diag(
+                    &at,
+                    format!(
+                        "`{}`: a subject key is for randomized values (a deterministic one must \
+                         compare equal across subjects)",
+                        pii.column
+                    ),
+                    Some("use `mode: randomized`, or drop `subject:`".into()),
+                );
+            }
+            match columns.iter().find(|c| &c.name == subject) {
+                None => diag(
+                    &at,
+                    format!("subject column `{subject}` is not in the schema"),
+                    Some(
+                        "a top-level column naming whose data this is, e.g. `customer_unique_id`"
+                            .into(),
+                    ),
+                ),
+                Some(c) if c.data_type.is_nested() => diag(
+                    &at,
+                    format!(
+                        "subject column `{subject}` is {}: it must be a single value",
+                        c.data_type.name()
+                    ),
+                    Some("name a top-level scalar column".into()),
+                ),
+                Some(_) if *subject == name => diag(
+                    &at,
+                    format!("`{subject}` cannot be its own subject"),
+                    Some("name the column that says whose data this is".into()),
+                ),
+                Some(_) => {}
+            }
+        }
         let Some(column) = columns.iter_mut().find(|c| c.name == name) else {
             diag(
                 &at,
@@ -830,6 +868,7 @@ fn check_pii(
         let marked = super::model::ColumnPii {
             mode: pii.mode,
             domain: pii.domain.clone(),
+            subject: pii.subject.clone(),
         };
         if steps.is_empty() {
             column.pii = Some(marked);

@@ -338,6 +338,12 @@ pub struct PiiConfig {
     /// Classification, e.g. `location`, `contact`, `identifier`, `free_text`.
     #[serde(default)]
     pub classification: Option<String>,
+    /// Crypto-shredding (with `mode: randomized`): the top-level column that names whose data
+    /// this is, e.g. `customer_unique_id`. Each subject's values are encrypted with a key of its
+    /// own; `framework keys forget --domain D --subject ID` erases it, and every copy of those
+    /// values (topic, bronze, silver, gold, old Delta versions) becomes unreadable.
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 fn default_pii_domain() -> String {

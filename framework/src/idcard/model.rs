@@ -178,6 +178,8 @@ pub fn type_at<'a>(root: &'a ColumnType, steps: &[Step]) -> Result<&'a ColumnTyp
 pub struct ColumnPii {
     pub mode: crate::pii::PiiMode,
     pub domain: String,
+    /// The column naming the subject whose key encrypts the value (crypto-shredding).
+    pub subject: Option<String>,
 }
 
 /// Column types an idcard can declare.

@@ -370,7 +370,8 @@ fn pii_entries_are_checked_where_they_stand() {
         id.pii,
         Some(model::ColumnPii {
             mode: crate::pii::PiiMode::Deterministic,
-            domain: "ids".into()
+            domain: "ids".into(),
+            subject: None,
         })
     );
     // A randomized key never compares equal; a decimal cannot hold ciphertext; unknown column;
@@ -394,4 +395,39 @@ fn pii_entries_are_checked_where_they_stand() {
     );
     let no_mode = format!("{GOOD}pii:\n  - {{ column: id }}\n");
     assert!(check(&no_mode).contains("mode"), "{}", check(&no_mode));
+}
+
+#[test]
+fn a_pii_subject_is_a_scalar_column_of_the_table_and_only_for_randomized_values() {
+    let text = GOOD.replace(
+        "  - { name: amount, type: \"decimal(10,2)\" }\n",
+        "  - { name: amount, type: \"decimal(10,2)\" }\n  - { name: note, type: string }\n  - { name: tags, type: list<string> }\n",
+    );
+    let ok = format!("{text}pii:\n  - {{ column: note, mode: randomized, subject: id }}\n");
+    assert_eq!(check(&ok), "ok");
+    let project = compile(&[(PathBuf::from("idcards/things.yaml"), ok)]).unwrap();
+    let note = project.tables[0].column("note").unwrap();
+    assert_eq!(note.pii.as_ref().unwrap().subject.as_deref(), Some("id"));
+    for (entry, expected) in [
+        (
+            "{ column: note, mode: deterministic, subject: id }",
+            "a subject key is for randomized values",
+        ),
+        (
+            "{ column: note, mode: randomized, subject: who }",
+            "subject column `who` is not in the schema",
+        ),
+        (
+            "{ column: note, mode: randomized, subject: tags }",
+            "subject column `tags` is list<string>: it must be a single value",
+        ),
+        (
+            "{ column: note, mode: randomized, subject: note }",
+            "`note` cannot be its own subject",
+        ),
+    ] {
+        let out = check(&format!("{text}pii:\n  - {entry}\n"));
+        assert!(out.contains(expected), "{entry}: {out}");
+        assert!(out.contains("subject"), "{entry}: {out}");
+    }
 }

@@ -6,6 +6,9 @@
 //! randomized (AES-256-GCM: a random 96-bit nonce, then the ciphertext and its tag). The key
 //! domain's name is the associated data of both, so a value moved to a column of another domain
 //! does not decrypt. The id names the data key, so old values still decrypt after a rotation.
+//!
+//! Mode byte `3` is randomized under a subject's own key (crypto-shredding, see
+//! [`super::subjects`]): `[3][data key id][subject ref: 16 bytes][nonce][ciphertext and tag]`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,9 +49,13 @@ impl PiiMode {
     }
 }
 
+/// Mode byte of a value encrypted under its subject's key.
+const SUBJECT_MODE: u8 = 3;
+
 /// Bytes of a data key: 64 for AES-256-SIV (two AES-256 keys), then 32 for AES-256-GCM.
 pub const DATA_KEY_BYTES: usize = 96;
 const HEADER: usize = 5;
+const SUBJECT_REF: usize = super::subjects::REF_BYTES;
 const NONCE: usize = 12;
 
 /// Why a value does not encrypt or decrypt. Never carries key material or the value.
@@ -68,6 +75,12 @@ pub enum CipherError {
         "a value of PII domain `{domain}` does not decrypt with data key {key_id} (tampered, or from another domain)"
     )]
     Failed { domain: String, key_id: u32 },
+    #[error(
+        "a value of PII domain `{domain}` belongs to a subject whose key was erased (`framework keys forget`)"
+    )]
+    Forgotten { domain: String },
+    #[error("the subject keys of PII domain `{domain}`: {detail}")]
+    SubjectStore { domain: String, detail: String },
 }
 
 /// One unwrapped data key.
@@ -75,6 +88,8 @@ pub struct DataKey {
     id: u32,
     siv: [u8; 64],
     gcm: Aes256Gcm,
+    /// Keys the digests that name subjects (derived: it never leaves the process either).
+    subject_secret: [u8; 32],
 }
 
 impl DataKey {
@@ -82,7 +97,25 @@ impl DataKey {
         let mut siv = [0u8; 64];
         siv.copy_from_slice(&material[..64]);
         let gcm = Aes256Gcm::new_from_slice(&material[64..]).expect("32 bytes make an AES-256 key");
-        Self { id, siv, gcm }
+        let subject_secret = blake3::derive_key("olist-lake 2026-12 subject reference", material);
+        Self {
+            id,
+            siv,
+            gcm,
+            subject_secret,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub(super) fn gcm(&self) -> &Aes256Gcm {
+        &self.gcm
+    }
+
+    pub(super) fn subject_secret(&self) -> &[u8; 32] {
+        &self.subject_secret
     }
 }
 
@@ -104,6 +137,8 @@ pub struct DomainKeys {
 pub struct Keyring {
     pub environment: String,
     pub domains: HashMap<String, DomainKeys>,
+    /// Per-subject keys (`pii:` entries with a `subject:`), beside the keyset.
+    pub subjects: super::subjects::SubjectKeys,
 }
 
 impl Keyring {
@@ -180,6 +215,81 @@ impl Keyring {
         Ok(BASE64.encode(wire))
     }
 
+    /// `plaintext` encrypted (randomized) under the key of `subject` in `domain`, made and
+    /// written to the subject key file when the subject has none. The key line is synced by
+    /// [`Self::sync_subjects`], which callers run before they send the values.
+    pub fn encrypt_for_subject(
+        &self,
+        domain: &str,
+        subject: &str,
+        plaintext: &[u8],
+    ) -> Result<String, CipherError> {
+        let keys = self
+            .domains
+            .get(domain)
+            .ok_or_else(|| CipherError::UnknownDomain {
+                domain: domain.to_owned(),
+            })?;
+        let (subject_ref, cipher) = self
+            .subjects
+            .key_for(domain, keys, subject)
+            .map_err(|e| subject_error(domain, e))?;
+        let mut nonce = [0u8; NONCE];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: domain.as_bytes(),
+                },
+            )
+            .map_err(|_| CipherError::Failed {
+                domain: domain.to_owned(),
+                key_id: keys.primary,
+            })?;
+        let mut wire = Vec::with_capacity(HEADER + SUBJECT_REF + NONCE + sealed.len());
+        wire.push(SUBJECT_MODE);
+        wire.extend_from_slice(&keys.primary.to_be_bytes());
+        wire.extend_from_slice(&subject_ref);
+        wire.extend_from_slice(&nonce);
+        wire.extend_from_slice(&sealed);
+        Ok(BASE64.encode(wire))
+    }
+
+    /// Syncs the subject key lines written since the last call (before their values are sent).
+    pub fn sync_subjects(&self) -> Result<(), CipherError> {
+        self.subjects.sync().map_err(|e| subject_error("(any)", e))
+    }
+
+    /// Whether `text` is a value of ours whose subject key was erased.
+    pub fn is_forgotten(&self, text: &str) -> bool {
+        let Some(wire) = BASE64.decode(text).ok() else {
+            return false;
+        };
+        if wire.first() != Some(&SUBJECT_MODE) {
+            return false;
+        }
+        let Some(key_id) = wire
+            .get(1..HEADER)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+        else {
+            return false;
+        };
+        let Some((domain, _)) = self
+            .domains
+            .iter()
+            .find(|(_, keys)| keys.keys.contains_key(&key_id))
+        else {
+            return false;
+        };
+        matches!(
+            self.decrypt(domain, text),
+            Err(CipherError::Forgotten { .. })
+        )
+    }
+
     /// The plaintext of a wire-format `text` of any domain: the key id names the domain (ids
     /// are unique across a keyset). `None` when no key of this keyring made it.
     pub fn decrypt_any(&self, text: &str) -> Option<Vec<u8>> {
@@ -231,6 +341,38 @@ impl Keyring {
             key_id,
         };
         let body = &wire[HEADER..];
+        if wire[0] == SUBJECT_MODE {
+            if body.len() < SUBJECT_REF + NONCE {
+                return Err(not_ciphertext());
+            }
+            let subject_ref: super::subjects::SubjectRef =
+                body[..SUBJECT_REF].try_into().expect("a reference's bytes");
+            let domain_keys = &self.domains[domain];
+            let candidates = self
+                .subjects
+                .keys_of(domain, domain_keys, &subject_ref)
+                .map_err(|e| subject_error(domain, e))?;
+            if candidates.is_empty() {
+                return Err(CipherError::Forgotten {
+                    domain: domain.to_owned(),
+                });
+            }
+            let (nonce, sealed) = body[SUBJECT_REF..].split_at(NONCE);
+            return candidates
+                .iter()
+                .find_map(|cipher| {
+                    cipher
+                        .decrypt(
+                            Nonce::from_slice(nonce),
+                            Payload {
+                                msg: sealed,
+                                aad: domain.as_bytes(),
+                            },
+                        )
+                        .ok()
+                })
+                .ok_or_else(failed);
+        }
         match wire[0] {
             1 => {
                 let mut siv = Aes256Siv::new((&key.siv).into());
@@ -248,5 +390,16 @@ impl Keyring {
                 .map_err(|_| failed()),
             _ => Err(not_ciphertext()),
         }
+    }
+}
+
+/// A subject store failure as a cipher error (the store's own errors name the file).
+fn subject_error(domain: &str, error: super::subjects::SubjectError) -> CipherError {
+    match error {
+        super::subjects::SubjectError::Cipher(e) => e,
+        other => CipherError::SubjectStore {
+            domain: domain.to_owned(),
+            detail: other.to_string(),
+        },
     }
 }

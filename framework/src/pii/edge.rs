@@ -95,6 +95,8 @@ struct PiiColumn {
     pad: Option<(u32, char)>,
     mode: PiiMode,
     domain: String,
+    /// Schema position of the column naming the subject whose key encrypts this one.
+    subject: Option<usize>,
     rules: Vec<Rule>,
     /// Deterministic only: plaintext -> ciphertext, so a repeated value (a city, a zip code) is
     /// encrypted once.
@@ -164,6 +166,10 @@ impl Edge {
                 pad,
                 mode: pii.mode,
                 domain: pii.domain.clone(),
+                subject: pii
+                    .subject
+                    .as_ref()
+                    .and_then(|s| table.columns.iter().position(|c| &c.name == s)),
                 rules: rules(name),
                 cache: HashMap::new(),
             };
@@ -227,6 +233,32 @@ impl Edge {
         self.slots.get(at).copied().flatten()
     }
 
+    /// Whether [`Self::protect`] reads the column at schema position `at` (a PII column, one
+    /// with PII leaves, or a subject column).
+    pub fn reads(&self, at: usize) -> bool {
+        self.slot(at).is_some()
+            || self
+                .columns
+                .iter()
+                .chain(
+                    self.nested
+                        .iter()
+                        .flat_map(|n| n.leaves.iter().map(|l| &l.column)),
+                )
+                .any(|c| c.subject == Some(at))
+    }
+
+    /// Syncs the subject keys made for the records protected so far: call before sending them.
+    pub fn sync(&self) -> Result<(), EdgeError> {
+        self.keyring
+            .sync_subjects()
+            .map_err(|source| EdgeError::Cipher {
+                table: self.table.clone(),
+                column: "(subject keys)".to_owned(),
+                source,
+            })
+    }
+
     /// The encrypted cell of PII column `slot` for the record last passed to [`Self::protect`].
     pub fn cell(&self, slot: usize) -> Option<&str> {
         self.cells[slot].as_deref()
@@ -256,9 +288,23 @@ impl Edge {
             {
                 return Ok(Outcome::Reject(reason));
             }
+            let subject = match column.subject {
+                None => None,
+                Some(at) => match cell(at) {
+                    Some(subject) => Some(subject),
+                    None if value.is_none() => None,
+                    None => return Ok(Outcome::Reject(no_subject(column, &self.table))),
+                },
+            };
             self.cells[slot] = match value {
                 None => None,
-                Some(plain) => Some(encrypt_cell(&self.table, &self.keyring, column, plain)?),
+                Some(plain) => Some(encrypt_cell(
+                    &self.table,
+                    &self.keyring,
+                    column,
+                    plain,
+                    subject,
+                )?),
             };
         }
         for n in 0..self.nested.len() {
@@ -307,8 +353,25 @@ impl Edge {
                         return Ok(Outcome::Reject(reason));
                     }
                     if let Some(plain) = plain {
-                        let sealed =
-                            encrypt_cell(&self.table, &self.keyring, &mut leaf.column, &plain)?;
+                        let subject = match leaf.column.subject {
+                            None => None,
+                            Some(at) => match cell(at) {
+                                Some(subject) => Some(subject),
+                                None => {
+                                    return Ok(Outcome::Reject(no_subject(
+                                        &leaf.column,
+                                        &self.table,
+                                    )));
+                                }
+                            },
+                        };
+                        let sealed = encrypt_cell(
+                            &self.table,
+                            &self.keyring,
+                            &mut leaf.column,
+                            &plain,
+                            subject,
+                        )?;
                         *target = serde_json::Value::String(sealed.to_string());
                     }
                 }
@@ -388,21 +451,34 @@ fn collect_leaves<'v>(
     }
 }
 
-/// `plain` of `column` (a column or a nested leaf of `table`) encrypted; a deterministic
-/// ciphertext is remembered.
+/// The reason a record whose PII value needs a subject key has no subject.
+fn no_subject(column: &PiiColumn, table: &str) -> String {
+    format!(
+        "column `{}` of table `{table}` is encrypted under its subject's key, and the record's \
+         subject column is null or empty",
+        column.name
+    )
+}
+
+/// `plain` of `column` (a column or a nested leaf of `table`) encrypted, under `subject`'s key
+/// when the column has one; a deterministic ciphertext is remembered.
 fn encrypt_cell(
     table: &str,
     keyring: &Keyring,
     column: &mut PiiColumn,
     plain: &str,
+    subject: Option<&str>,
 ) -> Result<Arc<str>, EdgeError> {
     if column.mode == PiiMode::Deterministic
         && let Some(hit) = column.cache.get(plain)
     {
         return Ok(hit.clone());
     }
-    let sealed: Arc<str> = keyring
-        .encrypt(&column.domain, column.mode, plain.as_bytes())
+    let sealed = match subject {
+        Some(subject) => keyring.encrypt_for_subject(&column.domain, subject, plain.as_bytes()),
+        None => keyring.encrypt(&column.domain, column.mode, plain.as_bytes()),
+    };
+    let sealed: Arc<str> = sealed
         .map_err(|source| EdgeError::Cipher {
             table: table.to_owned(),
             column: column.name.clone(),

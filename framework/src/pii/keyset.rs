@@ -406,6 +406,7 @@ impl Keyset {
     pub fn unlock(&self, path: &Path, roots: &[RootKey]) -> Result<Keyring> {
         let mut keyring = Keyring {
             environment: self.environment.clone(),
+            subjects: super::subjects::SubjectKeys::beside(path),
             ..Keyring::default()
         };
         for (name, domain) in &self.domains {

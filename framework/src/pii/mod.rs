@@ -15,6 +15,7 @@ pub mod cipher;
 pub mod edge;
 pub mod keyset;
 pub mod reencrypt;
+pub mod subjects;
 pub mod udf;
 
 #[cfg(test)]

@@ -165,3 +165,103 @@ fn open_makes_a_dev_keyset_once_and_refuses_a_missing_prod_one() {
     );
     assert!(!dir.path().join("keys/prod.keyset.json").exists());
 }
+
+/// A keyring whose subject keys live in `dir` (as a second process would open the same keyset).
+fn keyring_at(keyset: &Keyset, dir: &std::path::Path) -> Keyring {
+    keyset
+        .unlock(&dir.join("dev.keyset.json"), &[root(1)])
+        .unwrap()
+}
+
+#[test]
+fn a_forgotten_subject_no_longer_decrypts_and_the_others_still_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyset, _) = keyring(&["contact"]);
+    let keys = keyring_at(&keyset, dir.path());
+    let ana = keys
+        .encrypt_for_subject("contact", "ana", b"ana@example.com")
+        .unwrap();
+    let ana2 = keys
+        .encrypt_for_subject("contact", "ana", b"+55 11 5555")
+        .unwrap();
+    let bia = keys
+        .encrypt_for_subject("contact", "bia", b"bia@example.com")
+        .unwrap();
+    keys.sync_subjects().unwrap();
+    // Randomized: the same value twice differs; another process reads the key from the file.
+    assert_ne!(
+        ana,
+        keys.encrypt_for_subject("contact", "ana", b"ana@example.com")
+            .unwrap()
+    );
+    let reader = keyring_at(&keyset, dir.path());
+    assert_eq!(reader.decrypt_any(&ana).unwrap(), b"ana@example.com");
+    assert_eq!(reader.decrypt("contact", &ana2).unwrap(), b"+55 11 5555");
+    // The file names no subject in clear.
+    let file =
+        std::fs::read_to_string(dir.path().join("dev.keyset.subjects/contact.jsonl")).unwrap();
+    assert!(!file.contains("ana") && !file.contains("bia"), "{file}");
+
+    let forgetter = keyring_at(&keyset, dir.path());
+    let erased = forgetter
+        .subjects
+        .forget("contact", &forgetter.domains["contact"], "ana")
+        .unwrap();
+    assert_eq!(erased, 1);
+    // Every process that looks again: gone for ana (the reader's cache too), kept for bia.
+    for keys in [&reader, &keys, &keyring_at(&keyset, dir.path())] {
+        assert!(matches!(
+            keys.decrypt("contact", &ana),
+            Err(CipherError::Forgotten { .. })
+        ));
+        assert!(keys.is_forgotten(&ana2));
+        assert!(keys.decrypt_any(&ana).is_none());
+        assert_eq!(keys.decrypt("contact", &bia).unwrap(), b"bia@example.com");
+        assert!(!keys.is_forgotten(&bia));
+    }
+    // A writer that held ana's key before the forget makes a new one, written to the new file.
+    let again = keys
+        .encrypt_for_subject("contact", "ana", b"ana@new.example")
+        .unwrap();
+    keys.sync_subjects().unwrap();
+    assert_eq!(
+        keyring_at(&keyset, dir.path())
+            .decrypt("contact", &again)
+            .unwrap(),
+        b"ana@new.example"
+    );
+    assert!(reader.decrypt_any(&ana).is_none());
+}
+
+#[test]
+fn two_writers_meeting_a_new_subject_at_once_both_keep_their_values_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyset, _) = keyring(&["contact"]);
+    let (a, b) = (
+        keyring_at(&keyset, dir.path()),
+        keyring_at(&keyset, dir.path()),
+    );
+    // Each has the file loaded before the other writes: two keys for one subject.
+    a.encrypt_for_subject("contact", "dan", b"x").unwrap();
+    b.encrypt_for_subject("contact", "dan", b"x").unwrap();
+    let from_a = a.encrypt_for_subject("contact", "cai", b"from a").unwrap();
+    let from_b = b.encrypt_for_subject("contact", "cai", b"from b").unwrap();
+    a.sync_subjects().unwrap();
+    b.sync_subjects().unwrap();
+    let reader = keyring_at(&keyset, dir.path());
+    assert_eq!(reader.decrypt_any(&from_a).unwrap(), b"from a");
+    assert_eq!(reader.decrypt_any(&from_b).unwrap(), b"from b");
+    // Forget erases both.
+    let erased = reader
+        .subjects
+        .forget("contact", &reader.domains["contact"], "cai")
+        .unwrap();
+    assert_eq!(erased, 2);
+    assert!(reader.is_forgotten(&from_a) && reader.is_forgotten(&from_b));
+}
+
+#[test]
+fn a_keyring_without_a_keyset_has_no_subject_keys() {
+    let keys = Keyring::default();
+    assert!(keys.encrypt_for_subject("contact", "x", b"v").is_err());
+}

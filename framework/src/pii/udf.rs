@@ -1,6 +1,7 @@
 //! `pii_decrypt(column)` in gold SQL: the plaintext of an encrypted value, when this run holds
 //! the key its key id names (either mode, any domain); a run without it fails with an error that
-//! says so, rather than returning ciphertext as if it were data. `pii_same(a, b)` for silver:
+//! says so, rather than returning ciphertext as if it were data. A value whose subject key was
+//! erased (`framework keys forget`) is null: it is gone, by design. `pii_same(a, b)` for silver:
 //! whether two values of a randomized column hold the same plaintext.
 
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub fn register(ctx: &SessionContext, keys: &Arc<Keyring>) {
                 continue;
             }
             let Some(plain) = keys.decrypt_any(text.value(i)) else {
+                if keys.is_forgotten(text.value(i)) {
+                    out.append_null();
+                    continue;
+                }
                 return Err(DataFusionError::Execution(
                     "pii_decrypt: a value this run cannot decrypt (no key for its key id in this \
                      environment's keyset, or not an encrypted value)\n  hint: set the \

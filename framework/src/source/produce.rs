@@ -104,6 +104,7 @@ pub fn produce(
             for mut batch in to_send {
                 let sending = Instant::now();
                 bus.send_columns(table.topic(), &mut batch)?;
+                crate::fault::crash_point("produce-after-send");
                 busy += sending.elapsed().as_secs_f64();
             }
             Ok::<_, super::Error>(busy)
@@ -156,6 +157,10 @@ pub fn produce(
                 }
             }
             if options.delay || pending.len() >= BATCH {
+                // The subject keys of these messages are on disk before the messages leave.
+                if let Err(e) = encoder.sync() {
+                    break Err(e.into());
+                }
                 if !handed(&mut pending, &mut stats, records.position()) {
                     break Ok(());
                 }
@@ -175,6 +180,7 @@ pub fn produce(
             }
             Ok(())
         });
+        let read = read.and_then(|()| encoder.sync().map_err(Into::into));
         if read.is_ok() && !pending.is_empty() {
             handed(&mut pending, &mut stats, size);
         }
@@ -259,6 +265,11 @@ impl Encoder {
             line_text: String::new(),
             edge,
         }
+    }
+
+    /// Syncs the subject keys made for the messages encoded so far (before they are sent).
+    pub fn sync(&self) -> Result<(), EdgeError> {
+        self.edge.as_ref().map_or(Ok(()), Edge::sync)
     }
 
     /// Rows that broke a `warn` expectation on a PII column (checked here), per rule.

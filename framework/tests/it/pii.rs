@@ -883,11 +883,13 @@ fn re_encrypt_after_a_rotation_puts_every_value_under_the_new_key_and_equality_h
         "customer_profiles",
         "get_field(contacts[1], 'value')",
     );
+    // Contacts are under their subjects' keys (`subject:`), which a rotation of the data key
+    // that wraps them does not change: they keep the key id that named their subject.
     assert!(!contacts.is_empty());
     assert!(
         contacts
             .iter()
-            .all(|id| *id == after.domains["contact"].primary)
+            .all(|id| *id == before.domains["contact"].primary)
     );
     // The plaintexts did not change.
     assert_eq!(plain_before(&keys), sellers_before);
@@ -920,4 +922,132 @@ fn re_encrypt_after_a_rotation_puts_every_value_under_the_new_key_and_equality_h
         "re-sent unchanged sellers were rewritten: their ciphertexts differ from the stored ones"
     );
     assert_eq!(count(&lake, Layer::Silver, "sellers"), 3095);
+}
+
+/// Crypto-shredding: `contacts[].value` is encrypted under its customer's own key
+/// (`subject: customer_unique_id`); `framework keys forget` erases it, after which that
+/// customer's contacts no longer decrypt anywhere (silver and bronze, old Delta versions too)
+/// and `pii_decrypt` gives null for them, while every other customer's still decrypt.
+#[test]
+fn a_forgotten_subject_s_values_no_longer_decrypt_anywhere_and_the_others_still_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyset = dir.path().join("stage.keyset.json");
+    let root = dir.path().join("root.key");
+    let lake = dir.path().join("lake");
+    let step = |args: &[&str]| {
+        let mut c = staged(&lake, &keyset, &root);
+        c.args(args);
+        String::from_utf8_lossy(&ok(c).stdout).to_string()
+    };
+    step(&["keys", "new-root", "--out", root.to_str().unwrap()]);
+    step(&["keys", "create"]);
+    let data = sample().to_string_lossy().to_string();
+    // A producer killed right after its messages reached the topic: they hold subject keys
+    // made in that process, which must have reached the key file before them.
+    let mut killed = staged(&lake, &keyset, &root);
+    killed
+        .args([
+            "produce",
+            "--table",
+            "customer_profiles",
+            "--no-delay",
+            "--data",
+            &data,
+        ])
+        .env("FRAMEWORK_CRASH_AT", "produce-after-send");
+    let out = output_within(killed, std::time::Duration::from_secs(120));
+    assert!(!out.status.success(), "the producer was not killed");
+    step(&[
+        "run",
+        "--table",
+        "customer_profiles",
+        "--data",
+        &data,
+        "--resend",
+    ]);
+    // The source's contacts, per customer.
+    let mut source: HashMap<String, Vec<String>> = HashMap::new();
+    let text = std::fs::read_to_string(sample().join("customer_profiles.jsonl")).unwrap();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = record["customer_unique_id"].as_str().unwrap().to_owned();
+        for contact in record["contacts"].as_array().into_iter().flatten() {
+            if let Some(value) = contact["value"].as_str() {
+                source.entry(id.clone()).or_default().push(value.to_owned());
+            }
+        }
+    }
+    let open = || {
+        let file = framework::pii::keyset::Keyset::load(&keyset)
+            .unwrap()
+            .unwrap();
+        let roots = framework::pii::keyset::root_keys_from_file(&root).unwrap();
+        file.unlock(&keyset, &roots).unwrap()
+    };
+    // (customer, sealed contact value) of every contact in a layer.
+    let sealed = |layer: Layer| -> Vec<(String, String)> {
+        let rows = batches(
+            &lake,
+            layer,
+            "customer_profiles",
+            "SELECT customer_unique_id, get_field(c, 'value') FROM (SELECT customer_unique_id, \
+             unnest(contacts) AS c FROM t)",
+        );
+        let mut out = Vec::new();
+        for batch in &rows {
+            let (ids, values) = (strings(batch, 0), strings(batch, 1));
+            for r in 0..batch.num_rows() {
+                if let Some(value) = &values[r] {
+                    out.push((ids[r].clone().unwrap(), value.clone()));
+                }
+            }
+        }
+        out
+    };
+    let keys = open();
+    let silver = sealed(Layer::Silver);
+    assert!(silver.len() > 1000, "{} contacts", silver.len());
+    for (id, value) in &silver {
+        let plain = String::from_utf8(keys.decrypt_any(value).unwrap()).unwrap();
+        assert!(source[id].contains(&plain), "{id}: {plain}");
+    }
+    let (gone, kept) = (silver[0].0.clone(), silver.last().unwrap().0.clone());
+    assert_ne!(gone, kept);
+
+    let said = step(&["keys", "forget", "--domain", "contact", "--subject", &gone]);
+    assert!(said.contains("erased 1 subject key"), "{said}");
+    assert!(!said.contains(&gone), "the subject is not echoed: {said}");
+    let keys = open();
+    let mut forgotten = 0;
+    for layer in [Layer::Silver, Layer::Bronze] {
+        for (id, value) in sealed(layer) {
+            if id == gone {
+                assert!(keys.decrypt_any(&value).is_none(), "{layer}: {id}");
+                assert!(keys.is_forgotten(&value));
+                forgotten += 1;
+            } else {
+                let plain = String::from_utf8(keys.decrypt_any(&value).unwrap()).unwrap();
+                assert!(source[&id].contains(&plain), "{layer} {id}: {plain}");
+            }
+        }
+    }
+    // Silver once, bronze at least once (the killed producer's messages are there too).
+    assert!(forgotten >= 2 * source[&gone].len(), "{forgotten}");
+    // pii_decrypt in SQL: null for the forgotten subject, the plaintext for another.
+    let pick = |who: &str| silver.iter().find(|(id, _)| id == who).unwrap().1.clone();
+    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+    framework::pii::udf::register(&ctx, &std::sync::Arc::new(keys));
+    let sql = format!(
+        "SELECT pii_decrypt('{}') AS gone, pii_decrypt('{}') AS kept",
+        pick(&gone),
+        pick(&kept)
+    );
+    let out = runtime().block_on(async { ctx.sql(&sql).await.unwrap().collect().await.unwrap() });
+    let row = batch_rows(&out);
+    assert_eq!(row.len(), 1);
+    let kept_plain = String::from_utf8(open().decrypt_any(&pick(&kept)).unwrap()).unwrap();
+    assert_eq!(row[0], format!("null | {kept_plain}"), "{row:?}");
+    // Forgetting again finds nothing.
+    let again = step(&["keys", "forget", "--domain", "contact", "--subject", &gone]);
+    assert!(again.contains("no key for that subject"), "{again}");
 }
