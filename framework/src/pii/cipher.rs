@@ -151,15 +151,19 @@ impl Keyring {
         self.domains.get(domain).map(|d| d.primary)
     }
 
-    /// Data key `key_id` of `domain`.
-    fn key(&self, domain: &str, key_id: u32) -> Result<&DataKey, CipherError> {
-        let keys = self
-            .domains
+    /// The data keys of `domain`.
+    fn domain_keys(&self, domain: &str) -> Result<&DomainKeys, CipherError> {
+        self.domains
             .get(domain)
             .ok_or_else(|| CipherError::UnknownDomain {
                 domain: domain.to_owned(),
-            })?;
-        keys.keys
+            })
+    }
+
+    /// Data key `key_id` of `domain`.
+    fn key(&self, domain: &str, key_id: u32) -> Result<&DataKey, CipherError> {
+        self.domain_keys(domain)?
+            .keys
             .get(&key_id)
             .ok_or_else(|| CipherError::UnknownKey {
                 domain: domain.to_owned(),
@@ -224,12 +228,7 @@ impl Keyring {
         subject: &str,
         plaintext: &[u8],
     ) -> Result<String, CipherError> {
-        let keys = self
-            .domains
-            .get(domain)
-            .ok_or_else(|| CipherError::UnknownDomain {
-                domain: domain.to_owned(),
-            })?;
+        let keys = self.domain_keys(domain)?;
         let (subject_ref, cipher) = self
             .subjects
             .key_for(domain, keys, subject)

@@ -122,11 +122,7 @@ impl SubjectKeys {
             })?;
         let subject_ref = reference(primary, domain, subject);
         let path = self.path(domain)?;
-        let io = |source| SubjectError::Io {
-            domain: domain.to_owned(),
-            path: path.clone(),
-            source,
-        };
+        let io = io_error(domain, &path);
         let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = domains.entry(domain.to_owned()).or_default();
         // A `forget` since the last look replaced the file: what was loaded may be erased.
@@ -189,11 +185,7 @@ impl SubjectKeys {
         subject_ref: &SubjectRef,
     ) -> Result<Vec<Aes256Gcm>, SubjectError> {
         let path = self.path(domain)?;
-        let io = |source| SubjectError::Io {
-            domain: domain.to_owned(),
-            path: path.clone(),
-            source,
-        };
+        let io = io_error(domain, &path);
         let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = domains.entry(domain.to_owned()).or_default();
         // Loaded again when another process replaced the file (a `forget`) or, for a key not
@@ -216,11 +208,7 @@ impl SubjectKeys {
         let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
         for (domain, loaded) in domains.iter_mut().filter(|(_, l)| l.dirty) {
             let path = self.path(domain)?;
-            let io = |source| SubjectError::Io {
-                domain: domain.clone(),
-                path: path.clone(),
-                source,
-            };
+            let io = io_error(domain, &path);
             if let Some((file, _)) = &loaded.file {
                 file.sync_data().map_err(io)?;
             }
@@ -243,11 +231,7 @@ impl SubjectKeys {
         subject: &str,
     ) -> Result<usize, SubjectError> {
         let path = self.path(domain)?;
-        let io = |source| SubjectError::Io {
-            domain: domain.to_owned(),
-            path: path.clone(),
-            source,
-        };
+        let io = io_error(domain, &path);
         let refs: Vec<String> = keys
             .keys
             .values()
@@ -288,6 +272,18 @@ impl SubjectKeys {
             .unwrap_or_else(|e| e.into_inner())
             .remove(domain);
         Ok(erased)
+    }
+}
+
+/// An I/O error on the key file of `domain` at `path`.
+fn io_error<'a>(
+    domain: &'a str,
+    path: &'a Path,
+) -> impl Fn(std::io::Error) -> SubjectError + Copy + 'a {
+    move |source| SubjectError::Io {
+        domain: domain.to_owned(),
+        path: path.to_owned(),
+        source,
     }
 }
 
