@@ -369,7 +369,8 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    match execute(cli) {
+    let checked = crate::lake::compression().map_err(anyhow::Error::msg);
+    match checked.and_then(|_| execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let text = err.to_string();

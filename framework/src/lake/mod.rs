@@ -4,7 +4,8 @@
 mod delta;
 
 pub use delta::{
-    Changes, Lake, Layer, LiveFiles, TableStats, TxnVersions, collect_batches, session,
+    COMPRESSION_VAR, Changes, Lake, Layer, LiveFiles, TableStats, TxnVersions, collect_batches,
+    compression, session,
 };
 
 /// Errors of lake IO.

@@ -464,3 +464,61 @@ fn rows_failing_a_quarantine_expectation_move_to_quarantine_with_the_rule_name()
     ok(again);
     assert_eq!(count(&lake, Layer::Quarantine, "orders"), before);
 }
+
+/// The codecs of the Parquet files under `dir` (recursively).
+fn codecs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut out = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(codecs(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+            for group in reader.metadata().row_groups() {
+                for column in group.columns() {
+                    out.insert(format!("{:?}", column.compression()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parquet files are LZ4_RAW unless `FRAMEWORK_PARQUET_COMPRESSION` says `snappy` (for readers
+/// before Spark 3.4) or `zstd`; another value stops the command before it writes anything.
+#[test]
+fn the_parquet_codec_is_lz4_raw_unless_the_environment_picks_another() {
+    let dir = tempfile::tempdir().unwrap();
+    for (choice, expected) in [(None, "LZ4_RAW"), (Some("snappy"), "SNAPPY")] {
+        let lake = dir.path().join(choice.unwrap_or("default"));
+        let mut run = framework(&lake);
+        run.args(["run", "--table", "sellers", "--until", "silver", "--data"])
+            .arg(sample());
+        if let Some(choice) = choice {
+            run.env("FRAMEWORK_PARQUET_COMPRESSION", choice);
+        }
+        ok(run);
+        for layer in ["bronze", "silver"] {
+            let found = codecs(&lake.join(layer).join("sellers"));
+            assert_eq!(
+                found.into_iter().collect::<Vec<_>>(),
+                vec![expected.to_owned()],
+                "{layer} with {choice:?}"
+            );
+        }
+    }
+    let lake = dir.path().join("bad");
+    let mut run = framework(&lake);
+    run.args(["run", "--table", "sellers", "--data"])
+        .arg(sample())
+        .env("FRAMEWORK_PARQUET_COMPRESSION", "gzip");
+    let out = output_within(run, std::time::Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("FRAMEWORK_PARQUET_COMPRESSION=\"gzip\"") && stderr.contains("snappy"),
+        "{stderr}"
+    );
+    assert!(!lake.exists(), "nothing written");
+}
