@@ -81,6 +81,7 @@ pub async fn build(
         .filter(|m| needed.contains(m.name.as_str()))
         .collect();
     let mut versions = register_sources(lake, &ctx, &needed).await?;
+    let shared = shared_ephemerals(models, &needed, selected);
     // Stored models built by this run: what reads them is built again too.
     let mut rebuilt: BTreeSet<String> = BTreeSet::new();
 
@@ -152,6 +153,7 @@ pub async fn build(
         let built: Vec<(ModelReport, Option<i64>)> =
             futures::stream::iter(building.iter().map(|&model| {
                 let ctx = &ctx;
+                let shared = &shared;
                 let reads = Reads::of(models, model, &versions, &rebuilt);
                 async move {
                     let reads = reads?;
@@ -169,7 +171,7 @@ pub async fn build(
                     // may belong to any older row of the model. Then (and under --full-refresh,
                     // which counts as rewritten) it is built in full.
                     let full = since == Changes::Rewritten;
-                    let report = materialize(lake, ctx, models, model, full, reads).await?;
+                    let report = materialize(lake, ctx, models, model, full, reads, shared).await?;
                     crate::fault::crash_point(&format!("gold-after:{}", model.name));
                     Ok::<_, Error>((report, None))
                 }
@@ -424,6 +426,67 @@ async fn keep(
     Ok((report, Some(version)))
 }
 
+/// Most bytes an ephemeral model shared by several models of a build may hold in memory; a
+/// larger one is inlined into each model that reads it, as usual.
+const SHARED_LIMIT: usize = 256 * 1024 * 1024;
+
+/// The ephemeral models (by name) that two or more stored models of this build read: each is
+/// computed once, by the first model that needs it, and held in memory for the others. Its
+/// cell says whether it was (`false`: over [`SHARED_LIMIT`], inlined as a CTE instead).
+type Shared = BTreeMap<String, tokio::sync::OnceCell<bool>>;
+
+fn shared_ephemerals(models: &Models, needed: &[&Model], selected: &BTreeSet<String>) -> Shared {
+    let stored: Vec<&Model> = needed
+        .iter()
+        .copied()
+        .filter(|m| selected.contains(&m.name))
+        .filter(|m| {
+            matches!(
+                m.config.materialized,
+                Materialized::Table | Materialized::Incremental
+            )
+        })
+        .collect();
+    needed
+        .iter()
+        .filter(|e| e.config.materialized == Materialized::Ephemeral)
+        .filter(|e| {
+            let readers = stored
+                .iter()
+                .filter(|m| models.ancestors(&m.name).iter().any(|a| a.name == e.name));
+            readers.count() >= 2
+        })
+        .map(|e| (e.name.clone(), tokio::sync::OnceCell::new()))
+        .collect()
+}
+
+/// Computes a shared ephemeral model and registers its rows under its relation's name; `false`
+/// when they are too large to hold (then each model inlines it).
+async fn share(ctx: &SessionContext, models: &Models, model: &Model) -> Result<bool> {
+    let started = Instant::now();
+    let query = |source| query_error(models, model, source);
+    let sql = models.render(model, false).map_err(Error::Models)?;
+    let frame = ctx.sql(&sql).await.map_err(query)?;
+    let batches = collect_batches(frame).await.map_err(query)?;
+    // The batches' own schema (it may differ from the plan's in nullability).
+    let schema = batches[0].schema();
+    let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let held = bytes <= SHARED_LIMIT;
+    if held {
+        let table = MemTable::try_new(schema, vec![batches]).map_err(query)?;
+        ctx.register_table(model.relation().as_str(), Arc::new(table))
+            .map_err(query)?;
+    }
+    tracing::debug!(
+        model = model.name,
+        bytes,
+        held,
+        seconds = started.elapsed().as_secs_f64(),
+        "gold: shared ephemeral model computed once"
+    );
+    Ok(held)
+}
+
 /// Runs one stored model and writes (or merges) its rows.
 async fn materialize(
     lake: &Lake,
@@ -432,6 +495,7 @@ async fn materialize(
     model: &Model,
     full: bool,
     reads: Option<Reads>,
+    shared: &Shared,
 ) -> Result<ModelReport> {
     let started = Instant::now();
     let txns = reads.map(|r| r.txns()).unwrap_or_default();
@@ -450,7 +514,20 @@ async fn materialize(
         lake.register(ctx, Layer::Gold, &model.name, &relation)
             .await?;
     }
-    let sql = models.render(model, incremental).map_err(Error::Models)?;
+    // The shared ephemeral models it reads, computed once for the build.
+    let mut registered = BTreeSet::new();
+    for ancestor in models.ancestors(&model.name) {
+        if let Some(cell) = shared.get(&ancestor.name)
+            && *cell
+                .get_or_try_init(|| share(ctx, models, ancestor))
+                .await?
+        {
+            registered.insert(ancestor.name.clone());
+        }
+    }
+    let sql = models
+        .render_reading(model, incremental, &registered)
+        .map_err(Error::Models)?;
     let frame = ctx.sql(&sql).await.map_err(query)?;
     let plan_s = started.elapsed().as_secs_f64();
     let batches = collect_batches(frame).await.map_err(query)?;

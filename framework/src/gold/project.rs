@@ -182,10 +182,22 @@ impl Models {
 
     /// The model's SQL as it runs: rendered, with the ephemeral models it reads inlined as CTEs.
     pub fn render(&self, model: &Model, incremental: bool) -> Result<String, Diagnostics> {
+        self.render_reading(model, incremental, &BTreeSet::new())
+    }
+
+    /// As [`Self::render`], but the ephemeral models named in `registered` are not inlined: the
+    /// session holds their rows under their relation's name (see `build`).
+    pub fn render_reading(
+        &self,
+        model: &Model,
+        incremental: bool,
+        registered: &BTreeSet<String>,
+    ) -> Result<String, Diagnostics> {
         let ephemerals: Vec<&Model> = self
             .ancestors(&model.name)
             .into_iter()
             .filter(|m| m.config.materialized == Materialized::Ephemeral)
+            .filter(|m| !registered.contains(&m.name))
             .collect();
         let mut ctes = Vec::new();
         for ephemeral in ephemerals {
