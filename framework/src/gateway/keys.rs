@@ -44,14 +44,10 @@ impl Idempotency {
         hasher.update([0]);
         hasher.update(key.as_bytes());
         Self {
-            key: hex(&hasher.finalize()),
-            body: hex(&Sha256::digest(body)),
+            key: hex::encode(hasher.finalize()),
+            body: hex::encode(Sha256::digest(body)),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first message of a group commit, to tell whether the group reached the log.

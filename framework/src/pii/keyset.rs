@@ -129,10 +129,7 @@ impl RootKey {
         let mut digest = sha2::Sha256::new();
         digest.update(b"framework-root-key/1");
         digest.update(bytes);
-        let fingerprint = digest.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let fingerprint = hex::encode(&digest.finalize()[..8]);
         Self {
             fingerprint,
             cipher: Aes256Gcm::new(bytes.into()),
