@@ -200,20 +200,7 @@ impl Keyring {
                 wire.extend_from_slice(&sealed);
             }
             PiiMode::Randomized => {
-                let mut nonce = [0u8; NONCE];
-                rand::rng().fill_bytes(&mut nonce);
-                let sealed = key
-                    .gcm
-                    .encrypt(
-                        Nonce::from_slice(&nonce),
-                        Payload {
-                            msg: plaintext,
-                            aad: domain.as_bytes(),
-                        },
-                    )
-                    .map_err(|_| failed())?;
-                wire.extend_from_slice(&nonce);
-                wire.extend_from_slice(&sealed);
+                seal_into(&key.gcm, domain.as_bytes(), plaintext, &mut wire).ok_or_else(failed)?;
             }
         }
         Ok(BASE64.encode(wire))
@@ -233,26 +220,16 @@ impl Keyring {
             .subjects
             .key_for(domain, keys, subject)
             .map_err(|e| subject_error(domain, e))?;
-        let mut nonce = [0u8; NONCE];
-        rand::rng().fill_bytes(&mut nonce);
-        let sealed = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: domain.as_bytes(),
-                },
-            )
-            .map_err(|_| CipherError::Failed {
-                domain: domain.to_owned(),
-                key_id: keys.primary,
-            })?;
-        let mut wire = Vec::with_capacity(HEADER + SUBJECT_REF + NONCE + sealed.len());
+        let mut wire = Vec::with_capacity(HEADER + SUBJECT_REF + NONCE + plaintext.len() + 16);
         wire.push(SUBJECT_MODE);
         wire.extend_from_slice(&keys.primary.to_be_bytes());
         wire.extend_from_slice(&subject_ref);
-        wire.extend_from_slice(&nonce);
-        wire.extend_from_slice(&sealed);
+        seal_into(&cipher, domain.as_bytes(), plaintext, &mut wire).ok_or_else(|| {
+            CipherError::Failed {
+                domain: domain.to_owned(),
+                key_id: keys.primary,
+            }
+        })?;
         Ok(BASE64.encode(wire))
     }
 
@@ -263,42 +240,32 @@ impl Keyring {
 
     /// Whether `text` is a value of ours whose subject key was erased.
     pub fn is_forgotten(&self, text: &str) -> bool {
-        let Some(wire) = BASE64.decode(text).ok() else {
-            return false;
-        };
-        if wire.first() != Some(&SUBJECT_MODE) {
-            return false;
-        }
-        let Some(key_id) = wire
-            .get(1..HEADER)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_be_bytes)
-        else {
-            return false;
-        };
-        let Some((domain, _)) = self
-            .domains
-            .iter()
-            .find(|(_, keys)| keys.keys.contains_key(&key_id))
-        else {
-            return false;
-        };
-        matches!(
-            self.decrypt(domain, text),
-            Err(CipherError::Forgotten { .. })
-        )
+        matches!(self.open(text), Some(Err(CipherError::Forgotten { .. })))
     }
 
     /// The plaintext of a wire-format `text` of any domain: the key id names the domain (ids
     /// are unique across a keyset). `None` when no key of this keyring made it.
     pub fn decrypt_any(&self, text: &str) -> Option<Vec<u8>> {
+        self.open(text)?.ok()
+    }
+
+    /// [`Self::decrypt`] of `text` in the domain its key id names; `None` when it is not the
+    /// wire format or names no key of this keyring.
+    pub fn open(&self, text: &str) -> Option<Result<Vec<u8>, CipherError>> {
         let wire = BASE64.decode(text).ok()?;
+        let (domain, _, _) = self.owner(&wire)?;
+        Some(self.decrypt(domain, text))
+    }
+
+    /// The domain whose keys hold the data key id of the wire-format bytes `wire`, its keys and
+    /// the id.
+    fn owner(&self, wire: &[u8]) -> Option<(&str, &DomainKeys, u32)> {
         let key_id = u32::from_be_bytes(wire.get(1..HEADER)?.try_into().ok()?);
-        let (domain, _) = self
+        let (domain, keys) = self
             .domains
             .iter()
             .find(|(_, keys)| keys.keys.contains_key(&key_id))?;
-        self.decrypt(domain, text).ok()
+        Some((domain, keys, key_id))
     }
 
     /// `text` encrypted again, in its mode, under its domain's primary key, when it is a value
@@ -312,11 +279,7 @@ impl Keyring {
             2 => PiiMode::Randomized,
             _ => return None,
         };
-        let key_id = u32::from_be_bytes(wire.get(1..HEADER)?.try_into().ok()?);
-        let (domain, keys) = self
-            .domains
-            .iter()
-            .find(|(_, keys)| keys.keys.contains_key(&key_id))?;
+        let (domain, keys, key_id) = self.owner(&wire)?;
         if keys.primary == key_id {
             return None;
         }
@@ -340,56 +303,59 @@ impl Keyring {
             key_id,
         };
         let body = &wire[HEADER..];
-        if wire[0] == SUBJECT_MODE {
-            if body.len() < SUBJECT_REF + NONCE {
-                return Err(not_ciphertext());
-            }
-            let subject_ref: super::subjects::SubjectRef =
-                body[..SUBJECT_REF].try_into().expect("a reference's bytes");
-            let domain_keys = &self.domains[domain];
-            let candidates = self
-                .subjects
-                .keys_of(domain, domain_keys, &subject_ref)
-                .map_err(|e| subject_error(domain, e))?;
-            if candidates.is_empty() {
-                return Err(CipherError::Forgotten {
-                    domain: domain.to_owned(),
-                });
-            }
-            let (nonce, sealed) = body[SUBJECT_REF..].split_at(NONCE);
-            return candidates
-                .iter()
-                .find_map(|cipher| {
-                    cipher
-                        .decrypt(
-                            Nonce::from_slice(nonce),
-                            Payload {
-                                msg: sealed,
-                                aad: domain.as_bytes(),
-                            },
-                        )
-                        .ok()
-                })
-                .ok_or_else(failed);
-        }
         match wire[0] {
             1 => {
                 let mut siv = Aes256Siv::new((&key.siv).into());
                 siv.decrypt([domain.as_bytes()], body).map_err(|_| failed())
             }
-            2 if body.len() >= NONCE => key
-                .gcm
-                .decrypt(
-                    Nonce::from_slice(&body[..NONCE]),
-                    Payload {
-                        msg: &body[NONCE..],
-                        aad: domain.as_bytes(),
-                    },
-                )
-                .map_err(|_| failed()),
+            2 if body.len() >= NONCE => open(&key.gcm, domain.as_bytes(), body).ok_or_else(failed),
+            SUBJECT_MODE if body.len() >= SUBJECT_REF + NONCE => {
+                let (subject_ref, sealed) = body.split_at(SUBJECT_REF);
+                let subject_ref: super::subjects::SubjectRef =
+                    subject_ref.try_into().expect("a reference's bytes");
+                let candidates = self
+                    .subjects
+                    .keys_of(domain, self.domain_keys(domain)?, &subject_ref)
+                    .map_err(|e| subject_error(domain, e))?;
+                if candidates.is_empty() {
+                    return Err(CipherError::Forgotten {
+                        domain: domain.to_owned(),
+                    });
+                }
+                candidates
+                    .iter()
+                    .find_map(|cipher| open(cipher, domain.as_bytes(), sealed))
+                    .ok_or_else(failed)
+            }
             _ => Err(not_ciphertext()),
         }
     }
+}
+
+/// Appends `msg` sealed with AES-256-GCM under a fresh random nonce to `out`: the nonce, then
+/// the ciphertext and its tag. `None` when the cipher refuses (a message too long for GCM).
+pub(super) fn seal_into(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    msg: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let mut nonce = [0u8; NONCE];
+    rand::rng().fill_bytes(&mut nonce);
+    let sealed = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg, aad })
+        .ok()?;
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Some(())
+}
+
+/// The plaintext of `sealed` as [`seal_into`] wrote it; `None` when it does not authenticate.
+pub(super) fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let (nonce, body) = sealed.split_at_checked(NONCE)?;
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
+        .ok()
 }
 
 /// A subject store failure as a cipher error (the store's own errors name the file).

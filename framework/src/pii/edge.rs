@@ -288,23 +288,21 @@ impl Edge {
             {
                 return Ok(Outcome::Reject(reason));
             }
-            let subject = match column.subject {
-                None => None,
-                Some(at) => match cell(at) {
-                    Some(subject) => Some(subject),
-                    None if value.is_none() => None,
-                    None => return Ok(Outcome::Reject(no_subject(column, &self.table))),
-                },
-            };
             self.cells[slot] = match value {
                 None => None,
-                Some(plain) => Some(encrypt_cell(
-                    &self.table,
-                    &self.keyring,
-                    column,
-                    plain,
-                    subject,
-                )?),
+                Some(plain) => {
+                    let subject = match subject_of(column, &self.table, &cell) {
+                        Ok(subject) => subject,
+                        Err(reason) => return Ok(Outcome::Reject(reason)),
+                    };
+                    Some(encrypt_cell(
+                        &self.table,
+                        &self.keyring,
+                        column,
+                        plain,
+                        subject,
+                    )?)
+                }
             };
         }
         for n in 0..self.nested.len() {
@@ -353,17 +351,9 @@ impl Edge {
                         return Ok(Outcome::Reject(reason));
                     }
                     if let Some(plain) = plain {
-                        let subject = match leaf.column.subject {
-                            None => None,
-                            Some(at) => match cell(at) {
-                                Some(subject) => Some(subject),
-                                None => {
-                                    return Ok(Outcome::Reject(no_subject(
-                                        &leaf.column,
-                                        &self.table,
-                                    )));
-                                }
-                            },
+                        let subject = match subject_of(&leaf.column, &self.table, &cell) {
+                            Ok(subject) => subject,
+                            Err(reason) => return Ok(Outcome::Reject(reason)),
                         };
                         let sealed = encrypt_cell(
                             &self.table,
@@ -451,13 +441,24 @@ fn collect_leaves<'v>(
     }
 }
 
-/// The reason a record whose PII value needs a subject key has no subject.
-fn no_subject(column: &PiiColumn, table: &str) -> String {
-    format!(
-        "column `{}` of table `{table}` is encrypted under its subject's key, and the record's \
-         subject column is null or empty",
-        column.name
-    )
+/// The subject whose key encrypts a value of `column` in the record at hand (`cell`: its
+/// columns' text); `None` for a column without a subject; the reject reason when the record's
+/// subject column is null or empty.
+fn subject_of<'a>(
+    column: &PiiColumn,
+    table: &str,
+    cell: &impl Fn(usize) -> Option<&'a str>,
+) -> Result<Option<&'a str>, String> {
+    let Some(at) = column.subject else {
+        return Ok(None);
+    };
+    cell(at).map(Some).ok_or_else(|| {
+        format!(
+            "column `{}` of table `{table}` is encrypted under its subject's key, and the \
+             record's subject column is null or empty",
+            column.name
+        )
+    })
 }
 
 /// `plain` of `column` (a column or a nested leaf of `table`) encrypted, under `subject`'s key

@@ -19,14 +19,14 @@ use std::io::{BufRead, BufReader, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD as BASE64;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 
-use super::cipher::{CipherError, DataKey, DomainKeys};
+use super::cipher::{CipherError, DataKey, DomainKeys, open, seal_into};
 
 /// Bytes of a subject reference in a value's wire format.
 pub const REF_BYTES: usize = 16;
@@ -59,6 +59,28 @@ struct Loaded {
 
 /// Device and inode of a file.
 type FileId = (u64, u64);
+
+impl Loaded {
+    /// The identity of the file these keys were loaded from (`None`: there was none).
+    fn id(&self) -> Option<FileId> {
+        self.file.as_ref().map(|(_, id)| *id)
+    }
+
+    /// A key of `subject_ref`, when one is loaded.
+    fn first(&self, subject_ref: &SubjectRef) -> Option<Aes256Gcm> {
+        self.keys.get(subject_ref)?.first().cloned()
+    }
+
+    /// Loads the keys again from the file at `path`, keeping what this process still owes it
+    /// (a sync of lines written, of the folder of a file it made).
+    fn reload(&mut self, path: &Path, domain: &str, keys: &DomainKeys) -> std::io::Result<()> {
+        let (dirty, created) = (self.dirty, self.created);
+        *self = load(path, domain, keys)?;
+        self.dirty |= dirty;
+        self.created |= created;
+        Ok(())
+    }
+}
 
 /// The subject keys of an environment: loaded per domain on first use.
 #[derive(Default)]
@@ -126,20 +148,17 @@ impl SubjectKeys {
         let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = domains.entry(domain.to_owned()).or_default();
         // A `forget` since the last look replaced the file: what was loaded may be erased.
-        let replaced = match &loaded.file {
-            Some((_, id)) => file_id(&path).map_err(io)? != Some(*id),
-            None => true,
-        };
-        if replaced {
-            *loaded = load(&path, domain, keys).map_err(io)?;
+        let now = file_meta(&path).map_err(io)?.map(|(id, _)| id);
+        if loaded.file.is_none() || loaded.id() != now {
+            loaded.reload(&path, domain, keys).map_err(io)?;
         }
-        if let Some(key) = loaded.keys.get(&subject_ref).and_then(|k| k.first()) {
-            return Ok((subject_ref, key.clone()));
+        if let Some(key) = loaded.first(&subject_ref) {
+            return Ok((subject_ref, key));
         }
         let mut material = [0u8; 32];
         rand::rng().fill_bytes(&mut material);
         let line = Line {
-            subject_ref: hex(&subject_ref),
+            subject_ref: hex::encode(subject_ref),
             key_id: primary.id(),
             wrapped: BASE64.encode(wrap(primary, domain, &subject_ref, &material)?),
         };
@@ -149,15 +168,17 @@ impl SubjectKeys {
         // replaced it: then it is loaded again, and the subject's key looked up again).
         loop {
             if loaded.file.is_none() {
-                *loaded = open_append(&path, domain, keys).map_err(io)?;
+                let made = make_file(&path).map_err(io)?;
+                loaded.reload(&path, domain, keys).map_err(io)?;
+                loaded.created |= made;
             }
             let (file, id) = loaded.file.as_ref().expect("opened above");
             file.lock().map_err(io)?;
-            if file_id(&path).map_err(io)? != Some(*id) {
+            if file_meta(&path).map_err(io)?.map(|(id, _)| id) != Some(*id) {
                 let _ = file.unlock();
-                *loaded = load(&path, domain, keys).map_err(io)?;
-                if let Some(key) = loaded.keys.get(&subject_ref).and_then(|k| k.first()) {
-                    return Ok((subject_ref, key.clone()));
+                loaded.reload(&path, domain, keys).map_err(io)?;
+                if let Some(key) = loaded.first(&subject_ref) {
+                    return Ok((subject_ref, key));
                 }
                 continue;
             }
@@ -190,14 +211,12 @@ impl SubjectKeys {
         let loaded = domains.entry(domain.to_owned()).or_default();
         // Loaded again when another process replaced the file (a `forget`) or, for a key not
         // loaded yet, appended to it (a writer's new subject).
-        let now = file_id(&path).map_err(io)?;
-        let grown = || std::fs::metadata(&path).is_ok_and(|m| m.len() > loaded.len);
-        let stale = loaded.file.as_ref().map(|(_, id)| *id) != now
-            || (!loaded.keys.contains_key(subject_ref) && grown());
+        let now = file_meta(&path).map_err(io)?;
+        let grown = now.is_some_and(|(_, len)| len > loaded.len);
+        let stale = loaded.id() != now.map(|(id, _)| id)
+            || (!loaded.keys.contains_key(subject_ref) && grown);
         if stale {
-            let dirty = loaded.dirty;
-            *loaded = load(&path, domain, keys).map_err(io)?;
-            loaded.dirty = dirty;
+            loaded.reload(&path, domain, keys).map_err(io)?;
         }
         Ok(loaded.keys.get(subject_ref).cloned().unwrap_or_default())
     }
@@ -235,7 +254,7 @@ impl SubjectKeys {
         let refs: Vec<String> = keys
             .keys
             .values()
-            .map(|key| hex(&reference(key, domain, subject)))
+            .map(|key| hex::encode(reference(key, domain, subject)))
             .collect();
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -312,66 +331,59 @@ fn wrap(
     subject_ref: &SubjectRef,
     material: &[u8; 32],
 ) -> Result<Vec<u8>, CipherError> {
-    let mut nonce = [0u8; 12];
-    rand::rng().fill_bytes(&mut nonce);
-    let sealed = key
-        .gcm()
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: material,
-                aad: &aad(domain, subject_ref),
-            },
-        )
-        .map_err(|_| CipherError::Failed {
+    let mut out = Vec::new();
+    seal_into(key.gcm(), &aad(domain, subject_ref), material, &mut out).ok_or_else(|| {
+        CipherError::Failed {
             domain: domain.to_owned(),
             key_id: key.id(),
-        })?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&sealed);
+        }
+    })?;
     Ok(out)
 }
 
 /// A line's subject key, when one of `keys` unwraps it.
 fn unwrap(line: &Line, domain: &str, keys: &DomainKeys) -> Option<(SubjectRef, Aes256Gcm)> {
-    let subject_ref: SubjectRef = unhex(&line.subject_ref)?;
+    let mut subject_ref: SubjectRef = [0; REF_BYTES];
+    hex::decode_to_slice(&line.subject_ref, &mut subject_ref).ok()?;
     let wrapped = BASE64.decode(&line.wrapped).ok()?;
-    let (nonce, sealed) = (wrapped.get(..12)?, wrapped.get(12..)?);
     let key = keys.keys.get(&line.key_id)?;
-    let material = key
-        .gcm()
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: sealed,
-                aad: &aad(domain, &subject_ref),
-            },
-        )
-        .ok()?;
+    let material = open(key.gcm(), &aad(domain, &subject_ref), &wrapped)?;
     Some((subject_ref, Aes256Gcm::new_from_slice(&material).ok()?))
 }
 
-fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
+/// The identity and length of a file's metadata.
+fn meta_of(m: &std::fs::Metadata) -> (FileId, u64) {
     use std::os::unix::fs::MetadataExt as _;
+    ((m.dev(), m.ino()), m.len())
+}
+
+/// The identity and length of the file at `path`; `None` when there is none.
+fn file_meta(path: &Path) -> std::io::Result<Option<(FileId, u64)>> {
     match std::fs::metadata(path) {
-        Ok(m) => Ok(Some((m.dev(), m.ino()))),
+        Ok(m) => Ok(Some(meta_of(&m))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// The keys in the file at `path` (none when it does not exist). A line that does not parse or
-/// unwrap (a line cut by a power loss before its sync, whose values were never sent) is skipped.
+/// The keys in the file at `path` (none when it does not exist), and the file opened for
+/// appending. A line that does not parse or unwrap (a line cut by a power loss before its
+/// sync, whose values were never sent) is skipped.
 fn load(path: &Path, domain: &str, keys: &DomainKeys) -> std::io::Result<Loaded> {
     let mut loaded = Loaded::default();
-    let file = match File::open(path) {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+    {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(loaded),
         Err(e) => return Err(e),
     };
-    loaded.len = file.metadata()?.len();
+    let (id, len) = meta_of(&file.metadata()?);
+    loaded.len = len;
     let mut skipped = 0;
-    for line in BufReader::new(file).take(loaded.len).lines() {
+    for line in BufReader::new(&file).take(len).lines() {
         let line = line?;
         match serde_json::from_str::<Line>(&line)
             .ok()
@@ -390,46 +402,24 @@ fn load(path: &Path, domain: &str, keys: &DomainKeys) -> std::io::Result<Loaded>
             "subject keys: lines that do not unwrap with this keyset were skipped"
         );
     }
-    let append = std::fs::OpenOptions::new().append(true).open(path)?;
-    let id = file_id(path)?.unwrap_or_default();
-    loaded.file = Some((append, id));
+    loaded.file = Some((file, id));
     Ok(loaded)
 }
 
-/// The file at `path` opened for appending, made (mode 0600) when missing, with its keys.
-fn open_append(path: &Path, domain: &str, keys: &DomainKeys) -> std::io::Result<Loaded> {
+/// Makes the (empty) file at `path`, mode 0600, unless it exists; whether it made it.
+fn make_file(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let created = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        match std::fs::OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(e),
-        }
-    };
-    let mut loaded = load(path, domain, keys)?;
-    loaded.created = created;
-    Ok(loaded)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
-        return None;
+    match std::fs::OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }

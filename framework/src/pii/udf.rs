@@ -30,18 +30,21 @@ pub fn register(ctx: &SessionContext, keys: &Arc<Keyring>) {
                 out.append_null();
                 continue;
             }
-            let Some(plain) = keys.decrypt_any(text.value(i)) else {
-                if keys.is_forgotten(text.value(i)) {
+            let plain = match keys.open(text.value(i)) {
+                Some(Ok(plain)) => plain,
+                Some(Err(super::cipher::CipherError::Forgotten { .. })) => {
                     out.append_null();
                     continue;
                 }
-                return Err(DataFusionError::Execution(
+                _ => {
+                    return Err(DataFusionError::Execution(
                     "pii_decrypt: a value this run cannot decrypt (no key for its key id in this \
                      environment's keyset, or not an encrypted value)\n  hint: set the \
                      environment's root key (FRAMEWORK_ROOT_KEY or FRAMEWORK_ROOT_KEY_FILE) and \
                      FRAMEWORK_ENV"
                         .to_owned(),
-                ));
+                    ));
+                }
             };
             out.append_value(String::from_utf8_lossy(&plain));
         }
