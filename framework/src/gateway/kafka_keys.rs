@@ -206,13 +206,21 @@ impl KafkaKeys {
                 have.at = have.at.min(now);
                 continue;
             }
+            // A first record of the key, or one of another request under the same key: it
+            // stands for the key from now on (as `merge` decides).
             let mut positions = vec![None; count];
             positions[index] = Some((*partition, *offset));
             let known_now = Known {
                 body: body.to_owned(),
                 positions,
             };
-            merge(&mut known, key.to_owned(), now, known_now);
+            known.insert(
+                key.to_owned(),
+                Kept {
+                    at: now,
+                    known: known_now,
+                },
+            );
         }
         tracing::info!(
             topic,
