@@ -348,6 +348,8 @@ async fn refine_batch(
     )
     .await
     .map_err(query)?;
+    // The checked rows are not read again: their memory goes before dedup and the write.
+    ctx.deregister_table("checked").map_err(query)?;
     let latest = super::dedup::latest_per_key(&valid, table.key()).map_err(|e| query(e.into()))?;
     drop(valid);
     stats.applied += latest.num_rows() as u64;
@@ -524,6 +526,8 @@ async fn apply(
             .collect()
             .await
             .map_err(query)?;
+        // Collected: the batch's deduplicated rows are not read again.
+        ctx.deregister_table("latest").map_err(query)?;
         let overwrite = table.mode() == Mode::Full;
         lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
             .await?;
