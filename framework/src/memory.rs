@@ -22,14 +22,30 @@ pub fn without_transparent_huge_pages() {
 }
 
 /// How long (ms) freed memory stays with the allocator before it goes back to the OS in a batch
-/// command (`run`, `build`, ...), where mimalloc's default is 1000. At scale 10 (`run --all`,
-/// 2026-12-04, one run each): 1000 ms -> 64.1 s and a peak of 2.51 GiB; 200 ms -> 63.0 s,
-/// 2.09 GiB; 100 ms -> 61.5 s, 1.89 GiB; 50 ms -> 62.1 s, 1.86 GiB; 10 ms -> 79.3 s, 1.58 GiB;
-/// 0 -> 88.3 s, 1.50 GiB (the system time doubles: pages given back and faulted in again).
-/// At scale 1, 1000 vs 100 ms alternated twice: 6.28 / 5.92 s vs 6.75 / 5.59 s, peak
-/// 883-937 vs 761-765 MiB. So 100 ms: the memory a stage freed goes back before the next stage
-/// grows, and the pages a stage reuses within 0.1 s stay.
-const BATCH_PURGE_DELAY_MS: std::ffi::c_long = 100;
+/// command (`run`, `build`, ...), where mimalloc's default is 1000. Memory freed and touched
+/// again within the delay is not faulted in again: the system time of a scale-1 `run --all` was
+/// a third of its CPU time at 100 ms. With [`BATCH_THREAD_KEEP_ALIVE`], on the nine Olist
+/// tables (`run --all --simulate`, 2026-12-04, wall s / peak):
+///
+/// | purge delay | scale 1 | scale 10 |
+/// | ---: | --- | --- |
+/// | 100 ms | 4.6-4.9 s / 0.64-0.67 GiB (keep-alive 100 ms) | 58 s / 1.0 GiB (keep-alive 100 ms) |
+/// | 1000 ms | 3.81-3.82 s / 0.69-0.70 GiB | 44.9 s / 1.35 GiB |
+/// | 2000 ms | 3.68-3.75 s / 0.69-0.73 GiB | 44.4-44.8 s / 1.36-1.40 GiB |
+/// | 3000 ms | 3.58-3.70 s / 0.72 GiB | 41.5 s / 1.67 GiB |
+///
+/// Before the short keep-alive, 100 ms gave 4.4-4.9 s / 0.72 GiB and 58-62 s / 2.0-2.2 GiB.
+/// `MIMALLOC_PURGE_DELAY` in the environment (mimalloc's own variable) overrides it.
+const BATCH_PURGE_DELAY_MS: std::ffi::c_long = 2000;
+
+/// How long an idle thread of the async runtime's blocking pool lives in a batch command
+/// (tokio's default: 10 s). Each such thread keeps what it freed in its own allocator heap
+/// until it allocates again, and the blocking pool runs a table's produce, its log reads and
+/// its Parquet writes on whichever thread is idle: at scale 10, threads left idle after a stage
+/// held about a gigabyte (the resident memory stayed at 1.1-1.4 GiB between tables, the peak
+/// 2.0-2.2 GiB; with 100 ms, 0.25-0.9 GiB between tables and a peak of 1.0 GiB at the same
+/// speed). A thread that ends hands its memory back; starting one costs tens of microseconds.
+pub const BATCH_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Sets the batch commands' purge delay ([`BATCH_PURGE_DELAY_MS`]). Called once, before any
 /// thread starts.
@@ -48,9 +64,14 @@ pub fn return_freed_memory_promptly() {
     set_purge_delay(0);
 }
 
-/// mimalloc's `purge_delay`, in ms. Called once, before any thread starts.
+/// mimalloc's `purge_delay`, in ms, unless the environment sets it (`MIMALLOC_PURGE_DELAY`,
+/// mimalloc's own variable: a user's explicit choice wins). Called once, before any thread
+/// starts.
 #[allow(unsafe_code)] // the one FFI call of the crate: mimalloc has no safe option setter
 fn set_purge_delay(ms: std::ffi::c_long) {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: sets one integer option of the allocator; called before other threads exist.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) }
 }

@@ -458,7 +458,11 @@ fn execute(
         command,
     }: Cli,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if !matches!(command, Command::Serve { .. }) {
+        builder.thread_keep_alive(crate::memory::BATCH_THREAD_KEEP_ALIVE);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;
