@@ -163,8 +163,12 @@ const SILVER_AT_ONCE: usize = 2;
 /// A delivery of more messages than this is refined alone: its silver keeps both cores busy
 /// by itself, and running another beside it only adds memory (each holds a window of its
 /// delivery). Measured at scale 10, two large tables at once took 72.6 s and 3.24 GiB where
-/// one at a time took 58.5 s and 2.73 GiB.
-const SMALL_DELIVERY: u64 = 50_000;
+/// one at a time took 58.5 s and 2.73 GiB. The Kaggle-sized tables (about 100 000 rows each)
+/// are small: at scale 1, six runs of each binary alternated (2026-12-04 19:40), 200 000
+/// instead of 50 000 took the first delivery from 3.51-4.40 s to 3.49-4.01 s (the tables after
+/// geolocation refined two at a time instead of one by one on one core), at the same peak;
+/// scale 10, whose tables are larger, did not change (46.9 vs 48.2 s, 1.48 vs 1.42 GiB).
+const SMALL_DELIVERY: u64 = 200_000;
 
 /// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] small
 /// deliveries at a time (a large one alone, see [`SMALL_DELIVERY`]); a table waits for the
