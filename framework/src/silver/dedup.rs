@@ -8,37 +8,38 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use deltalake::arrow::array::{ArrayRef, UInt32Array};
-use deltalake::arrow::compute::{concat_batches, take_record_batch};
+use deltalake::arrow::array::ArrayRef;
+use deltalake::arrow::compute::interleave_record_batch;
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::arrow::row::{RowConverter, SortField};
+use deltalake::arrow::row::{RowConverter, Rows, SortField};
 
 /// The latest row of each `key` in `batches` (which share one schema holding the key columns,
-/// `_sequence` and `_offset`), in the order the winning rows arrived.
+/// `_sequence` and `_offset`), in the order the winning rows arrived. The winners are gathered
+/// from the batches as they are (no copy of the whole input first).
 pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordBatch, ArrowError> {
     let Some(first) = batches.first() else {
         return Err(ArrowError::InvalidArgumentError(
             "latest_per_key: no batch".into(),
         ));
     };
-    let batch = concat_batches(&first.schema(), batches)?;
-    let columns = |names: &[&str]| -> Result<Vec<ArrayRef>, ArrowError> {
+    let schema = first.schema();
+    let positions = |names: &[&str]| -> Result<Vec<usize>, ArrowError> {
         names
             .iter()
             .map(|name| {
-                batch.column_by_name(name).cloned().ok_or_else(|| {
+                schema.index_of(name).map_err(|_| {
                     ArrowError::SchemaError(format!("latest_per_key: no column `{name}`"))
                 })
             })
             .collect()
     };
     let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
-    let keys = rows_of(&columns(&key_names)?)?;
-    let order = rows_of(&columns(&["_sequence", "_offset"])?)?;
+    let keys = rows_of(batches, &positions(&key_names)?)?;
+    let order = rows_of(batches, &positions(&["_sequence", "_offset"])?)?;
     let mut winners: HashMap<_, u32, foldhash::fast::RandomState> =
-        HashMap::with_capacity_and_hasher(batch.num_rows(), Default::default());
-    for i in 0..batch.num_rows() {
+        HashMap::with_capacity_and_hasher(keys.num_rows(), Default::default());
+    for i in 0..keys.num_rows() {
         match winners.entry(keys.row(i)) {
             Entry::Vacant(slot) => {
                 slot.insert(i as u32);
@@ -52,18 +53,47 @@ pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordB
     }
     let mut picked: Vec<u32> = winners.into_values().collect();
     picked.sort_unstable();
-    take_record_batch(&batch, &UInt32Array::from(picked))
+    // Row i of the whole input is row i - starts[b] of batch b.
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut total = 0;
+    for batch in batches {
+        starts.push(total);
+        total += batch.num_rows();
+    }
+    let places: Vec<(usize, usize)> = picked
+        .iter()
+        .map(|&i| {
+            let i = i as usize;
+            let b = starts.partition_point(|&start| start <= i) - 1;
+            (b, i - starts[b])
+        })
+        .collect();
+    let all: Vec<&RecordBatch> = batches.iter().collect();
+    interleave_record_batch(&all, &places)
 }
 
-/// Arrow's comparable row encoding of `columns` (ascending, nulls first: a null is the smallest).
-fn rows_of(columns: &[ArrayRef]) -> Result<deltalake::arrow::row::Rows, ArrowError> {
+/// Arrow's comparable row encoding of the columns at `positions` of every batch, in order
+/// (ascending, nulls first: a null is the smallest).
+fn rows_of(batches: &[RecordBatch], positions: &[usize]) -> Result<Rows, ArrowError> {
+    let columns = |batch: &RecordBatch| -> Vec<ArrayRef> {
+        positions
+            .iter()
+            .map(|&at| batch.column(at).clone())
+            .collect()
+    };
+    let first = columns(&batches[0]);
     let converter = RowConverter::new(
-        columns
+        first
             .iter()
             .map(|c| SortField::new(c.data_type().clone()))
             .collect(),
     )?;
-    converter.convert_columns(columns)
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut out = converter.empty_rows(rows, rows * 8 * positions.len());
+    for batch in batches {
+        converter.append(&mut out, &columns(batch))?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
