@@ -54,12 +54,14 @@ pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordB
     let mut picked: Vec<u32> = winners.into_values().collect();
     picked.sort_unstable();
     // Row i of the whole input is row i - starts[b] of batch b.
-    let mut starts = Vec::with_capacity(batches.len());
-    let mut total = 0;
-    for batch in batches {
-        starts.push(total);
-        total += batch.num_rows();
-    }
+    let starts: Vec<usize> = batches
+        .iter()
+        .scan(0, |next, batch| {
+            let start = *next;
+            *next += batch.num_rows();
+            Some(start)
+        })
+        .collect();
     let places: Vec<(usize, usize)> = picked
         .iter()
         .map(|&i| {
@@ -75,23 +77,21 @@ pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordB
 /// Arrow's comparable row encoding of the columns at `positions` of every batch, in order
 /// (ascending, nulls first: a null is the smallest).
 fn rows_of(batches: &[RecordBatch], positions: &[usize]) -> Result<Rows, ArrowError> {
-    let columns = |batch: &RecordBatch| -> Vec<ArrayRef> {
+    let schema = batches[0].schema();
+    let converter = RowConverter::new(
         positions
             .iter()
-            .map(|&at| batch.column(at).clone())
-            .collect()
-    };
-    let first = columns(&batches[0]);
-    let converter = RowConverter::new(
-        first
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
+            .map(|&at| SortField::new(schema.field(at).data_type().clone()))
             .collect(),
     )?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let mut out = converter.empty_rows(rows, rows * 8 * positions.len());
     for batch in batches {
-        converter.append(&mut out, &columns(batch))?;
+        let columns: Vec<ArrayRef> = positions
+            .iter()
+            .map(|&at| batch.column(at).clone())
+            .collect();
+        converter.append(&mut out, &columns)?;
     }
     Ok(out)
 }
