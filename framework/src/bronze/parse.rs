@@ -165,15 +165,72 @@ fn split(
     now: DateTime<Utc>,
     payload: &dyn Fn(usize) -> String,
 ) -> Result<Parsed, ArrowError> {
+    let foreign = foreign_keys(table, &text.columns, &ids.keys);
     let mut columns = type_columns(table, text.columns, &mut text.reasons)?;
     let meta = Meta::of(ids, text.timestamps, text.lines, now);
-    columns.extend(meta.columns());
+    columns.extend(meta.columns(foreign));
     let all = RecordBatch::try_new(bronze_schema(table), columns)?;
     let good: BooleanArray = text.reasons.iter().map(|r| Some(r.is_none())).collect();
     Ok(Parsed {
         rows: filter_record_batch(&all, &good)?,
         rejects: rejects(payload, &text.reasons, &meta)?,
     })
+}
+
+/// Bronze's `_key`: a message's key where it is not the record's own key, null where it is.
+///
+/// A record's own key is the text of its key columns joined by `|` (a null cell as empty text),
+/// as `framework produce` and the gateway key their messages. That key is a second copy of
+/// the key columns, and was half of geolocation's bronze bytes. A key that differs (another
+/// producer's, or a keyless message's empty key) is kept as it came; so is every key of a table
+/// whose key names a nested path. Rejects keep every key.
+fn foreign_keys(table: &Table, text: &[StringArray], keys: &StringArray) -> StringArray {
+    let Some(key_columns) = table
+        .key()
+        .iter()
+        .map(|k| {
+            table
+                .columns
+                .iter()
+                .position(|c| &c.name == k)
+                .map(|at| &text[at])
+        })
+        .collect::<Option<Vec<&StringArray>>>()
+    else {
+        return keys.clone();
+    };
+    let mut out = StringBuilder::with_capacity(keys.len(), 0);
+    for row in 0..keys.len() {
+        let key = keys.is_valid(row).then(|| keys.value(row));
+        match key {
+            Some(key) if is_own_key(key, &key_columns, row) => out.append_null(),
+            key => out.append_option(key),
+        }
+    }
+    out.finish()
+}
+
+/// Whether `key` is row `row`'s cells of `key_columns` joined by `|`, compared piece by piece.
+fn is_own_key(key: &str, key_columns: &[&StringArray], row: usize) -> bool {
+    let mut rest = key;
+    for (i, column) in key_columns.iter().enumerate() {
+        let cell = if column.is_valid(row) {
+            column.value(row)
+        } else {
+            ""
+        };
+        if i > 0 {
+            match rest.strip_prefix('|') {
+                Some(after) => rest = after,
+                None => return false,
+            }
+        }
+        match rest.strip_prefix(cell) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// A block's cells as text columns, with the reasons the JSON reading of the same messages
@@ -444,15 +501,15 @@ impl Meta {
         }
     }
 
-    /// The columns in [`META`] order.
-    fn columns(&self) -> [ArrayRef; 8] {
+    /// The columns in [`META`] order, `_key` holding `keys` (rejects keep every key).
+    fn columns(&self, keys: StringArray) -> [ArrayRef; 8] {
         [
             Arc::new(self.timestamps.clone()),
             Arc::new(self.ingested_at.clone()),
             Arc::new(self.topic.clone()),
             Arc::new(self.partitions.clone()),
             Arc::new(self.offsets.clone()),
-            Arc::new(self.keys.clone()),
+            Arc::new(keys),
             Arc::new(self.lines.clone()),
             Arc::new(self.dates.clone()),
         ]

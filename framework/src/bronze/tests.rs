@@ -97,6 +97,63 @@ fn good_rows_are_typed_and_bad_ones_rejected_with_the_reason() {
     assert!(lines.is_null(0));
 }
 
+/// `_key` holds a message's key only where it is not the record's own key (its key columns
+/// joined by `|`); a reject (here a null key column, a bad number) keeps its key.
+#[test]
+fn bronze_keeps_a_key_only_where_it_is_not_the_records_own() {
+    let text = "\
+table: t
+source: { format: csv, path: t.csv }
+topic: { name: raw_t }
+schema:
+  - { name: id, type: string, nullable: false }
+  - { name: part, type: string }
+  - { name: n, type: int }
+key: [id, part]
+mode: DIFF
+";
+    let table = compile(&[(PathBuf::from("t.yaml"), text.to_owned())])
+        .unwrap()
+        .tables
+        .remove(0);
+    let keyed = |offset: u64, key: &'static str, value: &str| Message {
+        key: Bytes::from_static(key.as_bytes()),
+        ..message(offset, value)
+    };
+    let messages = vec![
+        keyed(0, "a|x", r#"{"id":"a","part":"x","n":"1"}"#),
+        keyed(1, "b|", r#"{"id":"b","part":null,"n":"1"}"#),
+        keyed(2, "c|y", r#"{"id":"c","part":"x","n":"1"}"#),
+        keyed(3, "", r#"{"id":"d","part":"x","n":"1"}"#),
+        keyed(4, "e", r#"{"id":"e","part":"x","n":"1"}"#),
+        keyed(5, "f|x|", r#"{"id":"f","part":"x","n":"1"}"#),
+        keyed(6, "g|x", r#"{"id":"g","part":"x","n":"seven"}"#),
+    ];
+    let parsed = parse_messages(&table, "raw_t", &messages, chrono::Utc::now()).unwrap();
+    let rejected = parsed
+        .rejects
+        .column_by_name("_key")
+        .unwrap()
+        .as_string::<i32>();
+    let reasons = parsed
+        .rejects
+        .column_by_name("_reason")
+        .unwrap()
+        .as_string::<i32>();
+    assert_eq!(
+        rejected.iter().collect::<Vec<_>>(),
+        [Some("b|"), Some("g|x")],
+        "{reasons:?}"
+    );
+    let keys = parsed
+        .rows
+        .column_by_name("_key")
+        .unwrap()
+        .as_string::<i32>();
+    let keys: Vec<Option<&str>> = keys.iter().collect();
+    assert_eq!(keys, [None, Some("c|y"), Some(""), Some("e"), Some("f|x|")]);
+}
+
 mod properties {
     use proptest::prelude::*;
 

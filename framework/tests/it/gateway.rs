@@ -381,7 +381,11 @@ fn an_idcards_gateway_section_hides_its_routes_and_columns() {
             &format!("/staging/sellers?seller_id={id}"),
             "application/json",
         ),
-        get(&server, "/raw/sellers?limit=1", "application/json"),
+        get(
+            &server,
+            "/raw/sellers?limit=1&columns=seller_id,_offset,_key",
+            "application/json",
+        ),
         get(
             &server,
             "/staging/sellers?seller_city=campinas",
@@ -430,8 +434,11 @@ fn an_idcards_gateway_section_hides_its_routes_and_columns() {
         !raw.contains_key("seller_city") && !raw.contains_key("seller_zip_code_prefix"),
         "{raw:?}"
     );
+    // `_key` is selectable (a hidden column is a 400, as below); it is null for a record keyed
+    // by its own key columns, and JSON leaves nulls out.
+    assert_eq!(responses[1]["status"], 200, "{}", responses[1]);
     assert!(
-        raw.contains_key("_offset") && raw.contains_key("_key"),
+        raw.contains_key("_offset") && raw.contains_key("seller_id"),
         "{raw:?}"
     );
     for i in [2, 3] {
