@@ -1,18 +1,20 @@
-//! The latest row per key of a batch, in one pass over a hash map.
+//! The latest row per key of a batch, in one pass: the key's groups found as GROUP BY finds them.
 //!
 //! A row wins over another of its key when its `_sequence` is greater, or equal with a greater
 //! `_offset` (a key's messages share a partition, so the later offset arrived later). A null
-//! `_sequence` is the oldest. The key and the order are compared on Arrow's row format, so any
-//! column type works and no value is copied into a Rust type.
+//! `_sequence` is the oldest. The order is compared on Arrow's row format, so any column type
+//! works and no value is copied into a Rust type.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 use deltalake::arrow::array::ArrayRef;
 use deltalake::arrow::compute::interleave_record_batch;
+use deltalake::arrow::datatypes::Schema;
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::arrow::row::{RowConverter, Rows, SortField};
+use deltalake::datafusion::physical_plan::aggregates::group_values::new_group_values;
+use deltalake::datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 /// The latest row of each `key` in `batches` (which share one schema holding the key columns,
 /// `_sequence` and `_offset`), in the order the winning rows arrived. The winners are gathered
@@ -35,23 +37,43 @@ pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordB
             .collect()
     };
     let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
-    let keys = rows_of(batches, &positions(&key_names)?)?;
+    let key_positions = positions(&key_names)?;
     let order = rows_of(batches, &positions(&["_sequence", "_offset"])?)?;
-    let mut winners: HashMap<_, u32, foldhash::fast::RandomState> =
-        HashMap::with_capacity_and_hasher(keys.num_rows(), Default::default());
-    for i in 0..keys.num_rows() {
-        match winners.entry(keys.row(i)) {
-            Entry::Vacant(slot) => {
-                slot.insert(i as u32);
-            }
-            Entry::Occupied(mut slot) => {
-                if order.row(i) > order.row(*slot.get() as usize) {
-                    slot.insert(i as u32);
+    // The key's groups as DataFusion's GROUP BY finds them (vectorised hashing and equality per
+    // column); group ids are dense, in the order the groups first appear.
+    let key_schema = Schema::new(
+        key_positions
+            .iter()
+            .map(|&at| schema.field(at).clone())
+            .collect::<Vec<_>>(),
+    );
+    let mut key_groups = new_group_values(Arc::new(key_schema), &GroupOrdering::None)
+        .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+    let mut winners: Vec<u32> = Vec::new();
+    let mut groups = Vec::new();
+    let mut i = 0usize;
+    for batch in batches {
+        let columns: Vec<ArrayRef> = key_positions
+            .iter()
+            .map(|&at| batch.column(at).clone())
+            .collect();
+        key_groups
+            .intern(&columns, &mut groups)
+            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        for &group in &groups {
+            match winners.get_mut(group) {
+                None => winners.push(i as u32),
+                Some(winner) => {
+                    if order.row(i) > order.row(*winner as usize) {
+                        *winner = i as u32;
+                    }
                 }
             }
+            i += 1;
         }
     }
-    let mut picked: Vec<u32> = winners.into_values().collect();
+    drop(key_groups);
+    let mut picked = winners;
     picked.sort_unstable();
     // Row i of the whole input is row i - starts[b] of batch b.
     let starts: Vec<usize> = batches
@@ -138,5 +160,37 @@ mod tests {
         // a: sequence 9 (offset 2); b: tie on 1 -> offset 3; c: 0 beats null; d: tie -> 8.
         assert_eq!(keys, ["a", "b", "c", "d"]);
         assert_eq!(offsets, [2, 3, 6, 8]);
+    }
+
+    /// A key of two columns (a text and a number): rows are the same key only when both match.
+    #[test]
+    fn a_key_of_two_columns_matches_on_both() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("_sequence", DataType::Int64, true),
+            Field::new("_offset", DataType::Int64, false),
+        ]));
+        let batch = |k: &[&str], n: &[i64], offsets: &[i64]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(k.to_vec())),
+                    Arc::new(Int64Array::from(n.to_vec())),
+                    Arc::new(Int64Array::from(vec![Some(1); k.len()])),
+                    Arc::new(Int64Array::from(offsets.to_vec())),
+                ],
+            )
+            .expect("valid batch")
+        };
+        let input = [
+            batch(&["a", "a", "b"], &[1, 2, 1], &[0, 1, 2]),
+            batch(&["a", "b", "b"], &[1, 2, 1], &[3, 4, 5]),
+        ];
+        let key = ["k".to_owned(), "n".to_owned()];
+        let out = latest_per_key(&input, &key).expect("dedup");
+        let offsets: Vec<i64> = out.column(3).as_primitive::<Int64Type>().values().to_vec();
+        // (a,2) at 1, (a,1) again at 3, (b,2) at 4, (b,1) again at 5.
+        assert_eq!(offsets, [1, 3, 4, 5]);
     }
 }
