@@ -112,7 +112,7 @@ pub fn parse_messages(
     }
     let ids = Ids {
         topic,
-        keys: keys.finish(),
+        keys: Keys::Every(keys.finish()),
         partitions: messages.iter().map(|m| m.partition as i32).collect(),
         offsets: messages.iter().map(|m| m.offset as i64).collect(),
     };
@@ -134,9 +134,17 @@ pub fn parse_columns(
 ) -> Result<Parsed, ArrowError> {
     let text = cells_of_columns(table, batch);
     let n = batch.num_rows();
+    let key: Vec<&str> = table.key().iter().map(String::as_str).collect();
+    let keys = match columns::keys_declared_as(batch, &key, "|") {
+        // The producer's layout: only the stored keys need comparing with the record's own.
+        Some(stored) if own_key_text(table, &text.columns).is_some() => {
+            Keys::Stored(stored.clone())
+        }
+        _ => Keys::Every(columns::keys(batch).into_owned()),
+    };
     let ids = Ids {
         topic,
-        keys: columns::keys(batch).clone(),
+        keys,
         partitions: Int32Array::from(vec![partition as i32; n]),
         offsets: Int64Array::from_iter_values((first..first + n as u64).map(|o| o as i64)),
     };
@@ -151,9 +159,19 @@ pub fn parse_columns(
 /// Where a batch's messages come from: topic, key, partition and offset of each.
 struct Ids<'a> {
     topic: &'a str,
-    keys: StringArray,
+    keys: Keys,
     partitions: Int32Array,
     offsets: Int64Array,
+}
+
+/// The messages' keys.
+enum Keys {
+    /// Every message's key.
+    Every(StringArray),
+    /// A block's keys as stored: null where a message's key is the record's own key (see
+    /// [`foreign_keys`]), the key elsewhere (a block that did not go through the log stores
+    /// every key).
+    Stored(StringArray),
 }
 
 /// Types the text columns, adds the metadata columns and splits the batch into rows and
@@ -165,15 +183,27 @@ fn split(
     now: DateTime<Utc>,
     payload: &dyn Fn(usize) -> String,
 ) -> Result<Parsed, ArrowError> {
-    let foreign = foreign_keys(table, &text.columns, &ids.keys);
+    let key_text = own_key_text(table, &text.columns);
+    let (foreign, stored) = match &ids.keys {
+        Keys::Every(keys) => (foreign_keys(key_text.as_deref(), keys), None),
+        Keys::Stored(stored) => (
+            foreign_keys(key_text.as_deref(), stored),
+            Some(stored.clone()),
+        ),
+    };
     let mut columns = type_columns(table, text.columns, &mut text.reasons)?;
     let meta = Meta::of(ids, text.timestamps, text.lines, now);
     columns.extend(meta.columns(foreign));
+    // A reject keeps its key whatever it is: a stored null is the record's own key, joined.
+    let reject_key = |i: usize| match (&stored, &key_text) {
+        (Some(stored), Some(key_text)) if stored.is_null(i) => Some(join_own_key(key_text, i)),
+        _ => meta.keys.is_valid(i).then(|| meta.keys.value(i).to_owned()),
+    };
     let all = RecordBatch::try_new(bronze_schema(table), columns)?;
     let good: BooleanArray = text.reasons.iter().map(|r| Some(r.is_none())).collect();
     Ok(Parsed {
         rows: filter_record_batch(&all, &good)?,
-        rejects: rejects(payload, &text.reasons, &meta)?,
+        rejects: rejects(payload, &reject_key, &text.reasons, &meta)?,
     })
 }
 
@@ -184,34 +214,44 @@ fn split(
 /// the key columns, and was half of geolocation's bronze bytes. A key that differs (another
 /// producer's, or a keyless message's empty key) is kept as it came; so is every key of a table
 /// whose key names a nested path. Rejects keep every key.
-fn foreign_keys(table: &Table, text: &[StringArray], keys: &StringArray) -> StringArray {
-    let Some(key_columns) = table
-        .key()
-        .iter()
-        .map(|k| {
-            table
-                .columns
-                .iter()
-                .position(|c| &c.name == k)
-                .map(|at| &text[at])
-        })
-        .collect::<Option<Vec<&StringArray>>>()
-    else {
+fn foreign_keys(key_text: Option<&[StringArray]>, keys: &StringArray) -> StringArray {
+    let Some(key_columns) = key_text else {
         return keys.clone();
     };
     let mut out = StringBuilder::with_capacity(keys.len(), 0);
     for row in 0..keys.len() {
         let key = keys.is_valid(row).then(|| keys.value(row));
         match key {
-            Some(key) if is_own_key(key, &key_columns, row) => out.append_null(),
+            Some(key) if is_own_key(key, key_columns, row) => out.append_null(),
             key => out.append_option(key),
         }
     }
     out.finish()
 }
 
+/// The text columns of the table's key, in key order; none when the key names a nested path.
+fn own_key_text(table: &Table, text: &[StringArray]) -> Option<Vec<StringArray>> {
+    table
+        .key()
+        .iter()
+        .map(|k| {
+            let at = table.columns.iter().position(|c| &c.name == k)?;
+            Some(text[at].clone())
+        })
+        .collect()
+}
+
+/// Row `row`'s own key: its key cells joined by `|` (a null cell as empty text).
+fn join_own_key(key_columns: &[StringArray], row: usize) -> String {
+    key_columns
+        .iter()
+        .map(|c| if c.is_valid(row) { c.value(row) } else { "" })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 /// Whether `key` is row `row`'s cells of `key_columns` joined by `|`, compared piece by piece.
-fn is_own_key(key: &str, key_columns: &[&StringArray], row: usize) -> bool {
+fn is_own_key(key: &str, key_columns: &[StringArray], row: usize) -> bool {
     let mut rest = key;
     for (i, column) in key_columns.iter().enumerate() {
         let cell = if column.is_valid(row) {
@@ -481,7 +521,10 @@ struct Meta {
 
 impl Meta {
     fn of(ids: Ids<'_>, timestamps: Vec<i64>, lines: Vec<Option<i64>>, now: DateTime<Utc>) -> Self {
-        let n = ids.keys.len();
+        let keys = match ids.keys {
+            Keys::Every(keys) | Keys::Stored(keys) => keys,
+        };
+        let n = keys.len();
         let dates = Date32Array::from(
             timestamps
                 .iter()
@@ -495,7 +538,7 @@ impl Meta {
             topic: StringArray::from_iter_values(std::iter::repeat_n(ids.topic, n)),
             partitions: ids.partitions,
             offsets: ids.offsets,
-            keys: ids.keys,
+            keys,
             lines: Int64Array::from(lines),
             dates,
         }
@@ -520,6 +563,7 @@ impl Meta {
 /// rejected rows only.
 fn rejects(
     payload: &dyn Fn(usize) -> String,
+    key: &dyn Fn(usize) -> Option<String>,
     reasons: &[Option<String>],
     meta: &Meta,
 ) -> Result<RecordBatch, ArrowError> {
@@ -537,7 +581,7 @@ fn rejects(
             take(&meta.topic)?,
             take(&meta.partitions)?,
             take(&meta.offsets)?,
-            take(&meta.keys)?,
+            Arc::new(rejected.iter().map(|i| key(*i)).collect::<StringArray>()),
             take(&meta.lines)?,
             Arc::new(payloads),
             Arc::new(reason_col),

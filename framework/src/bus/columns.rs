@@ -7,12 +7,16 @@
 //!
 //! Where each key is the given value fields joined by a separator ([`Columns::key_of`]), as a
 //! producer's keys are, a block stores only the keys that are not (a broken record's): the key
-//! column is otherwise a second copy of those fields, a third of a block's bytes.
+//! column is otherwise a second copy of those fields, a third of a block's bytes. A block read
+//! back keeps its keys so: [`keys`] joins the missing ones for a reader that needs every key,
+//! and bronze, which stores only the keys that are not the record's own, takes them as they are
+//! ([`keys_declared_as`]).
 //!
 //! The JSON of a row writes its fields in column order; a null field is `null`, except a field
 //! whose name starts with `_` (the message's metadata, such as a broken record's `_raw`), which
 //! is written only where set.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, AsArray, Int64Array, StringArray, StringBuilder};
@@ -166,7 +170,7 @@ pub fn check(batch: &RecordBatch) -> Result<(), String> {
         && batch.column(0).null_count() == 0
         && fields[1].name() == KEY
         && fields[1].data_type() == &DataType::Utf8
-        && batch.column(1).null_count() == 0
+        && (batch.column(1).null_count() == 0 || declared_key(batch).is_some())
         && fields[HEAD..]
             .iter()
             .all(|f| f.data_type() == &DataType::Utf8);
@@ -185,9 +189,46 @@ pub fn timestamps(batch: &RecordBatch) -> &Int64Array {
     batch.column(0).as_primitive()
 }
 
-/// The keys of a batch of messages as columns.
-pub fn keys(batch: &RecordBatch) -> &StringArray {
-    batch.column(1).as_string()
+/// The keys of a batch of messages as columns. A block read from the log stores only the keys
+/// that are not its declared key ([`Columns::key_of`]); those are joined here.
+pub fn keys(batch: &RecordBatch) -> Cow<'_, StringArray> {
+    let stored: &StringArray = batch.column(1).as_string();
+    match declared_key(batch) {
+        Some((positions, separator)) if stored.null_count() > 0 => {
+            let mut keys =
+                StringBuilder::with_capacity(batch.num_rows(), stored.value_data().len());
+            let mut joined = String::new();
+            for row in 0..batch.num_rows() {
+                if stored.is_valid(row) {
+                    keys.append_value(stored.value(row));
+                } else {
+                    join_key(batch, &positions, &separator, row, &mut joined);
+                    keys.append_value(&joined);
+                }
+            }
+            Cow::Owned(keys.finish())
+        }
+        _ => Cow::Borrowed(stored),
+    }
+}
+
+/// The key column as stored, when the batch declares its keys as the value fields `fields`
+/// joined by `separator`: null where a message's key is exactly that, the key where it is not.
+/// A consumer that needs only the keys that differ reads them without joining any.
+pub fn keys_declared_as<'a>(
+    batch: &'a RecordBatch,
+    fields: &[&str],
+    separator: &str,
+) -> Option<&'a StringArray> {
+    let (positions, declared) = declared_key(batch)?;
+    let schema = batch.schema_ref();
+    let same = declared == separator
+        && positions.len() == fields.len()
+        && positions
+            .iter()
+            .zip(fields)
+            .all(|(&at, field)| schema.field(at).name() == field);
+    same.then(|| batch.column(1).as_string())
 }
 
 /// The value fields of a batch of messages as columns: name and column.
@@ -321,6 +362,7 @@ pub(crate) fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
     let batch = match declared_key(batch) {
         Some((positions, separator)) => {
             let keys = keys(batch);
+            let keys = keys.as_ref();
             let mut joined = String::new();
             let own: StringArray = (0..batch.num_rows())
                 .map(|row| {
@@ -341,7 +383,7 @@ pub(crate) fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
     writer.into_inner()
 }
 
-/// The one record batch of an Arrow IPC stream, its columns sharing `bytes`.
+/// The one record batch of an Arrow IPC stream, its columns sharing `bytes`, keys as stored.
 pub(crate) fn decode(bytes: Vec<u8>) -> Result<RecordBatch, String> {
     let mut buffer = Buffer::from_vec(bytes);
     let mut decoder = StreamDecoder::new();
@@ -354,24 +396,9 @@ pub(crate) fn decode(bytes: Vec<u8>) -> Result<RecordBatch, String> {
         }
     }
     decoder.finish().map_err(|e| e.to_string())?;
-    let mut batch = batch.ok_or("no record batch in a block")?;
-    if let Some((positions, separator)) = declared_key(&batch) {
-        let stored = batch
-            .column(1)
-            .as_string_opt::<i32>()
-            .ok_or("the key column of a block is not text")?;
-        let mut keys = StringBuilder::with_capacity(batch.num_rows(), stored.value_data().len());
-        let mut joined = String::new();
-        for row in 0..batch.num_rows() {
-            if stored.is_valid(row) {
-                keys.append_value(stored.value(row));
-            } else {
-                join_key(&batch, &positions, &separator, row, &mut joined);
-                keys.append_value(&joined);
-            }
-        }
-        batch = with_keys(&batch, keys.finish()).map_err(|e| e.to_string())?;
-    }
+    let batch = batch.ok_or("no record batch in a block")?;
+    // The keys stay as stored (null where a message's key is the declared one): [`keys`]
+    // joins them for a reader that needs every key.
     check(&batch)?;
     Ok(batch)
 }

@@ -851,13 +851,17 @@ async fn rebuild_latest_by(
         table: table.name().to_owned(),
         source,
     };
+    let started = Instant::now();
     let ctx = session();
     lake.register(&ctx, Layer::Silver, table.name(), "s")
         .await?;
     let rows = collect(&ctx, "SELECT * FROM s").await.map_err(query)?;
+    let read_s = started.elapsed().as_secs_f64();
     // The same hash pass as the batch dedup, keyed by `latest.key`.
     let batch = super::dedup::latest_per_key(&rows, &latest.key).map_err(|e| query(e.into()))?;
     drop(rows);
+    let dedup_s = started.elapsed().as_secs_f64() - read_s;
+    let written = batch.num_rows();
     lake.write(
         Layer::Silver,
         &latest.name,
@@ -867,5 +871,13 @@ async fn rebuild_latest_by(
         true,
     )
     .await?;
+    tracing::debug!(
+        table = latest.name,
+        rows = written,
+        read_s,
+        dedup_s,
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: latest_by table rebuilt"
+    );
     Ok(())
 }
