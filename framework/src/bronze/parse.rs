@@ -241,13 +241,12 @@ fn own_key_text(table: &Table, text: &[StringArray]) -> Option<Vec<StringArray>>
         .collect()
 }
 
-/// Row `row`'s own key: its key cells joined by `|` (a null cell as empty text).
+/// Row `row`'s own key: its key cells joined by `|`, as the producer joins them.
 fn join_own_key(key_columns: &[StringArray], row: usize) -> String {
-    key_columns
-        .iter()
-        .map(|c| if c.is_valid(row) { c.value(row) } else { "" })
-        .collect::<Vec<_>>()
-        .join("|")
+    let columns: Vec<&StringArray> = key_columns.iter().collect();
+    let mut key = String::new();
+    columns::join_key(&columns, "|", row, &mut key);
+    key
 }
 
 /// Whether `key` is row `row`'s cells of `key_columns` joined by `|`, compared piece by piece.

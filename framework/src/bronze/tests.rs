@@ -7,8 +7,17 @@ use super::*;
 use crate::bus::{Bytes, Message};
 use crate::idcard::compile;
 
+/// The one table of an idcard's text.
+fn table_of(text: &str) -> crate::idcard::Table {
+    compile(&[(PathBuf::from("t.yaml"), text.to_owned())])
+        .unwrap()
+        .tables
+        .remove(0)
+}
+
 fn table() -> crate::idcard::Table {
-    let text = "\
+    table_of(
+        "\
 table: t
 source: { format: csv, path: t.csv }
 topic: { name: raw_t }
@@ -19,11 +28,8 @@ schema:
   - { name: day, type: date, format: \"%d/%m/%Y\" }
 key: [id]
 mode: DIFF
-";
-    compile(&[(PathBuf::from("t.yaml"), text.to_owned())])
-        .unwrap()
-        .tables
-        .remove(0)
+",
+    )
 }
 
 fn message(offset: u64, value: &str) -> Message {
@@ -101,7 +107,8 @@ fn good_rows_are_typed_and_bad_ones_rejected_with_the_reason() {
 /// joined by `|`); a reject (here a null key column, a bad number) keeps its key.
 #[test]
 fn bronze_keeps_a_key_only_where_it_is_not_the_records_own() {
-    let text = "\
+    let table = table_of(
+        "\
 table: t
 source: { format: csv, path: t.csv }
 topic: { name: raw_t }
@@ -111,11 +118,8 @@ schema:
   - { name: n, type: int }
 key: [id, part]
 mode: DIFF
-";
-    let table = compile(&[(PathBuf::from("t.yaml"), text.to_owned())])
-        .unwrap()
-        .tables
-        .remove(0);
+",
+    );
     let keyed = |offset: u64, key: &'static str, value: &str| Message {
         key: Bytes::from_static(key.as_bytes()),
         ..message(offset, value)

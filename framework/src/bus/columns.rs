@@ -198,11 +198,12 @@ pub fn keys(batch: &RecordBatch) -> Cow<'_, StringArray> {
             let mut keys =
                 StringBuilder::with_capacity(batch.num_rows(), stored.value_data().len());
             let mut joined = String::new();
+            let key_columns = text_columns(batch, &positions);
             for row in 0..batch.num_rows() {
                 if stored.is_valid(row) {
                     keys.append_value(stored.value(row));
                 } else {
-                    join_key(batch, &positions, &separator, row, &mut joined);
+                    join_key(&key_columns, &separator, row, &mut joined);
                     keys.append_value(&joined);
                 }
             }
@@ -321,24 +322,26 @@ fn declared_key(batch: &RecordBatch) -> Option<(Vec<usize>, String)> {
     Some((positions, metadata.get(KEY_SEPARATOR)?.clone()))
 }
 
-/// Row `row`'s declared key, into `out`.
-fn join_key(
-    batch: &RecordBatch,
-    positions: &[usize],
-    separator: &str,
-    row: usize,
-    out: &mut String,
-) {
+/// Row `row`'s cells of `columns` joined by `separator` (a null cell as empty text), into
+/// `out`: how a producer's key is made from its key fields.
+pub(crate) fn join_key(columns: &[&StringArray], separator: &str, row: usize, out: &mut String) {
     out.clear();
-    for (i, &at) in positions.iter().enumerate() {
+    for (i, column) in columns.iter().enumerate() {
         if i > 0 {
             out.push_str(separator);
         }
-        let column = batch.column(at).as_string::<i32>();
         if column.is_valid(row) {
             out.push_str(column.value(row));
         }
     }
+}
+
+/// The text columns at `positions` (checked to be text by [`declared_key`]).
+fn text_columns<'a>(batch: &'a RecordBatch, positions: &[usize]) -> Vec<&'a StringArray> {
+    positions
+        .iter()
+        .map(|&at| batch.column(at).as_string::<i32>())
+        .collect()
 }
 
 /// `batch` with its key column replaced by `keys`.
@@ -364,9 +367,10 @@ pub(crate) fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
             let keys = keys(batch);
             let keys = keys.as_ref();
             let mut joined = String::new();
+            let key_columns = text_columns(batch, &positions);
             let own: StringArray = (0..batch.num_rows())
                 .map(|row| {
-                    join_key(batch, &positions, &separator, row, &mut joined);
+                    join_key(&key_columns, &separator, row, &mut joined);
                     (keys.value(row) != joined).then(|| keys.value(row))
                 })
                 .collect();
