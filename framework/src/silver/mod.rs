@@ -7,6 +7,7 @@
 //! and a crash before the commit re-does the batch.
 
 mod dedup;
+mod known_keys;
 pub(crate) mod sql;
 #[cfg(test)]
 mod tests;

@@ -15,8 +15,9 @@ use deltalake::kernel::transaction::CommitProperties;
 use crate::idcard::compile::enrich_column_names;
 use crate::idcard::{Action, Mode, Project, Table};
 use crate::lake::{Lake, Layer, LiveFiles, collect_batches, session};
-use crate::offsets::{Cursor, OFFSET, PARTITION, Stage};
+use crate::offsets::{Cursor, Ends, OFFSET, Offsets, PARTITION, Stage};
 
+use super::known_keys::KnownKeys;
 use super::sql::{ident, ident_list, key_match, literal, normalised, passes, row_rules, rule_name};
 use super::{Error, Result};
 
@@ -132,6 +133,7 @@ async fn refine_leased(
     // Each batch in a session of its own (its in-memory tables are its own), on the same bronze
     // snapshot.
     let bronze = ctx.table_provider("bronze").await.map_err(query)?;
+    let mut known = known_keys(lake, table, &ends, &done, window).await?;
     let mut from = done;
     loop {
         let batch = ends.window(&from, window);
@@ -145,13 +147,40 @@ async fn refine_leased(
             .map_err(query)?;
         crate::pii::udf::register_same(&ctx, &options.keys);
         refine_batch(
-            lake, project, table, &ctx, &cursor, &checks, &filter, txns, &mut stats,
+            lake,
+            project,
+            table,
+            &ctx,
+            &cursor,
+            &checks,
+            &filter,
+            txns,
+            known.as_mut(),
+            &mut stats,
         )
         .await?;
         from = from.advanced(&batch);
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// Key hashes to carry from window to window, for an APPEND table that holds no row yet and
+/// whose delivery takes more than one window (see [`KnownKeys`]).
+async fn known_keys(
+    lake: &Lake,
+    table: &Table,
+    ends: &Ends,
+    done: &Offsets,
+    window: i64,
+) -> Result<Option<KnownKeys>> {
+    let first = ends.window(done, window);
+    let one_window = ends.window(&done.advanced(&first), window).is_empty();
+    if table.mode() != Mode::Append || one_window {
+        return Ok(None);
+    }
+    let empty = lake.count(Layer::Silver, table.name()).await? == 0;
+    Ok(empty.then(|| KnownKeys::empty(table.key())))
 }
 
 /// The row rules of a table as SQL: each row normalised, then the first rule it fails and that
@@ -258,6 +287,7 @@ async fn refine_batch(
     checks: &RowChecks,
     filter: &str,
     txns: Vec<(String, i64)>,
+    known: Option<&mut KnownKeys>,
     stats: &mut SilverStats,
 ) -> Result<()> {
     let started = Instant::now();
@@ -368,7 +398,7 @@ async fn refine_batch(
         "silver: deduplicated"
     );
     crate::fault::crash_point(&format!("silver-before-merge:{name}"));
-    apply(lake, ctx, table, rows, txns, cursor).await?;
+    apply(lake, ctx, table, rows, txns, cursor, known).await?;
     crate::fault::crash_point(&format!("silver-after-merge:{name}"));
     tracing::debug!(
         table = name,
@@ -483,6 +513,7 @@ async fn apply(
     rows: DataFrame,
     txns: Vec<(String, i64)>,
     cursor: &Cursor,
+    known: Option<&mut KnownKeys>,
 ) -> Result<()> {
     let name = table.name();
     let query = |source| Error::Query {
@@ -497,23 +528,7 @@ async fn apply(
     };
     let existing = lake.open(Layer::Silver, name).await?;
     if table.mode() == Mode::Append && existing.is_some() {
-        // Insert the keys silver lacks: an anti join on the key columns and a plain append
-        // (MERGE would read and plan every target column); a batch of keys all present
-        // commits only its offsets.
-        lake.register(ctx, Layer::Silver, name, "target").await?;
-        ctx.register_table("batch_rows", rows.into_view())
-            .map_err(query)?;
-        let on = key_match(table.key(), "t", "b");
-        // No new key: one empty batch, so that the commit still records the offsets.
-        let new = collect(
-            ctx,
-            &format!(
-                "SELECT b.* EXCLUDE (_delete) FROM batch_rows b WHERE NOT b._delete \
-                 AND NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
-            ),
-        )
-        .await
-        .map_err(query)?;
+        let new = unseen_keys(lake, ctx, table, rows, known).await?;
         lake.write(Layer::Silver, name, new, &[], txns, false)
             .await?;
         return Ok(());
@@ -528,6 +543,9 @@ async fn apply(
             .map_err(query)?;
         // Collected: the batch's deduplicated rows are not read again.
         ctx.deregister_table("latest").map_err(query)?;
+        if let Some(known) = known {
+            known.add(&batches).map_err(|e| query(e.into()))?;
+        }
         let overwrite = table.mode() == Mode::Full;
         lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
             .await?;
@@ -598,6 +616,58 @@ async fn apply(
         .map_err(delta_err)?;
     merge.await.map_err(delta_err)?;
     Ok(())
+}
+
+/// The rows of an APPEND batch whose key silver lacks (`rows` holds `_delete`; deletes are left
+/// out): an anti join on the key columns against the table, not a MERGE, which would read and plan
+/// every target column. With `known`, only the rows whose key hash is known are joined, and the
+/// new keys are remembered. No new key gives no batch: the commit still records the offsets.
+async fn unseen_keys(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &Table,
+    rows: DataFrame,
+    known: Option<&mut KnownKeys>,
+) -> Result<Vec<RecordBatch>> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    lake.register(ctx, Layer::Silver, name, "target").await?;
+    let rows = rows
+        .filter(col("_delete").is_false())
+        .and_then(|rows| rows.drop_columns(&["_delete"]))
+        .map_err(query)?;
+    let on = key_match(table.key(), "t", "b");
+    let anti_join = format!(
+        "SELECT b.* FROM batch_rows b WHERE NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
+    );
+    let Some(known) = known else {
+        ctx.register_table("batch_rows", rows.into_view())
+            .map_err(query)?;
+        return collect(ctx, &anti_join).await.map_err(query);
+    };
+    let rows = rows.collect().await.map_err(query)?;
+    let split = known.split(&rows).map_err(|e| query(e.into()))?;
+    drop(rows);
+    let mut new = split.fresh;
+    let fresh = new.iter().map(RecordBatch::num_rows).sum::<usize>();
+    if let Some(first) = split.maybe_stored.first() {
+        let maybe = MemTable::try_new(first.schema(), vec![split.maybe_stored]).map_err(query)?;
+        ctx.register_table("batch_rows", Arc::new(maybe))
+            .map_err(query)?;
+        new.extend(collect(ctx, &anti_join).await.map_err(query)?);
+    }
+    new.retain(|b| b.num_rows() > 0);
+    known.add(&new).map_err(|e| query(e.into()))?;
+    tracing::debug!(
+        table = name,
+        fresh,
+        known = known.len(),
+        "silver: keys new by their hash, the rest joined"
+    );
+    Ok(new)
 }
 
 /// The rows of a DIFF batch that change stored keys, and the new keys beside them.
