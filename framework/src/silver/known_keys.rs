@@ -33,12 +33,12 @@ pub struct Split {
 }
 
 impl KnownKeys {
-    /// No key known yet: for a table that holds no row.
-    pub fn empty(key: &[String]) -> Self {
+    /// No key known yet: for a table that holds no row, with room for `capacity` keys.
+    pub fn empty(key: &[String], capacity: usize) -> Self {
         Self {
             key: key.to_vec(),
             state: RandomState::with_seed(0),
-            hashes: HashSet::with_hasher(RandomState::with_seed(1)),
+            hashes: HashSet::with_capacity_and_hasher(capacity, RandomState::with_seed(1)),
         }
     }
 
@@ -134,7 +134,7 @@ mod tests {
     /// A key is known only once added, and only with all its columns equal.
     #[test]
     fn a_key_is_known_once_written_and_only_whole() {
-        let mut known = KnownKeys::empty(&["zip".to_owned(), "lat".to_owned()]);
+        let mut known = KnownKeys::empty(&["zip".to_owned(), "lat".to_owned()], 2);
         let first = batch(&["01001", "01002"], &[1.5, -2.0]);
         let split = known.split(std::slice::from_ref(&first)).expect("split");
         assert_eq!(rows(&split.fresh).len(), 2);

@@ -180,7 +180,10 @@ async fn known_keys(
         return Ok(None);
     }
     let empty = lake.count(Layer::Silver, table.name()).await? == 0;
-    Ok(empty.then(|| KnownKeys::empty(table.key())))
+    // At most one key per offset of the delivery: room for them all up front, so the set is
+    // not copied as it grows.
+    let offsets: i64 = ends.iter().map(|(p, end)| end - done.next(p)).sum();
+    Ok(empty.then(|| KnownKeys::empty(table.key(), offsets.max(0) as usize)))
 }
 
 /// The row rules of a table as SQL: each row normalised, then the first rule it fails and that
@@ -648,8 +651,11 @@ async fn unseen_keys(
             .map_err(query)?;
         return collect(ctx, &anti_join).await.map_err(query);
     };
+    let started = Instant::now();
     let rows = rows.collect().await.map_err(query)?;
+    let collect_s = started.elapsed().as_secs_f64();
     let split = known.split(&rows).map_err(|e| query(e.into()))?;
+    let split_s = started.elapsed().as_secs_f64() - collect_s;
     drop(rows);
     let mut new = split.fresh;
     let fresh = new.iter().map(RecordBatch::num_rows).sum::<usize>();
@@ -665,6 +671,9 @@ async fn unseen_keys(
         table = name,
         fresh,
         known = known.len(),
+        collect_s,
+        split_s,
+        seconds = started.elapsed().as_secs_f64(),
         "silver: keys new by their hash, the rest joined"
     );
     Ok(new)
