@@ -279,64 +279,119 @@ async fn produce_lane(
     bars: MultiProgress,
     produced: tokio::sync::mpsc::Sender<(crate::idcard::Table, TableReport)>,
 ) -> Result<()> {
-    for table in tables {
-        let mut report = TableReport {
-            table: table.name().to_owned(),
-            ..TableReport::default()
-        };
-        if options.produce {
-            // Checked and recorded under the table's delivery lease: two runs never both send
-            // a new file.
-            let _lease = lake
-                .lease(Layer::Meta, &format!("deliveries-{}", table.name()))
-                .await?;
-            let delivery = deliveries::fingerprint(&table, &options.data)?;
-            let done = if options.resend {
-                None
+    // The delivery record of the table before, committed while this one is checked and sent
+    // (one at a time, so the deliveries table takes its commits in order).
+    let mut recording = None;
+    let lane = async {
+        for table in tables {
+            let report = if options.produce {
+                produce_delivery(&table, &bus, &lake, &options, &bars, &mut recording).await?
             } else {
-                deliveries::delivered(&lake, &delivery).await?
+                TableReport {
+                    table: table.name().to_owned(),
+                    ..TableReport::default()
+                }
             };
-            if let Some(at) = done {
-                report.produce_skipped = Some(format!(
-                    "produce {}: {} was already ingested unchanged ({} bytes, at {at}); not sent again (--resend sends it)",
-                    table.name(),
-                    delivery.file,
-                    delivery.bytes
-                ));
-            } else {
-                let bar = bars.add(bar(table.name(), "produce"));
-                let stats = {
-                    let (bus, table, options, bar) =
-                        (bus.clone(), table.clone(), options.clone(), bar.clone());
-                    tokio::task::spawn_blocking(move || {
-                        source::produce(
-                            &bus,
-                            &table,
-                            &options.data,
-                            &options.produce_options,
-                            &|done, total| {
-                                bar.set_length(total);
-                                bar.set_position(done);
-                            },
-                        )
-                    })
-                    .await
-                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?
-                };
-                bar.finish_and_clear();
-                deliveries::record(&lake, &delivery, stats.messages).await?;
-                report.rows_read = stats.rows_read;
-                report.produced = stats.messages;
-                report.warnings = stats.warnings;
-                report.produce_s = stats.seconds;
+            if produced.send((table, report)).await.is_err() {
+                // A later lane stopped on an error, which the run reports.
+                break;
             }
         }
-        if produced.send((table, report)).await.is_err() {
-            // A later lane stopped on an error, which the run reports.
-            break;
-        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    // Also after an error: the record in flight is finished, not cut short.
+    let recorded = match recording {
+        Some(last) => joined(last).await,
+        None => Ok(()),
+    };
+    lane.and(recorded)
+}
+
+/// Sends `table`'s source file unless the same file was delivered before (checked and
+/// recorded under the table's delivery lease: two runs never both send a new file). The record
+/// is left committing in `recording`, after the one before it.
+async fn produce_delivery(
+    table: &crate::idcard::Table,
+    bus: &Bus,
+    lake: &Lake,
+    options: &RunOptions,
+    bars: &MultiProgress,
+    recording: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+) -> Result<TableReport> {
+    let mut report = TableReport {
+        table: table.name().to_owned(),
+        ..TableReport::default()
+    };
+    let started = std::time::Instant::now();
+    let lease = lake
+        .lease(Layer::Meta, &format!("deliveries-{}", table.name()))
+        .await?;
+    let delivery = deliveries::fingerprint(table, &options.data)?;
+    let done = if options.resend {
+        None
+    } else {
+        deliveries::delivered(lake, &delivery).await?
+    };
+    tracing::debug!(
+        table = table.name(),
+        seconds = started.elapsed().as_secs_f64(),
+        "produce: delivery checked"
+    );
+    if let Some(at) = done {
+        report.produce_skipped = Some(format!(
+            "produce {}: {} was already ingested unchanged ({} bytes, at {at}); not sent again (--resend sends it)",
+            table.name(),
+            delivery.file,
+            delivery.bytes
+        ));
+        return Ok(report);
+    }
+    let bar = bars.add(bar(table.name(), "produce"));
+    let stats = {
+        let (bus, table, options, bar) = (bus.clone(), table.clone(), options.clone(), bar.clone());
+        joined(tokio::task::spawn_blocking(move || {
+            source::produce(
+                &bus,
+                &table,
+                &options.data,
+                &options.produce_options,
+                &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )
+        }))
+        .await?
+    };
+    bar.finish_and_clear();
+    if let Some(before) = recording.take() {
+        joined(before).await?;
+    }
+    let (lake, name) = (lake.clone(), table.name().to_owned());
+    let messages = stats.messages;
+    *recording = Some(tokio::spawn(async move {
+        let _lease = lease;
+        let started = std::time::Instant::now();
+        deliveries::record(&lake, &delivery, messages).await?;
+        tracing::debug!(
+            table = name,
+            seconds = started.elapsed().as_secs_f64(),
+            "produce: delivery recorded"
+        );
+        Ok(())
+    }));
+    report.rows_read = stats.rows_read;
+    report.produced = stats.messages;
+    report.warnings = stats.warnings;
+    report.produce_s = stats.seconds;
+    Ok(report)
+}
+
+/// The result of a spawned task (its panic goes on).
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
+    task.await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
 
 /// Ingests each produced table into bronze in turn, handing each table's report to the refine
