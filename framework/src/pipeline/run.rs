@@ -160,18 +160,21 @@ pub async fn run(
 /// fixed costs (log reads, planning, commits), which two overlap on the two cores.
 const SILVER_AT_ONCE: usize = 2;
 
-/// A delivery of more messages than this is refined alone: its silver keeps both cores busy
-/// by itself, and running another beside it only adds memory (each holds a window of its
-/// delivery). Measured at scale 10, two large tables at once took 72.6 s and 3.24 GiB where
-/// one at a time took 58.5 s and 2.73 GiB. The Kaggle-sized tables (about 100 000 rows each)
+/// A delivery of more messages than this is large: two large ones are not refined at once,
+/// since each holds a window of its delivery. Measured at scale 10, two large tables at once
+/// took 72.6 s and 3.24 GiB where one at a time took 58.5 s and 2.73 GiB. A small one may run
+/// beside a large one: at scale 1, the small tables ingested while geolocation's silver ran
+/// waited for it before; beside it the first delivery took 2.93-2.96 s instead of 2.98-3.06 s
+/// (three alternations, 2026-12-05), peak 704-763 MiB instead of 659-724, scale 10 unchanged
+/// (31.8-32.9 s, 1.39-1.45 GiB). The Kaggle-sized tables (about 100 000 rows each)
 /// are small: at scale 1, six runs of each binary alternated (2026-12-04 19:40), 200 000
 /// instead of 50 000 took the first delivery from 3.51-4.40 s to 3.49-4.01 s (the tables after
 /// geolocation refined two at a time instead of one by one on one core), at the same peak;
 /// scale 10, whose tables are larger, did not change (46.9 vs 48.2 s, 1.48 vs 1.42 GiB).
 const SMALL_DELIVERY: u64 = 200_000;
 
-/// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] small
-/// deliveries at a time (a large one alone, see [`SMALL_DELIVERY`]); a table waits for the
+/// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] deliveries
+/// at a time, at most one of them large (see [`SMALL_DELIVERY`]); a table waits for the
 /// silver of the tables it enriches from when they are in this run.
 /// Returns the reports in the run's table order and the produce stage's notes. After an error
 /// no table is started and those running are waited for (aborting one would cut a write
@@ -196,9 +199,9 @@ async fn refine_lane(
     let large = |report: &TableReport| report.consumed > SMALL_DELIVERY;
     let mut large_running = false;
     loop {
-        while failed.is_none() && running.len() < SILVER_AT_ONCE && !large_running {
+        while failed.is_none() && running.len() < SILVER_AT_ONCE {
             let ready = waiting.iter().position(|(i, report)| {
-                (running.is_empty() || !large(report))
+                !(large_running && large(report))
                     && selected[*i]
                         .depends_on
                         .iter()
@@ -210,7 +213,7 @@ async fn refine_lane(
                 reports[i] = Some(report);
                 continue;
             }
-            large_running = large(&report);
+            large_running |= large(&report);
             let table = selected[i].clone();
             let spinner = bars
                 .add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
