@@ -431,7 +431,7 @@ async fn keep(
 /// Most bytes an ephemeral model shared by several models of a build may hold in memory; a
 /// larger one is inlined into each model that reads it, as usual. Holding one costs less memory
 /// than recomputing it in each reader: at scale 10 the delivered items (252 MB, compacted) held
-/// gave a gold build of 3.3 s and 1.29 GB peak, inlined 4.6 s and 1.44 GB.
+/// gave a gold build of 3.3 s and 1.23 GiB peak, inlined 4.6 s and 1.38 GiB.
 const SHARED_LIMIT: usize = 512 * 1024 * 1024;
 
 /// The ephemeral models (by name) that two or more stored models of this build read: each is
