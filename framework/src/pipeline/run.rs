@@ -156,8 +156,9 @@ pub async fn run(
     Ok(run)
 }
 
-/// How many small deliveries are refined into silver at once: each one's silver is mostly
-/// fixed costs (log reads, planning, commits), which two overlap on the two cores.
+/// How many deliveries are refined into silver at once (at most one of them large, see
+/// [`SMALL_DELIVERY`]): a small one's silver is mostly fixed costs (log reads, planning,
+/// commits), which two overlap on the two cores.
 const SILVER_AT_ONCE: usize = 2;
 
 /// A delivery of more messages than this is large: two large ones are not refined at once,
@@ -368,9 +369,12 @@ async fn produce_delivery(
         .await?
     };
     bar.finish_and_clear();
-    if let Some(before) = recording.take() {
-        joined(before).await?;
-    }
+    // The record before this one first; this one is recorded even if that one failed (it is
+    // on the topic), then that error is the lane's.
+    let before = match recording.take() {
+        Some(before) => joined(before).await,
+        None => Ok(()),
+    };
     let (lake, name) = (lake.clone(), table.name().to_owned());
     let messages = stats.messages;
     *recording = Some(tokio::spawn(async move {
@@ -384,6 +388,7 @@ async fn produce_delivery(
         );
         Ok(())
     }));
+    before?;
     report.rows_read = stats.rows_read;
     report.produced = stats.messages;
     report.warnings = stats.warnings;

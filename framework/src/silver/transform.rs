@@ -165,6 +165,10 @@ async fn refine_leased(
     Ok(stats)
 }
 
+/// Most keys [`known_keys`] makes room for up front: a hash table of 2^24 slots, about 150 MiB
+/// (scale 10's geolocation is 10.5 M offsets).
+const KNOWN_KEYS_ROOM: usize = 12 << 20;
+
 /// Key hashes to carry from window to window, for an APPEND table that holds no row yet and
 /// whose delivery takes more than one window (see [`KnownKeys`]).
 async fn known_keys(
@@ -180,10 +184,12 @@ async fn known_keys(
         return Ok(None);
     }
     let empty = lake.count(Layer::Silver, table.name()).await? == 0;
-    // At most one key per offset of the delivery: room for them all up front, so the set is
-    // not copied as it grows.
+    // At most one key per offset of the delivery: room for them up front, so the set is not
+    // copied as it grows. Offsets overstate rows where a topic's retention trimmed its start,
+    // so the room is capped; past it the set grows as needed.
     let offsets: i64 = ends.iter().map(|(p, end)| end - done.next(p)).sum();
-    Ok(empty.then(|| KnownKeys::empty(table.key(), offsets.max(0) as usize)))
+    let room = (offsets.max(0) as usize).min(KNOWN_KEYS_ROOM);
+    Ok(empty.then(|| KnownKeys::empty(table.key(), room)))
 }
 
 /// The row rules of a table as SQL: each row normalised, then the first rule it fails and that
@@ -637,7 +643,6 @@ async fn unseen_keys(
         table: name.to_owned(),
         source,
     };
-    lake.register(ctx, Layer::Silver, name, "target").await?;
     let rows = rows
         .filter(col("_delete").is_false())
         .and_then(|rows| rows.drop_columns(&["_delete"]))
@@ -647,6 +652,7 @@ async fn unseen_keys(
         "SELECT b.* FROM batch_rows b WHERE NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
     );
     let Some(known) = known else {
+        lake.register(ctx, Layer::Silver, name, "target").await?;
         ctx.register_table("batch_rows", rows.into_view())
             .map_err(query)?;
         return collect(ctx, &anti_join).await.map_err(query);
@@ -660,6 +666,7 @@ async fn unseen_keys(
     let mut new = split.fresh;
     let fresh = new.iter().map(RecordBatch::num_rows).sum::<usize>();
     if let Some(first) = split.maybe_stored.first() {
+        lake.register(ctx, Layer::Silver, name, "target").await?;
         let maybe = MemTable::try_new(first.schema(), vec![split.maybe_stored]).map_err(query)?;
         ctx.register_table("batch_rows", Arc::new(maybe))
             .map_err(query)?;
