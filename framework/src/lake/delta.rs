@@ -656,9 +656,7 @@ impl Lake {
             return Ok(rows);
         }
         let ctx = session();
-        if !self.register(&ctx, layer, table, "t").await? {
-            return Ok(0);
-        }
+        Self::register_loaded(&ctx, layer, table, "t", &delta).await?;
         let query = |source| Error::Query {
             layer,
             table: table.to_owned(),

@@ -47,17 +47,24 @@ impl KnownKeys {
         self.hashes.len()
     }
 
-    /// Splits `batches` (which hold the key columns) into rows whose key is surely not stored
-    /// and rows that need the check against the table.
-    pub fn split(&self, batches: &[RecordBatch]) -> Result<Split, ArrowError> {
+    /// Splits `batches` (which hold the key columns, each key once) into rows whose key is
+    /// surely not stored, which it remembers (the caller writes them), and rows that need the
+    /// check against the table, which [`Self::add`] remembers once written.
+    pub fn split(&mut self, batches: &[RecordBatch]) -> Result<Split, ArrowError> {
         let mut split = Split::default();
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            let known: BooleanArray = self
-                .hashes_of(batch)?
+            let hashes = self.hashes_of(batch)?;
+            let known: BooleanArray = hashes
                 .iter()
                 .map(|h| Some(self.hashes.contains(h)))
                 .collect();
             let fresh = deltalake::arrow::compute::not(&known)?;
+            self.hashes.extend(
+                hashes
+                    .iter()
+                    .zip(fresh.values().iter())
+                    .filter_map(|(&hash, fresh)| fresh.then_some(hash)),
+            );
             if known.true_count() > 0 {
                 split.maybe_stored.push(filter_record_batch(batch, &known)?);
             }
@@ -139,7 +146,7 @@ mod tests {
         let split = known.split(std::slice::from_ref(&first)).expect("split");
         assert_eq!(rows(&split.fresh).len(), 2);
         assert!(split.maybe_stored.is_empty());
-        known.add(&[first]).expect("add");
+        // The fresh keys are remembered by the split itself.
         assert_eq!(known.len(), 2);
 
         let second = batch(
@@ -155,5 +162,9 @@ mod tests {
             rows(&split.fresh),
             [("01001".to_owned(), 2.5), ("01003".to_owned(), 1.5)]
         );
+        assert_eq!(known.len(), 4);
+        // Rows checked against the table and written are added once more: nothing new.
+        known.add(&split.maybe_stored).expect("add");
+        assert_eq!(known.len(), 4);
     }
 }

@@ -659,9 +659,8 @@ async fn unseen_keys(
     };
     let started = Instant::now();
     let rows = rows.collect().await.map_err(query)?;
-    let collect_s = started.elapsed().as_secs_f64();
+    // The fresh rows' keys are remembered by the split; the joined ones once they are new.
     let split = known.split(&rows).map_err(|e| query(e.into()))?;
-    let split_s = started.elapsed().as_secs_f64() - collect_s;
     drop(rows);
     let mut new = split.fresh;
     let fresh = new.iter().map(RecordBatch::num_rows).sum::<usize>();
@@ -670,16 +669,15 @@ async fn unseen_keys(
         let maybe = MemTable::try_new(first.schema(), vec![split.maybe_stored]).map_err(query)?;
         ctx.register_table("batch_rows", Arc::new(maybe))
             .map_err(query)?;
-        new.extend(collect(ctx, &anti_join).await.map_err(query)?);
+        let joined = collect(ctx, &anti_join).await.map_err(query)?;
+        known.add(&joined).map_err(|e| query(e.into()))?;
+        new.extend(joined);
     }
     new.retain(|b| b.num_rows() > 0);
-    known.add(&new).map_err(|e| query(e.into()))?;
     tracing::debug!(
         table = name,
         fresh,
         known = known.len(),
-        collect_s,
-        split_s,
         seconds = started.elapsed().as_secs_f64(),
         "silver: keys new by their hash, the rest joined"
     );
