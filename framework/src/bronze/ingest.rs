@@ -78,7 +78,47 @@ pub async fn ingest(
 ) -> Result<BronzeStats> {
     match bus {
         Bus::Kafka(kafka) => ingest_group(kafka, lake, table, options, progress).await,
-        Bus::Embedded(log) => ingest_partitions(log, lake, table, options, progress).await,
+        Bus::Embedded(log) => {
+            ingest_partitions(log, lake, table, options, progress, Batches::All).await
+        }
+    }
+}
+
+/// While `table` is still being produced onto the embedded log: stores the whole batches
+/// (`batch_size` messages of a partition) already on the topic and leaves the rest, so that a
+/// bronze that follows its producer commits batches as large as one that starts after it.
+/// Nothing on Kafka, whose reader stops by its own rule ([`ingest`] once producing is done).
+pub async fn ingest_whole_batches(
+    bus: &Bus,
+    lake: &Lake,
+    table: &Table,
+    options: &BronzeOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<BronzeStats> {
+    match bus {
+        Bus::Kafka(_) => Ok(BronzeStats::default()),
+        Bus::Embedded(log) => {
+            ingest_partitions(log, lake, table, options, progress, Batches::Whole).await
+        }
+    }
+}
+
+/// Which of the messages past the stored offsets a pass over the embedded log stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batches {
+    /// Everything up to each partition's end.
+    All,
+    /// Only whole batches of a partition ([`ingest_whole_batches`]).
+    Whole,
+}
+
+impl std::ops::AddAssign for BronzeStats {
+    fn add_assign(&mut self, other: Self) {
+        self.messages += other.messages;
+        self.rows += other.rows;
+        self.rejected += other.rejected;
+        self.commits += other.commits;
+        self.seconds += other.seconds;
     }
 }
 
@@ -89,6 +129,7 @@ async fn ingest_partitions(
     table: &Table,
     options: &BronzeOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
+    batches: Batches,
 ) -> Result<BronzeStats> {
     let started = Instant::now();
     let name = table.name();
@@ -109,6 +150,9 @@ async fn ingest_partitions(
         let end = log.end_offset(topic, partition).map_err(bus_err)?;
         while from < end {
             let to = end.min(from + options.batch_size as u64);
+            if batches == Batches::Whole && to - from < options.batch_size as u64 {
+                break;
+            }
             slices.push((partition, from, to));
             from = to;
         }

@@ -14,7 +14,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use ingest::{BronzeOptions, BronzeStats, ingest};
+pub use ingest::{BronzeOptions, BronzeStats, ingest, ingest_whole_batches};
 pub use nested::json_kind;
 pub use parse::{Parsed, bronze_schema, parse_messages};
 

@@ -422,3 +422,39 @@ mod columns {
         }
     }
 }
+
+/// Bronze following a producer stores whole batches only; the rest once producing is done.
+#[tokio::test]
+async fn while_a_table_is_produced_bronze_stores_only_whole_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = crate::lake::Lake::new(dir.path());
+    let bus = crate::bus::Bus::embedded(lake.bus_dir().unwrap());
+    let table = table();
+    bus.ensure_topic(table.topic(), 1).unwrap();
+    let mut batch = crate::bus::Batch::default();
+    for i in 0..250 {
+        let value = format!(r#"{{"id": "k{i}", "amount": "1.50"}}"#);
+        batch.push(format!("k{i}").as_bytes(), value.as_bytes(), 1_000);
+    }
+    bus.send(table.topic(), &batch).unwrap();
+    let options = BronzeOptions {
+        batch_size: 100,
+        ..BronzeOptions::default()
+    };
+    let whole = ingest_whole_batches(&bus, &lake, &table, &options, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((whole.rows, whole.commits), (200, 2));
+    let again = ingest_whole_batches(&bus, &lake, &table, &options, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.messages, 0, "the 50 left are not a whole batch");
+    let rest = ingest(&bus, &lake, &table, &options, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((rest.rows, rest.commits), (50, 1));
+    assert_eq!(
+        lake.count(crate::lake::Layer::Bronze, "t").await.unwrap(),
+        250
+    );
+}

@@ -53,6 +53,16 @@ impl Table {
         self.columns.iter().find(|c| c.name == name)
     }
 
+    /// The names of this table's tables in the lake: its own (in every layer), then silver's
+    /// extra ones, its deletes (`<table>__tombstones`) and its `latest_by` tables.
+    pub fn lake_names(&self) -> Vec<String> {
+        let name = self.name();
+        [name.to_owned(), format!("{name}__tombstones")]
+            .into_iter()
+            .chain(self.config.latest_by.iter().map(|l| l.name.clone()))
+            .collect()
+    }
+
     /// Arrow schema of the idcard's own columns (no metadata columns).
     pub fn arrow_fields(&self) -> Vec<Field> {
         self.columns

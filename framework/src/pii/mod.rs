@@ -103,10 +103,7 @@ pub fn stats_off(project: &Project) -> std::collections::HashMap<String, Vec<Str
         {
             columns.push("_payload".to_owned());
         }
-        let names = std::iter::once(table.name().to_owned())
-            .chain(std::iter::once(format!("{}__tombstones", table.name())))
-            .chain(table.config.latest_by.iter().map(|l| l.name.clone()));
-        for name in names {
+        for name in table.lake_names() {
             out.insert(name, columns.clone());
         }
     }

@@ -165,14 +165,14 @@ pub fn targets(table: &crate::idcard::Table) -> Vec<(Layer, String)> {
         (Layer::Reject, name.to_owned()),
         (Layer::Silver, name.to_owned()),
         (Layer::Quarantine, name.to_owned()),
-        (Layer::Silver, format!("{name}__tombstones")),
     ];
+    // Silver's extra tables (the first name is the table's own).
     out.extend(
         table
-            .config
-            .latest_by
-            .iter()
-            .map(|l| (Layer::Silver, l.name.clone())),
+            .lake_names()
+            .into_iter()
+            .skip(1)
+            .map(|n| (Layer::Silver, n)),
     );
     out
 }

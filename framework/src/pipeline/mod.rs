@@ -1,5 +1,6 @@
 //! Runs the stages for a set of tables, in dependency order, and reports per table.
 
+mod checks;
 mod deliveries;
 mod inspect;
 mod refresh;

@@ -13,6 +13,7 @@ use crate::quality::{self, CheckResult, Checks, SuiteLayer};
 use crate::silver::{self, SilverOptions};
 use crate::source::{self, ProduceOptions};
 
+use super::checks::{EarlyChecks, Finished};
 use super::{Error, Result, TableReport, deliveries};
 
 /// The last stage to run.
@@ -88,12 +89,12 @@ pub async fn run(
         .cloned()
         .collect();
     // Three lanes, each a stage over the tables in dependency order: one produces table after
-    // table, one ingests each into bronze once it is produced, one refines each into silver once
-    // its bronze is in (so a table's dimensions are refined before it). The stages of different
-    // tables overlap on the cores.
+    // table, one ingests each into bronze while it is produced, one refines each into silver
+    // once its bronze is in (so a table's dimensions are refined before it). The stages of
+    // different tables overlap on the cores.
     let capacity = selected.len().max(1);
     let (produced, to_ingest) =
-        tokio::sync::mpsc::channel::<(crate::idcard::Table, TableReport)>(capacity);
+        tokio::sync::mpsc::channel::<(crate::idcard::Table, Producing)>(capacity);
     let (ingested, mut to_refine) = tokio::sync::mpsc::channel::<TableReport>(capacity);
     let produce_lane = tokio::spawn(produce_lane(
         selected.clone(),
@@ -111,7 +112,28 @@ pub async fn run(
         bars.clone(),
         ingested,
     ));
-    let refined = refine_lane(&selected, &mut to_refine, project, lake, options, &bars).await;
+    // Bronze and silver checks together: a failed one of either stops the run before gold.
+    let mut layers = vec![SuiteLayer::Bronze];
+    if options.until >= Stage::Silver {
+        layers.push(SuiteLayer::Silver);
+    }
+    let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
+    let mut early = EarlyChecks::new(
+        lake,
+        &run_id,
+        of_layers(checks, &layers, &loaded),
+        &selected,
+    );
+    let refined = refine_lane(
+        &selected,
+        &mut to_refine,
+        project,
+        lake,
+        options,
+        &bars,
+        &mut early,
+    )
+    .await;
     // After an error here, the other lanes find their channel closed once their current table
     // is done, and stop (aborting them would cut a write short as the runtime shuts down).
     drop(to_refine);
@@ -129,13 +151,10 @@ pub async fn run(
         started.elapsed().as_secs_f64(),
     ));
     run.tables = reports;
-    let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
-    // Bronze and silver checks together: a failed one of either stops the run before gold.
-    let mut layers = vec![SuiteLayer::Bronze];
-    if options.until >= Stage::Silver {
-        layers.push(SuiteLayer::Silver);
-    }
-    if check_layers(lake, checks, &layers, &loaded, &run_id, &mut run).await? {
+    let started = std::time::Instant::now();
+    let finished = early.finish().await?;
+    record_checks(&mut run, &layers, finished, started);
+    if run.failure.is_some() {
         return Ok(run);
     }
     if options.until >= Stage::Gold {
@@ -151,7 +170,10 @@ pub async fn run(
         run.phases
             .push(("gold".into(), started.elapsed().as_secs_f64()));
         let built = |model: &str| selected.contains(model);
-        check_layers(lake, checks, &[SuiteLayer::Gold], &built, &run_id, &mut run).await?;
+        let started = std::time::Instant::now();
+        let gold = of_layers(checks, &[SuiteLayer::Gold], &built);
+        let finished = EarlyChecks::new(lake, &run_id, gold, &[]).finish().await?;
+        record_checks(&mut run, &[SuiteLayer::Gold], finished, started);
     }
     Ok(run)
 }
@@ -176,7 +198,8 @@ const SMALL_DELIVERY: u64 = 200_000;
 
 /// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] deliveries
 /// at a time, at most one of them large (see [`SMALL_DELIVERY`]); a table waits for the
-/// silver of the tables it enriches from when they are in this run.
+/// silver of the tables it enriches from when they are in this run. Once a table is in, the
+/// `checks` that read only tables already in start.
 /// Returns the reports in the run's table order and the produce stage's notes. After an error
 /// no table is started and those running are waited for (aborting one would cut a write
 /// short); the first error is returned.
@@ -187,6 +210,7 @@ async fn refine_lane(
     lake: &Lake,
     options: &RunOptions,
     bars: &MultiProgress,
+    checks: &mut EarlyChecks,
 ) -> Result<(Vec<TableReport>, Vec<String>)> {
     let position = |name: &str| selected.iter().position(|t| t.name() == name);
     let project = std::sync::Arc::new(project.clone());
@@ -211,6 +235,7 @@ async fn refine_lane(
             let Some(ready) = ready else { break };
             let (i, report) = waiting.remove(ready);
             if options.until < Stage::Silver {
+                checks.table_done(&report.table);
                 reports[i] = Some(report);
                 continue;
             }
@@ -258,6 +283,7 @@ async fn refine_lane(
                         report.warnings += stats.warnings.values().sum::<u64>();
                         report.silver = stats.rows_after;
                         report.silver_s = stats.seconds;
+                        checks.table_done(&report.table);
                         reports[i] = Some(report);
                     }
                     Err(e) => {
@@ -281,13 +307,18 @@ async fn produce_lane(
     lake: Lake,
     options: RunOptions,
     bars: MultiProgress,
-    produced: tokio::sync::mpsc::Sender<(crate::idcard::Table, TableReport)>,
+    produced: tokio::sync::mpsc::Sender<(crate::idcard::Table, Producing)>,
 ) -> Result<()> {
     // The delivery record of the table before, committed while this one is checked and sent
     // (one at a time, so the deliveries table takes its commits in order).
     let mut recording = None;
     let lane = async {
         for table in tables {
+            let (finished, producing) = tokio::sync::oneshot::channel();
+            if produced.send((table.clone(), producing)).await.is_err() {
+                // A later lane stopped on an error, which the run reports.
+                break;
+            }
             let report = if options.produce {
                 produce_delivery(&table, &bus, &lake, &options, &bars, &mut recording).await?
             } else {
@@ -296,10 +327,8 @@ async fn produce_lane(
                     ..TableReport::default()
                 }
             };
-            if produced.send((table, report)).await.is_err() {
-                // A later lane stopped on an error, which the run reports.
-                break;
-            }
+            // The ingest lane may have stopped on an error, which the run reports.
+            let _ = finished.send(report);
         }
         Ok(())
     }
@@ -402,29 +431,53 @@ async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
 
-/// Ingests each produced table into bronze in turn, handing each table's report to the refine
-/// lane once its bronze is in.
+/// A table handed to the ingest lane as its producing starts: its report once every message is
+/// on the topic (the sender dropped: producing failed, and the produce lane says why).
+type Producing = tokio::sync::oneshot::Receiver<TableReport>;
+
+/// How often bronze looks for whole batches on the topic of a table being produced.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Ingests each table into bronze in turn, handing each table's report to the refine lane once
+/// its bronze is in. On the embedded log, bronze follows the producer: the whole batches it
+/// has appended are stored while it goes on, so producing and bronze of a large file overlap
+/// on the two cores; the rest once it is done.
 async fn ingest_lane(
-    mut produced: tokio::sync::mpsc::Receiver<(crate::idcard::Table, TableReport)>,
+    mut produced: tokio::sync::mpsc::Receiver<(crate::idcard::Table, Producing)>,
     bus: Bus,
     lake: Lake,
     options: RunOptions,
     bars: MultiProgress,
     ingested: tokio::sync::mpsc::Sender<TableReport>,
 ) -> Result<()> {
-    while let Some((table, mut report)) = produced.recv().await {
+    while let Some((table, mut producing)) = produced.recv().await {
         let bar = bars.add(bar(table.name(), "bronze"));
-        let stats = bronze::ingest(
-            &bus,
-            &lake,
-            &table,
-            &options.bronze_options,
-            &|done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            },
-        )
-        .await?;
+        let progress = |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        };
+        let mut stats = bronze::BronzeStats::default();
+        let produced = loop {
+            tokio::select! {
+                biased;
+                finished = &mut producing => break finished.ok(),
+                () = tokio::time::sleep(FOLLOW_EVERY), if matches!(bus, Bus::Embedded(_)) => {
+                    stats += bronze::ingest_whole_batches(
+                        &bus,
+                        &lake,
+                        &table,
+                        &options.bronze_options,
+                        &progress,
+                    )
+                    .await?;
+                }
+            }
+        };
+        let Some(mut report) = produced else {
+            // Producing failed: the produce lane reports why.
+            break;
+        };
+        stats += bronze::ingest(&bus, &lake, &table, &options.bronze_options, &progress).await?;
         bar.finish_and_clear();
         report.consumed = stats.messages;
         report.bronze = stats.rows;
@@ -438,35 +491,38 @@ async fn ingest_lane(
     Ok(())
 }
 
-/// Runs the checks of `layers` on the tables `wanted` (and the layers' query checks), freshness
-/// checks aside, and records its wall time as a phase; true when one with action `fail` failed,
-/// which stops the run.
-async fn check_layers(
-    lake: &Lake,
+/// The checks of `layers` on the tables `wanted` (and the layers' query checks), freshness
+/// checks aside: freshness is about the schedule, not the data just written (`framework test`
+/// checks it).
+fn of_layers(
     checks: &Checks,
     layers: &[SuiteLayer],
     wanted: &(dyn Fn(&str) -> bool + Sync),
-    run_id: &str,
-    run: &mut RunReport,
-) -> Result<bool> {
-    let started = std::time::Instant::now();
-    let of_layer: Vec<_> = checks
+) -> Vec<quality::Check> {
+    checks
         .checks
         .iter()
         .filter(|c| layers.contains(&c.layer) && c.table.as_deref().is_none_or(wanted))
-        // Freshness is about the schedule, not the data just written: `framework test` checks it.
         .filter(|c| !matches!(c.rule, quality::Rule::Fresh { .. }))
-        .collect();
-    let (selected, waiting) = quality::runnable(lake, &of_layer).await?;
-    for check in waiting {
+        .cloned()
+        .collect()
+}
+
+/// Adds the checks' results to `run` with the wall time spent waiting for them as a phase; a
+/// check with action `fail` that failed sets the run's failure, which stops it.
+fn record_checks(
+    run: &mut RunReport,
+    layers: &[SuiteLayer],
+    finished: Finished,
+    started: std::time::Instant,
+) {
+    for check in finished.missing {
         run.skipped.push(format!(
-            "check {}: reads a table that is not loaded yet",
-            check.name
+            "check {check}: reads a table that is not loaded yet"
         ));
     }
-    let results = quality::run_checks(lake, &selected, run_id).await?;
-    run.failure = quality::failure_message(&results);
-    run.checks.extend(results);
+    run.failure = quality::failure_message(&finished.results);
+    run.checks.extend(finished.results);
     let names: Vec<String> = layers
         .iter()
         .map(|l| format!("{l:?}").to_lowercase())
@@ -475,7 +531,6 @@ async fn check_layers(
         format!("{} checks", names.join(" and ")),
         started.elapsed().as_secs_f64(),
     ));
-    Ok(run.failure.is_some())
 }
 
 fn bar(table: &str, stage: &str) -> ProgressBar {

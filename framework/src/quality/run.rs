@@ -54,15 +54,28 @@ impl CheckResult {
 /// Runs `checks` and appends their results to `<lake>/quality/results`; does not fail on a
 /// failed check (the caller decides, see [`CheckResult::is_fatal`]).
 pub async fn run_checks(lake: &Lake, checks: &[&Check], run_id: &str) -> Result<Vec<CheckResult>> {
+    let results = evaluate_checks(lake, checks, run_id).await?;
+    record_results(lake, &results).await?;
+    Ok(results)
+}
+
+/// Runs `checks` without recording their results (see [`record_results`]).
+pub async fn evaluate_checks(
+    lake: &Lake,
+    checks: &[&Check],
+    run_id: &str,
+) -> Result<Vec<CheckResult>> {
     let ctx = session();
     register(lake, &ctx, checks).await?;
     // Each check is a small query: planning, a scan and a few rows out. Several at a time keep
     // both cores busy (the results keep the checks' order).
-    let outcomes: Vec<Outcome> =
-        futures::stream::iter(checks.iter().map(|c| evaluate(lake, &ctx, c)))
-            .buffered(CONCURRENT_CHECKS)
-            .try_collect()
-            .await?;
+    // Collected first: a lazy `map` closure here makes the future unsendable to a spawned task
+    // (rustc's higher-ranked lifetime limitation).
+    let pending: Vec<_> = checks.iter().map(|c| evaluate(lake, &ctx, c)).collect();
+    let outcomes: Vec<Outcome> = futures::stream::iter(pending)
+        .buffered(CONCURRENT_CHECKS)
+        .try_collect()
+        .await?;
     let mut results = Vec::new();
     for (check, outcome) in checks.iter().zip(outcomes) {
         let result = CheckResult {
@@ -81,18 +94,23 @@ pub async fn run_checks(lake: &Lake, checks: &[&Check], run_id: &str) -> Result<
         };
         results.push(result);
     }
+    Ok(results)
+}
+
+/// Appends `results` to `<lake>/quality/results` in one commit.
+pub async fn record_results(lake: &Lake, results: &[CheckResult]) -> Result<()> {
     if !results.is_empty() {
         lake.write(
             Layer::Quality,
             "results",
-            vec![results_batch(&results)?],
+            vec![results_batch(results)?],
             &[],
             vec![],
             false,
         )
         .await?;
     }
-    Ok(results)
+    Ok(())
 }
 
 /// A run id: UTC time and a random suffix.

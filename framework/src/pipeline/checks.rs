@@ -1,0 +1,202 @@
+//! A run's bronze and silver checks, each started as soon as the tables it reads are in, so
+//! they overlap the silver of the tables after them instead of running after the last one.
+
+use std::collections::BTreeSet;
+
+use crate::idcard::Table;
+use crate::lake::Lake;
+use crate::quality::{self, Check, CheckResult};
+
+use super::Result;
+
+/// Checks waiting for their tables, and those running (dropped, it stops them: they only
+/// read).
+pub(super) struct EarlyChecks {
+    lake: Lake,
+    run_id: String,
+    checks: Vec<Check>,
+    /// Per check, the run's tables it reads that are not in yet.
+    waits_for: Vec<BTreeSet<String>>,
+    started: Vec<bool>,
+    running: tokio::task::JoinSet<Result<Evaluated>>,
+}
+
+/// What one group of checks gave, by their positions in [`EarlyChecks::checks`].
+struct Evaluated {
+    results: Vec<(usize, CheckResult)>,
+    /// Checks left out: a table they read is not in the lake.
+    missing: Vec<usize>,
+}
+
+/// The results in the checks' order, and the names of those left out.
+pub(super) struct Finished {
+    pub results: Vec<CheckResult>,
+    pub missing: Vec<String>,
+}
+
+impl EarlyChecks {
+    /// `checks` read tables of the lake; those of `run` (the run's tables) are awaited, each by
+    /// every name it has in the lake (its `latest_by` tables are its silver's).
+    pub fn new(lake: &Lake, run_id: &str, checks: Vec<Check>, run: &[Table]) -> Self {
+        let waits_for = checks.iter().map(|c| waits_for(c, run)).collect();
+        Self {
+            lake: lake.clone(),
+            run_id: run_id.to_owned(),
+            started: vec![false; checks.len()],
+            checks,
+            waits_for,
+            running: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// `table` is in: the checks that waited only for it start.
+    pub fn table_done(&mut self, table: &str) {
+        for waits in &mut self.waits_for {
+            waits.remove(table);
+        }
+        self.start(|waits| waits.is_empty());
+    }
+
+    /// Starts the checks not started yet whose waits pass `ready`, as one group.
+    fn start(&mut self, ready: impl Fn(&BTreeSet<String>) -> bool) {
+        let group: Vec<usize> = (0..self.checks.len())
+            .filter(|&i| !self.started[i] && ready(&self.waits_for[i]))
+            .collect();
+        if group.is_empty() {
+            return;
+        }
+        for &i in &group {
+            self.started[i] = true;
+        }
+        let checks: Vec<(usize, Check)> =
+            group.iter().map(|&i| (i, self.checks[i].clone())).collect();
+        let (lake, run_id) = (self.lake.clone(), self.run_id.clone());
+        self.running
+            .spawn(async move { evaluate(&lake, &run_id, checks).await });
+    }
+
+    /// Runs what has not started (its tables are in now, or never came in this run), waits for
+    /// every check, and records the results in one commit.
+    pub async fn finish(mut self) -> Result<Finished> {
+        self.start(|_| true);
+        let mut results: Vec<Option<CheckResult>> = vec![None; self.checks.len()];
+        let mut missing = Vec::new();
+        let mut failed = None;
+        while let Some(joined) = self.running.join_next().await {
+            let evaluated = match joined {
+                Ok(evaluated) => evaluated,
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            };
+            match evaluated {
+                Ok(evaluated) => {
+                    for (i, result) in evaluated.results {
+                        results[i] = Some(result);
+                    }
+                    missing.extend(evaluated.missing);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let results: Vec<CheckResult> = results.into_iter().flatten().collect();
+        quality::record_results(&self.lake, &results).await?;
+        missing.sort_unstable();
+        Ok(Finished {
+            results,
+            missing: missing
+                .into_iter()
+                .map(|i| self.checks[i].name.clone())
+                .collect(),
+        })
+    }
+}
+
+/// The tables of `run` that `check` reads (by any of their names in the lake).
+fn waits_for(check: &Check, run: &[Table]) -> BTreeSet<String> {
+    check
+        .relations()
+        .iter()
+        .filter_map(|(_, name)| {
+            run.iter()
+                .find(|t| t.lake_names().contains(name))
+                .map(|t| t.name().to_owned())
+        })
+        .collect()
+}
+
+async fn evaluate(lake: &Lake, run_id: &str, checks: Vec<(usize, Check)>) -> Result<Evaluated> {
+    let refs: Vec<&Check> = checks.iter().map(|(_, c)| c).collect();
+    let (ready, waiting) = quality::runnable(lake, &refs).await?;
+    let position = |check: &Check| {
+        checks
+            .iter()
+            .find(|(_, c)| std::ptr::eq(c, check))
+            .map(|(i, _)| *i)
+            .expect("a check of this group")
+    };
+    let missing = waiting.iter().map(|c| position(c)).collect();
+    let results = quality::evaluate_checks(lake, &ready, run_id).await?;
+    Ok(Evaluated {
+        results: ready.iter().map(|c| position(c)).zip(results).collect(),
+        missing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::gold::Models;
+    use crate::quality::Checks;
+
+    #[test]
+    fn a_check_waits_for_the_tables_of_the_run_it_reads() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let project = crate::idcard::load_dir(&repo.join("idcards")).unwrap();
+        let models = Models::load(&repo.join("models"), &project, BTreeMap::new()).unwrap();
+        let checks = Checks::load(&repo.join("expectations"), &project, &models)
+            .unwrap_or_else(|d| panic!("{d}"));
+        let run: Vec<Table> = ["customers", "orders"]
+            .iter()
+            .map(|n| project.table(n).unwrap().clone())
+            .collect();
+        let waits = |layer: crate::quality::SuiteLayer, table: &str| -> Vec<String> {
+            let check = checks
+                .checks
+                .iter()
+                .find(|c| c.layer == layer && c.table.as_deref() == Some(table))
+                .unwrap_or_else(|| panic!("a {layer:?} check on {table}"));
+            waits_for(check, &run).into_iter().collect()
+        };
+        use crate::quality::SuiteLayer::{Bronze, Silver};
+        assert_eq!(waits(Bronze, "orders"), ["orders"]);
+        // A `latest_by` table is its table's.
+        assert_eq!(waits(Silver, "customers_unique"), ["customers"]);
+        // A table this run does not load is not waited for.
+        assert!(waits(Silver, "products").is_empty());
+        // A relationship waits for both sides.
+        let synthetic = Check {
+            rule: crate::quality::Rule::InRelation {
+                column: "customer_id".into(),
+                relation: "silver.customers".into(),
+                field: "customer_id".into(),
+            },
+            ..checks.checks[0].clone()
+        };
+        let mut both = Check {
+            relation: Some("silver.orders".into()),
+            ..synthetic
+        };
+        both.table = Some("orders".into());
+        assert_eq!(
+            waits_for(&both, &run).into_iter().collect::<Vec<_>>(),
+            ["customers", "orders"]
+        );
+    }
+}
