@@ -18,7 +18,7 @@ pub(super) struct EarlyChecks {
     /// Per check, the run's tables it reads that are not in yet.
     waits_for: Vec<BTreeSet<String>>,
     started: Vec<bool>,
-    running: tokio::task::JoinSet<Result<Evaluated>>,
+    running: tokio::task::JoinSet<std::result::Result<Evaluated, (usize, super::Error)>>,
 }
 
 /// What one group of checks gave, by their positions in [`EarlyChecks::checks`].
@@ -71,8 +71,12 @@ impl EarlyChecks {
         let checks: Vec<(usize, Check)> =
             group.iter().map(|&i| (i, self.checks[i].clone())).collect();
         let (lake, run_id) = (self.lake.clone(), self.run_id.clone());
-        self.running
-            .spawn(async move { evaluate(&lake, &run_id, checks).await });
+        let first = group[0];
+        self.running.spawn(async move {
+            evaluate(&lake, &run_id, checks)
+                .await
+                .map_err(|e| (first, e))
+        });
     }
 
     /// Runs what has not started (its tables are in now, or never came in this run), waits for
@@ -94,12 +98,15 @@ impl EarlyChecks {
                     }
                     missing.extend(evaluated.missing);
                 }
-                Err(e) => {
-                    failed.get_or_insert(e);
+                // The error of the first check in the suites' order, whichever ended first.
+                Err((first, e)) => {
+                    if failed.as_ref().is_none_or(|(at, _)| first < *at) {
+                        failed = Some((first, e));
+                    }
                 }
             }
         }
-        if let Some(e) = failed {
+        if let Some((_, e)) = failed {
             return Err(e);
         }
         let results: Vec<CheckResult> = results.into_iter().flatten().collect();

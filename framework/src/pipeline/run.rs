@@ -457,24 +457,36 @@ async fn ingest_lane(
             bar.set_position(done);
         };
         let mut stats = bronze::BronzeStats::default();
+        let mut follow = matches!(bus, Bus::Embedded(_));
         let produced = loop {
             tokio::select! {
                 biased;
                 finished = &mut producing => break finished.ok(),
-                () = tokio::time::sleep(FOLLOW_EVERY), if matches!(bus, Bus::Embedded(_)) => {
-                    stats += bronze::ingest_whole_batches(
+                () = tokio::time::sleep(FOLLOW_EVERY), if follow => {
+                    match bronze::ingest_whole_batches(
                         &bus,
                         &lake,
                         &table,
                         &options.bronze_options,
                         &progress,
                     )
-                    .await?;
+                    .await
+                    {
+                        Ok(more) => stats += more,
+                        // Following is only a head start: e.g. the producer repairing a tail
+                        // that a crash tore, while this pass reads. The pass after the
+                        // producer reads everything again and reports a lasting error.
+                        Err(e) => {
+                            tracing::debug!(table = table.name(), error = %e, "bronze: stopped following the producer");
+                            follow = false;
+                        }
+                    }
                 }
             }
         };
         let Some(mut report) = produced else {
             // Producing failed: the produce lane reports why.
+            bar.finish_and_clear();
             break;
         };
         stats += bronze::ingest(&bus, &lake, &table, &options.bronze_options, &progress).await?;
