@@ -87,20 +87,15 @@ pub async fn ingest(
 /// While `table` is still being produced onto the embedded log: stores the whole batches
 /// (`batch_size` messages of a partition) already on the topic and leaves the rest, so that a
 /// bronze that follows its producer commits batches as large as one that starts after it.
-/// Nothing on Kafka, whose reader stops by its own rule ([`ingest`] once producing is done).
+/// (On Kafka, [`ingest`] runs once producing is done: its reader stops by its own rule.)
 pub async fn ingest_whole_batches(
-    bus: &Bus,
+    log: &EmbeddedLog,
     lake: &Lake,
     table: &Table,
     options: &BronzeOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<BronzeStats> {
-    match bus {
-        Bus::Kafka(_) => Ok(BronzeStats::default()),
-        Bus::Embedded(log) => {
-            ingest_partitions(log, lake, table, options, progress, Batches::Whole).await
-        }
-    }
+    ingest_partitions(log, lake, table, options, progress, Batches::Whole).await
 }
 
 /// Which of the messages past the stored offsets a pass over the embedded log stores.

@@ -428,7 +428,8 @@ mod columns {
 async fn while_a_table_is_produced_bronze_stores_only_whole_batches() {
     let dir = tempfile::tempdir().unwrap();
     let lake = crate::lake::Lake::new(dir.path());
-    let bus = crate::bus::Bus::embedded(lake.bus_dir().unwrap());
+    let log = crate::bus::EmbeddedLog::new(lake.bus_dir().unwrap());
+    let bus = crate::bus::Bus::Embedded(log.clone());
     let table = table();
     bus.ensure_topic(table.topic(), 1).unwrap();
     let mut batch = crate::bus::Batch::default();
@@ -441,11 +442,11 @@ async fn while_a_table_is_produced_bronze_stores_only_whole_batches() {
         batch_size: 100,
         ..BronzeOptions::default()
     };
-    let whole = ingest_whole_batches(&bus, &lake, &table, &options, &|_, _| {})
+    let whole = ingest_whole_batches(&log, &lake, &table, &options, &|_, _| {})
         .await
         .unwrap();
     assert_eq!((whole.rows, whole.commits), (200, 2));
-    let again = ingest_whole_batches(&bus, &lake, &table, &options, &|_, _| {})
+    let again = ingest_whole_batches(&log, &lake, &table, &options, &|_, _| {})
         .await
         .unwrap();
     assert_eq!(again.messages, 0, "the 50 left are not a whole batch");

@@ -1,5 +1,6 @@
 //! A run's bronze and silver checks, each started as soon as the tables it reads are in, so
 //! they overlap the silver of the tables after them instead of running after the last one.
+//! The gold checks, which wait for no table (gold is built by then), start at `finish`.
 
 use std::collections::BTreeSet;
 

@@ -457,14 +457,19 @@ async fn ingest_lane(
             bar.set_position(done);
         };
         let mut stats = bronze::BronzeStats::default();
-        let mut follow = matches!(bus, Bus::Embedded(_));
+        // The log bronze follows while the producer appends (none on Kafka).
+        let mut follow = match &bus {
+            Bus::Embedded(log) => Some(log),
+            Bus::Kafka(_) => None,
+        };
         let produced = loop {
             tokio::select! {
                 biased;
                 finished = &mut producing => break finished.ok(),
-                () = tokio::time::sleep(FOLLOW_EVERY), if follow => {
+                () = tokio::time::sleep(FOLLOW_EVERY), if follow.is_some() => {
+                    let log = follow.expect("the branch runs only while following");
                     match bronze::ingest_whole_batches(
-                        &bus,
+                        log,
                         &lake,
                         &table,
                         &options.bronze_options,
@@ -478,7 +483,7 @@ async fn ingest_lane(
                         // producer reads everything again and reports a lasting error.
                         Err(e) => {
                             tracing::debug!(table = table.name(), error = %e, "bronze: stopped following the producer");
-                            follow = false;
+                            follow = None;
                         }
                     }
                 }
