@@ -789,6 +789,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
             progress,
             threads: threads.into(),
             keys,
+            built: None,
         },
     };
     let reports = runtime.block_on(pipeline::run(
@@ -878,6 +879,7 @@ fn build(
         progress,
         threads: threads.into(),
         keys,
+        built: None,
     };
     let started = std::time::Instant::now();
     let reports = runtime.block_on(gold::build(lake, &models, &selected, &options))?;

@@ -31,6 +31,9 @@ pub struct BuildOptions {
     pub threads: usize,
     /// The keys `pii_decrypt(column)` decrypts with (none: it fails, naming the missing key).
     pub keys: std::sync::Arc<crate::pii::Keyring>,
+    /// Told the name of each selected model once its table is final (built, or kept as it
+    /// was), while the models after it are still being built.
+    pub built: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Default for BuildOptions {
@@ -40,6 +43,7 @@ impl Default for BuildOptions {
             progress: false,
             threads: 2,
             keys: std::sync::Arc::default(),
+            built: None,
         }
     }
 }
@@ -165,8 +169,15 @@ pub async fn build(
                         }
                         _ => Changes::Rewritten,
                     };
+                    let announce = |report| {
+                        if let Some(built) = &options.built {
+                            // Nobody listening is no error: the build goes on.
+                            let _ = built.send(model.name.clone());
+                        }
+                        report
+                    };
                     if since == Changes::None {
-                        return keep(lake, ctx, models, model).await;
+                        return keep(lake, ctx, models, model).await.map(announce);
                     }
                     // An incremental model recomputes its recent rows (the lookback) and merges
                     // them: that covers rows added, not rows an input updated or deleted, which
@@ -175,7 +186,7 @@ pub async fn build(
                     let full = since == Changes::Rewritten;
                     let report = materialize(lake, ctx, models, model, full, reads, shared).await?;
                     crate::fault::crash_point(&format!("gold-after:{}", model.name));
-                    Ok::<_, Error>((report, None))
+                    Ok::<_, Error>(announce((report, None)))
                 }
             }))
             .buffered(options.threads.max(1))

@@ -1,6 +1,6 @@
-//! A run's bronze and silver checks, each started as soon as the tables it reads are in, so
-//! they overlap the silver of the tables after them instead of running after the last one.
-//! The gold checks, which wait for no table (gold is built by then), start at `finish`.
+//! A run's checks, each started as soon as what it reads is in: a bronze or silver check once
+//! the run's tables it reads are refined, so it overlaps the silver of the tables after them;
+//! a gold check once the models it reads are built, so it overlaps the models after them.
 
 use std::collections::BTreeSet;
 
@@ -40,6 +40,30 @@ impl EarlyChecks {
     /// every name it has in the lake (its `latest_by` tables are its silver's).
     pub fn new(lake: &Lake, run_id: &str, checks: Vec<Check>, run: &[Table]) -> Self {
         let waits_for = checks.iter().map(|c| waits_for(c, run)).collect();
+        Self::waiting(lake, run_id, checks, waits_for)
+    }
+
+    /// `checks` read gold models and other tables of the lake; the models of `building` (the
+    /// run's) are awaited, each announced by [`EarlyChecks::table_done`] with its name.
+    pub fn for_models(
+        lake: &Lake,
+        run_id: &str,
+        checks: Vec<Check>,
+        building: &BTreeSet<String>,
+    ) -> Self {
+        let waits_for = checks
+            .iter()
+            .map(|c| waits_for_models(c, building))
+            .collect();
+        Self::waiting(lake, run_id, checks, waits_for)
+    }
+
+    fn waiting(
+        lake: &Lake,
+        run_id: &str,
+        checks: Vec<Check>,
+        waits_for: Vec<BTreeSet<String>>,
+    ) -> Self {
         Self {
             lake: lake.clone(),
             run_id: run_id.to_owned(),
@@ -50,7 +74,7 @@ impl EarlyChecks {
         }
     }
 
-    /// `table` is in: the checks that waited only for it start.
+    /// `table` (or model) is in: the checks that waited only for it start.
     pub fn table_done(&mut self, table: &str) {
         for waits in &mut self.waits_for {
             waits.remove(table);
@@ -136,6 +160,16 @@ fn waits_for(check: &Check, run: &[Table]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The models of `building` that `check` reads.
+fn waits_for_models(check: &Check, building: &BTreeSet<String>) -> BTreeSet<String> {
+    check
+        .relations()
+        .into_iter()
+        .filter(|(schema, name)| schema == "gold" && building.contains(name))
+        .map(|(_, name)| name)
+        .collect()
+}
+
 async fn evaluate(lake: &Lake, run_id: &str, checks: Vec<(usize, Check)>) -> Result<Evaluated> {
     let refs: Vec<&Check> = checks.iter().map(|(_, c)| c).collect();
     let (ready, waiting) = quality::runnable(lake, &refs).await?;
@@ -206,5 +240,24 @@ mod tests {
             waits_for(&both, &run).into_iter().collect::<Vec<_>>(),
             ["customers", "orders"]
         );
+
+        // A gold check waits for the models it reads that the run builds, not for the silver
+        // tables it also reads (they are in before gold starts).
+        let revenue = checks
+            .checks
+            .iter()
+            .find(|c| c.name == "daily_sales_revenue_equals_silver")
+            .unwrap();
+        let building: BTreeSet<String> = ["gold_daily_sales", "gold_customer_rfm"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            waits_for_models(revenue, &building)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["gold_daily_sales"]
+        );
+        let others: BTreeSet<String> = ["gold_customer_rfm".to_owned()].into();
+        assert!(waits_for_models(revenue, &others).is_empty());
     }
 }

@@ -1,5 +1,6 @@
 //! `framework run`: produce -> bronze -> silver per table.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -166,16 +167,45 @@ pub async fn run(
                 .push(format!("model {model}: {source} is not loaded yet"));
         }
         let started = std::time::Instant::now();
-        run.models = gold::build(lake, models, &selected, &options.build_options).await?;
+        let built = |model: &str| selected.contains(model);
+        let gold = of_layers(checks, &[SuiteLayer::Gold], &built);
+        let mut early = EarlyChecks::for_models(lake, &run_id, gold, &selected);
+        run.models = build_gold(lake, models, &selected, options, &mut early).await?;
         run.phases
             .push(("gold".into(), started.elapsed().as_secs_f64()));
-        let built = |model: &str| selected.contains(model);
         let started = std::time::Instant::now();
-        let gold = of_layers(checks, &[SuiteLayer::Gold], &built);
-        let finished = EarlyChecks::new(lake, &run_id, gold, &[]).finish().await?;
+        let finished = early.finish().await?;
         record_checks(&mut run, &[SuiteLayer::Gold], finished, started);
     }
     Ok(run)
+}
+
+/// Builds the `selected` models; each model's checks start once the models they read are
+/// built, while the models after them are still being built.
+async fn build_gold(
+    lake: &Lake,
+    models: &Models,
+    selected: &BTreeSet<String>,
+    options: &RunOptions,
+    checks: &mut EarlyChecks,
+) -> Result<Vec<ModelReport>> {
+    let (built, mut announced) = tokio::sync::mpsc::unbounded_channel();
+    let build_options = gold::BuildOptions {
+        built: Some(built),
+        ..options.build_options.clone()
+    };
+    let build = gold::build(lake, models, selected, &build_options);
+    tokio::pin!(build);
+    let reports = loop {
+        tokio::select! {
+            reports = &mut build => break reports?,
+            Some(model) = announced.recv() => checks.table_done(&model),
+        }
+    };
+    while let Ok(model) = announced.try_recv() {
+        checks.table_done(&model);
+    }
+    Ok(reports)
 }
 
 /// How many deliveries are refined into silver at once (at most one of them large, see

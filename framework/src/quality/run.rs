@@ -185,6 +185,17 @@ struct Outcome {
 }
 
 async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Outcome> {
+    let started = std::time::Instant::now();
+    let outcome = evaluate_rule(lake, ctx, check).await;
+    tracing::debug!(
+        check = check.name,
+        seconds = started.elapsed().as_secs_f64(),
+        "quality: check evaluated"
+    );
+    outcome
+}
+
+async fn evaluate_rule(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Outcome> {
     let query = |source| Error::Query {
         check: check.name.clone(),
         source,

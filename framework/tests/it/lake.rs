@@ -123,8 +123,10 @@ fn run_all_builds_every_table_with_the_distinct_keys_of_the_csvs_and_is_idempote
     let out = ok(run);
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("total"), "{summary}");
-    // Every bronze and silver check ran once its tables were in (13 and 8 in expectations/;
-    // a check started too early would be left out as reading a table not loaded yet).
+    // Every check ran once what it reads was in: 13 bronze and 8 silver checks once their
+    // tables were refined, 24 gold ones (expectations/ and models/gold/schema.yml) once their
+    // models were built. A check started too early would be left out as reading a table not
+    // loaded yet, or fail on a model not built yet.
     assert!(!summary.contains("not loaded yet"), "{summary}");
     let checked = query(
         &lake,
@@ -133,7 +135,9 @@ fn run_all_builds_every_table_with_the_distinct_keys_of_the_csvs_and_is_idempote
         "SELECT layer, count(*) AS n FROM t WHERE passed GROUP BY layer ORDER BY layer",
     );
     assert!(
-        checked.contains("| bronze | 13 |") && checked.contains("| silver | 8  |"),
+        checked.contains("| bronze | 13 |")
+            && checked.contains("| silver | 8  |")
+            && checked.contains("| gold   | 24 |"),
         "{checked}"
     );
 
