@@ -303,276 +303,16 @@ fn check_project(
                 hint,
             })
         };
-        if let Some(other) = seen_tables.insert(&config.table, file) {
-            diag(
-                "/table",
-                format!(
-                    "table `{}` is already defined in {}",
-                    config.table,
-                    other.display()
-                ),
-                Some("table names must be unique across idcards".into()),
-            );
-        }
-        if let Some(other) = seen_topics.insert(&config.topic.name, &config.table) {
-            diag(
-                "/topic/name",
-                format!(
-                    "topic `{}` is already used by table `{other}`",
-                    config.topic.name
-                ),
-                Some("give each table its own topic, e.g. raw_<table>".into()),
-            );
-        }
-        let mut columns = Vec::new();
-        let mut names = HashSet::new();
-        for (i, column) in config.schema.iter().enumerate() {
-            if !names.insert(column.name.as_str()) {
-                diag(
-                    &format!("/schema/{i}/name"),
-                    format!("duplicate column `{}`", column.name),
-                    None,
-                );
-            }
-            let Some(data_type) = column_type(column, &format!("/schema/{i}"), &mut diag) else {
-                continue;
-            };
-            let pad_char = column.pad_char.chars().next().unwrap_or('0');
-            if column.pad_left.is_some() && data_type != ColumnType::String {
-                diag(
-                    &format!("/schema/{i}/pad_left"),
-                    format!(
-                        "pad_left applies to string columns, `{}` is {}",
-                        column.name, column.data_type
-                    ),
-                    Some("declare the column as `type: string`".into()),
-                );
-            }
-            columns.push(Column {
-                name: column.name.clone(),
-                data_type,
-                nullable: column.nullable,
-                format: column.format.clone(),
-                pad_left: column.pad_left.map(|w| (w, pad_char)),
-                pii: None,
-                nested_pii: Vec::new(),
-            });
-        }
+        check_unique_names(config, file, &mut seen_tables, &mut seen_topics, &mut diag);
+        let (mut columns, names) = compile_columns(config, &mut diag);
         check_pii(config, &mut columns, &mut diag);
-        if config.key.is_empty() {
-            diag(
-                "/key",
-                "the key names no column".into(),
-                Some("list the primary-key columns".into()),
-            );
-        }
-        for (i, key) in config.key.iter().enumerate() {
-            check_scalar_column(
-                config,
-                &columns,
-                key,
-                "key column",
-                &format!("/key/{i}"),
-                &mut diag,
-            );
-        }
-        if !names.contains(config.sequence_by.as_str())
-            && !MESSAGE_COLUMNS.contains(&config.sequence_by.as_str())
-        {
-            diag(
-                "/sequence_by",
-                format!(
-                    "sequence column `{}` is not in the schema",
-                    config.sequence_by
-                ),
-                Some(format!(
-                    "use `_ingestion_timestamp` or one of: {}",
-                    column_list(config)
-                )),
-            );
-        }
-        for (i, rename) in config.source.rename.values().enumerate() {
-            if !names.contains(rename.as_str()) {
-                diag(
-                    "/source/rename",
-                    format!("rename target `{rename}` (entry {i}) is not in the schema"),
-                    use_one_of(config),
-                );
-            }
-        }
-        for (field, value) in [
-            ("delimiter", &config.source.csv.delimiter),
-            ("quote", &config.source.csv.quote),
-        ] {
-            if value.len() != 1 {
-                diag(
-                    &format!("/source/csv/{field}"),
-                    format!("{field} must be one byte, got {value:?}"),
-                    Some("e.g. \",\" or \";\"".into()),
-                );
-            }
-        }
-        if let Some(condition) = &config.delete_when {
-            if config.mode != super::config::Mode::Diff {
-                diag(
-                    "/delete_when",
-                    "delete_when applies to DIFF tables only".into(),
-                    Some("use `mode: DIFF`, or remove `delete_when`".into()),
-                );
-            } else if condition.trim().is_empty() {
-                diag(
-                    "/delete_when",
-                    "delete_when is empty".into(),
-                    Some("a SQL condition over the table's columns, e.g. `op = 'D'`".into()),
-                );
-            }
-        }
-        if let Some(cron) = config.schedule.as_ref().and_then(|s| s.cron.as_deref())
-            && let Err(problem) = check_cron(cron)
-        {
-            diag(
-                "/schedule/cron",
-                format!("`{cron}` is not a cron expression: {problem}"),
-                Some(
-                    "five fields: minute hour day-of-month month day-of-week, e.g. `0 6 * * *`, \
-                     or @hourly, @daily, @weekly, @monthly, @yearly"
-                        .into(),
-                ),
-            );
-        }
-        let mut depends_on = Vec::new();
-        for (i, enrich) in config.enrich.iter().enumerate() {
-            let Some(other) = by_name.get(enrich.from.as_str()) else {
-                let mut known: Vec<&str> = by_name.keys().copied().collect();
-                known.sort_unstable();
-                diag(
-                    &format!("/enrich/{i}/from"),
-                    format!("enrichment joins unknown table `{}`", enrich.from),
-                    Some(format!("known tables: {}", known.join(", "))),
-                );
-                continue;
-            };
-            if !depends_on.contains(&enrich.from) {
-                depends_on.push(enrich.from.clone());
-            }
-            let other_names: HashSet<&str> = other.schema.iter().map(|c| c.name.as_str()).collect();
-            for (mine, theirs) in &enrich.on {
-                if pii_of(config, mine) != pii_of(other, theirs) {
-                    diag(
-                        &format!("/enrich/{i}/on/{}", escape(mine)),
-                        format!(
-                            "join column `{mine}` and `{}.{theirs}` are not encrypted alike, so no row would match",
-                            enrich.from
-                        ),
-                        Some("give both the same `pii:` entry (mode: deterministic, one domain), or neither".into()),
-                    );
-                }
-                check_scalar_column(
-                    config,
-                    &columns,
-                    mine,
-                    "join column",
-                    &format!("/enrich/{i}/on/{}", escape(mine)),
-                    &mut diag,
-                );
-                if !other_names.contains(theirs.as_str()) {
-                    diag(
-                        &format!("/enrich/{i}/on/{}", escape(mine)),
-                        format!("join column `{theirs}` is not in table `{}`", enrich.from),
-                        None,
-                    );
-                }
-            }
-            for (j, column) in enrich.columns.iter().enumerate() {
-                let (source, target) = enrich_column_names(column);
-                if !other_names.contains(source.as_str()) {
-                    diag(
-                        &format!("/enrich/{i}/columns/{j}"),
-                        format!("column `{source}` is not in table `{}`", enrich.from),
-                        None,
-                    );
-                }
-                if names.contains(target.as_str()) {
-                    diag(
-                        &format!("/enrich/{i}/columns/{j}"),
-                        format!("enriched column `{target}` clashes with a schema column"),
-                        Some(format!(
-                            "rename it: `{{{source}: {}_{source}}}`",
-                            enrich.from
-                        )),
-                    );
-                }
-            }
-        }
-        for (i, expectation) in config.expectations.iter().enumerate() {
-            let rules = [
-                expectation.not_null.is_some(),
-                expectation.in_set.is_some(),
-                expectation.between.is_some(),
-                expectation.matches.is_some(),
-            ];
-            if rules.iter().filter(|r| **r).count() != 1 {
-                diag(
-                    &format!("/expectations/{i}"),
-                    "an expectation needs exactly one rule".into(),
-                    Some("use one of not_null, in_set, between, matches".into()),
-                );
-            }
-            match expectation_type(config, &columns, &expectation.column) {
-                Err((message, hint)) => {
-                    diag(&format!("/expectations/{i}/column"), message, hint);
-                }
-                Ok(data_type) if expectation.between.is_some() && !data_type.is_numeric() => diag(
-                    &format!("/expectations/{i}/between"),
-                    format!(
-                        "`between` needs a numeric column, `{}` is not",
-                        expectation.column
-                    ),
-                    None,
-                ),
-                Ok(data_type) if data_type.is_nested() && expectation.not_null.is_none() => diag(
-                    &format!("/expectations/{i}/column"),
-                    format!(
-                        "`{}` is {}: only `not_null` applies to a nested value",
-                        expectation.column,
-                        data_type.name()
-                    ),
-                    Some("check one of its fields, e.g. `column: address.zip`".into()),
-                ),
-                Ok(_) => {}
-            }
-            if let Some(pattern) = &expectation.matches
-                && let Err(err) = regex::Regex::new(pattern)
-            {
-                diag(
-                    &format!("/expectations/{i}/matches"),
-                    format!("invalid regular expression: {err}"),
-                    None,
-                );
-            }
-        }
-        for (i, latest) in config.latest_by.iter().enumerate() {
-            for (j, key) in latest.key.iter().enumerate() {
-                let at = format!("/latest_by/{i}/key/{j}");
-                check_scalar_column(config, &columns, key, "column", &at, &mut diag);
-            }
-        }
-        if let Some(exposed) = &config.gateway.columns {
-            let enriched: Vec<String> = config
-                .enrich
-                .iter()
-                .flat_map(|e| e.columns.iter().map(|c| enrich_column_names(c).1))
-                .collect();
-            for (i, column) in exposed.iter().enumerate() {
-                if !names.contains(column.as_str()) && !enriched.contains(column) {
-                    diag(
-                        &format!("/gateway/columns/{i}"),
-                        format!("column `{column}` is neither in the schema nor enriched"),
-                        use_one_of(config),
-                    );
-                }
-            }
-        }
+        check_keys(config, &columns, &names, &mut diag);
+        check_source(config, &names, &mut diag);
+        check_delete_when(config, &mut diag);
+        check_schedule(config, &mut diag);
+        let depends_on = check_enrichment(config, &columns, &names, &by_name, &mut diag);
+        check_expectations(config, &columns, &mut diag);
+        check_gateway_columns(config, &names, &mut diag);
         tables.push(Table {
             config: config.clone(),
             file: file.clone(),
@@ -581,6 +321,346 @@ fn check_project(
         });
     }
     order_by_dependencies(tables, parsed, out)
+}
+
+/// A table name and a topic used by one idcard only.
+fn check_unique_names<'a>(
+    config: &'a IdcardConfig,
+    file: &'a Path,
+    seen_tables: &mut HashMap<&'a str, &'a Path>,
+    seen_topics: &mut HashMap<&'a str, &'a str>,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) {
+    if let Some(other) = seen_tables.insert(&config.table, file) {
+        diag(
+            "/table",
+            format!(
+                "table `{}` is already defined in {}",
+                config.table,
+                other.display()
+            ),
+            Some("table names must be unique across idcards".into()),
+        );
+    }
+    if let Some(other) = seen_topics.insert(&config.topic.name, &config.table) {
+        diag(
+            "/topic/name",
+            format!(
+                "topic `{}` is already used by table `{other}`",
+                config.topic.name
+            ),
+            Some("give each table its own topic, e.g. raw_<table>".into()),
+        );
+    }
+}
+
+/// The schema's columns with their types, and their names (a duplicate is reported).
+fn compile_columns<'a>(
+    config: &'a IdcardConfig,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) -> (Vec<Column>, HashSet<&'a str>) {
+    let mut columns = Vec::new();
+    let mut names = HashSet::new();
+    for (i, column) in config.schema.iter().enumerate() {
+        if !names.insert(column.name.as_str()) {
+            diag(
+                &format!("/schema/{i}/name"),
+                format!("duplicate column `{}`", column.name),
+                None,
+            );
+        }
+        let Some(data_type) = column_type(column, &format!("/schema/{i}"), diag) else {
+            continue;
+        };
+        let pad_char = column.pad_char.chars().next().unwrap_or('0');
+        if column.pad_left.is_some() && data_type != ColumnType::String {
+            diag(
+                &format!("/schema/{i}/pad_left"),
+                format!(
+                    "pad_left applies to string columns, `{}` is {}",
+                    column.name, column.data_type
+                ),
+                Some("declare the column as `type: string`".into()),
+            );
+        }
+        columns.push(Column {
+            name: column.name.clone(),
+            data_type,
+            nullable: column.nullable,
+            format: column.format.clone(),
+            pad_left: column.pad_left.map(|w| (w, pad_char)),
+            pii: None,
+            nested_pii: Vec::new(),
+        });
+    }
+    (columns, names)
+}
+
+/// The key, the `latest_by` keys and the sequence column name scalar columns of the table.
+fn check_keys(
+    config: &IdcardConfig,
+    columns: &[Column],
+    names: &HashSet<&str>,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) {
+    if config.key.is_empty() {
+        diag(
+            "/key",
+            "the key names no column".into(),
+            Some("list the primary-key columns".into()),
+        );
+    }
+    for (i, key) in config.key.iter().enumerate() {
+        check_scalar_column(
+            config,
+            columns,
+            key,
+            "key column",
+            &format!("/key/{i}"),
+            diag,
+        );
+    }
+    if !names.contains(config.sequence_by.as_str())
+        && !MESSAGE_COLUMNS.contains(&config.sequence_by.as_str())
+    {
+        diag(
+            "/sequence_by",
+            format!(
+                "sequence column `{}` is not in the schema",
+                config.sequence_by
+            ),
+            Some(format!(
+                "use `_ingestion_timestamp` or one of: {}",
+                column_list(config)
+            )),
+        );
+    }
+    for (i, latest) in config.latest_by.iter().enumerate() {
+        for (j, key) in latest.key.iter().enumerate() {
+            let at = format!("/latest_by/{i}/key/{j}");
+            check_scalar_column(config, columns, key, "column", &at, diag);
+        }
+    }
+}
+
+/// The source's renames land on schema columns and its CSV separators are one byte each.
+fn check_source(
+    config: &IdcardConfig,
+    names: &HashSet<&str>,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) {
+    for (i, rename) in config.source.rename.values().enumerate() {
+        if !names.contains(rename.as_str()) {
+            diag(
+                "/source/rename",
+                format!("rename target `{rename}` (entry {i}) is not in the schema"),
+                use_one_of(config),
+            );
+        }
+    }
+    for (field, value) in [
+        ("delimiter", &config.source.csv.delimiter),
+        ("quote", &config.source.csv.quote),
+    ] {
+        if value.len() != 1 {
+            diag(
+                &format!("/source/csv/{field}"),
+                format!("{field} must be one byte, got {value:?}"),
+                Some("e.g. \",\" or \";\"".into()),
+            );
+        }
+    }
+}
+
+/// `delete_when`: a non-empty condition, on a DIFF table.
+fn check_delete_when(config: &IdcardConfig, diag: &mut impl FnMut(&str, String, Option<String>)) {
+    if let Some(condition) = &config.delete_when {
+        if config.mode != super::config::Mode::Diff {
+            diag(
+                "/delete_when",
+                "delete_when applies to DIFF tables only".into(),
+                Some("use `mode: DIFF`, or remove `delete_when`".into()),
+            );
+        } else if condition.trim().is_empty() {
+            diag(
+                "/delete_when",
+                "delete_when is empty".into(),
+                Some("a SQL condition over the table's columns, e.g. `op = 'D'`".into()),
+            );
+        }
+    }
+}
+
+/// The schedule's cron expression parses.
+fn check_schedule(config: &IdcardConfig, diag: &mut impl FnMut(&str, String, Option<String>)) {
+    if let Some(cron) = config.schedule.as_ref().and_then(|s| s.cron.as_deref())
+        && let Err(problem) = check_cron(cron)
+    {
+        diag(
+            "/schedule/cron",
+            format!("`{cron}` is not a cron expression: {problem}"),
+            Some(
+                "five fields: minute hour day-of-month month day-of-week, e.g. `0 6 * * *`, \
+                 or @hourly, @daily, @weekly, @monthly, @yearly"
+                    .into(),
+            ),
+        );
+    }
+}
+
+/// Each enrichment joins a known table on columns both sides have (encrypted alike) and adds
+/// columns that clash with none of the schema's; returns the tables it depends on.
+fn check_enrichment(
+    config: &IdcardConfig,
+    columns: &[Column],
+    names: &HashSet<&str>,
+    by_name: &HashMap<&str, &IdcardConfig>,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) -> Vec<String> {
+    let mut depends_on = Vec::new();
+    for (i, enrich) in config.enrich.iter().enumerate() {
+        let Some(other) = by_name.get(enrich.from.as_str()) else {
+            let mut known: Vec<&str> = by_name.keys().copied().collect();
+            known.sort_unstable();
+            diag(
+                &format!("/enrich/{i}/from"),
+                format!("enrichment joins unknown table `{}`", enrich.from),
+                Some(format!("known tables: {}", known.join(", "))),
+            );
+            continue;
+        };
+        if !depends_on.contains(&enrich.from) {
+            depends_on.push(enrich.from.clone());
+        }
+        let other_names: HashSet<&str> = other.schema.iter().map(|c| c.name.as_str()).collect();
+        for (mine, theirs) in &enrich.on {
+            if pii_of(config, mine) != pii_of(other, theirs) {
+                diag(
+                    &format!("/enrich/{i}/on/{}", escape(mine)),
+                    format!(
+                        "join column `{mine}` and `{}.{theirs}` are not encrypted alike, so no row would match",
+                        enrich.from
+                    ),
+                    Some("give both the same `pii:` entry (mode: deterministic, one domain), or neither".into()),
+                );
+            }
+            check_scalar_column(
+                config,
+                columns,
+                mine,
+                "join column",
+                &format!("/enrich/{i}/on/{}", escape(mine)),
+                diag,
+            );
+            if !other_names.contains(theirs.as_str()) {
+                diag(
+                    &format!("/enrich/{i}/on/{}", escape(mine)),
+                    format!("join column `{theirs}` is not in table `{}`", enrich.from),
+                    None,
+                );
+            }
+        }
+        for (j, column) in enrich.columns.iter().enumerate() {
+            let (source, target) = enrich_column_names(column);
+            if !other_names.contains(source.as_str()) {
+                diag(
+                    &format!("/enrich/{i}/columns/{j}"),
+                    format!("column `{source}` is not in table `{}`", enrich.from),
+                    None,
+                );
+            }
+            if names.contains(target.as_str()) {
+                diag(
+                    &format!("/enrich/{i}/columns/{j}"),
+                    format!("enriched column `{target}` clashes with a schema column"),
+                    Some(format!(
+                        "rename it: `{{{source}: {}_{source}}}`",
+                        enrich.from
+                    )),
+                );
+            }
+        }
+    }
+    depends_on
+}
+
+/// Each expectation has one rule, on a column or path of a type the rule applies to.
+fn check_expectations(
+    config: &IdcardConfig,
+    columns: &[Column],
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) {
+    for (i, expectation) in config.expectations.iter().enumerate() {
+        let rules = [
+            expectation.not_null.is_some(),
+            expectation.in_set.is_some(),
+            expectation.between.is_some(),
+            expectation.matches.is_some(),
+        ];
+        if rules.iter().filter(|r| **r).count() != 1 {
+            diag(
+                &format!("/expectations/{i}"),
+                "an expectation needs exactly one rule".into(),
+                Some("use one of not_null, in_set, between, matches".into()),
+            );
+        }
+        match expectation_type(config, columns, &expectation.column) {
+            Err((message, hint)) => {
+                diag(&format!("/expectations/{i}/column"), message, hint);
+            }
+            Ok(data_type) if expectation.between.is_some() && !data_type.is_numeric() => diag(
+                &format!("/expectations/{i}/between"),
+                format!(
+                    "`between` needs a numeric column, `{}` is not",
+                    expectation.column
+                ),
+                None,
+            ),
+            Ok(data_type) if data_type.is_nested() && expectation.not_null.is_none() => diag(
+                &format!("/expectations/{i}/column"),
+                format!(
+                    "`{}` is {}: only `not_null` applies to a nested value",
+                    expectation.column,
+                    data_type.name()
+                ),
+                Some("check one of its fields, e.g. `column: address.zip`".into()),
+            ),
+            Ok(_) => {}
+        }
+        if let Some(pattern) = &expectation.matches
+            && let Err(err) = regex::Regex::new(pattern)
+        {
+            diag(
+                &format!("/expectations/{i}/matches"),
+                format!("invalid regular expression: {err}"),
+                None,
+            );
+        }
+    }
+}
+
+/// The gateway exposes only schema or enriched columns.
+fn check_gateway_columns(
+    config: &IdcardConfig,
+    names: &HashSet<&str>,
+    diag: &mut impl FnMut(&str, String, Option<String>),
+) {
+    if let Some(exposed) = &config.gateway.columns {
+        let enriched: Vec<String> = config
+            .enrich
+            .iter()
+            .flat_map(|e| e.columns.iter().map(|c| enrich_column_names(c).1))
+            .collect();
+        for (i, column) in exposed.iter().enumerate() {
+            if !names.contains(column.as_str()) && !enriched.contains(column) {
+                diag(
+                    &format!("/gateway/columns/{i}"),
+                    format!("column `{column}` is neither in the schema nor enriched"),
+                    use_one_of(config),
+                );
+            }
+        }
+    }
 }
 
 /// A column's PII mode and domain, as its idcard declares them.
