@@ -536,6 +536,7 @@ async fn apply(
         rows
     };
     let existing = lake.open(Layer::Silver, name).await?;
+    let stored = existing.is_some();
     if table.mode() == Mode::Append && existing.is_some() {
         let new = unseen_keys(lake, ctx, table, rows, known).await?;
         lake.write(Layer::Silver, name, new, &[], txns, false)
@@ -556,6 +557,17 @@ async fn apply(
             known.add(&batches).map_err(|e| query(e.into()))?;
         }
         let overwrite = table.mode() == Mode::Full;
+        if overwrite && stored && same_snapshot(lake, ctx, table, &batches).await? {
+            tracing::debug!(
+                table = name,
+                "silver: the snapshot equals the stored one; only its offsets are recorded"
+            );
+            // No rows: a commit of the offsets alone.
+            let none = RecordBatch::new_empty(batches[0].schema());
+            lake.write(Layer::Silver, name, vec![none], &[], txns, false)
+                .await?;
+            return Ok(());
+        }
         lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
             .await?;
         return Ok(());
@@ -775,19 +787,7 @@ async fn changed_rows(
     lake.register(ctx, Layer::Silver, name, "stored").await?;
     ctx.register_table("batch_rows", rows.into_view())
         .map_err(query)?;
-    let same = columns
-        .iter()
-        .filter(|c| !matches!(c.as_str(), "_sequence" | PARTITION | OFFSET))
-        .map(|c| {
-            let id = ident(c);
-            if randomized(table, c) {
-                format!("pii_same(b.{id}, t.{id})")
-            } else {
-                format!("(b.{id} IS NOT DISTINCT FROM t.{id})")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let same = same_row(table, columns);
     let newer =
         "(b._sequence > t._sequence OR (b._sequence = t._sequence AND b._offset > t._offset))";
     let on = key_match(table.key(), "t", "b");
@@ -826,6 +826,80 @@ async fn changed_rows(
     lake.write(Layer::Silver, name, new, &[], txns.to_vec(), false)
         .await?;
     Ok(None)
+}
+
+/// SQL that a batch row `b` and a stored row `t` hold the same values: every column of
+/// `columns` but the message's sequence and position, a randomized PII column by plaintext.
+fn same_row(table: &Table, columns: &[String]) -> String {
+    columns
+        .iter()
+        .filter(|c| !matches!(c.as_str(), "_sequence" | PARTITION | OFFSET))
+        .map(|c| {
+            let id = ident(c);
+            if randomized(table, c) {
+                format!("pii_same(b.{id}, t.{id})")
+            } else {
+                format!("(b.{id} IS NOT DISTINCT FROM t.{id})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Whether a FULL delivery's rows (`batches`: one per key, no deletes) are the stored
+/// snapshot's, row for row by [`same_row`]. Replacing the table then would write the same rows
+/// again and make every gold model that reads it rebuild (a dimension delivered whole each day
+/// is usually unchanged). A table whose columns differ (its idcard changed) is not the same.
+async fn same_snapshot(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &Table,
+    batches: &[RecordBatch],
+) -> Result<bool> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+        return Ok(false);
+    };
+    if !lake
+        .register(ctx, Layer::Silver, name, "full_stored")
+        .await?
+    {
+        return Ok(false);
+    }
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let stored = ctx.table("full_stored").await.map_err(query)?;
+    let mut stored_columns: Vec<String> = stored
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut sorted = columns.clone();
+    sorted.sort_unstable();
+    stored_columns.sort_unstable();
+    if sorted != stored_columns {
+        return Ok(false);
+    }
+    let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
+    let snapshot = MemTable::try_new(schema, vec![batches.to_vec()]).map_err(query)?;
+    ctx.register_table("full_snapshot", Arc::new(snapshot))
+        .map_err(query)?;
+    let on = key_match(table.key(), "t", "b");
+    let same = same_row(table, &columns);
+    let matched = scalar_count(
+        ctx,
+        &format!("SELECT count(*) FROM full_snapshot b JOIN full_stored t ON {on} WHERE {same}"),
+    )
+    .await
+    .map_err(query)?;
+    let stored_rows = scalar_count(ctx, "SELECT count(*) FROM full_stored")
+        .await
+        .map_err(query)?;
+    Ok(matched == rows && stored_rows == rows)
 }
 
 /// Whether `column` is a top-level string column encrypted in randomized mode (its ciphertext

@@ -120,6 +120,18 @@ sequence_by: version
     }
 
     /// Silver as `id | name | version` lines, sorted.
+    /// The newest commit of silver's Delta log, as written.
+    fn last_silver_commit(&self) -> String {
+        let log = self.lake().join("silver/accounts/_delta_log");
+        let newest = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .max()
+            .unwrap();
+        std::fs::read_to_string(newest).unwrap()
+    }
+
     fn silver(&self) -> Vec<String> {
         batch_rows(&batches(
             &self.lake(),
@@ -441,6 +453,17 @@ fn full_replaces_the_table_by_each_delivered_snapshot_and_refuses_an_empty_one()
     );
     succeeded(project.deliver(&["f,Fay,1", "a,Ann,3"]));
     assert_eq!(project.silver(), ["a | Ann | 3", "f | Fay | 1"]);
+    let replaced = project.last_silver_commit();
+    assert!(replaced.contains("\"remove\""), "{replaced}");
+    // The same snapshot again (its rows in another order): silver records the delivery's
+    // offsets and keeps its file, so the gold models reading it are not rebuilt.
+    succeeded(project.deliver(&["a,Ann,3", "f,Fay,1"]));
+    assert_eq!(project.silver(), ["a | Ann | 3", "f | Fay | 1"]);
+    let kept = project.last_silver_commit();
+    assert!(
+        kept.contains("\"txn\"") && !kept.contains("\"add\"") && !kept.contains("\"remove\""),
+        "{kept}"
+    );
     // A header without rows would empty the table: refused, and silver keeps its snapshot.
     let out = project.deliver(&[]);
     assert!(!out.status.success(), "an empty snapshot was accepted");
