@@ -872,16 +872,16 @@ async fn same_snapshot(
     }
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let stored = ctx.table("full_stored").await.map_err(query)?;
-    let mut stored_columns: Vec<String> = stored
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let mut sorted = columns.clone();
-    sorted.sort_unstable();
-    stored_columns.sort_unstable();
-    if sorted != stored_columns {
+    let stored = stored.schema().as_arrow();
+    // Same names and types: the comparison below casts `1` and `'1'` alike, so a column whose
+    // type the idcard changed would pass for unchanged and the table keep its old type.
+    let alike = stored.fields().len() == schema.fields().len()
+        && schema.fields().iter().all(|field| {
+            stored
+                .field_with_name(field.name())
+                .is_ok_and(|s| same_type(s.data_type(), field.data_type()))
+        });
+    if !alike {
         return Ok(false);
     }
     let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
@@ -900,6 +900,20 @@ async fn same_snapshot(
         .await
         .map_err(query)?;
     Ok(matched == rows && stored_rows == rows)
+}
+
+/// Whether two Arrow types store the same Delta type: equal, or both strings or both binary
+/// in any of Arrow's layouts (a scan may give views where a batch holds plain arrays).
+fn same_type(a: &DataType, b: &DataType) -> bool {
+    let string =
+        |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    let binary = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+        )
+    };
+    a == b || (string(a) && string(b)) || (binary(a) && binary(b))
 }
 
 /// Whether `column` is a top-level string column encrypted in randomized mode (its ciphertext
