@@ -21,7 +21,7 @@ use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::logical_expr::SortExpr;
-use deltalake::datafusion::prelude::{Expr, col, lit};
+use deltalake::datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 
 use deltalake::arrow::{csv, ipc, json};
 use deltalake::datafusion::execution::SendableRecordBatchStream;
@@ -152,8 +152,90 @@ pub async fn read(
         shown,
         decrypt,
     } = request;
+    let (options, filters) = parse_params(params)?;
+    let format = Format::negotiate(
+        options.format.as_deref(),
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    )?;
+    let ctx = session();
+    if let Some(decrypt) = &decrypt {
+        crate::pii::udf::register(&ctx, &decrypt.keys);
+    }
+    let internal = |e: &dyn std::fmt::Display| {
+        Problem::internal(format!("reading {}/{table}: {e}", layer.dir()))
+    };
+    let version = register(lake, &ctx, layer, &table, options.version).await?;
+    let mut frame = ctx.table("t").await.map_err(|e| internal(&e))?;
+    if let Shown::Some(_) = shown {
+        let all = frame.schema().as_arrow().clone();
+        let names: Vec<&str> = all
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|name| shown.shows(name))
+            .collect();
+        frame = frame.select_columns(&names).map_err(|e| internal(&e))?;
+    }
+    let schema = frame.schema().as_arrow().clone();
+    let known = |column: &str| -> Result<(), Problem> {
+        if schema.field_with_name(column).is_ok() {
+            return Ok(());
+        }
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        Err(
+            Problem::bad_request(format!("{}/{table} has no column `{column}`", layer.dir()))
+                .with_hint(format!("columns: {}", names.join(", "))),
+        )
+    };
+    let predicate = filter_predicate(&filters, &schema, decrypt.as_ref(), &known, &internal)?;
+    if let Some(predicate) = predicate {
+        frame = frame.filter(predicate).map_err(|e| internal(&e))?;
+    }
+    let sort = sort_exprs(&options.order_by, &known)?;
+    if !sort.is_empty() {
+        frame = frame.sort(sort).map_err(|e| internal(&e))?;
+    }
+    if let Some(columns) = &options.columns {
+        for c in columns {
+            known(c)?;
+        }
+        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        frame = frame.select_columns(&names).map_err(|e| internal(&e))?;
+    }
+    frame = frame
+        .limit(options.offset, options.limit)
+        .map_err(|e| internal(&e))?;
+    if let Some(decrypt) = &decrypt {
+        frame = decrypted(&ctx, frame, decrypt).map_err(|e| internal(&e))?;
+    }
+    let out_schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
+    if format == Format::Csv {
+        only_flat_columns(&out_schema, &table)?;
+    }
+    let mut batches = frame.execute_stream().await.map_err(|e| internal(&e))?;
+    if let Some(decrypt) = decrypt.filter(|d| !d.nested.is_empty()) {
+        batches = decrypt_nested(batches, decrypt);
+    }
+    let (encoder, head) = Encoder::new(format, &out_schema).map_err(|e| internal(&e))?;
+    let what = format!("{}/{table}", layer.dir());
+    let mut response =
+        axum::body::Body::from_stream(streamed(what, head, encoder, batches)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.media_type()),
+    );
+    h.insert("x-delta-version", HeaderValue::from(version));
+    Ok(response)
+}
+
+/// A column filter: the column, the SQL operator and the value as given.
+type Filter = (String, &'static str, String);
+
+/// The query parameters: the read's options, and the column filters (`column[.op]=value`).
+fn parse_params(params: Vec<(String, String)>) -> Result<(Options, Vec<Filter>), Problem> {
     let mut options = Options::default();
-    let mut filters: Vec<(String, &'static str, String)> = Vec::new();
+    let mut filters: Vec<Filter> = Vec::new();
     for (name, value) in params {
         match name.as_str() {
             "columns" => {
@@ -182,68 +264,49 @@ pub async fn read(
             }
         }
     }
-    let format = Format::negotiate(
-        options.format.as_deref(),
-        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
-    )?;
-    let ctx = session();
-    if let Some(decrypt) = &decrypt {
-        crate::pii::udf::register(&ctx, &decrypt.keys);
-    }
-    let internal = |e: &dyn std::fmt::Display| {
-        Problem::internal(format!("reading {}/{table}: {e}", layer.dir()))
-    };
-    let Some(version) = lake
-        .register_as_of(&ctx, layer, &table, "t", options.version)
+    Ok((options, filters))
+}
+
+/// Registers the table (at version `as_of`, or its latest) as `t` in `ctx`; returns its version.
+async fn register(
+    lake: &Lake,
+    ctx: &SessionContext,
+    layer: Layer,
+    table: &str,
+    as_of: Option<i64>,
+) -> Result<i64, Problem> {
+    let registered = lake
+        .register_as_of(ctx, layer, table, "t", as_of)
         .await
-        .map_err(|e| {
-            if options.version.is_some() {
-                Problem::not_found(format!(
-                    "{}/{table} has no version {}: {e}",
-                    layer.dir(),
-                    options.version.unwrap_or_default()
-                ))
-            } else {
-                internal(&e)
-            }
-        })?
-    else {
-        return Err(
-            Problem::not_found(format!("{}/{table} holds no data yet", layer.dir()))
-                .with_hint("run the pipeline for it first (`framework run --table ...`)"),
-        );
-    };
-    let mut frame = ctx.table("t").await.map_err(|e| internal(&e))?;
-    if let Shown::Some(_) = shown {
-        let all = frame.schema().as_arrow().clone();
-        let names: Vec<&str> = all
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .filter(|name| shown.shows(name))
-            .collect();
-        frame = frame.select_columns(&names).map_err(|e| internal(&e))?;
-    }
-    let schema = frame.schema().as_arrow().clone();
-    let known = |column: &str| -> Result<(), Problem> {
-        if schema.field_with_name(column).is_ok() {
-            return Ok(());
-        }
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        Err(
-            Problem::bad_request(format!("{}/{table} has no column `{column}`", layer.dir()))
-                .with_hint(format!("columns: {}", names.join(", "))),
-        )
-    };
+        .map_err(|e| match as_of {
+            Some(version) => Problem::not_found(format!(
+                "{}/{table} has no version {version}: {e}",
+                layer.dir()
+            )),
+            None => Problem::internal(format!("reading {}/{table}: {e}", layer.dir())),
+        })?;
+    registered.ok_or_else(|| {
+        Problem::not_found(format!("{}/{table} holds no data yet", layer.dir()))
+            .with_hint("run the pipeline for it first (`framework run --table ...`)")
+    })
+}
+
+/// The filters as one predicate (`None` without filters). An equality filter on a
+/// deterministic PII column compares with the value's ciphertext; another filter on a PII
+/// column cannot be answered.
+fn filter_predicate(
+    filters: &[Filter],
+    schema: &deltalake::arrow::datatypes::Schema,
+    decrypt: Option<&Decrypt>,
+    known: &impl Fn(&str) -> Result<(), Problem>,
+    internal: &impl Fn(&dyn std::fmt::Display) -> Problem,
+) -> Result<Option<Expr>, Problem> {
     let mut predicate: Option<Expr> = None;
-    for (column, op, value) in &filters {
+    for (column, op, value) in filters {
         known(column)?;
         let field = schema.field_with_name(column).expect("checked");
         let sealed;
-        let value = match decrypt
-            .as_ref()
-            .and_then(|d| Some((d, d.columns.get(column)?)))
-        {
+        let value = match decrypt.and_then(|d| Some((d, d.columns.get(column)?))) {
             None => value,
             Some((d, Some(domain))) if matches!(*op, "=" | "<>") => {
                 sealed = d
@@ -278,16 +341,16 @@ pub async fn read(
             None => expr,
         });
     }
-    if let Some(predicate) = predicate {
-        frame = frame.filter(predicate).map_err(|e| internal(&e))?;
-    }
+    Ok(predicate)
+}
+
+/// `order_by` (`a,-b`: `-` sorts descending) as sort expressions.
+fn sort_exprs(
+    order_by: &str,
+    known: &impl Fn(&str) -> Result<(), Problem>,
+) -> Result<Vec<SortExpr>, Problem> {
     let mut sort: Vec<SortExpr> = Vec::new();
-    for key in options
-        .order_by
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-    {
+    for key in order_by.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         let (name, ascending) = match key.strip_prefix('-') {
             Some(name) => (name, false),
             None => (key, true),
@@ -295,70 +358,49 @@ pub async fn read(
         known(name)?;
         sort.push(col(format!("\"{}\"", name.replace('"', "\"\""))).sort(ascending, !ascending));
     }
-    if !sort.is_empty() {
-        frame = frame.sort(sort).map_err(|e| internal(&e))?;
+    Ok(sort)
+}
+
+/// `frame` with its PII columns decrypted by the `pii_decrypt` function of `ctx`.
+fn decrypted(
+    ctx: &SessionContext,
+    frame: DataFrame,
+    decrypt: &Decrypt,
+) -> deltalake::datafusion::error::Result<DataFrame> {
+    use deltalake::datafusion::execution::FunctionRegistry as _;
+    let udf = ctx.udf("pii_decrypt")?;
+    let exprs: Vec<Expr> = frame
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = col(format!("\"{}\"", f.name().replace('"', "\"\"")));
+            if decrypt.columns.contains_key(f.name()) {
+                udf.call(vec![c]).alias(f.name())
+            } else {
+                c
+            }
+        })
+        .collect();
+    frame.select(exprs)
+}
+
+/// CSV holds no nested column: a 406 naming them.
+fn only_flat_columns(schema: &SchemaRef, table: &str) -> Result<(), Problem> {
+    let nested: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.data_type().is_nested())
+        .map(|f| f.name().as_str())
+        .collect();
+    if !nested.is_empty() {
+        return Err(Problem::not_acceptable(format!(
+            "CSV cannot hold the nested columns {} of `{table}`",
+            nested.join(", ")
+        ))
+        .with_hint("ask for JSON, NDJSON, Arrow or Parquet, or leave them out with ?columns="));
     }
-    if let Some(columns) = &options.columns {
-        for c in columns {
-            known(c)?;
-        }
-        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
-        frame = frame.select_columns(&names).map_err(|e| internal(&e))?;
-    }
-    frame = frame
-        .limit(options.offset, options.limit)
-        .map_err(|e| internal(&e))?;
-    if let Some(decrypt) = &decrypt {
-        use deltalake::datafusion::execution::FunctionRegistry as _;
-        let udf = ctx.udf("pii_decrypt").map_err(|e| internal(&e))?;
-        let exprs: Vec<Expr> = frame
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| {
-                let c = col(format!("\"{}\"", f.name().replace('"', "\"\"")));
-                if decrypt.columns.contains_key(f.name()) {
-                    udf.call(vec![c]).alias(f.name())
-                } else {
-                    c
-                }
-            })
-            .collect();
-        frame = frame.select(exprs).map_err(|e| internal(&e))?;
-    }
-    let out_schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
-    if format == Format::Csv {
-        let nested: Vec<&str> = out_schema
-            .fields()
-            .iter()
-            .filter(|f| f.data_type().is_nested())
-            .map(|f| f.name().as_str())
-            .collect();
-        if !nested.is_empty() {
-            return Err(Problem::not_acceptable(format!(
-                "CSV cannot hold the nested columns {} of `{table}`",
-                nested.join(", ")
-            ))
-            .with_hint(
-                "ask for JSON, NDJSON, Arrow or Parquet, or leave them out with ?columns=",
-            ));
-        }
-    }
-    let mut batches = frame.execute_stream().await.map_err(|e| internal(&e))?;
-    if let Some(decrypt) = decrypt.filter(|d| !d.nested.is_empty()) {
-        batches = decrypt_nested(batches, decrypt);
-    }
-    let (encoder, head) = Encoder::new(format, &out_schema).map_err(|e| internal(&e))?;
-    let what = format!("{}/{table}", layer.dir());
-    let mut response =
-        axum::body::Body::from_stream(streamed(what, head, encoder, batches)).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.media_type()),
-    );
-    h.insert("x-delta-version", HeaderValue::from(version));
-    Ok(response)
+    Ok(())
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
