@@ -236,13 +236,7 @@ pub async fn missing_sources(
     // Each source's log is opened once, however many models read it.
     let mut exists: std::collections::BTreeMap<&(String, String), bool> = Default::default();
     for name in selected {
-        let Some(model) = models.get(name) else {
-            continue;
-        };
-        let mut reads: Vec<&Model> = models.ancestors(name);
-        reads.push(model);
-        let sources: BTreeSet<&(String, String)> = reads.iter().flat_map(|m| &m.sources).collect();
-        for source in sources {
+        for source in models.sources_read(name) {
             let (layer, table) = source;
             let found = match exists.get(source) {
                 Some(found) => *found,

@@ -234,6 +234,13 @@ impl Models {
             .collect()
     }
 
+    /// The `(layer, table)` sources `name` reads, itself or through the models it reads.
+    pub fn sources_read(&self, name: &str) -> BTreeSet<&(String, String)> {
+        let mut reads = self.ancestors(name);
+        reads.extend(self.get(name));
+        reads.iter().flat_map(|m| &m.sources).collect()
+    }
+
     /// Models that read `name`, directly or not, in dependency order (without `name`).
     pub fn descendants(&self, name: &str) -> Vec<&Model> {
         let mut found: BTreeSet<&str> = BTreeSet::from([name]);

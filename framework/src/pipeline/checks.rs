@@ -104,8 +104,8 @@ impl EarlyChecks {
         });
     }
 
-    /// Runs what has not started (its tables are in now, or never came in this run), waits for
-    /// every check, and records the results in one commit.
+    /// Runs what has not started (its tables are in now, or never came in this run) and waits
+    /// for every check; the caller records the results.
     pub async fn finish(mut self) -> Result<Finished> {
         self.start(|_| true);
         let mut results: Vec<Option<CheckResult>> = vec![None; self.checks.len()];
@@ -135,7 +135,6 @@ impl EarlyChecks {
             return Err(e);
         }
         let results: Vec<CheckResult> = results.into_iter().flatten().collect();
-        quality::record_results(&self.lake, &results).await?;
         missing.sort_unstable();
         Ok(Finished {
             results,
@@ -144,6 +143,105 @@ impl EarlyChecks {
                 .map(|i| self.checks[i].name.clone())
                 .collect(),
         })
+    }
+}
+
+/// A run's bronze and silver checks as its tables come in, in two groups: those that read
+/// only tables gold reads, which gold waits for (a failed `fail` check keeps gold from being
+/// built on its table), and the others, which run beside gold. Gold may start once the run's
+/// tables it reads are in: the silver of the tables no model reads (geolocation, payments)
+/// then overlaps the gold models.
+pub(super) struct Arrivals {
+    /// Taken by gold when it starts; `None` when the run builds no gold.
+    before_gold: Option<EarlyChecks>,
+    beside_gold: EarlyChecks,
+    /// The run's tables gold reads that are not in yet.
+    gold_waits_for: BTreeSet<String>,
+    /// Fired once they are all in; dropped unfired when the run stops before.
+    gold_may_start: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Every check's name in the suites' order, to give the results in that order.
+    order: Vec<String>,
+}
+
+impl Arrivals {
+    /// `gold_reads` names the lake tables (`silver.orders` as `orders`) the run's models read,
+    /// or is `None` when the run builds no gold. The receiver fires when gold may start.
+    pub fn new(
+        lake: &Lake,
+        run_id: &str,
+        checks: Vec<Check>,
+        run: &[Table],
+        gold_reads: Option<&BTreeSet<String>>,
+    ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let order = checks.iter().map(|c| c.name.clone()).collect();
+        let gold_waits_for: BTreeSet<String> = run
+            .iter()
+            .filter(|t| {
+                gold_reads.is_some_and(|reads| t.lake_names().iter().any(|n| reads.contains(n)))
+            })
+            .map(|t| t.name().to_owned())
+            .collect();
+        let (before, beside): (Vec<Check>, Vec<Check>) = checks
+            .into_iter()
+            .partition(|c| gold_reads.is_some() && waits_for(c, run).is_subset(&gold_waits_for));
+        let (fire, fired) = tokio::sync::oneshot::channel();
+        let mut arrivals = Self {
+            before_gold: gold_reads.map(|_| EarlyChecks::new(lake, run_id, before, run)),
+            beside_gold: EarlyChecks::new(lake, run_id, beside, run),
+            gold_waits_for,
+            gold_may_start: gold_reads.map(|_| fire),
+            order,
+        };
+        arrivals.fire_when_ready();
+        (arrivals, fired)
+    }
+
+    /// `table` is in: the checks that waited only for it start, and gold once it was the last
+    /// of gold's.
+    pub fn table_done(&mut self, table: &str) {
+        if let Some(before) = &mut self.before_gold {
+            before.table_done(table);
+        }
+        self.beside_gold.table_done(table);
+        self.gold_waits_for.remove(table);
+        self.fire_when_ready();
+    }
+
+    fn fire_when_ready(&mut self) {
+        if self.gold_waits_for.is_empty()
+            && let Some(fire) = self.gold_may_start.take()
+        {
+            let _ = fire.send(());
+        }
+    }
+
+    /// The run's tables are in or never will be: gold starts now or not at all.
+    pub fn close(&mut self) {
+        self.gold_may_start = None;
+    }
+
+    /// The checks gold waits for; taken once gold may start.
+    pub fn take_before_gold(&mut self) -> Option<EarlyChecks> {
+        self.before_gold.take()
+    }
+
+    /// Waits for the checks beside gold (and those before it, when gold did not take them) and
+    /// gives every result in the suites' order, `before_gold`'s included.
+    pub async fn finish(mut self, before_gold: Option<Finished>) -> Result<Finished> {
+        let mut finished = self.beside_gold.finish().await?;
+        let before = match (before_gold, self.before_gold.take()) {
+            (Some(done), _) => Some(done),
+            (None, Some(waiting)) => Some(waiting.finish().await?),
+            (None, None) => None,
+        };
+        if let Some(before) = before {
+            finished.results.extend(before.results);
+            finished.missing.extend(before.missing);
+        }
+        let position = |name: &str| self.order.iter().position(|n| n == name);
+        finished.results.sort_by_key(|r| position(&r.check));
+        finished.missing.sort_by_key(|name| position(name));
+        Ok(finished)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::quality::{self, CheckResult, Checks, SuiteLayer};
 use crate::silver::{self, SilverOptions};
 use crate::source::{self, ProduceOptions};
 
-use super::checks::{EarlyChecks, Finished};
+use super::checks::{Arrivals, EarlyChecks, Finished};
 use super::{Error, Result, TableReport, deliveries};
 
 /// The last stage to run.
@@ -89,6 +89,21 @@ pub async fn run(
         .filter(|t| tables.is_empty() || tables.iter().any(|n| n == t.name()))
         .cloned()
         .collect();
+    let gold_models = match options.until >= Stage::Gold {
+        true => {
+            let selectors: Vec<String> = tables.iter().map(|t| format!("source:{t}+")).collect();
+            Some(gold::select(models, &selectors)?)
+        }
+        false => None,
+    };
+    let gold_reads: Option<BTreeSet<String>> = gold_models.as_ref().map(|selected| {
+        selected
+            .iter()
+            .flat_map(|m| models.sources_read(m))
+            .map(|(_, table)| table.clone())
+            .collect()
+    });
+    let selected = gold_first(selected, gold_reads.as_ref());
     // Three lanes, each a stage over the tables in dependency order: one produces table after
     // table, one ingests each into bronze while it is produced, one refines each into silver
     // once its bronze is in (so a table's dimensions are refined before it). The stages of
@@ -113,28 +128,61 @@ pub async fn run(
         bars.clone(),
         ingested,
     ));
-    // Bronze and silver checks together: a failed one of either stops the run before gold.
+    // Gold starts once the run's tables its models read are in and their checks passed; the
+    // silver of the tables no model reads, and their checks, run beside it.
     let mut layers = vec![SuiteLayer::Bronze];
     if options.until >= Stage::Silver {
         layers.push(SuiteLayer::Silver);
     }
     let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
-    let mut early = EarlyChecks::new(
+    let (arrivals, gold_may_start) = Arrivals::new(
         lake,
         &run_id,
         of_layers(checks, &layers, &loaded),
         &selected,
+        gold_reads.as_ref(),
     );
-    let refined = refine_lane(
-        &selected,
-        &mut to_refine,
-        project,
-        lake,
-        options,
-        &bars,
-        &mut early,
-    )
-    .await;
+    let arrivals = std::sync::Mutex::new(arrivals);
+    let arrived = |table: &str| {
+        arrivals
+            .lock()
+            .expect("no panic while holding the arrivals")
+            .table_done(table)
+    };
+    let refine = async {
+        let refined = refine_lane(
+            &selected,
+            &mut to_refine,
+            project,
+            lake,
+            options,
+            &bars,
+            &arrived,
+        )
+        .await;
+        arrivals
+            .lock()
+            .expect("no panic while holding the arrivals")
+            .close();
+        (refined, started.elapsed().as_secs_f64())
+    };
+    let gold = async {
+        let Some(selected) = gold_models else {
+            return Ok(None);
+        };
+        if gold_may_start.await.is_err() {
+            return Ok(None);
+        }
+        let before = arrivals
+            .lock()
+            .expect("no panic while holding the arrivals")
+            .take_before_gold()
+            .expect("gold's checks are taken once");
+        gold_step(lake, models, selected, checks, &run_id, options, before)
+            .await
+            .map(Some)
+    };
+    let ((refined, refine_s), gold) = tokio::join!(refine, gold);
     // After an error here, the other lanes find their channel closed once their current table
     // is done, and stop (aborting them would cut a write short as the runtime shuts down).
     drop(to_refine);
@@ -146,38 +194,116 @@ pub async fn run(
         }
     }
     let (reports, skipped) = refined?;
+    let gold: Option<GoldStep> = gold?;
     run.skipped.extend(skipped);
-    run.phases.push((
-        "produce, bronze, silver".into(),
-        started.elapsed().as_secs_f64(),
-    ));
+    run.phases
+        .push(("produce, bronze, silver".into(), refine_s));
     run.tables = reports;
-    let started = std::time::Instant::now();
-    let finished = early.finish().await?;
-    record_checks(&mut run, &layers, finished, started);
-    if run.failure.is_some() {
-        return Ok(run);
-    }
-    if options.until >= Stage::Gold {
-        let selectors: Vec<String> = tables.iter().map(|t| format!("source:{t}+")).collect();
-        let mut selected = gold::select(models, &selectors)?;
-        for (model, source) in gold::missing_sources(lake, models, &selected).await? {
-            selected.remove(&model);
-            run.skipped
-                .push(format!("model {model}: {source} is not loaded yet"));
-        }
-        let started = std::time::Instant::now();
-        let built = |model: &str| selected.contains(model);
-        let gold = of_layers(checks, &[SuiteLayer::Gold], &built);
-        let mut early = EarlyChecks::for_models(lake, &run_id, gold, &selected);
-        run.models = build_gold(lake, models, &selected, options, &mut early).await?;
-        run.phases
-            .push(("gold".into(), started.elapsed().as_secs_f64()));
-        let started = std::time::Instant::now();
-        let finished = early.finish().await?;
-        record_checks(&mut run, &[SuiteLayer::Gold], finished, started);
+    let waited = std::time::Instant::now();
+    let arrivals = arrivals
+        .into_inner()
+        .expect("no panic while holding the arrivals");
+    let (before, gold) = match gold {
+        Some(step) => (Some(step.before), step.built),
+        None => (None, None),
+    };
+    let finished = arrivals.finish(before).await?;
+    quality::record_results(lake, &finished.results).await?;
+    record_checks(&mut run, &layers, finished, waited.elapsed().as_secs_f64());
+    if let Some(built) = gold {
+        run.skipped.extend(built.skipped);
+        run.models = built.models;
+        run.phases.push(("gold".into(), built.seconds));
+        quality::record_results(lake, &built.checks.results).await?;
+        record_checks(&mut run, &[SuiteLayer::Gold], built.checks, built.checks_s);
     }
     Ok(run)
+}
+
+/// What gold did: the checks it waited for, and the models and their checks unless one of
+/// those failed.
+struct GoldStep {
+    before: Finished,
+    built: Option<GoldBuilt>,
+}
+
+struct GoldBuilt {
+    models: Vec<ModelReport>,
+    /// Models left out: a table they read is not in the lake.
+    skipped: Vec<String>,
+    checks: Finished,
+    /// Wall seconds of the build, and of the checks left after it.
+    seconds: f64,
+    checks_s: f64,
+}
+
+/// Waits for the checks of the tables gold reads; unless one with action `fail` failed, builds
+/// the `selected` models whose sources are in the lake, with their checks.
+async fn gold_step(
+    lake: &Lake,
+    models: &Models,
+    mut selected: BTreeSet<String>,
+    checks: &Checks,
+    run_id: &str,
+    options: &RunOptions,
+    before: EarlyChecks,
+) -> Result<GoldStep> {
+    let before = before.finish().await?;
+    if quality::failure_message(&before.results).is_some() {
+        return Ok(GoldStep {
+            before,
+            built: None,
+        });
+    }
+    let mut skipped = Vec::new();
+    for (model, source) in gold::missing_sources(lake, models, &selected).await? {
+        selected.remove(&model);
+        skipped.push(format!("model {model}: {source} is not loaded yet"));
+    }
+    let started = std::time::Instant::now();
+    let built = |model: &str| selected.contains(model);
+    let gold = of_layers(checks, &[SuiteLayer::Gold], &built);
+    let mut early = EarlyChecks::for_models(lake, run_id, gold, &selected);
+    let models = build_gold(lake, models, &selected, options, &mut early).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let checks = early.finish().await?;
+    Ok(GoldStep {
+        before,
+        built: Some(GoldBuilt {
+            models,
+            skipped,
+            checks,
+            seconds,
+            checks_s: started.elapsed().as_secs_f64(),
+        }),
+    })
+}
+
+/// `tables` (in dependency order) with those gold reads, and the tables they enrich from,
+/// first: gold starts once they are in, and the others' silver runs beside it.
+fn gold_first(
+    tables: Vec<crate::idcard::Table>,
+    gold_reads: Option<&BTreeSet<String>>,
+) -> Vec<crate::idcard::Table> {
+    let Some(reads) = gold_reads else {
+        return tables;
+    };
+    let mut needed: BTreeSet<String> = tables
+        .iter()
+        .filter(|t| t.lake_names().iter().any(|n| reads.contains(n)))
+        .map(|t| t.name().to_owned())
+        .collect();
+    // A table comes after the tables it enriches from, so walking back finds them all.
+    for table in tables.iter().rev() {
+        if needed.contains(table.name()) {
+            needed.extend(table.depends_on.iter().cloned());
+        }
+    }
+    let (mut first, then): (Vec<_>, Vec<_>) =
+        tables.into_iter().partition(|t| needed.contains(t.name()));
+    first.extend(then);
+    first
 }
 
 /// Builds the `selected` models; each model's checks start once the models they read are
@@ -240,7 +366,7 @@ async fn refine_lane(
     lake: &Lake,
     options: &RunOptions,
     bars: &MultiProgress,
-    checks: &mut EarlyChecks,
+    arrived: &(dyn Fn(&str) + Sync),
 ) -> Result<(Vec<TableReport>, Vec<String>)> {
     let position = |name: &str| selected.iter().position(|t| t.name() == name);
     let project = std::sync::Arc::new(project.clone());
@@ -265,7 +391,7 @@ async fn refine_lane(
             let Some(ready) = ready else { break };
             let (i, report) = waiting.remove(ready);
             if options.until < Stage::Silver {
-                checks.table_done(&report.table);
+                arrived(&report.table);
                 reports[i] = Some(report);
                 continue;
             }
@@ -313,7 +439,7 @@ async fn refine_lane(
                         report.warnings += stats.warnings.values().sum::<u64>();
                         report.silver = stats.rows_after;
                         report.silver_s = stats.seconds;
-                        checks.table_done(&report.table);
+                        arrived(&report.table);
                         reports[i] = Some(report);
                     }
                     Err(e) => {
@@ -555,29 +681,27 @@ fn of_layers(
         .collect()
 }
 
-/// Adds the checks' results to `run` with the wall time spent waiting for them as a phase; a
-/// check with action `fail` that failed sets the run's failure, which stops it.
-fn record_checks(
-    run: &mut RunReport,
-    layers: &[SuiteLayer],
-    finished: Finished,
-    started: std::time::Instant,
-) {
+/// Adds the checks' results to `run` with the wall `seconds` spent waiting for them as a
+/// phase; a check with action `fail` that failed adds to the run's failure.
+fn record_checks(run: &mut RunReport, layers: &[SuiteLayer], finished: Finished, seconds: f64) {
     for check in finished.missing {
         run.skipped.push(format!(
             "check {check}: reads a table that is not loaded yet"
         ));
     }
-    run.failure = quality::failure_message(&finished.results);
+    if let Some(failure) = quality::failure_message(&finished.results) {
+        run.failure = Some(match run.failure.take() {
+            Some(before) => format!("{before}\n{failure}"),
+            None => failure,
+        });
+    }
     run.checks.extend(finished.results);
     let names: Vec<String> = layers
         .iter()
         .map(|l| format!("{l:?}").to_lowercase())
         .collect();
-    run.phases.push((
-        format!("{} checks", names.join(" and ")),
-        started.elapsed().as_secs_f64(),
-    ));
+    run.phases
+        .push((format!("{} checks", names.join(" and ")), seconds));
 }
 
 fn bar(table: &str, stage: &str) -> ProgressBar {
@@ -594,4 +718,48 @@ fn bar(table: &str, stage: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn the_tables_gold_reads_come_first_and_after_what_they_enrich_from() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let project = crate::idcard::load_dir(&repo.join("idcards")).unwrap();
+        let models = Models::load(&repo.join("models"), &project, BTreeMap::new()).unwrap();
+        let reads: BTreeSet<String> = models
+            .models
+            .iter()
+            .flat_map(|m| models.sources_read(&m.name))
+            .map(|(_, table)| table.clone())
+            .collect();
+        let names = |tables: &[crate::idcard::Table]| -> Vec<String> {
+            tables.iter().map(|t| t.name().to_owned()).collect()
+        };
+        let ordered = names(&gold_first(project.tables.clone(), Some(&reads)));
+        let unread: Vec<&String> = ordered.iter().filter(|t| !reads.contains(*t)).collect();
+        // geolocation, payments and customer_profiles: no model reads them.
+        assert_eq!(unread.len(), 3, "{ordered:?}");
+        let first_unread = ordered.iter().position(|t| !reads.contains(t)).unwrap();
+        assert!(
+            ordered[first_unread..].iter().all(|t| !reads.contains(t)),
+            "{ordered:?}"
+        );
+        let position = |name: &str| ordered.iter().position(|t| t == name).unwrap();
+        for table in &project.tables {
+            for dim in &table.depends_on {
+                assert!(position(dim) < position(table.name()), "{ordered:?}");
+            }
+        }
+        // Without gold, the dependency order as it is.
+        assert_eq!(
+            names(&gold_first(project.tables.clone(), None)),
+            names(&project.tables)
+        );
+    }
 }

@@ -294,4 +294,36 @@ fn fail_stops_with_a_clear_message_and_a_non_zero_exit() {
         "gold was built after a failed check"
     );
     assert!(count(&fresh, Layer::Silver, "orders") > 0);
+
+    // A failing check on a table no model reads fails the run too, but gold, which starts once
+    // its own tables are in and their checks passed, is built beside that table's silver.
+    let unread_fail = suite(
+        dir.path(),
+        "unread_fail",
+        "suite: uf\nlayer: silver\nchecks:\n  - { name: only_sao_paulo, expect: expect_column_values_to_be_in_set, table: geolocation, column: geolocation_state, value_set: [SP], action: fail }\n",
+    );
+    let beside = dir.path().join("beside");
+    let mut run = framework(&beside);
+    run.args(["run", "--all", "--data"])
+        .arg(sample())
+        .arg("--expectations")
+        .arg(&unread_fail);
+    let out = output(run);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run stopped") && err.contains("only_sao_paulo"),
+        "{err}"
+    );
+    for model in [
+        "gold_daily_sales",
+        "gold_customer_rfm",
+        "gold_seller_performance",
+    ] {
+        assert!(
+            beside.join(format!("gold/{model}/_delta_log")).exists(),
+            "{model} was not built beside a check on a table it does not read"
+        );
+    }
+    assert_eq!(results(&beside, "uf").len(), 1, "the failure is recorded");
 }
