@@ -56,11 +56,17 @@ impl Table {
     /// The names of this table's tables in the lake: its own (in every layer), then silver's
     /// extra ones, its deletes (`<table>__tombstones`) and its `latest_by` tables.
     pub fn lake_names(&self) -> Vec<String> {
-        let name = self.name();
-        [name.to_owned(), format!("{name}__tombstones")]
+        self.refined_names()
             .into_iter()
             .chain(self.config.latest_by.iter().map(|l| l.name.clone()))
             .collect()
+    }
+
+    /// The names silver commits first, before the `latest_by` tables built from them: the
+    /// table and its tombstones.
+    pub fn refined_names(&self) -> Vec<String> {
+        let name = self.name();
+        vec![name.to_owned(), format!("{name}__tombstones")]
     }
 
     /// Arrow schema of the idcard's own columns (no metadata columns).

@@ -16,7 +16,8 @@ pub(super) struct EarlyChecks {
     lake: Lake,
     run_id: String,
     checks: Vec<Check>,
-    /// Per check, the run's tables it reads that are not in yet.
+    /// Per check, the tables (by their names in the lake) or models it reads that are not in
+    /// yet.
     waits_for: Vec<BTreeSet<String>>,
     started: Vec<bool>,
     running: tokio::task::JoinSet<std::result::Result<Evaluated, (usize, super::Error)>>,
@@ -36,15 +37,15 @@ pub(super) struct Finished {
 }
 
 impl EarlyChecks {
-    /// `checks` read tables of the lake; those of `run` (the run's tables) are awaited, each by
-    /// every name it has in the lake (its `latest_by` tables are its silver's).
+    /// `checks` read tables of the lake; those of `run` (the run's tables) are awaited by
+    /// their names in the lake (a table's own, its tombstones', its `latest_by` tables').
     pub fn new(lake: &Lake, run_id: &str, checks: Vec<Check>, run: &[Table]) -> Self {
         let waits_for = checks.iter().map(|c| waits_for(c, run)).collect();
         Self::waiting(lake, run_id, checks, waits_for)
     }
 
     /// `checks` read gold models and other tables of the lake; the models of `building` (the
-    /// run's) are awaited, each announced by [`EarlyChecks::table_done`] with its name.
+    /// run's) are awaited, each announced by [`EarlyChecks::done`] with its name.
     pub fn for_models(
         lake: &Lake,
         run_id: &str,
@@ -74,10 +75,13 @@ impl EarlyChecks {
         }
     }
 
-    /// `table` (or model) is in: the checks that waited only for it start.
-    pub fn table_done(&mut self, table: &str) {
+    /// These tables (by their names in the lake) or models are in: the checks that waited
+    /// only for them start.
+    pub fn done(&mut self, names: &[String]) {
         for waits in &mut self.waits_for {
-            waits.remove(table);
+            for name in names {
+                waits.remove(name);
+            }
         }
         self.start(|waits| waits.is_empty());
     }
@@ -155,7 +159,7 @@ pub(super) struct Arrivals {
     /// Taken by gold when it starts; `None` when the run builds no gold.
     before_gold: Option<EarlyChecks>,
     beside_gold: EarlyChecks,
-    /// The run's tables gold reads that are not in yet.
+    /// The names in the lake of the run's tables gold reads that are not in yet.
     gold_waits_for: BTreeSet<String>,
     /// Fired once they are all in; dropped unfired when the run stops before.
     gold_may_start: Option<tokio::sync::oneshot::Sender<()>>,
@@ -176,10 +180,8 @@ impl Arrivals {
         let order = checks.iter().map(|c| c.name.clone()).collect();
         let gold_waits_for: BTreeSet<String> = run
             .iter()
-            .filter(|t| {
-                gold_reads.is_some_and(|reads| t.lake_names().iter().any(|n| reads.contains(n)))
-            })
-            .map(|t| t.name().to_owned())
+            .flat_map(|t| t.lake_names())
+            .filter(|name| gold_reads.is_some_and(|reads| reads.contains(name)))
             .collect();
         let (before, beside): (Vec<Check>, Vec<Check>) = checks
             .into_iter()
@@ -196,14 +198,16 @@ impl Arrivals {
         (arrivals, fired)
     }
 
-    /// `table` is in: the checks that waited only for it start, and gold once it was the last
-    /// of gold's.
-    pub fn table_done(&mut self, table: &str) {
+    /// These tables (by their names in the lake) are in: the checks that waited only for
+    /// them start, and gold once they were the last of gold's.
+    pub fn done(&mut self, names: &[String]) {
         if let Some(before) = &mut self.before_gold {
-            before.table_done(table);
+            before.done(names);
         }
-        self.beside_gold.table_done(table);
-        self.gold_waits_for.remove(table);
+        self.beside_gold.done(names);
+        for name in names {
+            self.gold_waits_for.remove(name);
+        }
         self.fire_when_ready();
     }
 
@@ -245,16 +249,13 @@ impl Arrivals {
     }
 }
 
-/// The tables of `run` that `check` reads (by any of their names in the lake).
+/// The tables of `run` that `check` reads, by their names in the lake.
 fn waits_for(check: &Check, run: &[Table]) -> BTreeSet<String> {
     check
         .relations()
-        .iter()
-        .filter_map(|(_, name)| {
-            run.iter()
-                .find(|t| t.lake_names().contains(name))
-                .map(|t| t.name().to_owned())
-        })
+        .into_iter()
+        .map(|(_, name)| name)
+        .filter(|name| run.iter().any(|t| t.lake_names().contains(name)))
         .collect()
 }
 
@@ -316,8 +317,9 @@ mod tests {
         };
         use crate::quality::SuiteLayer::{Bronze, Silver};
         assert_eq!(waits(Bronze, "orders"), ["orders"]);
-        // A `latest_by` table is its table's.
-        assert_eq!(waits(Silver, "customers_unique"), ["customers"]);
+        // A `latest_by` table is awaited by its own name: silver announces it after its
+        // table's.
+        assert_eq!(waits(Silver, "customers_unique"), ["customers_unique"]);
         // A table this run does not load is not waited for.
         assert!(waits(Silver, "products").is_empty());
         // A relationship waits for both sides.

@@ -143,11 +143,11 @@ pub async fn run(
         gold_reads.as_ref(),
     );
     let arrivals = std::sync::Mutex::new(arrivals);
-    let arrived = |table: &str| {
+    let arrived = |names: &[String]| {
         arrivals
             .lock()
             .expect("no panic while holding the arrivals")
-            .table_done(table)
+            .done(names)
     };
     let refine = async {
         let refined = refine_lane(
@@ -325,11 +325,11 @@ async fn build_gold(
     let reports = loop {
         tokio::select! {
             reports = &mut build => break reports?,
-            Some(model) = announced.recv() => checks.table_done(&model),
+            Some(model) = announced.recv() => checks.done(std::slice::from_ref(&model)),
         }
     };
     while let Ok(model) = announced.try_recv() {
-        checks.table_done(&model);
+        checks.done(std::slice::from_ref(&model));
     }
     Ok(reports)
 }
@@ -354,8 +354,9 @@ const SMALL_DELIVERY: u64 = 200_000;
 
 /// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] deliveries
 /// at a time, at most one of them large (see [`SMALL_DELIVERY`]); a table waits for the
-/// silver of the tables it enriches from when they are in this run. Once a table is in, the
-/// `checks` that read only tables already in start.
+/// silver of the tables it enriches from when they are in this run. Each table is `arrived`
+/// by its names in the lake: its own and its tombstones' once silver committed them, its
+/// `latest_by` tables' once they are rebuilt.
 /// Returns the reports in the run's table order and the produce stage's notes. After an error
 /// no table is started and those running are waited for (aborting one would cut a write
 /// short); the first error is returned.
@@ -366,7 +367,7 @@ async fn refine_lane(
     lake: &Lake,
     options: &RunOptions,
     bars: &MultiProgress,
-    arrived: &(dyn Fn(&str) + Sync),
+    arrived: &(dyn Fn(&[String]) + Sync),
 ) -> Result<(Vec<TableReport>, Vec<String>)> {
     let position = |name: &str| selected.iter().position(|t| t.name() == name);
     let project = std::sync::Arc::new(project.clone());
@@ -375,6 +376,8 @@ async fn refine_lane(
     // Ingested, not started: waiting for a slot or for a table they enrich from.
     let mut waiting: Vec<(usize, TableReport)> = Vec::new();
     let mut running = tokio::task::JoinSet::new();
+    // A running table whose own silver is in, its `latest_by` tables still being rebuilt.
+    let (table_in, mut tables_in) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let mut closed = false;
     let mut failed: Option<Error> = None;
     let large = |report: &TableReport| report.consumed > SMALL_DELIVERY;
@@ -391,7 +394,7 @@ async fn refine_lane(
             let Some(ready) = ready else { break };
             let (i, report) = waiting.remove(ready);
             if options.until < Stage::Silver {
-                arrived(&report.table);
+                arrived(&selected[i].lake_names());
                 reports[i] = Some(report);
                 continue;
             }
@@ -405,8 +408,14 @@ async fn refine_lane(
                 project.clone(),
                 options.silver_options.clone(),
             );
+            let table_in = table_in.clone();
             running.spawn(async move {
-                let stats = silver::refine(&lake, &project, &table, &silver_options).await;
+                let announce = move || {
+                    let _ = table_in.send(i);
+                };
+                let stats =
+                    silver::refine_announcing(&lake, &project, &table, &silver_options, announce)
+                        .await;
                 spinner.finish_and_clear();
                 (i, report, stats)
             });
@@ -425,6 +434,7 @@ async fn refine_lane(
                 }
                 None => closed = true,
             },
+            Some(i) = tables_in.recv() => arrived(&selected[i].refined_names()),
             Some(joined) = running.join_next() => {
                 let (i, mut report, stats) =
                     joined.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
@@ -439,7 +449,7 @@ async fn refine_lane(
                         report.warnings += stats.warnings.values().sum::<u64>();
                         report.silver = stats.rows_after;
                         report.silver_s = stats.seconds;
-                        arrived(&report.table);
+                        arrived(&selected[i].lake_names());
                         reports[i] = Some(report);
                     }
                     Err(e) => {

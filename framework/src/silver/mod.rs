@@ -13,7 +13,7 @@ pub(crate) mod sql;
 mod tests;
 mod transform;
 
-pub use transform::{SilverOptions, SilverStats, refine};
+pub use transform::{SilverOptions, SilverStats, refine, refine_announcing};
 
 /// Errors of the silver stage.
 #[derive(Debug, thiserror::Error)]

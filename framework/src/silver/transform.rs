@@ -69,8 +69,21 @@ pub async fn refine(
     table: &Table,
     options: &SilverOptions,
 ) -> Result<SilverStats> {
+    refine_announcing(lake, project, table, options, || {}).await
+}
+
+/// [`refine`], calling `table_in` once the table itself is up to date, before its `latest_by`
+/// tables are rebuilt (what reads only the table may start then).
+pub async fn refine_announcing(
+    lake: &Lake,
+    project: &Project,
+    table: &Table,
+    options: &SilverOptions,
+    table_in: impl FnOnce(),
+) -> Result<SilverStats> {
     let _lease = lake.lease(Layer::Silver, table.name()).await?;
     let mut stats = refine_leased(lake, project, table, options).await?;
+    table_in();
     let started = Instant::now();
     refresh_latest_by(lake, table).await?;
     crate::fault::crash_point(&format!("silver-after-latest-by:{}", table.name()));
