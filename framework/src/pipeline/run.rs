@@ -139,6 +139,16 @@ pub async fn run(
         layers.push(SuiteLayer::Silver);
     }
     let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
+    // The run's tables refined beside gold, by their names in the lake.
+    let beside: BTreeSet<String> = selected
+        .iter()
+        .flat_map(|t| t.lake_names())
+        .filter(|name| {
+            gold_reads
+                .as_ref()
+                .is_some_and(|reads| !reads.contains(name))
+        })
+        .collect();
     let (arrivals, gold_may_start) = Arrivals::new(
         lake,
         &run_id,
@@ -172,7 +182,7 @@ pub async fn run(
     };
     let gold = async {
         let Some(selected) = gold_models else {
-            return Ok(None);
+            return Ok::<_, Error>(None);
         };
         if gold_may_start.await.is_err() {
             return Ok(None);
@@ -182,9 +192,16 @@ pub async fn run(
             .expect("no panic while holding the arrivals")
             .take_before_gold()
             .expect("gold's checks are taken once");
-        gold_step(lake, models, selected, checks, &run_id, options, before)
-            .await
-            .map(Some)
+        // Unless a check with action `fail` failed; a build that fails keeps the checks'
+        // results, which the run records before giving the error.
+        let before = before.finish().await?;
+        let built = match quality::failure_message(&before.results) {
+            Some(_) => Ok(None),
+            None => build_and_check(lake, models, selected, checks, &run_id, options, &beside)
+                .await
+                .map(Some),
+        };
+        Ok(Some(GoldStep { before, built }))
     };
     let ((refined, refine_s), gold) = tokio::join!(refine, gold);
     // After an error here, the other lanes find their channel closed once their current table
@@ -209,15 +226,30 @@ pub async fn run(
         .expect("no panic while holding the arrivals");
     let (before, gold) = match gold {
         Some(step) => (Some(step.before), step.built),
-        None => (None, None),
+        None => (None, Ok(None)),
     };
     let finished = arrivals.finish(before).await?;
     record_checks(&mut run, &layers, finished, waited.elapsed().as_secs_f64());
-    if let Some(built) = gold {
+    let gold = match gold {
+        Ok(gold) => gold,
+        Err(e) => {
+            // The checks that ran are recorded; then the build's error.
+            quality::record_results(lake, &run.checks).await?;
+            return Err(e);
+        }
+    };
+    if let Some(mut built) = gold {
         run.skipped.extend(built.skipped);
         run.models = built.models;
         run.phases.push(("gold".into(), built.seconds));
-        record_checks(&mut run, &[SuiteLayer::Gold], built.checks, built.checks_s);
+        let started = std::time::Instant::now();
+        let late = EarlyChecks::new(lake, &run_id, built.late, &[])
+            .finish()
+            .await?;
+        built.checks.results.extend(late.results);
+        built.checks.missing.extend(late.missing);
+        let checks_s = built.checks_s + started.elapsed().as_secs_f64();
+        record_checks(&mut run, &[SuiteLayer::Gold], built.checks, checks_s);
     }
     // Every layer's results in one commit.
     quality::record_results(lake, &run.checks).await?;
@@ -228,7 +260,7 @@ pub async fn run(
 /// those failed.
 struct GoldStep {
     before: Finished,
-    built: Option<GoldBuilt>,
+    built: Result<Option<GoldBuilt>>,
 }
 
 struct GoldBuilt {
@@ -236,29 +268,25 @@ struct GoldBuilt {
     /// Models left out: a table they read is not in the lake.
     skipped: Vec<String>,
     checks: Finished,
+    /// Gold checks that also read a table refined beside gold: run once the run's silver is in.
+    late: Vec<quality::Check>,
     /// Wall seconds of the build, and of the checks left after it.
     seconds: f64,
     checks_s: f64,
 }
 
-/// Waits for the checks of the tables gold reads; unless one with action `fail` failed, builds
-/// the `selected` models whose sources are in the lake, with their checks.
-async fn gold_step(
+/// Builds the `selected` models whose sources are in the lake, with the gold checks that read
+/// only them and tables already in; those reading a table refined `beside` gold are left for
+/// after the run's silver ([`GoldBuilt::late`]).
+async fn build_and_check(
     lake: &Lake,
     models: &Models,
     mut selected: BTreeSet<String>,
     checks: &Checks,
     run_id: &str,
     options: &RunOptions,
-    before: EarlyChecks,
-) -> Result<GoldStep> {
-    let before = before.finish().await?;
-    if quality::failure_message(&before.results).is_some() {
-        return Ok(GoldStep {
-            before,
-            built: None,
-        });
-    }
+    beside: &BTreeSet<String>,
+) -> Result<GoldBuilt> {
     let mut skipped = Vec::new();
     for (model, source) in gold::missing_sources(lake, models, &selected).await? {
         selected.remove(&model);
@@ -266,21 +294,26 @@ async fn gold_step(
     }
     let started = std::time::Instant::now();
     let built = |model: &str| selected.contains(model);
-    let gold = of_layers(checks, &[SuiteLayer::Gold], &built);
+    let (late, gold): (Vec<quality::Check>, Vec<quality::Check>) =
+        of_layers(checks, &[SuiteLayer::Gold], &built)
+            .into_iter()
+            .partition(|c| {
+                c.relations()
+                    .iter()
+                    .any(|(schema, name)| schema != "gold" && beside.contains(name))
+            });
     let mut early = EarlyChecks::for_models(lake, run_id, gold, &selected);
     let models = build_gold(lake, models, &selected, options, &mut early).await?;
     let seconds = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     let checks = early.finish().await?;
-    Ok(GoldStep {
-        before,
-        built: Some(GoldBuilt {
-            models,
-            skipped,
-            checks,
-            seconds,
-            checks_s: started.elapsed().as_secs_f64(),
-        }),
+    Ok(GoldBuilt {
+        models,
+        skipped,
+        checks,
+        late,
+        seconds,
+        checks_s: started.elapsed().as_secs_f64(),
     })
 }
 

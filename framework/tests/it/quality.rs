@@ -302,6 +302,13 @@ fn fail_stops_with_a_clear_message_and_a_non_zero_exit() {
         "unread_fail",
         "suite: uf\nlayer: silver\nchecks:\n  - { name: only_sao_paulo, expect: expect_column_values_to_be_in_set, table: geolocation, column: geolocation_state, value_set: [SP], action: fail }\n",
     );
+    // A gold check that also reads a table refined beside gold runs once that table is in:
+    // it sees this delivery's payments (on this fresh lake, before they are in there are none).
+    std::fs::write(
+        unread_fail.join("gold.yaml"),
+        "suite: gp\nlayer: gold\nchecks:\n  - name: payments_beside_gold\n    expect: expect_query_to_return_no_rows\n    action: warn\n    query: SELECT 1 FROM (SELECT count(*) AS n FROM silver.payments) p CROSS JOIN (SELECT count(*) AS d FROM gold.gold_daily_sales) g WHERE p.n = 0 OR g.d = 0\n",
+    )
+    .unwrap();
     let beside = dir.path().join("beside");
     let mut run = framework(&beside);
     run.args(["run", "--all", "--data"])
@@ -326,4 +333,7 @@ fn fail_stops_with_a_clear_message_and_a_non_zero_exit() {
         );
     }
     assert_eq!(results(&beside, "uf").len(), 1, "the failure is recorded");
+    let late = results(&beside, "gp");
+    assert_eq!(late.len(), 1, "{late:?}\n{err}");
+    assert!(late[0].1, "{late:?}");
 }
