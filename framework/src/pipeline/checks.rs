@@ -180,38 +180,34 @@ pub(super) struct Arrivals {
 }
 
 impl Arrivals {
-    /// `gold_reads` names the lake tables (`silver.orders` as `orders`) the run's models read,
-    /// or is `None` when the run builds no gold. The receiver fires when gold may start.
+    /// `gold_reads` names the lake tables of `run` (`silver.orders` as `orders`) the run's
+    /// models read, or is `None` when the run builds no gold. The receiver fires when gold may
+    /// start.
     pub fn new(
         lake: &Lake,
         run_id: &str,
         checks: Vec<Check>,
         run: &[Table],
-        gold_reads: Option<&BTreeSet<String>>,
+        gold_reads: Option<BTreeSet<String>>,
     ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let order = checks.iter().map(|c| c.name.clone()).collect();
-        let gold_waits_for: BTreeSet<String> = run
-            .iter()
-            .flat_map(|t| t.lake_names())
-            .filter(|name| gold_reads.is_some_and(|reads| reads.contains(name)))
-            .collect();
+        let builds_gold = gold_reads.is_some();
+        let gold_waits_for = gold_reads.unwrap_or_default();
         let gold_waits_for_size = run
             .iter()
-            .filter(|t| {
-                gold_reads.is_some() && !t.lake_names().iter().any(|n| gold_waits_for.contains(n))
-            })
+            .filter(|t| builds_gold && !t.lake_names().iter().any(|n| gold_waits_for.contains(n)))
             .map(|t| t.name().to_owned())
             .collect();
         let (before, beside): (Vec<Check>, Vec<Check>) = checks
             .into_iter()
-            .partition(|c| gold_reads.is_some() && waits_for(c, run).is_subset(&gold_waits_for));
+            .partition(|c| builds_gold && waits_for(c, run).is_subset(&gold_waits_for));
         let (fire, fired) = tokio::sync::oneshot::channel();
         let mut arrivals = Self {
-            before_gold: gold_reads.map(|_| EarlyChecks::new(lake, run_id, before, run)),
+            before_gold: builds_gold.then(|| EarlyChecks::new(lake, run_id, before, run)),
             beside_gold: EarlyChecks::new(lake, run_id, beside, run),
             gold_waits_for,
             gold_waits_for_size,
-            gold_may_start: gold_reads.map(|_| fire),
+            gold_may_start: builds_gold.then_some(fire),
             order,
         };
         arrivals.fire_when_ready();
@@ -404,7 +400,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::at(&dir.path().to_string_lossy());
         let reads: BTreeSet<String> = ["customers", "orders"].map(String::from).into();
-        let (mut arrivals, mut fired) = Arrivals::new(&lake, "r", vec![], &run, Some(&reads));
+        let (mut arrivals, mut fired) = Arrivals::new(&lake, "r", vec![], &run, Some(reads));
         let mut fired_now = || fired.try_recv().is_ok();
         arrivals.arrive(Arrival::Ingested {
             table: "payments",

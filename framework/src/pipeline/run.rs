@@ -139,22 +139,21 @@ pub async fn run(
         layers.push(SuiteLayer::Silver);
     }
     let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
-    // The run's tables refined beside gold, by their names in the lake.
-    let beside: BTreeSet<String> = selected
+    // The names in the lake of the run's tables: those gold reads, and those refined beside it.
+    let (read, beside): (BTreeSet<String>, BTreeSet<String>) = selected
         .iter()
         .flat_map(|t| t.lake_names())
-        .filter(|name| {
+        .partition(|name| {
             gold_reads
                 .as_ref()
-                .is_some_and(|reads| !reads.contains(name))
-        })
-        .collect();
+                .is_some_and(|reads| reads.contains(name))
+        });
     let (arrivals, gold_may_start) = Arrivals::new(
         lake,
         &run_id,
         of_layers(checks, &layers, &loaded),
         &selected,
-        gold_reads.as_ref(),
+        gold_reads.as_ref().map(|_| read),
     );
     let arrivals = std::sync::Mutex::new(arrivals);
     let arrived = |arrival: Arrival<'_>| {
