@@ -2,7 +2,9 @@
 //! a first delivery into a fresh lake, the same files again (`--resend`) and a 1% delivery, next
 //! to a vectorised Python peer doing the same job in the same run (bench/peer_pandas.py: pyarrow,
 //! pandas, DuckDB and the deltalake package, no row loop; its gold is DuckDB running our rendered
-//! SQL, bench/peer_duckdb_gold.py); then each gold model's time next to DuckDB's.
+//! SQL, bench/peer_duckdb_gold.py); then each stage's throughput alone (`run --until produce`,
+//! then `--no-produce --until bronze`, then `--until silver`) next to the peer's stages, and
+//! each gold model's time next to DuckDB's.
 //!
 //! With `--kafka`, instead: rows/s of produce and bronze through a real Kafka-protocol broker
 //! (Tansu, started here), `framework run --all --until bronze --bus kafka://...` next to
@@ -119,6 +121,11 @@ fn main() -> Result<()> {
         "| data | gold model | framework s | DuckDB s | DuckDB / framework |".to_owned(),
         "| --- | --- | ---: | ---: | ---: |".to_owned(),
     ];
+    let mut alone_lines = vec![
+        "| data | rows | engine | produce rows/s | bronze rows/s | silver (first load) rows/s |"
+            .to_owned(),
+        "| --- | ---: | --- | ---: | ---: | ---: |".to_owned(),
+    ];
     let mut profiles = Vec::new();
     for scale in &args.scales {
         let (label, data) = data_for(&exe, &repo, &args.work, *scale)?;
@@ -134,6 +141,19 @@ fn main() -> Result<()> {
             &args.work.join(format!("data-{scale}-1pct")),
         )?;
         let ours = run_ours(&exe, &repo, [&data, &data, &small], &lake)?;
+        let alone = stages_alone(
+            &exe,
+            &repo,
+            &data,
+            &args.work.join(format!("stages-{scale}")),
+        )?;
+        alone_lines.push(format!(
+            "| {label} | {:.0} | framework, each stage alone | {:.0} | {:.0} | {:.0} |",
+            alone.rows,
+            alone.rows / alone.produce_s,
+            alone.rows / alone.bronze_s,
+            alone.rows / alone.silver_s,
+        ));
         if args.profile {
             profiles.push(profile(&label, &ours));
         }
@@ -156,6 +176,13 @@ fn main() -> Result<()> {
                 "Python peer (pyarrow, pandas, DuckDB, deltalake)",
                 &peer,
             ));
+            alone_lines.push(format!(
+                "| {label} | {:.0} | Python peer (its stages run one after the other) | {:.0} | {:.0} | {:.0} |",
+                peer[0].rows,
+                peer[0].rows / peer[0].produce_s,
+                peer[0].rows / peer[0].bronze_s,
+                peer[0].rows / peer[0].silver_s,
+            ));
             lines.push(format!(
                 "| {label} | | **peer / framework** | {:.1}x | {:.1}x | {:.1}x | {:.1}x | {:.1}x | {:.1}x | |",
                 peer[0].produce_s / ours[0].produce_s,
@@ -169,6 +196,7 @@ fn main() -> Result<()> {
     }
     if !args.gold_only {
         println!("{}", lines.join("\n"));
+        println!("\n{}", alone_lines.join("\n"));
     }
     println!("\n{}", gold_lines.join("\n"));
     for profile in profiles {
@@ -808,6 +836,44 @@ fn run_ours(exe: &Path, repo: &Path, deliveries: [&Path; 3], lake: &Path) -> Res
         out.push(figures);
     }
     Ok(out)
+}
+
+/// Each stage's throughput on its own, on a fresh `lake`: `run --until produce` (the source
+/// files onto the topics), then `--no-produce --until bronze`, then `--no-produce --until
+/// silver` (a first load), each stage's wall seconds from its run's report. In `run --all`
+/// the stages overlap on the cores, so the seconds per table and stage of the main table are
+/// longer by the clock than the stage's own work.
+fn stages_alone(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figures> {
+    fresh(lake)?;
+    let report = lake.with_extension("json");
+    let mut figures = Figures::default();
+    for (until, produce) in [("produce", true), ("bronze", false), ("silver", false)] {
+        let mut cmd = framework(exe, repo, lake);
+        cmd.args(["run", "--all", "--simulate", "--until", until, "--data"])
+            .arg(data)
+            .arg("--report")
+            .arg(&report)
+            .stdout(std::process::Stdio::null());
+        if !produce {
+            cmd.arg("--no-produce");
+        }
+        run(&mut cmd)?;
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+        // The first phase is the stage's own (its checks come after).
+        let seconds = json["phases"][0][1]
+            .as_f64()
+            .with_context(|| format!("no phase in {}", report.display()))?;
+        match until {
+            "produce" => {
+                figures.rows = Figures::from_report(&json, 0.0, "rows_read").rows;
+                figures.produce_s = seconds;
+            }
+            "bronze" => figures.bronze_s = seconds,
+            _ => figures.silver_s = seconds,
+        }
+    }
+    fresh(lake)?;
+    Ok(figures)
 }
 
 /// The Python peer on a fresh `lake`, once per data folder in turn.

@@ -163,7 +163,7 @@ enum Command {
     /// Produce (in bulk; each source row once unless --simulate) -> bronze -> silver for some
     /// tables or all of them, each layer's checks, then the gold models that read them.
     #[command(
-        after_help = "Examples:\n  framework run --all                              the whole lake: produce, bronze, silver, gold, checks\n  framework run --table orders --table customers   these tables, then the gold models that read them\n  framework run --all --no-produce --until silver  what is on the topics, up to silver\n  framework run --all --simulate --seed 7          with late and duplicate messages\n  framework --bus kafka://localhost:9092 run --all through a Kafka cluster"
+        after_help = "Examples:\n  framework run --all                              the whole lake: produce, bronze, silver, gold, checks\n  framework run --table orders --table customers   these tables, then the gold models that read them\n  framework run --all --until produce              only send the source files onto the topics\n  framework run --all --no-produce --until silver  what is on the topics, up to silver\n  framework run --all --simulate --seed 7          with late and duplicate messages\n  framework --bus kafka://localhost:9092 run --all through a Kafka cluster"
     )]
     Run(RunArgs),
     /// Build gold models on DataFusion from the lake's silver tables (no ingestion).
@@ -758,6 +758,11 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         idle_ms,
         report,
     } = args;
+    if no_produce && until == Stage::Produce {
+        bail!(
+            "run --no-produce --until produce has nothing to do\n  hint: drop --no-produce to send the source files onto the topics, or pick a later --until"
+        );
+    }
     let (project, models, checks) = load_all(cli)?;
     let lake = &writing(lake, &project);
     let keys = keyring(cli, &project)?;

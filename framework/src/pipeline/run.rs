@@ -20,8 +20,14 @@ use super::{Error, Result, TableReport, deliveries};
 /// The last stage to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Stage {
+    /// The source files onto the topics, nothing consumed (a later `--no-produce` run, or
+    /// another consumer, takes them from there).
+    Produce,
+    /// Produce, then ingest into bronze.
     Bronze,
+    /// Up to silver.
     Silver,
+    /// Up to gold, every layer's checks included.
     Gold,
 }
 
@@ -134,7 +140,10 @@ pub async fn run(
     ));
     // Gold starts once the run's tables its models read are in and their checks passed; the
     // silver of the tables no model reads, and their checks, run beside it.
-    let mut layers = vec![SuiteLayer::Bronze];
+    let mut layers = Vec::new();
+    if options.until >= Stage::Bronze {
+        layers.push(SuiteLayer::Bronze);
+    }
     if options.until >= Stage::Silver {
         layers.push(SuiteLayer::Silver);
     }
@@ -216,8 +225,16 @@ pub async fn run(
     let (reports, skipped) = refined?;
     let gold: Option<GoldStep> = gold?;
     run.skipped.extend(skipped);
-    run.phases
-        .push(("produce, bronze, silver".into(), refine_s));
+    // The stages this run went through, e.g. "produce, bronze, silver".
+    let stages: Vec<&str> = [
+        (options.produce, "produce"),
+        (options.until >= Stage::Bronze, "bronze"),
+        (options.until >= Stage::Silver, "silver"),
+    ]
+    .into_iter()
+    .filter_map(|(ran, stage)| ran.then_some(stage))
+    .collect();
+    run.phases.push((stages.join(", "), refine_s));
     run.tables = reports;
     let waited = std::time::Instant::now();
     let arrivals = arrivals
@@ -666,16 +683,20 @@ async fn ingest_lane(
     ingested: tokio::sync::mpsc::Sender<TableReport>,
 ) -> Result<()> {
     while let Some((table, mut producing)) = produced.recv().await {
-        let bar = bars.add(bar(table.name(), "bronze"));
+        let bar = match options.until >= Stage::Bronze {
+            true => bars.add(bar(table.name(), "bronze")),
+            false => ProgressBar::hidden(),
+        };
         let progress = |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         };
         let mut stats = bronze::BronzeStats::default();
-        // The log bronze follows while the producer appends (none on Kafka).
+        // The log bronze follows while the producer appends (none on Kafka, nor when the run
+        // stops after producing).
         let mut follow = match &bus {
-            Bus::Embedded(log) => Some(log),
-            Bus::Kafka(_) => None,
+            Bus::Embedded(log) if options.until >= Stage::Bronze => Some(log),
+            _ => None,
         };
         let produced = loop {
             tokio::select! {
@@ -709,7 +730,10 @@ async fn ingest_lane(
             bar.finish_and_clear();
             break;
         };
-        stats += bronze::ingest(&bus, &lake, &table, &options.bronze_options, &progress).await?;
+        if options.until >= Stage::Bronze {
+            stats +=
+                bronze::ingest(&bus, &lake, &table, &options.bronze_options, &progress).await?;
+        }
         bar.finish_and_clear();
         report.consumed = stats.messages;
         report.bronze = stats.rows;
@@ -755,6 +779,9 @@ fn record_checks(run: &mut RunReport, layers: &[SuiteLayer], finished: Finished,
         });
     }
     run.checks.extend(finished.results);
+    if layers.is_empty() {
+        return;
+    }
     let names: Vec<String> = layers
         .iter()
         .map(|l| format!("{l:?}").to_lowercase())

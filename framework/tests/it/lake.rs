@@ -539,3 +539,56 @@ fn the_parquet_codec_is_lz4_raw_unless_the_environment_picks_another() {
     );
     assert!(!lake.exists(), "nothing written");
 }
+
+/// `--until produce` only fills the topics: every source row is a message and no layer is
+/// written; a later `--no-produce` run ingests exactly those messages. `--no-produce --until
+/// produce` is refused with a hint.
+#[test]
+fn until_produce_fills_the_topics_and_a_later_run_consumes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut produce = framework(&lake);
+    produce
+        .args(["run", "--table", "orders", "--until", "produce", "--data"])
+        .arg(sample());
+    ok(produce);
+    let mut want = csv_values("olist_orders_dataset.csv", "order_id");
+    assert_eq!(
+        topic_messages(&lake, "raw_orders", 3),
+        want.len() as u64,
+        "one message per source row"
+    );
+    let opened =
+        runtime().block_on(framework::lake::Lake::new(&lake).open(Layer::Bronze, "orders"));
+    assert!(opened.unwrap().is_none(), "bronze was written");
+
+    let mut ingest = framework(&lake);
+    ingest.args([
+        "run",
+        "--table",
+        "orders",
+        "--no-produce",
+        "--until",
+        "bronze",
+    ]);
+    ok(ingest);
+    let mut got = batch_rows(&batches(
+        &lake,
+        Layer::Bronze,
+        "orders",
+        "SELECT order_id FROM t",
+    ));
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "bronze holds the produced rows once each");
+
+    let mut nothing = framework(&lake);
+    nothing.args(["run", "--all", "--no-produce", "--until", "produce"]);
+    let out = output(nothing);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(
+        stderr.contains("nothing to do") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+}
