@@ -337,3 +337,40 @@ fn fail_stops_with_a_clear_message_and_a_non_zero_exit() {
     assert_eq!(late.len(), 1, "{late:?}\n{err}");
     assert!(late[0].1, "{late:?}");
 }
+
+/// A gold model that fails while it runs fails the run, naming the model, and the bronze and
+/// silver checks that ran before it are still recorded (the results are one commit at the end
+/// of a run, which the build's error must not skip).
+#[test]
+fn a_gold_build_that_fails_still_records_the_bronze_and_silver_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    copy_dir(&repo().join("models"), &models);
+    // A cast that fails on every row, at run time (the plan is valid).
+    std::fs::write(
+        models.join("gold/gold_broken.sql"),
+        "SELECT CAST(order_id AS INT) AS n FROM {{ ref('stg_orders') }}\n",
+    )
+    .unwrap();
+    let lake = dir.path().join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--all", "--data"])
+        .arg(sample())
+        .arg("--models")
+        .arg(&models);
+    let out = output(run);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failing model passed:\n{err}");
+    assert!(err.contains("gold_broken"), "{err}");
+    for suite in ["bronze", "silver"] {
+        let recorded = results(&lake, suite);
+        assert!(
+            !recorded.is_empty(),
+            "the {suite} checks of the failed run were not recorded\n{err}"
+        );
+        assert!(
+            recorded.iter().all(|(_, passed, _, _)| *passed),
+            "{suite}: {recorded:?}"
+        );
+    }
+}
