@@ -67,11 +67,16 @@ pub async fn evaluate_checks(
 ) -> Result<Vec<CheckResult>> {
     let ctx = session();
     register(lake, &ctx, checks).await?;
+    let counted = shared_scans(&ctx, checks).await;
     // Each check is a small query: planning, a scan and a few rows out. Several at a time keep
     // both cores busy (the results keep the checks' order).
     // Collected first: a lazy `map` closure here makes the future unsendable to a spawned task
     // (rustc's higher-ranked lifetime limitation).
-    let pending: Vec<_> = checks.iter().map(|c| evaluate(lake, &ctx, c)).collect();
+    let pending: Vec<_> = checks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| evaluate(lake, &ctx, c, counted.get(&i).copied()))
+        .collect();
     let outcomes: Vec<Outcome> = futures::stream::iter(pending)
         .buffered(CONCURRENT_CHECKS)
         .try_collect()
@@ -184,9 +189,67 @@ struct Outcome {
     sample: Vec<String>,
 }
 
-async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Outcome> {
+/// Failing and total rows of the checks (by index in `checks`) whose row rule a scan shared
+/// with other checks of the same table counted: one query per table instead of one per check
+/// (each query plans, opens the table's files and scans). A table with one such check, or
+/// whose shared query fails (e.g. a column it lacks), is left to the checks' own queries,
+/// which report their own errors.
+async fn shared_scans(
+    ctx: &SessionContext,
+    checks: &[&Check],
+) -> std::collections::HashMap<usize, (u64, u64)> {
+    let mut by_relation: std::collections::BTreeMap<&str, Vec<(usize, String)>> =
+        Default::default();
+    for (i, check) in checks.iter().enumerate() {
+        if let (Some(relation), Some(failed)) = (&check.relation, row_predicate(&check.rule)) {
+            by_relation
+                .entry(relation.as_str())
+                .or_default()
+                .push((i, failed));
+        }
+    }
+    let mut counted = std::collections::HashMap::new();
+    for (relation, group) in by_relation {
+        if group.len() < 2 || !ctx.table_exist(relation).unwrap_or(false) {
+            continue;
+        }
+        let counts: Vec<String> = group
+            .iter()
+            .map(|(_, failed)| format!("count(*) FILTER (WHERE {failed})"))
+            .collect();
+        let started = std::time::Instant::now();
+        let sql = format!("SELECT count(*), {} FROM {relation}", counts.join(", "));
+        let batches = match ctx.sql(&sql).await {
+            Ok(frame) => frame.collect().await,
+            Err(e) => Err(e),
+        };
+        let Ok(batches) = batches else {
+            continue;
+        };
+        tracing::debug!(
+            relation,
+            checks = group.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "quality: checks counted in one scan"
+        );
+        let total = int_cell(&batches, 0);
+        for (at, (i, _)) in group.iter().enumerate() {
+            counted.insert(*i, (int_cell(&batches, at + 1), total));
+        }
+    }
+    counted
+}
+
+/// Evaluates one check; `counted` holds its failing and total rows when a shared scan counted
+/// them ([`shared_scans`]).
+async fn evaluate(
+    lake: &Lake,
+    ctx: &SessionContext,
+    check: &Check,
+    counted: Option<(u64, u64)>,
+) -> Result<Outcome> {
     let started = std::time::Instant::now();
-    let outcome = evaluate_rule(lake, ctx, check).await;
+    let outcome = evaluate_rule(lake, ctx, check, counted).await;
     tracing::debug!(
         check = check.name,
         seconds = started.elapsed().as_secs_f64(),
@@ -195,7 +258,12 @@ async fn evaluate(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Ou
     outcome
 }
 
-async fn evaluate_rule(lake: &Lake, ctx: &SessionContext, check: &Check) -> Result<Outcome> {
+async fn evaluate_rule(
+    lake: &Lake,
+    ctx: &SessionContext,
+    check: &Check,
+    counted: Option<(u64, u64)>,
+) -> Result<Outcome> {
     let query = |source| Error::Query {
         check: check.name.clone(),
         source,
@@ -271,14 +339,19 @@ async fn evaluate_rule(lake: &Lake, ctx: &SessionContext, check: &Check) -> Resu
         }
         rule => {
             let flagged = flagged_sql(&relation, rule);
-            let batches = ctx
-                .sql(&counting_sql(&relation, rule, &flagged))
-                .await
-                .map_err(query)?
-                .collect()
-                .await
-                .map_err(query)?;
-            let (n, total) = (int_cell(&batches, 0), int_cell(&batches, 1));
+            let (n, total) = match counted {
+                Some(counted) => counted,
+                None => {
+                    let batches = ctx
+                        .sql(&counting_sql(&relation, rule, &flagged))
+                        .await
+                        .map_err(query)?
+                        .collect()
+                        .await
+                        .map_err(query)?;
+                    (int_cell(&batches, 0), int_cell(&batches, 1))
+                }
+            };
             outcome.failing = n;
             outcome.observed = format!("{n} of {total} rows fail");
             if n > 0 {
@@ -325,9 +398,9 @@ fn counting_sql(relation: &str, rule: &Rule, flagged: &str) -> String {
     }
 }
 
-/// `SELECT *, <failed> AS _failed FROM relation` for a row-level rule (for uniqueness, also
-/// what the failing keys are sampled from: slow, but only when some fail).
-fn flagged_sql(relation: &str, rule: &Rule) -> String {
+/// Whether a row fails a rule that looks at that row alone (not null, between, in a set, a
+/// pattern), as SQL over the row's columns; `None` for the other rules.
+fn row_predicate(rule: &Rule) -> Option<String> {
     let predicate = |e: ExpectationConfig| format!("NOT coalesce({}, false)", passes(&e));
     let base = |column: &str| ExpectationConfig {
         name: None,
@@ -358,6 +431,18 @@ fn flagged_sql(relation: &str, rule: &Rule) -> String {
             matches: Some(pattern.clone()),
             ..base(column)
         }),
+        _ => return None,
+    };
+    Some(failed)
+}
+
+/// `SELECT *, <failed> AS _failed FROM relation` for a row-level rule (for uniqueness, also
+/// what the failing keys are sampled from: slow, but only when some fail).
+fn flagged_sql(relation: &str, rule: &Rule) -> String {
+    if let Some(failed) = row_predicate(rule) {
+        return format!("SELECT *, {failed} AS _failed FROM {relation}");
+    }
+    let failed = match rule {
         Rule::Unique { columns } => {
             let cols = ident_list(columns);
             format!("count(*) OVER (PARTITION BY {cols}) > 1")
@@ -374,12 +459,7 @@ fn flagged_sql(relation: &str, rule: &Rule) -> String {
                 f = ident(field),
             );
         }
-        Rule::ColumnsPresent { .. }
-        | Rule::RowCount { .. }
-        | Rule::Fresh { .. }
-        | Rule::NoRows { .. } => {
-            unreachable!("not a row-level rule")
-        }
+        _ => unreachable!("not a row-level rule"),
     };
     format!("SELECT *, {failed} AS _failed FROM {relation}")
 }
