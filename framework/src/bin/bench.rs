@@ -847,14 +847,14 @@ fn stages_alone(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Fig
     fresh(lake)?;
     let report = lake.with_extension("json");
     let mut figures = Figures::default();
-    for (until, produce) in [("produce", true), ("bronze", false), ("silver", false)] {
+    for until in ["produce", "bronze", "silver"] {
         let mut cmd = framework(exe, repo, lake);
         cmd.args(["run", "--all", "--simulate", "--until", until, "--data"])
             .arg(data)
             .arg("--report")
             .arg(&report)
             .stdout(std::process::Stdio::null());
-        if !produce {
+        if until != "produce" {
             cmd.arg("--no-produce");
         }
         run(&mut cmd)?;

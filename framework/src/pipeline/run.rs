@@ -682,8 +682,10 @@ async fn ingest_lane(
     bars: MultiProgress,
     ingested: tokio::sync::mpsc::Sender<TableReport>,
 ) -> Result<()> {
+    // Unless the run stops after producing.
+    let ingests = options.until >= Stage::Bronze;
     while let Some((table, mut producing)) = produced.recv().await {
-        let bar = match options.until >= Stage::Bronze {
+        let bar = match ingests {
             true => bars.add(bar(table.name(), "bronze")),
             false => ProgressBar::hidden(),
         };
@@ -695,7 +697,7 @@ async fn ingest_lane(
         // The log bronze follows while the producer appends (none on Kafka, nor when the run
         // stops after producing).
         let mut follow = match &bus {
-            Bus::Embedded(log) if options.until >= Stage::Bronze => Some(log),
+            Bus::Embedded(log) if ingests => Some(log),
             _ => None,
         };
         let produced = loop {
@@ -730,7 +732,7 @@ async fn ingest_lane(
             bar.finish_and_clear();
             break;
         };
-        if options.until >= Stage::Bronze {
+        if ingests {
             stats +=
                 bronze::ingest(&bus, &lake, &table, &options.bronze_options, &progress).await?;
         }

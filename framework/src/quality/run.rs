@@ -219,10 +219,7 @@ async fn shared_scans(
             .collect();
         let started = std::time::Instant::now();
         let sql = format!("SELECT count(*), {} FROM {relation}", counts.join(", "));
-        let batches = match ctx.sql(&sql).await {
-            Ok(frame) => frame.collect().await,
-            Err(e) => Err(e),
-        };
+        let batches = async { ctx.sql(&sql).await?.collect().await }.await;
         let Ok(batches) = batches else {
             continue;
         };
