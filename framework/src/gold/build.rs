@@ -653,6 +653,7 @@ async fn merge(
                 .map(|(app, version)| deltalake::kernel::Transaction::new(app, version))
                 .collect(),
         );
+    let properties = crate::lake::writer_properties(&batches);
     let source = ctx.read_batches(batches)?;
     let columns: Vec<String> = source
         .schema()
@@ -667,6 +668,7 @@ async fn merge(
         .with_target_alias("target")
         .with_session_state(Arc::new(ctx.state()))
         .with_commit_properties(commit)
+        .with_writer_properties(properties)
         .when_matched_update(|update| {
             columns.iter().fold(update, |u, c| {
                 u.update(c.as_str(), format!("source.{}", ident(c)))

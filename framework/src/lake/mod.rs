@@ -5,7 +5,7 @@ mod delta;
 
 pub use delta::{
     COMPRESSION_VAR, Changes, Lake, Layer, LiveFiles, TableStats, TxnVersions, collect_batches,
-    compression, session,
+    compression, session, writer_properties,
 };
 
 /// Errors of lake IO.

@@ -600,6 +600,7 @@ async fn apply(
             .await?;
         return Ok(());
     }
+    let properties = crate::lake::writer_properties(&changes.rows);
     let changes = ctx
         .read_batches(changes.rows)
         .and_then(|rows| rows.drop_columns(&["_matched"]))
@@ -619,7 +620,8 @@ async fn apply(
         .with_source_alias("source")
         .with_target_alias("target")
         .with_session_state(Arc::new(ctx.state()))
-        .with_commit_properties(commit);
+        .with_commit_properties(commit)
+        .with_writer_properties(properties);
     if table.mode() == Mode::Diff {
         // Newer, or as new and arrived later (a key's messages share a partition).
         let newer = "(source._sequence > target._sequence OR (source._sequence = target._sequence AND source._offset > target._offset))";

@@ -503,7 +503,8 @@ fn codecs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
 }
 
 /// Parquet files are LZ4_RAW unless `FRAMEWORK_PARQUET_COMPRESSION` says `snappy` (for readers
-/// before Spark 3.4) or `zstd`; another value stops the command before it writes anything.
+/// before Spark 3.4) or `zstd`, but for the columns the codec would not shrink (silver's
+/// and bronze's hexadecimal ids); another value stops the command before it writes anything.
 #[test]
 fn the_parquet_codec_is_lz4_raw_unless_the_environment_picks_another() {
     let dir = tempfile::tempdir().unwrap();
@@ -517,7 +518,12 @@ fn the_parquet_codec_is_lz4_raw_unless_the_environment_picks_another() {
         }
         ok(run);
         for layer in ["bronze", "silver"] {
-            let found = codecs(&lake.join(layer).join("sellers"));
+            // The ids, which no codec of these shrinks, are stored uncompressed.
+            let mut found = codecs(&lake.join(layer).join("sellers"));
+            assert!(
+                found.remove("UNCOMPRESSED"),
+                "{layer} with {choice:?}: seller_id is compressed"
+            );
             assert_eq!(
                 found.into_iter().collect::<Vec<_>>(),
                 vec![expected.to_owned()],
@@ -525,6 +531,46 @@ fn the_parquet_codec_is_lz4_raw_unless_the_environment_picks_another() {
             );
         }
     }
+    // A MERGE (a changed order) writes with the same codec.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let orders = "olist_orders_dataset.csv";
+    std::fs::copy(sample().join(orders), data.join(orders)).unwrap();
+    let lake = dir.path().join("zstd");
+    for delivery in ["first", "one order changed"] {
+        if delivery != "first" {
+            let text = std::fs::read_to_string(data.join(orders)).unwrap();
+            let (header, rows) = text.split_once('\n').unwrap();
+            let (first, rest) = rows.split_once('\n').unwrap();
+            let changed = first.replacen(",delivered,", ",canceled,", 1);
+            assert_ne!(changed, first, "the sample's first order is delivered");
+            std::fs::write(data.join(orders), format!("{header}\n{changed}\n{rest}")).unwrap();
+        }
+        let mut run = framework(&lake);
+        run.args(["run", "--table", "orders", "--until", "silver", "--data"])
+            .arg(&data)
+            .env("FRAMEWORK_PARQUET_COMPRESSION", "zstd");
+        ok(run);
+    }
+    let files = std::fs::read_dir(lake.join("silver").join("orders"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "parquet")
+        })
+        .count();
+    assert_eq!(
+        files, 2,
+        "the first load's file and the one the MERGE wrote"
+    );
+    let found = codecs(&lake.join("silver").join("orders"));
+    assert!(
+        found.len() == 1 && found.iter().all(|c| c.starts_with("ZSTD")),
+        "{found:?}"
+    );
     let lake = dir.path().join("bad");
     let mut run = framework(&lake);
     run.args(["run", "--table", "sellers", "--data"])
