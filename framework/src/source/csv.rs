@@ -28,10 +28,14 @@ pub enum SourceRow {
 #[derive(Debug)]
 pub enum RecordRef<'a> {
     /// A valid row: its fields (valid UTF-8) and the position of each schema column in them.
+    /// Made by [`RecordRef::row`].
     Row {
         line: u64,
         record: &'a ::csv::ByteRecord,
         order: &'a [usize],
+        /// The record's bytes ([`::csv::ByteRecord::as_slice`]) when they are UTF-8 as a
+        /// whole: a cell is then sliced from it without being checked again.
+        text: Option<&'a str>,
     },
     /// A record that cannot be a row: the raw text and why.
     Broken {
@@ -41,7 +45,47 @@ pub enum RecordRef<'a> {
     },
 }
 
-impl RecordRef<'_> {
+impl<'a> RecordRef<'a> {
+    /// A valid row (every cell of `order` is UTF-8), its text checked once as a whole. The
+    /// text is kept only when every cell of `order` starts and ends on a character boundary
+    /// in it, so that each is UTF-8 alone.
+    pub fn row(line: u64, record: &'a ::csv::ByteRecord, order: &'a [usize]) -> Self {
+        let text = std::str::from_utf8(record.as_slice()).ok().filter(|text| {
+            order.iter().all(|&at| {
+                record.range(at).is_some_and(|cell| {
+                    text.is_char_boundary(cell.start) && text.is_char_boundary(cell.end)
+                })
+            })
+        });
+        RecordRef::Row {
+            line,
+            record,
+            order,
+            text,
+        }
+    }
+
+    /// The cell of schema column `column` ("" for a broken record). A row's cell is sliced
+    /// from its checked text; it is checked alone only when the row has no such text (a
+    /// character spans two cells: the reader then finds the cell that is not UTF-8).
+    pub fn cell(&self, column: usize) -> &'a str {
+        let RecordRef::Row {
+            record,
+            order,
+            text,
+            ..
+        } = *self
+        else {
+            return "";
+        };
+        let Some(&at) = order.get(column) else {
+            return "";
+        };
+        text.and_then(|text| text.get(record.range(at)?))
+            .or_else(|| std::str::from_utf8(&record[at]).ok())
+            .unwrap_or("")
+    }
+
     /// The record's line in the file.
     pub fn line(&self) -> u64 {
         match self {
@@ -49,27 +93,14 @@ impl RecordRef<'_> {
         }
     }
 
-    /// The cells in schema column order; an empty cell is empty (tests read rows as owned
-    /// cells; the producer indexes the record directly).
-    #[cfg(test)]
-    pub fn cells(&self) -> impl Iterator<Item = &[u8]> {
-        let (record, order): (Option<&::csv::ByteRecord>, &[usize]) = match self {
-            RecordRef::Row { record, order, .. } => (Some(record), order),
-            RecordRef::Broken { .. } => (None, &[]),
-        };
-        order
-            .iter()
-            .map(move |&at| record.map_or(&[][..], |r| &r[at]))
-    }
-
     #[cfg(test)]
     pub fn to_owned(&self) -> SourceRow {
         match self {
-            RecordRef::Row { line, .. } => SourceRow::Row {
+            RecordRef::Row { line, order, .. } => SourceRow::Row {
                 line: *line,
-                cells: self
-                    .cells()
-                    .map(|c| (!c.is_empty()).then(|| String::from_utf8_lossy(c).into_owned()))
+                cells: (0..order.len())
+                    .map(|column| self.cell(column))
+                    .map(|c| (!c.is_empty()).then(|| c.to_owned()))
                     .collect(),
             },
             RecordRef::Broken { line, raw, reason } => SourceRow::Broken {
@@ -197,6 +228,10 @@ impl<R: std::io::BufRead> CsvRecords<R> {
                 ),
             }));
         }
+        let row = RecordRef::row(line, record, &self.order);
+        if matches!(row, RecordRef::Row { text: Some(_), .. }) {
+            return Ok(Some(row));
+        }
         for (column, &at) in self.order.iter().enumerate() {
             if let Err(err) = std::str::from_utf8(&record[at]) {
                 return Ok(Some(RecordRef::Broken {
@@ -211,11 +246,7 @@ impl<R: std::io::BufRead> CsvRecords<R> {
                 }));
             }
         }
-        Ok(Some(RecordRef::Row {
-            line,
-            record,
-            order: &self.order,
-        }))
+        Ok(Some(row))
     }
 }
 

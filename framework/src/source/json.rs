@@ -164,11 +164,7 @@ impl JsonRecords {
                 for cell in &self.cells {
                     self.record.push_field(cell.as_bytes());
                 }
-                RecordRef::Row {
-                    line,
-                    record: &self.record,
-                    order: &self.order,
-                }
+                RecordRef::row(line, &self.record, &self.order)
             }
             Parsed::Broken(reason) => RecordRef::Broken {
                 line,

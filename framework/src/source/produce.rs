@@ -307,14 +307,10 @@ impl Encoder {
                 record: fields,
                 order,
                 line,
+                ..
             } => {
                 // The reader checked that every cell is UTF-8.
-                let cell = |column: usize| {
-                    order
-                        .get(column)
-                        .and_then(|&at| std::str::from_utf8(&fields[at]).ok())
-                        .unwrap_or("")
-                };
+                let cell = |column: usize| record.cell(column);
                 if let Some(edge) = &mut self.edge
                     && let Outcome::Reject(reason) =
                         edge.protect(*line, |c| Some(cell(c)).filter(|c| !c.is_empty()))?
@@ -401,11 +397,7 @@ pub fn encode(table: &Table, row: &SourceRow, at: DateTime<Utc>) -> Record {
                 record.push_field(cell.as_deref().unwrap_or("").as_bytes());
             }
             let order: Vec<usize> = (0..cells.len()).collect();
-            let row = RecordRef::Row {
-                line: *line,
-                record: &record,
-                order: &order,
-            };
+            let row = RecordRef::row(*line, &record, &order);
             encoder
                 .encode(&mut batch, &row, &timestamp, at)
                 .expect("no PII");

@@ -77,6 +77,37 @@ fn wrong_field_count_and_invalid_utf8_become_broken_rows() {
     assert!(matches!(&got[3], SourceRow::Row { line: 5, .. }));
 }
 
+/// A row is checked as UTF-8 once as a whole, and its cells sliced from it: a character split
+/// between two cells (each invalid alone, the two together valid) still makes the row broken;
+/// the rows around it keep their characters.
+#[test]
+fn utf8_is_checked_per_cell_even_when_the_whole_record_is_valid() {
+    let mut csv = b"id,note,amount_lenght\n".to_vec();
+    csv.extend_from_slice(b"e,caf\xc3,\xa92\n");
+    csv.extend_from_slice(b"f,d\xc3\xa9j\xc3\xa0,3\n");
+    csv.extend_from_slice(b"g,na\xc3\xafve,4\n");
+    let got = rows(&csv);
+    assert!(
+        matches!(&got[0], SourceRow::Broken { line: 2, reason, .. } if reason.contains("invalid UTF-8 in column `note`")),
+        "{:?}",
+        got[0]
+    );
+    let cells = |values: [&str; 3]| values.map(|v| Some(v.to_owned())).to_vec();
+    assert_eq!(
+        got[1..],
+        [
+            SourceRow::Row {
+                line: 3,
+                cells: cells(["f", "d\u{e9}j\u{e0}", "3"])
+            },
+            SourceRow::Row {
+                line: 4,
+                cells: cells(["g", "na\u{ef}ve", "4"])
+            },
+        ]
+    );
+}
+
 #[test]
 fn a_header_without_a_declared_column_is_an_error_naming_it() {
     let project = project();
