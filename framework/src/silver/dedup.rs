@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use deltalake::arrow::array::ArrayRef;
-use deltalake::arrow::compute::interleave_record_batch;
+use deltalake::arrow::array::{ArrayRef, BooleanArray};
+use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::Schema;
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
@@ -17,9 +17,13 @@ use deltalake::datafusion::physical_plan::aggregates::group_values::new_group_va
 use deltalake::datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 /// The latest row of each `key` in `batches` (which share one schema holding the key columns,
-/// `_sequence` and `_offset`), in the order the winning rows arrived. The winners are gathered
-/// from the batches as they are (no copy of the whole input first).
-pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordBatch, ArrowError> {
+/// `_sequence` and `_offset`), in the order the winning rows arrived, as at least one batch: a
+/// batch all of whose rows won is passed on as it is, the others filtered (a first load holds
+/// few duplicates, so most rows are not copied at all).
+pub fn latest_per_key(
+    batches: &[RecordBatch],
+    key: &[String],
+) -> Result<Vec<RecordBatch>, ArrowError> {
     let Some(first) = batches.first() else {
         return Err(ArrowError::InvalidArgumentError(
             "latest_per_key: no batch".into(),
@@ -73,27 +77,29 @@ pub fn latest_per_key(batches: &[RecordBatch], key: &[String]) -> Result<RecordB
         }
     }
     drop(key_groups);
-    let mut picked = winners;
-    picked.sort_unstable();
-    // Row i of the whole input is row i - starts[b] of batch b.
-    let starts: Vec<usize> = batches
-        .iter()
-        .scan(0, |next, batch| {
-            let start = *next;
-            *next += batch.num_rows();
-            Some(start)
-        })
-        .collect();
-    let places: Vec<(usize, usize)> = picked
-        .iter()
-        .map(|&i| {
-            let i = i as usize;
-            let b = starts.partition_point(|&start| start <= i) - 1;
-            (b, i - starts[b])
-        })
-        .collect();
-    let all: Vec<&RecordBatch> = batches.iter().collect();
-    interleave_record_batch(&all, &places)
+    // Each batch keeps its winners: whole when every row won (no copy), filtered otherwise.
+    let mut won = vec![false; i];
+    for winner in winners {
+        won[winner as usize] = true;
+    }
+    let mut out = Vec::with_capacity(batches.len());
+    let mut start = 0;
+    for batch in batches {
+        let mask = &won[start..start + batch.num_rows()];
+        start += batch.num_rows();
+        if mask.iter().all(|&w| w) {
+            out.push(batch.clone());
+        } else if mask.iter().any(|&w| w) {
+            out.push(filter_record_batch(
+                batch,
+                &BooleanArray::from(mask.to_vec()),
+            )?);
+        }
+    }
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(schema));
+    }
+    Ok(out)
 }
 
 /// Arrow's comparable row encoding of the columns at `positions` of every batch, in order
@@ -123,6 +129,7 @@ mod tests {
     use std::sync::Arc;
 
     use deltalake::arrow::array::{AsArray, Int64Array, StringArray};
+    use deltalake::arrow::compute::concat_batches;
     use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
     use super::*;
@@ -155,6 +162,7 @@ mod tests {
             ),
         ];
         let out = latest_per_key(&input, &["k".to_owned()]).expect("dedup");
+        let out = concat_batches(&input[0].schema(), &out).unwrap();
         let keys: Vec<&str> = out.column(0).as_string::<i32>().iter().flatten().collect();
         let offsets: Vec<i64> = out.column(2).as_primitive::<Int64Type>().values().to_vec();
         // a: sequence 9 (offset 2); b: tie on 1 -> offset 3; c: 0 beats null; d: tie -> 8.
@@ -189,6 +197,7 @@ mod tests {
         ];
         let key = ["k".to_owned(), "n".to_owned()];
         let out = latest_per_key(&input, &key).expect("dedup");
+        let out = concat_batches(&input[0].schema(), &out).unwrap();
         let offsets: Vec<i64> = out.column(3).as_primitive::<Int64Type>().values().to_vec();
         // (a,2) at 1, (a,1) again at 3, (b,2) at 4, (b,1) again at 5.
         assert_eq!(offsets, [1, 3, 4, 5]);

@@ -404,10 +404,10 @@ async fn refine_batch(
     ctx.deregister_table("checked").map_err(query)?;
     let latest = super::dedup::latest_per_key(&valid, table.key()).map_err(|e| query(e.into()))?;
     drop(valid);
-    stats.applied += latest.num_rows() as u64;
+    stats.applied += latest.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
     ctx.register_table(
         "latest",
-        Arc::new(MemTable::try_new(latest.schema(), vec![vec![latest]]).map_err(query)?),
+        Arc::new(MemTable::try_new(latest[0].schema(), vec![latest]).map_err(query)?),
     )
     .map_err(query)?;
     let rows = ctx
@@ -1049,14 +1049,14 @@ async fn rebuild_latest_by(
     let rows = collect(&ctx, "SELECT * FROM s").await.map_err(query)?;
     let read_s = started.elapsed().as_secs_f64();
     // The same hash pass as the batch dedup, keyed by `latest.key`.
-    let batch = super::dedup::latest_per_key(&rows, &latest.key).map_err(|e| query(e.into()))?;
+    let batches = super::dedup::latest_per_key(&rows, &latest.key).map_err(|e| query(e.into()))?;
     drop(rows);
     let dedup_s = started.elapsed().as_secs_f64() - read_s;
-    let written = batch.num_rows();
+    let written: usize = batches.iter().map(RecordBatch::num_rows).sum();
     lake.write(
         Layer::Silver,
         &latest.name,
-        vec![batch],
+        batches,
         &[],
         vec![built_from],
         true,
