@@ -918,32 +918,23 @@ fn incompressible(column: &deltalake::arrow::array::ArrayRef) -> bool {
     use deltalake::arrow::datatypes::DataType;
     let column = column.slice(0, column.len().min(SAMPLE_ROWS));
     let mut plain: Vec<u8> = Vec::new();
-    let mut strings = |values: &mut dyn Iterator<Item = &[u8]>| {
-        for value in values {
-            plain.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            plain.extend_from_slice(value);
-        }
-    };
     match column.data_type() {
-        DataType::Utf8 => strings(
-            &mut column
-                .as_string::<i32>()
-                .iter()
-                .flatten()
-                .map(str::as_bytes),
-        ),
-        DataType::LargeUtf8 => strings(
-            &mut column
-                .as_string::<i64>()
-                .iter()
-                .flatten()
-                .map(str::as_bytes),
-        ),
-        DataType::Utf8View => {
-            strings(&mut column.as_string_view().iter().flatten().map(str::as_bytes))
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView => {
+            // Every text and binary layout as one: each value after its length.
+            let Ok(values) = deltalake::arrow::compute::cast(&column, &DataType::LargeBinary)
+            else {
+                return false;
+            };
+            for value in values.as_binary::<i64>().iter().flatten() {
+                plain.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                plain.extend_from_slice(value);
+            }
         }
-        DataType::Binary => strings(&mut column.as_binary::<i32>().iter().flatten()),
-        DataType::BinaryView => strings(&mut column.as_binary_view().iter().flatten()),
         other if other.is_primitive() => {
             let Some(width) = other.primitive_width() else {
                 return false;
@@ -1025,7 +1016,7 @@ mod tests {
     /// file reads back the same either way.
     #[tokio::test]
     async fn columns_the_codec_would_not_shrink_are_written_uncompressed() {
-        use deltalake::arrow::array::{Float64Array, Int64Array, StringArray};
+        use deltalake::arrow::array::{Float64Array, Int64Array, StringArray, StringViewArray};
         use deltalake::arrow::datatypes::{DataType, Field, Schema};
         use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         use deltalake::parquet::basic::Compression;
@@ -1036,6 +1027,7 @@ mod tests {
         let ids: Vec<String> = (0..rows)
             .map(|i| digest(i).to_hex()[..32].to_owned())
             .collect();
+        let view_ids = StringViewArray::from_iter_values(ids.iter());
         let measures: Vec<f64> = (0..rows)
             .map(|i| {
                 let bits = u64::from_le_bytes(digest(i).as_bytes()[..8].try_into().unwrap());
@@ -1048,6 +1040,7 @@ mod tests {
             Field::new("measure", DataType::Float64, false),
             Field::new("status", DataType::Utf8, false),
             Field::new("n", DataType::Int64, false),
+            Field::new("view_id", DataType::Utf8View, false),
         ]));
         let batch = RecordBatch::try_new(
             schema,
@@ -1058,6 +1051,7 @@ mod tests {
                     (0..rows).map(|i| statuses[i % 3]),
                 )),
                 Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+                Arc::new(view_ids),
             ],
         )
         .unwrap();
@@ -1081,6 +1075,7 @@ mod tests {
             ("measure", Compression::UNCOMPRESSED),
             ("status", Compression::LZ4_RAW),
             ("n", Compression::LZ4_RAW),
+            ("view_id", Compression::UNCOMPRESSED),
         ];
         let expected: Vec<(String, Compression)> =
             expected.iter().map(|(c, z)| (c.to_string(), *z)).collect();
