@@ -340,6 +340,7 @@ impl Lake {
         }
         let (_, metrics) = delta
             .optimize()
+            // No rows to sample: the compacted files compress every column.
             .with_writer_properties(writer_properties(&[]))
             .await
             .map_err(Self::delta_err(layer, table))?;

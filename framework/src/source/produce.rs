@@ -309,7 +309,7 @@ impl Encoder {
                 line,
                 ..
             } => {
-                // The reader checked that every cell is UTF-8.
+                // Sliced from the record's text, which the reader checked once as UTF-8.
                 let cell = |column: usize| record.cell(column);
                 if let Some(edge) = &mut self.edge
                     && let Outcome::Reject(reason) =
