@@ -85,7 +85,8 @@ impl Columns {
     }
 
     /// Declares that a message's key is normally the value fields `fields` joined by
-    /// `separator` (a null field as empty text): blocks then store only the other keys.
+    /// `separator` (a null field as empty text): blocks then store only the other keys, and
+    /// [`Columns::push_own`] pushes a message keyed so without storing its key.
     pub fn key_of(mut self, fields: &[&str], separator: &str) -> Self {
         let positions: Vec<String> = fields
             .iter()
@@ -96,16 +97,57 @@ impl Columns {
             (KEY_FIELDS.to_owned(), positions.join(",")),
             (KEY_SEPARATOR.to_owned(), separator.to_owned()),
         ];
-        self.schema = Arc::new(self.schema.as_ref().clone().with_metadata(metadata.into()));
+        let mut fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[1] = Field::new(KEY, DataType::Utf8, true);
+        self.schema = Arc::new(Schema::new(fields).with_metadata(metadata.into()));
         self
     }
 
-    /// The same fields and partitions, empty.
+    /// The same fields and partitions, empty, with room for about `rows` messages like this
+    /// batch's: each column sized as it is here, scaled to `rows` with an eighth more, so that
+    /// filling it does not outgrow it (a builder that does is copied each time it doubles).
     pub fn empty_like(&self, rows: usize) -> Self {
         let fields = self.schema.fields().len() - HEAD;
+        if self.len == 0 {
+            return Self {
+                schema: self.schema.clone(),
+                parts: Part::per_partition(fields, self.parts.len(), rows),
+                len: 0,
+            };
+        }
+        let scaled = |n: usize| {
+            let n = n * rows / self.len;
+            n + n / 8
+        };
+        let parts = self
+            .parts
+            .iter()
+            .map(|part| {
+                let messages = scaled(part.timestamps.len());
+                Part {
+                    timestamps: Vec::with_capacity(messages),
+                    keys: StringBuilder::with_capacity(
+                        messages,
+                        scaled(part.keys.values_slice().len()),
+                    ),
+                    fields: part
+                        .fields
+                        .iter()
+                        .map(|f| {
+                            StringBuilder::with_capacity(messages, scaled(f.values_slice().len()))
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
         Self {
             schema: self.schema.clone(),
-            parts: Part::per_partition(fields, self.parts.len(), rows),
+            parts,
             len: 0,
         }
     }
@@ -126,10 +168,37 @@ impl Columns {
         key: &str,
         cells: impl IntoIterator<Item = Option<&'a str>>,
     ) {
+        self.push_keyed(timestamp_ms, key, Some(key), cells);
+    }
+
+    /// Appends a message whose key is its cells of the declared key fields joined by the
+    /// declared separator ([`Columns::key_of`]), as the caller made it: the key picks the
+    /// partition and is stored as null, as a block stores such a key, so that the encoding does
+    /// not join the cells again to find it out.
+    pub fn push_own<'a>(
+        &mut self,
+        timestamp_ms: i64,
+        key: &str,
+        cells: impl IntoIterator<Item = Option<&'a str>>,
+    ) {
+        debug_assert!(
+            self.schema.metadata().contains_key(KEY_FIELDS),
+            "push_own needs a declared key"
+        );
+        self.push_keyed(timestamp_ms, key, None, cells);
+    }
+
+    fn push_keyed<'a>(
+        &mut self,
+        timestamp_ms: i64,
+        key: &str,
+        stored: Option<&str>,
+        cells: impl IntoIterator<Item = Option<&'a str>>,
+    ) {
         let partition = partition_for(key.as_bytes(), self.parts.len() as u32) as usize;
         let part = &mut self.parts[partition];
         part.timestamps.push(timestamp_ms);
-        part.keys.append_value(key);
+        part.keys.append_option(stored);
         let mut cells = cells.into_iter();
         for field in &mut part.fields {
             field.append_option(cells.next().flatten());
@@ -352,30 +421,43 @@ fn with_keys(batch: &RecordBatch, keys: StringArray) -> Result<RecordBatch, Arro
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields[1] = Field::new(KEY, DataType::Utf8, keys.null_count() > 0);
+    fields[1] = Field::new(KEY, DataType::Utf8, true);
     let mut columns = batch.columns().to_vec();
     columns[1] = Arc::new(keys);
     let schema = Schema::new(fields).with_metadata(batch.schema_ref().metadata().clone());
     RecordBatch::try_new(Arc::new(schema), columns)
 }
 
-/// `batch` as an Arrow IPC stream; with a declared key, only the keys that differ from it.
-pub(crate) fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+/// `batch` as stored (with a declared key, only the keys that differ from it), and as an Arrow
+/// IPC stream of that: the stream decodes to the batch as stored ([`decode`]).
+pub(crate) fn encode(batch: &RecordBatch) -> Result<(RecordBatch, Vec<u8>), ArrowError> {
     let stored;
     let batch = match declared_key(batch) {
         Some((positions, separator)) => {
-            let keys = keys(batch);
-            let keys = keys.as_ref();
+            // A null key is already the declared one ([`Columns::push_own`]); a key that is
+            // set may be it too.
+            let keys: &StringArray = batch.column(1).as_string();
             let mut joined = String::new();
             let key_columns = text_columns(batch, &positions);
-            let own: StringArray = (0..batch.num_rows())
-                .map(|row| {
-                    join_key(&key_columns, &separator, row, &mut joined);
-                    (keys.value(row) != joined).then(|| keys.value(row))
-                })
-                .collect();
-            stored = with_keys(batch, own)?;
-            &stored
+            let mut own = |row: usize| {
+                join_key(&key_columns, &separator, row, &mut joined);
+                keys.value(row) == joined
+            };
+            let set = (0..batch.num_rows()).filter(|&row| keys.is_valid(row));
+            let declared: Vec<usize> = set.filter(|&row| own(row)).collect();
+            if declared.is_empty() {
+                batch
+            } else {
+                let mut declared = declared.into_iter().peekable();
+                let stored_keys: StringArray = (0..batch.num_rows())
+                    .map(|row| match declared.next_if_eq(&row) {
+                        Some(_) => None,
+                        None => keys.is_valid(row).then(|| keys.value(row)),
+                    })
+                    .collect();
+                stored = with_keys(batch, stored_keys)?;
+                &stored
+            }
         }
         None => batch,
     };
@@ -384,7 +466,7 @@ pub(crate) fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
         batch.schema_ref(),
     )?;
     writer.write(batch)?;
-    writer.into_inner()
+    Ok((batch.clone(), writer.into_inner()?))
 }
 
 /// The one record batch of an Arrow IPC stream, its columns sharing `bytes`, keys as stored.

@@ -405,3 +405,65 @@ fn a_block_of_columns_that_breaks_the_layout_is_an_error_not_a_panic() {
         assert!(err.contains("_key"), "{err}");
     }
 }
+
+/// The values of a block of columns read back, as text.
+fn column_values(chunks: &[Chunk]) -> Vec<String> {
+    chunks
+        .iter()
+        .flat_map(|chunk| match chunk {
+            Chunk::Columns { batch, .. } => {
+                let (_, values) = columns::fields(batch).next().expect("one field");
+                values
+                    .iter()
+                    .map(|v| v.unwrap_or("-").to_owned())
+                    .collect::<Vec<_>>()
+            }
+            Chunk::Messages(_) => panic!("expected columns"),
+        })
+        .collect()
+}
+
+/// A block of columns that this log appended is read back as the file holds it: in pieces,
+/// as a second log reads it; and once another log rewrote the partition (the same start,
+/// offsets and count, other rows), as rewritten, not as this log kept it.
+#[test]
+fn a_block_of_columns_this_log_appended_reads_as_the_file_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.ensure_topic("t", 1).unwrap();
+    let block = |values: [&str; 3]| {
+        let mut columns = Columns::new(&["a"], 1, 3).key_of(&["a"], "|");
+        for (i, v) in values.into_iter().enumerate() {
+            match i {
+                1 => columns.push(i as i64, "other", [Some(v)]),
+                _ => columns.push_own(i as i64, v, [Some(v)]),
+            }
+        }
+        columns.finish()
+    };
+    log.append_columns("t", &block(["a", "b", "c"])).unwrap();
+    // Another log (another process) starts the topic over with other rows.
+    std::fs::remove_dir_all(dir.path().join("t")).unwrap();
+    let other = EmbeddedLog::new(dir.path().to_path_buf());
+    other.ensure_topic("t", 1).unwrap();
+    other.append_columns("t", &block(["x", "y", "z"])).unwrap();
+    assert_eq!(
+        column_values(&log.read_chunks("t", 0, 0, 10).unwrap()),
+        ["x", "y", "z"]
+    );
+    log.append_columns("t", &block(["d", "e", "f"])).unwrap();
+    let from_file = EmbeddedLog::new(dir.path().to_path_buf());
+    for reader in [&from_file, &log] {
+        let first = reader.read_chunks("t", 0, 3, 1).unwrap();
+        let rest = reader.read_chunks("t", 0, 4, 10).unwrap();
+        assert_eq!(column_values(&first), ["d"]);
+        assert_eq!(column_values(&rest), ["e", "f"]);
+        let keys: Vec<String> = reader
+            .read("t", 0, 3, 10)
+            .unwrap()
+            .iter()
+            .map(|m| String::from_utf8(m.key.to_vec()).unwrap())
+            .collect();
+        assert_eq!(keys, ["d", "other", "f"]);
+    }
+}

@@ -337,7 +337,8 @@ impl Encoder {
                     self.key_text.push_str(value(column).unwrap_or(""));
                 }
                 let cells = (0..order.len()).map(value);
-                batch.push(
+                // Keyed by its key cells, joined as the batch declares ([`Encoder::columns`]).
+                batch.push_own(
                     at.timestamp_millis(),
                     &self.key_text,
                     BEFORE.map(|_| None).into_iter().chain(cells).chain(meta),
