@@ -592,6 +592,7 @@ async fn apply(
         .map(|f| f.name().clone())
         .filter(|c| c != "_delete")
         .collect();
+    register_stored(lake, ctx, table, &target).await?;
     let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
         return Ok(());
     };
@@ -780,6 +781,37 @@ async fn rewrite_whole(
     Ok(Some(whole))
 }
 
+/// Registers silver's rows (`target`) as `stored`: read into memory once when the table may be
+/// rewritten whole ([`REWRITE_ROWS_MAX`] rows at most), since [`changed_rows`] and
+/// [`rewrite_whole`] then both read every row; a larger table stays in the lake, streamed.
+/// The 1% delivery at scale 1 (seven such tables) ran 8.72 G instructions against 9.20 G
+/// (callgrind), for 50-80 MiB more at its peak.
+async fn register_stored(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &Table,
+    target: &deltalake::DeltaTable,
+) -> Result<()> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    lake.register(ctx, Layer::Silver, name, "stored").await?;
+    let LiveFiles { files, rows, .. } = target
+        .snapshot()
+        .map_or_else(|_| LiveFiles::default(), LiveFiles::of);
+    if files == 0 || rows.is_none_or(|rows| rows > REWRITE_ROWS_MAX) {
+        return Ok(());
+    }
+    let held = collect(ctx, "SELECT * FROM stored").await.map_err(query)?;
+    ctx.deregister_table("stored").map_err(query)?;
+    let held = MemTable::try_new(held[0].schema(), vec![held]).map_err(query)?;
+    ctx.register_table("stored", Arc::new(held))
+        .map_err(query)?;
+    Ok(())
+}
+
 /// The rows of a DIFF batch that change silver: keys it lacks (unless deleted), and keys whose
 /// row is newer than the stored one and differs from it in a column or deletes it. An unchanged
 /// re-delivery leaves the stored row, its `_sequence` included, as it is (the usual "update only
@@ -799,7 +831,6 @@ async fn changed_rows(
         table: name.to_owned(),
         source,
     };
-    lake.register(ctx, Layer::Silver, name, "stored").await?;
     ctx.register_table("batch_rows", rows.into_view())
         .map_err(query)?;
     let same = same_row(table, columns);
