@@ -90,8 +90,12 @@ pub struct EmbeddedLog {
 /// header from the file and takes a kept block only when the header is the one written (same
 /// start, first offset, count and checksum), so a log that another process rewrote is read from
 /// the file. At most [`RECENT_BYTES`] are kept: a block that does not fit is read from the file.
+/// Only a log told that it will be read in this process keeps any ([`EmbeddedLog::keep_for_reads`]):
+/// `framework produce` alone keeps none.
 #[derive(Debug, Default)]
 struct Recent {
+    /// Whether blocks are kept at all.
+    keeping: bool,
     blocks: std::collections::VecDeque<RecentBlock>,
     bytes: usize,
 }
@@ -117,7 +121,7 @@ impl Recent {
     /// Keeps `block` if it fits: a reader that lags takes the blocks in the order they were
     /// appended, so those kept first are the ones it needs first.
     fn keep(&mut self, block: RecentBlock) {
-        if self.bytes + block.bytes > RECENT_BYTES {
+        if !self.keeping || self.bytes + block.bytes > RECENT_BYTES {
             return;
         }
         self.bytes += block.bytes;
@@ -157,6 +161,15 @@ impl EmbeddedLog {
             root,
             recent: Arc::default(),
         }
+    }
+
+    /// Keeps the blocks of columns this log (and its clones) appends from now on until a read
+    /// takes them (see [`Recent`]): for a run in which bronze reads what the producer appends.
+    pub fn keep_for_reads(&self) {
+        self.recent
+            .lock()
+            .expect("no panic while holding the recent blocks")
+            .keeping = true;
     }
 
     fn topic_dir(&self, topic: &str) -> PathBuf {

@@ -430,6 +430,7 @@ fn column_values(chunks: &[Chunk]) -> Vec<String> {
 fn a_block_of_columns_this_log_appended_reads_as_the_file_holds_it() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.keep_for_reads();
     log.ensure_topic("t", 1).unwrap();
     let block = |values: [&str; 3]| {
         let mut columns = Columns::new(&["a"], 1, 3).key_of(&["a"], "|");

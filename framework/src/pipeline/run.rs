@@ -118,6 +118,13 @@ pub async fn run(
     // table, one ingests each into bronze while it is produced, one refines each into silver
     // once its bronze is in (so a table's dimensions are refined before it). The stages of
     // different tables overlap on the cores.
+    // Bronze reads in this process what the producer appends to the embedded log.
+    if let Bus::Embedded(log) = bus
+        && options.produce
+        && options.until >= Stage::Bronze
+    {
+        log.keep_for_reads();
+    }
     let capacity = selected.len().max(1);
     let (produced, to_ingest) =
         tokio::sync::mpsc::channel::<(crate::idcard::Table, Producing)>(capacity);
