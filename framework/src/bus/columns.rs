@@ -439,24 +439,21 @@ pub(crate) fn encode(batch: &RecordBatch) -> Result<(RecordBatch, Vec<u8>), Arro
             let keys: &StringArray = batch.column(1).as_string();
             let mut joined = String::new();
             let key_columns = text_columns(batch, &positions);
-            let mut own = |row: usize| {
-                join_key(&key_columns, &separator, row, &mut joined);
-                keys.value(row) == joined
-            };
-            let set = (0..batch.num_rows()).filter(|&row| keys.is_valid(row));
-            let declared: Vec<usize> = set.filter(|&row| own(row)).collect();
-            if declared.is_empty() {
-                batch
-            } else {
-                let mut declared = declared.into_iter().peekable();
-                let stored_keys: StringArray = (0..batch.num_rows())
-                    .map(|row| match declared.next_if_eq(&row) {
-                        Some(_) => None,
-                        None => keys.is_valid(row).then(|| keys.value(row)),
-                    })
-                    .collect();
+            let mut declared = false;
+            let stored_keys: StringArray = (0..batch.num_rows())
+                .map(|row| {
+                    let key = keys.is_valid(row).then(|| keys.value(row))?;
+                    join_key(&key_columns, &separator, row, &mut joined);
+                    let own = key == joined;
+                    declared |= own;
+                    (!own).then_some(key)
+                })
+                .collect();
+            if declared {
                 stored = with_keys(batch, stored_keys)?;
                 &stored
+            } else {
+                batch
             }
         }
         None => batch,

@@ -105,8 +105,8 @@ struct RecentBlock {
     topic: String,
     partition: u32,
     start: u64,
-    first: u64,
-    hash: [u8; 16],
+    /// The header written: a read takes the block only when it reads this header.
+    header: BlockHeader,
     batch: RecordBatch,
     bytes: usize,
 }
@@ -139,12 +139,7 @@ impl Recent {
         whole: bool,
     ) -> Option<RecordBatch> {
         let at = self.blocks.iter().position(|b| {
-            b.start == start
-                && b.partition == partition
-                && b.topic == topic
-                && b.first == header.first
-                && b.hash == header.hash
-                && b.batch.num_rows() == header.count as usize
+            b.start == start && b.partition == partition && b.topic == topic && b.header == *header
         })?;
         if !whole {
             return Some(self.blocks[at].batch.clone());
@@ -343,7 +338,7 @@ impl EmbeddedLog {
         let appended = self.append_blocks(topic, FORMAT_FRAMES, blocks)?;
         Ok(appended
             .iter()
-            .map(|a| a.as_ref().map_or(0, |a| a.count))
+            .map(|a| a.as_ref().map_or(0, |a| u64::from(a.header.count)))
             .collect())
     }
 
@@ -385,8 +380,7 @@ impl EmbeddedLog {
                     topic: topic.to_owned(),
                     partition: partition as u32,
                     start: appended.start,
-                    first: appended.first,
-                    hash: appended.hash,
+                    header: appended.header.clone(),
                     bytes: batch.get_array_memory_size(),
                     batch,
                 });
@@ -394,7 +388,7 @@ impl EmbeddedLog {
         }
         Ok(appended
             .iter()
-            .map(|a| a.as_ref().map_or(0, |a| a.count))
+            .map(|a| a.as_ref().map_or(0, |a| u64::from(a.header.count)))
             .collect())
     }
 
@@ -445,7 +439,7 @@ impl EmbeddedLog {
                 .map_err(Self::io(topic))?;
             // Header and body written apart (not copied into one buffer): a crash between them
             // leaves a torn block, which the next append cuts off as any other.
-            log.write_all(&header).map_err(Self::io(topic))?;
+            log.write_all(&header.to_bytes()).map_err(Self::io(topic))?;
             log.write_all(&body).map_err(Self::io(topic))?;
             log.sync_data().map_err(Self::io(topic))?;
             let index: Vec<u8> = std::iter::repeat_n(start.to_le_bytes(), *count)
@@ -457,12 +451,7 @@ impl EmbeddedLog {
                 .map_err(Self::io(topic))?;
             idx.write_all(&index).map_err(Self::io(topic))?;
             idx.sync_data().map_err(Self::io(topic))?;
-            appended[partition as usize] = Some(Appended {
-                count: *count as u64,
-                start,
-                first,
-                hash: header_hash(&header),
-            });
+            appended[partition as usize] = Some(Appended { start, header });
             if blocks[partition as usize + 1..].iter().any(Option::is_some) {
                 crate::fault::crash_point("log-between-partitions");
             }
@@ -635,6 +624,7 @@ const FORMAT_FRAMES: u32 = 1;
 /// Blocks of messages as columns (an Arrow IPC stream), LZ4 block compression.
 const FORMAT_COLUMNS: u32 = 2;
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct BlockHeader {
     compressed: u32,
     raw: u32,
@@ -649,40 +639,55 @@ impl BlockHeader {
     fn len(&self) -> u64 {
         BLOCK_HEADER as u64 + u64::from(self.compressed)
     }
+
+    /// The header as written at the block's start (see the module's documentation).
+    fn to_bytes(&self) -> [u8; BLOCK_HEADER] {
+        let mut bytes = [0u8; BLOCK_HEADER];
+        for (at, field) in [self.compressed, self.raw, self.count, self.format]
+            .into_iter()
+            .enumerate()
+        {
+            bytes[at * 4..at * 4 + 4].copy_from_slice(&field.to_le_bytes());
+        }
+        bytes[16..24].copy_from_slice(&self.first.to_le_bytes());
+        bytes[24..].copy_from_slice(&self.hash);
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8; BLOCK_HEADER]) -> Self {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        Self {
+            compressed: u32_at(0),
+            raw: u32_at(4),
+            count: u32_at(8),
+            format: u32_at(12),
+            first: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            hash: bytes[24..40].try_into().expect("16 bytes"),
+        }
+    }
 }
 
 /// `raw`, `count` messages in `format`, as one block whose first message has offset `first`:
 /// its header and its body.
-fn encode_block(
-    raw: &[u8],
-    count: usize,
-    format: u32,
-    first: u64,
-) -> ([u8; BLOCK_HEADER], Vec<u8>) {
+fn encode_block(raw: &[u8], count: usize, format: u32, first: u64) -> (BlockHeader, Vec<u8>) {
     let body = lz4_flex::block::compress(raw);
-    let mut header = [0u8; BLOCK_HEADER];
-    for (at, field) in [body.len(), raw.len(), count, format as usize]
-        .into_iter()
-        .enumerate()
-    {
-        header[at * 4..at * 4 + 4].copy_from_slice(&(field as u32).to_le_bytes());
-    }
-    header[16..24].copy_from_slice(&first.to_le_bytes());
-    header[24..].copy_from_slice(&blake3::hash(&body).as_bytes()[..16]);
+    let header = BlockHeader {
+        compressed: body.len() as u32,
+        raw: raw.len() as u32,
+        count: count as u32,
+        format,
+        first,
+        hash: blake3::hash(&body).as_bytes()[..16]
+            .try_into()
+            .expect("16 bytes"),
+    };
     (header, body)
 }
 
-/// Where a block went: its messages, the byte it starts at, its first offset, its checksum.
+/// Where a block went: the byte it starts at, and its header.
 struct Appended {
-    count: u64,
     start: u64,
-    first: u64,
-    hash: [u8; 16],
-}
-
-/// The checksum field of a block header (its last 16 bytes).
-fn header_hash(header: &[u8; BLOCK_HEADER]) -> [u8; 16] {
-    header[BLOCK_HEADER - 16..].try_into().expect("16 bytes")
+    header: BlockHeader,
 }
 
 /// The header of the block at `start`, when the block is whole within `log_len` bytes.
@@ -690,15 +695,7 @@ fn read_block_header(log: &mut File, start: u64, log_len: u64) -> Option<BlockHe
     let mut bytes = [0u8; BLOCK_HEADER];
     log.seek(SeekFrom::Start(start)).ok()?;
     log.read_exact(&mut bytes).ok()?;
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let header = BlockHeader {
-        compressed: u32_at(0),
-        raw: u32_at(4),
-        count: u32_at(8),
-        format: u32_at(12),
-        first: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
-        hash: bytes[24..40].try_into().expect("16 bytes"),
-    };
+    let header = BlockHeader::from_bytes(&bytes);
     ([FORMAT_FRAMES, FORMAT_COLUMNS].contains(&header.format) && start + header.len() <= log_len)
         .then_some(header)
 }

@@ -114,10 +114,6 @@ pub async fn run(
         gold_reads.as_ref(),
         options.produce.then_some(options.data.as_path()),
     );
-    // Three lanes, each a stage over the tables in dependency order: one produces table after
-    // table, one ingests each into bronze while it is produced, one refines each into silver
-    // once its bronze is in (so a table's dimensions are refined before it). The stages of
-    // different tables overlap on the cores.
     // Bronze reads in this process what the producer appends to the embedded log.
     if let Bus::Embedded(log) = bus
         && options.produce
@@ -125,6 +121,10 @@ pub async fn run(
     {
         log.keep_for_reads();
     }
+    // Three lanes, each a stage over the tables in dependency order: one produces table after
+    // table, one ingests each into bronze while it is produced, one refines each into silver
+    // once its bronze is in (so a table's dimensions are refined before it). The stages of
+    // different tables overlap on the cores.
     let capacity = selected.len().max(1);
     let (produced, to_ingest) =
         tokio::sync::mpsc::channel::<(crate::idcard::Table, Producing)>(capacity);
