@@ -476,7 +476,7 @@ async fn share(ctx: &SessionContext, models: &Models, model: &Model) -> Result<b
     let query = |source| query_error(models, model, source);
     let sql = models.render(model, false).map_err(Error::Models)?;
     let frame = ctx.sql(&sql).await.map_err(query)?;
-    let batches = collect_batches(frame)
+    let batches = collect_apart(frame)
         .await
         .map_err(query)?
         .iter()
@@ -499,6 +499,30 @@ async fn share(ctx: &SessionContext, models: &Models, model: &Model) -> Result<b
         "gold: shared ephemeral model computed once"
     );
     Ok(held)
+}
+
+/// The rows of `frame` ([`collect_batches`]), computed on a task of their own. The stored models
+/// of a wave are driven by one task (`buffered`), and a query of one partition (see
+/// [`crate::lake::session`]) runs in the task that polls it: without a task each, two models'
+/// queries took turns on one thread. Dropping the future stops the query.
+async fn collect_apart(
+    frame: deltalake::datafusion::prelude::DataFrame,
+) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(collect_batches(frame));
+    let _abort = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(batches) => batches,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Err(deltalake::datafusion::error::DataFusionError::External(
+            Box::new(join),
+        )),
+    }
 }
 
 /// `batch` with its string views copied out of the buffers they point into, which a join's
@@ -584,7 +608,7 @@ async fn materialize(
         .map_err(Error::Models)?;
     let frame = ctx.sql(&sql).await.map_err(query)?;
     let plan_s = started.elapsed().as_secs_f64();
-    let batches = collect_batches(frame).await.map_err(query)?;
+    let batches = collect_apart(frame).await.map_err(query)?;
     let query_s = started.elapsed().as_secs_f64();
     let schema = batches[0].schema();
     let rows_computed = batches.iter().map(|b| b.num_rows() as u64).sum();
