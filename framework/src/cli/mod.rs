@@ -334,6 +334,7 @@ struct RunArgs {
     batch_size: usize,
     /// Bronze rows a silver commit takes at most from each partition: a larger delivery is
     /// refined in several commits, which bounds memory (bigger: fewer commits, more memory).
+    /// An APPEND table's commits take half as many.
     #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
     silver_batch_size: u64,
     /// Kafka: milliseconds bronze waits for a first message before it checks again whether

@@ -406,14 +406,29 @@ async fn build_gold(
     Ok(reports)
 }
 
-/// How many deliveries are refined into silver at once (at most one of them large, see
-/// [`SMALL_DELIVERY`]): a small one's silver is mostly fixed costs (log reads, planning,
-/// commits), which two overlap on the two cores.
+/// How many deliveries are refined into silver at once (large ones of different kinds only,
+/// see [`Large`]): a small one's silver is mostly fixed costs (log reads, planning, commits),
+/// which two overlap on the two cores.
 const SILVER_AT_ONCE: usize = 2;
 
-/// A delivery of more messages than this is large: two large ones are not refined at once,
-/// since each holds a window of its delivery. Measured at scale 10, two large tables at once
-/// took 72.6 s and 3.24 GiB where one at a time took 58.5 s and 2.73 GiB. A small one may run
+/// A large delivery (over [`SMALL_DELIVERY`] messages) holds a window of its rows while it is
+/// refined, so two of the same kind are not refined at once. An APPEND table's windows are
+/// half as large as the others' (see [`crate::silver::SilverOptions::batch_size`]), which leaves
+/// room for one large delivery of a DIFF or FULL table beside it. At scale 10 the five 1 M-row
+/// DIFF tables waited for geolocation's 10 M rows (APPEND), refined on one core: beside it, with
+/// gold's models on a task each, the run took 27.1 s and 1.63 GiB against 30.5 s and 1.29 GiB
+/// (2026-12-05); at scale 1 the first delivery stayed at 2.56-2.79 s (three alternations)
+/// and its peak fell to 0.75-0.82 GiB from 0.85-0.87 (geolocation's 1 M rows in two windows).
+/// Beside it with whole windows, the same scale-10 run peaked at 2.08 GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Large {
+    Append,
+    Other,
+}
+
+/// A delivery of more messages than this is large (see [`Large`]). Measured at scale 10 before
+/// the kinds, two large tables at once took 72.6 s and 3.24 GiB where one at a time took 58.5 s
+/// and 2.73 GiB. A small one may run
 /// beside a large one: at scale 1, the small tables ingested while geolocation's silver ran
 /// waited for it before; beside it the first delivery took 2.93-2.96 s instead of 2.98-3.06 s
 /// (three alternations, 2026-12-05), peak 704-763 MiB instead of 659-724, scale 10 unchanged
@@ -425,7 +440,7 @@ const SILVER_AT_ONCE: usize = 2;
 const SMALL_DELIVERY: u64 = 200_000;
 
 /// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] deliveries
-/// at a time, at most one of them large (see [`SMALL_DELIVERY`]); a table waits for the
+/// at a time, at most one large one of each kind (see [`Large`]); a table waits for the
 /// silver of the tables it enriches from when they are in this run. Each table `arrived` once
 /// ingested (with its size), then by its names in the lake: its own and its tombstones' once
 /// silver committed them, its `latest_by` tables' once they are rebuilt.
@@ -453,11 +468,17 @@ async fn refine_lane(
     let mut closed = false;
     let mut failed: Option<Error> = None;
     let large = |report: &TableReport| report.consumed > SMALL_DELIVERY;
-    let mut large_running = false;
+    let kind = |i: usize, report: &TableReport| {
+        large(report).then(|| match selected[i].mode() {
+            crate::idcard::Mode::Append => Large::Append,
+            crate::idcard::Mode::Diff | crate::idcard::Mode::Full => Large::Other,
+        })
+    };
+    let mut large_running: Vec<Large> = Vec::new();
     loop {
         while failed.is_none() && running.len() < SILVER_AT_ONCE {
             let ready = waiting.iter().position(|(i, report)| {
-                !(large_running && large(report))
+                kind(*i, report).is_none_or(|kind| !large_running.contains(&kind))
                     && selected[*i]
                         .depends_on
                         .iter()
@@ -470,7 +491,7 @@ async fn refine_lane(
                 reports[i] = Some(report);
                 continue;
             }
-            large_running |= large(&report);
+            large_running.extend(kind(i, &report));
             let table = selected[i].clone();
             let spinner = bars
                 .add(ProgressBar::new_spinner().with_message(format!("{} silver", table.name())));
@@ -511,8 +532,8 @@ async fn refine_lane(
             Some(joined) = running.join_next() => {
                 let (i, mut report, stats) =
                     joined.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
-                if large(&report) {
-                    large_running = false;
+                if let Some(kind) = kind(i, &report) {
+                    large_running.retain(|running| *running != kind);
                 }
                 match stats {
                     Ok(stats) => {

@@ -44,7 +44,10 @@ pub struct SilverStats {
 pub struct SilverOptions {
     /// Bronze offsets a silver commit takes at most from each partition: a larger delivery is
     /// refined in several commits, so memory stays bounded whatever its size. A FULL table's
-    /// delivery replaces silver, so it is always one commit.
+    /// delivery replaces silver, so it is always one commit. An APPEND table's commits take
+    /// half as many: its windows cost little each (the keys of the windows before are carried
+    /// as hashes, no MERGE), and half a window leaves room for a DIFF table's delivery to be
+    /// refined beside it (see `pipeline::run`'s refine lane).
     pub batch_size: u64,
     /// The data keys of PII columns: an unchanged row sent again has a new ciphertext in each
     /// randomized column, and silver tells it from a change by the plaintext (without the key,
@@ -138,10 +141,10 @@ async fn refine_leased(
         stop_on_failures(&ctx, table, &checks.sql(&filter)).await?;
     }
     // Windows of at most `batch_size` offsets per partition, each its own exactly-once commit.
-    let window = if table.mode() == Mode::Full {
-        i64::MAX
-    } else {
-        options.batch_size.clamp(1, i64::MAX as u64) as i64
+    let window = match table.mode() {
+        Mode::Full => i64::MAX,
+        Mode::Append => (options.batch_size / 2).clamp(1, i64::MAX as u64) as i64,
+        Mode::Diff => options.batch_size.clamp(1, i64::MAX as u64) as i64,
     };
     // Each batch in a session of its own (its in-memory tables are its own), on the same bronze
     // snapshot.

@@ -560,3 +560,48 @@ fn diff_changes_to_most_of_a_small_table_rewrite_it_whole_with_the_merge_rules()
     assert_eq!(project.silver()[0], "a | Ann | 3");
     assert_eq!(project.silver().len(), 8);
 }
+
+#[test]
+fn an_append_delivery_is_committed_in_windows_of_half_the_silver_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::new(dir.path(), "APPEND");
+    let rows: Vec<String> = (0..12).map(|i| format!("k{i:02},N{i},1")).collect();
+    let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+    let mut csv = "id,name,version\n".to_owned();
+    for row in &rows {
+        csv.push_str(row);
+        csv.push('\n');
+    }
+    std::fs::write(dir.path().join("data/accounts.csv"), csv).unwrap();
+    let mut run = project.run();
+    run.args(["--silver-batch-size", "4"]);
+    succeeded(output(run));
+    assert_eq!(project.silver().len(), 12);
+    // Windows of 2 offsets per partition: as many commits as the fuller partition has pairs.
+    let per_partition = batch_rows(&batches(
+        &project.lake(),
+        Layer::Bronze,
+        "accounts",
+        "SELECT count(*) FROM t GROUP BY _partition",
+    ));
+    let fullest: usize = per_partition
+        .iter()
+        .map(|count| count.trim().parse::<usize>().unwrap())
+        .max()
+        .unwrap();
+    let commits = std::fs::read_dir(project.lake().join("silver/accounts/_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(
+        commits,
+        fullest.div_ceil(2),
+        "bronze per partition: {per_partition:?}"
+    );
+}
