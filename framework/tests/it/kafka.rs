@@ -392,7 +392,12 @@ fn two_consumer_processes_split_a_three_partition_topic_and_store_it_once() {
     {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "members not both assigned"
+            "members not both assigned; their logs:\n{}",
+            members
+                .iter()
+                .map(|(_, _, log)| std::fs::read_to_string(log).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
