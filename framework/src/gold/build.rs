@@ -13,7 +13,7 @@ use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{Changes, Lake, Layer, collect_batches, session};
+use crate::lake::{Changes, Lake, Layer, collect_apart, session};
 use crate::silver::sql::{ident, key_match};
 
 use super::config::Materialized;
@@ -499,30 +499,6 @@ async fn share(ctx: &SessionContext, models: &Models, model: &Model) -> Result<b
         "gold: shared ephemeral model computed once"
     );
     Ok(held)
-}
-
-/// The rows of `frame` ([`collect_batches`]), computed on a task of their own. The stored models
-/// of a wave are driven by one task (`buffered`), and a query of one partition (see
-/// [`crate::lake::session`]) runs in the task that polls it: without a task each, two models'
-/// queries took turns on one thread. Dropping the future stops the query.
-async fn collect_apart(
-    frame: deltalake::datafusion::prelude::DataFrame,
-) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let task = tokio::spawn(collect_batches(frame));
-    let _abort = AbortOnDrop(task.abort_handle());
-    match task.await {
-        Ok(batches) => batches,
-        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-        Err(join) => Err(deltalake::datafusion::error::DataFusionError::External(
-            Box::new(join),
-        )),
-    }
 }
 
 /// `batch` with its string views copied out of the buffers they point into, which a join's

@@ -91,6 +91,30 @@ pub async fn collect_batches(
     Ok(batches)
 }
 
+/// The rows of `frame` ([`collect_batches`]), computed on a task of their own. A query of one
+/// partition (see [`session`]) runs in the task that polls it, so queries driven together by
+/// one task (`buffered`: the stored models of a gold wave, a table's quality checks) took turns
+/// on one thread; on a task each they use both cores. Dropping the future stops the query.
+pub async fn collect_apart(
+    frame: deltalake::datafusion::prelude::DataFrame,
+) -> deltalake::datafusion::error::Result<Vec<RecordBatch>> {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(collect_batches(frame));
+    let _abort = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(batches) => batches,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Err(deltalake::datafusion::error::DataFusionError::External(
+            Box::new(join),
+        )),
+    }
+}
+
 /// Whether a local Delta log folder holds a commit (`<version>.json`) or a checkpoint. A folder
 /// without one is a table never written: a process killed between creating the folder and
 /// renaming its first commit into place leaves one behind (delta-rs then reports "No files in

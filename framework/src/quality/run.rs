@@ -68,8 +68,9 @@ pub async fn evaluate_checks(
     let ctx = session();
     register(lake, &ctx, checks).await?;
     let counted = shared_scans(&ctx, checks).await;
-    // Each check is a small query: planning, a scan and a few rows out. Several at a time keep
-    // both cores busy (the results keep the checks' order).
+    // Each check is a small query: planning, a scan and a few rows out. Several at a time, each
+    // counted on a task of its own (`collect_apart`), keep both cores busy (the results keep
+    // the checks' order).
     // Collected first: a lazy `map` closure here makes the future unsendable to a spawned task
     // (rustc's higher-ranked lifetime limitation).
     let pending: Vec<_> = checks
@@ -323,13 +324,8 @@ async fn evaluate_rule(
             }
         }
         Rule::NoRows { query: sql } => {
-            let batches = ctx
-                .sql(sql)
-                .await
-                .map_err(query)?
-                .collect()
-                .await
-                .map_err(query)?;
+            let frame = ctx.sql(sql).await.map_err(query)?;
+            let batches = crate::lake::collect_apart(frame).await.map_err(query)?;
             outcome.failing = batches.iter().map(|b| b.num_rows() as u64).sum();
             outcome.sample = rows_as_text(&batches, SAMPLE);
             outcome.observed = format!("{} row(s) returned", outcome.failing);
@@ -339,13 +335,11 @@ async fn evaluate_rule(
             let (n, total) = match counted {
                 Some(counted) => counted,
                 None => {
-                    let batches = ctx
+                    let frame = ctx
                         .sql(&counting_sql(&relation, rule, &flagged))
                         .await
-                        .map_err(query)?
-                        .collect()
-                        .await
                         .map_err(query)?;
+                    let batches = crate::lake::collect_apart(frame).await.map_err(query)?;
                     (int_cell(&batches, 0), int_cell(&batches, 1))
                 }
             };
