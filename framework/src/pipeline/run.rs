@@ -416,10 +416,11 @@ const SILVER_AT_ONCE: usize = 2;
 /// half as large as the others' (see [`crate::silver::SilverOptions::batch_size`]), which leaves
 /// room for one large delivery of a DIFF or FULL table beside it. At scale 10 the five 1 M-row
 /// DIFF tables waited for geolocation's 10 M rows (APPEND), refined on one core: beside it, with
-/// gold's models on a task each, the run took 27.1 s and 1.63 GiB against 30.5 s and 1.29 GiB
-/// (2026-12-05); at scale 1 the first delivery stayed at 2.56-2.79 s (three alternations)
-/// and its peak fell to 0.75-0.82 GiB from 0.85-0.87 (geolocation's 1 M rows in two windows).
-/// Beside it with whole windows, the same scale-10 run peaked at 2.08 GiB.
+/// gold's models on a task each, the run took 27.4-27.8 s and 1.66-1.69 GiB against 30.6-30.9 s
+/// and 1.34-1.41 GiB before both (two alternations, 2026-12-05); at scale 1 the first delivery
+/// stayed at 2.56-2.79 s (three alternations) and its peak fell to 0.75-0.82 GiB from 0.85-0.87
+/// (geolocation's 1 M rows in two windows). Beside it with whole windows, the same scale-10 run
+/// peaked at 2.08 GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Large {
     Append,
@@ -428,12 +429,11 @@ enum Large {
 
 /// A delivery of more messages than this is large (see [`Large`]). Measured at scale 10 before
 /// the kinds, two large tables at once took 72.6 s and 3.24 GiB where one at a time took 58.5 s
-/// and 2.73 GiB. A small one may run
-/// beside a large one: at scale 1, the small tables ingested while geolocation's silver ran
-/// waited for it before; beside it the first delivery took 2.93-2.96 s instead of 2.98-3.06 s
-/// (three alternations, 2026-12-05), peak 704-763 MiB instead of 659-724, scale 10 unchanged
-/// (31.8-32.9 s, 1.39-1.45 GiB). The Kaggle-sized tables (about 100 000 rows each)
-/// are small: at scale 1, six runs of each binary alternated (2026-12-04 19:40), 200 000
+/// and 2.73 GiB. A small one may run beside a large one: at scale 1, the small tables ingested
+/// while geolocation's silver ran waited for it before; beside it the first delivery took
+/// 2.93-2.96 s instead of 2.98-3.06 s (three alternations, 2026-12-05), peak 704-763 MiB
+/// instead of 659-724, scale 10 unchanged (31.8-32.9 s, 1.39-1.45 GiB). The Kaggle-sized
+/// tables (about 100 000 rows each) are small: at scale 1, six runs of each binary alternated (2026-12-04 19:40), 200 000
 /// instead of 50 000 took the first delivery from 3.51-4.40 s to 3.49-4.01 s (the tables after
 /// geolocation refined two at a time instead of one by one on one core), at the same peak;
 /// scale 10, whose tables are larger, did not change (46.9 vs 48.2 s, 1.48 vs 1.42 GiB).

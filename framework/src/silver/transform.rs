@@ -140,7 +140,8 @@ async fn refine_leased(
     if checks.can_fail {
         stop_on_failures(&ctx, table, &checks.sql(&filter)).await?;
     }
-    // Windows of at most `batch_size` offsets per partition, each its own exactly-once commit.
+    // Windows of at most `batch_size` offsets per partition (half that for APPEND, see
+    // `SilverOptions::batch_size`), each its own exactly-once commit.
     let window = match table.mode() {
         Mode::Full => i64::MAX,
         Mode::Append => (options.batch_size / 2).clamp(1, i64::MAX as u64) as i64,
