@@ -97,14 +97,7 @@ impl Columns {
             (KEY_FIELDS.to_owned(), positions.join(",")),
             (KEY_SEPARATOR.to_owned(), separator.to_owned()),
         ];
-        let mut fields: Vec<Field> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields[1] = Field::new(KEY, DataType::Utf8, true);
-        self.schema = Arc::new(Schema::new(fields).with_metadata(metadata.into()));
+        self.schema = Arc::new(with_nullable_key(&self.schema).with_metadata(metadata.into()));
         self
     }
 
@@ -413,19 +406,19 @@ fn text_columns<'a>(batch: &'a RecordBatch, positions: &[usize]) -> Vec<&'a Stri
         .collect()
 }
 
+/// `schema` (its metadata too) with a key column that may hold nulls: the keys a block does not
+/// store.
+fn with_nullable_key(schema: &Schema) -> Schema {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[1] = Field::new(KEY, DataType::Utf8, true);
+    Schema::new(fields).with_metadata(schema.metadata().clone())
+}
+
 /// `batch` with its key column replaced by `keys`.
 fn with_keys(batch: &RecordBatch, keys: StringArray) -> Result<RecordBatch, ArrowError> {
-    let mut fields: Vec<Field> = batch
-        .schema_ref()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields[1] = Field::new(KEY, DataType::Utf8, true);
     let mut columns = batch.columns().to_vec();
     columns[1] = Arc::new(keys);
-    let schema = Schema::new(fields).with_metadata(batch.schema_ref().metadata().clone());
-    RecordBatch::try_new(Arc::new(schema), columns)
+    RecordBatch::try_new(Arc::new(with_nullable_key(batch.schema_ref())), columns)
 }
 
 /// `batch` as stored (with a declared key, only the keys that differ from it), and as an Arrow

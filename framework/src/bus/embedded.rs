@@ -90,8 +90,8 @@ pub struct EmbeddedLog {
 /// header from the file and takes a kept block only when the header is the one written (same
 /// start, first offset, count and checksum), so a log that another process rewrote is read from
 /// the file. At most [`RECENT_BYTES`] are kept: a block that does not fit is read from the file.
-/// Only a log told that it will be read in this process keeps any ([`EmbeddedLog::keep_for_reads`]):
-/// `framework produce` alone keeps none.
+/// Only a log told that it will be read in this process keeps any
+/// ([`EmbeddedLog::keep_for_reads`]): `framework produce` alone keeps none.
 #[derive(Debug, Default)]
 struct Recent {
     /// Whether blocks are kept at all.
@@ -336,10 +336,7 @@ impl EmbeddedLog {
             .map(|frames| (!frames.is_empty()).then(|| (frames.len(), frames.concat())))
             .collect();
         let appended = self.append_blocks(topic, FORMAT_FRAMES, blocks)?;
-        Ok(appended
-            .iter()
-            .map(|a| a.as_ref().map_or(0, |a| u64::from(a.header.count)))
-            .collect())
+        Ok(Appended::counts(&appended))
     }
 
     /// Appends messages as columns, one record batch per partition ([`super::Columns::finish`]),
@@ -386,10 +383,7 @@ impl EmbeddedLog {
                 });
             }
         }
-        Ok(appended
-            .iter()
-            .map(|a| a.as_ref().map_or(0, |a| u64::from(a.header.count)))
-            .collect())
+        Ok(Appended::counts(&appended))
     }
 
     /// Marks a topic written by the version before blocks of columns as this version's: that
@@ -517,26 +511,27 @@ impl EmbeddedLog {
             let header = read_block_header(&mut log, start, log_len)
                 .ok_or_else(|| corrupt(at, "block header past the end of the log"))?;
             // The block's messages that were asked for.
+            let end = header.first + u64::from(header.count);
             let from = wanted.start.max(header.first);
-            let to = wanted.end.min(header.first + u64::from(header.count));
+            let to = wanted.end.min(end);
+            let asked = |batch: RecordBatch| Chunk::Columns {
+                partition,
+                first: from,
+                batch: batch.slice(
+                    (from - header.first) as usize,
+                    to.saturating_sub(from) as usize,
+                ),
+            };
             let recent = (header.format == FORMAT_COLUMNS)
                 .then(|| {
-                    let whole = to == header.first + u64::from(header.count);
                     self.recent
                         .lock()
                         .expect("no panic while holding the recent blocks")
-                        .find(topic, partition, start, &header, whole)
+                        .find(topic, partition, start, &header, to == end)
                 })
                 .flatten();
             if let Some(batch) = recent {
-                let chunk = Chunk::Columns {
-                    partition,
-                    first: from,
-                    batch: batch.slice(
-                        (from - header.first) as usize,
-                        to.saturating_sub(from) as usize,
-                    ),
-                };
+                let chunk = asked(batch);
                 read += chunk.len() as u64;
                 out.push(chunk);
                 continue;
@@ -566,14 +561,7 @@ impl EmbeddedLog {
                 if batch.num_rows() != header.count as usize {
                     return Err(miscounted());
                 }
-                Chunk::Columns {
-                    partition,
-                    first: from,
-                    batch: batch.slice(
-                        (from - header.first) as usize,
-                        to.saturating_sub(from) as usize,
-                    ),
-                }
+                asked(batch)
             } else {
                 let raw = Bytes::from(raw);
                 let mut messages = Vec::with_capacity(to.saturating_sub(from) as usize);
@@ -688,6 +676,16 @@ fn encode_block(raw: &[u8], count: usize, format: u32, first: u64) -> (BlockHead
 struct Appended {
     start: u64,
     header: BlockHeader,
+}
+
+impl Appended {
+    /// Messages appended to each partition (0 where no block went).
+    fn counts(appended: &[Option<Self>]) -> Vec<u64> {
+        appended
+            .iter()
+            .map(|a| a.as_ref().map_or(0, |a| u64::from(a.header.count)))
+            .collect()
+    }
 }
 
 /// The header of the block at `start`, when the block is whole within `log_len` bytes.

@@ -433,10 +433,11 @@ enum Large {
 /// while geolocation's silver ran waited for it before; beside it the first delivery took
 /// 2.93-2.96 s instead of 2.98-3.06 s (three alternations, 2026-12-05), peak 704-763 MiB
 /// instead of 659-724, scale 10 unchanged (31.8-32.9 s, 1.39-1.45 GiB). The Kaggle-sized
-/// tables (about 100 000 rows each) are small: at scale 1, six runs of each binary alternated (2026-12-04 19:40), 200 000
-/// instead of 50 000 took the first delivery from 3.51-4.40 s to 3.49-4.01 s (the tables after
-/// geolocation refined two at a time instead of one by one on one core), at the same peak;
-/// scale 10, whose tables are larger, did not change (46.9 vs 48.2 s, 1.48 vs 1.42 GiB).
+/// tables (about 100 000 rows each) are small: at scale 1, six runs of each binary alternated
+/// (2026-12-04 19:40), 200 000 instead of 50 000 took the first delivery from 3.51-4.40 s to
+/// 3.49-4.01 s (the tables after geolocation refined two at a time instead of one by one on one
+/// core), at the same peak; scale 10, whose tables are larger, did not change (46.9 vs 48.2 s,
+/// 1.48 vs 1.42 GiB).
 const SMALL_DELIVERY: u64 = 200_000;
 
 /// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] deliveries

@@ -789,8 +789,8 @@ fn small_enough_to_rewrite(live: LiveFiles) -> bool {
     live.files > 0 && live.rows.is_some_and(|rows| rows <= REWRITE_ROWS_MAX)
 }
 
-/// Registers silver's rows (of `live` files) as `stored`: read into memory once when the table may be
-/// rewritten whole ([`REWRITE_ROWS_MAX`] rows at most), since [`changed_rows`] and
+/// Registers silver's rows (of `live` files) as `stored`: read into memory once when the table
+/// may be rewritten whole ([`REWRITE_ROWS_MAX`] rows at most), since [`changed_rows`] and
 /// [`rewrite_whole`] then both read every row; a larger table stays in the lake, streamed.
 /// The 1% delivery at scale 1 (seven such tables) ran 8.72 G instructions against 9.20 G
 /// (callgrind), for 50-80 MiB more at its peak.

@@ -70,13 +70,18 @@ sequence_by: version
     }
 
     fn deliver_with_header(&self, header: &str, rows: &[&str]) -> std::process::Output {
+        self.write_delivery(header, rows);
+        output(self.run())
+    }
+
+    /// Writes the source file: `header`, then `rows` (CSV lines after it).
+    fn write_delivery(&self, header: &str, rows: &[&str]) {
         let mut csv = format!("{header}\n");
         for row in rows {
             csv.push_str(row);
             csv.push('\n');
         }
         std::fs::write(self.dir.join("data/accounts.csv"), csv).unwrap();
-        output(self.run())
     }
 
     fn run(&self) -> std::process::Command {
@@ -122,14 +127,19 @@ sequence_by: version
     /// Silver as `id | name | version` lines, sorted.
     /// The newest commit of silver's Delta log, as written.
     fn last_silver_commit(&self) -> String {
+        std::fs::read_to_string(self.silver_commits().last().unwrap()).unwrap()
+    }
+
+    /// The commit files of silver's Delta log, oldest first.
+    fn silver_commits(&self) -> Vec<PathBuf> {
         let log = self.lake().join("silver/accounts/_delta_log");
-        let newest = std::fs::read_dir(&log)
+        let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .max()
-            .unwrap();
-        std::fs::read_to_string(newest).unwrap()
+            .collect();
+        commits.sort();
+        commits
     }
 
     fn silver(&self) -> Vec<String> {
@@ -163,15 +173,9 @@ const SECOND: &[&str] = &["a,Anna,2", "b,Bobby,0", "c,Cid,2", "d,Dot,1", "e,Eve,
 
 /// The actions of the latest commit of silver `accounts`, one JSON object each.
 fn last_commit(project: &Project) -> Vec<serde_json::Value> {
-    let log = project.lake().join("silver/accounts/_delta_log");
-    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    commits.sort();
-    let text = std::fs::read_to_string(commits.last().unwrap()).unwrap();
-    text.lines()
+    project
+        .last_silver_commit()
+        .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
@@ -280,12 +284,7 @@ fn a_delivery_refined_one_offset_per_commit_keeps_the_newest_version_of_each_key
     // the MERGE, not in one batch's dedup.
     let mut first = Vec::new();
     for rows in [FIRST, SECOND] {
-        let mut csv = "id,name,version\n".to_owned();
-        for row in rows {
-            csv.push_str(row);
-            csv.push('\n');
-        }
-        std::fs::write(dir.path().join("data/accounts.csv"), csv).unwrap();
+        project.write_delivery("id,name,version", rows);
         let mut run = project.run();
         run.args(["--silver-batch-size", "1"]);
         succeeded(output(run));
@@ -567,12 +566,7 @@ fn an_append_delivery_is_committed_in_windows_of_half_the_silver_batch_size() {
     let project = Project::new(dir.path(), "APPEND");
     let rows: Vec<String> = (0..12).map(|i| format!("k{i:02},N{i},1")).collect();
     let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
-    let mut csv = "id,name,version\n".to_owned();
-    for row in &rows {
-        csv.push_str(row);
-        csv.push('\n');
-    }
-    std::fs::write(dir.path().join("data/accounts.csv"), csv).unwrap();
+    project.write_delivery("id,name,version", &rows);
     let mut run = project.run();
     run.args(["--silver-batch-size", "4"]);
     succeeded(output(run));
@@ -589,16 +583,7 @@ fn an_append_delivery_is_committed_in_windows_of_half_the_silver_batch_size() {
         .map(|count| count.trim().parse::<usize>().unwrap())
         .max()
         .unwrap();
-    let commits = std::fs::read_dir(project.lake().join("silver/accounts/_delta_log"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "json")
-        })
-        .count();
+    let commits = project.silver_commits().len();
     assert_eq!(
         commits,
         fullest.div_ceil(2),
