@@ -491,7 +491,7 @@ fn execute(
         bus,
         progress,
     };
-    match command {
+    let done = match command {
         Command::Validate { data } => validate(&env, data),
         Command::Produce {
             table,
@@ -553,7 +553,9 @@ fn execute(
                 &env.runtime,
             )
         }
-    }
+    };
+    crate::memory::keep_freed_memory_until_exit();
+    done
 }
 
 /// `--max-records`: a count from 1 to the gateway's ceiling.
