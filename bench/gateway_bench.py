@@ -4,10 +4,11 @@ Usage: gateway_bench.py CONFIG_JSON, where CONFIG_JSON is {"command": [framework
 LAKE], "peer_command": [python, bench/peer_fastapi.py, ...], "orders_csv": CSV, "sequential":
 30, "concurrent_s": 10, "clients": 16}.
 
-Starts `framework serve` on a lake the caller loaded, then for batches of 1 and 10 `orders`
-records (new order ids, the sample's other values), sequentially (`sequential` requests) and with
-`clients` concurrent clients (for `concurrent_s` seconds), measures each route's p50/p95/p99
-latency and records per second, one keep-alive connection per client (http.client). The
+For batches of 1 and 10 `orders` records (new order ids, the sample's other values), each
+route sequentially (`sequential` requests) and with `clients` concurrent clients (for
+`concurrent_s` seconds), each of these rows on a `framework serve` of its own over a fresh copy
+of the lake the caller loaded, measures p50/p95/p99 latency and records per second, one
+keep-alive connection per client (http.client). The
 server's RSS is read from /proc at the start and the end of each concurrent run. Then the same
 for the peer (bench/peer_fastapi.py: FastAPI + pandas + deltalake + DuckDB, on its own lake of the
 same size), whose POST /ingest/orders answers once silver and gold show the records. Prints a
@@ -18,6 +19,7 @@ import csv
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -142,33 +144,49 @@ def concurrent(host, port, pid, path, size):
     return latencies, len(latencies) * size / wall, (rss_before, rss_mib(pid))
 
 
-def measure(process, host, port, routes, warm_up):
+def on_fresh_lake(cmd):
+    """`cmd` with its `--lake` folder replaced by a fresh copy of it (`<lake>-run`). Each row
+    starts from the lake as the caller loaded it, so that every route and the peer are measured
+    on the same lake size: run one after the other on one lake, 16 clients on /ingest_fast
+    alone appended about 200 000 records in 10 s, and the rows after them (?wait=visible, whose
+    refresh merges silver and rebuilds gold) ran on a lake hundreds of times larger."""
+    at = cmd.index("--lake") + 1
+    copy = cmd[at].rstrip("/") + "-run"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(cmd[at], copy, symlinks=True)
+    return cmd[:at] + [copy] + cmd[at + 1:]
+
+
+def measure(cmd, env, routes, warm_up):
+    """Each route, batch size and mode on a server of its own over a fresh copy of the lake."""
     rows = []
-    try:
-        # Warm-up: the lanes and the first refresh (the peer: its imports and first query).
-        Client(host, port).post(warm_up, body(1, counter_from(0)))
-        for size in (1, 10):
-            for name, path in routes:
-                latencies, rate = sequential(host, port, path, size)
-                rows.append((name, size, "sequential", latencies, rate, None))
-                time.sleep(1)
-                latencies, rate, rss = concurrent(host, port, process.pid, path, size)
-                rows.append((name, size, f"{config['clients']} clients", latencies, rate, rss))
-                time.sleep(1)
-    finally:
-        process.kill()
-        process.wait(30)
+    for size in (1, 10):
+        for name, path in routes:
+            for mode in ("sequential", f"{config['clients']} clients"):
+                process, host, port = start(on_fresh_lake(cmd), env)
+                try:
+                    # Warm-up: the lanes and a first refresh (the peer: its imports and first
+                    # query).
+                    Client(host, port).post(warm_up, body(1, counter_from(0)))
+                    if mode == "sequential":
+                        latencies, rate = sequential(host, port, path, size)
+                        rss = None
+                    else:
+                        latencies, rate, rss = concurrent(host, port, process.pid, path, size)
+                    rows.append((name, size, mode, latencies, rate, rss))
+                finally:
+                    process.kill()
+                    process.wait(30)
     return rows
 
 
 rows = []
 env = dict(os.environ, FRAMEWORK_GATEWAY_TOKEN=TOKEN)
 cmd = config["command"] + ["serve", "--addr", "127.0.0.1:0", "--max-ingests", "256"]
-process, host, port = start(cmd, env)
-rows += measure(process, host, port, ROUTES, "/ingest_fast/orders?wait=visible")
+rows += measure(cmd, env, ROUTES, "/ingest_fast/orders?wait=visible")
 if config.get("peer_command"):
-    process, host, port = start(config["peer_command"], dict(os.environ))
-    rows += measure(process, host, port, [("peer: FastAPI + pandas + deltalake + DuckDB", "/ingest/orders")],
+    rows += measure(config["peer_command"], dict(os.environ),
+                    [("peer: FastAPI + pandas + deltalake + DuckDB", "/ingest/orders")],
                     "/ingest/orders")
 
 print("| route | batch | clients | requests | p50 ms | p95 ms | p99 ms | records/s | server RSS MiB (start -> end) |")
