@@ -45,6 +45,17 @@ pub fn framework(lake: &Path) -> Command {
 }
 
 /// The Python that runs the independent checks (the test venv's, else `python3`).
+/// The commit files (`<version>.json`) of the Delta table in `table`, oldest first.
+pub fn delta_commits(table: &Path) -> Vec<PathBuf> {
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    commits
+}
+
 pub fn python() -> String {
     std::env::var("FRAMEWORK_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }

@@ -676,6 +676,51 @@ fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() 
     );
 }
 
+/// Eight clients that wait for visibility, each sending its next request as soon as it is
+/// answered (`tests/py/visible_rounds.py`): a refresh lingers for the requests the last one
+/// answered, so each serves all eight: ten rounds took 11 refreshes (silver commits; three
+/// runs). Taking only what was queued when it started (no linger), the clients split into
+/// groups served by alternate refreshes: 16-19.
+#[test]
+fn concurrent_clients_waiting_for_visibility_share_each_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &[]);
+    let commits = || delta_commits(&lake.join("silver/sellers")).len();
+    // The lane and its first refresh started before the rounds.
+    let warm = json!({ "records": [
+        { "seller_id": "warm-1", "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
+    ]});
+    let response = http(&[post_json(
+        &server,
+        "/ingest_fast/sellers?wait=visible",
+        &warm,
+        None,
+    )]);
+    assert_eq!(response[0]["status"], 200, "{}", response[0]);
+    let before = commits();
+    let (clients, rounds) = (8, 10);
+    let config =
+        json!({ "base": server.base, "token": TOKEN, "clients": clients, "rounds": rounds });
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("framework/tests/py/visible_rounds.py"))
+        .arg(config.to_string());
+    let out = output_within(cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "the clients failed (FRAMEWORK_TEST_PYTHON must be the venv of scripts/env.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(summary["answered"], clients * rounds, "{summary}");
+    let refreshes = commits() - before;
+    eprintln!("{refreshes} refreshes for {rounds} rounds of {clients} clients");
+    assert!(
+        refreshes <= rounds + 2,
+        "{refreshes} refreshes served {rounds} rounds of {clients} clients"
+    );
+}
+
 #[test]
 fn ingest_fast_acknowledges_durable_then_visible_and_a_retried_key_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -132,14 +132,7 @@ sequence_by: version
 
     /// The commit files of silver's Delta log, oldest first.
     fn silver_commits(&self) -> Vec<PathBuf> {
-        let log = self.lake().join("silver/accounts/_delta_log");
-        let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        commits.sort();
-        commits
+        delta_commits(&self.lake().join("silver/accounts"))
     }
 
     fn silver(&self) -> Vec<String> {
