@@ -240,24 +240,46 @@ pub fn root_keys_from_file(path: &Path) -> Result<Vec<RootKey>> {
         .collect()
 }
 
-/// Writes a new root key to `path` (0600), unless another process just did.
+/// Writes a new root key to `path` (0600), unless another process just did: then its key is
+/// returned. The file appears whole or not at all: the key is written and synced to a file of
+/// this process beside it, then hard-linked to `path`, which fails when `path` exists (a link
+/// never replaces a file, unlike a rename, which would swap a key another process may already
+/// have wrapped data keys under). Created in place, a second process starting at the same
+/// moment read the first one's empty file (`not base64 of 32 bytes`: seen when the tests ran
+/// on a fresh machine, their processes all making the laptop's key at once).
 pub fn make_root_file(path: &Path) -> Result<RootKey> {
     let io = |source| Error::Io {
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
     let (key, text) = RootKey::generate();
+    let mut tag = [0u8; 8];
+    OsRng
+        .try_fill_bytes(&mut tag)
+        .expect("the operating system's random source works");
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        u64::from_le_bytes(tag)
+    ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(mut file) => {
-            std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
+    let written = options.open(&tmp).and_then(|mut file| {
+        std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    // The temporary name goes whatever happened; `path` keeps the key if it was linked.
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Ok(dir) = std::fs::File::open(dir) {
+                dir.sync_all().map_err(io)?;
+            }
             tracing::info!(path = %path.display(), fingerprint = key.fingerprint(), "made a root key");
             Ok(key)
         }

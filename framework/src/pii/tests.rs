@@ -265,3 +265,40 @@ fn a_keyring_without_a_keyset_has_no_subject_keys() {
     let keys = Keyring::default();
     assert!(keys.encrypt_for_subject("contact", "x", b"v").is_err());
 }
+
+/// Processes starting at once on a fresh laptop all make its root key: each ends up with the
+/// one key the file holds, never a half-written file (`not base64 of 32 bytes`).
+#[test]
+fn root_keys_made_at_once_are_one_key_and_never_a_half_written_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let path = dir.path().join(format!("{round}/dev.key"));
+        let barrier = std::sync::Barrier::new(8);
+        let fingerprints: Vec<String> = std::thread::scope(|scope| {
+            let makers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        super::keyset::make_root_file(&path).map(|k| k.fingerprint().to_owned())
+                    })
+                })
+                .collect();
+            makers
+                .into_iter()
+                .map(|m| m.join().unwrap())
+                .map(|made| made.unwrap_or_else(|e| panic!("round {round}: {e}")))
+                .collect()
+        });
+        let stored = super::keyset::root_keys_from_file(&path).unwrap();
+        assert_eq!(stored.len(), 1, "round {round}: one key in the file");
+        assert!(
+            fingerprints.iter().all(|f| f == stored[0].fingerprint()),
+            "round {round}: every maker uses the stored key: {fingerprints:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["dev.key"], "round {round}: no temporary file left");
+    }
+}
