@@ -82,38 +82,13 @@ pub async fn run(
             });
         }
     }
+    let plan = Plan::new(project, models, checks, tables, options)?;
+    let layers = plan.layers.clone();
     let bars = MultiProgress::new();
     if !options.progress {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let run_id = quality::new_run_id();
-    let mut run = RunReport::default();
-    let started = std::time::Instant::now();
-    let selected: Vec<crate::idcard::Table> = project
-        .tables
-        .iter()
-        .filter(|t| tables.is_empty() || tables.iter().any(|n| n == t.name()))
-        .cloned()
-        .collect();
-    let gold_models = match options.until >= Stage::Gold {
-        true => {
-            let selectors: Vec<String> = tables.iter().map(|t| format!("source:{t}+")).collect();
-            Some(gold::select(models, &selectors)?)
-        }
-        false => None,
-    };
-    let gold_reads: Option<BTreeSet<String>> = gold_models.as_ref().map(|selected| {
-        selected
-            .iter()
-            .flat_map(|m| models.sources_read(m))
-            .map(|(_, table)| table.clone())
-            .collect()
-    });
-    let selected = gold_first(
-        selected,
-        gold_reads.as_ref(),
-        options.produce.then_some(options.data.as_path()),
-    );
     // Bronze reads in this process what the producer appends to the embedded log.
     if let Bus::Embedded(log) = bus
         && options.produce
@@ -121,10 +96,131 @@ pub async fn run(
     {
         log.keep_for_reads();
     }
-    // Three lanes, each a stage over the tables in dependency order: one produces table after
-    // table, one ingests each into bronze while it is produced, one refines each into silver
-    // once its bronze is in (so a table's dimensions are refined before it). The stages of
-    // different tables overlap on the cores.
+    let ran = run_lanes(
+        plan, project, models, checks, bus, lake, options, &bars, &run_id,
+    )
+    .await?;
+    finish(ran, &layers, lake, &run_id).await
+}
+
+/// What a run does, decided before it starts.
+struct Plan {
+    /// The run's tables, in the order the lanes take them ([`gold_first`]).
+    tables: Vec<crate::idcard::Table>,
+    /// The gold models to build; `None` when the run stops before gold.
+    models: Option<BTreeSet<String>>,
+    /// The lake names of the run's tables those models read (gold waits for them), and of
+    /// those no model reads (refined beside gold).
+    read: BTreeSet<String>,
+    beside: BTreeSet<String>,
+    /// The layers whose checks run as the run's tables arrive, and those checks.
+    layers: Vec<SuiteLayer>,
+    arriving: Vec<quality::Check>,
+}
+
+impl Plan {
+    /// The plan of a run of `tables` (all when empty), every one of them known.
+    fn new(
+        project: &Project,
+        models: &Models,
+        checks: &Checks,
+        tables: &[String],
+        options: &RunOptions,
+    ) -> Result<Self, gold::Error> {
+        let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
+        let selected: Vec<crate::idcard::Table> = project
+            .tables
+            .iter()
+            .filter(|t| loaded(t.name()))
+            .cloned()
+            .collect();
+        let gold_models = match options.until >= Stage::Gold {
+            true => {
+                let selectors: Vec<String> =
+                    tables.iter().map(|t| format!("source:{t}+")).collect();
+                Some(gold::select(models, &selectors)?)
+            }
+            false => None,
+        };
+        let gold_reads: Option<BTreeSet<String>> = gold_models.as_ref().map(|selected| {
+            selected
+                .iter()
+                .flat_map(|m| models.sources_read(m))
+                .map(|(_, table)| table.clone())
+                .collect()
+        });
+        let selected = gold_first(
+            selected,
+            gold_reads.as_ref(),
+            options.produce.then_some(options.data.as_path()),
+        );
+        let (read, beside): (BTreeSet<String>, BTreeSet<String>) = selected
+            .iter()
+            .flat_map(|t| t.lake_names())
+            .partition(|name| {
+                gold_reads
+                    .as_ref()
+                    .is_some_and(|reads| reads.contains(name))
+            });
+        let mut layers = Vec::new();
+        if options.until >= Stage::Bronze {
+            layers.push(SuiteLayer::Bronze);
+        }
+        if options.until >= Stage::Silver {
+            layers.push(SuiteLayer::Silver);
+        }
+        Ok(Self {
+            arriving: of_layers(checks, &layers, &loaded),
+            tables: selected,
+            models: gold_models,
+            read,
+            beside,
+            layers,
+        })
+    }
+}
+
+/// What the lanes and gold did.
+struct Ran {
+    /// Silver's reports in the run's table order, and what was left out.
+    reports: Vec<TableReport>,
+    skipped: Vec<String>,
+    /// The stages the lanes went through (e.g. "produce, bronze, silver") and their wall
+    /// seconds, until silver's lane ended.
+    stages: String,
+    seconds: f64,
+    gold: Option<GoldStep>,
+    /// The checks run as the tables arrived.
+    arrivals: Arrivals,
+}
+
+/// Runs three lanes, each a stage over the tables in dependency order: one produces table after
+/// table, one ingests each into bronze while it is produced, one refines each into silver once
+/// its bronze is in (so a table's dimensions are refined before it). The stages of different
+/// tables overlap on the cores. Gold starts once the run's tables its models read are in and
+/// their checks passed; the silver of the tables no model reads, and their checks, run beside
+/// it.
+#[allow(clippy::too_many_arguments)] // the run's parts, passed along
+async fn run_lanes(
+    plan: Plan,
+    project: &Project,
+    models: &Models,
+    checks: &Checks,
+    bus: &Bus,
+    lake: &Lake,
+    options: &RunOptions,
+    bars: &MultiProgress,
+    run_id: &str,
+) -> Result<Ran> {
+    let started = std::time::Instant::now();
+    let Plan {
+        tables: selected,
+        models: gold_models,
+        read,
+        beside,
+        arriving,
+        layers: _,
+    } = plan;
     let capacity = selected.len().max(1);
     let (produced, to_ingest) =
         tokio::sync::mpsc::channel::<(crate::idcard::Table, Producing)>(capacity);
@@ -145,39 +241,20 @@ pub async fn run(
         bars.clone(),
         ingested,
     ));
-    // Gold starts once the run's tables its models read are in and their checks passed; the
-    // silver of the tables no model reads, and their checks, run beside it.
-    let mut layers = Vec::new();
-    if options.until >= Stage::Bronze {
-        layers.push(SuiteLayer::Bronze);
-    }
-    if options.until >= Stage::Silver {
-        layers.push(SuiteLayer::Silver);
-    }
-    let loaded = |table: &str| tables.is_empty() || tables.iter().any(|t| t == table);
-    // The names in the lake of the run's tables: those gold reads, and those refined beside it.
-    let (read, beside): (BTreeSet<String>, BTreeSet<String>) = selected
-        .iter()
-        .flat_map(|t| t.lake_names())
-        .partition(|name| {
-            gold_reads
-                .as_ref()
-                .is_some_and(|reads| reads.contains(name))
-        });
     let (arrivals, gold_may_start) = Arrivals::new(
         lake,
-        &run_id,
-        of_layers(checks, &layers, &loaded),
+        run_id,
+        arriving,
         &selected,
-        gold_reads.as_ref().map(|_| read),
+        gold_models.as_ref().map(|_| read),
     );
     let arrivals = std::sync::Mutex::new(arrivals);
-    let arrived = |arrival: Arrival<'_>| {
+    let arrivals_now = || {
         arrivals
             .lock()
             .expect("no panic while holding the arrivals")
-            .arrive(arrival)
     };
+    let arrived = |arrival: Arrival<'_>| arrivals_now().arrive(arrival);
     let refine = async {
         let refined = refine_lane(
             &selected,
@@ -185,14 +262,11 @@ pub async fn run(
             project,
             lake,
             options,
-            &bars,
+            bars,
             &arrived,
         )
         .await;
-        arrivals
-            .lock()
-            .expect("no panic while holding the arrivals")
-            .close();
+        arrivals_now().close();
         (refined, started.elapsed().as_secs_f64())
     };
     let gold = async {
@@ -202,9 +276,7 @@ pub async fn run(
         if gold_may_start.await.is_err() {
             return Ok(None);
         }
-        let before = arrivals
-            .lock()
-            .expect("no panic while holding the arrivals")
+        let before = arrivals_now()
             .take_before_gold()
             .expect("gold's checks are taken once");
         // Unless a check with action `fail` failed; a build that fails keeps the checks'
@@ -212,13 +284,13 @@ pub async fn run(
         let before = before.finish().await?;
         let built = match quality::failure_message(&before.results) {
             Some(_) => Ok(None),
-            None => build_and_check(lake, models, selected, checks, &run_id, options, &beside)
+            None => build_and_check(lake, models, selected, checks, run_id, options, &beside)
                 .await
                 .map(Some),
         };
         Ok(Some(GoldStep { before, built }))
     };
-    let ((refined, refine_s), gold) = tokio::join!(refine, gold);
+    let ((refined, seconds), gold) = tokio::join!(refine, gold);
     // After an error here, the other lanes find their channel closed once their current table
     // is done, and stop (aborting them would cut a write short as the runtime shuts down).
     drop(to_refine);
@@ -230,9 +302,7 @@ pub async fn run(
         }
     }
     let (reports, skipped) = refined?;
-    let gold: Option<GoldStep> = gold?;
-    run.skipped.extend(skipped);
-    // The stages this run went through, e.g. "produce, bronze, silver".
+    let gold = gold?;
     let stages: Vec<&str> = [
         (options.produce, "produce"),
         (options.until >= Stage::Bronze, "bronze"),
@@ -241,22 +311,39 @@ pub async fn run(
     .into_iter()
     .filter_map(|(ran, stage)| ran.then_some(stage))
     .collect();
-    run.phases.push((stages.join(", "), refine_s));
-    run.tables = reports;
+    Ok(Ran {
+        reports,
+        skipped,
+        stages: stages.join(", "),
+        seconds,
+        gold,
+        arrivals: arrivals
+            .into_inner()
+            .expect("no panic while holding the arrivals"),
+    })
+}
+
+/// The run's report: the lanes' tables, the checks of `layers` once they finished, gold's
+/// models and checks (those that also read a table refined beside gold run now), then every
+/// layer's results recorded in one commit. A gold build that failed is the run's error, once
+/// the checks that ran are recorded.
+async fn finish(ran: Ran, layers: &[SuiteLayer], lake: &Lake, run_id: &str) -> Result<RunReport> {
+    let mut run = RunReport {
+        tables: ran.reports,
+        skipped: ran.skipped,
+        phases: vec![(ran.stages, ran.seconds)],
+        ..RunReport::default()
+    };
     let waited = std::time::Instant::now();
-    let arrivals = arrivals
-        .into_inner()
-        .expect("no panic while holding the arrivals");
-    let (before, gold) = match gold {
+    let (before, gold) = match ran.gold {
         Some(step) => (Some(step.before), step.built),
         None => (None, Ok(None)),
     };
-    let finished = arrivals.finish(before).await?;
-    record_checks(&mut run, &layers, finished, waited.elapsed().as_secs_f64());
+    let finished = ran.arrivals.finish(before).await?;
+    record_checks(&mut run, layers, finished, waited.elapsed().as_secs_f64());
     let gold = match gold {
         Ok(gold) => gold,
         Err(e) => {
-            // The checks that ran are recorded; then the build's error.
             quality::record_results(lake, &run.checks).await?;
             return Err(e);
         }
@@ -266,7 +353,7 @@ pub async fn run(
         run.models = built.models;
         run.phases.push(("gold".into(), built.seconds));
         let started = std::time::Instant::now();
-        let late = EarlyChecks::new(lake, &run_id, built.late, &[])
+        let late = EarlyChecks::new(lake, run_id, built.late, &[])
             .finish()
             .await?;
         built.checks.results.extend(late.results);
@@ -274,7 +361,6 @@ pub async fn run(
         let checks_s = built.checks_s + started.elapsed().as_secs_f64();
         record_checks(&mut run, &[SuiteLayer::Gold], built.checks, checks_s);
     }
-    // Every layer's results in one commit.
     quality::record_results(lake, &run.checks).await?;
     Ok(run)
 }
