@@ -158,36 +158,8 @@ pub async fn build(
         }
         let built: Vec<(ModelReport, Option<i64>)> =
             futures::stream::iter(building.iter().map(|&model| {
-                let ctx = &ctx;
-                let shared = &shared;
                 let reads = Reads::of(models, model, &versions, &rebuilt);
-                async move {
-                    let reads = reads?;
-                    let since = match &reads {
-                        Some(reads) if !options.full_refresh => {
-                            reads.since_built(lake, model).await?
-                        }
-                        _ => Changes::Rewritten,
-                    };
-                    let announce = |report| {
-                        if let Some(built) = &options.built {
-                            // Nobody listening is no error: the build goes on.
-                            let _ = built.send(model.name.clone());
-                        }
-                        report
-                    };
-                    if since == Changes::None {
-                        return keep(lake, ctx, models, model).await.map(announce);
-                    }
-                    // An incremental model recomputes its recent rows (the lookback) and merges
-                    // them: that covers rows added, not rows an input updated or deleted, which
-                    // may belong to any older row of the model. Then (and under --full-refresh,
-                    // which counts as rewritten) it is built in full.
-                    let full = since == Changes::Rewritten;
-                    let report = materialize(lake, ctx, models, model, full, reads, shared).await?;
-                    crate::fault::crash_point(&format!("gold-after:{}", model.name));
-                    Ok::<_, Error>(announce((report, None)))
-                }
+                build_model(lake, &ctx, models, model, reads, &shared, options)
             }))
             .buffered(options.threads.max(1))
             .try_collect()
@@ -211,6 +183,41 @@ pub async fn build(
     let position = |name: &str| needed.iter().position(|m| m.name == name);
     reports.sort_by_key(|r: &ModelReport| position(&r.model));
     Ok(reports)
+}
+
+/// Builds one stored model of a wave: kept when nothing it reads changed since it was built
+/// (then its version is returned), else materialized; `options.built` hears of it either way.
+async fn build_model(
+    lake: &Lake,
+    ctx: &SessionContext,
+    models: &Models,
+    model: &Model,
+    reads: Result<Option<Reads>>,
+    shared: &Shared,
+    options: &BuildOptions,
+) -> Result<(ModelReport, Option<i64>)> {
+    let reads = reads?;
+    let since = match &reads {
+        Some(reads) if !options.full_refresh => reads.since_built(lake, model).await?,
+        _ => Changes::Rewritten,
+    };
+    let built = if since == Changes::None {
+        keep(lake, ctx, models, model).await?
+    } else {
+        // An incremental model recomputes its recent rows (the lookback) and merges them: that
+        // covers rows added, not rows an input updated or deleted, which may belong to any
+        // older row of the model. Then (and under --full-refresh, which counts as rewritten)
+        // it is built in full.
+        let full = since == Changes::Rewritten;
+        let report = materialize(lake, ctx, models, model, full, reads, shared).await?;
+        crate::fault::crash_point(&format!("gold-after:{}", model.name));
+        (report, None)
+    };
+    if let Some(announce) = &options.built {
+        // Nobody listening is no error: the build goes on.
+        let _ = announce.send(model.name.clone());
+    }
+    Ok(built)
 }
 
 fn query_error(
