@@ -18,6 +18,7 @@ pub mod bus;
 pub mod cli;
 pub mod dags;
 pub mod fault;
+pub mod files;
 pub mod gateway;
 pub mod gold;
 pub mod idcard;

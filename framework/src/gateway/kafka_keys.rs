@@ -423,30 +423,13 @@ fn secret(path: &Path) -> Result<([u8; 32], bool), String> {
             rand::rngs::OsRng
                 .try_fill_bytes(&mut secret)
                 .map_err(|e| format!("random bytes for {}: {e}", path.display()))?;
-            // Written whole and synced under another name, then linked in place: a crash never
-            // leaves a short secret, and of two processes making one at once, one wins and the
+            // Whole or not at all, and of two processes making one at once, one wins and the
             // other reads it.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let mut options = OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&tmp).map_err(io)?;
-            file.write_all(&secret).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            let linked = std::fs::hard_link(&tmp, path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => {
-                    sync_dir(path)?;
-                    Ok((secret, true))
-                }
-                // Another process made it first: its secret serves.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let bytes = std::fs::read(path).map_err(io)?;
-                    Ok((parse_secret(path, &bytes)?, false))
-                }
-                Err(e) => Err(io(e)),
+            if crate::files::make_once(path, &secret).map_err(io)? {
+                return Ok((secret, true));
             }
+            let bytes = std::fs::read(path).map_err(io)?;
+            Ok((parse_secret(path, &bytes)?, false))
         }
         Err(e) => Err(io(e)),
     }

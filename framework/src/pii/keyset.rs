@@ -240,59 +240,26 @@ pub fn root_keys_from_file(path: &Path) -> Result<Vec<RootKey>> {
         .collect()
 }
 
-/// Writes a new root key to `path` (0600), unless another process just did: then its key is
-/// returned. The file appears whole or not at all: the key is written and synced to a file of
-/// this process beside it, then hard-linked to `path`, which fails when `path` exists (a link
-/// never replaces a file, unlike a rename, which would swap a key another process may already
-/// have wrapped data keys under). Created in place, a second process starting at the same
-/// moment read the first one's empty file (`not base64 of 32 bytes`: seen when the tests ran
-/// on a fresh machine, their processes all making the laptop's key at once).
+/// Writes a new root key to `path` (0600, whole or not at all: [`crate::files::make_once`]),
+/// unless another process just did: then its key is returned.
 pub fn make_root_file(path: &Path) -> Result<RootKey> {
     let io = |source| Error::Io {
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
     let (key, text) = RootKey::generate();
-    let mut tag = [0u8; 8];
-    OsRng
-        .try_fill_bytes(&mut tag)
-        .expect("the operating system's random source works");
-    let tmp = path.with_extension(format!(
-        "tmp.{}.{}",
-        std::process::id(),
-        u64::from_le_bytes(tag)
-    ));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&tmp).and_then(|mut file| {
-        std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())?;
-        file.sync_all()
-    });
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-    // The temporary name goes whatever happened; `path` keeps the key if it was linked.
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            if let Ok(dir) = std::fs::File::open(dir) {
-                dir.sync_all().map_err(io)?;
-            }
-            tracing::info!(path = %path.display(), fingerprint = key.fingerprint(), "made a root key");
-            Ok(key)
-        }
-        // Another process made it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => root_keys_from_file(path)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::BadRootKey {
-                source_name: path.display().to_string(),
-                line: String::new(),
-            }),
-        Err(e) => Err(io(e)),
+    if crate::files::make_once(path, format!("{text}\n").as_bytes()).map_err(io)? {
+        tracing::info!(path = %path.display(), fingerprint = key.fingerprint(), "made a root key");
+        return Ok(key);
     }
+    // Another process made it first: use theirs.
+    root_keys_from_file(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::BadRootKey {
+            source_name: path.display().to_string(),
+            line: String::new(),
+        })
 }
 
 /// The keyset file.
