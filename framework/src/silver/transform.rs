@@ -84,14 +84,26 @@ pub async fn refine_announcing(
     options: &SilverOptions,
     table_in: impl FnOnce(),
 ) -> Result<SilverStats> {
+    let leasing = Instant::now();
     let _lease = lake.lease(Layer::Silver, table.name()).await?;
+    let lease_s = leasing.elapsed().as_secs_f64();
     let mut stats = refine_leased(lake, project, table, options).await?;
+    let refine_s = stats.seconds;
     table_in();
     let started = Instant::now();
     refresh_latest_by(lake, table).await?;
     crate::fault::crash_point(&format!("silver-after-latest-by:{}", table.name()));
+    let latest_by_s = started.elapsed().as_secs_f64();
     stats.rows_after = lake.count(Layer::Silver, table.name()).await?;
     stats.seconds += started.elapsed().as_secs_f64();
+    tracing::debug!(
+        table = table.name(),
+        lease_s,
+        refine_s,
+        latest_by_s,
+        count_s = stats.seconds - refine_s - latest_by_s,
+        "silver: refined"
+    );
     Ok(stats)
 }
 
@@ -131,6 +143,11 @@ async fn refine_leased(
             ends.reach(parts.value(i) as u32, end.value(i));
         }
     }
+    tracing::debug!(
+        table = name,
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: delivery's ends found"
+    );
     if ends.txns(&done).is_empty() {
         stats.seconds = started.elapsed().as_secs_f64();
         return Ok(stats);
