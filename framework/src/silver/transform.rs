@@ -124,10 +124,12 @@ async fn refine_leased(
     if !lake.register(&ctx, Layer::Bronze, name, "bronze").await? {
         return Ok(stats);
     }
+    let register_s = started.elapsed().as_secs_f64();
     let partitions = table.config.topic.partitions;
     let cursor = Cursor::new(Stage::Silver, table.topic(), partitions);
     let done = cursor.read(lake, Layer::Silver, name).await?;
     let filter = done.sql_past();
+    let cursor_s = started.elapsed().as_secs_f64() - register_s;
 
     // Where the delivery ends in each partition.
     let last = collect(&ctx, &format!("SELECT {PARTITION}, max({OFFSET}) + 1 AS e FROM bronze WHERE {filter} GROUP BY {PARTITION}"))
@@ -145,6 +147,8 @@ async fn refine_leased(
     }
     tracing::debug!(
         table = name,
+        register_s,
+        cursor_s,
         seconds = started.elapsed().as_secs_f64(),
         "silver: delivery's ends found"
     );
