@@ -5,6 +5,22 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/target}"
 VENV="$CACHE_DIR/venv"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# Every clone builds into the same folder, and cargo gives a workspace crate's build the same
+# name in each clone and calls it up to date when the clone's files are older than the build: a
+# clone edited before another clone was built would run the other clone's code (seen on
+# 2026-12-06: a clone's tests ran a second clone's binaries). So when the last clone to claim the
+# folder was another one, this clone's Rust files are touched and the crate is built again (the
+# dependencies stay cached). Two clones building at the same moment can still swap builds.
+claim_target_dir() {
+  local marker="$CARGO_TARGET_DIR/.claimed-by"
+  if [ "$(cat "$marker" 2>/dev/null)" != "$REPO" ]; then
+    find "$REPO/framework" -type f -name '*.rs' -exec touch {} +
+    mkdir -p "$CARGO_TARGET_DIR"
+    echo "$REPO" > "$marker"
+  fi
+}
+claim_target_dir
+
 # The Python venv with deltalake and pandas (independent Delta reader in tests; benchmark peer).
 ensure_venv() {
   local stamp="$VENV/.requirements.sha"
