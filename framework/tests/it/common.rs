@@ -44,7 +44,6 @@ pub fn framework(lake: &Path) -> Command {
     cmd
 }
 
-/// The Python that runs the independent checks (the test venv's, else `python3`).
 /// The commit files (`<version>.json`) of the Delta table in `table`, oldest first.
 pub fn delta_commits(table: &Path) -> Vec<PathBuf> {
     let mut commits: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
@@ -56,6 +55,7 @@ pub fn delta_commits(table: &Path) -> Vec<PathBuf> {
     commits
 }
 
+/// The Python that runs the independent checks (the test venv's, else `python3`).
 pub fn python() -> String {
     std::env::var("FRAMEWORK_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
