@@ -239,13 +239,19 @@ fn parse_params(params: Vec<(String, String)>) -> Result<(Options, Vec<Filter>),
     for (name, value) in params {
         match name.as_str() {
             "columns" => {
-                options.columns = Some(
-                    value
-                        .split(',')
-                        .map(|c| c.trim().to_owned())
-                        .filter(|c| !c.is_empty())
-                        .collect(),
-                );
+                let mut columns: Vec<String> = Vec::new();
+                for column in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                    if !columns.iter().any(|c| c == column) {
+                        columns.push(column.to_owned());
+                    }
+                }
+                if columns.is_empty() {
+                    return Err(Problem::bad_request(format!(
+                        "`columns={value}`: names no column"
+                    ))
+                    .with_hint("list them, e.g. `columns=order_id,order_status`, or leave `columns` out for every column"));
+                }
+                options.columns = Some(columns);
             }
             "order_by" => options.order_by = value,
             "limit" if value == "all" => options.limit = None,
@@ -620,10 +626,19 @@ fn op_of(op: &str) -> &'static str {
     }
 }
 
+/// A whole number of the query (a limit, an offset, a version): SQL and the Delta log count
+/// with `i64`, so a larger one is refused here rather than wrapped.
 fn number(name: &str, value: &str) -> Result<usize, Problem> {
     value
-        .parse()
-        .map_err(|_| Problem::bad_request(format!("`{name}={value}`: not a whole number")))
+        .parse::<usize>()
+        .ok()
+        .filter(|n| i64::try_from(*n).is_ok())
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "`{name}={value}`: not a whole number from 0 to {}",
+                i64::MAX
+            ))
+        })
 }
 
 /// `value` cast to `data_type` as Arrow casts text (an error names why it does not fit).

@@ -590,12 +590,23 @@ impl Lake {
         let Some(version) = version else {
             return self.register_version(ctx, layer, table, name).await;
         };
-        if self.open(layer, table).await?.is_none() {
+        let Some(latest) = self.open(layer, table).await? else {
             return Ok(None);
+        };
+        // Checked first: the log is searched version by version up to the one asked for, so a
+        // version far past the latest would take minutes to be refused.
+        if version < 0
+            || latest
+                .version()
+                .is_none_or(|newest| version as u64 > newest)
+        {
+            return Err(Self::delta_err(layer, table)(
+                DeltaTableError::InvalidVersion(version.max(0) as u64),
+            ));
         }
         let delta = self
             .builder(layer, table)?
-            .with_version(version.max(0) as u64)
+            .with_version(version as u64)
             .load()
             .await
             .map_err(Self::delta_err(layer, table))?;

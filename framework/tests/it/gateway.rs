@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -332,6 +332,47 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
         pinned[1]["headers"]["x-delta-version"], version,
         "no new version"
     );
+
+    // A version past the latest is refused at once (the log was searched version by version up
+    // to it: minutes for a large one); numbers past i64 are refused, not wrapped to -1.
+    let started = Instant::now();
+    let refused = http(&[
+        get(&server, &format!("{one}&as_of_version=1000000000"), "*/*"),
+        get(
+            &server,
+            &format!("{one}&as_of_version=18446744073709551615"),
+            "*/*",
+        ),
+        get(&server, &format!("{one}&limit=18446744073709551615"), "*/*"),
+        get(&server, "/staging/orders?columns=", "*/*"),
+        get(
+            &server,
+            &format!("/staging/orders?order_id={id}&columns=order_id,%20order_id"),
+            "*/*",
+        ),
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused[0]["status"], 404, "{}", refused[0]);
+    let detail = refused[0]["body"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("has no version 1000000000"),
+        "{}",
+        refused[0]
+    );
+    for r in &refused[1..3] {
+        assert_eq!(r["status"], 400, "{r}");
+        let detail = r["body"]["detail"].as_str().unwrap();
+        assert!(detail.contains("not a whole number from 0 to"), "{r}");
+    }
+    // A column list naming nothing is refused; a column named twice is read once.
+    assert_eq!(refused[3]["status"], 400, "{}", refused[3]);
+    assert_eq!(refused[3]["body"]["detail"], "`columns=`: names no column");
+    assert_eq!(refused[4]["status"], 200, "{}", refused[4]);
+    assert_eq!(refused[4]["body"], json!([{ "order_id": id }]));
 }
 
 #[test]
@@ -651,7 +692,7 @@ fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() 
     for response in http(&requests) {
         assert_eq!(response["status"], 202, "{response}");
     }
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let staged = || {
         http(&[get(
             &server,
