@@ -310,6 +310,7 @@ fn check_project(
         check_source(config, &names, &mut diag);
         check_delete_when(config, &mut diag);
         check_schedule(config, &mut diag);
+        check_producer(config, &mut diag);
         let depends_on = check_enrichment(config, &columns, &names, &by_name, &mut diag);
         check_expectations(config, &columns, &mut diag);
         check_gateway_columns(config, &names, &mut diag);
@@ -323,7 +324,8 @@ fn check_project(
     order_by_dependencies(tables, parsed, out)
 }
 
-/// A table name and a topic used by one idcard only.
+/// A silver table's name (a table's, or a `latest_by` table's) and a topic used once only:
+/// two tables of one name would write one Delta table.
 fn check_unique_names<'a>(
     config: &'a IdcardConfig,
     file: &'a Path,
@@ -331,16 +333,27 @@ fn check_unique_names<'a>(
     seen_topics: &mut HashMap<&'a str, &'a str>,
     diag: &mut impl FnMut(&str, String, Option<String>),
 ) {
-    if let Some(other) = seen_tables.insert(&config.table, file) {
-        diag(
-            "/table",
-            format!(
-                "table `{}` is already defined in {}",
-                config.table,
-                other.display()
-            ),
-            Some("table names must be unique across idcards".into()),
-        );
+    let names = std::iter::once(("/table".to_owned(), config.table.as_str())).chain(
+        config
+            .latest_by
+            .iter()
+            .enumerate()
+            .map(|(i, latest)| (format!("/latest_by/{i}/name"), latest.name.as_str())),
+    );
+    for (at, name) in names {
+        if let Some(other) = seen_tables.insert(name, file) {
+            diag(
+                &at,
+                format!(
+                    "silver table `{name}` is already defined in {}",
+                    other.display()
+                ),
+                Some(
+                    "table and latest_by names must be unique across idcards: each is a silver table"
+                        .into(),
+                ),
+            );
+        }
     }
     if let Some(other) = seen_topics.insert(&config.topic.name, &config.table) {
         diag(
@@ -436,6 +449,13 @@ fn check_keys(
         );
     }
     for (i, latest) in config.latest_by.iter().enumerate() {
+        if latest.key.is_empty() {
+            diag(
+                &format!("/latest_by/{i}/key"),
+                format!("latest_by table `{}`: the key names no column", latest.name),
+                Some("list the columns that pick one row each, e.g. [customer_unique_id]".into()),
+            );
+        }
         for (j, key) in latest.key.iter().enumerate() {
             let at = format!("/latest_by/{i}/key/{j}");
             check_scalar_column(config, columns, key, "column", &at, diag);
@@ -486,6 +506,78 @@ fn check_delete_when(config: &IdcardConfig, diag: &mut impl FnMut(&str, String, 
                 "/delete_when",
                 "delete_when is empty".into(),
                 Some("a SQL condition over the table's columns, e.g. `op = 'D'`".into()),
+            );
+        } else if let Err(problem) = parse_condition(condition) {
+            diag(
+                "/delete_when",
+                format!("delete_when `{condition}` is not a SQL condition: {problem}"),
+                Some("a SQL condition over the table's columns, e.g. `op = 'D'`".into()),
+            );
+        }
+    }
+}
+
+/// Whether `condition` parses as one SQL expression (as silver's query will read it), with
+/// nothing after it.
+fn parse_condition(condition: &str) -> Result<(), String> {
+    use deltalake::datafusion::sql::sqlparser::{
+        dialect::GenericDialect, parser::Parser, tokenizer::Token,
+    };
+    let dialect = GenericDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(condition)
+        .map_err(|e| e.to_string())?;
+    parser.parse_expr().map_err(|e| e.to_string())?;
+    match parser.peek_token().token {
+        Token::EOF => Ok(()),
+        after => Err(format!("unexpected `{after}` after the condition")),
+    }
+}
+
+/// Longest lateness `producer.late_lag_s` may simulate: ten years.
+const LATE_LAG_MAX_S: u64 = 10 * 365 * 24 * 3600;
+/// Longest pause `producer.delay_ms` may make between messages: one minute.
+const DELAY_MAX_MS: u64 = 60_000;
+
+/// The producer's simulation: shares between 0 and 1, ranges `[min, max]` within bounds (a
+/// lag past the calendar would move a message's time out of any date).
+fn check_producer(config: &IdcardConfig, diag: &mut impl FnMut(&str, String, Option<String>)) {
+    let producer = &config.producer;
+    for (field, share) in [
+        ("late_fraction", producer.late_fraction),
+        ("duplicate_fraction", producer.duplicate_fraction),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            diag(
+                &format!("/producer/{field}"),
+                format!("{field} {share} is not a share between 0 and 1"),
+                Some("e.g. 0.05 for 5% of the messages".into()),
+            );
+        }
+    }
+    for (field, [min, max], bound, unit, example) in [
+        (
+            "late_lag_s",
+            producer.late_lag_s,
+            LATE_LAG_MAX_S,
+            "seconds",
+            "[60, 300]",
+        ),
+        (
+            "delay_ms",
+            producer.delay_ms,
+            DELAY_MAX_MS,
+            "milliseconds",
+            "[50, 200]",
+        ),
+    ] {
+        if min > max || max > bound {
+            diag(
+                &format!("/producer/{field}"),
+                format!(
+                    "{field} [{min}, {max}] is not a range [min, max] of at most {bound} {unit}"
+                ),
+                Some(format!("e.g. {field}: {example}")),
             );
         }
     }
@@ -626,6 +718,13 @@ fn check_expectations(
                 Some("check one of its fields, e.g. `column: address.zip`".into()),
             ),
             Ok(_) => {}
+        }
+        if expectation.in_set.as_ref().is_some_and(Vec::is_empty) {
+            diag(
+                &format!("/expectations/{i}/in_set"),
+                "in_set lists no value: every row would break it".into(),
+                Some("list the accepted values, e.g. in_set: [delivered, shipped]".into()),
+            );
         }
         if let Some(pattern) = &expectation.matches
             && let Err(err) = regex::Regex::new(pattern)

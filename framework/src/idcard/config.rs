@@ -156,10 +156,10 @@ pub enum Encoding {
 pub struct TopicConfig {
     /// Topic name (by convention `raw_<table>`).
     pub name: String,
-    /// Number of partitions (at least 1); messages are spread by a hash of the key. Fixed once
+    /// Number of partitions (1 to 1024); messages are spread by a hash of the key. Fixed once
     /// the topic exists: bronze and silver keep their offsets per partition.
     #[serde(default = "default_partitions")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1024))]
     pub partitions: u32,
 }
 
@@ -189,8 +189,9 @@ pub struct ColumnConfig {
     #[serde(default)]
     pub format: Option<String>,
     /// Left-pad a string column to this many characters with `pad_char` (zip-code prefixes that
-    /// lost their leading zeros).
+    /// lost their leading zeros), at most 1024.
     #[serde(default)]
+    #[schemars(range(max = 1024))]
     pub pad_left: Option<u32>,
     /// Character used by `pad_left`.
     #[serde(default = "default_pad_char")]

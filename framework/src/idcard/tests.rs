@@ -274,6 +274,123 @@ fn a_topic_needs_at_least_one_partition() {
 }
 
 #[test]
+fn a_topic_has_at_most_1024_partitions() {
+    let out = check(&GOOD.replace(
+        "  name: raw_things\n",
+        "  name: raw_things\n  partitions: 4294967295\n",
+    ));
+    assert!(
+        out.contains("topic.partitions") && out.contains("1024"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_latest_by_table_needs_a_key_and_a_silver_name_of_its_own() {
+    let with = |latest: &str| check(&format!("{GOOD}latest_by:\n  - {latest}\n"));
+    assert_eq!(with("{ name: things_by_amount, key: [amount] }"), "ok");
+    let out = with("{ name: things_by_amount, key: [] }");
+    assert!(
+        out.contains("things.yaml:13:")
+            && out.contains(
+                "latest_by[0].key: latest_by table `things_by_amount`: the key names no column"
+            ),
+        "{out}"
+    );
+    // Its own table's name: it would overwrite that silver table.
+    let out = with("{ name: things, key: [amount] }");
+    assert!(
+        out.contains(
+            "latest_by[0].name: silver table `things` is already defined in idcards/things.yaml"
+        ),
+        "{out}"
+    );
+    // Another idcard's table, in either order.
+    let other = GOOD
+        .replace("table: things", "table: others")
+        .replace("raw_things", "raw_others");
+    let latest = format!("{GOOD}latest_by:\n  - {{ name: others, key: [amount] }}\n");
+    for files in [
+        [
+            ("things.yaml", latest.clone()),
+            ("others.yaml", other.clone()),
+        ],
+        [
+            ("others.yaml", other.clone()),
+            ("things.yaml", latest.clone()),
+        ],
+    ] {
+        let out = compile(&files.map(|(f, text)| (PathBuf::from("idcards").join(f), text)))
+            .map(|_| String::from("ok"))
+            .unwrap_or_else(|d| d.to_string());
+        assert!(
+            out.contains("silver table `others` is already defined in idcards/"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn the_producers_simulation_stays_within_bounds() {
+    let with = |producer: &str| check(&format!("{GOOD}producer: {producer}\n"));
+    assert_eq!(
+        with("{ late_fraction: 1.0, late_lag_s: [0, 86400], delay_ms: [0, 0] }"),
+        "ok"
+    );
+    let out =
+        with("{ late_fraction: 1.0, late_lag_s: [18446744073709551615, 18446744073709551615] }");
+    assert!(
+        out.contains("producer.late_lag_s: late_lag_s [18446744073709551615, 18446744073709551615] is not a range [min, max] of at most 315360000 seconds"),
+        "{out}"
+    );
+    let out = with("{ late_fraction: 1.5, duplicate_fraction: -0.1, delay_ms: [200, 50] }");
+    assert!(
+        out.contains("producer.late_fraction: late_fraction 1.5 is not a share between 0 and 1")
+            && out.contains("producer.duplicate_fraction")
+            && out.contains("producer.delay_ms: delay_ms [200, 50] is not a range"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_delete_condition_and_a_value_set_are_checked_before_a_run() {
+    assert_eq!(
+        check(&format!(
+            "{GOOD}delete_when: \"amount < 0 AND id <> 'x'\"\n"
+        )),
+        "ok"
+    );
+    for condition in ["amount = ) DROP", "amount > 0 amount", "(amount"] {
+        let out = check(&format!("{GOOD}delete_when: \"{condition}\"\n"));
+        assert!(
+            out.contains(&format!(
+                "delete_when: delete_when `{condition}` is not a SQL condition: "
+            )),
+            "{out}"
+        );
+    }
+    let out = check(&format!(
+        "{GOOD}expectations:\n  - {{ column: id, in_set: [], action: quarantine }}\n"
+    ));
+    assert!(
+        out.contains("expectations[0].in_set: in_set lists no value"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_column_pads_to_at_most_1024_characters() {
+    let out = check(&GOOD.replace(
+        "{ name: id, type: string, nullable: false }",
+        "{ name: id, type: string, nullable: false, pad_left: 4000000000 }",
+    ));
+    assert!(
+        out.contains("schema[0].pad_left") && out.contains("1024"),
+        "{out}"
+    );
+}
+
+#[test]
 fn gateway_columns_must_be_columns_of_the_table() {
     let ok = check(&format!(
         "{GOOD}gateway: {{ read: true, ingest: false, columns: [id] }}\n"
