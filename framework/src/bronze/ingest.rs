@@ -140,12 +140,14 @@ async fn ingest_partitions(
     let committed = stored_offsets(lake, name, &cursor).await?;
     // The slices to read, in order: (partition, first offset, one past the last).
     let mut slices = Vec::new();
+    // At least one message a slice (an empty one would never advance).
+    let batch_size = options.batch_size.max(1) as u64;
     for partition in 0..partitions {
         let mut from = committed.next(partition) as u64;
         let end = log.end_offset(topic, partition).map_err(bus_err)?;
         while from < end {
-            let to = end.min(from + options.batch_size as u64);
-            if batches == Batches::Whole && to - from < options.batch_size as u64 {
+            let to = end.min(from.saturating_add(batch_size));
+            if batches == Batches::Whole && to - from < batch_size {
                 break;
             }
             slices.push((partition, from, to));
@@ -159,7 +161,7 @@ async fn ingest_partitions(
     for slice in slices {
         let size = |step: &Vec<(u32, u64, u64)>| step.iter().map(|(_, f, t)| t - f).sum::<u64>();
         match plan.last_mut() {
-            Some(step) if size(step) + (slice.2 - slice.1) <= options.batch_size as u64 => {
+            Some(step) if size(step) + (slice.2 - slice.1) <= batch_size => {
                 step.push(slice);
             }
             _ => plan.push(vec![slice]),

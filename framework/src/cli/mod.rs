@@ -328,10 +328,10 @@ struct RunArgs {
     /// Seed of the producer's simulation (with --simulate).
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Messages per bronze commit (a commit has a fixed cost of ~0.1 s; bigger batches hold
-    /// more rows in memory).
-    #[arg(long, default_value_t = 100_000)]
-    batch_size: usize,
+    /// Messages per bronze commit, 1 to 1 000 000 000 (a commit has a fixed cost of ~0.1 s;
+    /// bigger batches hold more rows in memory).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    batch_size: u64,
     /// Bronze rows a silver commit takes at most from each partition: a larger delivery is
     /// refined in several commits, which bounds memory (bigger: fewer commits, more memory).
     /// An APPEND table's commits take half as many.
@@ -782,7 +782,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
             keys: keys.clone(),
         },
         bronze_options: BronzeOptions {
-            batch_size,
+            batch_size: batch_size as usize,
             idle: std::time::Duration::from_millis(idle_ms),
             ..BronzeOptions::default()
         },

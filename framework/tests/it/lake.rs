@@ -637,4 +637,25 @@ fn until_produce_fills_the_topics_and_a_later_run_consumes_them() {
         stderr.contains("nothing to do") && stderr.contains("hint:"),
         "{stderr}"
     );
+
+    // A bronze commit of no messages would never advance (it grew memory without end), and a
+    // size past u64 overflowed.
+    for size in ["0", "18446744073709551615"] {
+        let mut zero = framework(&lake);
+        zero.args([
+            "run",
+            "--table",
+            "orders",
+            "--no-produce",
+            "--batch-size",
+            size,
+        ]);
+        let out = output_within(zero, std::time::Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{size}: {stderr}");
+        assert!(
+            stderr.contains("--batch-size") && stderr.contains("1..=1000000000"),
+            "{stderr}"
+        );
+    }
 }
