@@ -83,8 +83,16 @@ impl Tokens {
                 hint: FILE_HINT,
             };
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-            let entries: Vec<Entry> =
-                serde_yaml_ng::from_str(&text).map_err(|e| err(e.to_string()))?;
+            // The parser's message quotes the text it met, which may be a raw token: only
+            // where it stopped is told.
+            let entries: Vec<Entry> = serde_yaml_ng::from_str(&text).map_err(|e| {
+                let at = e.location().map_or_else(String::new, |at| {
+                    format!(" at line {}, column {}", at.line(), at.column())
+                });
+                err(format!(
+                    "not a YAML list of tokens{at} (the text is not shown: it may hold a secret)"
+                ))
+            })?;
             for (i, entry) in entries.into_iter().enumerate() {
                 let digest = decode_hex(&entry.token_sha256).ok_or_else(|| {
                     err(format!(
@@ -266,5 +274,25 @@ mod tests {
             err.contains("entry 0 (`x`)") && err.contains("64 hex"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_tokens_file_that_is_not_yaml_tokens_never_shows_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.yaml");
+        for text in [
+            "sk_live_SUPERSECRET123\n",
+            "- { name: x, token: sk_live_SUPERSECRET123 }\n",
+            "- name: x\n  token_sha256: [sk_live_SUPERSECRET123\n",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Tokens::load(Some(&file), None).unwrap_err().to_string();
+            assert!(!err.contains("SUPERSECRET"), "{err}");
+            assert!(
+                err.contains("tokens.yaml: not a YAML list of tokens at line ")
+                    && err.contains("hint: a YAML list of `{ name, token_sha256, scopes }`"),
+                "{err}"
+            );
+        }
     }
 }
