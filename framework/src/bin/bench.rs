@@ -513,17 +513,16 @@ fn kafka(exe: &Path, repo: &Path, args: &Args) -> Result<()> {
             let peer_lake = args.work.join(format!("kafka-peer-{scale}"));
             fresh(&peer_lake)?;
             let started = Instant::now();
-            let out = Command::new(python)
-                .arg(repo.join("bench/peer_kafka.py"))
+            let mut peer = Command::new(python);
+            peer.arg(repo.join("bench/peer_kafka.py"))
                 .arg("--data")
                 .arg(&data)
                 .arg("--lake")
                 .arg(&peer_lake)
                 .arg("--bootstrap")
                 .arg(broker.bootstrap())
-                .stderr(Stdio::inherit())
-                .output()
-                .context("starting the Python Kafka peer")?;
+                .stderr(Stdio::inherit());
+            let out = output(&mut peer, true).context("running the Python Kafka peer")?;
             if !out.status.success() {
                 bail!("Kafka peer failed with {}", out.status);
             }
@@ -712,8 +711,8 @@ fn gold(
     };
     let manifest = lake.with_extension("manifest.json");
     run(framework(&["compile", "--manifest"]).arg(&manifest))?;
-    let out = Command::new(python)
-        .arg(repo.join("bench/peer_duckdb_gold.py"))
+    let mut peer = Command::new(python);
+    peer.arg(repo.join("bench/peer_duckdb_gold.py"))
         .arg("--lake")
         .arg(lake)
         .arg("--manifest")
@@ -721,9 +720,8 @@ fn gold(
         .arg("--out")
         .arg(lake.with_extension("duckdb"))
         .arg("--repeat")
-        .arg(args.gold_repeat.max(1).to_string())
-        .output()
-        .context("starting the DuckDB peer")?;
+        .arg(args.gold_repeat.max(1).to_string());
+    let out = output(&mut peer, false).context("running the DuckDB peer")?;
     if !out.status.success() {
         bail!(
             "DuckDB peer failed: {}",
@@ -797,11 +795,61 @@ fn framework(exe: &Path, repo: &Path, lake: &Path) -> Command {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let status = wait_bounded(child, cmd)?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// The longest a child of the bench (our binary, a Python peer) may take.
+const CHILD_LIMIT: Duration = Duration::from_secs(3600);
+
+/// [`Command::output`] within [`CHILD_LIMIT`]: standard output captured, and standard error
+/// too unless the caller sent it elsewhere (`stderr_set`).
+fn output(cmd: &mut Command, stderr_set: bool) -> Result<std::process::Output> {
+    cmd.stdout(Stdio::piped());
+    if !stderr_set {
+        cmd.stderr(Stdio::piped());
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = wait_bounded(child, cmd)?;
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Waits for `child` (started by `cmd`), killing it past [`CHILD_LIMIT`].
+fn wait_bounded(mut child: Child, cmd: &Command) -> Result<std::process::ExitStatus> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if started.elapsed() > CHILD_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{cmd:?} ran over {} s and was killed",
+                CHILD_LIMIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn fresh(dir: &Path) -> Result<()> {
@@ -887,15 +935,14 @@ fn run_peer(
     let mut out = Vec::new();
     for data in deliveries {
         let started = Instant::now();
-        let result = Command::new(python)
-            .arg(repo.join("bench/peer_pandas.py"))
+        let mut peer = Command::new(python);
+        peer.arg(repo.join("bench/peer_pandas.py"))
             .arg("--simulate")
             .arg("--data")
             .arg(data)
             .arg("--lake")
-            .arg(lake)
-            .output()
-            .context("starting the Python peer")?;
+            .arg(lake);
+        let result = output(&mut peer, false).context("running the Python peer")?;
         if !result.status.success() {
             bail!("peer failed: {}", String::from_utf8_lossy(&result.stderr));
         }
