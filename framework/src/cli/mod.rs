@@ -154,6 +154,11 @@ enum Command {
         /// Ingest requests in flight at once (429 with Retry-After above).
         #[arg(long, default_value_t = 64)]
         max_ingests: usize,
+        /// Seconds an ingest (/ingest, /ingest_fast?wait=visible) waits for its records to be
+        /// visible; past it the answer is 504 with the offsets where they are durable, and they
+        /// become visible later.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        visible_timeout_s: u64,
         /// Folder for the gateway's own files (on a Kafka bus, the Idempotency-Keys it has
         /// seen); default `_gateway` in a local lake. Needed for Idempotency-Key on Kafka with a
         /// lake on an object store.
@@ -507,6 +512,7 @@ fn execute(
             max_body_bytes,
             max_records,
             max_ingests,
+            visible_timeout_s,
             state_dir,
         } => serve(
             &env,
@@ -517,6 +523,7 @@ fn execute(
                 max_body_bytes,
                 max_records,
                 max_ingests,
+                visible_timeout: std::time::Duration::from_secs(visible_timeout_s),
             },
         ),
         Command::Rejects { table, limit } => rejects(&env, table, limit),

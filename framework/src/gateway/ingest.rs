@@ -276,6 +276,39 @@ pub fn check_count(records: &[Value], max: usize) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The pipeline for `name`, once this process runs no other for it.
+async fn run_pipeline(
+    gateway: &std::sync::Arc<Gateway>,
+    name: &str,
+) -> Result<crate::pipeline::RunReport, Problem> {
+    // One pipeline run per table at a time in this process (the lake's leases guard the rest).
+    let turn = gateway.turn(name).await;
+    // The pipeline on a blocking thread of its own (its future borrows across awaits in ways
+    // the handler's `Send` bound cannot see through). It holds the turn to its end, also when
+    // the request stopped waiting for it.
+    let gateway = gateway.clone();
+    let tables = vec![name.to_owned()];
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let options = gateway.run_options();
+        runtime
+            .block_on(crate::pipeline::run(
+                &gateway.project,
+                &gateway.models,
+                &gateway.checks,
+                &tables,
+                &gateway.bus,
+                &gateway.lake,
+                &options,
+            ))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| Problem::internal(format!("running the pipeline for {name}: {e}")))?
+    .map_err(|e| Problem::internal(format!("running the pipeline for {name}: {e}")))
+}
+
 /// Runs one request: append, then the pipeline for the table (checks included), then what was
 /// kept out and the versions written.
 pub async fn ingest(
@@ -292,32 +325,12 @@ pub async fn ingest(
         .lanes(table)?
         .append(records, idempotency, false)
         .await?;
-    // One pipeline run per table at a time in this process (the lake's leases guard the rest).
-    let _turn = gateway.turn(&name).await;
-    // The pipeline on a blocking thread of its own (its future borrows across awaits in ways
-    // the handler's `Send` bound cannot see through).
-    let report = {
-        let gateway = gateway.clone();
-        let tables = vec![name.clone()];
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let options = gateway.run_options();
-            runtime
-                .block_on(crate::pipeline::run(
-                    &gateway.project,
-                    &gateway.models,
-                    &gateway.checks,
-                    &tables,
-                    &gateway.bus,
-                    &gateway.lake,
-                    &options,
-                ))
-                .map_err(|e| e.to_string())
-        })
+    // Waiting for its turn and for the run are bounded; past the limit the run goes on
+    // without this request.
+    let limit = gateway.limits.visible_timeout;
+    let report = tokio::time::timeout(limit, run_pipeline(gateway, &name))
         .await
-        .map_err(|e| Problem::internal(format!("running the pipeline for {name}: {e}")))?
-        .map_err(|e| Problem::internal(format!("running the pipeline for {name}: {e}")))?
-    };
+        .map_err(|_| super::not_visible_in_time(&name, &appended.positions, limit))??;
     if let Some(failure) = &report.failure {
         return Err(Problem::unprocessable(format!(
             "the records are on the topic and in bronze (offsets {}), but the quality checks stopped the pipeline for {name}: {failure}",
@@ -344,7 +357,7 @@ pub async fn ingest(
     ))
 }
 
-fn offsets_text(positions: &[Position]) -> String {
+pub(crate) fn offsets_text(positions: &[Position]) -> String {
     let shown: Vec<String> = positions
         .iter()
         .take(5)

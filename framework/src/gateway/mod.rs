@@ -54,6 +54,9 @@ pub struct Limits {
     pub max_records: usize,
     /// Ingest requests in flight at once (429 with `Retry-After` above).
     pub max_ingests: usize,
+    /// How long an ingest waits for its records to be visible (504 past it: they are durable
+    /// and become visible later).
+    pub visible_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -62,8 +65,26 @@ impl Default for Limits {
             max_body_bytes: 4 * 1024 * 1024,
             max_records: 10_000,
             max_ingests: 64,
+            visible_timeout: std::time::Duration::from_secs(120),
         }
     }
+}
+
+/// The answer to an ingest whose records are durable at `positions` but did not become
+/// visible within the gateway's limit.
+pub(crate) fn not_visible_in_time(
+    table: &str,
+    positions: &[lanes::Position],
+    limit: std::time::Duration,
+) -> Problem {
+    Problem::timeout(format!(
+        "the records are durable on the topic of {table} (offsets {}), but were not visible in silver and gold within {} s; they will be, as the pipeline goes on",
+        ingest::offsets_text(positions),
+        limit.as_secs_f64()
+    ))
+    .with_hint(format!(
+        "read them later from /staging/{table}, or send the request again with the same Idempotency-Key to wait again without appending twice"
+    ))
 }
 
 /// What every request shares: the project, the lake, the bus, the tokens and the limits.
@@ -596,17 +617,20 @@ async fn quality_results(
     gateway
         .tokens
         .allow(authorization(&headers), Scope::Read, "quality")?;
-    read::read(
-        &gateway.lake,
-        read::ReadRequest {
-            layer: Layer::Quality,
-            table: "results".to_owned(),
-            params,
-            shown: read::Shown::All,
-            decrypt: None,
-        },
-        &headers,
-    )
+    guarded(async {
+        read::read(
+            &gateway.lake,
+            read::ReadRequest {
+                layer: Layer::Quality,
+                table: "results".to_owned(),
+                params,
+                shown: read::Shown::All,
+                decrypt: None,
+            },
+            &headers,
+        )
+        .await
+    })
     .await
 }
 
@@ -761,9 +785,13 @@ async fn ingest_table(
         )
             .into_response()),
         Wait::Visible => {
-            let visible = lanes
-                .visible(appended.positions.clone(), appended.replayed)
-                .await?;
+            let limit = gateway.limits.visible_timeout;
+            let visible = tokio::time::timeout(
+                limit,
+                lanes.visible(appended.positions.clone(), appended.replayed),
+            )
+            .await
+            .map_err(|_| not_visible_in_time(&table, &appended.positions, limit))??;
             Ok(Json(ingest::IngestReport::new(
                 &table,
                 count,

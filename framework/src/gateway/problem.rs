@@ -82,6 +82,10 @@ impl Problem {
         )
     }
 
+    pub fn timeout(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", detail)
+    }
+
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,

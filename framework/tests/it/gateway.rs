@@ -717,6 +717,63 @@ fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() 
     );
 }
 
+/// A wait for visibility is bounded (`serve --visible-timeout-s`): with silver's merge held up
+/// for 4 s, both ingest routes answer 504 after 1 s, naming the offsets where the records are
+/// durable, and the records still arrive in silver once the merge goes on.
+#[test]
+fn a_visibility_wait_past_its_limit_answers_504_and_the_records_arrive_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let mut cmd = framework(&lake);
+    cmd.env("FRAMEWORK_PAUSE_AT", "silver-before-merge:sellers=4000");
+    let server = serve_with(cmd, &["--visible-timeout-s", "1"]);
+    let record = |id: &str| {
+        json!({ "records": [
+            { "seller_id": id, "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
+        ]})
+    };
+    for (route, id) in [
+        ("/ingest_fast/sellers?wait=visible", "late-1"),
+        ("/ingest/sellers", "late-2"),
+    ] {
+        let started = Instant::now();
+        let response = http(&[post_json(&server, route, &record(id), None)]).remove(0);
+        let waited = started.elapsed();
+        assert_eq!(response["status"], 504, "{route}: {response}");
+        assert_eq!(
+            response["headers"]["content-type"], "application/problem+json",
+            "{response}"
+        );
+        let detail = response["body"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("durable on the topic of sellers (offsets ")
+                && detail.contains("not visible in silver and gold within 1 s"),
+            "{response}"
+        );
+        assert!(
+            waited < Duration::from_secs(4),
+            "{route}: answered after {waited:?}"
+        );
+    }
+    let started = Instant::now();
+    let staged = || {
+        http(&[get(
+            &server,
+            "/staging/sellers?seller_id.gte=late-&seller_id.lt=late-9&order_by=seller_id&columns=seller_id",
+            "application/json",
+        )])
+        .remove(0)["body"]
+            .clone()
+    };
+    let expected = json!([{ "seller_id": "late-1" }, { "seller_id": "late-2" }]);
+    let mut seen = staged();
+    while seen != expected && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = staged();
+    }
+    assert_eq!(seen, expected, "after {:?}", started.elapsed());
+}
+
 /// Eight clients that wait for visibility, each sending its next request as soon as it is
 /// answered (`tests/py/visible_rounds.py`): a refresh lingers for the requests the last one
 /// answered, so each serves all eight: ten rounds took 11 refreshes (silver commits; three
