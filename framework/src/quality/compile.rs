@@ -220,13 +220,19 @@ fn compile_check(
         },
         Expectation::ExpectColumnValuesToBeInSet => Rule::InSet {
             column: column()?,
-            values: c
-                .value_set
-                .as_ref()
-                .ok_or_else(|| missing("value_set"))?
-                .iter()
-                .map(text)
-                .collect(),
+            values: match c.value_set.as_deref() {
+                None => return Err(missing("value_set")),
+                Some([]) => {
+                    return Err(place.error(
+                        "value_set",
+                        "value_set lists no value: every row would break it".into(),
+                        Some(
+                            "list the accepted values, e.g. value_set: [delivered, shipped]".into(),
+                        ),
+                    ));
+                }
+                Some(values) => values.iter().map(text).collect(),
+            },
         },
         Expectation::ExpectColumnValuesToMatchRegex => {
             let pattern = c.regex.clone().ok_or_else(|| missing("regex"))?;
@@ -271,6 +277,7 @@ fn compile_check(
                         Some(hint),
                     )
                 })?;
+            check_columns(suite.layer, table, &rule, project, place)?;
             (Some(table.clone()), Some(relation), keys)
         }
     };
@@ -320,6 +327,55 @@ fn compile_check(
         file: place.file.to_path_buf(),
         pos: place.index.locate(&place.pointer),
     })
+}
+
+/// The columns a bronze or silver check names are the table's (its idcard's schema, and in
+/// silver the enriched ones); columns of the engine (`_offset`, ...) and paths into nested
+/// values are left to the run. Gold models' columns are known only once planned.
+fn check_columns(
+    layer: SuiteLayer,
+    table: &str,
+    rule: &Rule,
+    project: &Project,
+    place: &Place<'_>,
+) -> Result<(), Diagnostic> {
+    let (field, named): (&str, Vec<&String>) = match rule {
+        Rule::NotNull { column }
+        | Rule::Between { column, .. }
+        | Rule::InSet { column, .. }
+        | Rule::Regex { column, .. } => ("column", vec![column]),
+        Rule::Unique { columns } if columns.len() == 1 => ("column", columns.iter().collect()),
+        Rule::Unique { columns } => ("column_list", columns.iter().collect()),
+        _ => return Ok(()),
+    };
+    let owner = project.table(table).or_else(|| {
+        project
+            .tables
+            .iter()
+            .find(|t| t.config.latest_by.iter().any(|l| l.name == table))
+    });
+    let (Some(owner), SuiteLayer::Bronze | SuiteLayer::Silver) = (owner, layer) else {
+        return Ok(());
+    };
+    let mut known: Vec<String> = owner.columns.iter().map(|c| c.name.clone()).collect();
+    if layer == SuiteLayer::Silver {
+        known.extend(owner.config.enrich.iter().flat_map(|e| {
+            e.columns
+                .iter()
+                .map(|c| crate::idcard::compile::enrich_column_names(c).1)
+        }));
+    }
+    for column in named {
+        if column.starts_with('_') || column.contains('.') || known.contains(column) {
+            continue;
+        }
+        return Err(place.error(
+            field,
+            format!("{} table `{table}` has no column `{column}`", layer.name()),
+            Some(format!("its columns: {}", known.join(", "))),
+        ));
+    }
+    Ok(())
 }
 
 /// The relation and key columns of a table of a layer; the error is a hint.

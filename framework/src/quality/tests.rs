@@ -85,3 +85,40 @@ fn suites_never_drop_or_quarantine_and_unknown_fields_are_errors() {
     let out = load("suite: b\nlayer: platinum\nchecks: []\n").unwrap_err();
     assert!(out.contains("platinum"), "{out}");
 }
+
+#[test]
+fn a_check_names_columns_its_table_has_and_accepts_some_value() {
+    // An idcard column, an enriched one (silver), a column of the engine, a latest_by table.
+    let ok = load(
+        "suite: s\nlayer: silver\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: order_items, column: product_category_name }\n  - { expect: expect_column_values_to_not_be_null, table: orders, column: _offset }\n  - { expect: expect_column_values_to_be_unique, table: customers_unique, column: customer_unique_id }\n",
+    );
+    assert!(ok.is_ok(), "{}", ok.unwrap_err());
+    let out = load(
+        "suite: s\nlayer: silver\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: orders, column: zzz }\n  - { expect: expect_compound_columns_to_be_unique, table: payments, column_list: [order_id, payment_seq] }\n  - { expect: expect_column_values_to_be_in_set, table: orders, column: order_status, value_set: [] }\n",
+    )
+    .unwrap_err();
+    assert!(
+        out.contains("s.yaml:4:")
+            && out.contains("column: silver table `orders` has no column `zzz`")
+            && out.contains("hint: its columns: order_id, customer_id,"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s.yaml:5:")
+            && out.contains("column_list: silver table `payments` has no column `payment_seq`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s.yaml:6:") && out.contains("value_set lists no value"),
+        "{out}"
+    );
+    // Bronze holds no enriched column.
+    let out = load(
+        "suite: b\nlayer: bronze\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: order_items, column: product_category_name }\n",
+    )
+    .unwrap_err();
+    assert!(
+        out.contains("bronze table `order_items` has no column `product_category_name`"),
+        "{out}"
+    );
+}
