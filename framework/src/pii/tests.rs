@@ -197,10 +197,23 @@ fn a_forgotten_subject_no_longer_decrypts_and_the_others_still_do() {
     let reader = keyring_at(&keyset, dir.path());
     assert_eq!(reader.decrypt_any(&ana).unwrap(), b"ana@example.com");
     assert_eq!(reader.decrypt("contact", &ana2).unwrap(), b"+55 11 5555");
-    // The file names no subject in clear.
+    // The file names no subject in clear: each line is a hashed reference (hex), the key's id
+    // and the wrapped key (base64 of random bytes, which may spell any word by chance).
     let file =
         std::fs::read_to_string(dir.path().join("dev.keyset.subjects/contact.jsonl")).unwrap();
-    assert!(!file.contains("ana") && !file.contains("bia"), "{file}");
+    for line in file.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut fields: Vec<&String> = entry.as_object().unwrap().keys().collect();
+        fields.sort();
+        assert_eq!(fields, ["key_id", "ref", "wrapped"], "{line}");
+        let reference = entry["ref"].as_str().unwrap();
+        assert!(
+            reference.len() == 32 && reference.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{line}"
+        );
+        assert!(entry["key_id"].is_u64(), "{line}");
+    }
+    assert_eq!(file.lines().count(), 2, "{file}");
 
     let forgetter = keyring_at(&keyset, dir.path());
     let erased = forgetter
