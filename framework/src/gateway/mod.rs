@@ -78,12 +78,12 @@ pub(crate) fn not_visible_in_time(
     limit: std::time::Duration,
 ) -> Problem {
     Problem::timeout(format!(
-        "the records are durable on the topic of {table} (offsets {}), but were not visible in silver and gold within {} s; they will be, as the pipeline goes on",
+        "the records are durable on the topic of {table} (offsets {}), but were not visible in silver and gold within {} s; the pipeline goes on without this request",
         ingest::offsets_text(positions),
         limit.as_secs_f64()
     ))
     .with_hint(format!(
-        "read them later from /staging/{table}, or send the request again with the same Idempotency-Key to wait again without appending twice"
+        "read them later from /staging/{table} (a record a check keeps out is in /rejects/{table} or /quarantine/{table}), or send the request again with the same Idempotency-Key to wait again without appending twice"
     ))
 }
 
