@@ -745,11 +745,7 @@ fn check_gateway_columns(
     diag: &mut impl FnMut(&str, String, Option<String>),
 ) {
     if let Some(exposed) = &config.gateway.columns {
-        let enriched: Vec<String> = config
-            .enrich
-            .iter()
-            .flat_map(|e| e.columns.iter().map(|c| enrich_column_names(c).1))
-            .collect();
+        let enriched = config.enriched_columns();
         for (i, column) in exposed.iter().enumerate() {
             if !names.contains(column.as_str()) && !enriched.contains(column) {
                 diag(

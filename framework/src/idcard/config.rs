@@ -71,6 +71,17 @@ pub struct IdcardConfig {
     pub producer: ProducerConfig,
 }
 
+impl IdcardConfig {
+    /// The names its enrichments give their columns here (in silver, beside the schema's).
+    pub fn enriched_columns(&self) -> Vec<String> {
+        self.enrich
+            .iter()
+            .flat_map(|e| e.columns.iter())
+            .map(|c| super::compile::enrich_column_names(c).1)
+            .collect()
+    }
+}
+
 fn default_sequence_by() -> String {
     "_ingestion_timestamp".to_owned()
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::gold::Models;
 use crate::idcard::position::{Pos, PositionIndex};
-use crate::idcard::{Action, Diagnostic, Diagnostics, Project};
+use crate::idcard::{Action, Diagnostic, Diagnostics, Project, Table};
 
 use super::config::{
     CheckConfig, Expectation, ModelTest, ModelTestsConfig, SuiteConfig, SuiteLayer, TestArgs,
@@ -348,22 +348,14 @@ fn check_columns(
         Rule::Unique { columns } => ("column_list", columns.iter().collect()),
         _ => return Ok(()),
     };
-    let owner = project.table(table).or_else(|| {
-        project
-            .tables
-            .iter()
-            .find(|t| t.config.latest_by.iter().any(|l| l.name == table))
-    });
-    let (Some(owner), SuiteLayer::Bronze | SuiteLayer::Silver) = (owner, layer) else {
+    let (Some((owner, _)), SuiteLayer::Bronze | SuiteLayer::Silver) =
+        (idcard_table(project, table), layer)
+    else {
         return Ok(());
     };
     let mut known: Vec<String> = owner.columns.iter().map(|c| c.name.clone()).collect();
     if layer == SuiteLayer::Silver {
-        known.extend(owner.config.enrich.iter().flat_map(|e| {
-            e.columns
-                .iter()
-                .map(|c| crate::idcard::compile::enrich_column_names(c).1)
-        }));
+        known.extend(owner.config.enriched_columns());
     }
     for column in named {
         if column.starts_with('_') || column.contains('.') || known.contains(column) {
@@ -376,6 +368,18 @@ fn check_columns(
         ));
     }
     Ok(())
+}
+
+/// The idcard behind a bronze or silver table (its own, or the one whose `latest_by` it is),
+/// and the table's key.
+fn idcard_table<'a>(project: &'a Project, table: &str) -> Option<(&'a Table, Vec<String>)> {
+    if let Some(t) = project.table(table) {
+        return Some((t, t.key().to_vec()));
+    }
+    project.tables.iter().find_map(|t| {
+        let latest = t.config.latest_by.iter().find(|l| l.name == table)?;
+        Some((t, latest.key.clone()))
+    })
 }
 
 /// The relation and key columns of a table of a layer; the error is a hint.
@@ -393,14 +397,8 @@ fn resolve_table(
             _ => Err(format!("gold tables: {}", stored(models))),
         };
     }
-    let relation = format!("{}.{table}", layer.name());
-    if let Some(t) = project.table(table) {
-        return Ok((relation, t.key().to_vec()));
-    }
-    for t in &project.tables {
-        if let Some(l) = t.config.latest_by.iter().find(|l| l.name == table) {
-            return Ok((relation, l.key.clone()));
-        }
+    if let Some((_, key)) = idcard_table(project, table) {
+        return Ok((format!("{}.{table}", layer.name()), key));
     }
     Err(format!(
         "tables with an idcard: {}",
