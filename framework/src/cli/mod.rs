@@ -159,6 +159,11 @@ enum Command {
         /// become visible later.
         #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         visible_timeout_s: u64,
+        /// Seconds an ingest waits for its records to be durable on the topic (the committer's
+        /// fsync, or the broker's acknowledgement); past it the answer is 504, and a retry with
+        /// the same Idempotency-Key appends them at most once.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        durable_timeout_s: u64,
         /// Folder for the gateway's own files (on a Kafka bus, the Idempotency-Keys it has
         /// seen); default `_gateway` in a local lake. Needed for Idempotency-Key on Kafka with a
         /// lake on an object store.
@@ -513,6 +518,7 @@ fn execute(
             max_records,
             max_ingests,
             visible_timeout_s,
+            durable_timeout_s,
             state_dir,
         } => serve(
             &env,
@@ -524,6 +530,7 @@ fn execute(
                 max_records,
                 max_ingests,
                 visible_timeout: std::time::Duration::from_secs(visible_timeout_s),
+                durable_timeout: std::time::Duration::from_secs(durable_timeout_s),
             },
         ),
         Command::Rejects { table, limit } => rejects(&env, table, limit),

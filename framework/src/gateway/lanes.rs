@@ -87,6 +87,8 @@ enum Refresh {
 /// A table's two lanes.
 #[derive(Debug, Clone)]
 pub struct Lanes {
+    /// The table's name, for answers.
+    table: String,
     appends: mpsc::UnboundedSender<Append>,
     refreshes: mpsc::UnboundedSender<Refresh>,
     /// Appends the committer has made: the refresher skips a refresh when one that started
@@ -155,6 +157,7 @@ impl Lanes {
                 .spawn(move || refresher(&gateway, &table, refresh_queue, &runtime, &appended))?;
         }
         Ok(Self {
+            table: name,
             appends,
             refreshes,
             appended,
@@ -162,12 +165,14 @@ impl Lanes {
     }
 
     /// Appends `records` to the topic (with the group that is forming); answers once they are
-    /// synced. `refresh`: hand the table to the refresher afterwards.
+    /// synced, or with a 504 past `limit` (the group may still be appended: the committer goes
+    /// on without this request). `refresh`: hand the table to the refresher afterwards.
     pub async fn append(
         &self,
         records: Vec<Value>,
         idempotency: Option<Idempotency>,
         refresh: bool,
+        limit: std::time::Duration,
     ) -> Result<Appended, Problem> {
         let (reply, answer) = oneshot::channel();
         self.appends
@@ -178,7 +183,10 @@ impl Lanes {
                 reply,
             })
             .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        tokio::time::timeout(limit, answer)
+            .await
+            .map_err(|_| super::not_durable_in_time(&self.table, limit))?
+            .map_err(|_| gone())?
     }
 
     /// Answers once the records at `positions` (already on the topic) are in bronze, silver and
@@ -236,7 +244,11 @@ fn committer(
     // The table's PII columns are encrypted here, before the topic; one edge serves every group
     // (its rules compiled once, its deterministic ciphertexts remembered across requests).
     let mut edge = Edge::new(table, pii);
+    let mut groups = 0u64;
     while let Some(first) = queue.blocking_recv() {
+        groups += 1;
+        // `gateway-group:<table>:<n>`: before the table's n-th group since start-up (1, 2, ...).
+        crate::fault::crash_point(&format!("gateway-group:{}:{groups}", table.name()));
         let mut records = first.records.len();
         let mut group = vec![first];
         while records < GROUP_RECORDS {

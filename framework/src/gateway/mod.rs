@@ -57,6 +57,9 @@ pub struct Limits {
     /// How long an ingest waits for its records to be visible (504 past it: they are durable
     /// and become visible later).
     pub visible_timeout: std::time::Duration,
+    /// How long an ingest waits for its records to be durable on the topic (504 past it: they
+    /// may or may not be; a retry with the same Idempotency-Key appends them at most once).
+    pub durable_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +69,7 @@ impl Default for Limits {
             max_records: 10_000,
             max_ingests: 64,
             visible_timeout: std::time::Duration::from_secs(120),
+            durable_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +88,18 @@ pub(crate) fn not_visible_in_time(
     ))
     .with_hint(format!(
         "read them later from /staging/{table} (a record a check keeps out is in /rejects/{table} or /quarantine/{table}), or send the request again with the same Idempotency-Key to wait again without appending twice"
+    ))
+}
+
+/// The answer to an ingest whose records the table's committer did not acknowledge as durable
+/// within the gateway's limit (a disk or a broker that does not answer).
+pub(crate) fn not_durable_in_time(table: &str, limit: std::time::Duration) -> Problem {
+    Problem::timeout(format!(
+        "the records were handed to the committer of {table}, but it did not acknowledge them as durable on the topic within {} s; they may or may not be there",
+        limit.as_secs_f64()
+    ))
+    .with_hint(format!(
+        "send the request again with the same Idempotency-Key: records already on the topic are not appended twice (without a key, look for them in /raw/{table} first)"
     ))
 }
 
@@ -770,7 +786,9 @@ async fn ingest_table(
     ingest::check_count(&records, gateway.limits.max_records)?;
     let count = records.len();
     let lanes = gateway.lanes(&config)?;
-    let appended = lanes.append(records, idempotency, true).await?;
+    let appended = lanes
+        .append(records, idempotency, true, gateway.limits.durable_timeout)
+        .await?;
     match wait {
         Wait::Durable => Ok((
             StatusCode::ACCEPTED,

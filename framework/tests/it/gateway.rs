@@ -695,7 +695,13 @@ fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() 
     let expected =
         json!([{ "seller_id": "bg-1" }, { "seller_id": "bg-2" }, { "seller_id": "bg-3" }]);
     let started = Instant::now();
-    let seen = sellers_staged_within(&server, "bg-", &expected, Duration::from_secs(20));
+    let seen = sellers_within(
+        &server,
+        "staging",
+        "bg-",
+        &expected,
+        Duration::from_secs(20),
+    );
     assert_eq!(
         seen,
         expected,
@@ -704,17 +710,18 @@ fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() 
     );
 }
 
-/// The sellers in `/staging` whose id starts with `prefix`, in order, read again until they
-/// are `expected` or `limit` has passed.
-fn sellers_staged_within(
+/// The sellers in `/{layer}` (`raw` or `staging`) whose id starts with `prefix`, in order, read
+/// again until they are `expected` or `limit` has passed.
+fn sellers_within(
     server: &Server,
+    layer: &str,
     prefix: &str,
     expected: &Value,
     limit: Duration,
 ) -> Value {
     let started = Instant::now();
     let path = format!(
-        "/staging/sellers?seller_id.gte={prefix}&seller_id.lt={prefix}~&order_by=seller_id&columns=seller_id"
+        "/{layer}/sellers?seller_id.gte={prefix}&seller_id.lt={prefix}~&order_by=seller_id&columns=seller_id"
     );
     loop {
         let seen = http(&[get(server, &path, "application/json")]).remove(0)["body"].clone();
@@ -768,8 +775,64 @@ fn a_visibility_wait_past_its_limit_answers_504_and_the_records_arrive_later() {
     }
     let expected = json!([{ "seller_id": "late-1" }, { "seller_id": "late-2" }]);
     let started = Instant::now();
-    let seen = sellers_staged_within(&server, "late-", &expected, Duration::from_secs(60));
+    let seen = sellers_within(
+        &server,
+        "staging",
+        "late-",
+        &expected,
+        Duration::from_secs(60),
+    );
     assert_eq!(seen, expected, "after {:?}", started.elapsed());
+}
+
+/// A wait for durability is bounded too (`serve --durable-timeout-s`): with the table's first
+/// group held 4 s before the topic, `/ingest_fast` answers 504 after 1 s, saying the records may
+/// or may not be there. They land once the group goes on, and a retry with the same
+/// Idempotency-Key is then acknowledged as a replay, without appending them twice.
+#[test]
+fn a_durability_wait_past_its_limit_answers_504_and_a_keyed_retry_appends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let mut cmd = framework(&lake);
+    cmd.env("FRAMEWORK_PAUSE_AT", "gateway-group:sellers:1=4000");
+    let server = serve_with(cmd, &["--durable-timeout-s", "1"]);
+    let body = json!({ "records": [
+        { "seller_id": "slow-1", "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
+    ]});
+    let send = || {
+        let started = Instant::now();
+        let response = http(&[post_json(
+            &server,
+            "/ingest_fast/sellers",
+            &body,
+            Some("slow"),
+        )])
+        .remove(0);
+        (response, started.elapsed())
+    };
+    let (response, waited) = send();
+    assert_eq!(response["status"], 504, "{response}");
+    assert_eq!(
+        response["headers"]["content-type"], "application/problem+json",
+        "{response}"
+    );
+    assert!(
+        response["body"]["detail"].as_str().is_some_and(|d| d
+            .contains("did not acknowledge them as durable on the topic within 1 s; they may or may not be there"))
+            && response["body"]["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("the same Idempotency-Key")),
+        "{response}"
+    );
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+    let expected = json!([{ "seller_id": "slow-1" }]);
+    let seen = sellers_within(&server, "raw", "slow-", &expected, Duration::from_secs(60));
+    assert_eq!(seen, expected);
+    let (retry, _) = send();
+    assert_eq!(retry["status"], 202, "{retry}");
+    assert_eq!(retry["body"]["replayed"], true, "{retry}");
+    let seen = sellers_within(&server, "raw", "slow-", &expected, Duration::ZERO);
+    assert_eq!(seen, expected, "the retry appended the record again");
 }
 
 /// Eight clients that wait for visibility, each sending its next request as soon as it is
