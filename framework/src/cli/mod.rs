@@ -680,7 +680,7 @@ fn validate(env: &Env, data: PathBuf) -> Result<()> {
         );
     }
     let models = load_models(&cli.models, &cli.vars, &project)?;
-    runtime
+    let shapes = runtime
         .block_on(gold::check_sql(&models, &project))
         .map_err(|d| {
             anyhow::anyhow!("{d}\n{} problem(s) in {}", d.0.len(), cli.models.display())
@@ -691,6 +691,12 @@ fn validate(env: &Env, data: PathBuf) -> Result<()> {
         models.names().join(", ")
     );
     let checks = load_checks(&cli.expectations, &project, &models)?;
+    checks.check_shapes(&shapes).map_err(|d| {
+        anyhow::anyhow!(
+            "{d}\n{} problem(s) in the quality suites and model tests",
+            d.0.len()
+        )
+    })?;
     let suites: std::collections::BTreeSet<&str> =
         checks.checks.iter().map(|c| c.suite.as_str()).collect();
     println!(

@@ -22,7 +22,7 @@ mod tests;
 
 pub use build::{BuildOptions, ModelReport, build, missing_sources};
 pub use config::{Materialized, ModelConfig};
-pub use plan::check_sql;
+pub use plan::{Shapes, check_sql};
 pub use project::{Model, Models};
 pub use render::SOURCE_LAYERS;
 pub use report::render_summary;

@@ -2,6 +2,7 @@
 //! shaped like the silver tables the idcards describe, so an unknown column, a misspelt function
 //! or broken SQL is reported with the model's file before any run.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -17,9 +18,13 @@ use crate::lake::session;
 use super::config::Materialized;
 use super::project::{Model, Models};
 
+/// The columns of each model that plans and is not ephemeral, by relation
+/// (`gold.gold_daily_sales`).
+pub type Shapes = BTreeMap<String, Arc<Schema>>;
+
 /// Plans every model in dependency order; collects a diagnostic per model that does not plan
-/// (a model whose input failed is not reported again).
-pub async fn check_sql(models: &Models, project: &Project) -> Result<(), Diagnostics> {
+/// (a model whose input failed is not reported again). Answers the planned models' shapes.
+pub async fn check_sql(models: &Models, project: &Project) -> Result<Shapes, Diagnostics> {
     let ctx = session();
     crate::pii::udf::register(&ctx, &std::sync::Arc::default());
     let mut problems = Vec::new();
@@ -37,6 +42,7 @@ pub async fn check_sql(models: &Models, project: &Project) -> Result<(), Diagnos
         register_empty(&ctx, &format!("silver.{name}"), schema);
     }
     let mut failed: Vec<&str> = Vec::new();
+    let mut shapes = Shapes::new();
     for model in &models.models {
         if model.refs.iter().any(|r| failed.contains(&r.as_str()))
             || model.sources.iter().any(|(layer, _)| layer != "silver")
@@ -44,20 +50,31 @@ pub async fn check_sql(models: &Models, project: &Project) -> Result<(), Diagnos
             failed.push(&model.name);
             continue;
         }
-        if let Err(problem) = plan(&ctx, models, model).await {
-            problems.push(problem);
-            failed.push(&model.name);
+        match plan(&ctx, models, model).await {
+            Ok(Some(shape)) => {
+                shapes.insert(model.relation(), shape);
+            }
+            Ok(None) => {}
+            Err(problem) => {
+                problems.push(problem);
+                failed.push(&model.name);
+            }
         }
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(shapes)
     } else {
         Err(Diagnostics(problems))
     }
 }
 
-/// Plans one model and registers an empty table of its result (for the models that read it).
-async fn plan(ctx: &SessionContext, models: &Models, model: &Model) -> Result<(), Diagnostic> {
+/// Plans one model and registers an empty table of its result (for the models that read it);
+/// answers its shape unless it is ephemeral.
+async fn plan(
+    ctx: &SessionContext,
+    models: &Models,
+    model: &Model,
+) -> Result<Option<Arc<Schema>>, Diagnostic> {
     let error = |e: String| Diagnostic {
         file: models.dir.join(&model.path),
         pos: Pos { line: 1, column: 1 },
@@ -75,13 +92,16 @@ async fn plan(ctx: &SessionContext, models: &Models, model: &Model) -> Result<()
             .map_err(|d| error(d.to_string()))
     };
     match model.config.materialized {
-        Materialized::Ephemeral => Ok(()),
+        Materialized::Ephemeral => Ok(None),
         Materialized::View => {
-            let sql = render(false)?;
-            ctx.sql(&format!("CREATE VIEW {} AS {sql}", model.relation()))
+            let frame = ctx
+                .sql(&render(false)?)
                 .await
                 .map_err(|e| error(e.to_string()))?;
-            Ok(())
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            ctx.register_table(model.relation(), frame.into_view())
+                .map_err(|e| error(e.to_string()))?;
+            Ok(Some(schema))
         }
         Materialized::Table | Materialized::Incremental => {
             let frame = ctx
@@ -89,13 +109,13 @@ async fn plan(ctx: &SessionContext, models: &Models, model: &Model) -> Result<()
                 .await
                 .map_err(|e| error(e.to_string()))?;
             let schema = Arc::new(frame.schema().as_arrow().clone());
-            register_empty(ctx, &model.relation(), schema);
+            register_empty(ctx, &model.relation(), schema.clone());
             if model.config.materialized == Materialized::Incremental {
                 ctx.sql(&render(true)?)
                     .await
                     .map_err(|e| error(format!("(incremental run) {e}")))?;
             }
-            Ok(())
+            Ok(Some(schema))
         }
     }
 }

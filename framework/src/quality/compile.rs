@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gold::Models;
+use crate::gold::{Models, Shapes};
 use crate::idcard::position::{Pos, PositionIndex};
 use crate::idcard::{Action, Diagnostic, Diagnostics, Project, Table};
 
@@ -153,6 +153,39 @@ impl Checks {
             Ok(Self { checks: out })
         } else {
             Err(Diagnostics(diagnostics))
+        }
+    }
+
+    /// Checks the columns each gold check names against its model's planned shape (by
+    /// `validate`, once the models are planned): present, and numeric under `between`.
+    pub fn check_shapes(&self, shapes: &Shapes) -> Result<(), Diagnostics> {
+        let problems: Vec<Diagnostic> = self
+            .checks
+            .iter()
+            .filter(|check| check.layer == SuiteLayer::Gold)
+            .filter_map(|check| {
+                let table = check.table.as_deref()?;
+                let shape = shapes.get(check.relation.as_deref()?)?;
+                let columns: Vec<(String, Option<bool>)> = shape
+                    .fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), Some(f.data_type().is_numeric())))
+                    .collect();
+                let what = format!("gold table `{table}`");
+                let (field, message, hint) = column_problem(&check.rule, &what, &columns, false)?;
+                Some(Diagnostic {
+                    file: check.file.clone(),
+                    pos: check.pos,
+                    field: field.into(),
+                    message: format!("check `{}`: {message}", check.name),
+                    hint: Some(hint),
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Diagnostics(problems))
         }
     }
 }
@@ -330,8 +363,9 @@ fn compile_check(
 }
 
 /// The columns a bronze or silver check names are the table's (its idcard's schema, and in
-/// silver the enriched ones); columns of the engine (`_offset`, ...) and paths into nested
-/// values are left to the run. Gold models' columns are known only once planned.
+/// silver the enriched ones), and a `between` column of the idcard's is numeric; columns of the
+/// engine (`_offset`, ...) and paths into nested values are left to the run. Gold models'
+/// columns are known once planned ([`Checks::check_shapes`]).
 fn check_columns(
     layer: SuiteLayer,
     table: &str,
@@ -339,35 +373,75 @@ fn check_columns(
     project: &Project,
     place: &Place<'_>,
 ) -> Result<(), Diagnostic> {
-    let (field, named): (&str, Vec<&String>) = match rule {
-        Rule::NotNull { column }
-        | Rule::Between { column, .. }
-        | Rule::InSet { column, .. }
-        | Rule::Regex { column, .. } => ("column", vec![column]),
-        Rule::Unique { columns } if columns.len() == 1 => ("column", columns.iter().collect()),
-        Rule::Unique { columns } => ("column_list", columns.iter().collect()),
-        _ => return Ok(()),
-    };
     let (Some((owner, _)), SuiteLayer::Bronze | SuiteLayer::Silver) =
         (idcard_table(project, table), layer)
     else {
         return Ok(());
     };
-    let mut known: Vec<String> = owner.columns.iter().map(|c| c.name.clone()).collect();
+    let mut known: Vec<(String, Option<bool>)> = owner
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), Some(c.data_type.is_numeric())))
+        .collect();
     if layer == SuiteLayer::Silver {
-        known.extend(owner.config.enriched_columns());
+        known.extend(
+            owner
+                .config
+                .enriched_columns()
+                .into_iter()
+                .map(|c| (c, None)),
+        );
     }
+    let what = format!("{} table `{table}`", layer.name());
+    match column_problem(rule, &what, &known, true) {
+        Some((field, message, hint)) => Err(place.error(field, message, Some(hint))),
+        None => Ok(()),
+    }
+}
+
+/// The first column `rule` names that `columns` lack, or that is not numeric under `between`:
+/// the field naming it, a message and a hint. `columns`: the table's, each with whether it is
+/// numeric (`None`: not known here). `engine`: leave the engine's columns (`_offset`, ...) and
+/// paths into nested values to the run.
+fn column_problem(
+    rule: &Rule,
+    what: &str,
+    columns: &[(String, Option<bool>)],
+    engine: bool,
+) -> Option<(&'static str, String, String)> {
+    let (field, named): (&str, &[String]) = match rule {
+        Rule::NotNull { column }
+        | Rule::Between { column, .. }
+        | Rule::InSet { column, .. }
+        | Rule::Regex { column, .. } => ("column", std::slice::from_ref(column)),
+        Rule::Unique { columns } if columns.len() == 1 => ("column", columns),
+        Rule::Unique { columns } => ("column_list", columns),
+        _ => return None,
+    };
     for column in named {
-        if column.starts_with('_') || column.contains('.') || known.contains(column) {
+        if engine && (column.starts_with('_') || column.contains('.')) {
             continue;
         }
-        return Err(place.error(
-            field,
-            format!("{} table `{table}` has no column `{column}`", layer.name()),
-            Some(format!("its columns: {}", known.join(", "))),
-        ));
+        match columns.iter().find(|(name, _)| name == column) {
+            None => {
+                let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+                return Some((
+                    field,
+                    format!("{what} has no column `{column}`"),
+                    format!("its columns: {}", names.join(", ")),
+                ));
+            }
+            Some((_, Some(false))) if matches!(rule, Rule::Between { .. }) => {
+                return Some((
+                    field,
+                    format!("`between` needs a numeric column: `{column}` of {what} is not"),
+                    "check a number column; for text, use expect_column_values_to_match_regex or expect_column_values_to_be_in_set".into(),
+                ));
+            }
+            Some(_) => {}
+        }
     }
-    Ok(())
+    None
 }
 
 /// The idcard behind a bronze or silver table (its own, or the one whose `latest_by` it is),

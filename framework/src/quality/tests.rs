@@ -112,6 +112,21 @@ fn a_check_names_columns_its_table_has_and_accepts_some_value() {
         out.contains("s.yaml:6:") && out.contains("value_set lists no value"),
         "{out}"
     );
+    // `between` compares numbers: a text column is refused, in bronze as in silver.
+    for layer in ["bronze", "silver"] {
+        let out = load(&format!(
+            "suite: s\nlayer: {layer}\nchecks:\n  - {{ expect: expect_column_values_to_be_between, table: orders, column: order_status, min_value: 1 }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            out.contains("s.yaml:4:")
+                && out.contains(&format!(
+                    "`between` needs a numeric column: `order_status` of {layer} table `orders` is not"
+                ))
+                && out.contains("expect_column_values_to_match_regex"),
+            "{out}"
+        );
+    }
     // Bronze holds no enriched column.
     let out = load(
         "suite: b\nlayer: bronze\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: order_items, column: product_category_name }\n",
@@ -119,6 +134,39 @@ fn a_check_names_columns_its_table_has_and_accepts_some_value() {
     .unwrap_err();
     assert!(
         out.contains("bronze table `order_items` has no column `product_category_name`"),
+        "{out}"
+    );
+}
+
+/// A gold check's columns are checked once the models are planned (`validate`): a column its
+/// model lacks, and `between` on a text column, are refused at the check's line.
+#[tokio::test]
+async fn a_gold_check_names_columns_its_model_has_once_planned() {
+    let project = load_dir(&repo().join("idcards")).unwrap();
+    let models = Models::load(&repo().join("models"), &project, BTreeMap::new()).unwrap();
+    let shapes = crate::gold::check_sql(&models, &project)
+        .await
+        .unwrap_or_else(|d| panic!("{d}"));
+    let planned = |suite: &str| load(suite).unwrap_or_else(|e| panic!("{e}"));
+    let good = planned(
+        "suite: g\nlayer: gold\nchecks:\n  - { expect: expect_column_values_to_be_between, table: gold_customer_rfm, column: recency_days, min_value: 0 }\n",
+    );
+    assert!(good.check_shapes(&shapes).is_ok());
+    let bad = planned(
+        "suite: g\nlayer: gold\nchecks:\n  - { expect: expect_column_values_to_not_be_null, table: gold_daily_sales, column: zzz }\n  - { expect: expect_column_values_to_be_between, table: gold_customer_rfm, column: rfm_segment, min_value: 1 }\n",
+    );
+    let out = bad.check_shapes(&shapes).unwrap_err().to_string();
+    assert!(
+        out.contains("s.yaml:4:")
+            && out.contains("gold table `gold_daily_sales` has no column `zzz`")
+            && out.contains("hint: its columns: order_date,"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s.yaml:5:")
+            && out.contains(
+                "`between` needs a numeric column: `rfm_segment` of gold table `gold_customer_rfm` is not"
+            ),
         "{out}"
     );
 }
