@@ -232,6 +232,10 @@ pub async fn read(
 /// A column filter: the column, the SQL operator and the value as given.
 type Filter = (String, &'static str, String);
 
+/// Most column filters one read takes: their conjunction is a chain DataFusion plans
+/// recursively, and 1 500 of them overflowed a worker's stack (the whole gateway aborted).
+pub const MAX_FILTERS: usize = 64;
+
 /// The query parameters: the read's options, and the column filters (`column[.op]=value`).
 fn parse_params(params: Vec<(String, String)>) -> Result<(Options, Vec<Filter>), Problem> {
     let mut options = Options::default();
@@ -266,6 +270,12 @@ fn parse_params(params: Vec<(String, String)>) -> Result<(Options, Vec<Filter>),
                     }
                     _ => (name.clone(), "="),
                 };
+                if filters.len() == MAX_FILTERS {
+                    return Err(Problem::bad_request(format!(
+                        "more than {MAX_FILTERS} column filters in one read"
+                    ))
+                    .with_hint("filter on fewer columns, or use a range (`column.gte=...&column.lt=...`) instead of many values"));
+                }
                 filters.push((column, op, value));
             }
         }

@@ -350,6 +350,11 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
             &format!("/staging/orders?order_id={id}&columns=order_id,%20order_id"),
             "*/*",
         ),
+        get(&server, &many_filters(64), "*/*"),
+        get(&server, &many_filters(65), "*/*"),
+        // 1 500 of them overflowed a worker's stack and aborted the gateway.
+        get(&server, &many_filters(1500), "*/*"),
+        get(&server, &one, "application/json"),
     ]);
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -373,6 +378,25 @@ fn every_layer_reads_back_in_every_format_with_filters_order_and_pinned_versions
     assert_eq!(refused[3]["body"]["detail"], "`columns=`: names no column");
     assert_eq!(refused[4]["status"], 200, "{}", refused[4]);
     assert_eq!(refused[4]["body"], json!([{ "order_id": id }]));
+    // At most 64 column filters in one read; the gateway answers on.
+    assert_eq!(refused[5]["status"], 200, "{}", refused[5]);
+    for r in &refused[6..8] {
+        assert_eq!(r["status"], 400, "{r}");
+        assert_eq!(
+            r["body"]["detail"], "more than 64 column filters in one read",
+            "{r}"
+        );
+    }
+    assert_eq!(refused[8]["body"], expected, "{}", refused[8]);
+}
+
+/// A read of one order with `count` filters `order_status.ne=<n>`.
+fn many_filters(count: usize) -> String {
+    let filters: Vec<String> = (0..count).map(|n| format!("order_status.ne={n}")).collect();
+    format!(
+        "/staging/orders?{}&limit=1&columns=order_id",
+        filters.join("&")
+    )
 }
 
 #[test]
