@@ -34,9 +34,7 @@ pub enum Error {
         dir: PathBuf,
         found: String,
     },
-    #[error(
-        "topic {topic}: Kafka: {source}\n  hint: is the broker of --bus running and reachable?"
-    )]
+    #[error("topic {topic}: Kafka: {}\n  hint: {}", kafka_text(.source), kafka_hint(.source))]
     Kafka {
         topic: String,
         source: rdkafka::error::KafkaError,
@@ -200,6 +198,26 @@ impl<'a> FromIterator<&'a Record> for Batch {
             batch.push(&record.key, &record.value, record.timestamp_ms);
         }
         batch
+    }
+}
+
+/// A Kafka error as the user sees it: a refused client setting is named without its value,
+/// which librdkafka's message repeats (a password given in `--bus`'s query, say).
+fn kafka_text(error: &rdkafka::error::KafkaError) -> String {
+    match error {
+        rdkafka::error::KafkaError::ClientConfig(result, _, key, _) => {
+            format!("the client setting `{key}` was refused ({result:?})")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn kafka_hint(error: &rdkafka::error::KafkaError) -> &'static str {
+    match error {
+        rdkafka::error::KafkaError::ClientConfig(..) => {
+            "check that setting in --bus's query (`kafka://host:port?key=value&...`): librdkafka's CONFIGURATION.md lists the settings; SSL and SASL ones need a build with them"
+        }
+        _ => "is the broker of --bus running and reachable?",
     }
 }
 

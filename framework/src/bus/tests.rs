@@ -468,3 +468,22 @@ fn a_block_of_columns_this_log_appended_reads_as_the_file_holds_it() {
         assert_eq!(keys, ["d", "other", "f"]);
     }
 }
+
+/// A client setting librdkafka refuses is named without its value: the value may be a
+/// password, and librdkafka's own message repeats it.
+#[test]
+fn a_refused_kafka_setting_is_named_without_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::from_url(
+        "kafka://127.0.0.1:1?sasl.pasword=TOPSECRET99",
+        dir.path().join("_bus"),
+    )
+    .unwrap();
+    let err = bus.ensure_topic("raw_t", 1).unwrap_err().to_string();
+    assert!(!err.contains("TOPSECRET99"), "{err}");
+    assert!(
+        err.contains("the client setting `sasl.pasword` was refused")
+            && err.contains("check that setting in --bus's query"),
+        "{err}"
+    );
+}
