@@ -164,6 +164,12 @@ enum Command {
         /// the same Idempotency-Key appends them at most once.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         durable_timeout_s: u64,
+        /// Seconds a connection may wait on a read or a write without a byte moving before it
+        /// is closed (a client that stops mid-request, sends nothing, or never reads its
+        /// answer); default: the longer of the two timeouts above plus 30 s, as the server
+        /// also reads a connection while it answers.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        idle_timeout_s: Option<u64>,
         /// Folder for the gateway's own files (on a Kafka bus, the Idempotency-Keys it has
         /// seen); default `_gateway` in a local lake. Needed for Idempotency-Key on Kafka with a
         /// lake on an object store.
@@ -519,20 +525,21 @@ fn execute(
             max_ingests,
             visible_timeout_s,
             durable_timeout_s,
+            idle_timeout_s,
             state_dir,
-        } => serve(
-            &env,
-            &addr,
-            tokens,
-            state_dir,
-            crate::gateway::Limits {
+        } => serve(&env, &addr, tokens, state_dir, {
+            let mut limits = crate::gateway::Limits {
                 max_body_bytes,
                 max_records,
                 max_ingests,
                 visible_timeout: std::time::Duration::from_secs(visible_timeout_s),
                 durable_timeout: std::time::Duration::from_secs(durable_timeout_s),
-            },
-        ),
+                ..crate::gateway::Limits::default()
+            };
+            limits.idle_timeout = idle_timeout_s
+                .map_or_else(|| limits.idle_after_waits(), std::time::Duration::from_secs);
+            limits
+        }),
         Command::Rejects { table, limit } => rejects(&env, table, limit),
         Command::Build {
             select,

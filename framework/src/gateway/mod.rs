@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod docs;
+pub mod guard;
 pub mod ingest;
 pub mod kafka_keys;
 pub mod keys;
@@ -60,6 +61,18 @@ pub struct Limits {
     /// How long an ingest waits for its records to be durable on the topic (504 past it: they
     /// may or may not be; a retry with the same Idempotency-Key appends them at most once).
     pub durable_timeout: std::time::Duration,
+    /// How long a connection may wait on a read or a write without a byte moving before it is
+    /// closed (a client that stops mid-request, sends nothing, or never reads its answer). The
+    /// server reads a connection while it answers too, so this exceeds both timeouts above.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Limits {
+    /// The idle timeout that outlasts the longest answer: the longer of the two waits, plus
+    /// 30 s.
+    pub fn idle_after_waits(&self) -> std::time::Duration {
+        self.visible_timeout.max(self.durable_timeout) + std::time::Duration::from_secs(30)
+    }
 }
 
 impl Default for Limits {
@@ -70,6 +83,7 @@ impl Default for Limits {
             max_ingests: 64,
             visible_timeout: std::time::Duration::from_secs(120),
             durable_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: std::time::Duration::from_secs(150),
         }
     }
 }
@@ -282,6 +296,7 @@ pub async fn serve(
     // In the background: on Kafka each table's probe is a request to the brokers.
     let catching_up = gateway.clone();
     tokio::task::spawn_blocking(move || catching_up.catch_up());
+    let listener = guard::GuardedListener::new(listener, gateway.limits.idle_timeout);
     axum::serve(listener, app(gateway))
         .with_graceful_shutdown(shutdown)
         .await

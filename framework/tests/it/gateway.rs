@@ -859,6 +859,49 @@ fn a_durability_wait_past_its_limit_answers_504_and_a_keyed_retry_appends_once()
     assert_eq!(seen, expected, "the retry appended the record again");
 }
 
+/// A client that stops half-way through its headers or its body, or sends nothing at all, is
+/// disconnected once `--idle-timeout-s` passes without a byte moving; a socket held forever
+/// by such clients once left the gateway unable to answer `/health`. Others are served on.
+#[test]
+fn a_connection_that_stalls_is_closed_after_the_idle_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("lake"), &["--idle-timeout-s", "2"]);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let stalls = [
+        "GET /health HTTP/1.1\r\nHost: gw\r\n".to_owned(),
+        format!(
+            "POST /ingest/sellers HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"records\": ["
+        ),
+        String::new(),
+    ];
+    for stall in &stalls {
+        let mut socket = std::net::TcpStream::connect(&address).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        socket.write_all(stall.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        // The server closes the socket (after an answer, for the body cut short), or resets it.
+        let ended = match socket.read_to_end(&mut answer) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        let waited = started.elapsed();
+        assert!(
+            ended && waited >= Duration::from_millis(1500) && waited < Duration::from_secs(9),
+            "{stall:?}: ended {ended} after {waited:?}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let health = http(&[get(&server, "/health", "application/json")]).remove(0);
+    assert_eq!(health["status"], 200, "{health}");
+}
+
 /// Eight clients that wait for visibility, each sending its next request as soon as it is
 /// answered (`tests/py/visible_rounds.py`): a refresh lingers for the requests the last one
 /// answered, so each serves all eight: ten rounds took 11 refreshes (silver commits; three
