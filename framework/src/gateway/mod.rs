@@ -728,7 +728,9 @@ fn idempotency(
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+        .filter(|k| {
+            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             Problem::bad_request(format!(
                 "the Idempotency-Key header must be 1 to {MAX_KEY_LEN} visible ASCII characters"
@@ -841,7 +843,25 @@ async fn ingest_table(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
     use axum::response::IntoResponse;
+
+    /// An Idempotency-Key is 1 to 255 visible ASCII characters: a tab or a space (which a
+    /// header may carry) is refused like an empty or a long key.
+    #[test]
+    fn an_idempotency_key_is_visible_ascii() {
+        let key = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("idempotency-key", HeaderValue::from_str(value).unwrap());
+            super::idempotency(&headers, "sellers", b"{}").map(|k| k.is_some())
+        };
+        assert_eq!(key("order-42_retry.1").unwrap(), true);
+        for bad in ["a\tb", "a b", "", &"k".repeat(256)] {
+            let problem = key(bad).unwrap_err();
+            assert_eq!(problem.status, 400, "{bad:?}");
+            assert!(problem.detail.contains("visible ASCII"), "{bad:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_panic_in_a_handler_is_a_500_problem() {
