@@ -386,6 +386,30 @@ fn compile_columns<'a>(
             continue;
         };
         let pad_char = column.pad_char.chars().next().unwrap_or('0');
+        if column.pad_char.chars().count() != 1 {
+            diag(
+                &format!("/schema/{i}/pad_char"),
+                format!(
+                    "pad_char must be one character, {:?} is {}",
+                    column.pad_char,
+                    column.pad_char.chars().count()
+                ),
+                Some("e.g. pad_char: '0'".into()),
+            );
+        }
+        if let Some(format) = &column.format
+            && chrono::format::StrftimeItems::new(format)
+                .any(|item| matches!(item, chrono::format::Item::Error))
+        {
+            diag(
+                &format!("/schema/{i}/format"),
+                format!("{format:?} is not a chrono format: every value would be rejected"),
+                Some(
+                    "use chrono's strftime specifiers, e.g. format: '%d/%m/%Y %H:%M' (https://docs.rs/chrono/latest/chrono/format/strftime)"
+                        .into(),
+                ),
+            );
+        }
         if column.pad_left.is_some() && data_type != ColumnType::String {
             diag(
                 &format!("/schema/{i}/pad_left"),

@@ -390,6 +390,39 @@ fn a_column_pads_to_at_most_1024_characters() {
     );
 }
 
+/// `pad_char` is one character, and a `format` is a chrono format: `validate` said yes to
+/// `pad_char: 'ab'` (its first character was used) and to `format: '%Q %'`, with which every
+/// row of the table was then rejected, the reason naming the value, not the format.
+#[test]
+fn a_pad_char_is_one_character_and_a_format_is_a_chrono_format() {
+    let good = check(&GOOD.replace(
+        "{ name: id, type: string, nullable: false }",
+        "{ name: id, type: string, nullable: false, pad_left: 5, pad_char: '0' }\n  - { name: at, type: timestamp, format: '%d/%m/%Y %H:%M' }",
+    ));
+    assert_eq!(good, "ok");
+    for pad in ["'ab'", "''"] {
+        let out = check(&GOOD.replace(
+            "{ name: id, type: string, nullable: false }",
+            &format!("{{ name: id, type: string, nullable: false, pad_left: 5, pad_char: {pad} }}"),
+        ));
+        assert!(
+            out.contains("things.yaml:8:")
+                && out.contains("schema[0].pad_char: pad_char must be one character"),
+            "{out}"
+        );
+    }
+    let out = check(&GOOD.replace(
+        "{ name: id, type: string, nullable: false }",
+        "{ name: id, type: string, nullable: false }\n  - { name: at, type: timestamp, format: '%Q %' }",
+    ));
+    assert!(
+        out.contains("things.yaml:9:")
+            && out.contains("schema[1].format: \"%Q %\" is not a chrono format")
+            && out.contains("hint: use chrono's strftime specifiers"),
+        "{out}"
+    );
+}
+
 #[test]
 fn gateway_columns_must_be_columns_of_the_table() {
     let ok = check(&format!(
