@@ -634,7 +634,16 @@ fn check_enrichment(
     diag: &mut impl FnMut(&str, String, Option<String>),
 ) -> Vec<String> {
     let mut depends_on = Vec::new();
+    let mut brought: HashSet<String> = HashSet::new();
     for (i, enrich) in config.enrich.iter().enumerate() {
+        if enrich.from == config.table {
+            diag(
+                &format!("/enrich/{i}/from"),
+                format!("table `{}` enriches from itself", config.table),
+                Some("join another table; a table's own columns are already in its rows".into()),
+            );
+            continue;
+        }
         let Some(other) = by_name.get(enrich.from.as_str()) else {
             let mut known: Vec<&str> = by_name.keys().copied().collect();
             known.sort_unstable();
@@ -677,7 +686,33 @@ fn check_enrichment(
             }
         }
         for (j, column) in enrich.columns.iter().enumerate() {
+            if let EnrichColumn::Renamed(map) = column
+                && map.len() != 1
+            {
+                diag(
+                    &format!("/enrich/{i}/columns/{j}"),
+                    format!(
+                        "a renamed column is a one-entry map `source: target`, this one has {} entries",
+                        map.len()
+                    ),
+                    Some(
+                        "give each renamed column its own list item: `- {customer_city: city}`"
+                            .into(),
+                    ),
+                );
+                continue;
+            }
             let (source, target) = enrich_column_names(column);
+            if !brought.insert(target.clone()) {
+                diag(
+                    &format!("/enrich/{i}/columns/{j}"),
+                    format!("enriched column `{target}` is brought twice"),
+                    Some(format!(
+                        "drop one, or rename it: `{{{source}: {}_{source}}}`",
+                        enrich.from
+                    )),
+                );
+            }
             if !other_names.contains(source.as_str()) {
                 diag(
                     &format!("/enrich/{i}/columns/{j}"),
@@ -1111,9 +1146,33 @@ fn order_by_dependencies(
             .map(|t| t.name().to_owned())
             .collect();
         if ready.is_empty() {
-            let cycle: Vec<&str> = remaining.keys().map(String::as_str).collect();
+            // The tables on a cycle; the others wait for them.
+            let on_cycle = |start: &str| {
+                let mut seen: HashSet<&str> = HashSet::new();
+                let mut stack: Vec<&str> = remaining[start]
+                    .depends_on
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                while let Some(name) = stack.pop() {
+                    if name == start {
+                        return true;
+                    }
+                    if seen.insert(name)
+                        && let Some(table) = remaining.get(name)
+                    {
+                        stack.extend(table.depends_on.iter().map(String::as_str));
+                    }
+                }
+                false
+            };
+            let cycle: Vec<&str> = remaining
+                .keys()
+                .map(String::as_str)
+                .filter(|name| on_cycle(name))
+                .collect();
             for (file, config, index) in parsed {
-                if remaining.contains_key(&config.table) {
+                if cycle.contains(&config.table.as_str()) {
                     out.push(Diagnostic {
                         file: file.clone(),
                         pos: index.locate("/enrich"),

@@ -116,6 +116,60 @@ fn dependency_cycle() {
     insta::assert_snapshot!(out);
 }
 
+/// A table that waits on a cycle is not on it; a table enriching from itself, a renamed column
+/// map of two entries and a column brought twice are refused where they stand (the self join
+/// was reported as a cycle with a table that only waited on it, the two-entry map dropped a
+/// column silently, the duplicate was blamed on a model).
+#[test]
+fn enrichment_cycles_self_joins_and_column_maps_are_named_where_they_stand() {
+    let table = |name: &str, enrich: &str| {
+        (
+            PathBuf::from(format!("idcards/{name}.yaml")),
+            GOOD.replace("table: things", &format!("table: {name}"))
+                .replace("raw_things", &format!("raw_{name}"))
+                + enrich,
+        )
+    };
+    let errors = |idcards: &[(PathBuf, String)]| {
+        compile(idcards)
+            .map(|_| String::from("ok"))
+            .unwrap_or_else(|d| d.to_string())
+    };
+    let join = |from: &str, columns: &str| {
+        format!("enrich:\n  - {{ from: {from}, on: {{ id: id }}, columns: {columns} }}\n")
+    };
+    let out = errors(&[
+        table("a", &join("b", "[{ amount: b_amount }]")),
+        table("b", &join("a", "[{ amount: a_amount }]")),
+        table("c", &join("a", "[{ amount: c_amount }]")),
+    ]);
+    assert!(
+        out.contains("idcards/a.yaml")
+            && out.contains("idcards/b.yaml")
+            && out.contains("dependency cycle between tables a, b")
+            && !out.contains("idcards/c.yaml"),
+        "{out}"
+    );
+    let out = errors(&[table("a", &join("a", "[{ amount: a_amount }]"))]);
+    assert!(
+        out.contains("enrich[0].from: table `a` enriches from itself") && !out.contains("cycle"),
+        "{out}"
+    );
+    let out = errors(&[
+        table("d", ""),
+        table(
+            "e",
+            &join("d", "[{ amount: x, id: y }, { amount: z }, { amount: z }]"),
+        ),
+    ]);
+    assert!(
+        out.contains("idcards/e.yaml")
+            && out.contains("enrich[0].columns[0]: a renamed column is a one-entry map `source: target`, this one has 2 entries")
+            && out.contains("enrich[0].columns[2]: enriched column `z` is brought twice"),
+        "{out}"
+    );
+}
+
 #[test]
 fn composite_key_and_type_parsing() {
     assert_eq!(
