@@ -895,7 +895,28 @@ fn column_type(
         };
         Some(scalar)
     }
+    // Counted before parsing, which recurses once per level (30 000 levels overflowed the
+    // stack of `validate`, 10 000 that of a run).
+    if column.data_type.matches("list<").count() > MAX_NESTING {
+        diag(
+            &format!("{pointer}/type"),
+            format!("`{}` nests lists more than {MAX_NESTING} deep", column.name),
+            Some("flatten the value, or keep the deep part as a JSON string".into()),
+        );
+        return None;
+    }
     let data_type = parse(&column.data_type, column, pointer, diag)?;
+    if data_type.depth() > MAX_NESTING {
+        diag(
+            &format!("{pointer}/type"),
+            format!(
+                "`{}` nests lists and structs more than {MAX_NESTING} deep",
+                column.name
+            ),
+            Some("flatten the value, or keep the deep part as a JSON string".into()),
+        );
+        return None;
+    }
     let holds_struct = {
         let mut at = &data_type;
         while let ColumnType::List(item) = at {
@@ -916,6 +937,10 @@ fn column_type(
     }
     Some(data_type)
 }
+
+/// Most levels of lists and structs in one column's type: Delta and the engine's readers
+/// recurse once per level.
+const MAX_NESTING: usize = 32;
 
 /// The columns an idcard declares, for hints.
 fn column_list(config: &IdcardConfig) -> String {

@@ -280,6 +280,21 @@ impl ColumnType {
 }
 
 impl ColumnType {
+    /// Levels of lists and structs: 0 for a scalar.
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::Struct(fields) => {
+                1 + fields
+                    .iter()
+                    .map(|f| f.data_type.depth())
+                    .max()
+                    .unwrap_or(0)
+            }
+            Self::List(item) => 1 + item.depth(),
+            _ => 0,
+        }
+    }
+
     /// Whether the type holds other values (struct or list).
     pub fn is_nested(&self) -> bool {
         matches!(self, Self::Struct(_) | Self::List(_))

@@ -170,6 +170,27 @@ fn enrichment_cycles_self_joins_and_column_maps_are_named_where_they_stand() {
     );
 }
 
+/// A type nests at most 32 levels: 30 000 `list<` overflowed `validate`'s stack, 10 000 a
+/// run's, and 1 000 failed in Delta with a backtrace naming no idcard.
+#[test]
+fn a_type_nests_at_most_32_levels() {
+    let nested = |n: usize| {
+        GOOD.replace(
+            "type: \"decimal(10,2)\"",
+            &format!("type: \"{}int{}\"", "list<".repeat(n), ">".repeat(n)),
+        )
+    };
+    assert_eq!(check(&nested(32)), "ok");
+    for n in [33, 30_000] {
+        let out = check(&nested(n));
+        assert!(
+            out.contains("things.yaml:9:")
+                && out.contains("schema[1].type: `amount` nests lists more than 32 deep"),
+            "{n}: {out}"
+        );
+    }
+}
+
 #[test]
 fn composite_key_and_type_parsing() {
     assert_eq!(
