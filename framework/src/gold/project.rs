@@ -407,6 +407,7 @@ pub fn diagnostic(dir: &Path, err: &minijinja::Error) -> Diagnostic {
                 minijinja::ErrorKind::UndefinedError => "undefined value",
                 minijinja::ErrorKind::UnknownFunction => "unknown function",
                 minijinja::ErrorKind::TemplateNotFound => "template not found",
+                minijinja::ErrorKind::OutOfFuel => "the template ran too long (out of fuel)",
                 _ => "template error",
             };
             let hint = match err.kind() {
@@ -419,6 +420,10 @@ pub fn diagnostic(dir: &Path, err: &minijinja::Error) -> Diagnostic {
                 minijinja::ErrorKind::SyntaxError => Some(
                     "every {% if %}, {% for %} and {% macro %} needs its {% end... %}; {{ }} and {% %} must be closed".to_owned(),
                 ),
+                minijinja::ErrorKind::OutOfFuel => Some(format!(
+                    "a model's template may run {} steps: look for a loop over a large range",
+                    super::render::RENDER_FUEL
+                )),
                 _ => None,
             };
             let message = if detail.is_empty() {

@@ -93,9 +93,14 @@ pub struct Request<'a> {
     pub vars: &'a BTreeMap<String, serde_json::Value>,
 }
 
+/// Template instructions one model's rendering may run: a nested loop of 10^10 steps grew
+/// `compile` to 2 GB without end; the repo's models use a few thousand.
+pub(crate) const RENDER_FUEL: u64 = 5_000_000;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(RENDER_FUEL));
     env
 }
 

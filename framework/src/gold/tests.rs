@@ -107,6 +107,26 @@ fn unknown_ref_names_file_and_line() {
     assert!(out.contains("models/gold/a.sql:3:"), "{out}");
 }
 
+/// Rendering is bounded: a nested loop of 10^10 steps ran until the memory ran out; it now
+/// stops with an error naming the model's file.
+#[test]
+fn a_runaway_template_stops_with_its_file() {
+    let started = std::time::Instant::now();
+    let out = load(&[(
+        "gold/a.sql",
+        "-- {% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\nSELECT 1 AS x\n",
+    )]);
+    assert!(
+        out.contains("models/gold/a.sql:1:") && out.contains("fuel"),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn cycle_names_file_and_line() {
     let out = load(&[
