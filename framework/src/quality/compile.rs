@@ -284,9 +284,17 @@ fn compile_check(
         Expectation::ExpectTableToBeFresh => Rule::Fresh {
             max_age_hours: c.max_age_hours.ok_or_else(|| missing("max_age_hours"))?,
         },
-        Expectation::ExpectQueryToReturnNoRows => Rule::NoRows {
-            query: c.query.clone().ok_or_else(|| missing("query"))?,
-        },
+        Expectation::ExpectQueryToReturnNoRows => {
+            let query = c.query.clone().ok_or_else(|| missing("query"))?;
+            one_select(&query).map_err(|message| {
+                place.error(
+                    "query",
+                    message,
+                    Some("write one SELECT (or WITH ... SELECT) returning the rows that break the rule".into()),
+                )
+            })?;
+            Rule::NoRows { query }
+        }
         Expectation::ExpectColumnValuesToBeInRelation => {
             return Err(place.error(
                 "expect",
@@ -360,6 +368,28 @@ fn compile_check(
         file: place.file.to_path_buf(),
         pos: place.index.locate(&place.pointer),
     })
+}
+
+/// Whether `query` is one SELECT (or WITH ... SELECT), in DataFusion's SQL: a check reads
+/// tables; `COPY (...) TO 'file'` passed `validate` and `test` wrote the file.
+fn one_select(query: &str) -> Result<(), String> {
+    use deltalake::datafusion::sql::parser::{DFParser, Statement};
+    use deltalake::datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+    let statements =
+        DFParser::parse_sql(query).map_err(|e| format!("the query does not parse: {e}"))?;
+    match statements.iter().collect::<Vec<_>>().as_slice() {
+        [Statement::Statement(statement)] if matches!(**statement, SqlStatement::Query(_)) => {
+            Ok(())
+        }
+        [_] => Err(
+            "the query must be a SELECT: a check reads tables, it does not write or change them"
+                .into(),
+        ),
+        _ => Err(format!(
+            "the query holds {} statements; a check runs one SELECT",
+            statements.len()
+        )),
+    }
 }
 
 /// The columns a bronze or silver check names are the table's (its idcard's schema, and in

@@ -324,7 +324,12 @@ async fn evaluate_rule(
             }
         }
         Rule::NoRows { query: sql } => {
-            let frame = ctx.sql(sql).await.map_err(query)?;
+            // A check reads: no DDL, no DML (`COPY ... TO` wrote a file), no SET.
+            let read_only = deltalake::datafusion::execution::context::SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let frame = ctx.sql_with_options(sql, read_only).await.map_err(query)?;
             let batches = crate::lake::collect_apart(frame).await.map_err(query)?;
             outcome.failing = batches.iter().map(|b| b.num_rows() as u64).sum();
             outcome.sample = rows_as_text(&batches, SAMPLE);

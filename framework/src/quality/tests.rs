@@ -170,3 +170,29 @@ async fn a_gold_check_names_columns_its_model_has_once_planned() {
         "{out}"
     );
 }
+
+/// A query check is one SELECT: `COPY (SELECT 1) TO 'file'` passed `validate` and `test`
+/// wrote the file; two statements, and SQL that does not parse, are refused at the check too.
+#[test]
+fn a_query_check_is_one_select() {
+    let suite = |query: &str| {
+        load(&format!(
+            "suite: s\nlayer: silver\nchecks:\n  - name: q\n    expect: expect_query_to_return_no_rows\n    query: \"{query}\"\n"
+        ))
+    };
+    assert!(suite("WITH o AS (SELECT 1 AS x) SELECT x FROM o WHERE x > 1").is_ok());
+    for (query, said) in [
+        (
+            "COPY (SELECT 1) TO '/tmp/written.csv'",
+            "the query must be a SELECT",
+        ),
+        ("SELECT 1; SELECT 2", "the query holds 2 statements"),
+        ("SELEC 1", "the query does not parse"),
+    ] {
+        let out = suite(query).unwrap_err();
+        assert!(
+            out.contains("s.yaml:6:") && out.contains(&format!("query: {said}")),
+            "{query}: {out}"
+        );
+    }
+}
