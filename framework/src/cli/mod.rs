@@ -881,6 +881,20 @@ fn rejects(env: &Env, table: String, limit: usize) -> Result<()> {
             project.names().join(", ")
         );
     };
+    // A lake that never read the table has no rejects to show, and "0 rejected" would say
+    // that nothing was lost.
+    if runtime
+        .block_on(lake.open(crate::lake::Layer::Bronze, table.name()))?
+        .is_none()
+    {
+        bail!(
+            "the lake at {} holds no bronze table `{}`: nothing was read into it yet, so there is nothing to show
+  hint: is --lake right? Load the table first with `framework run --table {}`",
+            cli.lake.display(),
+            table.name(),
+            table.name()
+        );
+    }
     print!(
         "{}",
         runtime.block_on(pipeline::rejects(lake, table, limit))?

@@ -362,3 +362,33 @@ fn every_broken_message_lands_in_the_reject_table_with_a_reason() {
         );
     }
 }
+
+/// `rejects` on a lake that never read the table is an error naming the lake: "0 rejected"
+/// there said that nothing was lost (a mistyped --lake, say).
+#[test]
+fn rejects_of_a_table_the_lake_never_read_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut never = framework(&lake);
+    never.args(["rejects", "--table", "sellers"]);
+    let out = output(never);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("holds no bronze table `sellers`")
+            && stderr.contains("is --lake right?"),
+        "{stderr}"
+    );
+    let mut run = framework(&lake);
+    run.args(["run", "--table", "sellers", "--until", "bronze", "--data"])
+        .arg(sample());
+    ok(run);
+    let mut read = framework(&lake);
+    read.args(["rejects", "--table", "sellers"]);
+    let out = ok(read);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 row(s) rejected"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
