@@ -1,4 +1,5 @@
-//! Files made once and never replaced (a key, a secret): whole or not at all.
+//! Files made once and never replaced (a key, a secret): whole or not at all; and the text
+//! files users write, read with their path in the error.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -43,4 +44,17 @@ pub fn make_once(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// A text file a user wrote (a model, a macro, a suite), its path in the error: "stream did not
+/// contain valid UTF-8" named only the folder it was in.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let what = if e.kind() == std::io::ErrorKind::InvalidData {
+            "is not UTF-8 text (save it as UTF-8)".to_owned()
+        } else {
+            e.to_string()
+        };
+        std::io::Error::new(e.kind(), format!("{}: {what}", path.display()))
+    })
 }

@@ -289,7 +289,7 @@ fn sql_files(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
                     .map(|c| c.as_os_str().to_string_lossy())
                     .collect::<Vec<_>>()
                     .join("/");
-                out.push((name, std::fs::read_to_string(&path)?));
+                out.push((name, crate::files::read_text(&path)?));
             }
         }
     }

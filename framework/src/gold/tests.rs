@@ -127,6 +127,32 @@ fn a_runaway_template_stops_with_its_file() {
     );
 }
 
+/// A model or macro that is not UTF-8 is named with its path (the error named the folder);
+/// so is a suite.
+#[test]
+fn a_file_that_is_not_utf8_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("macros")).unwrap();
+    std::fs::write(dir.path().join("macros/m.sql"), b"{# caf\xe9 #}\n").unwrap();
+    let out = Models::load(dir.path(), &project(), BTreeMap::new())
+        .map(|_| String::from("ok"))
+        .unwrap_or_else(|d| d.to_string());
+    assert!(
+        out.contains("macros/m.sql: is not UTF-8 text (save it as UTF-8)"),
+        "{out}"
+    );
+    let suites = tempfile::tempdir().unwrap();
+    std::fs::write(suites.path().join("s.yaml"), b"suite: caf\xe9\n").unwrap();
+    let models = Models::load(&repo().join("models"), &project(), BTreeMap::new()).unwrap();
+    let out = crate::quality::Checks::load(suites.path(), &project(), &models)
+        .map(|_| String::from("ok"))
+        .unwrap_or_else(|d| d.to_string());
+    assert!(
+        out.contains("s.yaml: is not UTF-8 text (save it as UTF-8)"),
+        "{out}"
+    );
+}
+
 #[test]
 fn cycle_names_file_and_line() {
     let out = load(&[

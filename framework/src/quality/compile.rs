@@ -698,7 +698,7 @@ fn yaml_files(dir: &Path, recursive: bool) -> std::io::Result<Vec<(PathBuf, Stri
                 path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml")
             ) {
-                let text = std::fs::read_to_string(&path)?;
+                let text = crate::files::read_text(&path)?;
                 out.push((path, text));
             }
         }
