@@ -464,3 +464,34 @@ async fn while_a_table_is_produced_bronze_stores_only_whole_batches() {
         250
     );
 }
+
+/// A decimal with more fraction digits than its scale is rounded to it, half away from zero,
+/// as SQL's cast to `decimal(p,s)` does (Postgres, Spark); one with more integer digits than
+/// `p - s` allows is a reject, as is a number written in JSON with too many digits.
+#[test]
+fn a_decimal_rounds_to_its_scale_and_overflows_to_a_reject() {
+    let messages = vec![
+        message(0, r#"{"id":"a","amount":"1.005"}"#),
+        message(1, r#"{"id":"b","amount":"-1.005"}"#),
+        message(2, r#"{"id":"c","amount":1.004}"#),
+        message(3, r#"{"id":"d","amount":"123456789.5"}"#),
+    ];
+    let parsed = parse_messages(&table(), "raw_t", &messages, chrono::Utc::now()).unwrap();
+    let amount = parsed.rows.column(1).as_primitive::<Decimal128Type>();
+    let values: Vec<i128> = (0..parsed.rows.num_rows())
+        .map(|i| amount.value(i))
+        .collect();
+    assert_eq!(values, [101, -101, 100]);
+    let reason = parsed
+        .rejects
+        .column_by_name("_reason")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_owned();
+    assert_eq!(parsed.rejects.num_rows(), 1);
+    assert!(
+        reason.contains("column `amount`: \"123456789.5\" is not a valid decimal(10,2)"),
+        "{reason}"
+    );
+}
