@@ -855,7 +855,7 @@ mod tests {
             headers.insert("idempotency-key", HeaderValue::from_str(value).unwrap());
             super::idempotency(&headers, "sellers", b"{}").map(|k| k.is_some())
         };
-        assert_eq!(key("order-42_retry.1").unwrap(), true);
+        assert!(key("order-42_retry.1").unwrap());
         for bad in ["a\tb", "a b", "", &"k".repeat(256)] {
             let problem = key(bad).unwrap_err();
             assert_eq!(problem.status, 400, "{bad:?}");
