@@ -166,8 +166,8 @@ enum Command {
         durable_timeout_s: u64,
         /// Seconds a connection may wait on a read or a write without a byte moving before it
         /// is closed (a client that stops mid-request, sends nothing, or never reads its
-        /// answer); default: the longer of the two timeouts above plus 30 s, as the server
-        /// also reads a connection while it answers.
+        /// answer); default: the longer of --visible-timeout-s and --durable-timeout-s plus
+        /// 30 s, as the server also reads a connection while it answers.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         idle_timeout_s: Option<u64>,
         /// Folder for the gateway's own files (on a Kafka bus, the Idempotency-Keys it has
