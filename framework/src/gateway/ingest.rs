@@ -323,7 +323,7 @@ pub async fn ingest(
     let count = records.len();
     let appended = gateway
         .lanes(table)?
-        .append(records, idempotency, false, gateway.limits.durable_timeout)
+        .append(records, idempotency, false)
         .await?;
     // Waiting for its turn and for the run are bounded; past the limit the run goes on
     // without this request.

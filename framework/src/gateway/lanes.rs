@@ -89,6 +89,8 @@ enum Refresh {
 pub struct Lanes {
     /// The table's name, for answers.
     table: String,
+    /// How long an append waits for the committer ([`super::Limits::durable_timeout`]).
+    durable_timeout: std::time::Duration,
     appends: mpsc::UnboundedSender<Append>,
     refreshes: mpsc::UnboundedSender<Refresh>,
     /// Appends the committer has made: the refresher skips a refresh when one that started
@@ -158,6 +160,7 @@ impl Lanes {
         }
         Ok(Self {
             table: name,
+            durable_timeout: gateway.limits.durable_timeout,
             appends,
             refreshes,
             appended,
@@ -165,14 +168,14 @@ impl Lanes {
     }
 
     /// Appends `records` to the topic (with the group that is forming); answers once they are
-    /// synced, or with a 504 past `limit` (the group may still be appended: the committer goes
-    /// on without this request). `refresh`: hand the table to the refresher afterwards.
+    /// synced, or with a 504 past the gateway's durable timeout (the group may still be
+    /// appended: the committer goes on without this request). `refresh`: hand the table to the
+    /// refresher afterwards.
     pub async fn append(
         &self,
         records: Vec<Value>,
         idempotency: Option<Idempotency>,
         refresh: bool,
-        limit: std::time::Duration,
     ) -> Result<Appended, Problem> {
         let (reply, answer) = oneshot::channel();
         self.appends
@@ -183,6 +186,7 @@ impl Lanes {
                 reply,
             })
             .map_err(|_| gone())?;
+        let limit = self.durable_timeout;
         tokio::time::timeout(limit, answer)
             .await
             .map_err(|_| super::not_durable_in_time(&self.table, limit))?

@@ -77,14 +77,16 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
+        let mut limits = Self {
             max_body_bytes: 4 * 1024 * 1024,
             max_records: 10_000,
             max_ingests: 64,
             visible_timeout: std::time::Duration::from_secs(120),
             durable_timeout: std::time::Duration::from_secs(30),
-            idle_timeout: std::time::Duration::from_secs(150),
-        }
+            idle_timeout: std::time::Duration::ZERO,
+        };
+        limits.idle_timeout = limits.idle_after_waits();
+        limits
     }
 }
 
@@ -803,9 +805,7 @@ async fn ingest_table(
     ingest::check_count(&records, gateway.limits.max_records)?;
     let count = records.len();
     let lanes = gateway.lanes(&config)?;
-    let appended = lanes
-        .append(records, idempotency, true, gateway.limits.durable_timeout)
-        .await?;
+    let appended = lanes.append(records, idempotency, true).await?;
     match wait {
         Wait::Durable => Ok((
             StatusCode::ACCEPTED,
