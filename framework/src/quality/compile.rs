@@ -53,6 +53,21 @@ pub enum Rule {
     },
 }
 
+impl Rule {
+    /// The columns a row-level rule reads (none for a table-level one).
+    pub fn columns(&self) -> &[String] {
+        match self {
+            Rule::NotNull { column }
+            | Rule::Between { column, .. }
+            | Rule::InSet { column, .. }
+            | Rule::Regex { column, .. }
+            | Rule::InRelation { column, .. } => std::slice::from_ref(column),
+            Rule::Unique { columns } => columns,
+            _ => &[],
+        }
+    }
+}
+
 /// One runnable check.
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -439,14 +454,15 @@ fn column_problem(
     columns: &[(String, Option<bool>)],
     engine: bool,
 ) -> Option<(&'static str, String, String)> {
-    let (field, named): (&str, &[String]) = match rule {
-        Rule::NotNull { column }
-        | Rule::Between { column, .. }
-        | Rule::InSet { column, .. }
-        | Rule::Regex { column, .. } => ("column", std::slice::from_ref(column)),
-        Rule::Unique { columns } if columns.len() == 1 => ("column", columns),
-        Rule::Unique { columns } => ("column_list", columns),
-        _ => return None,
+    // A relationship test's column is left to its run.
+    if matches!(rule, Rule::InRelation { .. }) {
+        return None;
+    }
+    let named = rule.columns();
+    let field = if named.len() > 1 {
+        "column_list"
+    } else {
+        "column"
     };
     for column in named {
         if engine && (column.starts_with('_') || column.contains('.')) {

@@ -352,7 +352,7 @@ async fn evaluate_rule(
             outcome.observed = format!("{n} of {total} rows fail");
             if n > 0 {
                 let keys = if check.keys.is_empty() {
-                    rule_columns(rule)
+                    rule.columns().to_vec()
                 } else {
                     check.keys.clone()
                 };
@@ -458,18 +458,6 @@ fn flagged_sql(relation: &str, rule: &Rule) -> String {
         _ => unreachable!("not a row-level rule"),
     };
     format!("SELECT *, {failed} AS _failed FROM {relation}")
-}
-
-fn rule_columns(rule: &Rule) -> Vec<String> {
-    match rule {
-        Rule::NotNull { column }
-        | Rule::Between { column, .. }
-        | Rule::InSet { column, .. }
-        | Rule::Regex { column, .. }
-        | Rule::InRelation { column, .. } => vec![column.clone()],
-        Rule::Unique { columns } => columns.clone(),
-        _ => Vec::new(),
-    }
 }
 
 async fn count(ctx: &SessionContext, sql: &str) -> deltalake::datafusion::error::Result<u64> {
