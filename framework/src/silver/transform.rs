@@ -606,8 +606,14 @@ async fn apply(
                 .await?;
             return Ok(());
         }
-        lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
-            .await?;
+        if table.mode() == Mode::Diff {
+            let batches = in_arrival_order(batches).map_err(|e| query(e.into()))?;
+            lake.write_in_files(Layer::Silver, name, batches, txns, false)
+                .await?;
+        } else {
+            lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
+                .await?;
+        }
         return Ok(());
     };
     let columns: Vec<String> = rows
@@ -620,12 +626,35 @@ async fn apply(
     let live = target
         .snapshot()
         .map_or_else(|_| LiveFiles::default(), LiveFiles::of);
-    register_stored(lake, ctx, table, live).await?;
+    // Kept as batches (one empty batch when none is left) to be read twice below.
+    let rows = collect_batches(rows).await.map_err(query)?;
+    if table.mode() == Mode::Diff
+        && let Some(touched) = touched_files(ctx, table, &target, &rows).await?
+    {
+        hold_stored(ctx, table, &target, Some(&touched)).await?;
+        let rows = ctx.read_batches(rows).map_err(query)?;
+        let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
+            return Ok(());
+        };
+        let after = rows_after(ctx, table, &changes, &columns).await?;
+        tracing::debug!(
+            table = name,
+            files = touched.len(),
+            of = live.files,
+            updated = changes.matched,
+            "silver: the files holding the delivery's keys rewritten"
+        );
+        lake.replace_files(Layer::Silver, name, &target, &touched, after, txns)
+            .await?;
+        return Ok(());
+    }
+    let rows = ctx.read_batches(rows).map_err(query)?;
+    register_stored(ctx, table, &target, live).await?;
     let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
         return Ok(());
     };
     if let Some(whole) = rewrite_whole(ctx, table, live, &changes, &columns).await? {
-        lake.write(Layer::Silver, name, whole, &[], txns, true)
+        lake.write_in_files(Layer::Silver, name, whole, txns, true)
             .await?;
         return Ok(());
     }
@@ -769,15 +798,33 @@ async fn rewrite_whole(
     columns: &[String],
 ) -> Result<Option<Vec<RecordBatch>>> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
     if !small_enough_to_rewrite(live)
         || (changes.matched as u64) < CHANGES_PER_FILE_TO_REWRITE * live.files
     {
         return Ok(None);
     }
+    let whole = rows_after(ctx, table, changes, columns).await?;
+    tracing::debug!(
+        table = name,
+        files = live.files,
+        updated = changes.matched,
+        "silver: rewritten whole instead of merged"
+    );
+    Ok(Some(whole))
+}
+
+/// The rows of `stored` after the batch's changes: the stored rows whose key the batch does not
+/// update or delete, then the batch's rows that are not deletes.
+async fn rows_after(
+    ctx: &SessionContext,
+    table: &Table,
+    changes: &Changed,
+    columns: &[String],
+) -> Result<Vec<RecordBatch>> {
+    let query = |source| Error::Query {
+        table: table.name().to_owned(),
+        source,
+    };
     let schema = changes.rows[0].schema();
     ctx.register_table(
         "changes",
@@ -786,7 +833,7 @@ async fn rewrite_whole(
     .map_err(query)?;
     let list = ident_list(columns);
     let on = key_match(table.key(), "t", "c");
-    let whole = collect(
+    collect(
         ctx,
         &format!(
             "SELECT {list} FROM stored t \
@@ -795,14 +842,155 @@ async fn rewrite_whole(
         ),
     )
     .await
+    .map_err(query)
+}
+
+/// `batches` as one batch in arrival order: by bronze offset, then partition (the partitions
+/// advance together). A DIFF table is stored so, in files of [`crate::lake::FILE_ROWS`] rows,
+/// for [`touched_files`]; dedup and the join before leave its rows in runs of arrival order
+/// from each partition, which put the oldest rows of the table in three or four of its six
+/// files at scale 1 instead of the first.
+fn in_arrival_order(
+    batches: Vec<RecordBatch>,
+) -> std::result::Result<Vec<RecordBatch>, deltalake::arrow::error::ArrowError> {
+    use deltalake::arrow::compute::{
+        SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+    };
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let (Ok(offset), Ok(partition)) = (
+        first.schema().index_of(OFFSET),
+        first.schema().index_of(PARTITION),
+    ) else {
+        return Ok(batches);
+    };
+    let all = concat_batches(&first.schema(), &batches)?;
+    drop(batches);
+    let order = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: all.column(offset).clone(),
+                options: None,
+            },
+            SortColumn {
+                values: all.column(partition).clone(),
+                options: None,
+            },
+        ],
+        None,
+    )?;
+    Ok(vec![take_record_batch(&all, &order)?])
+}
+
+/// The column that names each stored row's file while [`touched_files`] looks for them.
+const FILE_COLUMN: &str = "_silver_file";
+
+/// The live files of silver that hold a key of the delivery's `rows`, when they are fewer than
+/// all and together small enough to rewrite in memory ([`REWRITE_ROWS_MAX`]); `None` when the
+/// table is to be read whole: one file, a delivery of half the table's rows or more (it touches
+/// nearly every file), or a file the scan names that the log does not hold. Silver's DIFF tables
+/// are stored in files of [`crate::lake::FILE_ROWS`] rows in arrival order, so the rows a
+/// delivery updates sit in a few files when updates follow arrival (recent rows change, or the
+/// oldest). Reads only the key columns.
+async fn touched_files(
+    ctx: &SessionContext,
+    table: &Table,
+    target: &deltalake::DeltaTable,
+    rows: &[RecordBatch],
+) -> Result<Option<Vec<String>>> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    let live = Lake::live_files(target);
+    let stored: Option<usize> = live.iter().map(|(_, rows)| *rows).sum();
+    let delivered: usize = rows.iter().map(RecordBatch::num_rows).sum();
+    let (Some(stored), Some(first)) = (stored, rows.first()) else {
+        return Ok(None);
+    };
+    if live.len() < 2 || delivered * 2 > stored {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    Lake::register_files(
+        ctx,
+        Layer::Silver,
+        name,
+        "keyed",
+        target,
+        None,
+        Some(FILE_COLUMN),
+    )
+    .await?;
+    let delivery = MemTable::try_new(first.schema(), vec![rows.to_vec()]).map_err(query)?;
+    ctx.register_table("delivery", Arc::new(delivery))
+        .map_err(query)?;
+    let on = key_match(table.key(), "k", "d");
+    let found = collect(
+        ctx,
+        &format!(
+            "SELECT DISTINCT CAST(k.{file} AS VARCHAR) AS file FROM keyed k \
+             WHERE EXISTS (SELECT 1 FROM delivery d WHERE {on})",
+            file = ident(FILE_COLUMN)
+        ),
+    )
+    .await
     .map_err(query)?;
+    for relation in ["keyed", "delivery"] {
+        ctx.deregister_table(relation).map_err(query)?;
+    }
+    let paths: Vec<String> = live.iter().map(|(path, _)| path.clone()).collect();
+    let mut touched = Vec::new();
+    for batch in &found {
+        let column = deltalake::arrow::compute::cast(batch.column(0), &DataType::Utf8)
+            .map_err(|e| query(e.into()))?;
+        for scanned in column.as_string::<i32>().iter().flatten() {
+            let Some(path) = crate::lake::file_of(scanned, &paths) else {
+                return Ok(None);
+            };
+            touched.push(path.clone());
+        }
+    }
+    let touched_rows: usize = live
+        .iter()
+        .filter(|(path, _)| touched.contains(path))
+        .filter_map(|(_, rows)| *rows)
+        .sum();
     tracing::debug!(
         table = name,
-        files = live.files,
-        updated = changes.matched,
-        "silver: rewritten whole instead of merged"
+        files = touched.len(),
+        of = live.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "silver: files holding the delivery's keys found"
     );
-    Ok(Some(whole))
+    if touched.len() == live.len() || touched_rows as u64 > REWRITE_ROWS_MAX {
+        return Ok(None);
+    }
+    Ok(Some(touched))
+}
+
+/// Registers the files `paths` of silver's snapshot `target` (all when `None`) as `stored`,
+/// read into memory: [`changed_rows`] and [`rows_after`] both read every row.
+async fn hold_stored(
+    ctx: &SessionContext,
+    table: &Table,
+    target: &deltalake::DeltaTable,
+    paths: Option<&[String]>,
+) -> Result<()> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    Lake::register_files(ctx, Layer::Silver, name, "stored", target, paths, None).await?;
+    let held = collect(ctx, "SELECT * FROM stored").await.map_err(query)?;
+    ctx.deregister_table("stored").map_err(query)?;
+    let held = MemTable::try_new(held[0].schema(), vec![held]).map_err(query)?;
+    ctx.register_table("stored", Arc::new(held))
+        .map_err(query)?;
+    Ok(())
 }
 
 /// Whether a table of `live` files is stored and small enough to be rewritten whole in memory.
@@ -816,25 +1004,24 @@ fn small_enough_to_rewrite(live: LiveFiles) -> bool {
 /// The 1% delivery at scale 1 (seven such tables) ran 8.72 G instructions against 9.20 G
 /// (callgrind), for 50-80 MiB more at its peak.
 async fn register_stored(
-    lake: &Lake,
     ctx: &SessionContext,
     table: &Table,
+    target: &deltalake::DeltaTable,
     live: LiveFiles,
 ) -> Result<()> {
-    let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
-    lake.register(ctx, Layer::Silver, name, "stored").await?;
-    if !small_enough_to_rewrite(live) {
-        return Ok(());
+    if small_enough_to_rewrite(live) {
+        return hold_stored(ctx, table, target, None).await;
     }
-    let held = collect(ctx, "SELECT * FROM stored").await.map_err(query)?;
-    ctx.deregister_table("stored").map_err(query)?;
-    let held = MemTable::try_new(held[0].schema(), vec![held]).map_err(query)?;
-    ctx.register_table("stored", Arc::new(held))
-        .map_err(query)?;
+    Lake::register_files(
+        ctx,
+        Layer::Silver,
+        table.name(),
+        "stored",
+        target,
+        None,
+        None,
+    )
+    .await?;
     Ok(())
 }
 
@@ -895,7 +1082,8 @@ async fn changed_rows(
         .collect()
         .await
         .map_err(query)?;
-    lake.write(Layer::Silver, name, new, &[], txns.to_vec(), false)
+    let new = in_arrival_order(new).map_err(|e| query(e.into()))?;
+    lake.write_in_files(Layer::Silver, name, new, txns.to_vec(), false)
         .await?;
     Ok(None)
 }

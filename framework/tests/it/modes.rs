@@ -554,6 +554,55 @@ fn diff_changes_to_most_of_a_small_table_rewrite_it_whole_with_the_merge_rules()
 }
 
 #[test]
+fn diff_rewrites_only_the_files_that_hold_a_delivered_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::with_deletes(dir.path());
+    // 40 000 keys: silver stores them in arrival order in files of 16 384 rows, three files.
+    let first: Vec<String> = (0..40_000).map(|i| format!("k{i:05},N{i},1,I")).collect();
+    project.deliver_ops(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let live_files = || {
+        std::fs::read_dir(project.lake().join("silver/accounts"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "parquet")
+            })
+            .count()
+    };
+    assert_eq!(live_files(), 3, "the first load is three files");
+    // The oldest keys change, as the merge rules say: newer versions (k00000-k00009), a newer
+    // delete (k00010), an older version (k00011, ignored), an unchanged row (k00012), and two
+    // new keys. Only the first file holds a delivered key, so it alone is replaced.
+    let mut second: Vec<String> = (0..10).map(|i| format!("k{i:05},M{i},2,I")).collect();
+    second.extend([
+        "k00010,,2,D".to_owned(),
+        "k00011,Old,0,I".to_owned(),
+        "k00012,N12,1,I".to_owned(),
+        "n0,New0,1,I".to_owned(),
+        "n1,New1,1,I".to_owned(),
+    ]);
+    project.deliver_ops(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut expected: Vec<String> = (0..40_000)
+        .filter(|&i| i != 10)
+        .map(|i| match i {
+            0..10 => format!("k{i:05} | M{i} | 2"),
+            _ => format!("k{i:05} | N{i} | 1"),
+        })
+        .collect();
+    expected.extend(["n0 | New0 | 1".to_owned(), "n1 | New1 | 1".to_owned()]);
+    expected.sort();
+    assert_eq!(project.silver(), expected);
+    let removed = last_commit(&project)
+        .iter()
+        .filter(|action| action.get("remove").is_some())
+        .count();
+    assert_eq!(removed, 1, "one file of three replaced");
+}
+
+#[test]
 fn an_append_delivery_is_committed_in_windows_of_half_the_silver_batch_size() {
     let dir = tempfile::tempdir().unwrap();
     let project = Project::new(dir.path(), "APPEND");
