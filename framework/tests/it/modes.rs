@@ -600,6 +600,12 @@ fn diff_rewrites_only_the_files_that_hold_a_delivered_key() {
         .filter(|action| action.get("remove").is_some())
         .count();
     assert_eq!(removed, 1, "one file of three replaced");
+    // New keys only: no file holds one, none is replaced, the rows are added.
+    project.deliver_ops(&["n2,New2,1,I", "n3,New3,1,I"]);
+    assert!(last_commit(&project).iter().all(|a| a.get("remove").is_none()));
+    expected.extend(["n2 | New2 | 1".to_owned(), "n3 | New3 | 1".to_owned()]);
+    expected.sort();
+    assert_eq!(project.silver(), expected);
 }
 
 #[test]
