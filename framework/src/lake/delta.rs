@@ -491,7 +491,7 @@ impl Lake {
         batches: Vec<RecordBatch>,
         txns: Vec<(String, i64)>,
     ) -> Result<()> {
-        replace(delta, removed, batches, txns)
+        replace(delta, table, removed, batches, txns)
             .await
             .map_err(Self::delta_err(layer, table))
     }
@@ -1004,6 +1004,7 @@ fn file_bytes(batches: &[RecordBatch]) -> Option<NonZeroU64> {
 /// See [`Lake::replace_files`].
 async fn replace(
     delta: &DeltaTable,
+    table: &str,
     removed: &[String],
     batches: Vec<RecordBatch>,
     txns: Vec<(String, i64)>,
@@ -1050,6 +1051,7 @@ async fn replace(
         }
         actions.extend(writer.close().await?.into_iter().map(Action::Add));
     }
+    crate::fault::crash_point(&format!("lake-files-written:{table}"));
     let operation = DeltaOperation::Merge {
         // No predicate: the commit read the whole table (its keys), so any commit before it
         // conflicts.

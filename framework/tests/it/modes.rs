@@ -602,10 +602,43 @@ fn diff_rewrites_only_the_files_that_hold_a_delivered_key() {
     assert_eq!(removed, 1, "one file of three replaced");
     // New keys only: no file holds one, none is replaced, the rows are added.
     project.deliver_ops(&["n2,New2,1,I", "n3,New3,1,I"]);
-    assert!(last_commit(&project).iter().all(|a| a.get("remove").is_none()));
+    assert!(
+        last_commit(&project)
+            .iter()
+            .all(|a| a.get("remove").is_none())
+    );
     expected.extend(["n2 | New2 | 1".to_owned(), "n3 | New3 | 1".to_owned()]);
     expected.sort();
     assert_eq!(project.silver(), expected);
+}
+
+#[test]
+fn a_crash_while_files_are_replaced_neither_loses_nor_repeats_a_row() {
+    let first: Vec<String> = (0..40_000).map(|i| format!("k{i:05},N{i},1,I")).collect();
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let second = ["k00000,M0,2,I", "k00001,,2,D", "n0,New0,1,I"];
+    let mut expected: Vec<String> = (2..40_000).map(|i| format!("k{i:05} | N{i} | 1")).collect();
+    expected.extend(["k00000 | M0 | 2".to_owned(), "n0 | New0 | 1".to_owned()]);
+    expected.sort();
+    // Before the commit (the new files written, not yet in the log) and after it.
+    for point in ["lake-files-written:accounts", "silver-after-merge:accounts"] {
+        let dir = tempfile::tempdir().unwrap();
+        let project = Project::with_deletes(dir.path());
+        project.deliver_ops(&first);
+        project.write_delivery("id,name,version,op", &second);
+        let mut crashing = project.run();
+        crashing.env("FRAMEWORK_CRASH_AT", point);
+        let out = output(crashing);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains(&format!("crash point {point}")),
+            "{point} was not reached:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The next run finds the delivery in bronze (it is not sent again) and applies it once.
+        succeeded(output(project.run()));
+        assert_eq!(project.silver(), expected, "after a crash at {point}");
+    }
 }
 
 #[test]
