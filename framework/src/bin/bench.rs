@@ -848,7 +848,9 @@ fn wait_bounded(mut child: Child, cmd: &Command) -> Result<std::process::ExitSta
                 CHILD_LIMIT.as_secs()
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Short: the wall time of a run includes the wait until its end is seen (20 ms steps
+        // added 10 ms to each figure on average, 1% of the 1% delivery's).
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
