@@ -626,7 +626,6 @@ impl Lake {
     /// Registers the snapshot `delta` of `table` under `name` in `ctx`, restricted to the live
     /// files `paths` (as the log holds them) when given, and with each row's file in a column
     /// `file_column` when given (as the scan reports it: see [`file_of`]).
-    #[allow(clippy::too_many_arguments)]
     pub async fn register_files(
         ctx: &SessionContext,
         layer: Layer,
@@ -945,8 +944,8 @@ struct Files {
 /// Rows of a file in the tables written by [`Lake::write_in_files`] and [`Lake::replace_files`]
 /// (silver's DIFF tables): stored in arrival order, a delivery that updates a few rows finds the
 /// files that hold their keys and rewrites those, not the table (silver's `touched_files`). At
-/// scale 1 a 100 k-row table is seven such files; one file of 1 M rows took a 1% delivery's
-/// rewrite of each of five tables through all of it.
+/// scale 1 a 100 k-row table is five to seven such files, and the 1% delivery rewrites one of
+/// each instead of six tables whole.
 pub const FILE_ROWS: usize = 1 << 14;
 
 /// The live file (its path as the log holds it, one of `paths`) that a scan's file column names
@@ -960,9 +959,10 @@ pub fn file_of<'a>(scanned: &str, paths: &'a [String]) -> Option<&'a String> {
     })
 }
 
-/// The Parquet bytes of [`FILE_ROWS`] rows like those of `batches`, as the writer counts them
-/// (values in plain encoding: text as its length and bytes, a fixed-width value as its width);
-/// `None` without rows.
+/// About the Parquet bytes of [`FILE_ROWS`] rows like those of `batches`, the size at which the
+/// writer closes a file (values in plain encoding: text as its length and bytes, a fixed-width
+/// value as its width; a codec that shrinks a column makes the file hold more rows); `None`
+/// without rows.
 fn file_bytes(batches: &[RecordBatch]) -> Option<NonZeroU64> {
     use deltalake::arrow::array::{Array, AsArray};
     use deltalake::arrow::datatypes::DataType;
@@ -1359,8 +1359,6 @@ mod tests {
         );
     }
 
-    /// A kill between creating a table's log folder and its first commit leaves the folder
-    /// without a commit: the table reads as never written, and the next write creates it.
     #[test]
     fn a_scanned_file_is_matched_to_the_log_path_it_ends_with_whole() {
         let paths = vec!["part-1.parquet".to_owned(), "x/part-2.parquet".to_owned()];
@@ -1377,6 +1375,8 @@ mod tests {
         assert_eq!(file_of("file:///lake/t/part-3.parquet", &paths), None);
     }
 
+    /// A kill between creating a table's log folder and its first commit leaves the folder
+    /// without a commit: the table reads as never written, and the next write creates it.
     #[tokio::test]
     async fn a_log_folder_without_a_commit_is_a_table_never_written() {
         let dir = tempfile::tempdir().unwrap();

@@ -848,8 +848,8 @@ async fn rows_after(
 /// `batches` as one batch in arrival order: by bronze offset, then partition (the partitions
 /// advance together). A DIFF table is stored so, in files of [`crate::lake::FILE_ROWS`] rows,
 /// for [`touched_files`]; dedup and the join before leave its rows in runs of arrival order
-/// from each partition, which put the oldest rows of the table in three or four of its six
-/// files at scale 1 instead of the first.
+/// from each partition, which put the oldest rows of each table in two or three of its five to
+/// seven files at scale 1 instead of the first.
 fn in_arrival_order(
     batches: Vec<RecordBatch>,
 ) -> std::result::Result<Vec<RecordBatch>, deltalake::arrow::error::ArrowError> {
