@@ -439,22 +439,12 @@ impl Lake {
         txns: Vec<(String, i64)>,
         overwrite: bool,
     ) -> Result<()> {
-        let delta = self.handle(layer, table).await?;
-        let files = Files {
-            stats_columns: self.stats_columns(table, batches.first(), partition_by),
+        let placement = Placement {
+            partition_by,
             target_bytes: None,
         };
-        commit(
-            delta,
-            batches,
-            partition_by,
-            txns,
-            overwrite,
-            Retry::ByDelta,
-            files,
-        )
-        .await
-        .map_err(Self::delta_err(layer, table))
+        self.write_placed(layer, table, batches, txns, overwrite, placement)
+            .await
     }
 
     /// Appends (or, with `overwrite`, replaces) rows like [`Lake::write`], in files of about
@@ -467,14 +457,39 @@ impl Lake {
         txns: Vec<(String, i64)>,
         overwrite: bool,
     ) -> Result<()> {
-        let delta = self.handle(layer, table).await?;
-        let files = Files {
-            stats_columns: self.stats_columns(table, batches.first(), &[]),
+        let placement = Placement {
+            partition_by: &[],
             target_bytes: file_bytes(&batches),
         };
-        commit(delta, batches, &[], txns, overwrite, Retry::ByDelta, files)
+        self.write_placed(layer, table, batches, txns, overwrite, placement)
             .await
-            .map_err(Self::delta_err(layer, table))
+    }
+
+    async fn write_placed(
+        &self,
+        layer: Layer,
+        table: &str,
+        batches: Vec<RecordBatch>,
+        txns: Vec<(String, i64)>,
+        overwrite: bool,
+        placement: Placement<'_>,
+    ) -> Result<()> {
+        let delta = self.handle(layer, table).await?;
+        let files = Files {
+            stats_columns: self.stats_columns(table, batches.first(), placement.partition_by),
+            target_bytes: placement.target_bytes,
+        };
+        commit(
+            delta,
+            batches,
+            placement.partition_by,
+            txns,
+            overwrite,
+            Retry::ByDelta,
+            files,
+        )
+        .await
+        .map_err(Self::delta_err(layer, table))
     }
 
     /// Replaces the live files `removed` (their paths as the log holds them) of the snapshot
@@ -931,6 +946,13 @@ enum Retry {
     /// table at once, the loser commits as version 1 without checking version 0 for conflicts
     /// (deltalake-core 1.1), and every row of the batch lands twice (seen in the race test).
     Ours,
+}
+
+/// Where a write puts its rows: partitions, and files of a size.
+struct Placement<'a> {
+    partition_by: &'a [&'a str],
+    /// See [`Files::target_bytes`].
+    target_bytes: Option<NonZeroU64>,
 }
 
 /// How a commit lays out its files.

@@ -341,3 +341,27 @@ pub fn keys_from_csv(data: &Path, project: &Project, table: &str) -> HashSet<Str
     }
     keys
 }
+
+/// Asserts that `out` is a process that aborted at the crash point `point`.
+pub fn assert_crashed_at(out: &Output, point: &str) {
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(&format!("crash point {point}")),
+        "{point} was not reached:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Parquet files in `dir` (a Delta table's folder: live or not).
+pub fn parquet_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "parquet")
+        })
+        .count()
+}

@@ -271,13 +271,7 @@ fn a_crash_at_every_silver_and_gold_commit_boundary_neither_loses_nor_repeats_ro
         copy_dir(&bronze, &lake);
         let mut crashing = finish(&lake);
         crashing.env("FRAMEWORK_CRASH_AT", point);
-        let out = output(crashing);
-        assert!(
-            !out.status.success()
-                && String::from_utf8_lossy(&out.stderr).contains(&format!("crash point {point}")),
-            "{point} was not reached:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_crashed_at(&output(crashing), point);
         ok(finish(&lake));
         assert_same_state(&state(&lake), &want, &format!("a crash at {point}"));
         std::fs::remove_dir_all(&lake).unwrap();

@@ -552,16 +552,7 @@ fn the_parquet_codec_is_lz4_raw_unless_the_environment_picks_another() {
             .env("FRAMEWORK_PARQUET_COMPRESSION", "zstd");
         ok(run);
     }
-    let files = std::fs::read_dir(lake.join("silver").join("orders"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|e| e == "parquet")
-        })
-        .count();
+    let files = parquet_files(&lake.join("silver").join("orders"));
     assert_eq!(
         files, 2,
         "the first load's file and the one the MERGE wrote"

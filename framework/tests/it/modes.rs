@@ -560,19 +560,11 @@ fn diff_rewrites_only_the_files_that_hold_a_delivered_key() {
     // 40 000 keys: silver stores them in arrival order in files of 16 384 rows, three files.
     let first: Vec<String> = (0..40_000).map(|i| format!("k{i:05},N{i},1,I")).collect();
     project.deliver_ops(&first.iter().map(String::as_str).collect::<Vec<_>>());
-    let live_files = || {
-        std::fs::read_dir(project.lake().join("silver/accounts"))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "parquet")
-            })
-            .count()
-    };
-    assert_eq!(live_files(), 3, "the first load is three files");
+    assert_eq!(
+        parquet_files(&project.lake().join("silver/accounts")),
+        3,
+        "the first load is three files"
+    );
     // The oldest keys change, as the merge rules say: newer versions (k00000-k00009), a newer
     // delete (k00010), an older version (k00011, ignored), an unchanged row (k00012), and two
     // new keys. Only the first file holds a delivered key, so it alone is replaced.
@@ -628,13 +620,7 @@ fn a_crash_while_files_are_replaced_neither_loses_nor_repeats_a_row() {
         project.write_delivery("id,name,version,op", &second);
         let mut crashing = project.run();
         crashing.env("FRAMEWORK_CRASH_AT", point);
-        let out = output(crashing);
-        assert!(
-            !out.status.success()
-                && String::from_utf8_lossy(&out.stderr).contains(&format!("crash point {point}")),
-            "{point} was not reached:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_crashed_at(&output(crashing), point);
         // The next run finds the delivery in bronze (it is not sent again) and applies it once.
         succeeded(output(project.run()));
         assert_eq!(project.silver(), expected, "after a crash at {point}");
