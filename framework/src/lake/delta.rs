@@ -613,29 +613,8 @@ impl Lake {
             return Ok(None);
         };
         let version = delta.version().unwrap_or(0) as i64;
-        Self::register_loaded(ctx, layer, table, name, &delta).await?;
+        Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
         Ok(Some(version))
-    }
-
-    /// Registers the loaded snapshot `delta` of `table` under `name` in `ctx`.
-    async fn register_loaded(
-        ctx: &SessionContext,
-        layer: Layer,
-        table: &str,
-        name: &str,
-        delta: &DeltaTable,
-    ) -> Result<()> {
-        let query = |source| Error::Query {
-            layer,
-            table: table.to_owned(),
-            source: Box::new(source),
-        };
-        delta
-            .update_datafusion_session(&ctx.state())
-            .map_err(Self::delta_err(layer, table))?;
-        let provider = delta.table_provider().await.map_err(query)?;
-        ctx.register_table(name, provider).map_err(query)?;
-        Ok(())
     }
 
     /// Registers the snapshot `delta` of `table` under `name` in `ctx`, restricted to the live
@@ -718,7 +697,7 @@ impl Lake {
             .load()
             .await
             .map_err(Self::delta_err(layer, table))?;
-        Self::register_loaded(ctx, layer, table, name, &delta).await?;
+        Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
         Ok(Some(version))
     }
 
@@ -823,7 +802,7 @@ impl Lake {
             return Ok(rows);
         }
         let ctx = session();
-        Self::register_loaded(&ctx, layer, table, "t", &delta).await?;
+        Self::register_files(&ctx, layer, table, "t", &delta, None, None).await?;
         let query = |source| Error::Query {
             layer,
             table: table.to_owned(),
