@@ -581,7 +581,9 @@ async fn apply(
             .await?;
         return Ok(());
     }
-    let (Some(target), Mode::Diff | Mode::Append) = (existing, table.mode()) else {
+    // A first load, or a FULL delivery, is written here; a DIFF table with rows stored goes on
+    // (an APPEND table's were handled above).
+    let (Some(target), Mode::Diff) = (existing, table.mode()) else {
         let batches = rows
             .filter(col("_delete").is_false())
             .and_then(|rows| rows.drop_columns(&["_delete"]))
@@ -626,16 +628,18 @@ async fn apply(
     let live = target
         .snapshot()
         .map_or_else(|_| LiveFiles::default(), LiveFiles::of);
-    // Kept as batches (one empty batch when none is left) to be read twice below.
+    // Kept as batches (one empty batch when none is left): read to find the files they touch.
     let rows = collect_batches(rows).await.map_err(query)?;
-    if table.mode() == Mode::Diff
-        && let Some(touched) = touched_files(ctx, table, &target, &rows).await?
-    {
-        hold_stored(ctx, table, &target, Some(&touched)).await?;
-        let rows = ctx.read_batches(rows).map_err(query)?;
-        let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
-            return Ok(());
-        };
+    let touched = touched_files(ctx, table, &target, &rows).await?;
+    let rows = ctx.read_batches(rows).map_err(query)?;
+    match &touched {
+        Some(touched) => hold_stored(ctx, table, &target, Some(touched)).await?,
+        None => register_stored(ctx, table, &target, live).await?,
+    }
+    let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
+        return Ok(());
+    };
+    if let Some(touched) = touched {
         let after = rows_after(ctx, table, &changes, &columns).await?;
         tracing::debug!(
             table = name,
@@ -648,11 +652,6 @@ async fn apply(
             .await?;
         return Ok(());
     }
-    let rows = ctx.read_batches(rows).map_err(query)?;
-    register_stored(ctx, table, &target, live).await?;
-    let Some(changes) = changed_rows(lake, ctx, table, rows, &columns, &txns).await? else {
-        return Ok(());
-    };
     if let Some(whole) = rewrite_whole(ctx, table, live, &changes, &columns).await? {
         lake.write_in_files(Layer::Silver, name, whole, txns, true)
             .await?;
@@ -680,25 +679,21 @@ async fn apply(
         .with_session_state(Arc::new(ctx.state()))
         .with_commit_properties(commit)
         .with_writer_properties(properties);
-    if table.mode() == Mode::Diff {
-        // Newer, or as new and arrived later (a key's messages share a partition).
-        let newer = "(source._sequence > target._sequence OR (source._sequence = target._sequence AND source._offset > target._offset))";
-        if deletes {
-            merge = merge
-                .when_matched_delete(|delete| {
-                    delete.predicate(format!("{newer} AND source._delete"))
-                })
-                .map_err(delta_err)?;
-        }
+    // Newer, or as new and arrived later (a key's messages share a partition).
+    let newer = "(source._sequence > target._sequence OR (source._sequence = target._sequence AND source._offset > target._offset))";
+    if deletes {
         merge = merge
-            .when_matched_update(|update| {
-                columns.iter().fold(
-                    update.predicate(format!("{newer} AND NOT source._delete")),
-                    |u, c| u.update(c.as_str(), format!("source.{}", ident(c))),
-                )
-            })
+            .when_matched_delete(|delete| delete.predicate(format!("{newer} AND source._delete")))
             .map_err(delta_err)?;
     }
+    merge = merge
+        .when_matched_update(|update| {
+            columns.iter().fold(
+                update.predicate(format!("{newer} AND NOT source._delete")),
+                |u, c| u.update(c.as_str(), format!("source.{}", ident(c))),
+            )
+        })
+        .map_err(delta_err)?;
     merge = merge
         .when_not_matched_insert(|insert| {
             columns
