@@ -81,8 +81,11 @@ pub async fn delivered(lake: &Lake, delivery: &Delivery) -> Result<Option<String
     }))
 }
 
-/// Records that `delivery` reached the topic as `messages` messages.
-pub async fn record(lake: &Lake, delivery: &Delivery, messages: u64) -> Result<()> {
+/// Records that each delivery reached the topic as its number of messages, in one commit.
+pub async fn record(lake: &Lake, deliveries: &[(&Delivery, u64)]) -> Result<()> {
+    let Some((first, _)) = deliveries.first() else {
+        return Ok(());
+    };
     let schema = Schema::new(vec![
         Field::new("table", DataType::Utf8, false),
         Field::new("file", DataType::Utf8, false),
@@ -95,22 +98,29 @@ pub async fn record(lake: &Lake, delivery: &Delivery, messages: u64) -> Result<(
             false,
         ),
     ]);
+    let now = Utc::now().timestamp_micros();
+    let column = |cell: fn(&Delivery) -> String| {
+        StringArray::from_iter_values(deliveries.iter().map(|(d, _)| cell(d)))
+    };
     let batch = RecordBatch::try_new(
         Arc::new(schema),
         vec![
-            Arc::new(StringArray::from(vec![delivery.table.clone()])),
-            Arc::new(StringArray::from(vec![delivery.file.clone()])),
-            Arc::new(Int64Array::from(vec![delivery.bytes as i64])),
-            Arc::new(StringArray::from(vec![delivery.hash.clone()])),
-            Arc::new(Int64Array::from(vec![messages as i64])),
+            Arc::new(column(|d| d.table.clone())),
+            Arc::new(column(|d| d.file.clone())),
+            Arc::new(Int64Array::from_iter_values(
+                deliveries.iter().map(|(d, _)| d.bytes as i64),
+            )),
+            Arc::new(column(|d| d.hash.clone())),
+            Arc::new(Int64Array::from_iter_values(
+                deliveries.iter().map(|(_, messages)| *messages as i64),
+            )),
             Arc::new(
-                TimestampMicrosecondArray::from(vec![Utc::now().timestamp_micros()])
-                    .with_timezone("UTC"),
+                TimestampMicrosecondArray::from(vec![now; deliveries.len()]).with_timezone("UTC"),
             ),
         ],
     )
     .map_err(|e| Error::Query {
-        table: delivery.table.clone(),
+        table: first.table.clone(),
         source: e.into(),
     })?;
     lake.write(Layer::Meta, TABLE, vec![batch], &[], vec![], false)

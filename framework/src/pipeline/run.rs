@@ -656,9 +656,10 @@ async fn produce_lane(
     bars: MultiProgress,
     produced: tokio::sync::mpsc::Sender<(crate::idcard::Table, Producing)>,
 ) -> Result<()> {
-    // The delivery record of the table before, committed while this one is checked and sent
-    // (one at a time, so the deliveries table takes its commits in order).
-    let mut recording = None;
+    // The delivery records, committed in order by one task while the lane goes on: those
+    // that queue up while a commit runs share the next one.
+    let (to_record, queued) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_deliveries(lake.clone(), queued));
     let lane = async {
         for table in tables {
             let (finished, producing) = tokio::sync::oneshot::channel();
@@ -667,7 +668,7 @@ async fn produce_lane(
                 break;
             }
             let report = if options.produce {
-                produce_delivery(&table, &bus, &lake, &options, &bars, &mut recording).await?
+                produce_delivery(&table, &bus, &lake, &options, &bars, &to_record).await?
             } else {
                 TableReport {
                     table: table.name().to_owned(),
@@ -680,24 +681,58 @@ async fn produce_lane(
         Ok(())
     }
     .await;
-    // Also after an error: the record in flight is finished, not cut short.
-    let recorded = match recording {
-        Some(last) => joined(last).await,
-        None => Ok(()),
-    };
-    lane.and(recorded)
+    // Also after an error: the records queued are committed, not cut short.
+    drop(to_record);
+    lane.and(joined(recorder).await)
+}
+
+/// A delivery that reached the topic, to be recorded under the lease it was checked under.
+struct Sent {
+    delivery: deliveries::Delivery,
+    messages: u64,
+    lease: crate::lease::Lease,
+}
+
+/// Records each delivery `queued`, in order, those waiting together in one commit; each lease
+/// is held until its record is committed. A failed commit does not stop the records after it
+/// (their files are on the topic too); the first error is returned once the queue closes.
+async fn record_deliveries(
+    lake: Lake,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<Sent>,
+) -> Result<()> {
+    let mut first_error = Ok(());
+    while let Some(sent) = queued.recv().await {
+        let mut group = vec![sent];
+        while let Ok(sent) = queued.try_recv() {
+            group.push(sent);
+        }
+        crate::fault::crash_point("deliveries-before-record");
+        let started = std::time::Instant::now();
+        let records: Vec<_> = group.iter().map(|s| (&s.delivery, s.messages)).collect();
+        let recorded = deliveries::record(&lake, &records).await;
+        tracing::debug!(
+            tables = ?group.iter().map(|s| s.delivery.table.as_str()).collect::<Vec<_>>(),
+            seconds = started.elapsed().as_secs_f64(),
+            "produce: deliveries recorded"
+        );
+        drop(group.into_iter().map(|s| s.lease).collect::<Vec<_>>());
+        if first_error.is_ok() {
+            first_error = recorded;
+        }
+    }
+    first_error
 }
 
 /// Sends `table`'s source file unless the same file was delivered before (checked and
 /// recorded under the table's delivery lease: two runs never both send a new file). The record
-/// is left committing in `recording`, after the one before it.
+/// is left to the recorder, `to_record`, with the lease.
 async fn produce_delivery(
     table: &crate::idcard::Table,
     bus: &Bus,
     lake: &Lake,
     options: &RunOptions,
     bars: &MultiProgress,
-    recording: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+    to_record: &tokio::sync::mpsc::UnboundedSender<Sent>,
 ) -> Result<TableReport> {
     let mut report = TableReport {
         table: table.name().to_owned(),
@@ -745,26 +780,12 @@ async fn produce_delivery(
         .await?
     };
     bar.finish_and_clear();
-    // The record before this one first; this one is recorded even if that one failed (it is
-    // on the topic), then that error is the lane's.
-    let before = match recording.take() {
-        Some(before) => joined(before).await,
-        None => Ok(()),
-    };
-    let (lake, name) = (lake.clone(), table.name().to_owned());
-    let messages = stats.messages;
-    *recording = Some(tokio::spawn(async move {
-        let _lease = lease;
-        let started = std::time::Instant::now();
-        deliveries::record(&lake, &delivery, messages).await?;
-        tracing::debug!(
-            table = name,
-            seconds = started.elapsed().as_secs_f64(),
-            "produce: delivery recorded"
-        );
-        Ok(())
-    }));
-    before?;
+    // The recorder ends only after this lane: it is still there to take the record.
+    let _ = to_record.send(Sent {
+        delivery,
+        messages: stats.messages,
+        lease,
+    });
     report.rows_read = stats.rows_read;
     report.produced = stats.messages;
     report.warnings = stats.warnings;

@@ -209,6 +209,73 @@ fn a_run_racing_a_producer_on_the_same_table_stores_every_message_once() {
     );
 }
 
+/// Two runs sending the same files at once: each file reaches its topic once, because a run
+/// holds a table's delivery lease from its check until its record is committed. The first run
+/// pauses before its record; the second starts then, waits for the lease, finds the record and
+/// sends nothing.
+#[test]
+fn two_runs_sending_the_same_files_at_once_send_each_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "--until",
+        "produce",
+        "--table",
+        "sellers",
+        "--table",
+        "customers",
+    ];
+    let single = dir.path().join("single");
+    let mut run = framework(&single);
+    run.args(args).arg("--data").arg(sample());
+    ok(run);
+
+    let raced = dir.path().join("raced");
+    let mut first = framework(&raced);
+    first
+        .args(args)
+        .arg("--data")
+        .arg(sample())
+        .env("FRAMEWORK_PAUSE_AT", "deliveries-before-record=1500")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut first = first.spawn().unwrap();
+    // The second starts once the first has sent a file and sleeps before recording it.
+    let mut stderr = std::io::BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "the first run ended before its pause");
+        if line.contains("pause point deliveries-before-record") {
+            break;
+        }
+    }
+    let mut second = framework(&raced);
+    second.args(args).arg("--data").arg(sample());
+    let second = ok(second);
+    let status = wait_within(&mut first, TIMEOUT).expect("the first run hangs");
+    assert!(status.success(), "the first run failed");
+    let said = String::from_utf8_lossy(&second.stdout);
+    let project = project();
+    for table in ["sellers", "customers"] {
+        let t = project.table(table).unwrap();
+        let partitions = t.config.topic.partitions;
+        assert_eq!(
+            topic_messages(&raced, t.topic(), partitions),
+            topic_messages(&single, t.topic(), partitions),
+            "{table}: messages on the topic after two runs vs one"
+        );
+        assert!(
+            said.contains(&format!(
+                "produce {table}: {} was already ingested",
+                t.config.source.path
+            )),
+            "{table}: the second run did not find the first's record:\n{said}"
+        );
+    }
+}
+
 /// Silver refines two tables at once, but a table still waits for the silver of the tables it
 /// enriches from: products' silver is held for 2 s before its commit while order_items' bronze
 /// comes in, and every item whose product has a category must still carry it.
