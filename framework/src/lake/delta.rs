@@ -617,6 +617,23 @@ impl Lake {
         Ok(Some(version))
     }
 
+    /// Registers the table under `name` in `ctx` and returns what its files' statistics count
+    /// in the snapshot registered (`None` when the table does not exist; counts `None` when the
+    /// statistics do not give them).
+    pub async fn register_counted(
+        &self,
+        ctx: &SessionContext,
+        layer: Layer,
+        table: &str,
+        name: &str,
+    ) -> Result<Option<Option<NullCounts>>> {
+        let Some(delta) = self.open(layer, table).await? else {
+            return Ok(None);
+        };
+        Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
+        Ok(Some(delta.snapshot().ok().and_then(NullCounts::of)))
+    }
+
     /// Registers the snapshot `delta` of `table` under `name` in `ctx`, restricted to the live
     /// files `paths` (as the log holds them) when given, and with each row's file in a column
     /// `file_column` when given (as the scan reports it: see [`file_of`]).
@@ -851,6 +868,56 @@ impl LiveFiles {
                     .map(|(a, b)| a + b as u64),
             },
         )
+    }
+}
+
+/// Rows and null cells per column of a table's snapshot, read from its files' statistics in the
+/// log (no data file is opened). A column is counted only when every file's statistics give
+/// its nulls; nothing is counted when a file lacks its row count or carries a deletion vector
+/// (its statistics would count rows it deletes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NullCounts {
+    pub rows: u64,
+    pub nulls: std::collections::HashMap<String, u64>,
+}
+
+impl NullCounts {
+    pub fn of(snapshot: &deltalake::table::state::DeltaTableState) -> Option<Self> {
+        let mut counts: Option<Self> = None;
+        for file in snapshot.log_data().iter() {
+            if file.deletion_vector_descriptor().is_some() {
+                return None;
+            }
+            let stats: serde_json::Value = serde_json::from_str(&file.stats()?).ok()?;
+            let rows = stats.get("numRecords")?.as_u64()?;
+            let nulls = stats
+                .get("nullCount")
+                .and_then(|n| n.as_object())
+                .map(|columns| {
+                    columns
+                        .iter()
+                        .filter_map(|(column, n)| Some((column.clone(), n.as_u64()?)))
+                        .collect::<std::collections::HashMap<_, _>>()
+                })
+                .unwrap_or_default();
+            counts = Some(match counts {
+                None => Self { rows, nulls },
+                Some(mut totals) => {
+                    totals.rows += rows;
+                    totals
+                        .nulls
+                        .retain(|column, total| match nulls.get(column) {
+                            Some(n) => {
+                                *total += n;
+                                true
+                            }
+                            None => false,
+                        });
+                    totals
+                }
+            });
+        }
+        Some(counts.unwrap_or_default())
     }
 }
 
@@ -1282,6 +1349,48 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    /// The nulls of a column are summed over every file's statistics, counted by hand here; a
+    /// column past those the statistics index (the first 32) is not counted, so a check falls
+    /// back to scanning it.
+    #[tokio::test]
+    async fn nulls_and_rows_are_summed_over_the_files_statistics() {
+        use deltalake::arrow::array::{ArrayRef, Int64Array};
+        use deltalake::arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::at(&dir.path().to_string_lossy());
+        let schema = Arc::new(Schema::new(
+            (0..40)
+                .map(|c| Field::new(format!("c{c}"), DataType::Int64, true))
+                .collect::<Vec<_>>(),
+        ));
+        // c0 has 0, 2 and 1 nulls in the three files; c39 one null in the last.
+        for c0 in [
+            vec![Some(1), Some(2)],
+            vec![None, Some(3), None],
+            vec![None, Some(4), Some(5), Some(6)],
+        ] {
+            let rows = c0.len();
+            let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(c0))];
+            for c in 1..40 {
+                let mut values = vec![Some(c); rows];
+                if c == 39 && rows == 4 {
+                    values[0] = None;
+                }
+                columns.push(Arc::new(Int64Array::from(values)));
+            }
+            let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+            lake.write(Layer::Silver, "t", vec![batch], &[], vec![], false)
+                .await
+                .unwrap();
+        }
+        let delta = lake.open(Layer::Silver, "t").await.unwrap().unwrap();
+        let counts = NullCounts::of(delta.snapshot().unwrap()).unwrap();
+        assert_eq!(counts.rows, 9);
+        assert_eq!(counts.nulls.get("c0"), Some(&3));
+        assert_eq!(counts.nulls.get("c1"), Some(&0));
+        assert_eq!(counts.nulls.get("c39"), None);
     }
 
     /// Hexadecimal ids and floating-point measures, which LZ4 does not shrink, are written

@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::idcard::Action;
 use crate::idcard::config::{ExpectationConfig, Range};
-use crate::lake::{Lake, Layer, session};
+use crate::lake::{Lake, Layer, NullCounts, session};
 use crate::silver::sql::{ident, ident_list, passes};
 
 use super::compile::{Check, Rule};
@@ -66,8 +66,15 @@ pub async fn evaluate_checks(
     run_id: &str,
 ) -> Result<Vec<CheckResult>> {
     let ctx = session();
-    register(lake, &ctx, checks).await?;
-    let counted = shared_scans(&ctx, checks).await;
+    let statistics = register(lake, &ctx, checks).await?;
+    let mut counted = counted_by_statistics(checks, &statistics);
+    let to_scan: Vec<(usize, &Check)> = checks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !counted.contains_key(i))
+        .map(|(i, c)| (i, *c))
+        .collect();
+    counted.extend(shared_scans(&ctx, &to_scan).await);
     // Each check is a small query: planning, a scan and a few rows out. Several at a time, each
     // counted on a task of its own (`collect_apart`), keep both cores busy (the results keep
     // the checks' order).
@@ -128,8 +135,14 @@ pub fn new_run_id() -> String {
     )
 }
 
-/// Registers every table the checks read, by its relation (`silver.orders`, `gold.x`, ...).
-async fn register(lake: &Lake, ctx: &SessionContext, checks: &[&Check]) -> Result<()> {
+/// Registers every table the checks read, by its relation (`silver.orders`, `gold.x`, ...), and
+/// returns what each one's file statistics count.
+async fn register(
+    lake: &Lake,
+    ctx: &SessionContext,
+    checks: &[&Check],
+) -> Result<std::collections::HashMap<String, NullCounts>> {
+    let mut statistics = std::collections::HashMap::new();
     let catalog = ctx
         .catalog("datafusion")
         .expect("the default catalog exists");
@@ -145,11 +158,35 @@ async fn register(lake: &Lake, ctx: &SessionContext, checks: &[&Check]) -> Resul
         }
         if let Some(layer) = layer_of(&schema) {
             // A missing table is reported by the check that reads it.
-            lake.register(ctx, layer, &table, &format!("{schema}.{table}"))
-                .await?;
+            let relation = format!("{schema}.{table}");
+            if let Some(Some(counts)) = lake.register_counted(ctx, layer, &table, &relation).await?
+            {
+                statistics.insert(relation, counts);
+            }
         }
     }
-    Ok(())
+    Ok(statistics)
+}
+
+/// Failing and total rows of the checks (by index in `checks`) that the tables' file
+/// statistics answer exactly, without a scan: nulls in a column, and row counts.
+fn counted_by_statistics(
+    checks: &[&Check],
+    statistics: &std::collections::HashMap<String, NullCounts>,
+) -> std::collections::HashMap<usize, (u64, u64)> {
+    checks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, check)| {
+            let counts = statistics.get(check.relation.as_deref()?)?;
+            let failing = match &check.rule {
+                Rule::NotNull { column } => *counts.nulls.get(column)?,
+                Rule::RowCount { .. } => 0,
+                _ => return None,
+            };
+            Some((i, (failing, counts.rows)))
+        })
+        .collect()
 }
 
 /// Splits `checks` into those whose tables all exist in the lake and those reading a table not
@@ -197,11 +234,11 @@ struct Outcome {
 /// which report their own errors.
 async fn shared_scans(
     ctx: &SessionContext,
-    checks: &[&Check],
+    checks: &[(usize, &Check)],
 ) -> std::collections::HashMap<usize, (u64, u64)> {
     let mut by_relation: std::collections::BTreeMap<&str, Vec<(usize, String)>> =
         Default::default();
-    for (i, check) in checks.iter().enumerate() {
+    for &(i, check) in checks {
         if let (Some(relation), Some(failed)) = (&check.relation, row_predicate(&check.rule)) {
             by_relation
                 .entry(relation.as_str())
@@ -301,9 +338,12 @@ async fn evaluate_rule(
             outcome.sample = missing.iter().chain(&extra).map(|s| (*s).clone()).collect();
         }
         Rule::RowCount { min, max } => {
-            let n = count(ctx, &format!("SELECT count(*) FROM {relation}"))
-                .await
-                .map_err(query)?;
+            let n = match counted {
+                Some((_, rows)) => rows,
+                None => count(ctx, &format!("SELECT count(*) FROM {relation}"))
+                    .await
+                    .map_err(query)?,
+            };
             let ok = min.is_none_or(|m| n as f64 >= m) && max.is_none_or(|m| n as f64 <= m);
             outcome.failing = u64::from(!ok);
             outcome.observed = format!("{n} rows");
