@@ -626,12 +626,15 @@ impl Lake {
         layer: Layer,
         table: &str,
         name: &str,
+        columns: &[&str],
     ) -> Result<Option<Option<NullCounts>>> {
         let Some(delta) = self.open(layer, table).await? else {
             return Ok(None);
         };
         Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
-        Ok(Some(delta.snapshot().ok().and_then(NullCounts::of)))
+        Ok(Some(delta.snapshot().ok().and_then(|snapshot| {
+            NullCounts::of(snapshot, columns.iter().copied())
+        })))
     }
 
     /// Registers the snapshot `delta` of `table` under `name` in `ctx`, restricted to the live
@@ -882,42 +885,67 @@ pub struct NullCounts {
 }
 
 impl NullCounts {
-    pub fn of(snapshot: &deltalake::table::state::DeltaTableState) -> Option<Self> {
-        let mut counts: Option<Self> = None;
-        for file in snapshot.log_data().iter() {
-            if file.deletion_vector_descriptor().is_some() {
-                return None;
-            }
-            let stats: serde_json::Value = serde_json::from_str(&file.stats()?).ok()?;
-            let rows = stats.get("numRecords")?.as_u64()?;
-            let nulls = stats
-                .get("nullCount")
-                .and_then(|n| n.as_object())
-                .map(|columns| {
-                    columns
-                        .iter()
-                        .filter_map(|(column, n)| Some((column.clone(), n.as_u64()?)))
-                        .collect::<std::collections::HashMap<_, _>>()
-                })
-                .unwrap_or_default();
-            counts = Some(match counts {
-                None => Self { rows, nulls },
-                Some(mut totals) => {
-                    totals.rows += rows;
-                    totals
-                        .nulls
-                        .retain(|column, total| match nulls.get(column) {
-                            Some(n) => {
-                                *total += n;
-                                true
-                            }
-                            None => false,
-                        });
-                    totals
+    /// The rows, and the nulls of those of `columns` every file's statistics count.
+    pub fn of<'a>(
+        snapshot: &deltalake::table::state::DeltaTableState,
+        columns: impl IntoIterator<Item = &'a str>,
+    ) -> Option<Self> {
+        let files = FileStatistics::of(snapshot)?;
+        let rows = files.rows().into_iter().sum::<Option<i64>>()?;
+        let nulls = columns
+            .into_iter()
+            .filter_map(|column| {
+                let total = files
+                    .column("nullCount", column)
+                    .into_iter()
+                    .sum::<Option<i64>>()?;
+                Some((column.to_owned(), total.max(0) as u64))
+            })
+            .collect();
+        Some(Self {
+            rows: rows.max(0) as u64,
+            nulls,
+        })
+    }
+}
+
+/// The statistics the log holds for each live file of a snapshot (`numRecords`, `nullCount`,
+/// `minValues`, `maxValues`), a column at a time: one entry per file, `None` where a file does
+/// not give it.
+struct FileStatistics {
+    files: Vec<serde_json::Value>,
+}
+
+impl FileStatistics {
+    /// `None` when a file carries a deletion vector (its statistics would count rows it
+    /// deletes) or has no statistics.
+    fn of(snapshot: &deltalake::table::state::DeltaTableState) -> Option<Self> {
+        let files = snapshot
+            .log_data()
+            .iter()
+            .map(|file| {
+                if file.deletion_vector_descriptor().is_some() {
+                    return None;
                 }
-            });
-        }
-        Some(counts.unwrap_or_default())
+                serde_json::from_str(&file.stats()?).ok()
+            })
+            .collect::<Option<_>>()?;
+        Some(Self { files })
+    }
+
+    fn rows(&self) -> Vec<Option<i64>> {
+        self.files
+            .iter()
+            .map(|stats| stats.get("numRecords")?.as_i64())
+            .collect()
+    }
+
+    /// `kind` is `minValues`, `maxValues` or `nullCount`.
+    fn column(&self, kind: &str, column: &str) -> Vec<Option<i64>> {
+        self.files
+            .iter()
+            .map(|stats| stats.get(kind)?.get(column)?.as_i64())
+            .collect()
     }
 }
 
@@ -1386,7 +1414,7 @@ mod tests {
                 .unwrap();
         }
         let delta = lake.open(Layer::Silver, "t").await.unwrap().unwrap();
-        let counts = NullCounts::of(delta.snapshot().unwrap()).unwrap();
+        let counts = NullCounts::of(delta.snapshot().unwrap(), ["c0", "c1", "c39"]).unwrap();
         assert_eq!(counts.rows, 9);
         assert_eq!(counts.nulls.get("c0"), Some(&3));
         assert_eq!(counts.nulls.get("c1"), Some(&0));

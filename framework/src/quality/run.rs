@@ -159,7 +159,17 @@ async fn register(
         if let Some(layer) = layer_of(&schema) {
             // A missing table is reported by the check that reads it.
             let relation = format!("{schema}.{table}");
-            if let Some(Some(counts)) = lake.register_counted(ctx, layer, &table, &relation).await?
+            let not_null: Vec<&str> = checks
+                .iter()
+                .filter(|c| c.relation.as_deref() == Some(relation.as_str()))
+                .filter_map(|c| match &c.rule {
+                    Rule::NotNull { column } => Some(column.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(Some(counts)) = lake
+                .register_counted(ctx, layer, &table, &relation, &not_null)
+                .await?
             {
                 statistics.insert(relation, counts);
             }
