@@ -414,6 +414,19 @@ impl Lake {
             })
     }
 
+    /// Latest transaction version of each of `app_ids` in the snapshot `delta` of `table`
+    /// (absent ids are left out).
+    pub async fn txn_versions_in(
+        delta: &DeltaTable,
+        layer: Layer,
+        table: &str,
+        app_ids: &[String],
+    ) -> Result<TxnVersions> {
+        versions_in(delta, app_ids.iter())
+            .await
+            .map_err(Self::delta_err(layer, table))
+    }
+
     /// Latest transaction version of each of `app_ids` in the table (absent ids are left out).
     pub async fn txn_versions(
         &self,

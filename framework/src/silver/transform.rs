@@ -121,9 +121,10 @@ async fn refine_leased(
     };
     let ctx = session();
     let mut stats = SilverStats::default();
-    if !lake.register(&ctx, Layer::Bronze, name, "bronze").await? {
+    let Some(bronze) = lake.open(Layer::Bronze, name).await? else {
         return Ok(stats);
-    }
+    };
+    Lake::register_files(&ctx, Layer::Bronze, name, "bronze", &bronze, None, None).await?;
     let register_s = started.elapsed().as_secs_f64();
     let partitions = table.config.topic.partitions;
     let cursor = Cursor::new(Stage::Silver, table.topic(), partitions);
@@ -131,24 +132,40 @@ async fn refine_leased(
     let filter = done.sql_past();
     let cursor_s = started.elapsed().as_secs_f64() - register_s;
 
-    // Where the delivery ends in each partition.
-    let last = collect(&ctx, &format!("SELECT {PARTITION}, max({OFFSET}) + 1 AS e FROM bronze WHERE {filter} GROUP BY {PARTITION}"))
-        .await
-        .map_err(query)?;
+    // Where the delivery ends in each partition: at the offset bronze takes next there, which
+    // it records with its rows in each commit (every row before it is in bronze, or in the
+    // reject table), read from the snapshot registered. A partition bronze has no record of
+    // (a table written some other way) makes a query find the last offset of each instead.
     let mut ends = cursor.ends();
-    for batch in &last {
-        let parts = batch
-            .column(0)
-            .as_primitive::<deltalake::arrow::datatypes::Int32Type>();
-        let end = batch.column(1).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            ends.reach(parts.value(i) as u32, end.value(i));
+    let ingested = Cursor::new(Stage::Bronze, table.topic(), partitions);
+    let recorded = Lake::txn_versions_in(&bronze, Layer::Bronze, name, &ingested.app_ids()).await?;
+    let from_bronze_records = recorded.len() == partitions as usize;
+    if from_bronze_records {
+        let next = ingested.offsets(&recorded);
+        for partition in 0..partitions {
+            if next.next(partition) > done.next(partition) {
+                ends.reach(partition, next.next(partition));
+            }
+        }
+    } else {
+        let last = collect(&ctx, &format!("SELECT {PARTITION}, max({OFFSET}) + 1 AS e FROM bronze WHERE {filter} GROUP BY {PARTITION}"))
+            .await
+            .map_err(query)?;
+        for batch in &last {
+            let parts = batch
+                .column(0)
+                .as_primitive::<deltalake::arrow::datatypes::Int32Type>();
+            let end = batch.column(1).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                ends.reach(parts.value(i) as u32, end.value(i));
+            }
         }
     }
     tracing::debug!(
         table = name,
         register_s,
         cursor_s,
+        from_bronze_records,
         seconds = started.elapsed().as_secs_f64(),
         "silver: delivery's ends found"
     );

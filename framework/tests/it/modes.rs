@@ -657,3 +657,35 @@ fn an_append_delivery_is_committed_in_windows_of_half_the_silver_batch_size() {
         "bronze per partition: {per_partition:?}"
     );
 }
+
+/// Silver finds where a delivery ends from the offsets bronze records with its rows. A bronze
+/// table written without those records (by another writer) is read to its last offset instead:
+/// every row still reaches silver.
+#[test]
+fn a_bronze_table_without_offset_records_is_refined_to_its_last_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--table", "sellers", "--until", "bronze", "--data"])
+        .arg(sample());
+    ok(run);
+    let rows = batches(&lake, Layer::Bronze, "sellers", "SELECT * FROM t");
+    assert!(rows.iter().map(|b| b.num_rows()).sum::<usize>() > 100);
+    // The same rows, written again without the offsets; the topic emptied, so that bronze
+    // takes nothing new.
+    std::fs::remove_dir_all(lake.join("bronze/sellers")).unwrap();
+    std::fs::remove_dir_all(lake.join("_bus")).unwrap();
+    runtime().block_on(async {
+        framework::lake::Lake::new(&lake)
+            .write(Layer::Bronze, "sellers", rows, &[], vec![], false)
+            .await
+            .unwrap();
+    });
+    let mut refine = framework(&lake);
+    refine.args(["run", "--table", "sellers", "--no-produce", "--until", "silver"]);
+    ok(refine);
+    assert_eq!(
+        count(&lake, Layer::Silver, "sellers"),
+        distinct_keys_from_csv(&sample(), &project(), "sellers")
+    );
+}
