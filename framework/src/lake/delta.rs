@@ -908,10 +908,7 @@ impl NullCounts {
         let nulls = columns
             .into_iter()
             .filter_map(|column| {
-                let total = files
-                    .column("nullCount", column)
-                    .into_iter()
-                    .sum::<Option<i64>>()?;
+                let total = files.nulls(column).into_iter().sum::<Option<i64>>()?;
                 Some((column.to_owned(), total.max(0) as u64))
             })
             .collect();
@@ -922,9 +919,8 @@ impl NullCounts {
     }
 }
 
-/// The statistics the log holds for each live file of a snapshot (`numRecords`, `nullCount`,
-/// `minValues`, `maxValues`), a column at a time: one entry per file, `None` where a file does
-/// not give it.
+/// The statistics the log holds for each live file of a snapshot (its rows, and its nulls per
+/// column): one entry per file, `None` where a file does not give it.
 struct FileStatistics {
     files: Vec<serde_json::Value>,
 }
@@ -953,11 +949,10 @@ impl FileStatistics {
             .collect()
     }
 
-    /// `kind` is `minValues`, `maxValues` or `nullCount`.
-    fn column(&self, kind: &str, column: &str) -> Vec<Option<i64>> {
+    fn nulls(&self, column: &str) -> Vec<Option<i64>> {
         self.files
             .iter()
-            .map(|stats| stats.get(kind)?.get(column)?.as_i64())
+            .map(|stats| stats.get("nullCount")?.get(column)?.as_i64())
             .collect()
     }
 }

@@ -690,7 +690,8 @@ async fn produce_lane(
 struct Sent {
     delivery: deliveries::Delivery,
     messages: u64,
-    lease: crate::lease::Lease,
+    /// Held until the record is committed.
+    _lease: crate::lease::Lease,
 }
 
 /// Records each delivery `queued`, in order, those waiting together in one commit; each lease
@@ -715,7 +716,8 @@ async fn record_deliveries(
             seconds = started.elapsed().as_secs_f64(),
             "produce: deliveries recorded"
         );
-        drop(group.into_iter().map(|s| s.lease).collect::<Vec<_>>());
+        // The leases with them.
+        drop(group);
         if first_error.is_ok() {
             first_error = recorded;
         }
@@ -784,7 +786,7 @@ async fn produce_delivery(
     let _ = to_record.send(Sent {
         delivery,
         messages: stats.messages,
-        lease,
+        _lease: lease,
     });
     report.rows_read = stats.rows_read;
     report.produced = stats.messages;

@@ -682,7 +682,14 @@ fn a_bronze_table_without_offset_records_is_refined_to_its_last_row() {
             .unwrap();
     });
     let mut refine = framework(&lake);
-    refine.args(["run", "--table", "sellers", "--no-produce", "--until", "silver"]);
+    refine.args([
+        "run",
+        "--table",
+        "sellers",
+        "--no-produce",
+        "--until",
+        "silver",
+    ]);
     ok(refine);
     assert_eq!(
         count(&lake, Layer::Silver, "sellers"),
