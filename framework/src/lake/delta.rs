@@ -437,9 +437,7 @@ impl Lake {
         let Some(delta) = self.open(layer, table).await? else {
             return Ok(TxnVersions::new());
         };
-        versions_in(&delta, app_ids.iter())
-            .await
-            .map_err(Self::delta_err(layer, table))
+        Self::txn_versions_in(&delta, layer, table, app_ids).await
     }
 
     /// Appends (or, with `overwrite`, replaces) rows and records `txns` in the same commit.
@@ -904,7 +902,7 @@ impl NullCounts {
         columns: impl IntoIterator<Item = &'a str>,
     ) -> Option<Self> {
         let files = FileStatistics::of(snapshot)?;
-        let rows = files.rows().into_iter().sum::<Option<i64>>()?;
+        let rows = LiveFiles::of(snapshot).rows?;
         let nulls = columns
             .into_iter()
             .filter_map(|column| {
@@ -912,15 +910,12 @@ impl NullCounts {
                 Some((column.to_owned(), total.max(0) as u64))
             })
             .collect();
-        Some(Self {
-            rows: rows.max(0) as u64,
-            nulls,
-        })
+        Some(Self { rows, nulls })
     }
 }
 
-/// The statistics the log holds for each live file of a snapshot (its rows, and its nulls per
-/// column): one entry per file, `None` where a file does not give it.
+/// The statistics the log holds for each live file of a snapshot, for its nulls per column: one
+/// entry per file, `None` where a file does not give it (its rows: [`LiveFiles`]).
 struct FileStatistics {
     files: Vec<serde_json::Value>,
 }
@@ -940,13 +935,6 @@ impl FileStatistics {
             })
             .collect::<Option<_>>()?;
         Some(Self { files })
-    }
-
-    fn rows(&self) -> Vec<Option<i64>> {
-        self.files
-            .iter()
-            .map(|stats| stats.get("numRecords")?.as_i64())
-            .collect()
     }
 
     fn nulls(&self, column: &str) -> Vec<Option<i64>> {
