@@ -237,16 +237,26 @@ fn two_runs_sending_the_same_files_at_once_send_each_file_once() {
         .arg("--data")
         .arg(sample())
         .env("FRAMEWORK_PAUSE_AT", "deliveries-before-record=1500")
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut first = first.spawn().unwrap();
-    // The second starts once the first has sent a file and sleeps before recording it.
-    let mut stderr = std::io::BufReader::new(first.stderr.take().unwrap());
-    let mut line = String::new();
+    // The second starts once the first has sent a file and sleeps before recording it. The
+    // first's stderr is read to its end on a thread of its own, so that waiting for the line
+    // has a limit.
+    let stderr = first.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        line.clear();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "the first run ended before its pause");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = seen
+            .recv_timeout(left)
+            .expect("the first run ended or hung before its pause");
         if line.contains("pause point deliveries-before-record") {
             break;
         }
