@@ -601,39 +601,7 @@ async fn apply(
     // A first load, or a FULL delivery, is written here; a DIFF table with rows stored goes on
     // (an APPEND table's were handled above).
     let (Some(target), Mode::Diff) = (existing, table.mode()) else {
-        let batches = rows
-            .filter(col("_delete").is_false())
-            .and_then(|rows| rows.drop_columns(&["_delete"]))
-            .map_err(query)?
-            .collect()
-            .await
-            .map_err(query)?;
-        // Collected: the batch's deduplicated rows are not read again.
-        ctx.deregister_table("latest").map_err(query)?;
-        if let Some(known) = known {
-            known.add(&batches).map_err(|e| query(e.into()))?;
-        }
-        let overwrite = table.mode() == Mode::Full;
-        if overwrite && stored && same_snapshot(lake, ctx, table, &batches).await? {
-            tracing::debug!(
-                table = name,
-                "silver: the snapshot equals the stored one; only its offsets are recorded"
-            );
-            // No rows: a commit of the offsets alone.
-            let none = RecordBatch::new_empty(batches[0].schema());
-            lake.write(Layer::Silver, name, vec![none], &[], txns, false)
-                .await?;
-            return Ok(());
-        }
-        if table.mode() == Mode::Diff {
-            let batches = in_arrival_order(batches).map_err(|e| query(e.into()))?;
-            lake.write_in_files(Layer::Silver, name, batches, txns, false)
-                .await?;
-        } else {
-            lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
-                .await?;
-        }
-        return Ok(());
+        return write_delivery(lake, ctx, table, rows, txns, known, stored).await;
     };
     let columns: Vec<String> = rows
         .schema()
@@ -674,6 +642,78 @@ async fn apply(
             .await?;
         return Ok(());
     }
+    merge_into(ctx, table, target, changes, &columns, txns).await
+}
+
+/// Writes a first load, or a FULL delivery, as it is: a DIFF table's rows in arrival order, in
+/// files of [`crate::lake::FILE_ROWS`] rows; a FULL snapshot that equals the stored one commits
+/// its offsets alone.
+async fn write_delivery(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &Table,
+    rows: DataFrame,
+    txns: Vec<(String, i64)>,
+    known: Option<&mut KnownKeys>,
+    stored: bool,
+) -> Result<()> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    let batches = rows
+        .filter(col("_delete").is_false())
+        .and_then(|rows| rows.drop_columns(&["_delete"]))
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)?;
+    // Collected: the batch's deduplicated rows are not read again.
+    ctx.deregister_table("latest").map_err(query)?;
+    if let Some(known) = known {
+        known.add(&batches).map_err(|e| query(e.into()))?;
+    }
+    let overwrite = table.mode() == Mode::Full;
+    if overwrite && stored && same_snapshot(lake, ctx, table, &batches).await? {
+        tracing::debug!(
+            table = name,
+            "silver: the snapshot equals the stored one; only its offsets are recorded"
+        );
+        // No rows: a commit of the offsets alone.
+        let none = RecordBatch::new_empty(batches[0].schema());
+        lake.write(Layer::Silver, name, vec![none], &[], txns, false)
+            .await?;
+        return Ok(());
+    }
+    if table.mode() == Mode::Diff {
+        let batches = in_arrival_order(batches).map_err(|e| query(e.into()))?;
+        lake.write_in_files(Layer::Silver, name, batches, txns, false)
+            .await?;
+    } else {
+        lake.write(Layer::Silver, name, batches, &[], txns, overwrite)
+            .await?;
+    }
+    Ok(())
+}
+
+/// MERGE INTO silver of a DIFF delivery's `changes`, when neither the files holding their keys
+/// nor the whole table are rewritten: a newer row (by `_sequence`, then `_offset`) updates its
+/// key, or deletes it when the idcard's `delete_when` marked it; a new key is inserted.
+async fn merge_into(
+    ctx: &SessionContext,
+    table: &Table,
+    target: deltalake::DeltaTable,
+    changes: Changed,
+    columns: &[String],
+    txns: Vec<(String, i64)>,
+) -> Result<()> {
+    let name = table.name();
+    let query = |source| Error::Query {
+        table: name.to_owned(),
+        source,
+    };
+    let deletes = table.config.delete_when.is_some();
     let properties = crate::lake::writer_properties(&changes.rows);
     let changes = ctx
         .read_batches(changes.rows)
