@@ -228,6 +228,7 @@ impl Place<'_> {
     }
 }
 
+/// One check of a suite, compiled: its rule, the table it reads (with its keys) and its name.
 fn compile_check(
     suite: &SuiteConfig,
     c: &CheckConfig,
@@ -235,15 +236,56 @@ fn compile_check(
     models: &Models,
     place: &Place<'_>,
 ) -> Result<Check, Diagnostic> {
-    let missing = |field: &str| {
-        place.error(
-            "",
-            format!("{} needs `{field}`", c.expect.name()),
-            Some(format!("add `{field}:` to this check")),
-        )
+    let rule = rule_of(c, place)?;
+    let (table, relation, keys) = match (&rule, &c.table) {
+        (Rule::NoRows { .. }, _) => (None, None, Vec::new()),
+        (_, None) => return Err(missing_field(c, place, "table")),
+        (_, Some(table)) => {
+            let (relation, keys) =
+                resolve_table(suite.layer, table, project, models).map_err(|hint| {
+                    place.error(
+                        "table",
+                        format!("unknown {} table `{table}`", suite.layer.name()),
+                        Some(hint),
+                    )
+                })?;
+            check_columns(suite.layer, table, &rule, project, place)?;
+            (Some(table.clone()), Some(relation), keys)
+        }
     };
+    refuse_row_actions(suite, c, place)?;
+    let name = check_name(c);
+    Ok(Check {
+        suite: suite.suite.clone(),
+        name,
+        expectation: c.expect,
+        layer: suite.layer,
+        table,
+        relation,
+        column: c.column.clone(),
+        keys,
+        rule,
+        action: c.action,
+        file: place.file.to_path_buf(),
+        pos: place.index.locate(&place.pointer),
+    })
+}
+
+/// The error of a check that lacks `field`.
+fn missing_field(c: &CheckConfig, place: &Place<'_>, field: &str) -> Diagnostic {
+    place.error(
+        "",
+        format!("{} needs `{field}`", c.expect.name()),
+        Some(format!("add `{field}:` to this check")),
+    )
+}
+
+/// The rule a check states, with its arguments; a missing or unusable one is an error at its
+/// field.
+fn rule_of(c: &CheckConfig, place: &Place<'_>) -> Result<Rule, Diagnostic> {
+    let missing = |field: &str| missing_field(c, place, field);
     let column = || c.column.clone().ok_or_else(|| missing("column"));
-    let rule = match c.expect {
+    Ok(match c.expect {
         Expectation::ExpectTableColumnsToMatchSet if c.column_set.is_empty() => {
             return Err(missing("column_set"));
         }
@@ -320,45 +362,43 @@ fn compile_check(
                 ),
             ));
         }
-    };
-    let (table, relation, keys) = match (&rule, &c.table) {
-        (Rule::NoRows { .. }, _) => (None, None, Vec::new()),
-        (_, None) => return Err(missing("table")),
-        (_, Some(table)) => {
-            let (relation, keys) =
-                resolve_table(suite.layer, table, project, models).map_err(|hint| {
-                    place.error(
-                        "table",
-                        format!("unknown {} table `{table}`", suite.layer.name()),
-                        Some(hint),
-                    )
-                })?;
-            check_columns(suite.layer, table, &rule, project, place)?;
-            (Some(table.clone()), Some(relation), keys)
-        }
-    };
-    if matches!(c.action, Action::Drop | Action::Quarantine) {
-        // One silver contract: the idcard decides what happens to a row; suites only check.
-        let hint = match (suite.layer, &c.table) {
-            (SuiteLayer::Silver, Some(table)) => format!(
-                "use action: warn or fail; to {} rows, give the rule to the `expectations` of idcard `{table}`",
-                c.action.name()
-            ),
-            (SuiteLayer::Gold, _) => {
-                "use action: warn or fail; to leave rows out of a gold table, filter them in its model".into()
-            }
-            _ => "use action: warn or fail".into(),
-        };
-        return Err(place.error(
-            "action",
-            format!(
-                "a suite checks tables, it does not change them: action `{}` is not allowed here",
-                c.action.name()
-            ),
-            Some(hint),
-        ));
+    })
+}
+
+/// Refuses a check that would change rows (drop, quarantine): the idcard decides what happens
+/// to a row, and a suite only checks.
+fn refuse_row_actions(
+    suite: &SuiteConfig,
+    c: &CheckConfig,
+    place: &Place<'_>,
+) -> Result<(), Diagnostic> {
+    if !matches!(c.action, Action::Drop | Action::Quarantine) {
+        return Ok(());
     }
-    let name = c.name.clone().unwrap_or_else(|| {
+    let hint = match (suite.layer, &c.table) {
+        (SuiteLayer::Silver, Some(table)) => format!(
+            "use action: warn or fail; to {} rows, give the rule to the `expectations` of idcard `{table}`",
+            c.action.name()
+        ),
+        (SuiteLayer::Gold, _) => {
+            "use action: warn or fail; to leave rows out of a gold table, filter them in its model"
+                .into()
+        }
+        _ => "use action: warn or fail".into(),
+    };
+    Err(place.error(
+        "action",
+        format!(
+            "a suite checks tables, it does not change them: action `{}` is not allowed here",
+            c.action.name()
+        ),
+        Some(hint),
+    ))
+}
+
+/// The check's name: its `name`, or the table and column and the expectation.
+fn check_name(c: &CheckConfig) -> String {
+    c.name.clone().unwrap_or_else(|| {
         let subject = match (&c.table, &c.column) {
             (Some(t), Some(col)) => format!("{t}.{col}"),
             (Some(t), None) => t.clone(),
@@ -368,20 +408,6 @@ fn compile_check(
             "{subject}:{}",
             c.expect.name().trim_start_matches("expect_")
         )
-    });
-    Ok(Check {
-        suite: suite.suite.clone(),
-        name,
-        expectation: c.expect,
-        layer: suite.layer,
-        table,
-        relation,
-        column: c.column.clone(),
-        keys,
-        rule,
-        action: c.action,
-        file: place.file.to_path_buf(),
-        pos: place.index.locate(&place.pointer),
     })
 }
 
