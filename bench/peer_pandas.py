@@ -129,13 +129,20 @@ def delivery(csv_path: str, rng: np.random.Generator, simulate: bool) -> tuple[i
     """The CSV's rows (every cell a string) with `_ingestion_timestamp` and `_source_line`;
     with `simulate` (seeded numpy), 5% of them late by 60-300 s and 2% sent twice. Also returns
     the CSV's row count."""
-    table = pa_csv.read_csv(
-        csv_path,
-        convert_options=pa_csv.ConvertOptions(
-            column_types={c: pa.string() for c in csv_header(csv_path)},
-            strings_can_be_null=True,
-        ),
+    convert = pa_csv.ConvertOptions(
+        column_types={c: pa.string() for c in csv_header(csv_path)},
+        strings_can_be_null=True,
     )
+    try:
+        table = pa_csv.read_csv(csv_path, convert_options=convert)
+    except pa.ArrowInvalid:
+        # A quoted cell over several lines (review comments) where pyarrow split the file into
+        # blocks: read it again with the quote-aware, slower chunker, as one would on that error.
+        table = pa_csv.read_csv(
+            csv_path,
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=convert,
+        )
     n = table.num_rows
     now_us = time.time_ns() // 1000
     stamps = np.full(n, now_us, dtype="int64")
