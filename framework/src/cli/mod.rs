@@ -196,7 +196,8 @@ enum Command {
         /// Rebuild incremental models whole instead of merging the changed window.
         #[arg(long)]
         full_refresh: bool,
-        /// Models of one dependency wave built at once (fewer: less memory).
+        /// Models of one dependency wave built at once (fewer: less memory), when the tables
+        /// they read hold over 64 MiB; below that a wave's models are all built at once.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
         threads: u16,
         /// Also write the model reports as JSON to this file, for benchmarks.
@@ -330,7 +331,8 @@ struct RunArgs {
     /// Rebuild incremental gold models whole.
     #[arg(long)]
     full_refresh: bool,
-    /// Gold models of one dependency wave built at once (fewer: less memory).
+    /// Gold models of one dependency wave built at once (fewer: less memory), when the
+    /// tables they read hold over 64 MiB; below that a wave's models are all built at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
     /// Send each source file even when this lake already ingested the same content (by

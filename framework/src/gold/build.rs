@@ -13,7 +13,7 @@ use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{Changes, Lake, Layer, collect_apart, session};
+use crate::lake::{Changes, Lake, Layer, LiveFiles, collect_apart, session};
 use crate::silver::sql::{ident, key_match};
 
 use super::config::Materialized;
@@ -27,7 +27,8 @@ pub struct BuildOptions {
     pub full_refresh: bool,
     /// Show a spinner with the model being built.
     pub progress: bool,
-    /// Stored models of one dependency wave built at once (each holds its joins in memory).
+    /// Stored models of one dependency wave built at once (each holds its joins in memory) when
+    /// their sources are large (see [`SMALL_SOURCES_BYTES`]).
     pub threads: usize,
     /// The keys `pii_decrypt(column)` decrypts with (none: it fails, naming the missing key).
     pub keys: std::sync::Arc<crate::pii::Keyring>,
@@ -87,6 +88,7 @@ pub async fn build(
         .filter(|m| needed.contains(m.name.as_str()))
         .collect();
     let mut versions = register_sources(lake, &ctx, &needed).await?;
+    let source_bytes = source_bytes(lake, &versions).await?;
     let shared = shared_ephemerals(models, &needed, selected);
     // Stored models built by this run: what reads them is built again too.
     let mut rebuilt: BTreeSet<String> = BTreeSet::new();
@@ -161,7 +163,7 @@ pub async fn build(
                 let reads = Reads::of(models, model, &versions, &rebuilt);
                 build_model(lake, &ctx, models, model, reads, &shared, options)
             }))
-            .buffered(options.threads.max(1))
+            .buffered(at_once(building.len(), source_bytes, options.threads))
             .try_collect()
             .await?;
         for (report, kept) in built {
@@ -270,6 +272,33 @@ pub async fn missing_sources(
 /// The tables a build registered, by relation (`silver.orders`, `gold.gold_daily_sales`): the
 /// layer, the table and the version registered.
 type Versions = BTreeMap<String, (Layer, String, i64)>;
+
+/// Sources (the bronze and silver tables the models read) of at most this many bytes in all,
+/// as stored, let a wave build all its models at once: their joins are small, and one model's
+/// plan and commit overlap another's query. Larger ones are built [`BuildOptions::threads`] at
+/// a time, each holding its joins in memory. On the sample lake (about 10 MB), a gateway
+/// refresh of 10 orders answered `?wait=visible` in 187-189 ms at p50 with the five models at
+/// once, against 194-224 ms two at a time (three alternations, 20 requests each).
+const SMALL_SOURCES_BYTES: u64 = 64 << 20;
+
+/// How many of a wave's `models` are built at once, when the sources hold `source_bytes`.
+fn at_once(models: usize, source_bytes: u64, threads: usize) -> usize {
+    match source_bytes <= SMALL_SOURCES_BYTES {
+        true => models.max(1),
+        false => threads.max(1),
+    }
+}
+
+/// Bytes of the live files of the tables in `versions`, in their latest snapshots.
+async fn source_bytes(lake: &Lake, versions: &Versions) -> Result<u64> {
+    let mut bytes = 0;
+    for (layer, table, _) in versions.values() {
+        if let Some(delta) = lake.open(*layer, table).await? {
+            bytes += delta.snapshot().map_or(0, |s| LiveFiles::of(s).bytes);
+        }
+    }
+    Ok(bytes)
+}
 
 /// Creates the schemas the models use and registers every source table they read; returns the
 /// versions registered.
@@ -711,6 +740,16 @@ mod tests {
         )
         .unwrap();
         (whole.slice(0, 500), whole.slice(500, 500))
+    }
+
+    /// Small sources build a wave whole; from one byte over the limit, `threads` at a time.
+    #[test]
+    fn a_wave_is_built_whole_only_over_small_sources() {
+        assert_eq!(at_once(5, 10 << 20, 2), 5);
+        assert_eq!(at_once(5, SMALL_SOURCES_BYTES, 2), 5);
+        assert_eq!(at_once(5, SMALL_SOURCES_BYTES + 1, 2), 2);
+        assert_eq!(at_once(0, 0, 2), 1);
+        assert_eq!(at_once(3, u64::MAX, 0), 1);
     }
 
     #[test]
