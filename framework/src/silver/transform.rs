@@ -8,6 +8,7 @@ use deltalake::arrow::array::AsArray;
 use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::prelude::{DataFrame, SessionContext, col};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -115,10 +116,7 @@ async fn refine_leased(
 ) -> Result<SilverStats> {
     let started = Instant::now();
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     let ctx = session();
     let mut stats = SilverStats::default();
     let Some(bronze) = lake.open(Layer::Bronze, name).await? else {
@@ -306,10 +304,7 @@ impl RowChecks {
 /// many rows and the first keys.
 async fn stop_on_failures(ctx: &SessionContext, table: &Table, checked_sql: &str) -> Result<()> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     let checked = ctx.sql(checked_sql).await.map_err(query)?;
     ctx.register_table("checked", checked.into_view())
         .map_err(query)?;
@@ -356,10 +351,7 @@ async fn refine_batch(
 ) -> Result<()> {
     let started = Instant::now();
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     // Normalise and evaluate the row rules once; keep the result in memory.
     let mut checked = collect(ctx, &checks.sql(filter)).await.map_err(query)?;
     checked.retain(|b| b.num_rows() > 0);
@@ -503,10 +495,7 @@ async fn enriched_sql(
     project: &Project,
     table: &Table,
 ) -> Result<String> {
-    let query = |source| Error::Query {
-        table: table.name().to_owned(),
-        source,
-    };
+    let query = query_error(table.name());
     let mut select: Vec<String> = table
         .columns
         .iter()
@@ -580,10 +569,7 @@ async fn apply(
     known: Option<&mut KnownKeys>,
 ) -> Result<()> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     let deletes = table.config.delete_when.is_some();
     let rows = if deletes {
         remember_deletes(lake, ctx, table, rows, &txns, cursor).await?
@@ -658,13 +644,8 @@ async fn write_delivery(
     stored: bool,
 ) -> Result<()> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
-    let batches = rows
-        .filter(col("_delete").is_false())
-        .and_then(|rows| rows.drop_columns(&["_delete"]))
+    let query = query_error(name);
+    let batches = not_deleted(rows)
         .map_err(query)?
         .collect()
         .await
@@ -697,6 +678,20 @@ async fn write_delivery(
     Ok(())
 }
 
+/// The error of a query over `table`'s rows, for `map_err`.
+fn query_error(table: &str) -> impl Fn(DataFusionError) -> Error + Copy + '_ {
+    move |source| Error::Query {
+        table: table.to_owned(),
+        source,
+    }
+}
+
+/// A delivery's rows that are not deletes, without the `_delete` column.
+fn not_deleted(rows: DataFrame) -> std::result::Result<DataFrame, DataFusionError> {
+    rows.filter(col("_delete").is_false())?
+        .drop_columns(&["_delete"])
+}
+
 /// MERGE INTO silver of a DIFF delivery's `changes`, when neither the files holding their keys
 /// nor the whole table are rewritten: a newer row (by `_sequence`, then `_offset`) updates its
 /// key, or deletes it when the idcard's `delete_when` marked it; a new key is inserted.
@@ -709,10 +704,7 @@ async fn merge_into(
     txns: Vec<(String, i64)>,
 ) -> Result<()> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     let deletes = table.config.delete_when.is_some();
     let properties = crate::lake::writer_properties(&changes.rows);
     let changes = ctx
@@ -776,14 +768,8 @@ async fn unseen_keys(
     known: Option<&mut KnownKeys>,
 ) -> Result<Vec<RecordBatch>> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
-    let rows = rows
-        .filter(col("_delete").is_false())
-        .and_then(|rows| rows.drop_columns(&["_delete"]))
-        .map_err(query)?;
+    let query = query_error(name);
+    let rows = not_deleted(rows).map_err(query)?;
     let on = key_match(table.key(), "t", "b");
     let anti_join = format!(
         "SELECT b.* FROM batch_rows b WHERE NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
@@ -873,10 +859,7 @@ async fn rows_after(
     changes: &Changed,
     columns: &[String],
 ) -> Result<Vec<RecordBatch>> {
-    let query = |source| Error::Query {
-        table: table.name().to_owned(),
-        source,
-    };
+    let query = query_error(table.name());
     let schema = changes.rows[0].schema();
     ctx.register_table(
         "changes",
@@ -952,10 +935,7 @@ async fn touched_files(
     rows: &[RecordBatch],
 ) -> Result<Option<Vec<String>>> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     let live = Lake::live_files(target);
     let stored: Option<usize> = live.iter().map(|(_, rows)| *rows).sum();
     let delivered: usize = rows.iter().map(RecordBatch::num_rows).sum();
@@ -1032,10 +1012,7 @@ async fn hold_stored(
     paths: Option<&[String]>,
 ) -> Result<()> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     Lake::register_files(ctx, Layer::Silver, name, "stored", target, paths, None).await?;
     let held = collect(ctx, "SELECT * FROM stored").await.map_err(query)?;
     ctx.deregister_table("stored").map_err(query)?;
@@ -1092,10 +1069,7 @@ async fn changed_rows(
     txns: &[(String, i64)],
 ) -> Result<Option<Changed>> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     ctx.register_table("batch_rows", rows.into_view())
         .map_err(query)?;
     let same = same_row(table, columns);
@@ -1169,10 +1143,7 @@ async fn same_snapshot(
     batches: &[RecordBatch],
 ) -> Result<bool> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     let Some(schema) = batches.first().map(RecordBatch::schema) else {
         return Ok(false);
     };
@@ -1254,10 +1225,7 @@ async fn remember_deletes(
     cursor: &Cursor,
 ) -> Result<DataFrame> {
     let name = table.name();
-    let query = |source| Error::Query {
-        table: name.to_owned(),
-        source,
-    };
+    let query = query_error(name);
     let tombstones = format!("{name}__tombstones");
     ctx.register_table("batch", rows.into_view())
         .map_err(query)?;
@@ -1335,10 +1303,7 @@ async fn rebuild_latest_by(
     latest: &crate::idcard::config::LatestByConfig,
     built_from: (String, i64),
 ) -> Result<()> {
-    let query = |source| Error::Query {
-        table: table.name().to_owned(),
-        source,
-    };
+    let query = query_error(table.name());
     let started = Instant::now();
     let ctx = session();
     lake.register(&ctx, Layer::Silver, table.name(), "s")
