@@ -277,8 +277,10 @@ type Versions = BTreeMap<String, (Layer, String, i64)>;
 /// as stored, let a wave build all its models at once: their joins are small, and one model's
 /// plan and commit overlap another's query. Larger ones are built [`BuildOptions::threads`] at
 /// a time, each holding its joins in memory. On the sample lake (about 10 MB), a gateway
-/// refresh of 10 orders answered `?wait=visible` in 187-189 ms at p50 with the five models at
-/// once, against 194-224 ms two at a time (three alternations, 20 requests each).
+/// refresh of 10 orders answered `?wait=visible` in 191-205 ms at p50 with the five models at
+/// once, against 210-218 ms two at a time (the two binaries alternated three times, 20
+/// requests each); at scale 1 (about 50 MB of sources) the five took 0.28-0.30 s, against
+/// 0.35 s two at a time.
 const SMALL_SOURCES_BYTES: u64 = 64 << 20;
 
 /// How many of a wave's `models` are built at once, when the sources hold `source_bytes`.
