@@ -87,8 +87,7 @@ pub async fn build(
         .iter()
         .filter(|m| needed.contains(m.name.as_str()))
         .collect();
-    let mut versions = register_sources(lake, &ctx, &needed).await?;
-    let source_bytes = source_bytes(lake, &versions).await?;
+    let (mut versions, source_bytes) = register_sources(lake, &ctx, &needed).await?;
     let shared = shared_ephemerals(models, &needed, selected);
     // Stored models built by this run: what reads them is built again too.
     let mut rebuilt: BTreeSet<String> = BTreeSet::new();
@@ -291,24 +290,13 @@ fn at_once(models: usize, source_bytes: u64, threads: usize) -> usize {
     }
 }
 
-/// Bytes of the live files of the tables in `versions`, in their latest snapshots.
-async fn source_bytes(lake: &Lake, versions: &Versions) -> Result<u64> {
-    let mut bytes = 0;
-    for (layer, table, _) in versions.values() {
-        if let Some(delta) = lake.open(*layer, table).await? {
-            bytes += delta.snapshot().map_or(0, |s| LiveFiles::of(s).bytes);
-        }
-    }
-    Ok(bytes)
-}
-
 /// Creates the schemas the models use and registers every source table they read; returns the
-/// versions registered.
+/// versions registered, and the bytes of their live files (see [`SMALL_SOURCES_BYTES`]).
 async fn register_sources(
     lake: &Lake,
     ctx: &SessionContext,
     needed: &[&Model],
-) -> Result<Versions> {
+) -> Result<(Versions, u64)> {
     let catalog = ctx
         .catalog("datafusion")
         .expect("the default catalog exists");
@@ -327,6 +315,7 @@ async fn register_sources(
         }
     }
     let mut versions = Versions::new();
+    let mut bytes = 0;
     for (layer, table) in sources {
         let kind = if layer == "bronze" {
             Layer::Bronze
@@ -334,15 +323,17 @@ async fn register_sources(
             Layer::Silver
         };
         let relation = format!("{layer}.{table}");
-        let Some(version) = lake.register_version(ctx, kind, table, &relation).await? else {
+        let Some(delta) = lake.register_snapshot(ctx, kind, table, &relation).await? else {
             return Err(Error::MissingSource {
                 layer: layer.clone(),
                 table: table.clone(),
             });
         };
+        bytes += delta.snapshot().map_or(0, |s| LiveFiles::of(s).bytes);
+        let version = delta.version().unwrap_or(0) as i64;
         versions.insert(relation, (kind, table.clone(), version));
     }
-    Ok(versions)
+    Ok((versions, bytes))
 }
 
 /// What a stored model reads, recorded in each commit of the model as Delta `txn` actions: the

@@ -611,6 +611,22 @@ impl Lake {
             .is_some())
     }
 
+    /// Registers the table under `name` in `ctx` and returns the snapshot registered (`None`
+    /// when the table does not exist), for what else a caller reads of that same version.
+    pub async fn register_snapshot(
+        &self,
+        ctx: &SessionContext,
+        layer: Layer,
+        table: &str,
+        name: &str,
+    ) -> Result<Option<DeltaTable>> {
+        let Some(delta) = self.open(layer, table).await? else {
+            return Ok(None);
+        };
+        Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
+        Ok(Some(delta))
+    }
+
     /// Registers the table under `name` in `ctx` and returns the version registered (`None`
     /// when the table does not exist).
     pub async fn register_version(
@@ -620,12 +636,8 @@ impl Lake {
         table: &str,
         name: &str,
     ) -> Result<Option<i64>> {
-        let Some(delta) = self.open(layer, table).await? else {
-            return Ok(None);
-        };
-        let version = delta.version().unwrap_or(0) as i64;
-        Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
-        Ok(Some(version))
+        let registered = self.register_snapshot(ctx, layer, table, name).await?;
+        Ok(registered.map(|delta| delta.version().unwrap_or(0) as i64))
     }
 
     /// Registers the table under `name` in `ctx` and returns what its files' statistics count
@@ -639,13 +651,11 @@ impl Lake {
         name: &str,
         columns: &[&str],
     ) -> Result<Option<Option<NullCounts>>> {
-        let Some(delta) = self.open(layer, table).await? else {
-            return Ok(None);
-        };
-        Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
-        Ok(Some(delta.snapshot().ok().and_then(|snapshot| {
+        let registered = self.register_snapshot(ctx, layer, table, name).await?;
+        Ok(registered.map(|delta| {
+            let snapshot = delta.snapshot().ok()?;
             NullCounts::of(snapshot, columns.iter().copied())
-        })))
+        }))
     }
 
     /// Registers the snapshot `delta` of `table` under `name` in `ctx`, restricted to the live

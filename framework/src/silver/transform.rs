@@ -119,10 +119,12 @@ async fn refine_leased(
     let query = query_error(name);
     let ctx = session();
     let mut stats = SilverStats::default();
-    let Some(bronze) = lake.open(Layer::Bronze, name).await? else {
+    let Some(bronze) = lake
+        .register_snapshot(&ctx, Layer::Bronze, name, "bronze")
+        .await?
+    else {
         return Ok(stats);
     };
-    Lake::register_files(&ctx, Layer::Bronze, name, "bronze", &bronze, None, None).await?;
     let register_s = started.elapsed().as_secs_f64();
     let partitions = table.config.topic.partitions;
     let cursor = Cursor::new(Stage::Silver, table.topic(), partitions);
