@@ -580,8 +580,8 @@ async fn apply(
     };
     let existing = lake.open(Layer::Silver, name).await?;
     let stored = existing.is_some();
-    if table.mode() == Mode::Append && stored {
-        let new = unseen_keys(lake, ctx, table, rows, known).await?;
+    if let (Mode::Append, Some(target)) = (table.mode(), &existing) {
+        let new = unseen_keys(ctx, table, target, rows, known).await?;
         lake.write(Layer::Silver, name, new, &[], txns, false)
             .await?;
         return Ok(());
@@ -758,50 +758,84 @@ async fn merge_into(
     Ok(())
 }
 
-/// The rows of an APPEND batch whose key silver lacks (`rows` holds `_delete`; deletes are left
-/// out): an anti join on the key columns against the table, not a MERGE, which would read and plan
-/// every target column. With `known`, only the rows whose key hash is known are joined, and the
-/// new keys are remembered. No new key gives no batch: the commit still records the offsets.
+/// The rows of an APPEND batch whose key silver (the snapshot `target`) lacks (`rows` holds
+/// `_delete`; deletes are left out): an anti join on the key columns against the table, not a
+/// MERGE, which would read and plan every target column. With `known`, only the rows whose key
+/// hash is known are joined, against the files of the windows that wrote those hashes, and the
+/// new keys are remembered. No new key gives one empty batch: the commit still records the offsets.
 async fn unseen_keys(
-    lake: &Lake,
     ctx: &SessionContext,
     table: &Table,
+    target: &deltalake::DeltaTable,
     rows: DataFrame,
     known: Option<&mut KnownKeys>,
 ) -> Result<Vec<RecordBatch>> {
     let name = table.name();
     let query = query_error(name);
     let rows = not_deleted(rows).map_err(query)?;
+    // No new key writes one empty batch: a commit of the offsets alone.
+    let none = RecordBatch::new_empty(Arc::new(rows.schema().as_arrow().clone()));
     let on = key_match(table.key(), "t", "b");
     let anti_join = format!(
         "SELECT b.* FROM batch_rows b WHERE NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
     );
     let Some(known) = known else {
-        lake.register(ctx, Layer::Silver, name, "target").await?;
+        Lake::register_files(ctx, Layer::Silver, name, "target", target, None, None).await?;
         ctx.register_table("batch_rows", rows.into_view())
             .map_err(query)?;
-        return collect(ctx, &anti_join).await.map_err(query);
+        let mut new = collect(ctx, &anti_join).await.map_err(query)?;
+        new.retain(|b| b.num_rows() > 0);
+        return Ok(if new.is_empty() { vec![none] } else { new });
     };
     let started = Instant::now();
+    known.note_files(
+        Lake::live_files(target)
+            .iter()
+            .map(|(path, _)| path.as_str()),
+    );
     let rows = rows.collect().await.map_err(query)?;
     // The fresh rows' keys are remembered by the split; the joined ones once they are new.
     let split = known.split(&rows).map_err(|e| query(e.into()))?;
     drop(rows);
+    let files = known.files_to_check(&split);
     let mut new = split.fresh;
     let fresh = new.iter().map(RecordBatch::num_rows).sum::<usize>();
-    if let Some(first) = split.maybe_stored.first() {
-        lake.register(ctx, Layer::Silver, name, "target").await?;
-        let maybe = MemTable::try_new(first.schema(), vec![split.maybe_stored]).map_err(query)?;
-        ctx.register_table("batch_rows", Arc::new(maybe))
-            .map_err(query)?;
-        let joined = collect(ctx, &anti_join).await.map_err(query)?;
-        known.add(&joined).map_err(|e| query(e.into()))?;
-        new.extend(joined);
-    }
+    let maybe = split.maybe_stored;
+    let maybe_rows = maybe.iter().map(RecordBatch::num_rows).sum::<usize>();
+    // No file of the windows that wrote their hashes: those keys are not stored.
+    let joined = match (&files, maybe.first()) {
+        (_, None) => Vec::new(),
+        (Some(paths), Some(_)) if paths.is_empty() => maybe,
+        (files, Some(first)) => {
+            Lake::register_files(
+                ctx,
+                Layer::Silver,
+                name,
+                "target",
+                target,
+                files.as_deref(),
+                None,
+            )
+            .await?;
+            let batch_rows = MemTable::try_new(first.schema(), vec![maybe]).map_err(query)?;
+            ctx.register_table("batch_rows", Arc::new(batch_rows))
+                .map_err(query)?;
+            collect(ctx, &anti_join).await.map_err(query)?
+        }
+    };
+    known.add(&joined).map_err(|e| query(e.into()))?;
+    new.extend(joined);
     new.retain(|b| b.num_rows() > 0);
+    if new.is_empty() {
+        new.push(none);
+    }
     tracing::debug!(
         table = name,
         fresh,
+        maybe_stored = maybe_rows,
+        files_read = files
+            .as_ref()
+            .map_or_else(|| "all".to_owned(), |f| f.len().to_string()),
         known = known.len(),
         seconds = started.elapsed().as_secs_f64(),
         "silver: keys new by their hash, the rest joined"

@@ -658,6 +658,30 @@ fn an_append_delivery_is_committed_in_windows_of_half_the_silver_batch_size() {
     );
 }
 
+/// A first APPEND load in several windows checks a key whose hash an earlier window wrote
+/// against that window's files only: a row delivered again in a later window is still found
+/// and not stored twice, and every new key is stored once.
+#[test]
+fn an_append_first_load_in_windows_stores_a_key_delivered_twice_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::new(dir.path(), "APPEND");
+    // 16 keys, then four of them again (the same rows, as geolocation repeats its rows), then
+    // two new keys: with windows of two offsets per partition, the repeats come windows later.
+    let mut rows: Vec<String> = (0..16).map(|i| format!("k{i:02},N{i},1")).collect();
+    rows.extend([0, 5, 9, 15].map(|i| format!("k{i:02},N{i},1")));
+    rows.extend(["n0,New0,1".to_owned(), "n1,New1,1".to_owned()]);
+    let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+    project.write_delivery("id,name,version", &rows);
+    let mut run = project.run();
+    run.args(["--silver-batch-size", "4"]);
+    succeeded(output(run));
+    assert!(project.silver_commits().len() >= 5, "several windows");
+    let mut expected: Vec<String> = (0..16).map(|i| format!("k{i:02} | N{i} | 1")).collect();
+    expected.extend(["n0 | New0 | 1".to_owned(), "n1 | New1 | 1".to_owned()]);
+    expected.sort();
+    assert_eq!(project.silver(), expected);
+}
+
 /// Silver finds where a delivery ends from the offsets bronze records with its rows. A bronze
 /// table written without those records (by another writer) is read to its last offset instead:
 /// every row still reaches silver.
