@@ -140,10 +140,7 @@ impl KnownKeys {
                         known.push(true);
                     }
                     None => {
-                        self.entries
-                            .insert_unique(placement(id), entry(id, self.window), |e| {
-                                placement(identity(*e))
-                            });
+                        self.insert(id);
                         known.push(false);
                     }
                 }
@@ -170,16 +167,19 @@ impl KnownKeys {
                         *found = entry(id, ANY_WINDOW);
                     }
                     Some(_) => {}
-                    None => {
-                        self.entries
-                            .insert_unique(placement(id), entry(id, self.window), |e| {
-                                placement(identity(*e))
-                            });
-                    }
+                    None => self.insert(id),
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records the hash `id` (not known yet) as written by the current window.
+    fn insert(&mut self, id: u64) {
+        self.entries
+            .insert_unique(placement(id), entry(id, self.window), |e| {
+                placement(identity(*e))
+            });
     }
 
     fn hashes_of(&self, batch: &RecordBatch) -> Result<Vec<u64>, ArrowError> {

@@ -779,14 +779,33 @@ async fn unseen_keys(
     let anti_join = format!(
         "SELECT b.* FROM batch_rows b WHERE NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
     );
-    let Some(known) = known else {
-        Lake::register_files(ctx, Layer::Silver, name, "target", target, None, None).await?;
-        ctx.register_table("batch_rows", rows.into_view())
-            .map_err(query)?;
-        let mut new = collect(ctx, &anti_join).await.map_err(query)?;
-        new.retain(|b| b.num_rows() > 0);
-        return Ok(if new.is_empty() { vec![none] } else { new });
+    let mut new = match known {
+        Some(known) => unseen_by_hash(ctx, name, target, rows, known, &anti_join).await?,
+        None => {
+            Lake::register_files(ctx, Layer::Silver, name, "target", target, None, None).await?;
+            ctx.register_table("batch_rows", rows.into_view())
+                .map_err(query)?;
+            collect(ctx, &anti_join).await.map_err(query)?
+        }
     };
+    new.retain(|b| b.num_rows() > 0);
+    if new.is_empty() {
+        new.push(none);
+    }
+    Ok(new)
+}
+
+/// [`unseen_keys`] with the hashes of the keys this run wrote: rows of an unknown hash are new;
+/// the others run `anti_join` against the files of the windows that wrote their hashes.
+async fn unseen_by_hash(
+    ctx: &SessionContext,
+    name: &str,
+    target: &deltalake::DeltaTable,
+    rows: DataFrame,
+    known: &mut KnownKeys,
+    anti_join: &str,
+) -> Result<Vec<RecordBatch>> {
+    let query = query_error(name);
     let started = Instant::now();
     known.note_files(
         Lake::live_files(target)
@@ -820,15 +839,11 @@ async fn unseen_keys(
             let batch_rows = MemTable::try_new(first.schema(), vec![maybe]).map_err(query)?;
             ctx.register_table("batch_rows", Arc::new(batch_rows))
                 .map_err(query)?;
-            collect(ctx, &anti_join).await.map_err(query)?
+            collect(ctx, anti_join).await.map_err(query)?
         }
     };
     known.add(&joined).map_err(|e| query(e.into()))?;
     new.extend(joined);
-    new.retain(|b| b.num_rows() > 0);
-    if new.is_empty() {
-        new.push(none);
-    }
     tracing::debug!(
         table = name,
         fresh,
