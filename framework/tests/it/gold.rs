@@ -96,6 +96,25 @@ fn every_gold_table_equals_an_independent_computation_of_the_spec() {
         "{log}"
     );
     assert_gold_equals_reference(&lake, &sample());
+    // Built as large sources are (models `--threads` at a time, each query split over every
+    // core), the tables are the same.
+    let mut build = framework(&lake);
+    build
+        .args(["build", "--full-refresh", "--log", "framework=debug"])
+        .env("FRAMEWORK_GOLD_SMALL_SOURCES_MB", "0");
+    let out = ok(build);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let registered = log
+        .lines()
+        .find(|l| l.contains("gold: sources registered"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        registered.contains("large=true")
+            && registered.contains(&format!("query_partitions={cores}")),
+        "{registered}"
+    );
+    assert_gold_equals_reference(&lake, &sample());
     // A real category averages exactly on a half cent: rounded half away from zero.
     let products = rows(&lake, Layer::Gold, "gold_product_analytics");
     assert!(
