@@ -88,7 +88,8 @@ pub async fn build(
         .filter(|m| needed.contains(m.name.as_str()))
         .collect();
     let (mut versions, source_bytes) = register_sources(lake, &ctx, &needed).await?;
-    let large = source_bytes > small_sources_bytes();
+    let small = small_sources_bytes()?;
+    let large = source_bytes > small;
     if large {
         every_core_per_query(&ctx);
     }
@@ -172,7 +173,12 @@ pub async fn build(
                 let reads = Reads::of(models, model, &versions, &rebuilt);
                 build_model(lake, &ctx, models, model, reads, &shared, options)
             }))
-            .buffered(at_once(building.len(), source_bytes, options.threads))
+            .buffered(at_once(
+                building.len(),
+                source_bytes,
+                small,
+                options.threads,
+            ))
             .try_collect()
             .await?;
         for (report, kept) in built {
@@ -292,13 +298,22 @@ type Versions = BTreeMap<String, (Layer, String, i64)>;
 /// 0.35 s two at a time.
 const SMALL_SOURCES_BYTES: u64 = 64 << 20;
 
-/// [`SMALL_SOURCES_BYTES`], or `FRAMEWORK_GOLD_SMALL_SOURCES_MB` MiB when set (a machine with
-/// more cores and memory may raise it; 0 builds any lake as large sources).
-fn small_sources_bytes() -> u64 {
-    std::env::var("FRAMEWORK_GOLD_SMALL_SOURCES_MB")
-        .ok()
-        .and_then(|mb| mb.trim().parse::<u64>().ok())
-        .map_or(SMALL_SOURCES_BYTES, |mb| mb.saturating_mul(1 << 20))
+/// The variable that moves [`SMALL_SOURCES_BYTES`], in MiB.
+const SMALL_SOURCES_VAR: &str = "FRAMEWORK_GOLD_SMALL_SOURCES_MB";
+
+/// [`SMALL_SOURCES_BYTES`], or [`SMALL_SOURCES_VAR`] MiB when set (a machine with more cores
+/// and memory may raise it; 0 builds any lake as large sources).
+fn small_sources_bytes() -> Result<u64> {
+    let Ok(text) = std::env::var(SMALL_SOURCES_VAR) else {
+        return Ok(SMALL_SOURCES_BYTES);
+    };
+    let mb: u64 = text.trim().parse().map_err(|_| {
+        Error::Setting(format!(
+            "{SMALL_SOURCES_VAR}={text:?} is not a whole number of MiB\n  hint: unset it for \
+             the default (64), or give e.g. 256 (0 builds every lake as large sources)"
+        ))
+    })?;
+    Ok(mb.saturating_mul(1 << 20))
 }
 
 /// Splits each of `ctx`'s queries over every core, where [`session`] gives it half of them.
@@ -318,9 +333,10 @@ fn every_core_per_query(ctx: &SessionContext) {
         .target_partitions = cores;
 }
 
-/// How many of a wave's `models` are built at once, when the sources hold `source_bytes`.
-fn at_once(models: usize, source_bytes: u64, threads: usize) -> usize {
-    match source_bytes <= small_sources_bytes() {
+/// How many of a wave's `models` are built at once, when the sources hold `source_bytes` and
+/// sources of at most `small` bytes are small.
+fn at_once(models: usize, source_bytes: u64, small: u64, threads: usize) -> usize {
+    match source_bytes <= small {
         true => models.max(1),
         false => threads.max(1),
     }
@@ -774,11 +790,13 @@ mod tests {
     /// Small sources build a wave whole; from one byte over the limit, `threads` at a time.
     #[test]
     fn a_wave_is_built_whole_only_over_small_sources() {
-        assert_eq!(at_once(5, 10 << 20, 2), 5);
-        assert_eq!(at_once(5, SMALL_SOURCES_BYTES, 2), 5);
-        assert_eq!(at_once(5, SMALL_SOURCES_BYTES + 1, 2), 2);
-        assert_eq!(at_once(0, 0, 2), 1);
-        assert_eq!(at_once(3, u64::MAX, 0), 1);
+        let small = SMALL_SOURCES_BYTES;
+        assert_eq!(at_once(5, 10 << 20, small, 2), 5);
+        assert_eq!(at_once(5, small, small, 2), 5);
+        assert_eq!(at_once(5, small + 1, small, 2), 2);
+        assert_eq!(at_once(0, 0, small, 2), 1);
+        assert_eq!(at_once(3, u64::MAX, small, 0), 1);
+        assert_eq!(at_once(5, 1, 0, 2), 2);
     }
 
     #[test]

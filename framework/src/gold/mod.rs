@@ -57,6 +57,9 @@ pub enum Error {
         "source {layer}.{table} has no Delta table yet\n  hint: load it first: `framework run --table {table}`"
     )]
     MissingSource { layer: String, table: String },
+    /// A setting from the environment that does not parse, named with the hint.
+    #[error("{0}")]
+    Setting(String),
     #[error(transparent)]
     Lake(#[from] crate::lake::Error),
 }

@@ -115,6 +115,19 @@ fn every_gold_table_equals_an_independent_computation_of_the_spec() {
         "{registered}"
     );
     assert_gold_equals_reference(&lake, &sample());
+    // A limit that is not a number stops the build, naming it.
+    let mut build = framework(&lake);
+    build
+        .args(["build", "--full-refresh"])
+        .env("FRAMEWORK_GOLD_SMALL_SOURCES_MB", "lots");
+    let out = output(build);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("FRAMEWORK_GOLD_SMALL_SOURCES_MB=\"lots\" is not a whole number")
+            && stderr.contains("hint:"),
+        "{stderr}"
+    );
     // A real category averages exactly on a half cent: rounded half away from zero.
     let products = rows(&lake, Layer::Gold, "gold_product_analytics");
     assert!(
