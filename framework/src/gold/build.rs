@@ -13,7 +13,7 @@ use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{Changes, Lake, Layer, LiveFiles, collect_apart, session};
+use crate::lake::{Changes, Lake, Layer, LiveFiles, collect_apart, every_core_per_query, session};
 use crate::silver::sql::{ident, key_match};
 
 use super::config::Materialized;
@@ -90,13 +90,11 @@ pub async fn build(
     let (mut versions, source_bytes) = register_sources(lake, &ctx, &needed).await?;
     let small = small_sources_bytes()?;
     let large = source_bytes > small;
-    if large {
-        every_core_per_query(&ctx);
-    }
+    let query_partitions = query_partitions_for(&ctx, large);
     tracing::debug!(
         source_bytes,
         large,
-        query_partitions = ctx.state().config().target_partitions(),
+        query_partitions,
         "gold: sources registered"
     );
     let shared = shared_ephemerals(models, &needed, selected);
@@ -316,21 +314,19 @@ fn small_sources_bytes() -> Result<u64> {
     Ok(mb.saturating_mul(1 << 20))
 }
 
-/// Splits each of `ctx`'s queries over every core, where [`session`] gives it half of them.
 /// With large sources a wave builds few models at once, and a query often runs alone: the
-/// shared ephemeral model that the others wait for, the last model of a wave. At scale 10
-/// (about 0.6 GB of sources) a gold build took 3.68-3.88 s against 4.30-4.61 s on one
-/// partition a query (`build --full-refresh`, alternated twice, 2026-12-06 23:35 UTC; peak
-/// 1.34 against 1.17-1.22 GiB); at scale 1, where the five models run at once, it was slower
-/// (0.46-0.49 s against 0.37-0.42 s), so small sources keep half the cores.
-fn every_core_per_query(ctx: &SessionContext) {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    ctx.state_ref()
-        .write()
-        .config_mut()
-        .options_mut()
-        .execution
-        .target_partitions = cores;
+/// shared ephemeral model that the others wait for, the last model of a wave. Such a build
+/// splits each query over every core ([`every_core_per_query`]) where [`session`] gives it half
+/// of them. At scale 10 (about 0.6 GB of sources) a gold build took 3.68-3.88 s against
+/// 4.30-4.61 s on one partition a query (`build --full-refresh`, alternated twice, 2026-12-06
+/// 23:35 UTC; peak 1.34 against 1.17-1.22 GiB); at scale 1, where the five models run at once,
+/// it was slower (0.46-0.49 s against 0.37-0.42 s), so small sources keep half the cores.
+/// Returns the partitions `ctx` now gives a query.
+fn query_partitions_for(ctx: &SessionContext, large: bool) -> usize {
+    if large {
+        every_core_per_query(ctx);
+    }
+    ctx.state_ref().read().config().target_partitions()
 }
 
 /// How many of a wave's `models` are built at once, when the sources hold `source_bytes` and

@@ -75,7 +75,24 @@ pub fn session() -> SessionContext {
 /// 09:35, 10% less CPU), with the first delivery (2.99-3.26 vs 3.01-3.11 s) and scale 10
 /// (33.9-34.2 vs 32.9-34.1 s, peak 1.72-1.86 vs 1.67-1.72 GiB) unchanged.
 fn query_partitions() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    (cores() / 2).max(1)
+}
+
+/// The cores this process may use, at least one.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Splits each of `ctx`'s queries over every core instead of [`query_partitions`], for work
+/// that often runs one query alone (a gold build over large sources, see
+/// `gold::build::SMALL_SOURCES_BYTES`).
+pub fn every_core_per_query(ctx: &SessionContext) {
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .execution
+        .target_partitions = cores();
 }
 
 /// The rows of `frame`, as at least one batch: a result without rows is one empty batch of the

@@ -5,7 +5,8 @@ mod delta;
 
 pub use delta::{
     COMPRESSION_VAR, Changes, FILE_ROWS, Lake, Layer, LiveFiles, NullCounts, TableStats,
-    TxnVersions, collect_apart, collect_batches, compression, file_of, session, writer_properties,
+    TxnVersions, collect_apart, collect_batches, compression, every_core_per_query, file_of,
+    session, writer_properties,
 };
 
 /// Errors of lake IO.
