@@ -3,8 +3,9 @@
 //! to a vectorised Python peer doing the same job in the same run (bench/peer_pandas.py: pyarrow,
 //! pandas, DuckDB and the deltalake package, no row loop; its gold is DuckDB running our rendered
 //! SQL, bench/peer_duckdb_gold.py); then each stage's throughput alone (`run --until produce`,
-//! then `--no-produce --until bronze`, then `--until silver`) next to the peer's stages, and
-//! each gold model's time next to DuckDB's.
+//! then `--no-produce --until bronze`, then `--until silver`; then silver alone on the same
+//! files again, every row a duplicate) next to the peer's stages, and each gold model's time
+//! next to DuckDB's.
 //!
 //! With `--kafka`, instead: rows/s of produce and bronze through a real Kafka-protocol broker
 //! (Tansu, started here), `framework run --all --until bronze --bus kafka://...` next to
@@ -74,6 +75,9 @@ struct Figures {
     produce_s: f64,
     bronze_s: f64,
     silver_s: f64,
+    /// Silver's seconds for a second delivery of the same files (every row a duplicate), alone
+    /// (ours; [`stages_alone`]).
+    silver_again_s: f64,
     wall_s: f64,
     peak_mib: f64,
     /// Our run's `--report` JSON (null for the peer).
@@ -122,9 +126,9 @@ fn main() -> Result<()> {
         "| --- | --- | ---: | ---: | ---: |".to_owned(),
     ];
     let mut alone_lines = vec![
-        "| data | rows | engine | produce rows/s | bronze rows/s | silver (first load) rows/s |"
+        "| data | rows | engine | produce rows/s | bronze rows/s | silver (first load) rows/s | silver, the same files again s |"
             .to_owned(),
-        "| --- | ---: | --- | ---: | ---: | ---: |".to_owned(),
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |".to_owned(),
     ];
     let mut profiles = Vec::new();
     for scale in &args.scales {
@@ -148,11 +152,12 @@ fn main() -> Result<()> {
             &args.work.join(format!("stages-{scale}")),
         )?;
         alone_lines.push(format!(
-            "| {label} | {:.0} | framework, each stage alone | {:.0} | {:.0} | {:.0} |",
+            "| {label} | {:.0} | framework, each stage alone | {:.0} | {:.0} | {:.0} | {:.2} |",
             alone.rows,
             alone.rows / alone.produce_s,
             alone.rows / alone.bronze_s,
             alone.rows / alone.silver_s,
+            alone.silver_again_s,
         ));
         if args.profile {
             profiles.push(profile(&label, &ours));
@@ -177,11 +182,12 @@ fn main() -> Result<()> {
                 &peer,
             ));
             alone_lines.push(format!(
-                "| {label} | {:.0} | Python peer (its stages run one after the other) | {:.0} | {:.0} | {:.0} |",
+                "| {label} | {:.0} | Python peer (its stages run one after the other) | {:.0} | {:.0} | {:.0} | {:.2} |",
                 peer[0].rows,
                 peer[0].rows / peer[0].produce_s,
                 peer[0].rows / peer[0].bronze_s,
                 peer[0].rows / peer[0].silver_s,
+                peer[1].silver_s,
             ));
             lines.push(format!(
                 "| {label} | | **peer / framework** | {:.1}x | {:.1}x | {:.1}x | {:.1}x | {:.1}x | {:.1}x | |",
@@ -890,22 +896,37 @@ fn run_ours(exe: &Path, repo: &Path, deliveries: [&Path; 3], lake: &Path) -> Res
 
 /// Each stage's throughput on its own, on a fresh `lake`: `run --until produce` (the source
 /// files onto the topics), then `--no-produce --until bronze`, then `--no-produce --until
-/// silver` (a first load), each stage's wall seconds from its run's report. In `run --all`
-/// the stages overlap on the cores, so the seconds per table and stage of the main table are
-/// longer by the clock than the stage's own work.
+/// silver` (a first load), each stage's wall seconds from its run's report; then the same files
+/// again (`--resend --until bronze`) and silver alone on them, every row a duplicate (the issue's
+/// "second delivery through silver"). In `run --all` the stages overlap on the cores, so the
+/// seconds per table and stage of the main table are longer by the clock than the stage's own
+/// work.
 fn stages_alone(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Figures> {
     fresh(lake)?;
     let report = lake.with_extension("json");
     let mut figures = Figures::default();
-    for until in ["produce", "bronze", "silver"] {
+    let steps = [
+        ("produce", "produce"),
+        ("bronze", "bronze"),
+        ("silver", "silver"),
+        ("again, produce and bronze", "bronze"),
+        ("again, silver", "silver"),
+    ];
+    for (step, until) in steps {
         let mut cmd = framework(exe, repo, lake);
         cmd.args(["run", "--all", "--simulate", "--until", until, "--data"])
             .arg(data)
             .arg("--report")
             .arg(&report)
             .stdout(std::process::Stdio::null());
-        if until != "produce" {
-            cmd.arg("--no-produce");
+        match step {
+            "produce" => {}
+            "again, produce and bronze" => {
+                cmd.arg("--resend");
+            }
+            _ => {
+                cmd.arg("--no-produce");
+            }
         }
         run(&mut cmd)?;
         let json: Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
@@ -913,13 +934,15 @@ fn stages_alone(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Fig
         let seconds = json["phases"][0][1]
             .as_f64()
             .with_context(|| format!("no phase in {}", report.display()))?;
-        match until {
+        match step {
             "produce" => {
                 figures.rows = Figures::from_report(&json, 0.0, "rows_read").rows;
                 figures.produce_s = seconds;
             }
             "bronze" => figures.bronze_s = seconds,
-            _ => figures.silver_s = seconds,
+            "silver" => figures.silver_s = seconds,
+            "again, silver" => figures.silver_again_s = seconds,
+            _ => {}
         }
     }
     fresh(lake)?;
