@@ -49,6 +49,18 @@ sequence_by: version
         }
     }
 
+    /// An APPEND table keyed by `id` and a coordinate, `lat` (a double), as geolocation is.
+    fn keyed_by_coordinate(dir: &Path) -> Self {
+        let project = Self::new(dir, "APPEND");
+        let idcard = dir.join("idcards/accounts.yaml");
+        let text = std::fs::read_to_string(&idcard).unwrap().replace(
+            "key: [id]",
+            "  - { name: lat, type: double }\nkey: [id, lat]",
+        );
+        std::fs::write(idcard, text).unwrap();
+        project
+    }
+
     /// A DIFF table with an `op` column whose `D` rows are deletes ([`Self::deliver_ops`]).
     fn with_deletes(dir: &Path) -> Self {
         Self::with(
@@ -655,6 +667,45 @@ fn an_append_delivery_is_committed_in_windows_of_half_the_silver_batch_size() {
         commits,
         fullest.div_ceil(2),
         "bronze per partition: {per_partition:?}"
+    );
+}
+
+/// An APPEND table whose key holds a double (joined through its bits, see
+/// `silver::sql::key_match_joinable`): a second delivery stores only the keys whose values
+/// differ, a coordinate one digit longer among them, and `-0.0` is the stored `0.0`.
+#[test]
+fn append_keyed_by_a_double_stores_only_keys_whose_values_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::keyed_by_coordinate(dir.path());
+    let header = "id,name,version,lat";
+    succeeded(
+        project.deliver_with_header(header, &["a,Ann,1,-23.5", "b,Bob,1,0.0", "c,Cid,1,12.25"]),
+    );
+    succeeded(project.deliver_with_header(
+        header,
+        &[
+            "a,Ann,1,-23.5",
+            "b,Bob,1,-0.0",
+            "c,Cid,1,12.25",
+            "a,Ann,1,-23.50000000000001",
+            "d,Dee,1,7.5",
+        ],
+    ));
+    let silver = batch_rows(&batches(
+        &project.lake(),
+        Layer::Silver,
+        "accounts",
+        "SELECT id, name, lat FROM t",
+    ));
+    assert_eq!(
+        silver,
+        [
+            "a | Ann | -23.5",
+            "a | Ann | -23.50000000000001",
+            "b | Bob | 0.0",
+            "c | Cid | 12.25",
+            "d | Dee | 7.5"
+        ]
     );
 }
 
