@@ -894,6 +894,38 @@ fn run_ours(exe: &Path, repo: &Path, deliveries: [&Path; 3], lake: &Path) -> Res
     Ok(out)
 }
 
+/// The runs of [`stages_alone`], in order.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The source files onto the topics.
+    Produce,
+    /// Bronze alone, then silver alone (a first load).
+    Bronze,
+    Silver,
+    /// The same files again up to bronze, then silver alone on them.
+    AgainToBronze,
+    AgainSilver,
+}
+
+impl Step {
+    const ALL: [Step; 5] = [
+        Step::Produce,
+        Step::Bronze,
+        Step::Silver,
+        Step::AgainToBronze,
+        Step::AgainSilver,
+    ];
+
+    /// The run's `--until`.
+    fn until(self) -> &'static str {
+        match self {
+            Step::Produce => "produce",
+            Step::Bronze | Step::AgainToBronze => "bronze",
+            Step::Silver | Step::AgainSilver => "silver",
+        }
+    }
+}
+
 /// Each stage's throughput on its own, on a fresh `lake`: `run --until produce` (the source
 /// files onto the topics), then `--no-produce --until bronze`, then `--no-produce --until
 /// silver` (a first load), each stage's wall seconds from its run's report; then the same files
@@ -905,26 +937,26 @@ fn stages_alone(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Fig
     fresh(lake)?;
     let report = lake.with_extension("json");
     let mut figures = Figures::default();
-    let steps = [
-        ("produce", "produce"),
-        ("bronze", "bronze"),
-        ("silver", "silver"),
-        ("again, produce and bronze", "bronze"),
-        ("again, silver", "silver"),
-    ];
-    for (step, until) in steps {
+    for step in Step::ALL {
         let mut cmd = framework(exe, repo, lake);
-        cmd.args(["run", "--all", "--simulate", "--until", until, "--data"])
-            .arg(data)
-            .arg("--report")
-            .arg(&report)
-            .stdout(std::process::Stdio::null());
+        cmd.args([
+            "run",
+            "--all",
+            "--simulate",
+            "--until",
+            step.until(),
+            "--data",
+        ])
+        .arg(data)
+        .arg("--report")
+        .arg(&report)
+        .stdout(std::process::Stdio::null());
         match step {
-            "produce" => {}
-            "again, produce and bronze" => {
+            Step::Produce => {}
+            Step::AgainToBronze => {
                 cmd.arg("--resend");
             }
-            _ => {
+            Step::Bronze | Step::Silver | Step::AgainSilver => {
                 cmd.arg("--no-produce");
             }
         }
@@ -935,14 +967,14 @@ fn stages_alone(exe: &Path, repo: &Path, data: &Path, lake: &Path) -> Result<Fig
             .as_f64()
             .with_context(|| format!("no phase in {}", report.display()))?;
         match step {
-            "produce" => {
+            Step::Produce => {
                 figures.rows = Figures::from_report(&json, 0.0, "rows_read").rows;
                 figures.produce_s = seconds;
             }
-            "bronze" => figures.bronze_s = seconds,
-            "silver" => figures.silver_s = seconds,
-            "again, silver" => figures.silver_again_s = seconds,
-            _ => {}
+            Step::Bronze => figures.bronze_s = seconds,
+            Step::Silver => figures.silver_s = seconds,
+            Step::AgainToBronze => {}
+            Step::AgainSilver => figures.silver_again_s = seconds,
         }
     }
     fresh(lake)?;

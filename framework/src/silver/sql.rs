@@ -1,4 +1,5 @@
-//! SQL text built from an idcard: identifiers, normalisation, expectation predicates.
+//! SQL text built from an idcard: identifiers, normalisation, expectation predicates, key matches
+//! (and `float_key`, the function a key match on doubles calls).
 
 use std::sync::Arc;
 
