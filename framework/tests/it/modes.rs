@@ -18,11 +18,12 @@ struct Project {
 
 impl Project {
     fn new(dir: &Path, mode: &str) -> Self {
-        Self::with(dir, mode, "", "")
+        Self::with(dir, mode, "", "id", "")
     }
 
-    /// With `extra_columns` (schema lines) and `extra` (idcard lines) added.
-    fn with(dir: &Path, mode: &str, extra_columns: &str, extra: &str) -> Self {
+    /// With `extra_columns` (schema lines) and `extra` (idcard lines) added, keyed by `key`
+    /// (columns, comma separated).
+    fn with(dir: &Path, mode: &str, extra_columns: &str, key: &str, extra: &str) -> Self {
         let idcards = dir.join("idcards");
         for folder in ["idcards", "models", "expectations", "data"] {
             std::fs::create_dir_all(dir.join(folder)).unwrap();
@@ -37,7 +38,7 @@ schema:
   - {{ name: id, type: string, nullable: false }}
   - {{ name: name, type: string }}
   - {{ name: version, type: int }}
-{extra_columns}key: [id]
+{extra_columns}key: [{key}]
 mode: {mode}
 sequence_by: version
 {extra}"
@@ -51,14 +52,13 @@ sequence_by: version
 
     /// An APPEND table keyed by `id` and a coordinate, `lat` (a double), as geolocation is.
     fn keyed_by_coordinate(dir: &Path) -> Self {
-        let project = Self::new(dir, "APPEND");
-        let idcard = dir.join("idcards/accounts.yaml");
-        let text = std::fs::read_to_string(&idcard).unwrap().replace(
-            "key: [id]",
-            "  - { name: lat, type: double }\nkey: [id, lat]",
-        );
-        std::fs::write(idcard, text).unwrap();
-        project
+        Self::with(
+            dir,
+            "APPEND",
+            "  - { name: lat, type: double }\n",
+            "id, lat",
+            "",
+        )
     }
 
     /// A DIFF table with an `op` column whose `D` rows are deletes ([`Self::deliver_ops`]).
@@ -67,6 +67,7 @@ sequence_by: version
             dir,
             "DIFF",
             "  - { name: op, type: string }\n",
+            "id",
             "delete_when: \"op = 'D'\"\n",
         )
     }
