@@ -20,8 +20,8 @@ use crate::offsets::{Cursor, Ends, OFFSET, Offsets, PARTITION, Stage};
 
 use super::known_keys::KnownKeys;
 use super::sql::{
-    ident, ident_list, key_match, key_match_joinable, literal, normalised, passes,
-    register_float_key, row_rules, rule_name,
+    ident, ident_list, key_match, key_match_joinable, literal, normalised, passes, row_rules,
+    rule_name,
 };
 use super::{Error, Result};
 
@@ -778,8 +778,7 @@ async fn unseen_keys(
     let rows = not_deleted(rows).map_err(query)?;
     // No new key writes one empty batch: a commit of the offsets alone.
     let none = RecordBatch::new_empty(Arc::new(rows.schema().as_arrow().clone()));
-    let on = key_match_joinable(table, "t", "b");
-    register_float_key(ctx);
+    let on = key_match_joinable(ctx, table, "t", "b");
     let anti_join = format!(
         "SELECT b.* FROM batch_rows b WHERE NOT EXISTS (SELECT 1 FROM target t WHERE {on})"
     );

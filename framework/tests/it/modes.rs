@@ -61,6 +61,18 @@ sequence_by: version
         )
     }
 
+    /// A DIFF table keyed by `id` and a coordinate, `lat` (a double), whose `op = 'D'` rows are
+    /// deletes.
+    fn diff_keyed_by_coordinate(dir: &Path) -> Self {
+        Self::with(
+            dir,
+            "DIFF",
+            "  - { name: lat, type: double }\n  - { name: op, type: string }\n",
+            "id, lat",
+            "delete_when: \"op = 'D'\"\n",
+        )
+    }
+
     /// A DIFF table with an `op` column whose `D` rows are deletes ([`Self::deliver_ops`]).
     fn with_deletes(dir: &Path) -> Self {
         Self::with(
@@ -706,6 +718,49 @@ fn append_keyed_by_a_double_stores_only_keys_whose_values_differ() {
             "b | Bob | 0.0",
             "c | Cid | 12.25",
             "d | Dee | 7.5"
+        ]
+    );
+}
+
+/// A DIFF table keyed by a double matches keys by value: `-0.0` updates the row stored at
+/// `0.0`, a coordinate one digit longer is a new key, a delete removes its own coordinate only.
+#[test]
+fn diff_keyed_by_a_double_updates_and_deletes_the_keys_whose_values_are_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::diff_keyed_by_coordinate(dir.path());
+    let header = "id,name,version,lat,op";
+    succeeded(project.deliver_with_header(
+        header,
+        &[
+            "a,Ann,1,-23.5,U",
+            "b,Bob,1,0.0,U",
+            "c,Cid,1,12.25,U",
+            "c,Cid,1,12.5,U",
+        ],
+    ));
+    succeeded(project.deliver_with_header(
+        header,
+        &[
+            "b,Bobby,2,-0.0,U",
+            "a,Ann Long,1,-23.50000000000001,U",
+            "c,Cid,2,12.25,D",
+            "d,Dee,1,7.5,U",
+        ],
+    ));
+    let silver = batch_rows(&batches(
+        &project.lake(),
+        Layer::Silver,
+        "accounts",
+        "SELECT id, name, version, abs(lat) FROM t",
+    ));
+    assert_eq!(
+        silver,
+        [
+            "a | Ann Long | 1 | 23.50000000000001",
+            "a | Ann | 1 | 23.5",
+            "b | Bobby | 2 | 0.0",
+            "c | Cid | 1 | 12.5",
+            "d | Dee | 1 | 7.5"
         ]
     );
 }
