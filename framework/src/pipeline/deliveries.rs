@@ -128,6 +128,18 @@ pub async fn record(lake: &Lake, deliveries: &[(&Delivery, u64)]) -> Result<()> 
     Ok(())
 }
 
+/// Live files of the record above which [`compact`] rewrites it into one. Each run commits its
+/// records as a small file, and [`delivered`] reads every live file for each table a run sends:
+/// after 24 runs of the nine tables (83 files) a run that sent nothing took 0.90 s against
+/// 0.50 s after one (the checks 32-96 ms each against 12-46 ms).
+const COMPACT_ABOVE: usize = 8;
+
+/// Compacts the record's files when there are more than [`COMPACT_ABOVE`] (Delta OPTIMIZE: a
+/// commit that changes no data, under the table's lease); returns the files removed.
+pub async fn compact(lake: &Lake) -> Result<u64> {
+    Ok(lake.compact(Layer::Meta, TABLE, COMPACT_ABOVE).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

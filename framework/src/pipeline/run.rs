@@ -696,12 +696,14 @@ struct Sent {
 
 /// Records each delivery `queued`, in order, those waiting together in one commit; each lease
 /// is held until its record is committed. A failed commit does not stop the records after it
-/// (their files are on the topic too); the first error is returned once the queue closes.
+/// (their files are on the topic too); the first error is returned once the queue closes, after
+/// the record is compacted ([`deliveries::compact`]) when this run added to it.
 async fn record_deliveries(
     lake: Lake,
     mut queued: tokio::sync::mpsc::UnboundedReceiver<Sent>,
 ) -> Result<()> {
     let mut first_error = Ok(());
+    let mut compact = false;
     while let Some(sent) = queued.recv().await {
         let mut group = vec![sent];
         while let Ok(sent) = queued.try_recv() {
@@ -720,6 +722,15 @@ async fn record_deliveries(
         drop(group);
         if first_error.is_ok() {
             first_error = recorded;
+        }
+        compact = true;
+    }
+    if compact {
+        // Housekeeping: a failure leaves the records as they are, still read right.
+        match deliveries::compact(&lake).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "produce: deliveries record compacted"),
+            Err(e) => tracing::warn!("compacting the deliveries record: {e}"),
         }
     }
     first_error

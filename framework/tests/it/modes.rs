@@ -827,3 +827,60 @@ fn a_bronze_table_without_offset_records_is_refined_to_its_last_row() {
         distinct_keys_from_csv(&sample(), &project(), "sellers")
     );
 }
+
+/// The live files of the lake's deliveries record, from its Delta log.
+fn deliveries_files(project: &Project) -> usize {
+    let log = project.lake().join("_meta/deliveries/_delta_log");
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    let mut live = std::collections::BTreeSet::new();
+    for commit in commits {
+        for line in std::fs::read_to_string(commit).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(path) = action["add"]["path"].as_str() {
+                live.insert(path.to_owned());
+            }
+            if let Some(path) = action["remove"]["path"].as_str() {
+                live.remove(path);
+            }
+        }
+    }
+    live.len()
+}
+
+/// Each run records the files it sent in the lake's deliveries record, a small file per run,
+/// and every later run reads them all to know what it sent before: the record is compacted
+/// once it holds more than eight files, and still knows every delivery.
+#[test]
+fn the_deliveries_record_stays_a_few_files_and_knows_every_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project::new(dir.path(), "DIFF");
+    let most = (1..=12)
+        .map(|run| {
+            succeeded(project.deliver(&[&format!("k{run},Name{run},1")]));
+            deliveries_files(&project)
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 8, "the record held {most} files after a run");
+    let recorded = batch_rows(&batches(
+        &project.lake(),
+        Layer::Meta,
+        "deliveries",
+        "SELECT \"table\", count(DISTINCT hash), sum(messages) FROM t GROUP BY \"table\"",
+    ));
+    assert_eq!(recorded, ["accounts | 12 | 12"]);
+    // The first delivery's file again: known, not sent.
+    project.write_delivery("id,name,version", &["k1,Name1,1"]);
+    let out = output(project.run());
+    succeeded(out.clone());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("was already ingested unchanged"),
+        "{stdout}"
+    );
+}
