@@ -131,7 +131,8 @@ pub async fn record(lake: &Lake, deliveries: &[(&Delivery, u64)]) -> Result<()> 
 /// Live files of the record above which [`compact`] rewrites it into one. Each run commits its
 /// records as a small file, and [`delivered`] reads every live file for each table a run sends:
 /// after 24 runs of the nine tables (83 files) a run that sent nothing took 0.90 s against
-/// 0.50 s after one (the checks 32-96 ms each against 12-46 ms).
+/// 0.50 s after one (the checks 32-96 ms each against 12-46 ms). Compacted, the nine checks
+/// of such a run took 0.22-0.27 s against 0.62-0.75 s (2026-12-07).
 const COMPACT_ABOVE: usize = 8;
 
 /// Compacts the record's files when there are more than [`COMPACT_ABOVE`] (Delta OPTIMIZE: a

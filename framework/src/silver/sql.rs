@@ -65,7 +65,7 @@ pub fn key_match(key: &[String], left: &str, right: &str) -> String {
 ///
 /// Only the APPEND anti-join uses it. Switching a DIFF table's joins to it (the changed rows,
 /// the files holding the keys, the rows after) made an unchanged re-delivery of geolocation
-/// as a DIFF table run over 120 s at 5.7 GiB, against 2.0-2.4 s with plain equality (scale 1,
+/// as a DIFF table run over 120 s at 5.7 GiB, against 1.5-2.4 s with plain equality (scale 1,
 /// 2026-12-07), though each of those joins alone on the same files was faster with it: the
 /// cause is not found, so the DIFF joins compare doubles as they are.
 pub fn key_match_joinable(ctx: &SessionContext, table: &Table, left: &str, right: &str) -> String {
