@@ -78,11 +78,9 @@ pub fn key_match_joinable(ctx: &SessionContext, table: &Table, left: &str, right
         .iter()
         .map(|k| {
             let id = ident(k);
-            match table.column(k).map(|c| &c.data_type) {
-                Some(ColumnType::Double) => {
-                    format!("{FLOAT_KEY}({left}.{id}) = {FLOAT_KEY}({right}.{id})")
-                }
-                _ => format!("{left}.{id} = {right}.{id}"),
+            match double(k) {
+                true => format!("{FLOAT_KEY}({left}.{id}) = {FLOAT_KEY}({right}.{id})"),
+                false => format!("{left}.{id} = {right}.{id}"),
             }
         })
         .collect::<Vec<_>>()

@@ -161,12 +161,12 @@ sequence_by: version
     }
 
     fn silver(&self) -> Vec<String> {
-        batch_rows(&batches(
-            &self.lake(),
-            Layer::Silver,
-            "accounts",
-            "SELECT id, name, version FROM t",
-        ))
+        self.silver_rows("SELECT id, name, version FROM t")
+    }
+
+    /// The rows of `sql` over silver `accounts` (as `t`), as text lines, sorted.
+    fn silver_rows(&self, sql: &str) -> Vec<String> {
+        batch_rows(&batches(&self.lake(), Layer::Silver, "accounts", sql))
     }
 }
 
@@ -704,12 +704,7 @@ fn append_keyed_by_a_double_stores_only_keys_whose_values_differ() {
             "d,Dee,1,7.5",
         ],
     ));
-    let silver = batch_rows(&batches(
-        &project.lake(),
-        Layer::Silver,
-        "accounts",
-        "SELECT id, name, lat FROM t",
-    ));
+    let silver = project.silver_rows("SELECT id, name, lat FROM t");
     assert_eq!(
         silver,
         [
@@ -747,12 +742,7 @@ fn diff_keyed_by_a_double_updates_and_deletes_the_keys_whose_values_are_equal() 
             "d,Dee,1,7.5,U",
         ],
     ));
-    let silver = batch_rows(&batches(
-        &project.lake(),
-        Layer::Silver,
-        "accounts",
-        "SELECT id, name, version, abs(lat) FROM t",
-    ));
+    let silver = project.silver_rows("SELECT id, name, version, abs(lat) FROM t");
     assert_eq!(
         silver,
         [
@@ -830,15 +820,8 @@ fn a_bronze_table_without_offset_records_is_refined_to_its_last_row() {
 
 /// The live files of the lake's deliveries record, from its Delta log.
 fn deliveries_files(project: &Project) -> usize {
-    let log = project.lake().join("_meta/deliveries/_delta_log");
-    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "json"))
-        .collect();
-    commits.sort();
     let mut live = std::collections::BTreeSet::new();
-    for commit in commits {
+    for commit in delta_commits(&project.lake().join("_meta/deliveries")) {
         for line in std::fs::read_to_string(commit).unwrap().lines() {
             let action: serde_json::Value = serde_json::from_str(line).unwrap();
             if let Some(path) = action["add"]["path"].as_str() {
