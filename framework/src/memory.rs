@@ -24,7 +24,7 @@ pub fn without_transparent_huge_pages() {
 /// How long (ms) freed memory stays with the allocator before it goes back to the OS in a batch
 /// command (`run`, `build`, ...), where mimalloc's default is 1000. Memory freed and touched
 /// again within the delay is not faulted in again: the system time of a scale-1 `run --all` was
-/// a third of its CPU time at 100 ms. With [`BATCH_THREAD_KEEP_ALIVE`], on the nine Olist
+/// a third of its CPU time at 100 ms. With [`THREAD_KEEP_ALIVE`], on the nine Olist
 /// tables (`run --all --simulate`, 2026-12-04, wall s / peak):
 ///
 /// | purge delay | scale 1 | scale 10 |
@@ -38,14 +38,22 @@ pub fn without_transparent_huge_pages() {
 /// `MIMALLOC_PURGE_DELAY` in the environment (mimalloc's own variable) overrides it.
 const BATCH_PURGE_DELAY_MS: std::ffi::c_long = 2000;
 
-/// How long an idle thread of the async runtime's blocking pool lives in a batch command
-/// (tokio's default: 10 s). Each such thread keeps what it freed in its own allocator heap
-/// until it allocates again, and the blocking pool runs a table's produce, its log reads and
-/// its Parquet writes on whichever thread is idle: at scale 10, threads left idle after a stage
-/// held about a gigabyte (the resident memory stayed at 1.1-1.4 GiB between tables, the peak
-/// 2.0-2.2 GiB; with 100 ms, 0.25-0.9 GiB between tables and a peak of 1.0 GiB at the same
-/// speed). A thread that ends hands its memory back; starting one costs tens of microseconds.
-pub const BATCH_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long an idle thread of the async runtime's blocking pool lives, in every command (tokio's
+/// default: 10 s). Each such thread keeps what it freed in its own allocator heap until it
+/// allocates again (memory that other threads free into its pages is collected only then), and
+/// the blocking pool runs file reads and writes, log reads and lease waits on whichever thread is
+/// idle. In a batch run, at scale 10, threads left idle after a stage held about a gigabyte (the
+/// resident memory stayed at 1.1-1.4 GiB between tables, the peak 2.0-2.2 GiB; with 100 ms,
+/// 0.25-0.9 GiB between tables and a peak of 1.0 GiB at the same speed). In the gateway, a
+/// refresh's reads of many small files grow the pool in bursts, and under a steady load a
+/// thread is rarely idle for 10 s: 16 clients on `?wait=visible` over the scale-1 lake left 80 to
+/// 150 threads and a resident memory that grew for about 40 s (`bench/gateway_memory.py`,
+/// 2026-12-07: 242 -> 413 and 277 -> 443 MiB over 40 s) before it levelled; with this, 21 to 54
+/// threads and 163-240 MiB throughout, at the same rate of records (7 200-9 000 against
+/// 7 840-9 120 in 40 s). A thread that ends hands its memory back; starting one costs tens of
+/// microseconds (the durable acknowledgements of 16 clients: 17 000-21 100 records/s against
+/// 18 700-24 800 before, in alternated runs of `bench/gateway_bench.py`, within their spread).
+pub const THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Sets the batch commands' purge delay ([`BATCH_PURGE_DELAY_MS`]). Called once, before any
 /// thread starts.

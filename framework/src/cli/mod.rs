@@ -477,11 +477,8 @@ fn execute(
         command,
     }: Cli,
 ) -> Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if !matches!(command, Command::Serve { .. }) {
-        builder.thread_keep_alive(crate::memory::BATCH_THREAD_KEEP_ALIVE);
-    }
-    let runtime = builder
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_keep_alive(crate::memory::THREAD_KEEP_ALIVE)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -1441,6 +1441,59 @@ fn the_engine_runs_without_transparent_huge_pages() {
     assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
 }
 
+/// The async runtime's threads of `server` (workers and blocking-pool threads alike are named
+/// `tokio-rt-worker`), from /proc.
+#[cfg(target_os = "linux")]
+fn runtime_threads(server: &Server) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id())).unwrap();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+/// A burst of requests grows the runtime's blocking pool (file reads and writes, lease waits):
+/// 16 clients waiting for visibility left 40-110 threads, each holding the memory its allocator
+/// heap had freed, for the pool's default 10 s keep-alive, which a steady load never reached,
+/// so the server's memory grew for a minute (see `memory::BATCH_THREAD_KEEP_ALIVE`). Once the
+/// burst is answered, the idle threads end within seconds: the runtime is back to its workers
+/// and at most two more.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_burst_leaves_no_idle_threads_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &[]);
+    let config = json!({ "base": server.base, "token": TOKEN, "clients": 16, "rounds": 4 });
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("framework/tests/py/visible_rounds.py"))
+        .arg(config.to_string());
+    let out = output_within(cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "the clients failed (FRAMEWORK_TEST_PYTHON must be the venv of scripts/env.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(summary["answered"], 16 * 4, "{summary}");
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let answered = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let threads = runtime_threads(&server);
+        seen.push(threads);
+        if threads <= workers + 2 {
+            break;
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(5),
+            "the runtime kept {threads} threads ({workers} workers) 5 s after the burst; \
+             counts every 100 ms: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The embedded log appends a group one partition after the other. A crash after the first
 /// partition's block (crash point `log-between-partitions`), then a retry with the same
 /// Idempotency-Key after a restart: the retry appends exactly the records that did not reach
