@@ -1,11 +1,12 @@
-"""Gateway memory under load: the server's resident memory every 10 s while 16 clients post
-batches of 10 `orders` records, then 5 s after the load stops.
+"""Gateway memory under load: the server's resident memory and threads every 5 s while 16
+clients post batches of 10 `orders` records, then 5 s after the load stops.
 
 Usage: gateway_memory.py FRAMEWORK LAKE SECONDS [ROUTE]
   FRAMEWORK  the framework binary; LAKE a lake loaded with the sample (`framework --lake LAKE
   run --all`), which the run changes (copy it to compare two binaries on the same start);
   ROUTE      default /ingest_fast/orders?wait=visible.
-Prints one line per sample: seconds, RSS MiB, records acknowledged, files under silver/orders.
+Prints one line per sample: seconds, RSS MiB, the server's threads, records acknowledged, files
+under silver/orders.
 """
 
 import csv
@@ -38,11 +39,14 @@ if "http://" not in line:
 host, port = line.split("http://")[1].split()[0].split(":")
 
 
-def rss_mib():
+def status():
+    """`<rss> MiB  threads <n>` of the server, from /proc."""
+    fields = {}
     with open(f"/proc/{server.pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
+            name, _, value = line.partition(":")
+            fields[name] = value.split()
+    return f"{int(fields['VmRSS'][0]) // 1024} MiB  threads {fields['Threads'][0]}"
 
 
 deadline = time.time() + seconds
@@ -80,12 +84,12 @@ try:
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
-        time.sleep(10)
+        time.sleep(5)
         files = sum(len(f) for _, _, f in os.walk(os.path.join(lake, "silver", "orders")))
-        print(f"{time.time() - started:5.0f} s  rss {rss_mib()} MiB  records {acknowledged[0]}  "
+        print(f"{time.time() - started:5.0f} s  rss {status()}  records {acknowledged[0]}  "
               f"silver/orders files {files}", flush=True)
     time.sleep(5)
-    print(f"5 s after the load: rss {rss_mib()} MiB", flush=True)
+    print(f"5 s after the load: rss {status()}", flush=True)
     if errors:
         raise SystemExit(f"{route}: status {errors[0]}")
 finally:
