@@ -902,6 +902,24 @@ fn a_connection_that_stalls_is_closed_after_the_idle_timeout() {
     assert_eq!(health["status"], 200, "{health}");
 }
 
+/// `clients` clients that wait for visibility, each sending `rounds` requests of one new seller
+/// one after the other (`tests/py/visible_rounds.py`); checks that every request was answered 200.
+fn visible_rounds(server: &Server, clients: usize, rounds: usize) {
+    let config =
+        json!({ "base": server.base, "token": TOKEN, "clients": clients, "rounds": rounds });
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("framework/tests/py/visible_rounds.py"))
+        .arg(config.to_string());
+    let out = output_within(cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "the clients failed (FRAMEWORK_TEST_PYTHON must be the venv of scripts/env.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(summary["answered"], clients * rounds, "{summary}");
+}
+
 /// Eight clients that wait for visibility, each sending its next request as soon as it is
 /// answered (`tests/py/visible_rounds.py`): a refresh lingers for the requests the last one
 /// answered, so each serves all eight: ten rounds took 11 refreshes (silver commits; three
@@ -926,19 +944,7 @@ fn concurrent_clients_waiting_for_visibility_share_each_refresh() {
     assert_eq!(response[0]["status"], 200, "{}", response[0]);
     let before = commits();
     let (clients, rounds) = (8, 10);
-    let config =
-        json!({ "base": server.base, "token": TOKEN, "clients": clients, "rounds": rounds });
-    let mut cmd = Command::new(python());
-    cmd.arg(repo().join("framework/tests/py/visible_rounds.py"))
-        .arg(config.to_string());
-    let out = output_within(cmd, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "the clients failed (FRAMEWORK_TEST_PYTHON must be the venv of scripts/env.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
-    assert_eq!(summary["answered"], clients * rounds, "{summary}");
+    visible_rounds(&server, clients, rounds);
     let refreshes = commits() - before;
     eprintln!("{refreshes} refreshes for {rounds} rounds of {clients} clients");
     assert!(
@@ -1464,18 +1470,7 @@ fn a_burst_leaves_no_idle_threads_behind() {
     let dir = tempfile::tempdir().unwrap();
     let lake = loaded_lake(dir.path());
     let server = serve(&lake, &[]);
-    let config = json!({ "base": server.base, "token": TOKEN, "clients": 16, "rounds": 4 });
-    let mut cmd = Command::new(python());
-    cmd.arg(repo().join("framework/tests/py/visible_rounds.py"))
-        .arg(config.to_string());
-    let out = output_within(cmd, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "the clients failed (FRAMEWORK_TEST_PYTHON must be the venv of scripts/env.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
-    assert_eq!(summary["answered"], 16 * 4, "{summary}");
+    visible_rounds(&server, 16, 4);
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let answered = Instant::now();
     let mut seen = Vec::new();
