@@ -1461,7 +1461,7 @@ fn runtime_threads(server: &Server) -> usize {
 /// A burst of requests grows the runtime's blocking pool (file reads and writes, lease waits):
 /// 16 clients waiting for visibility left 40-110 threads, each holding the memory its allocator
 /// heap had freed, for the pool's default 10 s keep-alive, which a steady load never reached,
-/// so the server's memory grew for a minute (see `memory::BATCH_THREAD_KEEP_ALIVE`). Once the
+/// so the server's memory grew for a minute (see `memory::THREAD_KEEP_ALIVE`). Once the
 /// burst is answered, the idle threads end within seconds: the runtime is back to its workers
 /// and at most two more.
 #[cfg(target_os = "linux")]
