@@ -121,12 +121,15 @@ fn gone() -> Problem {
 }
 
 impl Lanes {
-    /// Starts `table`'s committer and refresher threads; they end when the lanes are dropped.
-    pub fn start(gateway: &Arc<Gateway>, table: &Table) -> std::io::Result<Self> {
+    /// Starts `table`'s committer and refresher threads; they end when every clone of the lanes
+    /// is dropped, the refresher once it has run what its queue holds. The [`Ended`]s tell when.
+    pub fn start(gateway: &Arc<Gateway>, table: &Table) -> std::io::Result<(Self, [Ended; 2])> {
         let (appends, append_queue) = mpsc::unbounded_channel();
         let (refreshes, refresh_queue) = mpsc::unbounded_channel();
         let name = table.name().to_owned();
         let appended = Arc::new(AtomicU64::new(0));
+        let (committed, committer_ended) = Ended::pair(format!("commit-{name}"));
+        let (refreshed, refresher_ended) = Ended::pair(format!("refresh-{name}"));
         {
             let (bus, table, refreshes) = (gateway.bus.clone(), table.clone(), refreshes.clone());
             let pii = gateway.keys.clone();
@@ -135,6 +138,7 @@ impl Lanes {
             std::thread::Builder::new()
                 .name(format!("commit-{name}"))
                 .spawn(move || {
+                    let _ended = committed;
                     let mut keys = TopicKeys {
                         state_dir,
                         ..TopicKeys::default()
@@ -156,15 +160,19 @@ impl Lanes {
             let appended = appended.clone();
             std::thread::Builder::new()
                 .name(format!("refresh-{name}"))
-                .spawn(move || refresher(&gateway, &table, refresh_queue, &runtime, &appended))?;
+                .spawn(move || {
+                    let _ended = refreshed;
+                    refresher(&gateway, &table, refresh_queue, &runtime, &appended)
+                })?;
         }
-        Ok(Self {
+        let lanes = Self {
             table: name,
             durable_timeout: gateway.limits.durable_timeout,
             appends,
             refreshes,
             appended,
-        })
+        };
+        Ok((lanes, [committer_ended, refresher_ended]))
     }
 
     /// Appends `records` to the topic (with the group that is forming); answers once they are
@@ -221,6 +229,31 @@ impl Lanes {
     /// Has the refresher bring the table up to date (what a crash left on the topic).
     pub fn kick(&self) {
         let _ = self.refreshes.send(Refresh::Kick { seq: u64::MAX });
+    }
+}
+
+/// Tells when a lane's thread has ended: the thread holds the sending half and drops it as it
+/// ends (however it ends).
+#[derive(Debug)]
+pub struct Ended {
+    thread: String,
+    signal: std::sync::mpsc::Receiver<()>,
+}
+
+impl Ended {
+    fn pair(thread: String) -> (std::sync::mpsc::Sender<()>, Self) {
+        let (sender, signal) = std::sync::mpsc::channel();
+        (sender, Self { thread, signal })
+    }
+
+    /// Waits until the thread has ended or `deadline` has passed; `Err` names the thread when
+    /// it is still running.
+    pub fn wait_until(self, deadline: std::time::Instant) -> Result<(), String> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match self.signal.recv_timeout(left) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(self.thread),
+            _ => Ok(()),
+        }
     }
 }
 

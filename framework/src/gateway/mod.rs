@@ -138,8 +138,11 @@ pub struct Gateway {
     docs: String,
     ingests: tokio::sync::Semaphore,
     turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Each table's committer and refresher, started on its first ingest.
-    lanes: std::sync::Mutex<HashMap<String, lanes::Lanes>>,
+    /// Each table's committer and refresher, started on its first ingest; `None` once
+    /// [`Gateway::stop`] has run.
+    lanes: std::sync::Mutex<Option<HashMap<String, lanes::Lanes>>>,
+    /// When each lane thread ends, for [`Gateway::stop`].
+    lane_threads: std::sync::Mutex<Vec<lanes::Ended>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -176,7 +179,8 @@ impl Gateway {
             tokens,
             limits,
             turns: std::sync::Mutex::new(HashMap::new()),
-            lanes: std::sync::Mutex::new(HashMap::new()),
+            lanes: std::sync::Mutex::new(Some(HashMap::new())),
+            lane_threads: std::sync::Mutex::default(),
         }
     }
 
@@ -198,14 +202,51 @@ impl Gateway {
     /// `table`'s lanes, started on first use (see [`lanes`]).
     fn lanes(self: &Arc<Self>, table: &crate::idcard::Table) -> Result<lanes::Lanes, Problem> {
         let mut all = self.lanes.lock().expect("the lanes map is never poisoned");
+        let Some(all) = all.as_mut() else {
+            return Err(Problem::unavailable("the gateway is shutting down"));
+        };
         if let Some(found) = all.get(table.name()) {
             return Ok(found.clone());
         }
-        let started = lanes::Lanes::start(self, table).map_err(|e| {
+        let (started, ended) = lanes::Lanes::start(self, table).map_err(|e| {
             Problem::internal(format!("starting the lanes of {}: {e}", table.name()))
         })?;
         all.insert(table.name().to_owned(), started.clone());
+        self.lane_threads
+            .lock()
+            .expect("the lane threads are never poisoned")
+            .extend(ended);
         Ok(started)
+    }
+
+    /// Stops taking ingests and lets each table's lanes finish: the committer what it holds,
+    /// the refresher the refresh under way and the one its queue still asks for (durable
+    /// records become visible before the process ends). Waits for them up to `within`; a lane
+    /// still running then is named in a warning (what it did not finish, the next start does:
+    /// its records are durable on the topic). Called once the server has answered its requests.
+    pub fn stop(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        // Dropping the map's lanes (the requests' clones are gone) closes their queues.
+        drop(
+            self.lanes
+                .lock()
+                .expect("the lanes map is never poisoned")
+                .take(),
+        );
+        let threads = std::mem::take(
+            &mut *self
+                .lane_threads
+                .lock()
+                .expect("the lane threads are never poisoned"),
+        );
+        for ended in threads {
+            if let Err(thread) = ended.wait_until(deadline) {
+                tracing::warn!(
+                    "{thread} still running {within:?} after the shutdown began; stopping anyway \
+                     (its records are on the topic: the next start makes them visible)"
+                );
+            }
+        }
     }
 
     /// Brings every table whose topic holds messages up to date in the background: what was
@@ -299,10 +340,17 @@ pub async fn serve(
     let catching_up = gateway.clone();
     tokio::task::spawn_blocking(move || catching_up.catch_up());
     let listener = guard::GuardedListener::new(listener, gateway.limits.idle_timeout);
-    axum::serve(listener, app(gateway))
+    axum::serve(listener, app(gateway.clone()))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await?;
+    // The lanes' threads run on this runtime: they finish before it ends.
+    let stopping = tokio::task::spawn_blocking(move || gateway.stop(STOP_WITHIN));
+    stopping.await.map_err(std::io::Error::other)
 }
+
+/// How long a stopping gateway waits for its lanes (a refresh of a large delivery can take
+/// seconds; an orchestrator's grace period before SIGKILL is usually 30 s).
+const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 async fn not_found() -> Problem {
     Problem::not_found("no such route").with_hint("GET / lists the routes")

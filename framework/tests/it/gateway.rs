@@ -33,12 +33,17 @@ fn serve(lake: &Path, extra: &[&str]) -> Server {
 }
 
 /// Starts `framework serve` on a free port with `cmd`'s global options and `extra` arguments.
-fn serve_with(mut cmd: Command, extra: &[&str]) -> Server {
+fn serve_with(cmd: Command, extra: &[&str]) -> Server {
+    serve_logging_to(cmd, extra, Stdio::inherit())
+}
+
+/// [`serve_with`], the server's log going to `stderr`.
+fn serve_logging_to(mut cmd: Command, extra: &[&str], stderr: Stdio) -> Server {
     cmd.args(["serve", "--addr", "127.0.0.1:0"])
         .args(extra)
         .env("FRAMEWORK_GATEWAY_TOKEN", TOKEN)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
     let mut child = cmd.spawn().expect("framework serve starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -731,6 +736,53 @@ fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() 
         expected,
         "durable records not visible {:?} after their acknowledgement",
         started.elapsed()
+    );
+}
+
+/// SIGTERM while a background refresh runs (it starts at once after the first durable
+/// request): the gateway lets the refresh under way finish, runs the one the later requests
+/// wait for, and exits 0 with no panic; a new server then shows every acknowledged record.
+#[test]
+fn sigterm_lets_the_refreshes_finish_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let log = dir.path().join("serve.log");
+    let mut server = serve_logging_to(
+        framework(&lake),
+        &[],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let requests: Vec<Value> = (1..=3)
+        .map(|i| {
+            let body = json!({ "records": [
+                { "seller_id": format!("term-{i}"), "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
+            ]});
+            post_json(&server, "/ingest_fast/sellers", &body, None)
+        })
+        .collect();
+    for response in http(&requests) {
+        assert_eq!(response["status"], 202, "{response}");
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = wait_within(&mut server.child, Duration::from_secs(60))
+        .expect("the gateway exits within 60 s of SIGTERM");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "exit {status:?}; log:\n{logged}");
+    assert!(
+        !logged.contains("panicked"),
+        "a panic on SIGTERM:\n{logged}"
+    );
+    // Visible at once in a new server: the stopping one made them so (no catch-up needed).
+    let server = serve(&lake, &[]);
+    let path = "/staging/sellers?seller_id.gte=term-&seller_id.lt=term-~&order_by=seller_id&columns=seller_id";
+    let seen = http(&[get(&server, path, "application/json")]).remove(0)["body"].clone();
+    assert_eq!(
+        seen,
+        json!([{ "seller_id": "term-1" }, { "seller_id": "term-2" }, { "seller_id": "term-3" }])
     );
 }
 
