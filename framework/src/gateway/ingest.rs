@@ -374,15 +374,21 @@ pub(crate) fn offsets_text(positions: &[Position]) -> String {
 /// Delta versions of `table`'s bronze and silver and of `models` in gold.
 pub async fn versions(lake: &Lake, table: &str, models: &[String]) -> Result<Value, Problem> {
     let internal = |e: crate::lake::Error| Problem::internal(e.to_string());
+    // Read at once: each is a listing of the table's log.
+    let (bronze, silver, gold_versions) = futures::join!(
+        lake.version(Layer::Bronze, table),
+        lake.version(Layer::Silver, table),
+        futures::future::join_all(models.iter().map(|m| lake.version(Layer::Gold, m)))
+    );
     let mut gold = serde_json::Map::new();
-    for model in models {
-        if let Some(version) = lake.version(Layer::Gold, model).await.map_err(internal)? {
+    for (model, version) in models.iter().zip(gold_versions) {
+        if let Some(version) = version.map_err(internal)? {
             gold.insert(model.clone(), version.into());
         }
     }
     Ok(serde_json::json!({
-        "bronze": lake.version(Layer::Bronze, table).await.map_err(internal)?,
-        "silver": lake.version(Layer::Silver, table).await.map_err(internal)?,
+        "bronze": bronze.map_err(internal)?,
+        "silver": silver.map_err(internal)?,
         "gold": gold,
     }))
 }

@@ -80,9 +80,16 @@ enum Refresh {
     Wait {
         positions: Vec<Position>,
         seq: u64,
+        /// The refused tables' versions read before the records were appended, if known.
+        refused_before: Option<RefusedVersions>,
         reply: oneshot::Sender<Result<Visible, Problem>>,
     },
 }
+
+/// The versions of a table's reject and quarantine tables (`None`: not written yet). When both
+/// are the same after a refresh as before a request's records were appended, none of its
+/// records was refused, and its answer needs no read of those tables.
+pub type RefusedVersions = (Option<i64>, Option<i64>);
 
 /// A table's two lanes.
 #[derive(Debug, Clone)]
@@ -97,6 +104,8 @@ pub struct Lanes {
     /// after the appends an item needs has already run (a kick that arrives after the wait
     /// it came with, say).
     appended: Arc<AtomicU64>,
+    /// The refused tables' versions as the refresher last read them (see [`RefusedVersions`]).
+    refused: Arc<std::sync::Mutex<Option<RefusedVersions>>>,
 }
 
 impl std::fmt::Debug for Append {
@@ -128,6 +137,7 @@ impl Lanes {
         let (refreshes, refresh_queue) = mpsc::unbounded_channel();
         let name = table.name().to_owned();
         let appended = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(std::sync::Mutex::new(None));
         let (committed, committer_ended) = Ended::pair(format!("commit-{name}"));
         let (refreshed, refresher_ended) = Ended::pair(format!("refresh-{name}"));
         {
@@ -157,12 +167,16 @@ impl Lanes {
         {
             let (gateway, table) = (Arc::downgrade(gateway), table.clone());
             let runtime = tokio::runtime::Handle::current();
-            let appended = appended.clone();
+            let (appended, refused) = (appended.clone(), refused.clone());
             std::thread::Builder::new()
                 .name(format!("refresh-{name}"))
                 .spawn(move || {
                     let _ended = refreshed;
-                    refresher(&gateway, &table, refresh_queue, &runtime, &appended)
+                    let shared = Shared {
+                        appended: &appended,
+                        refused: &refused,
+                    };
+                    refresher(&gateway, &table, refresh_queue, &runtime, shared)
                 })?;
         }
         let lanes = Self {
@@ -171,6 +185,7 @@ impl Lanes {
             appends,
             refreshes,
             appended,
+            refused,
         };
         Ok((lanes, [committer_ended, refresher_ended]))
     }
@@ -201,14 +216,24 @@ impl Lanes {
             .map_err(|_| gone())?
     }
 
+    /// The refused tables' versions as last read: taken before an append, for [`Self::visible`].
+    pub fn refused_versions(&self) -> Option<RefusedVersions> {
+        *self
+            .refused
+            .lock()
+            .expect("the refused versions are never poisoned")
+    }
+
     /// Answers once the records at `positions` (already on the topic) are in bronze, silver and
     /// the gold models that read the table.
     /// `replayed`: the records were appended before (maybe by an earlier process), so a
-    /// refresh runs whatever this process has covered.
+    /// refresh runs whatever this process has covered. `refused_before`:
+    /// [`Self::refused_versions`] taken before the records were appended.
     pub async fn visible(
         &self,
         positions: Vec<Position>,
         replayed: bool,
+        refused_before: Option<RefusedVersions>,
     ) -> Result<Visible, Problem> {
         let (reply, answer) = oneshot::channel();
         let seq = if replayed {
@@ -216,10 +241,13 @@ impl Lanes {
         } else {
             self.appended.load(Ordering::SeqCst)
         };
+        // Replayed records were appended before that reading: it proves nothing about them.
+        let refused_before = refused_before.filter(|_| !replayed);
         self.refreshes
             .send(Refresh::Wait {
                 positions,
                 seq,
+                refused_before,
                 reply,
             })
             .map_err(|_| gone())?;
@@ -950,8 +978,22 @@ const BACKGROUND_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_
 /// next refresh this much at most, and a request after a longer pause nothing.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// A request waiting for visibility: its records' positions and where to answer.
-type Waiting = (Vec<Position>, oneshot::Sender<Result<Visible, Problem>>);
+/// A request waiting for visibility: its records' positions, the refused tables' versions
+/// before they were appended, and where to answer.
+type Waiting = (
+    Vec<Position>,
+    Option<RefusedVersions>,
+    oneshot::Sender<Result<Visible, Problem>>,
+);
+
+/// What a table's lanes share with its refresher.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    /// Appends the committer has made.
+    appended: &'a AtomicU64,
+    /// The refused tables' versions the refresher read last.
+    refused: &'a std::sync::Mutex<Option<RefusedVersions>>,
+}
 
 /// Adds a refresher's work item to the waits and the appends needed.
 fn take(refresh: Refresh, waits: &mut Vec<Waiting>, needed: &mut u64) {
@@ -960,10 +1002,11 @@ fn take(refresh: Refresh, waits: &mut Vec<Waiting>, needed: &mut u64) {
         Refresh::Wait {
             positions,
             seq,
+            refused_before,
             reply,
         } => {
             *needed = (*needed).max(seq);
-            waits.push((positions, reply));
+            waits.push((positions, refused_before, reply));
         }
     }
 }
@@ -1011,8 +1054,12 @@ fn refresher(
     table: &Table,
     mut queue: mpsc::UnboundedReceiver<Refresh>,
     runtime: &tokio::runtime::Handle,
-    appended: &AtomicU64,
+    shared: Shared<'_>,
 ) {
+    if let Some(gateway) = gateway.upgrade() {
+        let read = runtime.block_on(refused_versions(&gateway.lake, table.name()));
+        *shared.refused.lock().expect("never poisoned") = read.ok();
+    }
     // Appends covered by the last refresh that succeeded.
     let mut covered = 0;
     let mut refreshes: u64 = 0;
@@ -1059,10 +1106,19 @@ fn refresher(
         let Some(gateway) = gateway.upgrade() else {
             break;
         };
-        let positions: Vec<&[Position]> = waits.iter().map(|(p, _)| p.as_slice()).collect();
+        let asking: Vec<(&[Position], Option<RefusedVersions>)> = waits
+            .iter()
+            .map(|(p, before, _)| (p.as_slice(), *before))
+            .collect();
         let run = needed > covered;
-        let starts_at = appended.load(Ordering::SeqCst);
-        let outcome = runtime.block_on(refresh_visible(&gateway, table, &positions, run));
+        let starts_at = shared.appended.load(Ordering::SeqCst);
+        let outcome = runtime.block_on(refresh_visible(
+            &gateway,
+            table,
+            &asking,
+            run,
+            shared.refused,
+        ));
         if run {
             last_end = Some(std::time::Instant::now());
         }
@@ -1076,13 +1132,13 @@ fn refresher(
         expected = waits.len() + came.len();
         match outcome {
             Ok(visible) => {
-                for ((_, reply), visible) in waits.into_iter().zip(visible) {
+                for ((_, _, reply), visible) in waits.into_iter().zip(visible) {
                     let _ = reply.send(Ok(visible));
                 }
             }
             Err(problem) => {
                 tracing::warn!("refreshing {}: {}", table.name(), problem.detail);
-                for (_, reply) in waits {
+                for (_, _, reply) in waits {
                     let _ = reply.send(Err(problem.clone()));
                 }
             }
@@ -1106,13 +1162,29 @@ fn refresher(
     }
 }
 
+/// The versions of `table`'s reject and quarantine tables.
+async fn refused_versions(
+    lake: &crate::lake::Lake,
+    table: &str,
+) -> Result<RefusedVersions, Problem> {
+    let internal = |e: crate::lake::Error| Problem::internal(e.to_string());
+    let (reject, quarantine) = futures::join!(
+        lake.version(Layer::Reject, table),
+        lake.version(Layer::Quarantine, table)
+    );
+    Ok((reject.map_err(internal)?, quarantine.map_err(internal)?))
+}
+
 /// Runs the refresh, then tells each waiting request what was kept out of its records and the
-/// versions written.
+/// versions written. A request whose `refused_before` equals the refused tables' versions now
+/// had none of its records refused: only the others' positions are looked up in those tables.
+/// The versions read now are kept in `refused` for the requests to come.
 async fn refresh_visible(
     gateway: &Gateway,
     table: &Table,
-    waits: &[&[Position]],
+    waits: &[(&[Position], Option<RefusedVersions>)],
     run: bool,
+    refused: &std::sync::Mutex<Option<RefusedVersions>>,
 ) -> Result<Vec<Visible>, Problem> {
     let name = table.name();
     if run {
@@ -1131,13 +1203,25 @@ async fn refresh_visible(
             )
         })?;
     }
-    if waits.is_empty() {
+    if waits.is_empty() && !run {
         return Ok(Vec::new());
     }
     let answering = std::time::Instant::now();
-    let all: Vec<Position> = waits.iter().flat_map(|w| w.iter().copied()).collect();
-    let rejected = ingest::reasons_at(&gateway.lake, Layer::Reject, table, &all).await?;
-    let quarantined = ingest::reasons_at(&gateway.lake, Layer::Quarantine, table, &all).await?;
+    let now = refused_versions(&gateway.lake, name).await?;
+    *refused.lock().expect("never poisoned") = Some(now);
+    if waits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let unrefused = |before: &Option<RefusedVersions>| *before == Some(now);
+    let looked_up: Vec<Position> = waits
+        .iter()
+        .filter(|(_, before)| !unrefused(before))
+        .flat_map(|(positions, _)| positions.iter().copied())
+        .collect();
+    let (rejected, quarantined) = futures::try_join!(
+        ingest::reasons_at(&gateway.lake, Layer::Reject, table, &looked_up),
+        ingest::reasons_at(&gateway.lake, Layer::Quarantine, table, &looked_up)
+    )?;
     let models: Vec<String> = crate::gold::select(&gateway.models, &[format!("source:{name}+")])
         .map_err(|e| Problem::internal(e.to_string()))?
         .into_iter()
@@ -1146,12 +1230,13 @@ async fn refresh_visible(
     tracing::debug!(
         table = name,
         requests = waits.len(),
+        looked_up = looked_up.len(),
         seconds = answering.elapsed().as_secs_f64(),
         "refresh: rejects, quarantine and versions read for the answers"
     );
     Ok(waits
         .iter()
-        .map(|positions| Visible {
+        .map(|(positions, _)| Visible {
             rejected: ingest::by_index(positions, &rejected),
             quarantined: ingest::by_index(positions, &quarantined),
             versions: versions.clone(),

@@ -853,6 +853,7 @@ async fn ingest_table(
     ingest::check_count(&records, gateway.limits.max_records)?;
     let count = records.len();
     let lanes = gateway.lanes(&config)?;
+    let refused_before = lanes.refused_versions();
     let appended = lanes.append(records, idempotency, true).await?;
     match wait {
         Wait::Durable => Ok((
@@ -871,7 +872,11 @@ async fn ingest_table(
             let limit = gateway.limits.visible_timeout;
             let visible = tokio::time::timeout(
                 limit,
-                lanes.visible(appended.positions.clone(), appended.replayed),
+                lanes.visible(
+                    appended.positions.clone(),
+                    appended.replayed,
+                    refused_before,
+                ),
             )
             .await
             .map_err(|_| not_visible_in_time(&table, &appended.positions, limit))??;

@@ -1005,6 +1005,56 @@ fn concurrent_clients_waiting_for_visibility_share_each_refresh() {
     );
 }
 
+/// `?wait=visible` names the records silver quarantined, request by request: one with a bad
+/// order id, then one with none (its answer skips reading the quarantine table, which did not
+/// change since before it was appended), then a bad one again (the table changed: read).
+#[test]
+fn visible_answers_name_the_quarantined_records_of_each_request_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &[]);
+    let template = csv_rows("olist_orders_dataset.csv").remove(0);
+    let order = |id: &str| {
+        let mut row = template.clone();
+        row.insert("order_id".into(), id.into());
+        json!(row)
+    };
+    let good = |n: u32| format!("{n:032x}");
+    let rounds = [
+        (vec![order(&good(1)), order("not-an-order-id-1")], vec![1]),
+        (vec![order(&good(2))], vec![]),
+        (vec![order(&good(3))], vec![]),
+        (vec![order("not-an-order-id-2"), order(&good(4))], vec![0]),
+        (vec![order(&good(5))], vec![]),
+    ];
+    for (records, quarantined) in rounds {
+        let body = json!({ "records": records });
+        let answer = http(&[post_json(
+            &server,
+            "/ingest_fast/orders?wait=visible",
+            &body,
+            None,
+        )])
+        .remove(0);
+        assert_eq!(answer["status"], 200, "{answer}");
+        let listed: Vec<u64> = answer["body"]["quarantined"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(listed, quarantined, "{answer}");
+        for q in answer["body"]["quarantined"].as_array().unwrap() {
+            assert_eq!(q["reason"], "order_id_matches", "{answer}");
+        }
+        assert_eq!(
+            answer["body"]["accepted"],
+            records.len() - quarantined.len(),
+            "{answer}"
+        );
+    }
+}
+
 #[test]
 fn ingest_fast_acknowledges_durable_then_visible_and_a_retried_key_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();
