@@ -129,7 +129,8 @@ enum Command {
     /// routes), POST /ingest/{table} and /ingest_fast/{table}, /health, /ready and /stats, on
     /// the embedded log or a Kafka bus (--bus). Writes need a bearer token:
     /// FRAMEWORK_GATEWAY_TOKEN (one token, every scope) or a --tokens file; without either,
-    /// reads are open and writes refused.
+    /// reads are open and writes refused. Ctrl-C or SIGTERM: the requests in flight are
+    /// answered and the refreshes under way finish (at most 20 s) before it exits.
     #[command(after_help = "Examples:
   FRAMEWORK_GATEWAY_TOKEN=$(openssl rand -hex 16) framework serve
   framework serve --addr 0.0.0.0:8080 --tokens /etc/framework/tokens.yaml
