@@ -294,7 +294,8 @@ impl Lake {
 
     /// The table at its latest version, or `None` when nothing was ever written there.
     ///
-    /// A table opened before by this `Lake` (or a clone) is brought forward from that snapshot:
+    /// A table opened or written before by this `Lake` (or a clone) is brought forward from
+    /// that snapshot (a write keeps the snapshot its commit produced):
     /// only the log's newer commits are listed and read, and only their file actions applied
     /// (delta-rs' incremental update), instead of reading the checkpoint and replaying the log.
     /// A snapshot that cannot be brought forward is dropped and the table loaded afresh.
@@ -507,7 +508,7 @@ impl Lake {
             stats_columns: self.stats_columns(table, batches.first(), placement.partition_by),
             target_bytes: placement.target_bytes,
         };
-        commit(
+        let written = commit(
             delta,
             batches,
             placement.partition_by,
@@ -517,7 +518,9 @@ impl Lake {
             files,
         )
         .await
-        .map_err(Self::delta_err(layer, table))
+        .map_err(Self::delta_err(layer, table))?;
+        self.remember((layer, table.to_owned()), &written);
+        Ok(())
     }
 
     /// Replaces the live files `removed` (their paths as the log holds them) of the snapshot
@@ -591,7 +594,8 @@ impl Lake {
             )
             .await
             {
-                Ok(()) => {
+                Ok(written) => {
+                    self.remember((layer, table.to_owned()), &written);
                     tracing::debug!(
                         %layer,
                         table,
@@ -1192,7 +1196,8 @@ async fn replace(
     Ok(())
 }
 
-/// Writes `batches` and `txns` in one commit on top of `delta`'s snapshot.
+/// Writes `batches` and `txns` in one commit on top of `delta`'s snapshot; returns the table at
+/// the version committed (its snapshot brought forward by the commit's own actions).
 async fn commit(
     delta: DeltaTable,
     batches: Vec<RecordBatch>,
@@ -1201,7 +1206,7 @@ async fn commit(
     overwrite: bool,
     retry: Retry,
     files: Files,
-) -> Result<(), DeltaTableError> {
+) -> Result<DeltaTable, DeltaTableError> {
     let creating = delta.version().is_none();
     let mut commit = CommitProperties::default().with_application_transactions(
         txns.into_iter()
@@ -1234,8 +1239,7 @@ async fn commit(
     if creating && let Some(columns) = files.stats_columns {
         write = write.with_configuration([("delta.dataSkippingStatsColumns", Some(columns))]);
     }
-    write.await?;
-    Ok(())
+    write.await
 }
 
 /// The environment variable that picks the Parquet codec.
@@ -1570,5 +1574,88 @@ mod tests {
             .expect("written");
         assert_eq!(table.version(), Some(0));
         assert!(has_commit(&log));
+    }
+
+    /// A write keeps the snapshot its commit produced: right after each write (append,
+    /// overwrite, an exactly-once append), the cache holds the version just committed, and the
+    /// snapshot it gives holds the same files, rows and offsets as the log read afresh by
+    /// another `Lake`.
+    #[tokio::test]
+    async fn a_write_keeps_the_snapshot_it_committed_and_it_matches_the_log() {
+        use deltalake::arrow::array::{Int32Array, Int64Array};
+        use deltalake::arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::at(&dir.path().to_string_lossy());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(crate::offsets::PARTITION, DataType::Int32, false),
+            Field::new(crate::offsets::OFFSET, DataType::Int64, false),
+        ]));
+        let rows = |offsets: Vec<i64>| {
+            let partitions = Int32Array::from(vec![0; offsets.len()]);
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(partitions), Arc::new(Int64Array::from(offsets))],
+            )
+            .unwrap()
+        };
+        let cached = |lake: &Lake| {
+            lake.snapshots
+                .lock()
+                .unwrap()
+                .get(&(Layer::Bronze, "t".to_owned()))
+                .and_then(DeltaTable::version)
+        };
+        lake.write(
+            Layer::Bronze,
+            "t",
+            vec![rows(vec![0, 1])],
+            &[],
+            vec![],
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(cached(&lake), Some(0));
+        lake.write(Layer::Bronze, "t", vec![rows(vec![2])], &[], vec![], false)
+            .await
+            .unwrap();
+        assert_eq!(cached(&lake), Some(1));
+        lake.write(
+            Layer::Bronze,
+            "t",
+            vec![rows(vec![0, 1, 2])],
+            &[],
+            vec![],
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(cached(&lake), Some(2));
+        let cursor = crate::offsets::Cursor::new(crate::offsets::Stage::Bronze, "topic", 1);
+        let mut ends = cursor.ends();
+        ends.reach(0, 5);
+        let appended = lake
+            .append_past(Layer::Bronze, "t", &rows(vec![3, 4]), &[], &ends)
+            .await
+            .unwrap();
+        assert_eq!(appended, 2);
+        assert_eq!(cached(&lake), Some(3));
+        let written = lake.open(Layer::Bronze, "t").await.unwrap().unwrap();
+        assert_eq!(Lake::live_files(&written).len(), 2);
+        assert_eq!(lake.count(Layer::Bronze, "t").await.unwrap(), 5);
+        let recorded = Lake::txn_versions_in(&written, Layer::Bronze, "t", &cursor.app_ids())
+            .await
+            .unwrap();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        let fresh = Lake::at(&dir.path().to_string_lossy())
+            .open(Layer::Bronze, "t")
+            .await
+            .unwrap()
+            .unwrap();
+        let (mut ours, mut theirs) = (Lake::live_files(&written), Lake::live_files(&fresh));
+        ours.sort();
+        theirs.sort();
+        assert_eq!(written.version(), fresh.version());
+        assert_eq!(ours, theirs);
     }
 }
