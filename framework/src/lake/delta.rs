@@ -1605,32 +1605,21 @@ mod tests {
                 .get(&(Layer::Bronze, "t".to_owned()))
                 .and_then(DeltaTable::version)
         };
-        lake.write(
-            Layer::Bronze,
-            "t",
-            vec![rows(vec![0, 1])],
-            &[],
-            vec![],
-            false,
-        )
-        .await
-        .unwrap();
-        assert_eq!(cached(&lake), Some(0));
-        lake.write(Layer::Bronze, "t", vec![rows(vec![2])], &[], vec![], false)
+        // Two appends, then an overwrite.
+        let writes = [(vec![0, 1], false), (vec![2], false), (vec![0, 1, 2], true)];
+        for (version, (offsets, overwrite)) in writes.into_iter().enumerate() {
+            lake.write(
+                Layer::Bronze,
+                "t",
+                vec![rows(offsets)],
+                &[],
+                vec![],
+                overwrite,
+            )
             .await
             .unwrap();
-        assert_eq!(cached(&lake), Some(1));
-        lake.write(
-            Layer::Bronze,
-            "t",
-            vec![rows(vec![0, 1, 2])],
-            &[],
-            vec![],
-            true,
-        )
-        .await
-        .unwrap();
-        assert_eq!(cached(&lake), Some(2));
+            assert_eq!(cached(&lake), Some(version as u64));
+        }
         let cursor = crate::offsets::Cursor::new(crate::offsets::Stage::Bronze, "topic", 1);
         let mut ends = cursor.ends();
         ends.reach(0, 5);

@@ -710,17 +710,7 @@ fn durable_ingests_become_visible_in_the_background_without_a_waiting_request() 
     let server = serve(&lake, &[]);
     // Three durable requests one after the other: the first starts a background refresh at
     // once, the later ones wait for the next (background refreshes are paced).
-    let requests: Vec<Value> = (1..=3)
-        .map(|i| {
-            let body = json!({ "records": [
-                { "seller_id": format!("bg-{i}"), "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
-            ]});
-            post_json(&server, "/ingest_fast/sellers", &body, None)
-        })
-        .collect();
-    for response in http(&requests) {
-        assert_eq!(response["status"], 202, "{response}");
-    }
+    three_durable_sellers(&server, "bg-");
     let expected =
         json!([{ "seller_id": "bg-1" }, { "seller_id": "bg-2" }, { "seller_id": "bg-3" }]);
     let started = Instant::now();
@@ -752,17 +742,7 @@ fn sigterm_lets_the_refreshes_finish_and_exits_cleanly() {
         &[],
         Stdio::from(std::fs::File::create(&log).unwrap()),
     );
-    let requests: Vec<Value> = (1..=3)
-        .map(|i| {
-            let body = json!({ "records": [
-                { "seller_id": format!("term-{i}"), "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
-            ]});
-            post_json(&server, "/ingest_fast/sellers", &body, None)
-        })
-        .collect();
-    for response in http(&requests) {
-        assert_eq!(response["status"], 202, "{response}");
-    }
+    three_durable_sellers(&server, "term-");
     let term = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
@@ -784,6 +764,22 @@ fn sigterm_lets_the_refreshes_finish_and_exits_cleanly() {
         seen,
         json!([{ "seller_id": "term-1" }, { "seller_id": "term-2" }, { "seller_id": "term-3" }])
     );
+}
+
+/// Sellers `{prefix}1` to `{prefix}3`, one `/ingest_fast` request each, one after the other;
+/// each answered 202 (durable).
+fn three_durable_sellers(server: &Server, prefix: &str) {
+    let requests: Vec<Value> = (1..=3)
+        .map(|i| {
+            let body = json!({ "records": [
+                { "seller_id": format!("{prefix}{i}"), "seller_zip_code_prefix": "01001", "seller_city": "sp", "seller_state": "SP" },
+            ]});
+            post_json(server, "/ingest_fast/sellers", &body, None)
+        })
+        .collect();
+    for response in http(&requests) {
+        assert_eq!(response["status"], 202, "{response}");
+    }
 }
 
 /// The sellers in `/{layer}` (`raw` or `staging`) whose id starts with `prefix`, in order, read
