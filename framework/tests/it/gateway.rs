@@ -1001,6 +1001,15 @@ fn concurrent_clients_waiting_for_visibility_share_each_refresh() {
     );
 }
 
+/// The `index` of each record an answer lists as rejected or quarantined.
+fn indexes(listed: &Value) -> Vec<u64> {
+    let listed = listed.as_array().expect("a list of records");
+    listed
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect()
+}
+
 /// `?wait=visible` names the records silver quarantined, request by request: one with a bad
 /// order id, then one with none (its answer skips reading the quarantine table, which did not
 /// change since before it was appended), then a bad one again (the table changed: read).
@@ -1033,13 +1042,11 @@ fn visible_answers_name_the_quarantined_records_of_each_request_and_only_those()
         )])
         .remove(0);
         assert_eq!(answer["status"], 200, "{answer}");
-        let listed: Vec<u64> = answer["body"]["quarantined"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|q| q["index"].as_u64().unwrap())
-            .collect();
-        assert_eq!(listed, quarantined, "{answer}");
+        assert_eq!(
+            indexes(&answer["body"]["quarantined"]),
+            quarantined,
+            "{answer}"
+        );
         for q in answer["body"]["quarantined"].as_array().unwrap() {
             assert_eq!(q["reason"], "order_id_matches", "{answer}");
         }
@@ -1107,13 +1114,7 @@ fn ingest_fast_acknowledges_durable_then_visible_and_a_retried_key_appends_nothi
     let report = &responses[3];
     assert_eq!(report["status"], 200, "{report}");
     assert_eq!(report["body"]["accepted"], 1, "{report}");
-    let rejected: Vec<u64> = report["body"]["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(rejected, [1], "{report}");
+    assert_eq!(indexes(&report["body"]["rejected"]), [1], "{report}");
     assert!(
         report["body"]["versions"]["gold"]["gold_seller_performance"].is_number(),
         "{report}"
