@@ -1058,7 +1058,10 @@ fn refresher(
 ) {
     if let Some(gateway) = gateway.upgrade() {
         let read = runtime.block_on(refused_versions(&gateway.lake, table.name()));
-        *shared.refused.lock().expect("never poisoned") = read.ok();
+        *shared
+            .refused
+            .lock()
+            .expect("the refused versions are never poisoned") = read.ok();
     }
     // Appends covered by the last refresh that succeeded.
     let mut covered = 0;
@@ -1208,7 +1211,9 @@ async fn refresh_visible(
     }
     let answering = std::time::Instant::now();
     let now = refused_versions(&gateway.lake, name).await?;
-    *refused.lock().expect("never poisoned") = Some(now);
+    *refused
+        .lock()
+        .expect("the refused versions are never poisoned") = Some(now);
     if waits.is_empty() {
         return Ok(Vec::new());
     }

@@ -1632,15 +1632,18 @@ mod tests {
         let written = lake.open(Layer::Bronze, "t").await.unwrap().unwrap();
         assert_eq!(Lake::live_files(&written).len(), 2);
         assert_eq!(lake.count(Layer::Bronze, "t").await.unwrap(), 5);
-        let recorded = Lake::txn_versions_in(&written, Layer::Bronze, "t", &cursor.app_ids())
-            .await
-            .unwrap();
-        assert_eq!(recorded.len(), 1, "{recorded:?}");
         let fresh = Lake::at(&dir.path().to_string_lossy())
             .open(Layer::Bronze, "t")
             .await
             .unwrap()
             .unwrap();
+        // The offset the exactly-once append recorded, in both snapshots: partition 0 next at 5.
+        for snapshot in [&written, &fresh] {
+            let recorded = Lake::txn_versions_in(snapshot, Layer::Bronze, "t", &cursor.app_ids())
+                .await
+                .unwrap();
+            assert_eq!(cursor.offsets(&recorded).next(0), 5, "{recorded:?}");
+        }
         let (mut ours, mut theirs) = (Lake::live_files(&written), Lake::live_files(&fresh));
         ours.sort();
         theirs.sort();
