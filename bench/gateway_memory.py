@@ -1,12 +1,13 @@
 """Gateway memory under load: the server's resident memory and threads every 5 s while 16
 clients post batches of 10 `orders` records, then 5 s after the load stops.
 
-Usage: gateway_memory.py FRAMEWORK LAKE SECONDS [ROUTE]
+Usage: gateway_memory.py FRAMEWORK LAKE SECONDS [ROUTE [SERVE_ARGUMENT...]]
   FRAMEWORK  the framework binary; LAKE a lake loaded with the sample (`framework --lake LAKE
   run --all`), which the run changes (copy it to compare two binaries on the same start);
-  ROUTE      default /ingest_fast/orders?wait=visible.
+  ROUTE      default /ingest_fast/orders?wait=visible;
+  SERVE_ARGUMENT  passed on to `framework serve` (e.g. --vacuum-retention-s 10).
 Prints one line per sample: seconds, RSS MiB, the server's threads, records acknowledged, files
-under silver/orders.
+and MB under silver/orders and MB under the lake's bronze, silver and gold.
 """
 
 import csv
@@ -21,13 +22,14 @@ import uuid
 
 binary, lake, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 route = sys.argv[4] if len(sys.argv) > 4 else "/ingest_fast/orders?wait=visible"
+serve_arguments = sys.argv[5:]
 CLIENTS = 16
 here = os.path.dirname(os.path.abspath(__file__))
 orders = os.path.join(here, "..", "data", "olist_sample", "olist_orders_dataset.csv")
 template = list(csv.DictReader(open(orders)))
 
 server = subprocess.Popen(
-    [binary, "--lake", lake, "serve", "--addr", "127.0.0.1:0"],
+    [binary, "--lake", lake, "serve", "--addr", "127.0.0.1:0", *serve_arguments],
     stdout=subprocess.PIPE,
     stderr=subprocess.DEVNULL,
     env=dict(os.environ, FRAMEWORK_GATEWAY_TOKEN="bench-token"),
@@ -47,6 +49,29 @@ def status():
             name, _, value = line.partition(":")
             fields[name] = value.split()
     return f"{int(fields['VmRSS'][0]) // 1024} MiB  threads {fields['Threads'][0]}"
+
+
+def on_disk():
+    """Parquet files and MB under silver/orders, and MB under bronze, silver and gold."""
+    def size(path):
+        try:
+            return os.path.getsize(path)
+        except FileNotFoundError:  # vacuumed meanwhile
+            return None
+
+    def walk(*path):
+        found = [
+            size(os.path.join(root, name))
+            for root, _, names in os.walk(os.path.join(lake, *path))
+            for name in names
+            if name.endswith(".parquet")
+        ]
+        found = [bytes for bytes in found if bytes is not None]
+        return len(found), sum(found) / 1e6
+
+    files, orders_mb = walk("silver", "orders")
+    layers = "  ".join(f"{layer} {walk(layer)[1]:.0f} MB" for layer in ("bronze", "silver", "gold"))
+    return f"silver/orders {files} files {orders_mb:.0f} MB  {layers}"
 
 
 deadline = time.time() + seconds
@@ -85,11 +110,10 @@ try:
         t.start()
     while any(t.is_alive() for t in threads):
         time.sleep(5)
-        files = sum(len(f) for _, _, f in os.walk(os.path.join(lake, "silver", "orders")))
         print(f"{time.time() - started:5.0f} s  rss {status()}  records {acknowledged[0]}  "
-              f"silver/orders files {files}", flush=True)
+              f"{on_disk()}", flush=True)
     time.sleep(5)
-    print(f"5 s after the load: rss {status()}", flush=True)
+    print(f"5 s after the load: rss {status()}  {on_disk()}", flush=True)
     if errors:
         raise SystemExit(f"{route}: status {errors[0]}")
 finally:

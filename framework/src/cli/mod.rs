@@ -176,6 +176,13 @@ enum Command {
         /// lake on an object store.
         #[arg(long, env = "FRAMEWORK_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Seconds the files a commit removed (a MERGE's rewritten files, a gold model's
+        /// previous build, compacted small files) stay on disk: every minute (or every
+        /// retention, when shorter) the gateway vacuums its tables, deleting those removed
+        /// longer ago. Reads pinned to an older version (a cursor, as_of_version) may fail
+        /// after that. 0: never vacuum.
+        #[arg(long, default_value_t = 3600)]
+        vacuum_retention_s: u64,
     },
     /// Produce (in bulk; each source row once unless --simulate) -> bronze -> silver for some
     /// tables or all of them, each layer's checks, then the gold models that read them.
@@ -527,7 +534,8 @@ fn execute(
             durable_timeout_s,
             idle_timeout_s,
             state_dir,
-        } => serve(&env, &addr, tokens, state_dir, {
+            vacuum_retention_s,
+        } => serve(&env, &addr, tokens, state_dir, vacuum_retention_s, {
             let mut limits = crate::gateway::Limits {
                 max_body_bytes,
                 max_records,
@@ -594,6 +602,7 @@ fn serve(
     addr: &str,
     tokens: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    vacuum_retention_s: u64,
     limits: crate::gateway::Limits,
 ) -> Result<()> {
     let Env {
@@ -616,7 +625,11 @@ fn serve(
     let gateway = std::sync::Arc::new(
         crate::gateway::Gateway::new(project, models, checks, lake, bus.clone(), tokens, limits)
             .with_keys(keys)
-            .with_state_dir(state_dir),
+            .with_state_dir(state_dir)
+            .with_vacuum_retention(
+                (vacuum_retention_s > 0)
+                    .then(|| std::time::Duration::from_secs(vacuum_retention_s)),
+            ),
     );
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)

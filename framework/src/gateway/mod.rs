@@ -16,6 +16,7 @@ pub mod lanes;
 pub mod openapi;
 pub mod problem;
 pub mod read;
+pub mod upkeep;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -132,6 +133,9 @@ pub struct Gateway {
     pub keys: Arc<crate::pii::Keyring>,
     /// The gateway's own files (on a Kafka bus, the idempotency keys; see [`kafka_keys`]).
     pub state_dir: Option<std::path::PathBuf>,
+    /// How long files removed from a table stay on disk before [`upkeep::vacuum`] deletes
+    /// them; `None`: never.
+    pub vacuum_retention: Option<std::time::Duration>,
     /// `/openapi.json`, generated from the idcards and models at start-up.
     openapi: serde_json::Value,
     /// `/docs`, the same as an HTML page.
@@ -172,6 +176,7 @@ impl Gateway {
             project,
             keys: Arc::default(),
             state_dir: lake.local_root().map(|root| root.join("_gateway")),
+            vacuum_retention: Some(DEFAULT_VACUUM_RETENTION),
             models,
             checks,
             lake,
@@ -187,6 +192,13 @@ impl Gateway {
     /// The data keys PII columns are encrypted with (none by default: a project without PII).
     pub fn with_keys(mut self, keys: Arc<crate::pii::Keyring>) -> Self {
         self.keys = keys;
+        self
+    }
+
+    /// Deletes the files removed from a table `retention` after their removal (`None`: keeps
+    /// them; see [`upkeep`]).
+    pub fn with_vacuum_retention(mut self, retention: Option<std::time::Duration>) -> Self {
+        self.vacuum_retention = retention;
         self
     }
 
@@ -339,14 +351,26 @@ pub async fn serve(
     // In the background: on Kafka each table's probe is a request to the brokers.
     let catching_up = gateway.clone();
     tokio::task::spawn_blocking(move || catching_up.catch_up());
+    let upkeep = gateway
+        .vacuum_retention
+        .map(|retention| tokio::spawn(upkeep::vacuum(Arc::downgrade(&gateway), retention)));
     let listener = guard::GuardedListener::new(listener, gateway.limits.idle_timeout);
-    axum::serve(listener, app(gateway.clone()))
+    let served = axum::serve(listener, app(gateway.clone()))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    // A vacuum cut short leaves its files to the next one (each of its commits is atomic).
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    served?;
     // The lanes' threads run on this runtime: they finish before it ends.
     let stopping = tokio::task::spawn_blocking(move || gateway.stop(STOP_WITHIN));
     stopping.await.map_err(std::io::Error::other)
 }
+
+/// How long removed files stay before the gateway vacuums them, unless `serve
+/// --vacuum-retention-s` says otherwise.
+pub const DEFAULT_VACUUM_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How long a stopping gateway waits for its lanes (a refresh of a large delivery can take
 /// seconds; an orchestrator's grace period before SIGKILL is usually 30 s).

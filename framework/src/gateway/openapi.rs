@@ -165,6 +165,7 @@ fn read_operation(id: &str, summary: &str, table: Option<&Table>) -> Value {
             "403": problem_response("the token lacks the read scope"),
             "404": problem_response("no such table, or no data yet"),
             "406": problem_response("no format of Accept is served"),
+            "410": problem_response("as_of_version names a version whose files were vacuumed"),
         },
     })
 }

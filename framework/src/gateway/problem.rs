@@ -52,6 +52,10 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "Not Found", detail)
     }
 
+    pub fn gone(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "Gone", detail)
+    }
+
     pub fn not_acceptable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_ACCEPTABLE, "Not Acceptable", detail)
     }

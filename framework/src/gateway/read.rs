@@ -295,6 +295,8 @@ async fn register(
         .register_as_of(ctx, layer, table, "t", as_of)
         .await
         .map_err(|e| match as_of {
+            Some(_) if matches!(e, crate::lake::Error::Vacuumed { .. }) => Problem::gone(e.to_string())
+                .with_hint("the gateway deletes the files a commit replaced --vacuum-retention-s after it (1 hour by default); read again without as_of_version, from the latest version"),
             Some(version) => Problem::not_found(format!(
                 "{}/{table} has no version {version}: {e}",
                 layer.dir()

@@ -390,6 +390,59 @@ impl Lake {
         Ok(metrics.num_files_removed)
     }
 
+    /// Deletes the files that commits removed from the table (a MERGE's rewritten files, an
+    /// overwrite's old ones, a compaction's small ones) at least `retention` ago: Delta VACUUM,
+    /// which records itself in two commits that change no data. Files a reader of a version
+    /// newer than `retention` needs stay. Returns the files deleted; when the removed files
+    /// old enough are already gone (deleted by an earlier vacuum whose tombstones the log
+    /// still holds), deletes nothing and commits nothing. Takes the table's lease.
+    pub async fn vacuum(
+        &self,
+        layer: Layer,
+        table: &str,
+        retention: std::time::Duration,
+    ) -> Result<usize> {
+        let _lease = self.lease(layer, table).await?;
+        let Some(delta) = self.open(layer, table).await? else {
+            return Ok(0);
+        };
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let vacuum = |delta: DeltaTable, dry_run: bool| {
+            delta
+                .vacuum()
+                .with_retention_period(retention)
+                // The retention is the caller's choice (the gateway's `--vacuum-retention-s`),
+                // not the table property's week.
+                .with_enforce_retention_duration(false)
+                .with_dry_run(dry_run)
+        };
+        let (delta, planned) = vacuum(delta, true)
+            .await
+            .map_err(Self::delta_err(layer, table))?;
+        let store = delta.log_store().object_store(None);
+        let mut present = false;
+        for file in &planned.files_deleted {
+            match object_store::ObjectStoreExt::head(&store, &deltalake::Path::from(file.as_str()))
+                .await
+            {
+                Ok(_) => {
+                    present = true;
+                    break;
+                }
+                Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
+                Err(e) => return Err(Self::delta_err(layer, table)(e.into())),
+            }
+        }
+        if !present {
+            return Ok(0);
+        }
+        let (delta, done) = vacuum(delta, false)
+            .await
+            .map_err(Self::delta_err(layer, table))?;
+        self.remember((layer, table.to_owned()), &delta);
+        Ok(done.files_deleted.len())
+    }
+
     /// A handle for writing, whether or not the table exists yet.
     async fn handle(&self, layer: Layer, table: &str) -> Result<DeltaTable> {
         if let Root::Local(_) = self.root {
@@ -759,8 +812,55 @@ impl Lake {
             .load()
             .await
             .map_err(Self::delta_err(layer, table))?;
+        if latest
+            .version()
+            .is_some_and(|newest| (version as u64) < newest)
+        {
+            Self::not_vacuumed(layer, table, &delta).await?;
+        }
         Self::register_files(ctx, layer, table, name, &delta, None, None).await?;
         Ok(Some(version))
+    }
+
+    /// [`Error::Vacuumed`] when a file of the old version `delta` is gone: a reader would
+    /// otherwise fail on it midway through its answer.
+    async fn not_vacuumed(layer: Layer, table: &str, delta: &DeltaTable) -> Result<()> {
+        use futures::StreamExt;
+        let store = delta.log_store().object_store(None);
+        let files = Self::live_files(delta);
+        let missing: Vec<String> = futures::stream::iter(files)
+            .map(|(path, _)| {
+                let store = store.clone();
+                async move {
+                    let found = object_store::ObjectStoreExt::head(
+                        &store,
+                        &deltalake::Path::from(path.as_str()),
+                    )
+                    .await;
+                    match found {
+                        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(Some(path)),
+                        Err(e) => Err(e),
+                        Ok(_) => Ok(None),
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .filter_map(|found| async move { found.transpose() })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| Self::delta_err(layer, table)(e.into()))?;
+        match missing.first() {
+            None => Ok(()),
+            Some(example) => Err(Error::Vacuumed {
+                layer,
+                table: table.to_owned(),
+                version: delta.version().map_or(-1, |v| v as i64),
+                missing: missing.len(),
+                example: example.clone(),
+            }),
+        }
     }
 
     /// What the table's log says about it (`None` when it does not exist): its version, live
@@ -1404,6 +1504,86 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    /// Vacuum deletes the files commits removed once they are older than the retention, and
+    /// only those: the live files and every row stay, a retention longer than their age keeps
+    /// them, and a second vacuum finds nothing left and commits nothing.
+    #[tokio::test]
+    async fn vacuum_deletes_the_removed_files_past_the_retention_and_keeps_the_rows() {
+        use deltalake::arrow::array::Int64Array;
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::at(&dir.path().to_string_lossy());
+        let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(vec![
+            deltalake::arrow::datatypes::Field::new(
+                "k",
+                deltalake::arrow::datatypes::DataType::Int64,
+                false,
+            ),
+        ]));
+        for values in [vec![1, 2], vec![3], vec![4, 5]] {
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
+                    .unwrap();
+            lake.write(Layer::Silver, "t", vec![batch], &[], vec![], false)
+                .await
+                .unwrap();
+        }
+        assert_eq!(lake.compact(Layer::Silver, "t", 1).await.unwrap(), 3);
+        let on_disk = || {
+            let mut files: Vec<String> = std::fs::read_dir(lake.table_path(Layer::Silver, "t"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".parquet"))
+                .collect();
+            files.sort();
+            files
+        };
+        assert_eq!(on_disk().len(), 4);
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(lake.vacuum(Layer::Silver, "t", hour).await.unwrap(), 0);
+        assert_eq!(on_disk().len(), 4);
+        let before = lake.version(Layer::Silver, "t").await.unwrap().unwrap();
+        let now = std::time::Duration::ZERO;
+        assert_eq!(lake.vacuum(Layer::Silver, "t", now).await.unwrap(), 3);
+        let after = lake.version(Layer::Silver, "t").await.unwrap().unwrap();
+        assert_eq!(after, before + 2, "VACUUM START and VACUUM END");
+        let delta = lake.open(Layer::Silver, "t").await.unwrap().unwrap();
+        let live: Vec<String> = Lake::live_files(&delta)
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect();
+        assert_eq!(on_disk(), live);
+        assert!(
+            !lake
+                .data_changed(Layer::Silver, "t", before, after)
+                .await
+                .unwrap()
+        );
+        let ctx = SessionContext::new();
+        lake.register(&ctx, Layer::Silver, "t", "t").await.unwrap();
+        let rows = ctx
+            .sql("SELECT k FROM t ORDER BY k")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let keys: Vec<i64> = rows
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(keys, [1, 2, 3, 4, 5]);
+        // The log still lists the three removed files; they are gone, so nothing is committed.
+        assert_eq!(lake.vacuum(Layer::Silver, "t", now).await.unwrap(), 0);
+        assert_eq!(lake.version(Layer::Silver, "t").await.unwrap(), Some(after));
     }
 
     /// The nulls of a column are summed over every file's statistics, counted by hand here; a

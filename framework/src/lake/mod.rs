@@ -30,6 +30,17 @@ pub enum Error {
         table: String,
         source: crate::lease::LeaseError,
     },
+    /// A version older than the latest whose files a vacuum deleted.
+    #[error(
+        "{layer} table {table}: version {version} can no longer be read: {missing} of its files were vacuumed (deleted once later commits had replaced them), e.g. {example}"
+    )]
+    Vacuumed {
+        layer: Layer,
+        table: String,
+        version: i64,
+        missing: usize,
+        example: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -766,6 +766,179 @@ fn sigterm_lets_the_refreshes_finish_and_exits_cleanly() {
     );
 }
 
+/// Each of `tables` (folders under the lake) as the Python deltalake package reads its log:
+/// the live files, and the files its VACUUM commits say they deleted.
+fn live_and_vacuumed(lake: &Path, tables: &[&str]) -> Value {
+    let script = r#"
+import json, os, sys
+from deltalake import DeltaTable
+out = {}
+for path in sys.argv[2:]:
+    table = DeltaTable(sys.argv[1] + "/" + path)
+    deleted = sum(
+        int(c.get("operationMetrics", {}).get("numDeletedFiles", 0))
+        for c in table.history()
+        if c.get("operation") == "VACUUM END"
+    )
+    live = sorted(os.path.basename(uri) for uri in table.file_uris())
+    out[path] = {"live": live, "vacuumed": deleted}
+print(json.dumps(out))
+"#;
+    let mut cmd = Command::new(python());
+    cmd.arg("-c").arg(script).arg(lake).args(tables);
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "the Python deltalake reader failed (install the venv: source scripts/env.sh && ensure_venv):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The Parquet files in a table's folder, by name.
+fn files_on_disk(table: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(table)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".parquet"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// With `--vacuum-retention-s 1` the gateway deletes the files its refreshes removed (silver
+/// sellers rewritten by an update, gold's previous builds) within seconds: each table's folder
+/// then holds exactly the live files its log lists (read by the Python deltalake package), its
+/// VACUUM commits say they deleted files, and every record is still there with its last
+/// values. A read pinned to a version whose files are gone is a 410 saying so; one whose files
+/// are all live still reads.
+#[test]
+fn the_gateway_vacuums_the_files_its_refreshes_removed_and_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &["--vacuum-retention-s", "1"]);
+    let performance = "/curated/gold_seller_performance?order_by=seller_id&limit=all";
+    let before = http(&[get(&server, performance, "application/json")]).remove(0);
+    assert_eq!(before["status"], 200, "{before}");
+    let version = |response: &Value| {
+        response["headers"]["x-delta-version"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{response}"))
+            .to_owned()
+    };
+    let gold_before = version(&before);
+    let sellers_before =
+        version(&http(&[get(&server, "/staging/sellers?limit=1", "application/json")]).remove(0));
+    // Three new sellers, then the first one moved: silver rewrites the file holding it.
+    for (seller, city) in [
+        ("vac-1", "sp"),
+        ("vac-2", "sp"),
+        ("vac-3", "sp"),
+        ("vac-1", "rio"),
+    ] {
+        let body = json!({ "records": [
+            { "seller_id": seller, "seller_zip_code_prefix": "01001", "seller_city": city, "seller_state": "SP" },
+        ]});
+        let answer = http(&[post_json(
+            &server,
+            "/ingest_fast/sellers?wait=visible",
+            &body,
+            None,
+        )])
+        .remove(0);
+        assert_eq!(answer["status"], 200, "{answer}");
+    }
+    let tables = ["silver/sellers", "gold/gold_seller_performance"];
+    let started = Instant::now();
+    loop {
+        let logs = live_and_vacuumed(&lake, &tables);
+        let done = tables.iter().all(|table| {
+            logs[table]["vacuumed"].as_u64() > Some(0)
+                && logs[table]["live"] == json!(files_on_disk(&lake.join(table)))
+        });
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not vacuumed 30 s after the last refresh: {logs:#} on disk: {:?}",
+            tables.map(|t| files_on_disk(&lake.join(t)))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let moved = http(&[get(
+        &server,
+        "/staging/sellers?seller_id.gte=vac-&seller_id.lt=vac-~&order_by=seller_id&columns=seller_id,seller_city",
+        "application/json",
+    )])
+    .remove(0);
+    assert_eq!(
+        moved["body"],
+        json!([
+            { "seller_id": "vac-1", "seller_city": "rio" },
+            { "seller_id": "vac-2", "seller_city": "sp" },
+            { "seller_id": "vac-3", "seller_city": "sp" },
+        ])
+    );
+    // Every seller of the sample and the three new ones in silver; gold rebuilt four times
+    // over its vacuumed files, the same rows (the new sellers sold nothing).
+    let staging = http(&[get(
+        &server,
+        "/staging/sellers?columns=seller_id&order_by=seller_id&limit=all",
+        "application/json",
+    )])
+    .remove(0);
+    let mut sellers: Vec<String> = csv_rows("olist_sellers_dataset.csv")
+        .into_iter()
+        .map(|row| row["seller_id"].clone())
+        .chain((1..=3).map(|i| format!("vac-{i}")))
+        .collect();
+    sellers.sort();
+    let staged: Vec<&str> = staging["body"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{staging}"))
+        .iter()
+        .map(|row| row["seller_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(staged, sellers);
+    let after = http(&[get(&server, performance, "application/json")]).remove(0);
+    assert_eq!(after["body"], before["body"]);
+    assert!(after["body"].as_array().is_some_and(|rows| rows.len() > 10));
+    // Gold's first build was replaced by each refresh, and vacuumed; silver's first version
+    // still has every file (the update rewrote a file added after it).
+    let pinned = http(&[
+        get(
+            &server,
+            &format!("{performance}&as_of_version={gold_before}"),
+            "application/json",
+        ),
+        get(
+            &server,
+            &format!("/staging/sellers?limit=all&as_of_version={sellers_before}"),
+            "application/json",
+        ),
+    ]);
+    assert_eq!(pinned[0]["status"], 410, "{}", pinned[0]);
+    let detail = pinned[0]["body"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("version {gold_before} can no longer be read"))
+            && detail.contains("vacuumed"),
+        "{detail}"
+    );
+    assert!(
+        pinned[0]["body"]["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("--vacuum-retention-s")),
+        "{}",
+        pinned[0]
+    );
+    assert_eq!(pinned[1]["status"], 200, "{}", pinned[1]);
+    assert_eq!(
+        pinned[1]["body"].as_array().map(Vec::len),
+        Some(sellers.len() - 3)
+    );
+}
+
 /// Sellers `{prefix}1` to `{prefix}3`, one `/ingest_fast` request each, one after the other;
 /// each answered 202 (durable).
 fn three_durable_sellers(server: &Server, prefix: &str) {
