@@ -28,6 +28,7 @@ Examples:
   framework compile --select gold_customer_rfm  print the SQL a model runs
   framework test                              run the quality suites; non-zero exit if a `fail` check fails
   framework rejects --table orders            the rows that did not make it into bronze or silver, and why
+  framework vacuum                            delete the files commits replaced over 7 days ago
   framework produce --table orders            stream orders onto raw_orders with the idcard's delays
   framework generate-dags                     write the Airflow DAGs into dags_generated/
   framework generate-dags --check             fail if dags_generated/ is not what the idcards generate
@@ -238,6 +239,22 @@ enum Command {
         /// Rows to show of each.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// Delete the files that commits removed from the lake's tables more than --retention-s
+    /// ago (Delta VACUUM): the files a silver MERGE rewrote, gold's previous builds, compacted
+    /// small files. A read of a version older than the retention may fail afterwards; live
+    /// data is never touched. `framework serve` does this every minute on its own.
+    #[command(
+        after_help = "Examples:\n  framework vacuum                                   (files removed over 7 days ago)\n  framework vacuum --retention-s 86400 --table orders,order_items\n  framework vacuum --retention-s 0                   (every removed file: no time travel left)"
+    )]
+    Vacuum {
+        /// Seconds a removed file is kept; default 7 days (Delta's own default).
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        retention_s: u64,
+        /// Only these tables (their bronze, reject, quarantine and silver); default: every
+        /// table, the gold models, the quality results and the deliveries record.
+        #[arg(long, value_delimiter = ',')]
+        table: Vec<String>,
     },
     /// Print the SQL that models run, rendered (ephemeral models inlined as CTEs).
     #[command(
@@ -549,6 +566,7 @@ fn execute(
             limits
         }),
         Command::Rejects { table, limit } => rejects(&env, table, limit),
+        Command::Vacuum { retention_s, table } => vacuum(&env, retention_s, &table),
         Command::Build {
             select,
             full_refresh,
@@ -915,6 +933,60 @@ fn rejects(env: &Env, table: String, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// `framework vacuum`: the removed files of the lake's tables (or of `only` these), deleted
+/// once older than `retention_s`.
+fn vacuum(env: &Env, retention_s: u64, only: &[String]) -> Result<()> {
+    let Env {
+        cli, runtime, lake, ..
+    } = env;
+    let (project, models, _) = load_all(cli)?;
+    let tables = if only.is_empty() {
+        pipeline::vacuum::lake_tables(&project, &models)
+    } else {
+        let mut chosen = Vec::new();
+        for name in only {
+            let Some(table) = project.table(name) else {
+                bail!(
+                    "unknown table `{name}`\n  hint: known tables: {}",
+                    project.names().join(", ")
+                );
+            };
+            chosen.push(table);
+        }
+        pipeline::vacuum::tables_of(chosen)
+    };
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(tables.len() as u64);
+    if !env.progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    // The tables that had files deleted, and how many.
+    let mut deleted: Vec<(String, usize)> = Vec::new();
+    let retention = std::time::Duration::from_secs(retention_s);
+    runtime.block_on(pipeline::vacuum::vacuum(
+        lake,
+        &tables,
+        retention,
+        &mut |layer, table, files| {
+            bar.inc(1);
+            if files > 0 {
+                deleted.push((format!("{}/{table}", layer.dir()), files));
+            }
+        },
+    ))?;
+    bar.finish_and_clear();
+    println!(
+        "vacuum: {} tables checked in {:.2}s, {} files deleted (removed from their table more than {retention_s} s ago)",
+        tables.len(),
+        started.elapsed().as_secs_f64(),
+        deleted.iter().map(|(_, files)| files).sum::<usize>()
+    );
+    for (table, files) in deleted {
+        println!("  {table}: {files}");
+    }
+    Ok(())
+}
+
 /// `framework build`: gold models.
 fn build(
     env: &Env,
@@ -988,7 +1060,7 @@ fn test(env: &Env, layer: Option<SuiteLayer>, suite: Vec<String>) -> Result<()> 
     println!("{}", quality::render_summary(&results));
     println!(
         "run id {run_id}: results in {}",
-        lake.location(crate::lake::Layer::Quality, "results")
+        lake.location(crate::lake::Layer::Quality, crate::quality::RESULTS_TABLE)
     );
     for check in &missing {
         println!(

@@ -727,7 +727,7 @@ async fn quality_results(
             &gateway.lake,
             read::ReadRequest {
                 layer: Layer::Quality,
-                table: "results".to_owned(),
+                table: crate::quality::RESULTS_TABLE.to_owned(),
                 params,
                 shown: read::Shown::All,
                 decrypt: None,

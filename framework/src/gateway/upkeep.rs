@@ -12,9 +12,6 @@
 
 use std::time::Duration;
 
-use crate::gold::Materialized;
-use crate::lake::Layer;
-
 use super::Gateway;
 
 /// How often the tables are vacuumed: every minute, or every retention when it is shorter.
@@ -22,32 +19,9 @@ pub fn vacuum_every(retention: Duration) -> Duration {
     retention.clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// The tables the gateway writes: each table's bronze and silver (with its tombstones and
-/// `latest_by` tables) and the gold models it stores.
-fn written(gateway: &Gateway) -> Vec<(Layer, String)> {
-    let mut tables = Vec::new();
-    for table in &gateway.project.tables {
-        tables.push((Layer::Bronze, table.name().to_owned()));
-        tables.extend(table.lake_names().into_iter().map(|n| (Layer::Silver, n)));
-    }
-    tables.extend(
-        gateway
-            .models
-            .models
-            .iter()
-            .filter(|m| {
-                matches!(
-                    m.config.materialized,
-                    Materialized::Table | Materialized::Incremental
-                )
-            })
-            .map(|m| (Layer::Gold, m.name.clone())),
-    );
-    tables
-}
-
-/// Vacuums the tables the gateway writes every [`vacuum_every`] until the task is dropped.
-/// A table that fails is logged and tried again next time.
+/// Vacuums the lake's tables ([`crate::pipeline::vacuum::lake_tables`]) every
+/// [`vacuum_every`] until the task is dropped. A table that fails is logged and tried again
+/// next time.
 pub async fn vacuum(gateway: std::sync::Weak<Gateway>, retention: Duration) {
     let mut ticks = tokio::time::interval(vacuum_every(retention));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,7 +30,9 @@ pub async fn vacuum(gateway: std::sync::Weak<Gateway>, retention: Duration) {
         let Some(gateway) = gateway.upgrade() else {
             return;
         };
-        for (layer, table) in written(&gateway) {
+        for (layer, table) in
+            crate::pipeline::vacuum::lake_tables(&gateway.project, &gateway.models)
+        {
             match gateway.lake.vacuum(layer, &table, retention).await {
                 Ok(0) => {}
                 Ok(deleted) => {

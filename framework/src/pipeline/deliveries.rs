@@ -33,7 +33,7 @@ pub struct Delivery {
     pub hash: String,
 }
 
-const TABLE: &str = "deliveries";
+pub(super) const TABLE: &str = "deliveries";
 
 /// The fingerprint of `table`'s source file in `data`, hashed as it is read (a buffer at a
 /// time: the file is never held whole, so memory does not grow with it).

@@ -6,6 +6,7 @@ mod inspect;
 mod refresh;
 mod report;
 mod run;
+pub mod vacuum;
 
 pub use inspect::rejects;
 pub use refresh::{Refreshed, refresh};

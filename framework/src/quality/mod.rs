@@ -14,7 +14,9 @@ mod tests;
 pub use compile::{Check, Checks, Rule};
 pub use config::{Expectation, SuiteLayer};
 pub use report::{failure_message, render_summary};
-pub use run::{CheckResult, evaluate_checks, new_run_id, record_results, run_checks, runnable};
+pub use run::{
+    CheckResult, RESULTS_TABLE, evaluate_checks, new_run_id, record_results, run_checks, runnable,
+};
 
 /// Errors of running checks (a failed check is a result, not an error).
 #[derive(Debug, thiserror::Error)]

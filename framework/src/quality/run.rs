@@ -110,12 +110,15 @@ pub async fn evaluate_checks(
     Ok(results)
 }
 
+/// The quality layer's table of check results.
+pub const RESULTS_TABLE: &str = "results";
+
 /// Appends `results` to `<lake>/quality/results` in one commit.
 pub async fn record_results(lake: &Lake, results: &[CheckResult]) -> Result<()> {
     if !results.is_empty() {
         lake.write(
             Layer::Quality,
-            "results",
+            RESULTS_TABLE,
             vec![results_batch(results)?],
             &[],
             vec![],

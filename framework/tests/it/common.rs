@@ -365,3 +365,43 @@ pub fn parquet_files(dir: &Path) -> usize {
         })
         .count()
 }
+
+/// Each of `tables` (folders under the lake) as the Python deltalake package reads its log:
+/// the live files, and the files its VACUUM commits say they deleted.
+pub fn live_and_vacuumed(lake: &Path, tables: &[&str]) -> serde_json::Value {
+    let script = r#"
+import json, os, sys
+from deltalake import DeltaTable
+out = {}
+for path in sys.argv[2:]:
+    table = DeltaTable(sys.argv[1] + "/" + path)
+    deleted = sum(
+        int(c.get("operationMetrics", {}).get("numDeletedFiles", 0))
+        for c in table.history()
+        if c.get("operation") == "VACUUM END"
+    )
+    live = sorted(os.path.basename(uri) for uri in table.file_uris())
+    out[path] = {"live": live, "vacuumed": deleted}
+print(json.dumps(out))
+"#;
+    let mut cmd = Command::new(python());
+    cmd.arg("-c").arg(script).arg(lake).args(tables);
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "the Python deltalake reader failed (install the venv: source scripts/env.sh && ensure_venv):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The Parquet files in a table's folder, by name.
+pub fn files_on_disk(table: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(table)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".parquet"))
+        .collect();
+    files.sort();
+    files
+}
