@@ -381,12 +381,13 @@ impl Lake {
         if files <= max_files {
             return Ok(0);
         }
-        let (_, metrics) = delta
+        let (compacted, metrics) = delta
             .optimize()
             // No rows to sample: the compacted files compress every column.
             .with_writer_properties(writer_properties(&[]))
             .await
             .map_err(Self::delta_err(layer, table))?;
+        self.remember((layer, table.to_owned()), &compacted);
         Ok(metrics.num_files_removed)
     }
 
@@ -590,9 +591,11 @@ impl Lake {
         batches: Vec<RecordBatch>,
         txns: Vec<(String, i64)>,
     ) -> Result<()> {
-        replace(delta, table, removed, batches, txns)
+        let replaced = replace(delta, table, removed, batches, txns)
             .await
-            .map_err(Self::delta_err(layer, table))
+            .map_err(Self::delta_err(layer, table))?;
+        self.remember((layer, table.to_owned()), &replaced);
+        Ok(())
     }
 
     /// Appends the rows of `batch` that are at or past the offsets the table records for their
@@ -1231,7 +1234,7 @@ async fn replace(
     removed: &[String],
     batches: Vec<RecordBatch>,
     txns: Vec<(String, i64)>,
-) -> Result<(), DeltaTableError> {
+) -> Result<DeltaTable, DeltaTableError> {
     use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
     use deltalake::kernel::Action;
     use deltalake::kernel::transaction::CommitBuilder;
@@ -1289,11 +1292,13 @@ async fn replace(
             .map(|(app, version)| Transaction::new(app, version))
             .collect(),
     );
-    CommitBuilder::from(commit)
+    let committed = CommitBuilder::from(commit)
         .with_actions(actions)
         .build(Some(snapshot), delta.log_store(), operation)
         .await?;
-    Ok(())
+    let mut replaced = delta.clone();
+    replaced.state = Some(committed.snapshot);
+    Ok(replaced)
 }
 
 /// Writes `batches` and `txns` in one commit on top of `delta`'s snapshot; returns the table at
@@ -1757,9 +1762,9 @@ mod tests {
     }
 
     /// A write keeps the snapshot its commit produced: right after each write (append,
-    /// overwrite, an exactly-once append), the cache holds the version just committed, and the
-    /// snapshot it gives holds the same files, rows and offsets as the log read afresh by
-    /// another `Lake`.
+    /// overwrite, an exactly-once append, a compaction, a commit replacing files), the cache
+    /// holds the version just committed, and the snapshot it gives holds the same files, rows
+    /// and offsets as the log read afresh by another `Lake`.
     #[tokio::test]
     async fn a_write_keeps_the_snapshot_it_committed_and_it_matches_the_log() {
         use deltalake::arrow::array::{Int32Array, Int64Array};
@@ -1809,9 +1814,29 @@ mod tests {
             .unwrap();
         assert_eq!(appended, 2);
         assert_eq!(cached(&lake), Some(3));
+        // A compaction of the two files into one, then a commit that replaces that file.
+        assert_eq!(lake.compact(Layer::Bronze, "t", 1).await.unwrap(), 2);
+        assert_eq!(cached(&lake), Some(4));
+        let compacted = lake.open(Layer::Bronze, "t").await.unwrap().unwrap();
+        let removed: Vec<String> = Lake::live_files(&compacted)
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect();
+        assert_eq!(removed.len(), 1);
+        lake.replace_files(
+            Layer::Bronze,
+            "t",
+            &compacted,
+            &removed,
+            vec![rows(vec![0, 1, 2, 3, 4, 5])],
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(cached(&lake), Some(5));
         let written = lake.open(Layer::Bronze, "t").await.unwrap().unwrap();
-        assert_eq!(Lake::live_files(&written).len(), 2);
-        assert_eq!(lake.count(Layer::Bronze, "t").await.unwrap(), 5);
+        assert_eq!(Lake::live_files(&written).len(), 1);
+        assert_eq!(lake.count(Layer::Bronze, "t").await.unwrap(), 6);
         let fresh = Lake::at(&dir.path().to_string_lossy())
             .open(Layer::Bronze, "t")
             .await
