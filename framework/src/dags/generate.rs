@@ -45,6 +45,12 @@ const PIPELINE_STEPS: &[(&str, &str, &str)] = &[
         "test",
         "Every quality suite over every layer, results recorded in <lake>/quality/results.",
     ),
+    (
+        "vacuum",
+        "vacuum",
+        "Deletes the files commits replaced more than 7 days ago (Delta VACUUM): silver's \
+         rewritten files, gold's previous builds, compacted small files. Live data stays.",
+    ),
 ];
 
 fn environment() -> Environment<'static> {

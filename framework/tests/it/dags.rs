@@ -140,12 +140,13 @@ fn strings(value: &Value) -> Vec<String> {
         .collect()
 }
 
-const STEPS: [&str; 5] = [
+const STEPS: [&str; 6] = [
     "check_freshness",
     "bronze_to_silver",
     "gold_run",
     "gold_test",
     "validate",
+    "vacuum",
 ];
 
 #[test]
@@ -172,7 +173,7 @@ fn every_generated_dag_imports_in_airflow_with_the_graph_its_idcards_and_models_
     expected.extend(["olist_pipeline".to_owned(), "olist_gold".to_owned()]);
     assert_eq!(ids, expected);
 
-    // The pipeline: a chain of five steps, then exactly one of the two notifications.
+    // The pipeline: a chain of six steps, then exactly one of the two notifications.
     let pipeline = dag(&json, "olist_pipeline");
     assert_eq!(pipeline["timetable"]["summary"], "0 6 * * *");
     assert_eq!(pipeline["catchup"], false);
@@ -207,7 +208,7 @@ fn every_generated_dag_imports_in_airflow_with_the_graph_its_idcards_and_models_
     );
     let success = task(pipeline, "notify_success");
     assert_eq!(success["trigger_rule"], "all_success");
-    assert_eq!(strings(&success["upstream_task_ids"]), ["validate"]);
+    assert_eq!(strings(&success["upstream_task_ids"]), ["vacuum"]);
     let failure = task(pipeline, "notify_failure");
     assert_eq!(failure["trigger_rule"], "one_failed");
     let mut all_steps: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
@@ -432,7 +433,7 @@ fn olist_pipeline_runs_in_airflow_and_a_broken_input_is_retried_alerted_and_noti
         states["gold_run"].1, 3,
         "gold_run tried 1 + 2 retries: {states:?}"
     );
-    for step in ["gold_test", "validate", "notify_success"] {
+    for step in ["gold_test", "validate", "vacuum", "notify_success"] {
         assert_eq!(states[step].0, "upstream_failed", "{step}: {states:?}");
     }
     assert_eq!(states["notify_failure"].0, "success", "{states:?}");
