@@ -1473,10 +1473,9 @@ mod tests {
 
     use super::*;
 
-    /// Compaction rewrites small files into one, keeps every row, and is not a data change to
-    /// gold's "did my inputs change" test.
-    #[tokio::test]
-    async fn compaction_keeps_the_rows_and_is_not_a_data_change() {
+    /// A lake whose silver `t` (one column `k`) was written in three commits of a small file
+    /// each: keys 1 and 2, 3, then 4 and 5.
+    async fn three_small_files() -> (tempfile::TempDir, Lake) {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::at(&dir.path().to_string_lossy());
         let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(vec![
@@ -1496,6 +1495,14 @@ mod tests {
                 .await
                 .unwrap();
         }
+        (dir, lake)
+    }
+
+    /// Compaction rewrites small files into one, keeps every row, and is not a data change to
+    /// gold's "did my inputs change" test.
+    #[tokio::test]
+    async fn compaction_keeps_the_rows_and_is_not_a_data_change() {
+        let (_dir, lake) = three_small_files().await;
         let before = lake.version(Layer::Silver, "t").await.unwrap().unwrap();
         assert_eq!(lake.compact(Layer::Silver, "t", 3).await.unwrap(), 0);
         assert_eq!(lake.compact(Layer::Silver, "t", 1).await.unwrap(), 3);
@@ -1517,23 +1524,7 @@ mod tests {
     #[tokio::test]
     async fn vacuum_deletes_the_removed_files_past_the_retention_and_keeps_the_rows() {
         use deltalake::arrow::array::Int64Array;
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::at(&dir.path().to_string_lossy());
-        let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(vec![
-            deltalake::arrow::datatypes::Field::new(
-                "k",
-                deltalake::arrow::datatypes::DataType::Int64,
-                false,
-            ),
-        ]));
-        for values in [vec![1, 2], vec![3], vec![4, 5]] {
-            let batch =
-                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
-                    .unwrap();
-            lake.write(Layer::Silver, "t", vec![batch], &[], vec![], false)
-                .await
-                .unwrap();
-        }
+        let (_dir, lake) = three_small_files().await;
         assert_eq!(lake.compact(Layer::Silver, "t", 1).await.unwrap(), 3);
         let on_disk = || {
             let mut files: Vec<String> = std::fs::read_dir(lake.table_path(Layer::Silver, "t"))

@@ -384,12 +384,24 @@ for path in sys.argv[2:]:
     out[path] = {"live": live, "vacuumed": deleted}
 print(json.dumps(out))
 "#;
+    python_json(
+        script,
+        std::iter::once(lake.as_os_str()).chain(tables.iter().map(std::ffi::OsStr::new)),
+    )
+}
+
+/// What the Python `script` (given inline, run by the test venv's Python with `args`) prints
+/// as JSON; a script that fails fails the test, with its error.
+pub fn python_json<'a>(
+    script: &str,
+    args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+) -> serde_json::Value {
     let mut cmd = Command::new(python());
-    cmd.arg("-c").arg(script).arg(lake).args(tables);
+    cmd.arg("-c").arg(script).args(args);
     let out = output(cmd);
     assert!(
         out.status.success(),
-        "the Python deltalake reader failed (install the venv: source scripts/env.sh && ensure_venv):\n{}",
+        "the Python script failed (install the venv: source scripts/env.sh && ensure_venv):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()

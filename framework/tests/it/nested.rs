@@ -27,17 +27,8 @@ for r in rows:
         r.pop(k, None)
 print(json.dumps(rows))
 "#;
-    let mut cmd = Command::new(python());
-    cmd.arg("-c")
-        .arg(script)
-        .arg(lake.join("silver").join(TABLE));
-    let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "the Python deltalake reader failed (install the venv: source scripts/env.sh && ensure_venv):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let table = lake.join("silver").join(TABLE);
+    serde_json::from_value(python_json(script, [table.as_os_str()])).unwrap()
 }
 
 /// The source's records by `customer_unique_id` (JSON Lines).
