@@ -182,7 +182,7 @@ enum Command {
         /// retention, when shorter) the gateway vacuums its tables, deleting those removed
         /// longer ago. Reads pinned to an older version (a cursor, as_of_version) may fail
         /// after that. 0: never vacuum.
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, default_value_t = crate::gateway::DEFAULT_VACUUM_RETENTION.as_secs())]
         vacuum_retention_s: u64,
     },
     /// Produce (in bulk; each source row once unless --simulate) -> bronze -> silver for some

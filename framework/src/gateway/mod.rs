@@ -386,12 +386,7 @@ async fn index(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
         .models
         .models
         .iter()
-        .filter(|m| {
-            matches!(
-                m.config.materialized,
-                crate::gold::Materialized::Table | crate::gold::Materialized::Incremental
-            )
-        })
+        .filter(|m| m.config.materialized.is_stored())
         .map(|m| m.name.as_str())
         .collect();
     let mut routes: Vec<String> = vec![

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::gold::{Materialized, Models};
+use crate::gold::Models;
 use crate::idcard::ColumnType;
 use crate::idcard::{Project, Table};
 
@@ -52,10 +52,7 @@ pub fn document(project: &Project, models: &Models) -> Value {
         }
     }
     for model in &models.models {
-        if matches!(
-            model.config.materialized,
-            Materialized::Table | Materialized::Incremental
-        ) {
+        if model.config.materialized.is_stored() {
             paths.insert(
                 format!("/curated/{}", model.name),
                 json!({ "get": read_operation(&format!("curated_{}", model.name), &format!("gold model {}", model.name), None) }),

@@ -411,10 +411,7 @@ impl Reads {
             .map(|(layer, table)| format!("{layer}.{table}"))
             .collect();
         for ancestor in &ancestors {
-            if matches!(
-                ancestor.config.materialized,
-                Materialized::Table | Materialized::Incremental
-            ) {
+            if ancestor.config.materialized.is_stored() {
                 if rebuilt.contains(&ancestor.name) {
                     return Ok(None);
                 }
@@ -526,12 +523,7 @@ fn shared_ephemerals(models: &Models, needed: &[&Model], selected: &BTreeSet<Str
         .iter()
         .copied()
         .filter(|m| selected.contains(&m.name))
-        .filter(|m| {
-            matches!(
-                m.config.materialized,
-                Materialized::Table | Materialized::Incremental
-            )
-        })
+        .filter(|m| m.config.materialized.is_stored())
         .collect();
     needed
         .iter()

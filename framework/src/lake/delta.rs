@@ -420,18 +420,14 @@ impl Lake {
         let (delta, planned) = vacuum(delta, true)
             .await
             .map_err(Self::delta_err(layer, table))?;
-        let store = delta.log_store().object_store(None);
         let mut present = false;
         for file in &planned.files_deleted {
-            match object_store::ObjectStoreExt::head(&store, &deltalake::Path::from(file.as_str()))
+            if file_exists(&delta, file)
                 .await
+                .map_err(|e| Self::delta_err(layer, table)(e.into()))?
             {
-                Ok(_) => {
-                    present = true;
-                    break;
-                }
-                Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
-                Err(e) => return Err(Self::delta_err(layer, table)(e.into())),
+                present = true;
+                break;
             }
         }
         if !present {
@@ -828,31 +824,16 @@ impl Lake {
     /// [`Error::Vacuumed`] when a file of the old version `delta` is gone: a reader would
     /// otherwise fail on it midway through its answer.
     async fn not_vacuumed(layer: Layer, table: &str, delta: &DeltaTable) -> Result<()> {
-        use futures::StreamExt;
-        let store = delta.log_store().object_store(None);
-        let files = Self::live_files(delta);
-        let missing: Vec<String> = futures::stream::iter(files)
-            .map(|(path, _)| {
-                let store = store.clone();
-                async move {
-                    let found = object_store::ObjectStoreExt::head(
-                        &store,
-                        &deltalake::Path::from(path.as_str()),
-                    )
-                    .await;
-                    match found {
-                        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(Some(path)),
-                        Err(e) => Err(e),
-                        Ok(_) => Ok(None),
-                    }
-                }
+        use futures::{StreamExt, TryStreamExt};
+        let missing: Vec<String> = futures::stream::iter(Self::live_files(delta))
+            .map(|(path, _)| async move {
+                let exists = file_exists(delta, &path).await?;
+                Ok::<_, deltalake::ObjectStoreError>((!exists).then_some(path))
             })
             .buffer_unordered(16)
-            .filter_map(|found| async move { found.transpose() })
-            .collect::<Vec<_>>()
+            .try_filter_map(|missing| async move { Ok(missing) })
+            .try_collect()
             .await
-            .into_iter()
-            .collect::<Result<_, _>>()
             .map_err(|e| Self::delta_err(layer, table)(e.into()))?;
         match missing.first() {
             None => Ok(()),
@@ -1120,6 +1101,16 @@ fn commit_changes(bytes: &[u8]) -> Changes {
         })
         .max()
         .unwrap_or(Changes::None)
+}
+
+/// Whether the file at `path` (as the log names it, relative to the table) is in `delta`'s store.
+async fn file_exists(delta: &DeltaTable, path: &str) -> Result<bool, deltalake::ObjectStoreError> {
+    let store = delta.log_store().object_store(None);
+    match object_store::ObjectStoreExt::head(&store, &deltalake::Path::from(path)).await {
+        Ok(_) => Ok(true),
+        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The transaction versions of `apps` in `delta`'s snapshot (absent ids are left out).

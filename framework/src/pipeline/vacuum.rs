@@ -6,7 +6,7 @@
 //! files it replaced on disk for readers of older versions. A vacuum deletes those removed more
 //! than a retention ago: a read of a version older than that may then fail.
 
-use crate::gold::{Materialized, Models};
+use crate::gold::Models;
 use crate::idcard::{Project, Table};
 use crate::lake::{Lake, Layer};
 
@@ -34,12 +34,7 @@ pub fn lake_tables(project: &Project, models: &Models) -> Vec<(Layer, String)> {
         models
             .models
             .iter()
-            .filter(|m| {
-                matches!(
-                    m.config.materialized,
-                    Materialized::Table | Materialized::Incremental
-                )
-            })
+            .filter(|m| m.config.materialized.is_stored())
             .map(|m| (Layer::Gold, m.name.clone())),
     );
     out.push((Layer::Quality, crate::quality::RESULTS_TABLE.to_owned()));
