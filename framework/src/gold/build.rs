@@ -255,7 +255,8 @@ pub async fn missing_sources(
     selected: &BTreeSet<String>,
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    // Each source's log is opened once, however many models read it.
+    // Each source is looked for once, however many models read it; the build brings its
+    // snapshot up to date once it holds the gold lease.
     let mut exists: std::collections::BTreeMap<&(String, String), bool> = Default::default();
     for name in selected {
         for source in models.sources_read(name) {
@@ -268,7 +269,7 @@ pub async fn missing_sources(
                     } else {
                         Layer::Silver
                     };
-                    let found = lake.open(kind, table).await?.is_some();
+                    let found = lake.exists(kind, table).await?;
                     exists.insert(source, found);
                     found
                 }

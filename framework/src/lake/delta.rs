@@ -334,6 +334,23 @@ impl Lake {
         }
     }
 
+    /// Whether the table has a commit, without bringing its snapshot up to date (a table is
+    /// never deleted, so one seen once, or cached, exists).
+    pub async fn exists(&self, layer: Layer, table: &str) -> Result<bool> {
+        if let Root::Local(_) = self.root {
+            return Ok(has_commit(
+                &self.table_path(layer, table).join("_delta_log"),
+            ));
+        }
+        let key = (layer, table.to_owned());
+        let cached = self
+            .snapshots
+            .lock()
+            .expect("the snapshot cache is never poisoned")
+            .contains_key(&key);
+        Ok(cached || self.open(layer, table).await?.is_some())
+    }
+
     fn remember(&self, key: (Layer, String), delta: &DeltaTable) {
         let mut snapshots = self
             .snapshots
@@ -1487,6 +1504,17 @@ mod tests {
                 .unwrap();
         }
         (dir, lake)
+    }
+
+    /// A table exists once it has a commit, in this process's cache or not.
+    #[tokio::test]
+    async fn a_table_exists_once_it_has_a_commit() {
+        let (dir, lake) = three_small_files().await;
+        assert!(lake.exists(Layer::Silver, "t").await.unwrap());
+        assert!(!lake.exists(Layer::Silver, "other").await.unwrap());
+        assert!(!lake.exists(Layer::Bronze, "t").await.unwrap());
+        let fresh = Lake::at(&dir.path().to_string_lossy());
+        assert!(fresh.exists(Layer::Silver, "t").await.unwrap());
     }
 
     /// Compaction rewrites small files into one, keeps every row, and is not a data change to

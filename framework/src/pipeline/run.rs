@@ -528,7 +528,9 @@ const SMALL_DELIVERY: u64 = 200_000;
 
 /// Refines each table into silver once its bronze is in, up to [`SILVER_AT_ONCE`] deliveries
 /// at a time, at most one large one of each kind (see [`Large`]); a table waits for the
-/// silver of the tables it enriches from when they are in this run. Each table `arrived` once
+/// silver of the tables it enriches from when they are in this run, not for their `latest_by`
+/// tables, which enrichment does not read. A small delivery's `latest_by` rebuild leaves its
+/// slot to the next table (see [`Rebuilding`]). Each table `arrived` once
 /// ingested (with its size), then by its names in the lake: its own and its tombstones' once
 /// silver committed them, its `latest_by` tables' once they are rebuilt.
 /// Returns the reports in the run's table order and the produce stage's notes. After an error
@@ -551,7 +553,7 @@ async fn refine_lane(
     let mut waiting: Vec<(usize, TableReport)> = Vec::new();
     let mut running = tokio::task::JoinSet::new();
     // A running table whose own silver is in, its `latest_by` tables still being rebuilt.
-    let (table_in, mut tables_in) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (table_in, mut tables_in) = tokio::sync::mpsc::unbounded_channel::<(usize, Rebuilding)>();
     let mut closed = false;
     let mut failed: Option<Error> = None;
     let large = |report: &TableReport| report.consumed > SMALL_DELIVERY;
@@ -562,19 +564,24 @@ async fn refine_lane(
         })
     };
     let mut large_running: Vec<Large> = Vec::new();
+    // Tables whose own silver is in, and those of them still rebuilding with their slot given
+    // up.
+    let mut own_in = vec![false; selected.len()];
+    let mut rebuilding: BTreeSet<usize> = BTreeSet::new();
     loop {
-        while failed.is_none() && running.len() < SILVER_AT_ONCE {
+        while failed.is_none() && running.len() - rebuilding.len() < SILVER_AT_ONCE {
             let ready = waiting.iter().position(|(i, report)| {
                 kind(*i, report).is_none_or(|kind| !large_running.contains(&kind))
                     && selected[*i]
                         .depends_on
                         .iter()
-                        .all(|dim| position(dim).is_none_or(|d| reports[d].is_some()))
+                        .all(|dim| position(dim).is_none_or(|d| own_in[d]))
             });
             let Some(ready) = ready else { break };
             let (i, report) = waiting.remove(ready);
             if options.until < Stage::Silver {
                 arrived(Arrival::In(&selected[i].lake_names()));
+                own_in[i] = true;
                 reports[i] = Some(report);
                 continue;
             }
@@ -589,9 +596,10 @@ async fn refine_lane(
                 options.silver_options.clone(),
             );
             let table_in = table_in.clone();
+            let rebuilds = Rebuilding::of(&selected[i], large(&report));
             running.spawn(async move {
                 let announce = move || {
-                    let _ = table_in.send(i);
+                    let _ = table_in.send((i, rebuilds));
                 };
                 let stats =
                     silver::refine_announcing(&lake, &project, &table, &silver_options, announce)
@@ -615,10 +623,17 @@ async fn refine_lane(
                 }
                 None => closed = true,
             },
-            Some(i) = tables_in.recv() => arrived(Arrival::In(&selected[i].refined_names())),
+            Some((i, rebuilds)) = tables_in.recv() => {
+                own_in[i] = true;
+                if rebuilds == Rebuilding::Aside {
+                    rebuilding.insert(i);
+                }
+                arrived(Arrival::In(&selected[i].refined_names()));
+            }
             Some(joined) = running.join_next() => {
                 let (i, mut report, stats) =
                     joined.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+                rebuilding.remove(&i);
                 if let Some(kind) = kind(i, &report) {
                     large_running.retain(|running| *running != kind);
                 }
@@ -630,6 +645,7 @@ async fn refine_lane(
                         report.warnings += stats.warnings.values().sum::<u64>();
                         report.silver = stats.rows_after;
                         report.silver_s = stats.seconds;
+                        own_in[i] = true;
                         arrived(Arrival::In(&selected[i].lake_names()));
                         reports[i] = Some(report);
                     }
@@ -643,6 +659,27 @@ async fn refine_lane(
     match failed {
         Some(e) => Err(e),
         None => Ok((reports.into_iter().flatten().collect(), skipped)),
+    }
+}
+
+/// What a table's slot in the silver lane does once its own silver is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuilding {
+    /// Nothing left, or the rebuild of its `latest_by` tables in the slot: after a large
+    /// delivery, whose table is large too (a rebuild reads all of it).
+    InSlot,
+    /// The `latest_by` rebuild of a small delivery, beside the next table, which takes the
+    /// slot: only what reads a `latest_by` table waits for the rebuild, while the tables after
+    /// it (those that enrich from it among them) may be on gold's path.
+    Aside,
+}
+
+impl Rebuilding {
+    fn of(table: &crate::idcard::Table, large: bool) -> Self {
+        match table.config.latest_by.is_empty() || large {
+            true => Self::InSlot,
+            false => Self::Aside,
+        }
     }
 }
 

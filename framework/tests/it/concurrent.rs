@@ -342,3 +342,78 @@ fn silver_of_a_table_waits_for_the_dimensions_it_enriches_from() {
         &wrong[..wrong.len().min(3)]
     );
 }
+
+/// The `commitInfo` timestamp (ms) of the first commit of silver table `table`.
+fn first_commit_ms(lake: &Path, table: &str) -> i64 {
+    let first = delta_commits(&lake.join("silver").join(table))
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("silver {table} has no commit"));
+    let text = std::fs::read_to_string(&first).unwrap();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|action| action["commitInfo"]["timestamp"].as_i64())
+        .unwrap_or_else(|| panic!("{} has no commitInfo timestamp", first.display()))
+}
+
+/// A table waits for the silver of the tables it enriches from, not for their `latest_by`
+/// tables, which enrichment does not read: with customers' rebuild of `customers_unique` held
+/// for 3 s, orders (enriched from customers) is committed before it, and every order still
+/// carries its customer's person id.
+#[test]
+fn an_enriched_table_does_not_wait_for_the_latest_by_tables_of_its_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut run = framework(&lake);
+    run.args(["run", "--until", "silver", "--data"])
+        .arg(sample())
+        .args(["--table", "customers", "--table", "orders"])
+        .env(
+            "FRAMEWORK_PAUSE_AT",
+            "silver-before-latest-by:customers=3000",
+        );
+    let out = ok(run);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pause point silver-before-latest-by"),
+        "the pause was not taken"
+    );
+    let orders = first_commit_ms(&lake, "orders");
+    let people = first_commit_ms(&lake, "customers_unique");
+    assert!(
+        orders < people,
+        "orders committed at {orders} ms, after customers_unique at {people} ms"
+    );
+    let persons: BTreeMap<String, String> = batch_rows(&batches(
+        &lake,
+        Layer::Silver,
+        "customers",
+        "SELECT customer_id || '|' || customer_unique_id FROM t",
+    ))
+    .into_iter()
+    .filter_map(|row| {
+        let (id, person) = row.split_once('|')?;
+        Some((id.to_owned(), person.to_owned()))
+    })
+    .collect();
+    let orders = batch_rows(&batches(
+        &lake,
+        Layer::Silver,
+        "orders",
+        "SELECT customer_id || '|' || coalesce(customer_unique_id, '<none>') FROM t",
+    ));
+    assert!(orders.len() > 100, "{} orders", orders.len());
+    let wrong: Vec<&String> = orders
+        .iter()
+        .filter(|row| {
+            let (id, got) = row.split_once('|').unwrap();
+            persons.get(id).is_some_and(|want| want != got)
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} orders lack their customer's person id, e.g. {:?}",
+        wrong.len(),
+        orders.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+}
