@@ -286,6 +286,32 @@ fn two_runs_sending_the_same_files_at_once_send_each_file_once() {
     }
 }
 
+/// The `id|value` rows `sql` selects from silver `table`, each split at its first `|`.
+fn pairs_listed(lake: &Path, table: &str, sql: &str) -> Vec<(String, String)> {
+    batch_rows(&batches(lake, Layer::Silver, table, sql))
+        .into_iter()
+        .filter_map(|row| {
+            let (id, value) = row.split_once('|')?;
+            Some((id.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// [`pairs_listed`] by id.
+fn pairs(lake: &Path, table: &str, sql: &str) -> BTreeMap<String, String> {
+    pairs_listed(lake, table, sql).into_iter().collect()
+}
+
+/// The rows whose id `want` holds with another value.
+fn disagreeing<'a>(
+    want: &BTreeMap<String, String>,
+    rows: &'a [(String, String)],
+) -> Vec<&'a (String, String)> {
+    rows.iter()
+        .filter(|(id, got)| want.get(id).is_some_and(|value| value != got))
+        .collect()
+}
+
 /// Silver refines two tables at once, but a table still waits for the silver of the tables it
 /// enriches from: products' silver is held for 2 s before its commit while order_items' bronze
 /// comes in, and every item whose product has a category must still carry it.
@@ -304,36 +330,22 @@ fn silver_of_a_table_waits_for_the_dimensions_it_enriches_from() {
         String::from_utf8_lossy(&out.stderr).contains("pause point silver-before-merge:products"),
         "the pause was not taken"
     );
-    let categories: BTreeMap<String, String> = batch_rows(&batches(
+    let categories = pairs(
         &lake,
-        Layer::Silver,
         "products",
         "SELECT product_id || '|' || product_category_name FROM t WHERE product_category_name IS NOT NULL",
-    ))
-    .into_iter()
-    .filter_map(|row| {
-        let (id, category) = row.split_once('|')?;
-        Some((id.to_owned(), category.to_owned()))
-    })
-    .collect();
+    );
     assert!(
         categories.len() > 100,
         "products: {} categories",
         categories.len()
     );
-    let items = batch_rows(&batches(
+    let items = pairs_listed(
         &lake,
-        Layer::Silver,
         "order_items",
         "SELECT product_id || '|' || coalesce(product_category_name, '<none>') FROM t",
-    ));
-    let wrong: Vec<&String> = items
-        .iter()
-        .filter(|row| {
-            let (id, got) = row.split_once('|').unwrap();
-            categories.get(id).is_some_and(|want| want != got)
-        })
-        .collect();
+    );
+    let wrong = disagreeing(&categories, &items);
     assert!(
         wrong.is_empty(),
         "{} of {} items lack their product's category, e.g. {:?}",
@@ -383,32 +395,18 @@ fn an_enriched_table_does_not_wait_for_the_latest_by_tables_of_its_dimension() {
         orders < people,
         "orders committed at {orders} ms, after customers_unique at {people} ms"
     );
-    let persons: BTreeMap<String, String> = batch_rows(&batches(
+    let persons = pairs(
         &lake,
-        Layer::Silver,
         "customers",
         "SELECT customer_id || '|' || customer_unique_id FROM t",
-    ))
-    .into_iter()
-    .filter_map(|row| {
-        let (id, person) = row.split_once('|')?;
-        Some((id.to_owned(), person.to_owned()))
-    })
-    .collect();
-    let orders = batch_rows(&batches(
+    );
+    let orders = pairs_listed(
         &lake,
-        Layer::Silver,
         "orders",
         "SELECT customer_id || '|' || coalesce(customer_unique_id, '<none>') FROM t",
-    ));
+    );
     assert!(orders.len() > 100, "{} orders", orders.len());
-    let wrong: Vec<&String> = orders
-        .iter()
-        .filter(|row| {
-            let (id, got) = row.split_once('|').unwrap();
-            persons.get(id).is_some_and(|want| want != got)
-        })
-        .collect();
+    let wrong = disagreeing(&persons, &orders);
     assert!(
         wrong.is_empty(),
         "{} of {} orders lack their customer's person id, e.g. {:?}",
