@@ -564,12 +564,13 @@ async fn refine_lane(
         })
     };
     let mut large_running: Vec<Large> = Vec::new();
-    // Tables whose own silver is in, and those of them still rebuilding with their slot given
-    // up.
+    // Tables whose own silver is in, and the running tables that hold a slot (not those whose
+    // rebuild gave it up). A set, not a count: a table's announcement may be taken after its
+    // end.
     let mut own_in = vec![false; selected.len()];
-    let mut rebuilding: BTreeSet<usize> = BTreeSet::new();
+    let mut in_slot: BTreeSet<usize> = BTreeSet::new();
     loop {
-        while failed.is_none() && running.len() - rebuilding.len() < SILVER_AT_ONCE {
+        while failed.is_none() && in_slot.len() < SILVER_AT_ONCE {
             let ready = waiting.iter().position(|(i, report)| {
                 kind(*i, report).is_none_or(|kind| !large_running.contains(&kind))
                     && selected[*i]
@@ -597,6 +598,7 @@ async fn refine_lane(
             );
             let table_in = table_in.clone();
             let rebuilds = Rebuilding::of(&selected[i], large(&report));
+            in_slot.insert(i);
             running.spawn(async move {
                 let announce = move || {
                     let _ = table_in.send((i, rebuilds));
@@ -626,14 +628,14 @@ async fn refine_lane(
             Some((i, rebuilds)) = tables_in.recv() => {
                 own_in[i] = true;
                 if rebuilds == Rebuilding::Aside {
-                    rebuilding.insert(i);
+                    in_slot.remove(&i);
                 }
                 arrived(Arrival::In(&selected[i].refined_names()));
             }
             Some(joined) = running.join_next() => {
                 let (i, mut report, stats) =
                     joined.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
-                rebuilding.remove(&i);
+                in_slot.remove(&i);
                 if let Some(kind) = kind(i, &report) {
                     large_running.retain(|running| *running != kind);
                 }
