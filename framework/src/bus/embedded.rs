@@ -13,6 +13,11 @@
 //! to a block that is not whole; on open, the index entries a crash left out of the last block
 //! are completed (a reader may already have seen its first ones) and log bytes past the last
 //! indexed block are cut off. The offset of a message is its position in the index.
+//!
+//! `p<N>.start`, once a partition was released ([`EmbeddedLog::release`]), holds its first
+//! offset still stored: the blocks below it are holes punched in `p<N>.log` (and the index
+//! entries below it in `p<N>.idx`), so the disk space goes back while every offset and byte
+//! position stays where it was. A read below it is [`Error::Released`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -285,6 +290,9 @@ impl EmbeddedLog {
         let log_len = fs::metadata(&log_path).map_err(Self::io(topic))?.len();
         let mut log = File::open(&log_path).map_err(Self::io(topic))?;
         // The last indexed block, whole (anything else is a block the index never reached).
+        // Never one below the released start: a release keeps the last block, so reaching
+        // the holes means the log is damaged, and cutting it there would drop what it holds.
+        let released = self.start_offset(topic, partition)?;
         let mut last = None;
         while let Some(&start) = starts.last() {
             match read_block_header(&mut log, start, log_len) {
@@ -293,7 +301,20 @@ impl EmbeddedLog {
                     break;
                 }
                 // All of that block's entries go at once.
-                _ => starts.truncate(starts.partition_point(|&s| s < start)),
+                _ => {
+                    let kept = starts.partition_point(|&s| s < start);
+                    if released > 0 && (kept as u64) < released {
+                        return Err(Error::Corrupt {
+                            topic: topic.to_owned(),
+                            partition,
+                            offset: kept as u64,
+                            reason: format!(
+                                "no whole block at the end of the log after offset {released}, where its released part starts"
+                            ),
+                        });
+                    }
+                    starts.truncate(kept);
+                }
             }
         }
         let mut index_len = starts.len() as u64;
@@ -474,7 +495,116 @@ impl EmbeddedLog {
     }
 
     /// Up to `max` messages of a partition from `offset` on, block by block as stored.
+    /// [`Error::Released`] below the partition's start ([`EmbeddedLog::release`]).
     pub fn read_chunks(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<Chunk>> {
+        let released = |start: u64| Error::Released {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            start,
+        };
+        let start = self.start_offset(topic, partition)?;
+        if offset < start {
+            return Err(released(start));
+        }
+        match self.read_stored(topic, partition, offset, max) {
+            // Released while this read went on: what it read were holes.
+            Err(Error::Corrupt { .. }) if offset < self.start_offset(topic, partition)? => {
+                Err(released(self.start_offset(topic, partition)?))
+            }
+            read => read,
+        }
+    }
+
+    /// The first offset of `topic`'s `partition` still stored: 0 until a release.
+    pub fn start_offset(&self, topic: &str, partition: u32) -> Result<u64> {
+        let path = self.topic_dir(topic).join(format!("p{partition}.start"));
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| Error::Corrupt {
+                topic: topic.to_owned(),
+                partition,
+                offset: 0,
+                reason: format!("{} does not hold an offset: {text:?}", path.display()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Self::io(topic)(e)),
+        }
+    }
+
+    /// Gives the disk space of `topic`'s `partition` below offset `below` back: the whole
+    /// blocks before the one holding `below` (or, past the end, before the last block: a
+    /// partition always keeps its last block, which a later append's tail check reads).
+    /// Records the new start first (`p<N>.start`), then punches the bytes below it out of the
+    /// log and the index (`fallocate`, keeping each file's size and so every position). A crash
+    /// in between leaves bytes that the next release punches; a file system that cannot punch
+    /// holes keeps them (with a warning). Reads only the index and block headers below the
+    /// end, and writes only below them, so it runs beside an append. Returns the bytes the
+    /// disk gave back.
+    pub fn release(&self, topic: &str, partition: u32, below: u64) -> Result<u64> {
+        let end = self.end_offset(topic, partition)?;
+        let Some(last) = end.checked_sub(1) else {
+            return Ok(0);
+        };
+        let target = below.min(last);
+        let (log_path, idx_path) = self.paths(topic, partition);
+        let mut idx = File::open(&idx_path).map_err(Self::io(topic))?;
+        let entry = read_at(&mut idx, target * 8, 8).map_err(Self::io(topic))?;
+        let block_start = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
+        let log = OpenOptions::new()
+            .write(true)
+            .open(&log_path)
+            .map_err(Self::io(topic))?;
+        let log_len = log.metadata().map_err(Self::io(topic))?.len();
+        let mut reader = File::open(&log_path).map_err(Self::io(topic))?;
+        let header = read_block_header(&mut reader, block_start, log_len)
+            .filter(|h| h.first <= target && target < h.first + u64::from(h.count))
+            .ok_or_else(|| Error::Corrupt {
+                topic: topic.to_owned(),
+                partition,
+                offset: target,
+                reason: "the index points to a block that does not hold it".to_owned(),
+            })?;
+        let start = header.first;
+        if start <= self.start_offset(topic, partition)? {
+            return Ok(0);
+        }
+        let page = |bytes: u64| bytes / PUNCH_UNIT * PUNCH_UNIT;
+        let (log_bytes, idx_bytes) = (page(block_start), page(start * 8));
+        let idx = OpenOptions::new()
+            .write(true)
+            .open(&idx_path)
+            .map_err(Self::io(topic))?;
+        let allocated = || -> Result<u64> {
+            use std::os::unix::fs::MetadataExt;
+            let blocks = |file: &File| file.metadata().map(|m| m.blocks() * 512);
+            Ok(blocks(&log).map_err(Self::io(topic))? + blocks(&idx).map_err(Self::io(topic))?)
+        };
+        let before = allocated()?;
+        self.replace_file(topic, &format!("p{partition}.start"), &start.to_string())?;
+        crate::fault::crash_point("log-release-before-punch");
+        let punched = punch(&log, log_bytes).map_err(Self::io(topic))?
+            && punch(&idx, idx_bytes).map_err(Self::io(topic))?;
+        if !punched {
+            tracing::warn!(
+                topic,
+                partition,
+                "the file system of the embedded log cannot punch holes: its consumed messages keep their disk space"
+            );
+            return Ok(0);
+        }
+        // What the disk gave back (an append beside this one may have taken some meanwhile).
+        let released = before.saturating_sub(allocated()?);
+        tracing::debug!(topic, partition, start, released, "log: released");
+        Ok(released)
+    }
+
+    fn read_stored(
         &self,
         topic: &str,
         partition: u32,
@@ -594,6 +724,36 @@ impl EmbeddedLog {
             ));
         }
         Ok(out)
+    }
+}
+
+/// Bytes punched out at a time: whole pages, so that a hole frees whole blocks of the disk.
+const PUNCH_UNIT: u64 = 4096;
+
+/// Punches the first `bytes` of `file` out (a hole that reads as zeros; the file keeps its
+/// size): `false` when the file system cannot.
+fn punch(file: &File, bytes: u64) -> std::io::Result<bool> {
+    if bytes == 0 {
+        return Ok(true);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{FallocateFlags, fallocate};
+        match fallocate(
+            file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            bytes,
+        ) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, bytes);
+        Ok(false)
     }
 }
 

@@ -62,6 +62,15 @@ pub enum Error {
     },
     #[error("topic {topic}: consumer group: {reason}")]
     Group { topic: String, reason: String },
+    #[error(
+        "topic {topic} partition {partition}: offset {offset} was released from the embedded log, which now starts at offset {start} (a vacuum frees the messages bronze has stored)\n  hint: those messages are rows of bronze (and of the reject table); read them there, or run again if another run stored them meanwhile"
+    )]
+    Released {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        start: u64,
+    },
     #[error("topic {topic} partition {partition}: corrupt record at offset {offset}: {reason}")]
     Corrupt {
         topic: String,

@@ -132,6 +132,98 @@ fn reads_from_inside_a_block_and_across_blocks() {
     assert_eq!(values(&log).len(), 1008);
 }
 
+/// Bytes of disk that partition 0 of topic `t` takes (its log and its index).
+fn allocated(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    ["t/p0.log", "t/p0.idx"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.join(f)).unwrap().blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn a_release_gives_back_the_blocks_below_and_keeps_every_offset_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(dir.path().to_path_buf());
+    log.ensure_topic("t", 1).unwrap();
+    // Four blocks of 2000 messages that do not compress (64 hex digits each): offsets 0-1999,
+    // 2000-3999, 4000-5999 and 6000-7999, about 140 kB apiece.
+    for block in 0..4 {
+        let records: Vec<Record> = (0..2000)
+            .map(|i| {
+                record(
+                    "k",
+                    &blake3::hash(format!("{block}/{i}").as_bytes()).to_hex(),
+                )
+            })
+            .collect();
+        log.append("t", &records.iter().collect()).unwrap();
+    }
+    let all = values(&log);
+    assert_eq!(all.len(), 8000);
+    let before = allocated(dir.path());
+
+    // Below offset 4500: the two whole blocks before the one that holds it.
+    let released = log.release("t", 0, 4500).unwrap();
+    assert_eq!(log.start_offset("t", 0).unwrap(), 4000);
+    assert!(released > 250_000, "released {released} bytes");
+    assert!(allocated(dir.path()) <= before - released);
+    let read = |from: u64| -> Vec<(u64, String)> {
+        log.read("t", 0, from, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|m| (m.offset, String::from_utf8(m.value.to_vec()).unwrap()))
+            .collect()
+    };
+    assert_eq!(read(4000), all[4000..]);
+    assert_eq!(read(4321), all[4321..]);
+    let below = log.read("t", 0, 3999, 10).unwrap_err();
+    assert!(
+        matches!(
+            below,
+            Error::Released {
+                offset: 3999,
+                start: 4000,
+                ..
+            }
+        ),
+        "{below:?}"
+    );
+    let text = below.to_string();
+    assert!(
+        text.contains("offset 3999")
+            && text.contains("starts at offset 4000")
+            && text.contains("hint:"),
+        "{text}"
+    );
+
+    // Past the end: everything but the last block, which an append's tail check reads.
+    log.release("t", 0, u64::MAX).unwrap();
+    assert_eq!(log.start_offset("t", 0).unwrap(), 6000);
+    assert_eq!(read(6000), all[6000..]);
+    assert_eq!(
+        log.release("t", 0, u64::MAX).unwrap(),
+        0,
+        "nothing more to give back"
+    );
+
+    // Appends go on at the next offset, after a torn one as before.
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("t/p0.log"))
+            .unwrap(),
+        b"\x40\0\0\0partial",
+    )
+    .unwrap();
+    log.append("t", &[record("k", "after")].iter().collect())
+        .unwrap();
+    let tail = read(6000);
+    assert_eq!(tail.len(), 2001);
+    assert_eq!(tail[2000], (8000, "after".to_owned()));
+    assert!(allocated(dir.path()) < before / 2);
+}
+
 #[test]
 fn a_crash_between_index_entries_is_completed_and_a_torn_block_cut_off() {
     let dir = tempfile::tempdir().unwrap();

@@ -243,7 +243,9 @@ enum Command {
     /// Delete the files that commits removed from the lake's tables more than --retention-s
     /// ago (Delta VACUUM): the files a silver MERGE rewrote, gold's previous builds, compacted
     /// small files. A read of a version older than the retention may fail afterwards; live
-    /// data is never touched. `framework serve` does this every minute on its own.
+    /// data is never touched. On the embedded log, also give back the disk space of the
+    /// messages that bronze has stored (they are bronze's rows and rejects; the topic's offsets
+    /// stay). `framework serve` does this every minute on its own.
     #[command(
         after_help = "Examples:\n  framework vacuum                                   (files removed over 7 days ago)\n  framework vacuum --retention-s 86400 --table orders,order_items\n  framework vacuum --retention-s 0                   (every removed file: no time travel left)"
     )]
@@ -937,23 +939,28 @@ fn rejects(env: &Env, table: String, limit: usize) -> Result<()> {
 /// once older than `retention_s`.
 fn vacuum(env: &Env, retention_s: u64, only: &[String]) -> Result<()> {
     let Env {
-        cli, runtime, lake, ..
+        cli,
+        runtime,
+        lake,
+        bus,
+        ..
     } = env;
     let (project, models, _) = load_all(cli)?;
+    let mut chosen = Vec::new();
+    for name in only {
+        let Some(table) = project.table(name) else {
+            bail!(
+                "unknown table `{name}`\n  hint: known tables: {}",
+                project.names().join(", ")
+            );
+        };
+        chosen.push(table);
+    }
     let tables = if only.is_empty() {
+        chosen.extend(project.tables.iter());
         pipeline::vacuum::lake_tables(&project, &models)
     } else {
-        let mut chosen = Vec::new();
-        for name in only {
-            let Some(table) = project.table(name) else {
-                bail!(
-                    "unknown table `{name}`\n  hint: known tables: {}",
-                    project.names().join(", ")
-                );
-            };
-            chosen.push(table);
-        }
-        pipeline::vacuum::tables_of(chosen)
+        pipeline::vacuum::tables_of(chosen.iter().copied())
     };
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(tables.len() as u64);
@@ -974,6 +981,9 @@ fn vacuum(env: &Env, retention_s: u64, only: &[String]) -> Result<()> {
             }
         },
     ))?;
+    let released = runtime.block_on(pipeline::vacuum::release_stored(
+        lake, bus, &project, &chosen,
+    ))?;
     bar.finish_and_clear();
     println!(
         "vacuum: {} tables checked in {:.2}s, {} files deleted (removed from their table more than {retention_s} s ago)",
@@ -983,6 +993,15 @@ fn vacuum(env: &Env, retention_s: u64, only: &[String]) -> Result<()> {
     );
     for (table, files) in deleted {
         println!("  {table}: {files}");
+    }
+    if !released.is_empty() {
+        println!(
+            "embedded log: {:.1} MiB of messages bronze has stored given back",
+            released.iter().map(|(_, bytes)| *bytes).sum::<u64>() as f64 / f64::from(1 << 20)
+        );
+        for (topic, bytes) in released {
+            println!("  {topic}: {:.1} MiB", bytes as f64 / f64::from(1 << 20));
+        }
     }
     Ok(())
 }

@@ -41,5 +41,20 @@ pub async fn vacuum(gateway: std::sync::Weak<Gateway>, retention: Duration) {
                 Err(e) => tracing::warn!("vacuuming {layer}/{table}: {e}"),
             }
         }
+        let tables: Vec<&crate::idcard::Table> = gateway.project.tables.iter().collect();
+        match crate::pipeline::vacuum::release_stored(
+            &gateway.lake,
+            &gateway.bus,
+            &gateway.project,
+            &tables,
+        )
+        .await
+        {
+            Ok(released) if !released.is_empty() => {
+                tracing::debug!(?released, "upkeep: stored messages released from the log")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("releasing the embedded log's stored messages: {e}"),
+        }
     }
 }

@@ -30,6 +30,8 @@ pub enum Error {
     Quality(#[from] crate::quality::Error),
     #[error(transparent)]
     Lake(#[from] crate::lake::Error),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::Error),
     #[error("{table}: {source}")]
     Query {
         table: String,

@@ -6,9 +6,13 @@
 //! files it replaced on disk for readers of older versions. A vacuum deletes those removed more
 //! than a retention ago: a read of a version older than that may then fail.
 
+use std::collections::BTreeMap;
+
+use crate::bus::Bus;
 use crate::gold::Models;
 use crate::idcard::{Project, Table};
 use crate::lake::{Lake, Layer};
+use crate::offsets::{Cursor, Stage};
 
 use super::Result;
 
@@ -55,4 +59,58 @@ pub async fn vacuum(
         done(*layer, table, deleted);
     }
     Ok(())
+}
+
+/// On the embedded log, gives back the disk space of the messages bronze has stored: each
+/// topic of `chosen` is released ([`crate::bus::EmbeddedLog::release`]) below the offsets that
+/// bronze records for every table of `project` reading it (its rows and its rejects are then
+/// in the lake: bronze commits its rejects first, then its rows with the offsets). Nothing on
+/// Kafka, whose retention is the broker's. Returns the bytes released per topic that gave any
+/// back.
+pub async fn release_stored(
+    lake: &Lake,
+    bus: &Bus,
+    project: &Project,
+    chosen: &[&Table],
+) -> Result<Vec<(String, u64)>> {
+    let Bus::Embedded(log) = bus else {
+        return Ok(Vec::new());
+    };
+    let topics: Vec<&str> = chosen.iter().map(|t| t.topic()).collect();
+    // Per topic, per partition: the lowest offset a table reading it still needs.
+    let mut needed: BTreeMap<&str, BTreeMap<u32, i64>> = BTreeMap::new();
+    for table in project
+        .tables
+        .iter()
+        .filter(|t| topics.contains(&t.topic()))
+    {
+        let topic = table.topic();
+        let partitions = match log.partitions(topic) {
+            Ok(partitions) => partitions,
+            Err(crate::bus::Error::UnknownTopic { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let stored = Cursor::new(Stage::Bronze, topic, partitions)
+            .read(lake, Layer::Bronze, table.name())
+            .await?;
+        let topic_needs = needed.entry(topic).or_default();
+        for partition in 0..partitions {
+            let next = stored.next(partition);
+            topic_needs
+                .entry(partition)
+                .and_modify(|n| *n = (*n).min(next))
+                .or_insert(next);
+        }
+    }
+    let mut released = Vec::new();
+    for (topic, partitions) in needed {
+        let mut bytes = 0;
+        for (partition, next) in partitions {
+            bytes += log.release(topic, partition, next.max(0) as u64)?;
+        }
+        if bytes > 0 {
+            released.push((topic.to_owned(), bytes));
+        }
+    }
+    Ok(released)
 }

@@ -3,9 +3,9 @@
 Usage: gateway_load.py CONFIG_JSON
 
 CONFIG_JSON: {"command": [framework, --idcards, ..., --lake, LAKE], "lake": LAKE, "token": T,
-"sample_orders": CSV, "clients": 32, "load_s": 30, "kills": 10}
+"sample_orders": CSV, "clients": 32, "load_s": 30, "kills": 10, "serve_args": [...]}
 
-Starts `framework serve` (the command plus `serve --addr 127.0.0.1:0`), then `clients` threads
+Starts `framework serve` (the command plus `serve --addr 127.0.0.1:0` and `serve_args`), then `clients` threads
 send `orders` batches of 1 to 10 records for `load_s` seconds to /ingest_fast (durable ack),
 /ingest_fast?wait=visible and /ingest, each request with its own Idempotency-Key; about one
 record in eight has a timestamp that is not one (bronze rejects it). Then the server is killed
@@ -46,7 +46,7 @@ class Server:
         self.log = open(os.path.join(LAKE, "..", "serve.log"), "ab")
 
     def start(self):
-        cmd = config["command"] + ["serve", "--addr", "127.0.0.1:0"]
+        cmd = config["command"] + ["serve", "--addr", "127.0.0.1:0"] + config.get("serve_args", [])
         env = dict(os.environ, FRAMEWORK_GATEWAY_TOKEN=TOKEN)
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env)
         line = [None]
