@@ -89,7 +89,12 @@ fn a_batch_frames_messages() {
 
 /// Reads partition 0 of topic `t` whole, as (offset, value) pairs.
 fn values(log: &EmbeddedLog) -> Vec<(u64, String)> {
-    log.read("t", 0, 0, usize::MAX)
+    values_from(log, 0)
+}
+
+/// Reads partition 0 of topic `t` from offset `from` on, as (offset, value) pairs.
+fn values_from(log: &EmbeddedLog, from: u64) -> Vec<(u64, String)> {
+    log.read("t", 0, from, usize::MAX)
         .unwrap()
         .iter()
         .map(|m| (m.offset, String::from_utf8(m.value.to_vec()).unwrap()))
@@ -168,15 +173,8 @@ fn a_release_gives_back_the_blocks_below_and_keeps_every_offset_from_its_start()
     assert_eq!(log.start_offset("t", 0).unwrap(), 4000);
     assert!(released > 250_000, "released {released} bytes");
     assert!(allocated(dir.path()) <= before - released);
-    let read = |from: u64| -> Vec<(u64, String)> {
-        log.read("t", 0, from, usize::MAX)
-            .unwrap()
-            .iter()
-            .map(|m| (m.offset, String::from_utf8(m.value.to_vec()).unwrap()))
-            .collect()
-    };
-    assert_eq!(read(4000), all[4000..]);
-    assert_eq!(read(4321), all[4321..]);
+    assert_eq!(values_from(&log, 4000), all[4000..]);
+    assert_eq!(values_from(&log, 4321), all[4321..]);
     let below = log.read("t", 0, 3999, 10).unwrap_err();
     assert!(
         matches!(
@@ -200,7 +198,7 @@ fn a_release_gives_back_the_blocks_below_and_keeps_every_offset_from_its_start()
     // Past the end: everything but the last block, which an append's tail check reads.
     log.release("t", 0, u64::MAX).unwrap();
     assert_eq!(log.start_offset("t", 0).unwrap(), 6000);
-    assert_eq!(read(6000), all[6000..]);
+    assert_eq!(values_from(&log, 6000), all[6000..]);
     assert_eq!(
         log.release("t", 0, u64::MAX).unwrap(),
         0,
@@ -218,7 +216,7 @@ fn a_release_gives_back_the_blocks_below_and_keeps_every_offset_from_its_start()
     .unwrap();
     log.append("t", &[record("k", "after")].iter().collect())
         .unwrap();
-    let tail = read(6000);
+    let tail = values_from(&log, 6000);
     assert_eq!(tail.len(), 2001);
     assert_eq!(tail[2000], (8000, "after".to_owned()));
     assert!(allocated(dir.path()) < before / 2);

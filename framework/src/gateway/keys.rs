@@ -253,15 +253,21 @@ mod tests {
         log.append("t", &batch).unwrap();
     }
 
-    #[test]
-    fn a_group_whose_messages_reached_the_log_is_remembered_and_one_that_did_not_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = log_with_topic(dir.path(), 1);
+    /// A topic of one partition, and its keys after a first group (key `k1`) whose line was
+    /// written and whose message (`one`, offset 0) reached the log.
+    fn one_group_in_the_log(dir: &std::path::Path) -> (EmbeddedLog, Keys) {
+        let log = log_with_topic(dir, 1);
         let mut keys = Keys::open(&log, "t").unwrap();
-        // Group 1: its line, then its message.
         keys.begin(&[Check::new(0, 0, b"one")], &[keyed("k1", &[(0, 0)])])
             .unwrap();
         append(&log, b"a", b"one");
+        (log, keys)
+    }
+
+    #[test]
+    fn a_group_whose_messages_reached_the_log_is_remembered_and_one_that_did_not_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut keys) = one_group_in_the_log(dir.path());
         // Group 2: its line, then a crash before the append.
         keys.begin(&[Check::new(0, 1, b"two")], &[keyed("k2", &[(0, 1)])])
             .unwrap();
@@ -320,11 +326,7 @@ mod tests {
     #[test]
     fn a_group_whose_messages_were_released_from_the_log_is_still_remembered() {
         let dir = tempfile::tempdir().unwrap();
-        let log = log_with_topic(dir.path(), 1);
-        let mut keys = Keys::open(&log, "t").unwrap();
-        keys.begin(&[Check::new(0, 0, b"one")], &[keyed("k1", &[(0, 0)])])
-            .unwrap();
-        append(&log, b"a", b"one");
+        let (log, keys) = one_group_in_the_log(dir.path());
         drop(keys);
         // Requests without a key after it, then bronze stores all three and a vacuum releases
         // what the log may give back (all but its last block).
@@ -341,11 +343,7 @@ mod tests {
     #[test]
     fn a_torn_line_is_left_out() {
         let dir = tempfile::tempdir().unwrap();
-        let log = log_with_topic(dir.path(), 1);
-        let mut keys = Keys::open(&log, "t").unwrap();
-        keys.begin(&[Check::new(0, 0, b"one")], &[keyed("k1", &[(0, 0)])])
-            .unwrap();
-        append(&log, b"a", b"one");
+        let (log, keys) = one_group_in_the_log(dir.path());
         let path = keys.path().to_owned();
         drop(keys);
         std::fs::OpenOptions::new()
