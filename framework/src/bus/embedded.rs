@@ -746,7 +746,10 @@ fn punch(file: &File, bytes: u64) -> std::io::Result<bool> {
             bytes,
         ) {
             Ok(()) => Ok(true),
-            Err(rustix::io::Errno::OPNOTSUPP) => Ok(false),
+            // Not this file system (or kernel): the bytes stay, the data is safe either way.
+            Err(
+                rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL,
+            ) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
