@@ -544,9 +544,19 @@ impl EmbeddedLog {
     /// log and the index (`fallocate`, keeping each file's size and so every position). A crash
     /// in between leaves bytes that the next release punches; a file system that cannot punch
     /// holes keeps them (with a warning). Reads only the index and block headers below the
-    /// end, and writes only below them, so it runs beside an append. Returns the bytes the
-    /// disk gave back.
+    /// end, and writes only below them, so it runs beside an append (releases of a topic take
+    /// turns under `release.lock`). Returns the bytes the disk gave back.
     pub fn release(&self, topic: &str, partition: u32, below: u64) -> Result<u64> {
+        // One release of a topic at a time (the gateway's upkeep and a `framework vacuum`),
+        // so that a start never moves back.
+        let _releasing = crate::lease::take(
+            &self.topic_dir(topic).join("release.lock"),
+            crate::lease::timeout(),
+        )
+        .map_err(|source| Error::Lease {
+            topic: topic.to_owned(),
+            source,
+        })?;
         let end = self.end_offset(topic, partition)?;
         let Some(last) = end.checked_sub(1) else {
             return Ok(0);
