@@ -231,6 +231,18 @@ pub fn idcards_with(dir: &Path, file: &str, from: &str, to: &str) -> PathBuf {
     copy
 }
 
+/// Generates a synthetic Olist dataset at `scale` under `dir/data` (`lake` is only the
+/// command's `--lake`).
+pub fn generate_data(lake: &Path, dir: &Path, scale: &str) -> PathBuf {
+    let data = dir.join("data");
+    let mut generate = framework(lake);
+    generate
+        .args(["generate-data", "--scale", scale, "--out"])
+        .arg(&data);
+    ok(generate);
+    data
+}
+
 pub fn ok(cmd: Command) -> Output {
     let shown = format!("{cmd:?}");
     let out = output(cmd);

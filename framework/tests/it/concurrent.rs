@@ -116,13 +116,8 @@ fn three_runs_racing_on_one_lake_end_with_the_tables_of_one_run() {
 #[test]
 fn two_producers_on_one_embedded_topic_never_interleave() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let lake = dir.path().join("lake");
-    let mut generate = framework(&lake);
-    generate
-        .args(["generate-data", "--scale", "0.25", "--out"])
-        .arg(&data);
-    ok(generate);
+    let data = generate_data(&lake, dir.path(), "0.25");
     let produce = || {
         let mut cmd = framework(&lake);
         cmd.args(["produce", "--table", "geolocation", "--no-delay", "--data"])

@@ -18,12 +18,7 @@ use crate::common::*;
 fn bronze_survives_sigkill_at_random_moments_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let data = dir.path().join("data");
-    let mut generate = framework(&lake);
-    generate
-        .args(["generate-data", "--scale", "0.05", "--out"])
-        .arg(&data);
-    ok(generate);
+    let data = generate_data(&lake, dir.path(), "0.05");
     let produce = || {
         let mut produce = framework(&lake);
         produce

@@ -204,17 +204,6 @@ fn an_unreachable_broker_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a bus"));
 }
 
-/// Generates a synthetic Olist dataset at `scale` under `dir/data`.
-fn generate(lake: &Path, dir: &Path, scale: &str) -> PathBuf {
-    let data = dir.join("data");
-    let mut generate = framework(lake);
-    generate
-        .args(["generate-data", "--scale", scale, "--out"])
-        .arg(&data);
-    ok(generate);
-    data
-}
-
 /// Produces `table` from `data` to the broker; returns how many messages were sent.
 fn produce(lake: &Path, bus: &str, table: &str, data: &Path) -> u64 {
     let mut produce = framework(lake);
@@ -281,7 +270,7 @@ fn bronze_on_kafka_survives_sigkill_of_its_consumer_ten_times() {
     let broker = Broker::start(dir.path());
     let bus = broker.fast_group_url();
     let lake = dir.path().join("lake");
-    let data = generate(&lake, dir.path(), "0.05");
+    let data = generate_data(&lake, dir.path(), "0.05");
     let mut messages = produce(&lake, &bus, "geolocation", &data);
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -431,7 +420,7 @@ fn a_broker_stopped_mid_run_fails_the_run_clearly_and_a_rerun_stores_everything_
     let mut broker = Broker::persistent(dir.path());
     let bus = broker.fast_group_url();
     let lake = dir.path().join("lake");
-    let data = generate(&lake, dir.path(), "0.05");
+    let data = generate_data(&lake, dir.path(), "0.05");
     let messages = produce(&lake, &bus, "geolocation", &data);
 
     let mut consumer = consume(&lake, &bus, "geolocation");

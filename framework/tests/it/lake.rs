@@ -810,12 +810,7 @@ fn vacuums_racing_deliveries_release_only_what_bronze_stored() {
     let (vacuumed, kept) = (dir.path().join("vacuumed"), dir.path().join("kept"));
     // A quarter of Kaggle's size: geolocation's 250 000 rows are three appends of the
     // producer, so a partition gets several blocks per delivery.
-    let data = dir.path().join("data");
-    let mut generate = framework(&vacuumed);
-    generate
-        .args(["generate-data", "--scale", "0.25", "--out"])
-        .arg(&data);
-    ok(generate);
+    let data = generate_data(&vacuumed, dir.path(), "0.25");
     let deliver = |lake: &std::path::Path, again: bool| {
         let mut run = framework(lake);
         run.args(["run", "--all", "--data"]).arg(&data);
