@@ -515,9 +515,10 @@ impl EmbeddedLog {
         }
         match self.read_stored(topic, partition, offset, max) {
             // Released while this read went on: what it read were holes.
-            Err(Error::Corrupt { .. }) if offset < self.start_offset(topic, partition)? => {
-                Err(released(self.start_offset(topic, partition)?))
-            }
+            Err(corrupt @ Error::Corrupt { .. }) => match self.start_offset(topic, partition)? {
+                start if offset < start => Err(released(start)),
+                _ => Err(corrupt),
+            },
             read => read,
         }
     }
@@ -563,16 +564,19 @@ impl EmbeddedLog {
         };
         let target = below.min(last);
         let (log_path, idx_path) = self.paths(topic, partition);
-        let mut idx = File::open(&idx_path).map_err(Self::io(topic))?;
+        // Read (the entry and the header) and punched through the same handles.
+        let open = |path: &PathBuf| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(Self::io(topic))
+        };
+        let (mut log, mut idx) = (open(&log_path)?, open(&idx_path)?);
         let entry = read_at(&mut idx, target * 8, 8).map_err(Self::io(topic))?;
         let block_start = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
-        let log = OpenOptions::new()
-            .write(true)
-            .open(&log_path)
-            .map_err(Self::io(topic))?;
         let log_len = log.metadata().map_err(Self::io(topic))?.len();
-        let mut reader = File::open(&log_path).map_err(Self::io(topic))?;
-        let header = read_block_header(&mut reader, block_start, log_len)
+        let header = read_block_header(&mut log, block_start, log_len)
             .filter(|h| h.first <= target && target < h.first + u64::from(h.count))
             .ok_or_else(|| Error::Corrupt {
                 topic: topic.to_owned(),
@@ -586,10 +590,6 @@ impl EmbeddedLog {
         }
         let page = |bytes: u64| bytes / PUNCH_UNIT * PUNCH_UNIT;
         let (log_bytes, idx_bytes) = (page(block_start), page(start * 8));
-        let idx = OpenOptions::new()
-            .write(true)
-            .open(&idx_path)
-            .map_err(Self::io(topic))?;
         let allocated = || -> Result<u64> {
             use std::os::unix::fs::MetadataExt;
             let blocks = |file: &File| file.metadata().map(|m| m.blocks() * 512);
