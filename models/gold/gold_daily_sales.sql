@@ -1,7 +1,8 @@
 -- GOLD_SPEC 1: one row per purchase date over delivered orders that have items.
 -- Incremental: when its inputs only gained rows, a run recomputes the last `lookback_days` dates
--- already in the table and every later date, and merges them on order_date (new rows for older
--- dates need --full-refresh). Rows an input updated or deleted make the engine build it in full.
+-- already in the table and every later date, and merges them on order_date. When an added row
+-- reaches an older date (a late order, a new item of an old order), or an input updated or
+-- deleted rows, the engine builds it in full.
 {{ config(materialized='incremental', unique_key='order_date') }}
 SELECT
     order_date,

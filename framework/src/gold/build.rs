@@ -87,7 +87,7 @@ pub async fn build(
         .iter()
         .filter(|m| needed.contains(m.name.as_str()))
         .collect();
-    let (mut versions, source_bytes) = register_sources(lake, &ctx, &needed).await?;
+    let (mut versions, snapshots, source_bytes) = register_sources(lake, &ctx, &needed).await?;
     let small = small_sources_bytes()?;
     let large = source_bytes > small;
     let query_partitions = query_partitions_for(&ctx, large);
@@ -169,7 +169,12 @@ pub async fn build(
         let built: Vec<(ModelReport, Option<i64>)> =
             futures::stream::iter(building.iter().map(|&model| {
                 let reads = Reads::of(models, model, &versions, &rebuilt);
-                build_model(lake, &ctx, models, model, reads, &shared, options)
+                let sources = Sources {
+                    ctx: &ctx,
+                    shared: &shared,
+                    snapshots: &snapshots,
+                };
+                build_model(lake, models, model, reads, sources, options)
             }))
             .buffered(at_once(
                 building.len(),
@@ -204,27 +209,31 @@ pub async fn build(
 /// (then its version is returned), else materialized; `options.built` hears of it either way.
 async fn build_model(
     lake: &Lake,
-    ctx: &SessionContext,
     models: &Models,
     model: &Model,
     reads: Result<Option<Reads>>,
-    shared: &Shared,
+    sources: Sources<'_>,
     options: &BuildOptions,
 ) -> Result<(ModelReport, Option<i64>)> {
     let reads = reads?;
-    let since = match &reads {
+    let (since, appended) = match &reads {
         Some(reads) if !options.full_refresh => reads.since_built(lake, model).await?,
-        _ => Changes::Rewritten,
+        _ => (Changes::Rewritten, Vec::new()),
     };
     let built = if since == Changes::None {
-        keep(lake, ctx, models, model).await?
+        keep(lake, sources.ctx, models, model).await?
     } else {
         // An incremental model recomputes its recent rows (the lookback) and merges them: that
-        // covers rows added, not rows an input updated or deleted, which may belong to any
-        // older row of the model. Then (and under --full-refresh, which counts as rewritten)
-        // it is built in full.
+        // covers rows added within its window, not rows an input updated or deleted, which may
+        // belong to any older row of the model. Then (and under --full-refresh, which counts as
+        // rewritten) it is built in full; so it is when an added row reaches a key outside the
+        // window (see [`covers`]).
         let full = since == Changes::Rewritten;
-        let report = materialize(lake, ctx, models, model, full, reads, shared).await?;
+        let added = Added {
+            tables: &appended,
+            keys: &options.keys,
+        };
+        let report = materialize(lake, models, model, full, reads.as_ref(), sources, added).await?;
         crate::fault::crash_point(&format!("gold-after:{}", model.name));
         (report, None)
     };
@@ -287,6 +296,36 @@ pub async fn missing_sources(
 /// layer, the table and the version registered.
 type Versions = BTreeMap<String, (Layer, String, i64)>;
 
+/// The snapshots of the bronze and silver tables a build registered, by relation.
+type Snapshots = BTreeMap<String, deltalake::DeltaTable>;
+
+/// What a build registered, which each model of it reads.
+#[derive(Clone, Copy)]
+struct Sources<'a> {
+    ctx: &'a SessionContext,
+    shared: &'a Shared,
+    snapshots: &'a Snapshots,
+}
+
+/// A table a model reads that only gained rows since the model's last build: its relation,
+/// and the versions between which it did.
+#[derive(Debug, Clone)]
+struct Appended {
+    relation: String,
+    layer: Layer,
+    table: String,
+    since: i64,
+    until: i64,
+}
+
+/// The tables whose added rows an incremental build checks against its window, and the keys
+/// `pii_decrypt` needs to run the model over them.
+#[derive(Clone, Copy)]
+struct Added<'a> {
+    tables: &'a [Appended],
+    keys: &'a Arc<crate::pii::Keyring>,
+}
+
 /// Sources (the bronze and silver tables the models read) of at most this many bytes in all,
 /// as stored, let a wave build all its models at once: their joins are small, and one model's
 /// plan and commit overlap another's query. Larger ones are built [`BuildOptions::threads`] at
@@ -345,25 +384,11 @@ async fn register_sources(
     lake: &Lake,
     ctx: &SessionContext,
     needed: &[&Model],
-) -> Result<(Versions, u64)> {
-    let catalog = ctx
-        .catalog("datafusion")
-        .expect("the default catalog exists");
-    let mut schemas: BTreeSet<&str> = needed.iter().map(|m| m.folder.as_str()).collect();
+) -> Result<(Versions, Snapshots, u64)> {
     let sources: BTreeSet<&(String, String)> = needed.iter().flat_map(|m| &m.sources).collect();
-    schemas.extend(sources.iter().map(|(layer, _)| layer.as_str()));
-    for schema in schemas {
-        if catalog.schema(schema).is_none() {
-            catalog
-                .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
-                .map_err(|source| Error::Query {
-                    model: String::new(),
-                    file: String::new(),
-                    source,
-                })?;
-        }
-    }
+    create_schemas(ctx, needed)?;
     let mut versions = Versions::new();
+    let mut snapshots = Snapshots::new();
     let mut bytes = 0;
     for (layer, table) in sources {
         let kind = if layer == "bronze" {
@@ -380,9 +405,32 @@ async fn register_sources(
         };
         bytes += delta.snapshot().map_or(0, |s| LiveFiles::of(s).bytes);
         let version = delta.version().unwrap_or(0) as i64;
-        versions.insert(relation, (kind, table.clone(), version));
+        versions.insert(relation.clone(), (kind, table.clone(), version));
+        snapshots.insert(relation, delta);
     }
-    Ok((versions, bytes))
+    Ok((versions, snapshots, bytes))
+}
+
+/// Creates in `ctx` the schemas that the `needed` models and the sources they read live in.
+fn create_schemas(ctx: &SessionContext, needed: &[&Model]) -> Result<()> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .expect("the default catalog exists");
+    let mut schemas: BTreeSet<&str> = needed.iter().map(|m| m.folder.as_str()).collect();
+    let sources = needed.iter().flat_map(|m| &m.sources);
+    schemas.extend(sources.map(|(layer, _)| layer.as_str()));
+    for schema in schemas {
+        if catalog.schema(schema).is_none() {
+            catalog
+                .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
+                .map_err(|source| Error::Query {
+                    model: String::new(),
+                    file: String::new(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// What a stored model reads, recorded in each commit of the model as Delta `txn` actions: the
@@ -425,7 +473,7 @@ impl Reads {
                 return Ok(None);
             };
             tables.push((
-                format!("framework-gold-read/{relation}"),
+                format!("{READ_APP}{relation}"),
                 *layer,
                 table.clone(),
                 *version,
@@ -449,26 +497,41 @@ impl Reads {
 
     /// How `model`'s inputs changed since its table was last built: [`Changes::None`] when built
     /// from the same SQL and from versions of the same tables with no data change since
-    /// ([`Changes::Rewritten`] when the SQL differs or the last build recorded no reads).
-    async fn since_built(&self, lake: &Lake, model: &Model) -> Result<Changes> {
+    /// ([`Changes::Rewritten`] when the SQL differs or the last build recorded no reads); with
+    /// the tables that only gained rows, when none was rewritten.
+    async fn since_built(&self, lake: &Lake, model: &Model) -> Result<(Changes, Vec<Appended>)> {
         let apps: Vec<String> = self.txns().into_iter().map(|(app, _)| app).collect();
         let built = lake.txn_versions(Layer::Gold, &model.name, &apps).await?;
         if built.get(SQL_APP) != Some(&self.sql_hash) {
-            return Ok(Changes::Rewritten);
+            return Ok((Changes::Rewritten, Vec::new()));
         }
         let mut changes = Changes::None;
+        let mut appended = Vec::new();
         for (app, layer, table, version) in &self.tables {
             let Some(&from) = built.get(app) else {
-                return Ok(Changes::Rewritten);
+                return Ok((Changes::Rewritten, Vec::new()));
             };
-            changes = changes.max(lake.changes(*layer, table, from, *version).await?);
-            if changes == Changes::Rewritten {
-                break;
+            let table_changes = lake.changes(*layer, table, from, *version).await?;
+            match table_changes {
+                Changes::None => {}
+                Changes::Appended => appended.push(Appended {
+                    relation: app.trim_start_matches(READ_APP).to_owned(),
+                    layer: *layer,
+                    table: table.clone(),
+                    since: from,
+                    until: *version,
+                }),
+                Changes::Rewritten => return Ok((Changes::Rewritten, Vec::new())),
             }
+            changes = changes.max(table_changes);
         }
-        Ok(changes)
+        Ok((changes, appended))
     }
 }
+
+/// The prefix of the app ids under which a model's commit records the version of each table
+/// it read (`framework-gold-read/silver.orders`).
+const READ_APP: &str = "framework-gold-read/";
 
 /// The app id under which a model's commit records the hash of its SQL.
 const SQL_APP: &str = "framework-gold-sql";
@@ -614,15 +677,16 @@ fn held_bytes(batches: &[RecordBatch]) -> usize {
 /// Runs one stored model and writes (or merges) its rows.
 async fn materialize(
     lake: &Lake,
-    ctx: &SessionContext,
     models: &Models,
     model: &Model,
     full: bool,
-    reads: Option<Reads>,
-    shared: &Shared,
+    reads: Option<&Reads>,
+    sources: Sources<'_>,
+    added: Added<'_>,
 ) -> Result<ModelReport> {
     let started = Instant::now();
-    let txns = reads.map(|r| r.txns()).unwrap_or_default();
+    let Sources { ctx, shared, .. } = sources;
+    let txns = reads.map(Reads::txns).unwrap_or_default();
     let relation = model.relation();
     let query = |source| query_error(models, model, source);
     // Only an incremental run reads the model's own table (`this`): a table model, or any
@@ -655,6 +719,16 @@ async fn materialize(
     let frame = ctx.sql(&sql).await.map_err(query)?;
     let plan_s = started.elapsed().as_secs_f64();
     let batches = collect_apart(frame).await.map_err(query)?;
+    if incremental && !covers(models, model, &batches, sources, added, lake).await? {
+        tracing::debug!(
+            model = model.name,
+            "gold: rows were added outside the incremental window: built in full"
+        );
+        let full = Box::pin(materialize(
+            lake, models, model, true, reads, sources, added,
+        ));
+        return full.await;
+    }
     let query_s = started.elapsed().as_secs_f64();
     let schema = batches[0].schema();
     let rows_computed = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -707,6 +781,131 @@ async fn materialize(
         rows,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Whether `window`, the rows an incremental build of `model` computed, holds every unique key
+/// that the rows added to its inputs since its last build reach. The window (the model's
+/// `is_incremental()` filter: the last `lookback_days` dates) is merged on the unique key, and a
+/// key outside it keeps its old row: an added row that reaches one (a late order of an older
+/// date, a new item of an old order) would never show. So, for each input that gained rows, the
+/// model runs over those rows alone, with its other inputs whole as this build registered them;
+/// every key that returns must be in the window. This holds for a model whose rows are computed
+/// per key from that key's rows (grouped by its unique key, over joins and filters), which an
+/// incremental model's merge needs anyway. Through an outer join the added rows reach more keys
+/// (the other side's unmatched rows), so such a model is built in full more often. A model whose
+/// rows depend on other keys' rows (a total over all rows) is beyond this check: it must be a
+/// table, not incremental (the README says so).
+async fn covers(
+    models: &Models,
+    model: &Model,
+    window: &[RecordBatch],
+    sources: Sources<'_>,
+    added: Added<'_>,
+    lake: &Lake,
+) -> Result<bool> {
+    use deltalake::arrow::row::{RowConverter, SortField};
+    let query = |source| query_error(models, model, source);
+    let key: Vec<&str> = model.config.unique_key.iter().map(String::as_str).collect();
+    let Some(schema) = window.first().map(RecordBatch::schema) else {
+        return Ok(false);
+    };
+    let Ok(indices) = key
+        .iter()
+        .map(|k| schema.index_of(k))
+        .collect::<std::result::Result<Vec<usize>, _>>()
+    else {
+        return Ok(false);
+    };
+    if key.is_empty() {
+        return Ok(false);
+    }
+    let types: Vec<DataType> = indices
+        .iter()
+        .map(|&i| schema.field(i).data_type().clone())
+        .collect();
+    let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())
+        .map_err(|e| query(e.into()))?;
+    let key_rows = |batch: &RecordBatch, indices: &[usize]| {
+        let columns: Vec<ArrayRef> = indices.iter().map(|&i| batch.column(i).clone()).collect();
+        converter.convert_columns(&columns)
+    };
+    let mut in_window = HashSet::new();
+    for batch in window {
+        let rows = key_rows(batch, &indices).map_err(|e| query(e.into()))?;
+        in_window.extend(rows.iter().map(|row| row.owned()));
+    }
+    let mut needed = models.ancestors(&model.name);
+    needed.push(model);
+    let mut relations: BTreeSet<String> = needed
+        .iter()
+        .flat_map(|m| &m.sources)
+        .map(|(layer, table)| format!("{layer}.{table}"))
+        .collect();
+    relations.extend(
+        needed
+            .iter()
+            .filter(|m| m.name != model.name && m.config.materialized.is_stored())
+            .map(|m| m.relation()),
+    );
+    for table in added.tables {
+        // A stored model that gained rows (an incremental one merged alone) is not followed.
+        let Some(delta) = sources.snapshots.get(&table.relation) else {
+            return Ok(false);
+        };
+        let since = (table.layer, table.table.as_str(), table.since, table.until);
+        let Some(paths) = lake.added_since(since.0, since.1, since.2, since.3).await? else {
+            return Ok(false);
+        };
+        if paths.is_empty() {
+            continue;
+        }
+        let pass = session();
+        crate::pii::udf::register(&pass, added.keys);
+        create_schemas(&pass, &needed)?;
+        for relation in &relations {
+            if *relation == table.relation {
+                let (layer, name) = (table.layer, table.table.as_str());
+                Lake::register_files(&pass, layer, name, relation, delta, Some(&paths), None)
+                    .await?;
+            } else {
+                let provider = sources.ctx.table_provider(relation.as_str());
+                let provider = provider.await.map_err(query)?;
+                pass.register_table(relation.as_str(), provider)
+                    .map_err(query)?;
+            }
+        }
+        for view in needed
+            .iter()
+            .filter(|m| m.config.materialized == Materialized::View && m.name != model.name)
+        {
+            let sql = models.render(view, false).map_err(Error::Models)?;
+            pass.sql(&format!("CREATE VIEW {} AS {sql}", view.relation()))
+                .await
+                .map_err(query)?;
+        }
+        let sql = models.render(model, false).map_err(Error::Models)?;
+        let frame = pass.sql(&sql).await.map_err(query)?;
+        let reached = frame
+            .select_columns(&key)
+            .and_then(|f| f.distinct())
+            .map_err(query)?
+            .collect()
+            .await
+            .map_err(query)?;
+        for batch in reached {
+            let same_types =
+                (0..key.len()).all(|i| batch.schema().field(i).data_type() == &types[i]);
+            if !same_types {
+                return Ok(false);
+            }
+            let all: Vec<usize> = (0..key.len()).collect();
+            let rows = key_rows(&batch, &all).map_err(|e| query(e.into()))?;
+            if !rows.iter().all(|row| in_window.contains(&row.owned())) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Upserts `batches` into `target` on `key`: matched rows are replaced, new keys inserted.

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -938,6 +938,40 @@ impl Lake {
         Ok(changes)
     }
 
+    /// The live files holding every row added after version `since`, up to `until`, when those
+    /// commits only added rows (see [`follow_added`]); `None` when one removed, replaced or
+    /// reshaped data, could not be read, or more than [`CHANGE_SCAN`] of them lie between
+    /// (as [`Lake::changes`] answers [`Changes::Rewritten`]). The paths are as the log holds
+    /// them, for [`Lake::register_files`].
+    pub async fn added_since(
+        &self,
+        layer: Layer,
+        table: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<Vec<String>>> {
+        if until < since || until - since > CHANGE_SCAN {
+            return Ok(None);
+        }
+        let delta = self
+            .builder(layer, table)?
+            .build()
+            .map_err(Self::delta_err(layer, table))?;
+        let mut added = BTreeSet::new();
+        for version in since + 1..=until {
+            let entry = delta
+                .log_store()
+                .read_commit_entry(version as u64)
+                .await
+                .map_err(Self::delta_err(layer, table))?;
+            match entry {
+                Some(bytes) if follow_added(&bytes, &mut added) => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(added.into_iter().collect()))
+    }
+
     /// Hours since the table's latest commit (`None` when it does not exist).
     pub async fn age_hours(&self, layer: Layer, table: &str) -> Result<Option<f64>> {
         let Some(delta) = self.open(layer, table).await? else {
@@ -1118,6 +1152,43 @@ fn commit_changes(bytes: &[u8]) -> Changes {
         })
         .max()
         .unwrap_or(Changes::None)
+}
+
+/// Follows one commit (JSON lines, one action each) in `added`, the live files that hold the
+/// rows added since some version: its data files are added; a compaction (`dataChange: false`)
+/// that removes one of them moves those rows into the files it adds, which are followed in
+/// their place (a compaction of older files only is not: it holds no added row). `false` when
+/// the commit did more than add rows: removed or replaced data, reshaped the table, or an
+/// action this does not know, or a line that does not parse.
+fn follow_added(bytes: &[u8], added: &mut BTreeSet<String>) -> bool {
+    let mut compacted = Vec::new();
+    let mut moved = false;
+    for line in bytes.split(|&b| b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Ok(action) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
+        else {
+            return false;
+        };
+        for (kind, body) in &action {
+            let path = body.get("path").and_then(serde_json::Value::as_str);
+            let data_change = body.get("dataChange") != Some(&serde_json::Value::Bool(false));
+            match (kind.as_str(), path, data_change) {
+                ("txn" | "commitInfo", _, _) => {}
+                ("add", Some(path), true) => {
+                    added.insert(path.to_owned());
+                }
+                ("add", Some(path), false) => compacted.push(path.to_owned()),
+                ("remove", Some(path), false) => moved |= added.remove(path),
+                _ => return false,
+            }
+        }
+    }
+    if moved {
+        added.extend(compacted);
+    }
+    true
 }
 
 /// Whether the file at `path` (as the log names it, relative to the table) is in `delta`'s store.
@@ -1534,6 +1605,66 @@ mod tests {
                 .data_changed(Layer::Silver, "t", before, after)
                 .await
                 .unwrap()
+        );
+    }
+
+    /// The files holding the rows added since a version: the appends' own files; after a
+    /// compaction of them, the file it wrote (it holds them, with older rows); none after a
+    /// compaction of older files only; `None` once a commit replaced rows.
+    #[tokio::test]
+    async fn the_rows_added_since_a_version_are_followed_through_a_compaction() {
+        use deltalake::arrow::array::Int64Array;
+        let (_dir, lake) = three_small_files().await;
+        let keys = |paths: Vec<String>| {
+            let lake = &lake;
+            async move {
+                let ctx = session();
+                let delta = lake.open(Layer::Silver, "t").await.unwrap().unwrap();
+                Lake::register_files(&ctx, Layer::Silver, "t", "t", &delta, Some(&paths), None)
+                    .await
+                    .unwrap();
+                let frame = ctx.sql("SELECT k FROM t ORDER BY k").await.unwrap();
+                let batches = frame.collect().await.unwrap();
+                batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap())
+                    .map(Option::unwrap)
+                    .collect::<Vec<i64>>()
+            }
+        };
+        let added = lake.added_since(Layer::Silver, "t", 0, 2).await.unwrap();
+        assert_eq!(keys(added.unwrap()).await, vec![3, 4, 5]);
+        assert_eq!(lake.compact(Layer::Silver, "t", 1).await.unwrap(), 3);
+        let moved = lake.added_since(Layer::Silver, "t", 1, 3).await.unwrap();
+        assert_eq!(keys(moved.unwrap()).await, vec![1, 2, 3, 4, 5]);
+        let since_compaction = lake.added_since(Layer::Silver, "t", 3, 3).await.unwrap();
+        assert_eq!(since_compaction, Some(vec![]));
+        let batch = RecordBatch::try_new(
+            Arc::new(deltalake::arrow::datatypes::Schema::new(vec![
+                deltalake::arrow::datatypes::Field::new(
+                    "k",
+                    deltalake::arrow::datatypes::DataType::Int64,
+                    false,
+                ),
+            ])),
+            vec![Arc::new(Int64Array::from(vec![6]))],
+        )
+        .unwrap();
+        lake.write(Layer::Silver, "t", vec![batch.clone()], &[], vec![], false)
+            .await
+            .unwrap();
+        let appended = lake.added_since(Layer::Silver, "t", 3, 4).await.unwrap();
+        assert_eq!(keys(appended.unwrap()).await, vec![6]);
+        lake.write(Layer::Silver, "t", vec![batch], &[], vec![], true)
+            .await
+            .unwrap();
+        assert_eq!(
+            lake.added_since(Layer::Silver, "t", 3, 5).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            lake.added_since(Layer::Silver, "t", 0, 60).await.unwrap(),
+            None
         );
     }
 

@@ -1270,6 +1270,57 @@ fn ingest_fast_acknowledges_durable_then_visible_and_a_retried_key_appends_nothi
     assert_eq!(raw[0]["_offset"], offsets[0]["offset"]);
 }
 
+/// A late row through `?wait=visible`: a new item of a 2016 order, whose date lies far behind
+/// `gold_daily_sales`' incremental window. When the answer comes, `/curated` shows the date with
+/// one item more and its revenue (price and freight) added.
+#[test]
+fn a_visible_late_item_is_in_the_gold_row_of_its_old_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = loaded_lake(dir.path());
+    let server = serve(&lake, &[]);
+    let orders = csv_rows("olist_orders_dataset.csv");
+    let items = csv_rows("olist_order_items_dataset.csv");
+    let mut delivered: Vec<(&str, &BTreeMap<String, String>)> = items
+        .iter()
+        .filter_map(|item| {
+            let order = orders.iter().find(|o| o["order_id"] == item["order_id"])?;
+            let bought = order["order_purchase_timestamp"].as_str();
+            (order["order_status"] == "delivered").then_some((bought, item))
+        })
+        .collect();
+    delivered.sort_by_key(|(bought, _)| *bought);
+    let (bought, item) = delivered[0];
+    assert!(bought.starts_with("2016"), "{bought}");
+    let mut late = item.clone();
+    late.insert("order_item_id".into(), "99".into());
+    let day = format!(
+        "/curated/gold_daily_sales?order_date={}&columns=total_orders,total_revenue,total_items",
+        &bought[..10]
+    );
+    let responses = http(&[
+        get(&server, &day, "application/json"),
+        post_json(
+            &server,
+            "/ingest_fast/order_items?wait=visible",
+            &json!({ "records": [late] }),
+            None,
+        ),
+        get(&server, &day, "application/json"),
+    ]);
+    assert_eq!(responses[1]["status"], 200, "{}", responses[1]);
+    let (before, after) = (&responses[0]["body"][0], &responses[2]["body"][0]);
+    assert_eq!(after["total_orders"], before["total_orders"], "{after}");
+    let count = |row: &Value| row["total_items"].as_u64().unwrap();
+    assert_eq!(count(after), count(before) + 1, "{before} -> {after}");
+    let cents = |text: &str| (text.parse::<f64>().unwrap() * 100.0).round() as i64;
+    let money = |row: &Value| match &row["total_revenue"] {
+        Value::String(text) => cents(text),
+        other => cents(&other.to_string()),
+    };
+    let added = cents(&item["price"]) + cents(&item["freight_value"]);
+    assert_eq!(money(after), money(before) + added, "{before} -> {after}");
+}
+
 /// The gateway on a Kafka bus (a real Tansu broker): `/ingest` and `/ingest_fast` put the
 /// records on the topic through the idempotent producer and answer where the broker put them;
 /// bronze holds them exactly there, silver the good ones, the reject table the bad one; an

@@ -314,6 +314,97 @@ fn rows_an_input_updates_build_an_incremental_model_in_full_and_gold_stays_right
     );
 }
 
+/// `data` with one more item of `order`: a copy of its first item as number 99.
+fn with_new_item(data: &Path, order: &str) {
+    let items = data.join("olist_order_items_dataset.csv");
+    let mut reader = csv::Reader::from_path(&items).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let first = records.iter().find(|r| &r[0] == order).unwrap();
+    let mut writer = csv::Writer::from_path(&items).unwrap();
+    writer.write_record(&headers).unwrap();
+    for record in &records {
+        writer.write_record(record).unwrap();
+    }
+    let mut added: Vec<&str> = first.iter().collect();
+    added[1] = "99";
+    writer.write_record(&added).unwrap();
+    writer.flush().unwrap();
+}
+
+/// `gold_daily_sales`' row of `date` (`YYYY-MM-DD`).
+fn daily_row(lake: &Path, date: &str) -> String {
+    let sql = format!("SELECT * FROM t WHERE order_date = DATE '{date}'");
+    let rows = batch_rows(&batches(lake, Layer::Gold, "gold_daily_sales", &sql));
+    assert_eq!(rows.len(), 1, "{date}: {rows:?}");
+    rows[0].clone()
+}
+
+#[test]
+fn a_row_added_for_a_date_outside_the_incremental_window_builds_the_model_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    run_report(&lake, &sample(), &dir.path().join("r1.json"));
+
+    // Two delivered orders with items: the latest one, whose date lies in the incremental
+    // window (the last two dates), and one of 2016, far behind it.
+    let mut reader = csv::Reader::from_path(sample().join("olist_orders_dataset.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (status, bought) = (at("order_status"), at("order_purchase_timestamp"));
+    let items = std::fs::read_to_string(sample().join("olist_order_items_dataset.csv")).unwrap();
+    let mut delivered: Vec<(String, String)> = reader
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| &r[status] == "delivered" && items.contains(&r[0]))
+        .map(|r| (r[bought].to_owned(), r[0].to_owned()))
+        .collect();
+    delivered.sort();
+    let (old_at, old) = delivered.first().unwrap().clone();
+    let (recent_at, recent) = delivered.last().unwrap().clone();
+    assert!(old_at.starts_with("2016"), "{old_at}");
+    let (old_date, recent_date) = (&old_at[..10], &recent_at[..10]);
+    let old_row = daily_row(&lake, old_date);
+
+    // A new item of the recent order: merged in its window.
+    let recent_only = dir.path().join("recent");
+    copy_dir(&sample(), &recent_only);
+    with_new_item(&recent_only, &recent);
+    let recent_row = daily_row(&lake, recent_date);
+    let report = run_report(&lake, &recent_only, &dir.path().join("r2.json"));
+    let daily = model_report(&report, "gold_daily_sales");
+    assert_eq!(daily["incremental"], true, "{daily}");
+    assert_ne!(
+        daily_row(&lake, recent_date),
+        recent_row,
+        "the item did not reach gold"
+    );
+
+    // A new item of the old order too (a late row): the merge of the window alone would leave
+    // its date as it was, so the model is built in full.
+    let late = dir.path().join("late");
+    copy_dir(&recent_only, &late);
+    with_new_item(&late, &old);
+    let report = run_report(&lake, &late, &dir.path().join("r3.json"));
+    let daily = model_report(&report, "gold_daily_sales");
+    assert_eq!(daily["incremental"], false, "{daily}");
+    let now = daily_row(&lake, old_date);
+    let cells = |row: &str| row.split(" | ").map(str::to_owned).collect::<Vec<_>>();
+    let (was, is) = (cells(&old_row), cells(&now));
+    // order_date | total_orders | total_revenue | avg_order_value | total_items
+    assert_eq!((&is[0], &is[1]), (&was[0], &was[1]), "{was:?} -> {is:?}");
+    let items_before: u64 = was[4].parse().unwrap();
+    assert_eq!(is[4], (items_before + 1).to_string(), "{was:?} -> {is:?}");
+    assert_ne!(is[2], was[2], "{was:?} -> {is:?}");
+    let fresh = dir.path().join("fresh");
+    run_report(&fresh, &late, &dir.path().join("r4.json"));
+    assert_eq!(
+        gold_snapshot(&lake),
+        gold_snapshot(&fresh),
+        "gold after the late row differs from a fresh build"
+    );
+}
+
 #[test]
 fn compile_prints_the_rendered_sql_and_a_manifest() {
     let dir = tempfile::tempdir().unwrap();
