@@ -117,7 +117,14 @@ impl std::ops::AddAssign for BronzeStats {
     }
 }
 
-/// Reads every partition from its committed offset to its end, in batches.
+/// Passes over the log that a release may cut short before [`ingest_partitions`] gives up.
+const PASSES: u32 = 4;
+
+/// Reads every partition from its committed offset to its end, in batches. A read that finds
+/// its messages released from the log (a vacuum, or another run's end, gave them back because
+/// another reader stored them in bronze meanwhile) reads the committed offsets again and goes on
+/// from there; when bronze does not hold them, the read's error is the answer (nothing to redo:
+/// they are not on the log any more).
 async fn ingest_partitions(
     log: &EmbeddedLog,
     lake: &Lake,
@@ -127,6 +134,54 @@ async fn ingest_partitions(
     batches: Batches,
 ) -> Result<BronzeStats> {
     let started = Instant::now();
+    let mut stats = BronzeStats::default();
+    for pass in 1.. {
+        let outcome = read_pass(log, lake, table, options, progress, batches, &mut stats).await;
+        let (partition, start) = match &outcome {
+            Err(Error::Bus {
+                source:
+                    crate::bus::Error::Released {
+                        partition, start, ..
+                    },
+                ..
+            }) if pass < PASSES => (*partition, *start),
+            _ => {
+                outcome?;
+                break;
+            }
+        };
+        let partitions = log.partitions(table.topic()).map_err(|source| Error::Bus {
+            table: table.name().to_owned(),
+            source,
+        })?;
+        let cursor = Cursor::new(Stage::Bronze, table.topic(), partitions);
+        let committed = stored_offsets(lake, table.name(), &cursor).await?;
+        if committed.next(partition) < start as i64 {
+            outcome?;
+        }
+        tracing::info!(
+            table = table.name(),
+            partition,
+            start,
+            "bronze: messages released after another reader stored them; reading on from the \
+             offsets committed now"
+        );
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// One pass of [`ingest_partitions`]: from the committed offsets to the ends seen at its start;
+/// what it stores is added to `stats` batch by batch, so that a pass cut short still counts.
+async fn read_pass(
+    log: &EmbeddedLog,
+    lake: &Lake,
+    table: &Table,
+    options: &BronzeOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    batches: Batches,
+    stats: &mut BronzeStats,
+) -> Result<()> {
     let name = table.name();
     let topic = table.topic();
     let bus_err = |source| Error::Bus {
@@ -138,6 +193,7 @@ async fn ingest_partitions(
         .map_err(bus_err)?;
     let cursor = Cursor::new(Stage::Bronze, topic, partitions);
     let committed = stored_offsets(lake, name, &cursor).await?;
+    crate::fault::crash_point("bronze-after-offsets");
     // The slices to read, in order: (partition, first offset, one past the last).
     let mut slices = Vec::new();
     // At least one message a slice (an empty one would never advance).
@@ -167,9 +223,13 @@ async fn ingest_partitions(
             _ => plan.push(vec![slice]),
         }
     }
-    let total: u64 = plan.iter().flatten().map(|(_, from, to)| to - from).sum();
-    let mut stats = BronzeStats::default();
-    progress(0, total);
+    let total: u64 = stats.messages
+        + plan
+            .iter()
+            .flatten()
+            .map(|(_, from, to)| to - from)
+            .sum::<u64>();
+    progress(stats.messages, total);
     // Pipeline: the next batch is read and typed on a blocking thread while this one is written.
     let prepare = |step: &Vec<(u32, u64, u64)>| {
         let (log, table, topic, step) =
@@ -228,8 +288,7 @@ async fn ingest_partitions(
         stats.add(stored);
         progress(stats.messages, total);
     }
-    stats.seconds = started.elapsed().as_secs_f64();
-    Ok(stats)
+    Ok(())
 }
 
 impl BronzeStats {

@@ -872,3 +872,78 @@ fn vacuums_racing_deliveries_release_only_what_bronze_stored() {
         );
     }
 }
+
+/// A bronze reader that read the committed offsets, then found its messages released from the
+/// log (another run stored them meanwhile, and a vacuum gave them back), reads the committed
+/// offsets again and goes on from there: it succeeds, and bronze holds each message once.
+#[test]
+fn a_bronze_reader_whose_messages_were_stored_and_released_meanwhile_reads_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    // Two deliveries of orders on the topic: two blocks per partition, and a release always
+    // keeps a partition's last one.
+    for extra in [
+        &["--until", "produce"][..],
+        &["--until", "produce", "--resend"],
+    ] {
+        let mut run = framework(&lake);
+        run.args(["run", "--table", "orders", "--data"])
+            .arg(sample())
+            .args(extra);
+        ok(run);
+    }
+    let stored = [
+        "run",
+        "--table",
+        "orders",
+        "--no-produce",
+        "--until",
+        "bronze",
+    ];
+    let stale_log = dir.path().join("stale.log");
+    let mut stale = framework(&lake);
+    stale
+        .args(stored)
+        .env("FRAMEWORK_PAUSE_AT", "bronze-after-offsets=4000")
+        .env("FRAMEWORK_LOG", "framework=info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stale_log).unwrap());
+    let mut stale = stale.spawn().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&stale_log)
+        .unwrap()
+        .contains("pause point bronze-after-offsets")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pause point was not reached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Meanwhile another run stores both deliveries, and a vacuum gives the first back.
+    ok({
+        let mut other = framework(&lake);
+        other.args(stored);
+        other
+    });
+    let mut vacuum = framework(&lake);
+    vacuum.arg("vacuum");
+    let out = String::from_utf8(ok(vacuum).stdout).unwrap();
+    assert!(out.contains("  raw_orders: "), "nothing released: {out}");
+
+    let status = wait_within(&mut stale, TIMEOUT).expect("the stale reader hangs");
+    let log = std::fs::read_to_string(&stale_log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("released after another reader stored them"),
+        "{log}"
+    );
+    let source = sample().join("olist_orders_dataset.csv");
+    let records = csv::Reader::from_path(&source).unwrap().records().count() as u64;
+    let rows = count(&lake, Layer::Bronze, "orders");
+    assert_eq!(rows, 2 * records);
+    let places = "SELECT count(*) AS n FROM (SELECT DISTINCT _partition, _offset FROM t)";
+    let distinct = query(&lake, Layer::Bronze, "orders", places);
+    assert!(distinct.contains(&format!("| {rows} ")), "{distinct}");
+}
