@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::bronze::BronzeOptions;
 use crate::bus::Bus;
 use crate::gold::{self, BuildOptions, Models};
-use crate::idcard::{self, Project};
+use crate::idcard::{self, Project, Table};
 use crate::lake::Lake;
 use crate::pipeline::{self, RunOptions, Stage, render_summary};
 use crate::quality::{self, Checks, SuiteLayer};
@@ -386,6 +386,11 @@ struct RunArgs {
     /// the topic is read to the end (and stops if so); it also checks whenever the stream pauses.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     idle_ms: u64,
+    /// Embedded log: keep the messages bronze has stored on the topics. By default the run
+    /// gives their disk space back at its end (they are bronze's rows now); a later
+    /// `framework vacuum` gives back what was kept.
+    #[arg(long)]
+    keep_log: bool,
     /// Also write the summary as JSON to this file (with the peak memory), for benchmarks.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -819,6 +824,7 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         batch_size,
         silver_batch_size,
         idle_ms,
+        keep_log,
         report,
     } = args;
     if no_produce && until == Stage::Produce {
@@ -873,6 +879,9 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
     for skipped in &reports.skipped {
         println!("skipped {skipped}");
     }
+    if until != Stage::Produce && !keep_log {
+        give_back_stored(runtime, lake, bus, &project, &tables);
+    }
     if let Some(path) = report {
         let json = serde_json::json!({
             "tables": reports.tables,
@@ -900,6 +909,42 @@ fn run(env: &Env, args: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// At the end of a run, gives back the embedded log's disk space of the messages bronze has
+/// stored for the `tables` it read (all when empty), as `framework vacuum` does: otherwise each
+/// delivery would stay on disk twice, on the log and in bronze. A failure here fails nothing
+/// (the run's data is in the lake): it is reported, and the next run or vacuum tries again.
+fn give_back_stored(
+    runtime: &tokio::runtime::Runtime,
+    lake: &Lake,
+    bus: &Bus,
+    project: &Project,
+    tables: &[String],
+) {
+    let chosen: Vec<&Table> = match tables.is_empty() {
+        true => project.tables.iter().collect(),
+        false => tables.iter().filter_map(|t| project.table(t)).collect(),
+    };
+    let started = std::time::Instant::now();
+    let outcome = runtime.block_on(pipeline::vacuum::release_stored(
+        lake, bus, project, &chosen,
+    ));
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "run: the embedded log's stored messages given back"
+    );
+    match outcome {
+        Ok(released) if !released.is_empty() => println!(
+            "embedded log: {:.1} MiB of messages bronze has stored given back",
+            released.iter().map(|(_, bytes)| *bytes).sum::<u64>() as f64 / f64::from(1 << 20)
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "warning: giving back the embedded log's disk space failed: {e}\n  hint: the run's \
+             data is in the lake; `framework vacuum` tries again"
+        ),
+    }
 }
 
 /// `framework rejects`: a table's reject and quarantine rows.
