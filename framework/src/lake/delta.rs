@@ -913,29 +913,51 @@ impl Lake {
         if until == since {
             return Ok(Changes::None);
         }
+        let mut changes = Changes::None;
+        let read_all = self
+            .each_commit(layer, table, since, until, |bytes| {
+                changes = changes.max(commit_changes(bytes));
+                changes != Changes::Rewritten
+            })
+            .await?;
+        Ok(if read_all {
+            changes
+        } else {
+            Changes::Rewritten
+        })
+    }
+
+    /// Calls `visit` with each commit file of `table` after version `since`, up to `until`, in
+    /// order, while it answers `true`. `Ok(false)` when it answered `false`, a commit in between
+    /// cannot be read, `until` is older than `since`, or more than [`CHANGE_SCAN`] commits lie
+    /// between (none is read then).
+    async fn each_commit(
+        &self,
+        layer: Layer,
+        table: &str,
+        since: i64,
+        until: i64,
+        mut visit: impl FnMut(&[u8]) -> bool,
+    ) -> Result<bool> {
         if until < since || until - since > CHANGE_SCAN {
-            return Ok(Changes::Rewritten);
+            return Ok(false);
         }
         let delta = self
             .builder(layer, table)?
             .build()
             .map_err(Self::delta_err(layer, table))?;
-        let mut changes = Changes::None;
         for version in since + 1..=until {
             let entry = delta
                 .log_store()
                 .read_commit_entry(version as u64)
                 .await
                 .map_err(Self::delta_err(layer, table))?;
-            let Some(bytes) = entry else {
-                return Ok(Changes::Rewritten);
-            };
-            changes = changes.max(commit_changes(&bytes));
-            if changes == Changes::Rewritten {
-                break;
+            match entry {
+                Some(bytes) if visit(&bytes) => {}
+                _ => return Ok(false),
             }
         }
-        Ok(changes)
+        Ok(true)
     }
 
     /// The live files holding every row added after version `since`, up to `until`, when those
@@ -950,26 +972,13 @@ impl Lake {
         since: i64,
         until: i64,
     ) -> Result<Option<Vec<String>>> {
-        if until < since || until - since > CHANGE_SCAN {
-            return Ok(None);
-        }
-        let delta = self
-            .builder(layer, table)?
-            .build()
-            .map_err(Self::delta_err(layer, table))?;
         let mut added = BTreeSet::new();
-        for version in since + 1..=until {
-            let entry = delta
-                .log_store()
-                .read_commit_entry(version as u64)
-                .await
-                .map_err(Self::delta_err(layer, table))?;
-            match entry {
-                Some(bytes) if follow_added(&bytes, &mut added) => {}
-                _ => return Ok(None),
-            }
-        }
-        Ok(Some(added.into_iter().collect()))
+        let read_all = self
+            .each_commit(layer, table, since, until, |bytes| {
+                follow_added(bytes, &mut added)
+            })
+            .await?;
+        Ok(read_all.then(|| added.into_iter().collect()))
     }
 
     /// Hours since the table's latest commit (`None` when it does not exist).
