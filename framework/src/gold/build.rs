@@ -885,6 +885,10 @@ async fn covers(
         }
         let sql = models.render(model, false).map_err(Error::Models)?;
         let frame = pass.sql(&sql).await.map_err(query)?;
+        let plan = frame.clone().into_optimized_plan().map_err(query)?;
+        if !per_key(&plan, &table.relation) {
+            return Ok(false);
+        }
         let reached = frame
             .select_columns(&key)
             .and_then(|f| f.distinct())
@@ -906,6 +910,58 @@ async fn covers(
         }
     }
     Ok(true)
+}
+
+/// Whether `plan` (a model's query, optimized: views inlined) gives each added row of
+/// `relation` its key on its own, so that running it over the added rows alone finds every key
+/// they reach. Not when a row needs other rows of its table or group to show (or to vanish):
+/// a window function (the latest row per key), a filter over groups (`HAVING`), a limit,
+/// `DISTINCT ON`, a subquery, an outer or anti join, a join over an aggregate (a total over
+/// all rows), or `relation` read twice (a self-join). Such a model is built in full whenever an
+/// input gained rows.
+fn per_key(plan: &deltalake::datafusion::logical_expr::LogicalPlan, relation: &str) -> bool {
+    use deltalake::datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use deltalake::datafusion::logical_expr::{Distinct, JoinType, LogicalPlan};
+    let grouped = |plan: &LogicalPlan| {
+        plan.exists(|n| {
+            Ok(matches!(
+                n,
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)
+            ))
+        })
+        .unwrap_or(true)
+    };
+    let mut scans = 0;
+    let mut local = true;
+    let walked = plan.apply_with_subqueries(|node| {
+        let breaks = match node {
+            LogicalPlan::Window(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Subquery(_)
+            | LogicalPlan::Distinct(Distinct::On(_)) => true,
+            LogicalPlan::Filter(filter) => grouped(&filter.input),
+            // A limit the optimizer folded into a sort or a scan.
+            LogicalPlan::Sort(sort) => sort.fetch.is_some(),
+            LogicalPlan::Join(join) => {
+                !matches!(
+                    join.join_type,
+                    JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+                ) || grouped(&join.left)
+                    || grouped(&join.right)
+            }
+            LogicalPlan::TableScan(scan) => {
+                scans += usize::from(scan.table_name.to_string() == relation);
+                scans > 1 || scan.fetch.is_some()
+            }
+            _ => false,
+        };
+        local &= !breaks;
+        Ok(match breaks {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
+        })
+    });
+    walked.is_ok() && local && scans == 1
 }
 
 /// Upserts `batches` into `target` on `key`: matched rows are replaced, new keys inserted.
@@ -973,6 +1029,71 @@ mod tests {
         )
         .unwrap();
         (whole.slice(0, 500), whole.slice(500, 500))
+    }
+
+    /// A grouped join gives each added row its key alone; a filter over groups, the latest row
+    /// per key, a self-join, an outer join and a total over all rows do not.
+    #[tokio::test]
+    async fn only_a_query_that_keys_each_row_alone_passes_the_late_row_check() {
+        use deltalake::arrow::array::Int64Array;
+        let ctx = SessionContext::new();
+        let catalog = ctx.catalog("datafusion").unwrap();
+        catalog
+            .register_schema("silver", Arc::new(MemorySchemaProvider::new()))
+            .unwrap();
+        let schema = Arc::new(Schema::new(
+            ["k", "d", "v"]
+                .map(|name| Field::new(name, DataType::Int64, false))
+                .to_vec(),
+        ));
+        let column = || Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef;
+        let batch = RecordBatch::try_new(schema.clone(), vec![column(), column(), column()]);
+        let table = MemTable::try_new(schema, vec![vec![batch.unwrap()]]).unwrap();
+        let table = Arc::new(table);
+        ctx.register_table("silver.t", table.clone()).unwrap();
+        ctx.register_table("silver.u", table).unwrap();
+        let cases = [
+            (
+                "SELECT d, sum(v), count(DISTINCT k) FROM silver.t GROUP BY d",
+                true,
+            ),
+            (
+                "SELECT t.d, sum(u.v) FROM silver.t t JOIN silver.u u ON u.k = t.k \
+                 WHERE t.v > 0 GROUP BY t.d",
+                true,
+            ),
+            (
+                "SELECT d, count(*) FROM silver.t GROUP BY d HAVING count(*) >= 2",
+                false,
+            ),
+            (
+                "SELECT d FROM (SELECT d, row_number() OVER (PARTITION BY k ORDER BY v DESC) \
+                 AS r FROM silver.t) WHERE r = 1",
+                false,
+            ),
+            (
+                "SELECT a.d, count(*) FROM silver.t a JOIN silver.t b ON a.k = b.k \
+                 AND a.v < b.v GROUP BY a.d",
+                false,
+            ),
+            (
+                "SELECT t.d, count(u.k) FROM silver.t t LEFT JOIN silver.u u ON u.k = t.k \
+                 GROUP BY t.d",
+                false,
+            ),
+            (
+                "SELECT t.d, m.top - t.v FROM silver.t t CROSS JOIN \
+                 (SELECT max(v) AS top FROM silver.u) m",
+                false,
+            ),
+            ("SELECT d FROM silver.t ORDER BY v LIMIT 10", false),
+            ("SELECT d FROM silver.t LIMIT 10", false),
+        ];
+        for (sql, expected) in cases {
+            let frame = ctx.sql(sql).await.unwrap();
+            let plan = frame.into_optimized_plan().unwrap();
+            assert_eq!(per_key(&plan, "silver.t"), expected, "{sql}\n{plan}");
+        }
     }
 
     /// Small sources build a wave whole; from one byte over the limit, `threads` at a time.
