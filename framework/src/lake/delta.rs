@@ -1138,29 +1138,39 @@ pub enum Changes {
 
 /// What a commit file (JSON lines, one action each) did to the table's data.
 fn commit_changes(bytes: &[u8]) -> Changes {
-    bytes
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-        .map(|line| {
-            match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) {
-                Ok(action) => action
-                    .iter()
-                    .map(|(kind, body)| match kind.as_str() {
-                        "txn" | "commitInfo" => Changes::None,
-                        // A compaction's files say `dataChange: false`.
-                        _ if body.get("dataChange") == Some(&serde_json::Value::Bool(false)) => {
-                            Changes::None
-                        }
-                        "add" => Changes::Appended,
-                        _ => Changes::Rewritten,
-                    })
-                    .max()
-                    .unwrap_or(Changes::None),
-                Err(_) => Changes::Rewritten,
-            }
+    commit_actions(bytes)
+        .map(|action| match action {
+            Some(action) => action
+                .iter()
+                .map(|(kind, body)| match kind.as_str() {
+                    "txn" | "commitInfo" => Changes::None,
+                    // A compaction's files say `dataChange: false`.
+                    _ if !changes_data(body) => Changes::None,
+                    "add" => Changes::Appended,
+                    _ => Changes::Rewritten,
+                })
+                .max()
+                .unwrap_or(Changes::None),
+            None => Changes::Rewritten,
         })
         .max()
         .unwrap_or(Changes::None)
+}
+
+/// The actions of a commit file (JSON lines, one action each, blank lines skipped); `None` for
+/// a line that does not parse.
+fn commit_actions(
+    bytes: &[u8],
+) -> impl Iterator<Item = Option<serde_json::Map<String, serde_json::Value>>> + '_ {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|line| serde_json::from_slice(line).ok())
+}
+
+/// Whether an action's body changes data: all but a compaction's (`dataChange: false`).
+fn changes_data(body: &serde_json::Value) -> bool {
+    body.get("dataChange") != Some(&serde_json::Value::Bool(false))
 }
 
 /// Follows one commit (JSON lines, one action each) in `added`, the live files that hold the
@@ -1172,18 +1182,13 @@ fn commit_changes(bytes: &[u8]) -> Changes {
 fn follow_added(bytes: &[u8], added: &mut BTreeSet<String>) -> bool {
     let mut compacted = Vec::new();
     let mut moved = false;
-    for line in bytes.split(|&b| b == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let Ok(action) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
-        else {
+    for action in commit_actions(bytes) {
+        let Some(action) = action else {
             return false;
         };
         for (kind, body) in &action {
             let path = body.get("path").and_then(serde_json::Value::as_str);
-            let data_change = body.get("dataChange") != Some(&serde_json::Value::Bool(false));
-            match (kind.as_str(), path, data_change) {
+            match (kind.as_str(), path, changes_data(body)) {
                 ("txn" | "commitInfo", _, _) => {}
                 ("add", Some(path), true) => {
                     added.insert(path.to_owned());
