@@ -453,20 +453,12 @@ impl Reads {
         rebuilt: &BTreeSet<String>,
     ) -> Result<Option<Self>> {
         let ancestors = models.ancestors(&model.name);
-        let mut relations: BTreeSet<String> = ancestors
-            .iter()
-            .chain(std::iter::once(&model))
-            .flat_map(|m| &m.sources)
-            .map(|(layer, table)| format!("{layer}.{table}"))
-            .collect();
-        for ancestor in &ancestors {
-            if ancestor.config.materialized.is_stored() {
-                if rebuilt.contains(&ancestor.name) {
-                    return Ok(None);
-                }
-                relations.insert(ancestor.relation());
-            }
+        let rebuilt_here =
+            |a: &&Model| a.config.materialized.is_stored() && rebuilt.contains(&a.name);
+        if ancestors.iter().any(rebuilt_here) {
+            return Ok(None);
         }
+        let relations = tables_read(model, &ancestors);
         let mut tables = Vec::new();
         for relation in relations {
             let Some((layer, table, version)) = versions.get(&relation) else {
@@ -527,6 +519,21 @@ impl Reads {
         }
         Ok((changes, appended))
     }
+}
+
+/// The relations of the tables `model` reads, given its `ancestors`: the sources it and they
+/// read (`silver.orders`), and the stored models among them (`gold.gold_daily_sales`).
+fn tables_read(model: &Model, ancestors: &[&Model]) -> BTreeSet<String> {
+    let sources = ancestors
+        .iter()
+        .chain(std::iter::once(&model))
+        .flat_map(|m| &m.sources)
+        .map(|(layer, table)| format!("{layer}.{table}"));
+    let stored = ancestors
+        .iter()
+        .filter(|a| a.config.materialized.is_stored())
+        .map(|a| a.relation());
+    sources.chain(stored).collect()
 }
 
 /// The prefix of the app ids under which a model's commit records the version of each table
@@ -835,18 +842,8 @@ async fn covers(
         in_window.extend(rows.iter().map(|row| row.owned()));
     }
     let mut needed = models.ancestors(&model.name);
+    let relations = tables_read(model, &needed);
     needed.push(model);
-    let mut relations: BTreeSet<String> = needed
-        .iter()
-        .flat_map(|m| &m.sources)
-        .map(|(layer, table)| format!("{layer}.{table}"))
-        .collect();
-    relations.extend(
-        needed
-            .iter()
-            .filter(|m| m.name != model.name && m.config.materialized.is_stored())
-            .map(|m| m.relation()),
-    );
     for table in added.tables {
         // A stored model that gained rows (an incremental one merged alone) is not followed.
         let Some(delta) = sources.snapshots.get(&table.relation) else {
