@@ -935,16 +935,26 @@ fn give_back_stored(
         "run: the embedded log's stored messages given back"
     );
     match outcome {
-        Ok(released) if !released.is_empty() => println!(
-            "embedded log: {:.1} MiB of messages bronze has stored given back",
-            released.iter().map(|(_, bytes)| *bytes).sum::<u64>() as f64 / f64::from(1 << 20)
-        ),
+        Ok(released) if !released.is_empty() => println!("{}", given_back(&released)),
         Ok(_) => {}
         Err(e) => eprintln!(
             "warning: giving back the embedded log's disk space failed: {e}\n  hint: the run's \
              data is in the lake; `framework vacuum` tries again"
         ),
     }
+}
+
+/// The line that says how much of the embedded log a release gave back (bytes per topic).
+fn given_back(released: &[(String, u64)]) -> String {
+    let bytes = released.iter().map(|(_, bytes)| *bytes).sum();
+    format!(
+        "embedded log: {:.1} MiB of messages bronze has stored given back",
+        mib(bytes)
+    )
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
 }
 
 /// `framework rejects`: a table's reject and quarantine rows.
@@ -1040,12 +1050,9 @@ fn vacuum(env: &Env, retention_s: u64, only: &[String]) -> Result<()> {
         println!("  {table}: {files}");
     }
     if !released.is_empty() {
-        println!(
-            "embedded log: {:.1} MiB of messages bronze has stored given back",
-            released.iter().map(|(_, bytes)| *bytes).sum::<u64>() as f64 / f64::from(1 << 20)
-        );
+        println!("{}", given_back(&released));
         for (topic, bytes) in released {
-            println!("  {topic}: {:.1} MiB", bytes as f64 / f64::from(1 << 20));
+            println!("  {topic}: {:.1} MiB", mib(bytes));
         }
     }
     Ok(())
