@@ -715,6 +715,19 @@ fn vacuum_deletes_the_replaced_files_past_the_retention_and_keeps_every_row() {
 }
 
 /// Bytes of disk the files under `dir` take.
+/// The rows of `table`'s bronze, after checking that each is at an offset of its own (no
+/// message stored twice).
+fn bronze_rows_once(lake: &std::path::Path, table: &str) -> u64 {
+    let rows = count(lake, Layer::Bronze, table);
+    let places = "SELECT count(*) AS n FROM (SELECT DISTINCT _partition, _offset FROM t)";
+    let distinct = query(lake, Layer::Bronze, table, places);
+    assert!(
+        distinct.contains(&format!("| {rows} ")),
+        "{table}: {rows} rows\n{distinct}"
+    );
+    rows
+}
+
 fn disk_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
@@ -777,18 +790,8 @@ fn vacuum_gives_back_the_logs_space_for_what_bronze_stored_and_nothing_else() {
     let project = project();
     for table in project.names() {
         let source = sample().join(&project.table(table).unwrap().config.source.path);
-        let stored = |lake: &std::path::Path| {
-            let rows = count(lake, Layer::Bronze, table);
-            let places = "SELECT count(*) AS n FROM (SELECT DISTINCT _partition, _offset FROM t)";
-            // At offsets of their own.
-            assert!(
-                query(lake, Layer::Bronze, table, places).contains(&format!("| {rows} ")),
-                "{table}"
-            );
-            rows
-        };
-        let rows = stored(&vacuumed);
-        assert_eq!(rows, stored(&kept), "bronze {table}");
+        let rows = bronze_rows_once(&vacuumed, table);
+        assert_eq!(rows, bronze_rows_once(&kept, table), "bronze {table}");
         if source.extension().is_some_and(|e| e == "csv") {
             // Each delivery's every row once.
             let records = csv::Reader::from_path(&source).unwrap().records().count() as u64;
@@ -856,14 +859,8 @@ fn vacuums_racing_deliveries_release_only_what_bronze_stored() {
     let project = project();
     for table in project.names() {
         assert_eq!(
-            count(&vacuumed, Layer::Bronze, table),
-            count(&kept, Layer::Bronze, table),
-            "bronze {table}"
-        );
-        let places = "SELECT count(*) AS n FROM (SELECT DISTINCT _partition, _offset FROM t)";
-        assert_eq!(
-            query(&vacuumed, Layer::Bronze, table, places),
-            query(&kept, Layer::Bronze, table, places),
+            bronze_rows_once(&vacuumed, table),
+            bronze_rows_once(&kept, table),
             "bronze {table}"
         );
         assert_eq!(
@@ -937,9 +934,5 @@ fn a_bronze_reader_whose_messages_were_stored_and_released_meanwhile_reads_on() 
     );
     let source = sample().join("olist_orders_dataset.csv");
     let records = csv::Reader::from_path(&source).unwrap().records().count() as u64;
-    let rows = count(&lake, Layer::Bronze, "orders");
-    assert_eq!(rows, 2 * records);
-    let places = "SELECT count(*) AS n FROM (SELECT DISTINCT _partition, _offset FROM t)";
-    let distinct = query(&lake, Layer::Bronze, "orders", places);
-    assert!(distinct.contains(&format!("| {rows} ")), "{distinct}");
+    assert_eq!(bronze_rows_once(&lake, "orders"), 2 * records);
 }
