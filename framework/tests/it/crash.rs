@@ -334,3 +334,151 @@ fn sigkills_at_random_moments_of_silver_and_gold_neither_lose_nor_repeat_rows() 
     }
     assert!(kills >= 24, "only {kills} kills landed mid-run");
 }
+
+/// SIGKILLs at random moments of whole runs (`run --all` from the source files: produce,
+/// bronze, silver, gold, checks), each run on the lake the killed ones left, until at least
+/// eight kills landed and a run ends by itself: then every silver and gold table holds the rows
+/// of a run without kills, and the quarantine holds each quarantined row. A producer killed
+/// mid-file sends the file again at the next run (the topic holds its rows at least once, at
+/// other offsets): silver keeps one row per key, while the quarantine records each message
+/// that broke a rule, so a row sent twice may be there twice. Compared without the messages'
+/// metadata (`_partition`, `_offset`, ..., which differ) and without randomized PII columns
+/// (a fresh nonce per send).
+#[test]
+fn sigkills_at_random_moments_of_whole_runs_leave_the_tables_of_a_run_without_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample_with_quarantined_orders(dir.path());
+    let run_all = |lake: &Path| {
+        let mut cmd = framework(lake);
+        cmd.args(["run", "--all", "--data"]).arg(&data);
+        cmd
+    };
+    let clean = dir.path().join("clean");
+    ok(run_all(&clean));
+    let want = comparable_state(&clean);
+    assert_eq!(want["quarantine/orders"].len(), 2, "the two bad orders");
+    let lake = dir.path().join("killed");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let (mut kills, mut runs) = (0, 0);
+    let started = Instant::now();
+    loop {
+        runs += 1;
+        let stderr_path = dir.path().join(format!("run-{runs}.stderr"));
+        let mut run = run_all(&lake);
+        // The first runs die while they produce: each append to a topic is followed by a
+        // pause (a file is on the topic before it is recorded as delivered), so that a kill at
+        // a random moment lands there however loaded the machine is. The later ones die
+        // anywhere, at full speed.
+        let moment = match runs {
+            ..=6 => {
+                run.env("FRAMEWORK_PAUSE_AT", "produce-after-send=150");
+                rng.random_range(40..1500)
+            }
+            _ => rng.random_range(50..3000),
+        };
+        let mut child = run
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        match wait_within(&mut child, Duration::from_millis(moment)) {
+            None => kills += 1,
+            Some(status) => {
+                assert!(
+                    status.success(),
+                    "run {runs}, after {kills} kills, failed:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+                if kills >= 8 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {kills} kills landed in {runs} runs"
+        );
+    }
+    let got = comparable_state(&lake);
+    for (table, rows) in &want {
+        let ours = &got[table];
+        if table == "quarantine/orders" {
+            let distinct: std::collections::BTreeSet<&String> = ours.iter().collect();
+            let wanted: std::collections::BTreeSet<&String> = rows.iter().collect();
+            assert_eq!(distinct, wanted, "after {kills} kills: {table}");
+        } else {
+            assert!(
+                ours == rows,
+                "after {kills} kills: {table} differs from a run without kills ({} rows vs {}); first difference: {:?}",
+                ours.len(),
+                rows.len(),
+                ours.iter().zip(rows).find(|(a, b)| a != b)
+            );
+        }
+    }
+    // Some kill cut a file short: the next run sent it again.
+    let project = project();
+    let sent_again: Vec<&str> = project
+        .names()
+        .into_iter()
+        .filter(|t| count(&lake, Layer::Bronze, t) > count(&clean, Layer::Bronze, t))
+        .collect();
+    assert!(
+        !sent_again.is_empty(),
+        "no kill of {kills} landed while a file was produced"
+    );
+}
+
+/// [`state`]'s tables without the columns that differ between two runs of the same files:
+/// message metadata (names starting with `_`) and randomized PII.
+fn comparable_state(lake: &Path) -> BTreeMap<String, Vec<String>> {
+    let project = project();
+    let mut out = BTreeMap::new();
+    let select = |layer: Layer, table: &str, project_table: Option<&framework::idcard::Table>| {
+        let randomized: Vec<String> = project_table
+            .map(|t| {
+                t.config
+                    .pii
+                    .iter()
+                    .filter(|p| p.mode == framework::pii::PiiMode::Randomized)
+                    .map(|p| p.column.split(['.', '[']).next().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let columns = batches(lake, layer, table, "SELECT * FROM t LIMIT 1")
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| panic!("{layer:?}/{table} is empty"));
+        let kept: Vec<String> = columns
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|name| !name.starts_with('_') && !randomized.contains(name))
+            .map(|name| format!("\"{name}\""))
+            .collect();
+        batch_rows(&batches(
+            lake,
+            layer,
+            table,
+            &format!("SELECT {} FROM t", kept.join(", ")),
+        ))
+    };
+    for table in project.names() {
+        let rows = select(Layer::Silver, table, project.table(table));
+        out.insert(format!("silver/{table}"), rows);
+    }
+    let unique = select(Layer::Silver, "customers_unique", None);
+    out.insert("silver/customers_unique".into(), unique);
+    let quarantined = select(Layer::Quarantine, "orders", project.table("orders"));
+    out.insert("quarantine/orders".into(), quarantined);
+    for model in [
+        "gold_daily_sales",
+        "gold_seller_performance",
+        "gold_customer_rfm",
+        "gold_product_analytics",
+        "gold_delivery_performance",
+    ] {
+        out.insert(format!("gold/{model}"), select(Layer::Gold, model, None));
+    }
+    out
+}
