@@ -119,6 +119,15 @@ pub fn batch_rows(batches: &[RecordBatch]) -> Vec<String> {
     out
 }
 
+/// The repo's gold models (`models/gold`).
+pub const GOLD_MODELS: [&str; 5] = [
+    "gold_daily_sales",
+    "gold_seller_performance",
+    "gold_customer_rfm",
+    "gold_product_analytics",
+    "gold_delivery_performance",
+];
+
 /// How long one child process of a test may run before the test kills it and fails.
 pub const TIMEOUT: Duration = Duration::from_secs(300);
 

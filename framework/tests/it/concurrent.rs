@@ -42,13 +42,7 @@ fn tables(lake: &Path) -> BTreeMap<String, Vec<String>> {
         "silver/customers_unique".into(),
         rows(lake, Layer::Silver, "customers_unique"),
     );
-    for model in [
-        "gold_daily_sales",
-        "gold_seller_performance",
-        "gold_customer_rfm",
-        "gold_product_analytics",
-        "gold_delivery_performance",
-    ] {
+    for model in GOLD_MODELS {
         out.insert(format!("gold/{model}"), rows(lake, Layer::Gold, model));
     }
     out

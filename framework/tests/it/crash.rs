@@ -154,13 +154,7 @@ fn state(lake: &Path) -> BTreeMap<String, Vec<String>> {
             "SELECT * EXCLUDE (_quarantined_at) FROM t",
         )),
     );
-    for model in [
-        "gold_daily_sales",
-        "gold_seller_performance",
-        "gold_customer_rfm",
-        "gold_product_analytics",
-        "gold_delivery_performance",
-    ] {
+    for model in GOLD_MODELS {
         out.insert(format!("gold/{model}"), rows(lake, Layer::Gold, model));
     }
     out
@@ -471,13 +465,7 @@ fn comparable_state(lake: &Path) -> BTreeMap<String, Vec<String>> {
     out.insert("silver/customers_unique".into(), unique);
     let quarantined = select(Layer::Quarantine, "orders", project.table("orders"));
     out.insert("quarantine/orders".into(), quarantined);
-    for model in [
-        "gold_daily_sales",
-        "gold_seller_performance",
-        "gold_customer_rfm",
-        "gold_product_analytics",
-        "gold_delivery_performance",
-    ] {
+    for model in GOLD_MODELS {
         out.insert(format!("gold/{model}"), select(Layer::Gold, model, None));
     }
     out

@@ -9,14 +9,6 @@ use framework::lake::Layer;
 
 use crate::common::*;
 
-const GOLD: &[&str] = &[
-    "gold_daily_sales",
-    "gold_seller_performance",
-    "gold_customer_rfm",
-    "gold_product_analytics",
-    "gold_delivery_performance",
-];
-
 /// The gold tables computed by tests/py/gold_reference.py (plain Python, no SQL) from the CSVs,
 /// each row as `a | b | c` like [`rows`].
 fn reference(data: &Path) -> serde_json::Value {
@@ -69,7 +61,10 @@ fn assert_same_rows(table: &str, ours: &[String], theirs: &[String]) {
 }
 
 fn gold_snapshot(lake: &Path) -> Vec<Vec<String>> {
-    GOLD.iter().map(|t| rows(lake, Layer::Gold, t)).collect()
+    GOLD_MODELS
+        .iter()
+        .map(|t| rows(lake, Layer::Gold, t))
+        .collect()
 }
 
 #[test]
@@ -141,7 +136,7 @@ fn every_gold_table_equals_an_independent_computation_of_the_spec() {
 /// Checks every gold table of `lake` against tests/py/gold_reference.py run on the CSVs of `data`.
 pub fn assert_gold_equals_reference(lake: &Path, data: &Path) {
     let expected = reference(data);
-    for table in GOLD {
+    for table in GOLD_MODELS {
         let columns = columns(lake, Layer::Gold, table);
         let first = expected[table][0].as_object().unwrap();
         assert_eq!(

@@ -667,13 +667,7 @@ fn vacuum_deletes_the_replaced_files_past_the_retention_and_keeps_every_row() {
     let mut build = framework(&lake);
     build.args(["build", "--full-refresh"]);
     ok(build);
-    let models = [
-        "gold_customer_rfm",
-        "gold_daily_sales",
-        "gold_delivery_performance",
-        "gold_product_analytics",
-        "gold_seller_performance",
-    ];
+    let models = GOLD_MODELS;
     let before: Vec<Vec<String>> = models.iter().map(|m| rows(&lake, Layer::Gold, m)).collect();
     let folders: Vec<String> = models.iter().map(|m| format!("gold/{m}")).collect();
     let folders: Vec<&str> = folders.iter().map(String::as_str).collect();

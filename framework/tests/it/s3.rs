@@ -141,13 +141,7 @@ fn the_whole_lake_lives_on_an_s3_compatible_store_exactly_once() {
             "silver {table} vs distinct CSV keys"
         );
     }
-    for model in [
-        "gold_daily_sales",
-        "gold_customer_rfm",
-        "gold_seller_performance",
-        "gold_product_analytics",
-        "gold_delivery_performance",
-    ] {
+    for model in GOLD_MODELS {
         assert!(
             count(&on_disk, Layer::Gold, model) > 0,
             "gold {model} on the store"
