@@ -410,7 +410,8 @@ fn sigkills_at_random_moments_of_whole_runs_leave_the_tables_of_a_run_without_ki
             );
         }
     }
-    // Some kill cut a file short: the next run sent it again.
+    // Some kill landed after a file reached the topic and before it was recorded as
+    // delivered: the next run sent it again.
     let project = project();
     let sent_again: Vec<&str> = project
         .names()
