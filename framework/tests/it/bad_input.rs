@@ -401,11 +401,7 @@ fn rejects_of_a_table_the_lake_never_read_is_an_error() {
 fn a_broken_file_among_others_stops_the_run_with_its_error_and_no_panic() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for entry in std::fs::read_dir(sample()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, data.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&sample(), &data);
     std::fs::write(data.join("olist_order_items_dataset.csv"), "").unwrap();
     for attempt in 0..5 {
         let lake = dir.path().join(format!("lake-{attempt}"));

@@ -228,11 +228,7 @@ pub fn csv_repeated(file: &str, column: &str) -> u64 {
 /// text must be there).
 pub fn idcards_with(dir: &Path, file: &str, from: &str, to: &str) -> PathBuf {
     let copy = dir.join("idcards");
-    std::fs::create_dir_all(&copy).unwrap();
-    for entry in std::fs::read_dir(idcards()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&idcards(), &copy);
     let path = copy.join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains(from), "{file} has no {from:?}");

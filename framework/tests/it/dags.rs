@@ -283,11 +283,7 @@ fn every_generated_dag_imports_in_airflow_with_the_graph_its_idcards_and_models_
 fn a_new_idcard_file_gets_its_dag_with_no_code_change() {
     let dir = tempfile::tempdir().unwrap();
     let cards = dir.path().join("idcards");
-    std::fs::create_dir_all(&cards).unwrap();
-    for entry in std::fs::read_dir(idcards()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, cards.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&idcards(), &cards);
     let dags = dir.path().join("dags");
     generate(&cards, &dags);
     let before: BTreeSet<_> = std::fs::read_dir(&dags)
